@@ -1,0 +1,94 @@
+//! Load-time configuration written into the kernel programs' read-only globals.
+
+/// Offsets of kernel struct fields, read from the running kernel's BTF
+/// (/sys/kernel/btf/vmlinux) at load time: rustc emits no CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `sk_buff.head` (unsigned char *).
+    pub skb_head: u32,
+    /// `sk_buff.len` (u32).
+    pub skb_len: u32,
+    /// `sk_buff.network_header` (u16).
+    pub skb_network_header: u32,
+    /// `sk_buff.mac_header` (u16).
+    pub skb_mac_header: u32,
+    /// `sk_buff.protocol` (__be16).
+    pub skb_protocol: u32,
+    /// `sk_buff.dev` (struct net_device *).
+    pub skb_dev: u32,
+    /// `sk_buff._nfct` (unsigned long).
+    pub skb_nfct: u32,
+    /// `net_device.ifindex` (int).
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net` (possible_net_t, whose first member is `struct net *net`).
+    pub dev_nd_net: u32,
+    /// `net.ns` + `ns_common.inum`.
+    pub net_ns_inum: u32,
+    /// `sk_buff.sk` (struct sock *).
+    pub skb_sk: u32,
+    /// `sock.__sk_common.skc_net` (possible_net_t).
+    pub sk_net: u32,
+    /// `nf_hook_state.hook` (u8).
+    pub nf_state_hook: u32,
+    /// `nf_hook_state.pf` (u8).
+    pub nf_state_pf: u32,
+    /// `nf_hook_state.net` (struct net *).
+    pub nf_state_net: u32,
+    /// 1 when every field above was found.
+    pub valid: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 64);
+
+/// Tracing options.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// UDP destination ports that carry VXLAN (default 4789 and 8472).
+    pub vxlan_ports: [u16; 2],
+    /// UDP destination port that carries GENEVE (6081).
+    pub geneve_port: u16,
+    /// 1: tracepoint events are kept only for namespaces in the NETNS_FILTER map.
+    pub filter_netns: u8,
+    /// 1: only packets matching `match_*` are emitted (userspace `--ip/--port`).
+    pub filter_flow: u8,
+    /// IPv4/IPv6 address (v4 mapped into the first 4 bytes) and prefix length.
+    pub match_addr: [u8; 16],
+    pub match_prefix_len: u8,
+    /// 4 or 6 when `match_addr` is set, else 0.
+    pub match_family: u8,
+    /// TCP/UDP port that must appear as source or destination (0: any).
+    pub match_port: u16,
+    /// Inode of the node's network namespace, stamped on tc events.
+    pub node_netns_ino: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
+
+impl TraceConfig {
+    pub const fn default_config() -> Self {
+        Self {
+            vxlan_ports: [4789, 8472],
+            geneve_port: 6081,
+            filter_netns: 0,
+            filter_flow: 0,
+            match_addr: [0; 16],
+            match_prefix_len: 0,
+            match_family: 0,
+            match_port: 0,
+            node_netns_ino: 0,
+        }
+    }
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self::default_config()
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for KernelLayout {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TraceConfig {}

@@ -1,0 +1,102 @@
+//! The record a kernel program writes to the ring buffer for every observed hop.
+
+use crate::packet::PacketMeta;
+
+/// One packet observed at one hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HopEvent {
+    /// `bpf_ktime_get_ns()` at the hook (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sk_buff`: the identity of the packet while
+    /// it stays in the same buffer.
+    pub skb_addr: u64,
+    /// Inode number of the network namespace of the device (or of the netfilter
+    /// hook) where the packet was seen.
+    pub netns_ino: u32,
+    /// Index of the device the packet is on (0 when unknown).
+    pub ifindex: u32,
+    /// `skb->len` at the hook.
+    pub skb_len: u32,
+    /// Drop reason (`enum skb_drop_reason`) for [`crate::HookKind::Drop`], else 0.
+    pub drop_reason: u32,
+    /// [`crate::HookKind`] as u8.
+    pub hook: u8,
+    /// Netfilter hook number ([`crate::NfHook`]) for netfilter events.
+    pub nf_hook: u8,
+    /// Index into [`crate::NF_PRIORITY_SLOTS`] for netfilter events.
+    pub nf_slot: u8,
+    /// [`crate::CtState`] as u8 (netfilter events only).
+    pub ct_state: u8,
+    /// Protocol family of a netfilter hook: 2 (IPv4) or 10 (IPv6); else 0.
+    pub nf_pf: u8,
+    pub _pad: [u8; 3],
+    /// Parsed headers.
+    pub packet: PacketMeta,
+}
+
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 40 + core::mem::size_of::<PacketMeta>());
+const _: () = assert!(core::mem::size_of::<HopEvent>() % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(HopEvent, hook) == 32);
+const _: () = assert!(core::mem::offset_of!(HopEvent, packet) == 40);
+
+impl HopEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            skb_addr: 0,
+            netns_ino: 0,
+            ifindex: 0,
+            skb_len: 0,
+            drop_reason: 0,
+            hook: 0,
+            nf_hook: 0,
+            nf_slot: 0,
+            ct_state: 0,
+            nf_pf: 0,
+            _pad: [0; 3],
+            packet: PacketMeta::zeroed(),
+        }
+    }
+}
+
+/// Slots of the per-CPU error/loss counter array, so nothing is lost silently.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events emitted to the ring buffer.
+    Emitted = 0,
+    /// Ring buffer full: the event was lost.
+    RingFull = 1,
+    /// Headers could not be parsed (passed through, counted).
+    Unparsed = 2,
+    /// Reading kernel memory failed.
+    ReadError = 3,
+    /// Event filtered out (namespace not traced).
+    Filtered = 4,
+}
+
+pub const COUNTER_SLOTS: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Self::Emitted,
+        Self::RingFull,
+        Self::Unparsed,
+        Self::ReadError,
+        Self::Filtered,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Emitted => "emitted",
+            Self::RingFull => "ring_full",
+            Self::Unparsed => "unparsed",
+            Self::ReadError => "read_error",
+            Self::Filtered => "filtered",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for HopEvent {}

@@ -1,0 +1,16 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here is `no_std`, `#[repr(C)]`, `Copy`, with explicit padding and
+//! compile-time size assertions, so the byte layout seen by the kernel and by
+//! userspace cannot drift apart silently.
+#![no_std]
+
+pub mod config;
+pub mod event;
+pub mod hook;
+pub mod packet;
+
+pub use config::{KernelLayout, TraceConfig};
+pub use event::{HopEvent, Counter, COUNTER_SLOTS};
+pub use hook::{CtState, HookKind, NfHook, NF_PRIORITY_SLOTS};
+pub use packet::{Encap, L3Headers, PacketBytes, PacketMeta, ParseStatus};

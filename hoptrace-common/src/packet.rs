@@ -1,0 +1,433 @@
+//! The one packet parser, shared by the kernel programs and by host tests.
+//!
+//! It reads through [`PacketBytes`], which the kernel implements with
+//! `bpf_skb_load_bytes` (tc) or `bpf_probe_read_kernel` (netfilter,
+//! tracepoints), and host tests implement over a byte slice. Every read has a
+//! constant size and every offset is derived from bounded header fields, so
+//! the same code passes the verifier and runs (and is fuzzed) on the host.
+
+use crate::config::TraceConfig;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_TEB: u16 = 0x6558;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const ETH_HLEN: u32 = 14;
+const VXLAN_HLEN: u32 = 8;
+const UDP_HLEN: u32 = 8;
+
+/// Source of packet bytes.
+pub trait PacketBytes {
+    /// Copies `N` bytes starting at `offset` into `buf`; false when they are
+    /// not all available.
+    fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool;
+}
+
+/// Outcome of parsing, carried in every event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseStatus {
+    Ok = 0,
+    /// Not IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp = 1,
+    /// Headers shorter than they claim.
+    Truncated = 2,
+    /// Malformed header (bad version, IHL < 5, ...).
+    BadHeader = 3,
+}
+
+impl ParseStatus {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Ok,
+            1 => Self::NotIp,
+            2 => Self::Truncated,
+            _ => Self::BadHeader,
+        }
+    }
+}
+
+/// Encapsulation found around the inner packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Encap {
+    None = 0,
+    Vxlan = 1,
+    Geneve = 2,
+    /// IPv4 or IPv6 inside IPv4/IPv6 (IPIP, SIT, ip6tnl).
+    IpIp = 3,
+}
+
+impl Encap {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Vxlan,
+            2 => Self::Geneve,
+            3 => Self::IpIp,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Headers of one IP layer and its transport header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3Headers {
+    /// Source address; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    /// TCP/UDP ports; ICMP echo identifier in `sport`, sequence in `dport`.
+    pub sport: u16,
+    pub dport: u16,
+    /// IPv4 identification; IPv6: low 16 bits of the flow label.
+    pub ip_id: u16,
+    /// Transport payload length in bytes.
+    pub payload_len: u16,
+    /// 0 (absent), 4 or 6.
+    pub version: u8,
+    pub l4_proto: u8,
+    /// TCP flags; ICMP type.
+    pub tcp_flags: u8,
+    /// 1 when this is a non-first IPv4 fragment (no transport header).
+    pub fragment: u8,
+    /// First bytes of the transport payload (UDP, ICMP), zero-padded.
+    pub payload_head: [u8; 8],
+    pub _pad: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<L3Headers>() == 64);
+
+impl L3Headers {
+    pub const fn zeroed() -> Self {
+        Self {
+            saddr: [0; 16],
+            daddr: [0; 16],
+            tcp_seq: 0,
+            tcp_ack: 0,
+            sport: 0,
+            dport: 0,
+            ip_id: 0,
+            payload_len: 0,
+            version: 0,
+            l4_proto: 0,
+            tcp_flags: 0,
+            fragment: 0,
+            payload_head: [0; 8],
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// Everything hoptrace extracts from a packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// The outermost IP layer.
+    pub outer: L3Headers,
+    /// The encapsulated IP layer when `encap != 0`, else zeroed.
+    pub inner: L3Headers,
+    /// VXLAN/GENEVE network identifier.
+    pub vni: u32,
+    /// [`Encap`] as u8.
+    pub encap: u8,
+    /// [`ParseStatus`] as u8.
+    pub status: u8,
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<PacketMeta>() == 136);
+
+impl PacketMeta {
+    pub const fn zeroed() -> Self {
+        Self {
+            outer: L3Headers::zeroed(),
+            inner: L3Headers::zeroed(),
+            vni: 0,
+            encap: 0,
+            status: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The innermost parsed layer: what the application sent.
+    pub fn flow(&self) -> &L3Headers {
+        if self.encap != Encap::None as u8 && self.inner.version != 0 {
+            &self.inner
+        } else {
+            &self.outer
+        }
+    }
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    ((b0 as u16) << 8) | b1 as u16
+}
+
+#[inline(always)]
+fn be32(b: [u8; 4]) -> u32 {
+    u32::from_be_bytes(b)
+}
+
+/// Parses a frame that starts with an Ethernet header (tc hooks).
+#[inline(always)]
+pub fn parse_from_l2<P: PacketBytes>(src: &P, cfg: &TraceConfig, out: &mut PacketMeta) -> ParseStatus {
+    let mut eth = [0u8; ETH_HLEN as usize];
+    if !src.load(0, &mut eth) {
+        return finish(out, ParseStatus::Truncated);
+    }
+    let mut ethertype = be16(eth[12], eth[13]);
+    let mut l3 = ETH_HLEN;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let mut vlan = [0u8; 4];
+        if !src.load(ETH_HLEN, &mut vlan) {
+            return finish(out, ParseStatus::Truncated);
+        }
+        ethertype = be16(vlan[2], vlan[3]);
+        l3 += 4;
+    }
+    parse_from_l3(src, l3, ethertype, cfg, out)
+}
+
+/// Parses a packet whose IP header starts at `l3_off` (netfilter hooks,
+/// tracepoints, and devices without a link-layer header).
+#[inline(always)]
+pub fn parse_from_l3<P: PacketBytes>(
+    src: &P,
+    l3_off: u32,
+    ethertype: u16,
+    cfg: &TraceConfig,
+    out: &mut PacketMeta,
+) -> ParseStatus {
+    if ethertype != ETH_P_IP && ethertype != ETH_P_IPV6 {
+        return finish(out, ParseStatus::NotIp);
+    }
+    let l4_off = match parse_ip_layer(src, l3_off, ethertype, &mut out.outer) {
+        Ok(off) => off,
+        Err(status) => return finish(out, status),
+    };
+    let outer = &out.outer;
+    if outer.fragment != 0 {
+        return finish(out, ParseStatus::Ok);
+    }
+    // Encapsulation: find where the inner IP header starts.
+    let mut inner_eth_off = 0u32;
+    let mut inner_ethertype = 0u16;
+    let mut inner_ip_off = 0u32;
+    if outer.l4_proto == IPPROTO_UDP
+        && (outer.dport == cfg.vxlan_ports[0] || outer.dport == cfg.vxlan_ports[1])
+    {
+        let mut vx = [0u8; VXLAN_HLEN as usize];
+        if !src.load(l4_off + UDP_HLEN, &mut vx) {
+            return finish(out, ParseStatus::Ok);
+        }
+        if vx[0] & 0x08 == 0 {
+            return finish(out, ParseStatus::Ok);
+        }
+        out.vni = be32([0, vx[4], vx[5], vx[6]]);
+        out.encap = Encap::Vxlan as u8;
+        inner_eth_off = l4_off + UDP_HLEN + VXLAN_HLEN;
+    } else if outer.l4_proto == IPPROTO_UDP && outer.dport == cfg.geneve_port {
+        let mut gn = [0u8; 8];
+        if !src.load(l4_off + UDP_HLEN, &mut gn) {
+            return finish(out, ParseStatus::Ok);
+        }
+        if be16(gn[2], gn[3]) != ETH_P_TEB {
+            return finish(out, ParseStatus::Ok);
+        }
+        let opt_len = ((gn[0] & 0x3f) as u32) * 4;
+        out.vni = be32([0, gn[4], gn[5], gn[6]]);
+        out.encap = Encap::Geneve as u8;
+        inner_eth_off = l4_off + UDP_HLEN + 8 + opt_len;
+    } else if outer.l4_proto == IPPROTO_IPIP {
+        out.encap = Encap::IpIp as u8;
+        inner_ethertype = ETH_P_IP;
+        inner_ip_off = l4_off;
+    } else if outer.l4_proto == IPPROTO_IPV6 {
+        out.encap = Encap::IpIp as u8;
+        inner_ethertype = ETH_P_IPV6;
+        inner_ip_off = l4_off;
+    } else {
+        return finish(out, ParseStatus::Ok);
+    }
+    if inner_eth_off != 0 {
+        let mut eth = [0u8; ETH_HLEN as usize];
+        if !src.load(inner_eth_off, &mut eth) {
+            return finish(out, ParseStatus::Truncated);
+        }
+        inner_ethertype = be16(eth[12], eth[13]);
+        inner_ip_off = inner_eth_off + ETH_HLEN;
+        if inner_ethertype != ETH_P_IP && inner_ethertype != ETH_P_IPV6 {
+            // Encapsulated ARP and the like: the outer layer is all we know.
+            return finish(out, ParseStatus::Ok);
+        }
+    }
+    match parse_ip_layer(src, inner_ip_off, inner_ethertype, &mut out.inner) {
+        Ok(_) => finish(out, ParseStatus::Ok),
+        Err(status) => finish(out, status),
+    }
+}
+
+#[inline(always)]
+fn finish(out: &mut PacketMeta, status: ParseStatus) -> ParseStatus {
+    out.status = status as u8;
+    status
+}
+
+/// Parses one IP header and its transport header into `hdr`; returns the
+/// offset of the transport header.
+#[inline(always)]
+fn parse_ip_layer<P: PacketBytes>(
+    src: &P,
+    off: u32,
+    ethertype: u16,
+    hdr: &mut L3Headers,
+) -> Result<u32, ParseStatus> {
+    let l4_off;
+    let ip_payload_len: u32;
+    if ethertype == ETH_P_IP {
+        let mut ip = [0u8; 20];
+        if !src.load(off, &mut ip) {
+            return Err(ParseStatus::Truncated);
+        }
+        if ip[0] >> 4 != 4 {
+            return Err(ParseStatus::BadHeader);
+        }
+        let ihl = ((ip[0] & 0x0f) as u32) * 4;
+        if ihl < 20 {
+            return Err(ParseStatus::BadHeader);
+        }
+        let total_len = be16(ip[2], ip[3]) as u32;
+        hdr.version = 4;
+        hdr.ip_id = be16(ip[4], ip[5]);
+        hdr.l4_proto = ip[9];
+        hdr.saddr[..4].copy_from_slice(&ip[12..16]);
+        hdr.daddr[..4].copy_from_slice(&ip[16..20]);
+        let frag_off = be16(ip[6], ip[7]) & 0x1fff;
+        if frag_off != 0 {
+            hdr.fragment = 1;
+        }
+        // GSO super-packets may carry total_len 0; keep what is known.
+        ip_payload_len = total_len.saturating_sub(ihl);
+        l4_off = off + ihl;
+    } else {
+        let mut ip = [0u8; 40];
+        if !src.load(off, &mut ip) {
+            return Err(ParseStatus::Truncated);
+        }
+        if ip[0] >> 4 != 6 {
+            return Err(ParseStatus::BadHeader);
+        }
+        hdr.version = 6;
+        hdr.ip_id = be16(ip[2], ip[3]);
+        hdr.l4_proto = ip[6];
+        hdr.saddr.copy_from_slice(&ip[8..24]);
+        hdr.daddr.copy_from_slice(&ip[24..40]);
+        ip_payload_len = be16(ip[4], ip[5]) as u32;
+        l4_off = off + 40;
+    }
+    if hdr.fragment != 0 {
+        return Ok(l4_off);
+    }
+    match hdr.l4_proto {
+        IPPROTO_TCP => {
+            let mut tcp = [0u8; 20];
+            if !src.load(l4_off, &mut tcp) {
+                return Err(ParseStatus::Truncated);
+            }
+            hdr.sport = be16(tcp[0], tcp[1]);
+            hdr.dport = be16(tcp[2], tcp[3]);
+            hdr.tcp_seq = be32([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            hdr.tcp_ack = be32([tcp[8], tcp[9], tcp[10], tcp[11]]);
+            let doff = ((tcp[12] >> 4) as u32) * 4;
+            hdr.tcp_flags = tcp[13];
+            hdr.payload_len = ip_payload_len.saturating_sub(doff) as u16;
+        }
+        IPPROTO_UDP => {
+            let mut udp = [0u8; 8];
+            if !src.load(l4_off, &mut udp) {
+                return Err(ParseStatus::Truncated);
+            }
+            hdr.sport = be16(udp[0], udp[1]);
+            hdr.dport = be16(udp[2], udp[3]);
+            let udp_len = be16(udp[4], udp[5]) as u32;
+            hdr.payload_len = udp_len.saturating_sub(UDP_HLEN) as u16;
+            load_payload_head(src, l4_off + UDP_HLEN, hdr);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let mut icmp = [0u8; 8];
+            if !src.load(l4_off, &mut icmp) {
+                return Err(ParseStatus::Truncated);
+            }
+            hdr.tcp_flags = icmp[0];
+            hdr.sport = be16(icmp[4], icmp[5]);
+            hdr.dport = be16(icmp[6], icmp[7]);
+            hdr.payload_len = ip_payload_len.saturating_sub(8) as u16;
+            load_payload_head(src, l4_off + 8, hdr);
+        }
+        _ => {}
+    }
+    Ok(l4_off)
+}
+
+#[inline(always)]
+fn load_payload_head<P: PacketBytes>(src: &P, off: u32, hdr: &mut L3Headers) {
+    if hdr.payload_len >= 8 {
+        let mut head = [0u8; 8];
+        if src.load(off, &mut head) {
+            hdr.payload_head = head;
+        }
+    }
+}
+
+/// Does the packet match the `--ip/--port` filter of `cfg`? Checks the
+/// innermost and the outer layer, so an encapsulated flow is kept whole.
+#[inline(always)]
+pub fn flow_matches(meta: &PacketMeta, cfg: &TraceConfig) -> bool {
+    if cfg.filter_flow == 0 {
+        return true;
+    }
+    layer_matches(&meta.outer, cfg) || (meta.encap != 0 && layer_matches(&meta.inner, cfg))
+}
+
+#[inline(always)]
+fn layer_matches(h: &L3Headers, cfg: &TraceConfig) -> bool {
+    if cfg.match_port != 0 && h.sport != cfg.match_port && h.dport != cfg.match_port {
+        return false;
+    }
+    if cfg.match_family == 0 {
+        return true;
+    }
+    if h.version != cfg.match_family {
+        return false;
+    }
+    prefix_matches(&h.saddr, cfg) || prefix_matches(&h.daddr, cfg)
+}
+
+#[inline(always)]
+fn prefix_matches(addr: &[u8; 16], cfg: &TraceConfig) -> bool {
+    let bits = cfg.match_prefix_len as u32;
+    let mut i = 0u32;
+    while i < 16 {
+        let start = i * 8;
+        if start >= bits {
+            break;
+        }
+        let take = if bits - start >= 8 { 8 } else { bits - start };
+        let mask: u8 = (0xffu16 << (8 - take)) as u8;
+        if (addr[i as usize] ^ cfg.match_addr[i as usize]) & mask != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}

@@ -1,0 +1,16 @@
+//! The netfilter kernel object, loaded by tracer/src/netfilter.rs.
+#![no_std]
+#![no_main]
+
+#[path = "../probes/netfilter.rs"]
+mod netfilter;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

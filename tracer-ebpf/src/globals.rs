@@ -1,0 +1,43 @@
+//! Read-only globals written by userspace at load time (`EbpfLoader::set_global`).
+
+use hoptrace_common::{KernelLayout, TraceConfig};
+
+/// Kernel struct offsets from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static HOPTRACE_LAYOUT: KernelLayout = KernelLayout {
+    skb_head: 0,
+    skb_len: 0,
+    skb_network_header: 0,
+    skb_mac_header: 0,
+    skb_protocol: 0,
+    skb_dev: 0,
+    skb_nfct: 0,
+    dev_ifindex: 0,
+    dev_nd_net: 0,
+    net_ns_inum: 0,
+    skb_sk: 0,
+    sk_net: 0,
+    nf_state_hook: 0,
+    nf_state_pf: 0,
+    nf_state_net: 0,
+    valid: 0,
+};
+
+/// Tracing options.
+#[unsafe(no_mangle)]
+pub static HOPTRACE_CONFIG: TraceConfig = TraceConfig::default_config();
+
+/// Reads one field of a global without letting the compiler fold the
+/// compile-time initialiser into the code.
+#[macro_export]
+macro_rules! global {
+    ($global:ident . $field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::globals::$global.$field) }
+    };
+}
+
+/// The whole trace configuration (small; read once per program run).
+#[inline(always)]
+pub fn config() -> TraceConfig {
+    unsafe { core::ptr::read_volatile(&raw const HOPTRACE_CONFIG) }
+}

@@ -1,0 +1,34 @@
+//! Maps shared by every program (and by the separately loaded netfilter object,
+//! whose references userspace points at these same maps).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use hoptrace_common::{COUNTER_SLOTS, Counter};
+
+/// Hop events. Userspace resizes it at load time; submissions never wake the
+/// reader, which drains on a timer.
+#[map]
+pub static HOPTRACE_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Per-CPU counters of emitted, lost, unparsed and filtered events.
+#[map]
+pub static HOPTRACE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Network namespaces (inode numbers) whose tracepoint events are kept when
+/// `TraceConfig::filter_netns` is set: the node and its pods.
+#[map]
+pub static HOPTRACE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = HOPTRACE_COUNTERS.get_ptr_mut(counter as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn netns_traced(ino: u32) -> bool {
+    unsafe { HOPTRACE_NETNS.get(&ino).is_some() }
+}

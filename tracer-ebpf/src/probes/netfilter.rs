@@ -1,0 +1,87 @@
+//! Netfilter BPF programs (BPF_PROG_TYPE_NETFILTER), one per priority slot.
+//! Userspace attaches slot N at `NF_PRIORITY_SLOTS[N]` on the hooks where that
+//! band exists, so consecutive programs bracket conntrack, DNAT, filter, SNAT.
+//! aya 0.14 has no netfilter program type: these sit in a `classifier`
+//! section only so that aya-obj can parse the object; tracer/src/netfilter.rs
+//! loads them with the right type and creates the links. Always NF_ACCEPT.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use hoptrace_common::{
+    CtState, HookKind, ParseStatus,
+    packet::{ETH_P_IP, ETH_P_IPV6, flow_matches, parse_from_l3},
+};
+use tracer_ebpf::{
+    emit, global,
+    globals::config,
+    skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex, read},
+};
+
+const NF_ACCEPT: i32 = 1;
+const NFPROTO_IPV6: u8 = 10;
+/// `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`.
+/// The verifier accepts context loads only at these exact constant offsets.
+const NF_CTX_STATE: usize = 0;
+const NF_CTX_SKB: usize = 8;
+
+macro_rules! netfilter_slot {
+    ($name:ident, $slot:expr) => {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "classifier")]
+        pub extern "C" fn $name(ctx: *mut c_void) -> i32 {
+            observe(ctx, $slot);
+            NF_ACCEPT
+        }
+    };
+}
+
+netfilter_slot!(hoptrace_nf_slot0, 0);
+netfilter_slot!(hoptrace_nf_slot1, 1);
+netfilter_slot!(hoptrace_nf_slot2, 2);
+netfilter_slot!(hoptrace_nf_slot3, 3);
+netfilter_slot!(hoptrace_nf_slot4, 4);
+netfilter_slot!(hoptrace_nf_slot5, 5);
+netfilter_slot!(hoptrace_nf_slot6, 6);
+netfilter_slot!(hoptrace_nf_slot7, 7);
+netfilter_slot!(hoptrace_nf_slot8, 8);
+
+#[inline(always)]
+fn observe(ctx: *mut c_void, slot: u8) {
+    let (state, addr) = unsafe {
+        (
+            *((ctx as *const u8).add(NF_CTX_STATE) as *const u64),
+            *((ctx as *const u8).add(NF_CTX_SKB) as *const u64),
+        )
+    };
+    let skb = KernelSkb { addr };
+    let cfg = config();
+    let Some(mut entry) = emit::reserve() else {
+        return;
+    };
+    let ev = unsafe { entry.assume_init_mut() };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skb_addr = addr;
+    ev.hook = HookKind::Netfilter as u8;
+    ev.nf_slot = slot;
+    ev.nf_hook = read::<u8>(state + global!(HOPTRACE_LAYOUT.nf_state_hook) as u64).unwrap_or(0xff);
+    ev.nf_pf = read::<u8>(state + global!(HOPTRACE_LAYOUT.nf_state_pf) as u64).unwrap_or(0);
+    // Netfilter links belong to the namespace that created them: the node.
+    ev.netns_ino = cfg.node_netns_ino;
+    ev.ifindex = dev_ifindex(skb.dev());
+    ev.skb_len = skb.len();
+    ev.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+    let ethertype = if ev.nf_pf == NFPROTO_IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
+    let status = match skb.network_header() {
+        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, ethertype, &cfg, &mut ev.packet),
+        None => {
+            ev.packet.status = ParseStatus::Truncated as u8;
+            ParseStatus::Truncated
+        }
+    };
+    if !flow_matches(&ev.packet, &cfg) {
+        emit::discard(entry);
+        return;
+    }
+    emit::submit(entry, status);
+}

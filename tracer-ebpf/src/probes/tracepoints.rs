@@ -1,0 +1,106 @@
+//! BTF tracepoints (tp_btf) on the device and socket paths. They fire in
+//! every network namespace: that is how the pod side of a veth is seen.
+//! Events from namespaces that are not part of this node are filtered here
+//! when `TraceConfig::filter_netns` is set.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use hoptrace_common::{
+    Counter, HookKind, ParseStatus,
+    packet::{flow_matches, parse_from_l3},
+};
+use tracer_ebpf::{
+    emit,
+    globals::config,
+    maps::{count, netns_traced},
+    skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex},
+};
+
+/// A device hands the packet to the stack (after tc ingress, before netfilter).
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn hoptrace_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevReceive, 0);
+    0
+}
+
+/// The packet enters a device's transmit path (qdisc).
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn hoptrace_net_dev_queue(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevQueue, 0);
+    0
+}
+
+/// The driver takes the packet (after the qdisc).
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn hoptrace_net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevXmit, 0);
+    0
+}
+
+/// A reading socket copies the payload out: delivery to the application.
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn hoptrace_skb_copy_datagram_iovec(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::SocketDeliver, 0);
+    0
+}
+
+/// The packet is dropped; the kernel says why.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn hoptrace_kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    observe(skb as u64, HookKind::Drop, reason as u32);
+    0
+}
+
+/// Normal end of a packet's life (optional: userspace attaches it only when asked).
+#[btf_tracepoint(function = "consume_skb")]
+pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::Consume, 0);
+    0
+}
+
+#[inline(always)]
+fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
+    let skb = KernelSkb { addr };
+    let cfg = config();
+    // On the socket path skb->dev shares its storage with dev_scratch, so the
+    // namespace comes from the owning socket there.
+    let (dev, netns) = if hook as u8 == HookKind::SocketDeliver as u8 {
+        (0, skb.sock_netns())
+    } else {
+        let dev = skb.dev();
+        (dev, skb.dev_netns(dev))
+    };
+    if cfg.filter_netns != 0 && !netns_traced(netns) {
+        count(Counter::Filtered);
+        return;
+    }
+    let Some(mut entry) = emit::reserve() else {
+        return;
+    };
+    let ev = unsafe { entry.assume_init_mut() };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skb_addr = addr;
+    ev.hook = hook as u8;
+    ev.netns_ino = netns;
+    ev.ifindex = dev_ifindex(dev);
+    ev.skb_len = skb.len();
+    ev.drop_reason = drop_reason;
+    let status = match skb.network_header() {
+        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, skb.protocol(), &cfg, &mut ev.packet),
+        None => {
+            ev.packet.status = ParseStatus::Truncated as u8;
+            ParseStatus::Truncated
+        }
+    };
+    if !flow_matches(&ev.packet, &cfg) {
+        emit::discard(entry);
+        return;
+    }
+    emit::submit(entry, status);
+}

@@ -1,0 +1,2 @@
+//! hoptrace userspace: loader, capability probes, correlation and reports.
+pub mod ebpf_objects;
