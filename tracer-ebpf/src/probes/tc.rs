@@ -2,7 +2,14 @@
 //! Attached first in the tcx chain where tcx exists, clsact otherwise.
 //! Always returns TC_ACT_UNSPEC (== TCX_NEXT): observe, never decide.
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    macros::classifier,
+    programs::TcContext,
+};
 use hoptrace_common::{
     HookKind, PacketBytes,
     packet::{flow_matches, parse_from_l2, parse_from_l3},
@@ -15,7 +22,17 @@ struct TcBytes<'a>(&'a TcContext);
 impl PacketBytes for TcBytes<'_> {
     #[inline(always)]
     fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
-        self.0.load_bytes(offset as usize, buf).is_ok()
+        // A constant length: TcContext::load_bytes clamps it to the packet,
+        // which the verifier cannot prove non-zero.
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb as *const c_void,
+                offset,
+                buf.as_mut_ptr() as *mut c_void,
+                N as u32,
+            )
+        };
+        ret == 0
     }
 }
 
