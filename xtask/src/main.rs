@@ -1,1 +1,126 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//!
+//! Every task that needs tools runs `setup` first, which installs only what
+//! is missing (idempotent: a few seconds when everything is present).
+
+mod bench;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hoptrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks: Debian packages, rust-src for the
+    /// nightly toolchain, bpf-linker (LLVM 22), tracefs and bpffs mounts.
+    Setup {
+        /// Only report what is missing; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build hoptrace with its kernel programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: host unit tests, then the root integration tests.
+    Test {
+        /// Extra arguments for the integration test binaries (e.g. a filter).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+    /// Run the main job: the built-in lab, with its attribution table.
+    Demo,
+    /// Measure hoptrace's cost against an untraced baseline in the same run.
+    Bench {
+        /// Alternating traced/untraced rounds (median reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Write the results into BENCHMARKS.md.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup { check } => setup::run(setup::Profile::All, check),
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::Test { filter } => test(&filter),
+        Task::Demo => demo(),
+        Task::Bench { rounds, seconds, write } => {
+            setup::run(setup::Profile::Lab, false)?;
+            let bin = build(true)?;
+            bench::run(&bin, rounds, seconds, write)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds hoptrace (kernel programs included); returns the binary's path.
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "tracer", "--bin", "hoptrace"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("hoptrace"))
+}
+
+fn test(filter: &[String]) -> Result<()> {
+    setup::run(setup::Profile::All, false)?;
+    let bin = build(false)?;
+    // Host tests: no root, no kernel.
+    run(cargo().args(["test", "-p", "hoptrace-common", "-p", "tracer", "-p", "xtask"]))?;
+    // Root integration tests: one at a time, they build namespaces and
+    // some compare latencies.
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "tests", "--", "--test-threads=1"])
+        .args(filter)
+        .env("HOPTRACE_BIN", &bin);
+    run(&mut cmd)
+}
+
+fn demo() -> Result<()> {
+    setup::run(setup::Profile::Lab, false)?;
+    let bin = build(true)?;
+    run(Command::new(&bin).arg("check"))?;
+    run(Command::new(&bin).args(["lab", "--duration", "10s"]))
+}
