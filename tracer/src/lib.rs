@@ -1,2 +1,5 @@
 //! hoptrace userspace: loader, capability probes, correlation and reports.
+pub mod btf;
 pub mod ebpf_objects;
+pub mod netfilter;
+pub mod sys;
