@@ -321,6 +321,14 @@ impl NetfilterPrograms {
         Ok(NetfilterLinks { links })
     }
 
+    /// Kernel program ids of the nine slots (as `bpftool prog` shows them).
+    pub fn program_ids(&self) -> std::io::Result<Vec<u32>> {
+        self.programs
+            .iter()
+            .map(|fd| sys::object_id(fd.as_fd()))
+            .collect()
+    }
+
     /// Program file descriptor of a slot.
     pub fn program_fd(&self, slot: u8) -> Option<BorrowedFd<'_>> {
         self.programs.get(slot as usize).map(|fd| fd.as_fd())

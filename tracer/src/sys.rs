@@ -11,6 +11,7 @@ pub const BPF_MAP_CREATE: u32 = 0;
 pub const BPF_MAP_UPDATE_ELEM: u32 = 2;
 pub const BPF_PROG_LOAD: u32 = 5;
 pub const BPF_MAP_FREEZE: u32 = 22;
+pub const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 pub const BPF_LINK_CREATE: u32 = 28;
 
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -197,6 +198,19 @@ pub fn netfilter_link_create(
         .u32(24, priority as u32)
         .u32(28, 0);
     bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+/// Kernel id of a program, map or link (the `id` field that
+/// `bpf_prog_info`, `bpf_map_info` and `bpf_link_info` all carry at offset 4).
+pub fn object_id(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut info = [0u32; 4];
+    let mut attr = Attr::new();
+    attr.u32(0, fd.as_raw_fd() as u32)
+        .u32(4, std::mem::size_of_val(&info) as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
 }
 
 /// Encodes one `struct bpf_insn` (code, dst/src registers, offset, immediate).
