@@ -1,5 +1,6 @@
 //! hoptrace userspace: loader, capability probes, correlation and reports.
 pub mod btf;
+pub mod capabilities;
 pub mod ebpf_objects;
 pub mod netfilter;
 pub mod sys;
