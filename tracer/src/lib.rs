@@ -1,6 +1,7 @@
 //! hoptrace userspace: loader, capability probes, correlation and reports.
 pub mod btf;
 pub mod capabilities;
+pub mod cleanup;
 pub mod ebpf_objects;
 pub mod netfilter;
 pub mod sys;
