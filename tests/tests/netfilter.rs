@@ -104,8 +104,8 @@ fn run_in_fresh_netns() {
         ..TraceConfig::default()
     };
     let mut ebpf = EbpfLoader::new()
-        .set_global("HOPTRACE_LAYOUT", &layout, true)
-        .set_global("HOPTRACE_CONFIG", &config, true)
+        .override_global("HOPTRACE_LAYOUT", &layout, true)
+        .override_global("HOPTRACE_CONFIG", &config, true)
         .load(main_object().expect("main object"))
         .expect("load main object");
     let programs = load_netfilter_programs(

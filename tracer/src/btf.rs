@@ -358,7 +358,7 @@ impl Btf {
             bits += offset;
             id = member_ty;
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::NotByteAligned {
                 ty: ty.to_owned(),
                 member: walked,

@@ -227,7 +227,10 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         .to_owned()
 }
 
-fn item(name: &'static str, result: Result<String, String>, tried: &str) -> Capability {
+/// What one probe found: a detail line, or the kernel's error.
+type ProbeResult = Result<String, String>;
+
+fn item(name: &'static str, result: ProbeResult, tried: &str) -> Capability {
     match result {
         Ok(detail) => Capability {
             name,
@@ -354,7 +357,7 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, String> {
 
 /// tcx and clsact on `lo` of a throwaway namespace (two attachments of the same
 /// loaded program: tcx link, then a netlink filter).
-fn probe_tc() -> Result<(Result<String, String>, Result<String, String>), String> {
+fn probe_tc() -> Result<(ProbeResult, ProbeResult), String> {
     let object = probe_object().map_err(|e| e.to_string())?;
     in_throwaway_netns(move || {
         let mut ebpf = match Ebpf::load(object) {
@@ -409,7 +412,7 @@ fn create_link(message: netlink_packet_route::link::LinkMessage) -> Result<(), S
     })
 }
 
-fn probe_tunnels() -> Result<[Result<String, String>; 3], String> {
+fn probe_tunnels() -> Result<[ProbeResult; 3], String> {
     in_throwaway_netns(|| {
         let vxlan = create_link(
             rtnetlink::LinkVxlan::new("ht-vxlan0", 42)
