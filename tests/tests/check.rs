@@ -83,7 +83,12 @@ fn ht_devices() -> Vec<String> {
         .expect("ip link");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(" ht-"))
+        // The names the tunnel probes use (other tests may own other ht- names).
+        .filter(|l| {
+            ["ht-vxlan0", "ht-ipip0", "ht-geneve0"]
+                .iter()
+                .any(|n| l.contains(&format!(" {n}:")))
+        })
         .map(str::to_owned)
         .collect()
 }
@@ -96,7 +101,6 @@ fn probes_match_this_kernel_and_leave_nothing() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let links_before = probe_link_ids();
-    let netns_before = named_netns();
     let caps = probe_all();
     let names: Vec<&str> = caps.items.iter().map(|c| c.name).collect();
     assert_eq!(names, ITEMS, "every item, in order");
@@ -143,16 +147,17 @@ fn probes_match_this_kernel_and_leave_nothing() {
         caps.fidelity()
     );
 
-    // Nothing left behind: no new link, no named namespace, no ht- device here.
+    // Nothing left behind: no probe link, no probe device in this namespace.
+    // (The probes use unnamed per-thread namespaces, so there is no named
+    // namespace to look for; other tests on the machine may add their own.)
     let leaked: Vec<u64> = probe_link_ids()
         .into_iter()
         .filter(|id| !links_before.contains(id))
         .collect();
     assert!(leaked.is_empty(), "links left by the probes: {leaked:?}");
-    assert_eq!(named_netns(), netns_before, "named namespaces changed");
     assert!(
         ht_devices().is_empty(),
-        "ht- devices in the root namespace: {:?}",
+        "probe devices in the root namespace: {:?}",
         ht_devices()
     );
 }
