@@ -1,0 +1,817 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+//!
+//! rustc emits no CO-RE relocations, so the kernel programs read struct fields
+//! at offsets that userspace looks up here and writes into
+//! [`KernelLayout`](hoptrace_common::KernelLayout) at load time. Also gives the
+//! names of `enum skb_drop_reason` and the ids of BTF functions (kfuncs).
+
+use std::{collections::HashMap, path::Path};
+
+use hoptrace_common::KernelLayout;
+
+/// Where the running kernel exposes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const BTF_MAGIC: u16 = 0xeb9f;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// Errors reading BTF or finding what hoptrace needs in it.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF at {path}: {source} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(String),
+    #[error("BTF has no struct/union/enum named `{0}`")]
+    MissingType(String),
+    #[error("BTF struct `{ty}` has no member `{member}`")]
+    MissingMember { ty: String, member: String },
+    #[error("BTF member `{ty}.{member}` is a bitfield at bit {bit_offset}, not a byte offset")]
+    NotByteAligned {
+        ty: String,
+        member: String,
+        bit_offset: u32,
+    },
+    #[error("BTF has no function named `{0}`")]
+    MissingFunc(String),
+}
+
+/// A member of a struct or union.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    /// Bit offset from the start of the enclosing struct.
+    bit_offset: u32,
+}
+
+/// One BTF type; only what this reader uses is kept.
+#[derive(Clone, Debug)]
+enum BtfType {
+    /// Struct or union with its members.
+    Composite {
+        name_off: u32,
+        members: Vec<Member>,
+    },
+    /// Enum or enum64 with (name offset, value) pairs.
+    Enum {
+        name_off: u32,
+        values: Vec<(u32, i64)>,
+    },
+    /// Typedef, const, volatile, restrict, type tag: points at another type.
+    Alias {
+        target: u32,
+    },
+    Func {
+        name_off: u32,
+    },
+    /// Every other kind (int, pointer, array, forward declaration, ...).
+    Other,
+}
+
+/// Parsed BTF: the type table (index = type id) and the string section.
+pub struct Btf {
+    types: Vec<BtfType>,
+    strings: Vec<u8>,
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    little_endian: bool,
+}
+
+impl Reader<'_> {
+    fn u32(&mut self) -> Result<u32, BtfError> {
+        let bytes: [u8; 4] = self
+            .data
+            .get(self.pos..self.pos + 4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| {
+                BtfError::Malformed(format!("type section truncated at byte {}", self.pos))
+            })?;
+        self.pos += 4;
+        Ok(if self.little_endian {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        })
+    }
+
+    fn skip(&mut self, bytes: usize) {
+        self.pos += bytes;
+    }
+}
+
+impl Btf {
+    /// Reads and parses the BTF file at `path`.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
+        let path = path.as_ref();
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// The running kernel's BTF.
+    pub fn vmlinux() -> Result<Self, BtfError> {
+        Self::from_file(VMLINUX_BTF)
+    }
+
+    /// Parses a raw BTF blob (header, type section, string section).
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.len() < 24 {
+            return Err(BtfError::Malformed("shorter than the BTF header".into()));
+        }
+        let little_endian = match (
+            u16::from_le_bytes([data[0], data[1]]),
+            u16::from_be_bytes([data[0], data[1]]),
+        ) {
+            (BTF_MAGIC, _) => true,
+            (_, BTF_MAGIC) => false,
+            _ => return Err(BtfError::Malformed("bad magic".into())),
+        };
+        let mut header = Reader {
+            data,
+            pos: 4,
+            little_endian,
+        };
+        let hdr_len = header.u32()? as usize;
+        let type_off = header.u32()? as usize;
+        let type_len = header.u32()? as usize;
+        let str_off = header.u32()? as usize;
+        let str_len = header.u32()? as usize;
+        let section = |off: usize, len: usize, what: &str| {
+            hdr_len
+                .checked_add(off)
+                .and_then(|start| Some(start..start.checked_add(len)?))
+                .and_then(|range| data.get(range))
+                .ok_or_else(|| BtfError::Malformed(format!("{what} section out of bounds")))
+        };
+        let type_data = section(type_off, type_len, "type")?;
+        let strings = section(str_off, str_len, "string")?.to_vec();
+
+        let mut types = vec![BtfType::Other]; // id 0 is void
+        let mut r = Reader {
+            data: type_data,
+            pos: 0,
+            little_endian,
+        };
+        while r.pos < type_data.len() {
+            let name_off = r.u32()?;
+            let info = r.u32()?;
+            let size_or_type = r.u32()?;
+            let vlen = (info & 0xffff) as usize;
+            let kind = (info >> 24) & 0x1f;
+            let kind_flag = info >> 31 == 1;
+            let ty = match kind {
+                KIND_INT => {
+                    r.skip(4);
+                    BtfType::Other
+                }
+                KIND_PTR | KIND_FWD | KIND_FLOAT => BtfType::Other,
+                KIND_ARRAY => {
+                    r.skip(12);
+                    BtfType::Other
+                }
+                KIND_STRUCT | KIND_UNION => {
+                    let mut members = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name_off = r.u32()?;
+                        let type_id = r.u32()?;
+                        let offset = r.u32()?;
+                        // With kind_flag the top 8 bits hold the bitfield size.
+                        let bit_offset = if kind_flag {
+                            offset & 0x00ff_ffff
+                        } else {
+                            offset
+                        };
+                        members.push(Member {
+                            name_off,
+                            type_id,
+                            bit_offset,
+                        });
+                    }
+                    BtfType::Composite { name_off, members }
+                }
+                KIND_ENUM => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = r.u32()?;
+                        let raw = r.u32()?;
+                        let value = if kind_flag {
+                            i64::from(raw as i32)
+                        } else {
+                            i64::from(raw)
+                        };
+                        values.push((name, value));
+                    }
+                    BtfType::Enum { name_off, values }
+                }
+                KIND_ENUM64 => {
+                    let mut values = Vec::with_capacity(vlen);
+                    for _ in 0..vlen {
+                        let name = r.u32()?;
+                        let lo = r.u32()?;
+                        let hi = r.u32()?;
+                        values.push((name, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
+                    }
+                    BtfType::Enum { name_off, values }
+                }
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    BtfType::Alias {
+                        target: size_or_type,
+                    }
+                }
+                KIND_FUNC => BtfType::Func { name_off },
+                KIND_FUNC_PROTO => {
+                    r.skip(8 * vlen);
+                    BtfType::Other
+                }
+                KIND_VAR | KIND_DECL_TAG => {
+                    r.skip(4);
+                    BtfType::Other
+                }
+                KIND_DATASEC => {
+                    r.skip(12 * vlen);
+                    BtfType::Other
+                }
+                other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
+            };
+            if r.pos > type_data.len() {
+                return Err(BtfError::Malformed("type section truncated".into()));
+            }
+            types.push(ty);
+        }
+        Ok(Self { types, strings })
+    }
+
+    /// Number of types, including the implicit `void` (id 0).
+    pub fn type_count(&self) -> usize {
+        self.types.len()
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let Some(rest) = self.strings.get(off as usize..) else {
+            return "";
+        };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn get(&self, id: u32) -> Option<&BtfType> {
+        self.types.get(id as usize)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type id.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.get(id) {
+                Some(BtfType::Alias { target }) => id = *target,
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Id of the struct or union named `name` that has members (a definition,
+    /// not a forward declaration).
+    fn composite_by_name(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .enumerate()
+            .find_map(|(id, ty)| match ty {
+                BtfType::Composite { name_off, members }
+                    if !members.is_empty() && self.name(*name_off) == name =>
+                {
+                    Some(id as u32)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::MissingType(name.to_owned()))
+    }
+
+    /// Finds `member` in composite `id`, descending into anonymous structs and
+    /// unions; returns (bit offset from the start of `id`, member type id).
+    fn find_member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
+        let BtfType::Composite { members, .. } = self.get(self.resolve(id))? else {
+            return None;
+        };
+        // Named members first, so a direct hit wins over a nested one.
+        if let Some(m) = members
+            .iter()
+            .find(|m| m.name_off != 0 && self.name(m.name_off) == member)
+        {
+            return Some((m.bit_offset, m.type_id));
+        }
+        members
+            .iter()
+            .filter(|m| self.name(m.name_off).is_empty())
+            .find_map(|m| {
+                let (inner, ty) = self.find_member(m.type_id, member)?;
+                Some((m.bit_offset + inner, ty))
+            })
+    }
+
+    /// Byte offset of a member path inside struct `ty`: `["ns", "inum"]` is
+    /// `offsetof(ty, ns) + offsetof(typeof(ns), inum)`. Anonymous structs and
+    /// unions along the way are searched and their offsets added.
+    pub fn member_offset(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {
+        let mut id = self.composite_by_name(ty)?;
+        let mut bits = 0u32;
+        let mut walked = String::new();
+        for (i, member) in path.iter().enumerate() {
+            if i > 0 {
+                walked.push('.');
+            }
+            walked.push_str(member);
+            let (offset, member_ty) =
+                self.find_member(id, member)
+                    .ok_or_else(|| BtfError::MissingMember {
+                        ty: ty.to_owned(),
+                        member: walked.clone(),
+                    })?;
+            bits += offset;
+            id = member_ty;
+        }
+        if !bits.is_multiple_of(8) {
+            return Err(BtfError::NotByteAligned {
+                ty: ty.to_owned(),
+                member: walked,
+                bit_offset: bits,
+            });
+        }
+        Ok(bits / 8)
+    }
+
+    /// The offsets the kernel programs need, with `valid == 1`.
+    pub fn kernel_layout(&self) -> Result<KernelLayout, BtfError> {
+        Ok(KernelLayout {
+            skb_head: self.member_offset("sk_buff", &["head"])?,
+            skb_len: self.member_offset("sk_buff", &["len"])?,
+            skb_network_header: self.member_offset("sk_buff", &["network_header"])?,
+            skb_mac_header: self.member_offset("sk_buff", &["mac_header"])?,
+            skb_protocol: self.member_offset("sk_buff", &["protocol"])?,
+            skb_dev: self.member_offset("sk_buff", &["dev"])?,
+            skb_nfct: self.member_offset("sk_buff", &["_nfct"])?,
+            dev_ifindex: self.member_offset("net_device", &["ifindex"])?,
+            dev_nd_net: self.member_offset("net_device", &["nd_net", "net"])?,
+            net_ns_inum: self.member_offset("net", &["ns", "inum"])?,
+            skb_sk: self.member_offset("sk_buff", &["sk"])?,
+            sk_net: self.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
+            nf_state_hook: self.member_offset("nf_hook_state", &["hook"])?,
+            nf_state_pf: self.member_offset("nf_hook_state", &["pf"])?,
+            nf_state_net: self.member_offset("nf_hook_state", &["net"])?,
+            valid: 1,
+        })
+    }
+
+    /// Values and names of an enum, as written in the source.
+    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
+        self.types
+            .iter()
+            .find_map(|ty| match ty {
+                BtfType::Enum { name_off, values } if self.name(*name_off) == name => Some(
+                    values
+                        .iter()
+                        .map(|(n, v)| (self.name(*n).to_owned(), *v))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::MissingType(format!("enum {name}")))
+    }
+
+    /// `enum skb_drop_reason` as value → short name (`SKB_DROP_REASON_NO_SOCKET`
+    /// becomes `no_socket`).
+    pub fn drop_reason_names(&self) -> Result<HashMap<u32, String>, BtfError> {
+        Ok(self
+            .enum_values("skb_drop_reason")?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
+                Some((u32::try_from(value).ok()?, short.to_ascii_lowercase()))
+            })
+            .collect())
+    }
+
+    /// BTF type id of the function (`BTF_KIND_FUNC`) called `name`.
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|ty| matches!(ty, BtfType::Func { name_off } if self.name(*name_off) == name))
+            .map(|id| id as u32)
+            .ok_or_else(|| BtfError::MissingFunc(name.to_owned()))
+    }
+}
+
+/// The running kernel's layout, from [`VMLINUX_BTF`].
+pub fn kernel_layout() -> Result<KernelLayout, BtfError> {
+    Btf::vmlinux()?.kernel_layout()
+}
+
+/// The running kernel's drop reasons, from [`VMLINUX_BTF`].
+pub fn drop_reason_names() -> Result<HashMap<u32, String>, BtfError> {
+    Btf::vmlinux()?.drop_reason_names()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds little-endian BTF blobs for tests.
+    #[derive(Default)]
+    struct Builder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                types: Vec::new(),
+                strings: vec![0],
+                next_id: 1,
+            }
+        }
+
+        fn str(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn words(&mut self, words: &[u32]) {
+            for w in words {
+                self.types.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+
+        fn header(
+            &mut self,
+            name: &str,
+            kind: u32,
+            kind_flag: bool,
+            vlen: u32,
+            size_or_type: u32,
+        ) -> u32 {
+            let name = self.str(name);
+            let info = (kind << 24) | vlen | if kind_flag { 1 << 31 } else { 0 };
+            self.words(&[name, info, size_or_type]);
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        }
+
+        fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            let id = self.header(name, KIND_INT, false, 0, bytes);
+            self.words(&[bytes * 8]);
+            id
+        }
+
+        fn ptr(&mut self, to: u32) -> u32 {
+            self.header("", KIND_PTR, false, 0, to)
+        }
+
+        fn typedef(&mut self, name: &str, to: u32) -> u32 {
+            self.header(name, KIND_TYPEDEF, false, 0, to)
+        }
+
+        /// Members as (name, type, bit offset, bitfield size).
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32, u32)],
+        ) -> u32 {
+            let kind_flag = members.iter().any(|m| m.3 != 0);
+            let id = self.header(name, kind, kind_flag, members.len() as u32, size);
+            for &(mname, ty, bits, bitfield) in members {
+                let mname = self.str(mname);
+                let offset = if kind_flag {
+                    (bitfield << 24) | bits
+                } else {
+                    bits
+                };
+                self.words(&[mname, ty, offset]);
+            }
+            id
+        }
+
+        fn enumeration(&mut self, name: &str, values: &[(&str, u32)]) -> u32 {
+            let id = self.header(name, KIND_ENUM, false, values.len() as u32, 4);
+            for &(vname, v) in values {
+                let vname = self.str(vname);
+                self.words(&[vname, v]);
+            }
+            id
+        }
+
+        fn func(&mut self, name: &str) -> u32 {
+            let proto = self.header("", KIND_FUNC_PROTO, false, 1, 0);
+            self.words(&[0, 0]);
+            self.header(name, KIND_FUNC, false, 0, proto)
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for w in [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A miniature kernel: the structs `kernel_layout` needs, with members
+    /// hidden inside anonymous unions/structs and a bitfield before them.
+    fn synthetic_kernel() -> Vec<u8> {
+        let mut b = Builder::new();
+        let u8_t = b.int("u8", 1);
+        let u16_t = b.int("u16", 2);
+        let u32_t = b.int("u32", 4);
+        let u64_t = b.int("u64", 8);
+        let be16 = b.typedef("__be16", u16_t);
+        let void_ptr = b.ptr(0);
+        let ns_common = b.composite(
+            KIND_STRUCT,
+            "ns_common",
+            16,
+            &[("stashed", u64_t, 0, 0), ("inum", u32_t, 64, 0)],
+        );
+        let net = b.composite(
+            KIND_STRUCT,
+            "net",
+            256,
+            &[("passive", u32_t, 0, 0), ("ns", ns_common, 1024, 0)],
+        );
+        let net_ptr = b.ptr(net);
+        let possible_net = b.composite(KIND_STRUCT, "", 8, &[("net", net_ptr, 0, 0)]);
+        let possible_net_t = b.typedef("possible_net_t", possible_net);
+        let net_device = b.composite(
+            KIND_STRUCT,
+            "net_device",
+            2048,
+            &[
+                ("name", u64_t, 0, 0),
+                ("ifindex", u32_t, 8 * 224, 0),
+                ("nd_net", possible_net_t, 8 * 1000, 0),
+            ],
+        );
+        let dev_ptr = b.ptr(net_device);
+        // union { struct net_device *dev; unsigned long dev_scratch; }
+        let dev_union = b.composite(
+            KIND_UNION,
+            "",
+            8,
+            &[("dev", dev_ptr, 0, 0), ("dev_scratch", u64_t, 0, 0)],
+        );
+        // struct { next, prev, union { dev, dev_scratch } }
+        let list_struct = b.composite(
+            KIND_STRUCT,
+            "",
+            24,
+            &[
+                ("next", void_ptr, 0, 0),
+                ("prev", void_ptr, 64, 0),
+                ("", dev_union, 128, 0),
+            ],
+        );
+        let head_union = b.composite(
+            KIND_UNION,
+            "",
+            24,
+            &[("", list_struct, 0, 0), ("rbnode", u64_t, 0, 0)],
+        );
+        // struct_group(headers, ...) with a bitfield before `protocol`.
+        let headers = b.composite(
+            KIND_STRUCT,
+            "",
+            16,
+            &[
+                ("pkt_type", u8_t, 0, 3),
+                ("ignore_df", u8_t, 3, 1),
+                ("protocol", be16, 8 * 8, 0),
+                ("network_header", u16_t, 8 * 10, 0),
+                ("mac_header", u16_t, 8 * 12, 0),
+            ],
+        );
+        let headers_union = b.composite(
+            KIND_UNION,
+            "",
+            16,
+            &[("", headers, 0, 0), ("headers", headers, 0, 0)],
+        );
+        let const_ptr = b.ptr(0);
+        let sk_common = b.composite(
+            KIND_STRUCT,
+            "sock_common",
+            136,
+            &[("skc_net", possible_net_t, 8 * 48, 0)],
+        );
+        let sock = b.composite(
+            KIND_STRUCT,
+            "sock",
+            1000,
+            &[("__sk_common", sk_common, 0, 0)],
+        );
+        let sock_ptr = b.ptr(sock);
+        b.composite(
+            KIND_STRUCT,
+            "sk_buff",
+            232,
+            &[
+                ("", head_union, 0, 0),
+                ("sk", sock_ptr, 8 * 24, 0),
+                ("_nfct", u64_t, 8 * 104, 0),
+                ("len", u32_t, 8 * 112, 0),
+                ("", headers_union, 8 * 176, 0),
+                ("head", const_ptr, 8 * 200, 0),
+            ],
+        );
+        b.composite(
+            KIND_STRUCT,
+            "nf_hook_state",
+            48,
+            &[
+                ("hook", u8_t, 0, 0),
+                ("pf", u8_t, 8, 0),
+                ("net", net_ptr, 8 * 32, 0),
+            ],
+        );
+        b.enumeration(
+            "skb_drop_reason",
+            &[
+                ("SKB_NOT_DROPPED_YET", 0),
+                ("SKB_DROP_REASON_NO_SOCKET", 3),
+                ("SKB_DROP_REASON_TCP_CSUM", 6),
+            ],
+        );
+        b.func("bpf_cast_to_kern_ctx");
+        b.build()
+    }
+
+    #[test]
+    fn synthetic_layout_sums_nested_and_anonymous_offsets() {
+        let btf = Btf::parse(&synthetic_kernel()).expect("parse");
+        let layout = btf.kernel_layout().expect("layout");
+        assert_eq!(
+            layout.skb_dev, 16,
+            "dev inside union inside struct inside union"
+        );
+        assert_eq!(
+            layout.skb_protocol,
+            176 + 8,
+            "protocol inside struct_group after bitfields"
+        );
+        assert_eq!(layout.skb_network_header, 186);
+        assert_eq!(layout.skb_mac_header, 188);
+        assert_eq!(layout.skb_head, 200);
+        assert_eq!(layout.skb_len, 112);
+        assert_eq!(layout.skb_nfct, 104);
+        assert_eq!(layout.skb_sk, 24);
+        assert_eq!(layout.dev_ifindex, 224);
+        assert_eq!(layout.dev_nd_net, 1000, "possible_net_t through a typedef");
+        assert_eq!(layout.net_ns_inum, 128 + 8);
+        assert_eq!(layout.sk_net, 48);
+        assert_eq!(layout.nf_state_hook, 0);
+        assert_eq!(layout.nf_state_pf, 1);
+        assert_eq!(layout.nf_state_net, 32);
+        assert_eq!(layout.valid, 1);
+    }
+
+    #[test]
+    fn bitfield_member_is_rejected_with_its_bit_offset() {
+        let btf = Btf::parse(&synthetic_kernel()).expect("parse");
+        match btf.member_offset("sk_buff", &["ignore_df"]) {
+            Err(BtfError::NotByteAligned { bit_offset, .. }) => assert_eq!(bit_offset, 8 * 176 + 3),
+            other => panic!("expected NotByteAligned, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_struct_and_member_are_named() {
+        let btf = Btf::parse(&synthetic_kernel()).expect("parse");
+        let err = btf.member_offset("task_struct", &["pid"]).unwrap_err();
+        assert!(
+            matches!(&err, BtfError::MissingType(n) if n == "task_struct"),
+            "{err}"
+        );
+        let err = btf.member_offset("net", &["ns", "count"]).unwrap_err();
+        assert!(
+            matches!(&err, BtfError::MissingMember { ty, member } if ty == "net" && member == "ns.count"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_reasons_and_funcs() {
+        let btf = Btf::parse(&synthetic_kernel()).expect("parse");
+        let reasons = btf.drop_reason_names().expect("enum");
+        assert_eq!(reasons.get(&3).map(String::as_str), Some("no_socket"));
+        assert_eq!(reasons.get(&6).map(String::as_str), Some("tcp_csum"));
+        assert_eq!(
+            reasons.get(&0).map(String::as_str),
+            Some("skb_not_dropped_yet")
+        );
+        let id = btf.func_id("bpf_cast_to_kern_ctx").expect("func");
+        assert!(matches!(btf.get(id), Some(BtfType::Func { .. })));
+        assert!(matches!(btf.func_id("nope"), Err(BtfError::MissingFunc(_))));
+    }
+
+    #[test]
+    fn truncated_and_garbage_blobs_are_errors() {
+        let blob = synthetic_kernel();
+        assert!(matches!(
+            Btf::parse(&blob[..10]),
+            Err(BtfError::Malformed(_))
+        ));
+        assert!(matches!(
+            Btf::parse(&[0u8; 64]),
+            Err(BtfError::Malformed(_))
+        ));
+        // Cut the type section in the middle of a struct: the header still
+        // claims the full length, so the sections are out of bounds.
+        assert!(Btf::parse(&blob[..blob.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let err = Btf::from_file("/nonexistent/btf").err().expect("error");
+        assert!(matches!(err, BtfError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn real_vmlinux_layout_is_plausible() {
+        let btf = match Btf::vmlinux() {
+            Ok(btf) => btf,
+            Err(e) => {
+                eprintln!("skipping: {e}");
+                return;
+            }
+        };
+        assert!(btf.type_count() > 10_000);
+        let l = btf.kernel_layout().expect("layout from vmlinux");
+        assert_eq!(l.valid, 1);
+        // sk_buff is ~232 bytes; every field we read lies inside it.
+        for (name, off) in [
+            ("head", l.skb_head),
+            ("len", l.skb_len),
+            ("network_header", l.skb_network_header),
+            ("mac_header", l.skb_mac_header),
+            ("protocol", l.skb_protocol),
+            ("_nfct", l.skb_nfct),
+        ] {
+            assert!(off > 0 && off < 256, "sk_buff.{name} at {off}");
+        }
+        assert_eq!(l.skb_dev, 16, "dev follows next/prev");
+        assert!(l.skb_sk > 0 && l.skb_sk < 64);
+        assert!(l.dev_ifindex > 0 && l.dev_ifindex < 4096);
+        assert!(l.dev_nd_net > 0 && l.dev_nd_net < 8192);
+        assert!(l.net_ns_inum > 0 && l.net_ns_inum < 1024);
+        assert!(l.sk_net > 0 && l.sk_net < 256);
+        assert!(l.nf_state_net > l.nf_state_pf);
+        let reasons = btf.drop_reason_names().expect("drop reasons");
+        assert!(reasons.values().any(|n| n == "no_socket"), "{reasons:?}");
+        assert!(btf.func_id("bpf_cast_to_kern_ctx").is_ok());
+    }
+}
