@@ -743,11 +743,12 @@ pub fn category_bars_svg(comparison: &Comparison) -> Result<String, CompareError
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..count).into_segmented(), 0.0..top)
+            .build_cartesian_2d((0..count - 1).into_segmented(), 0.0..top)
             .map_err(|e| err(e.to_string()))?;
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .max_light_lines(1)
             .y_desc("µs")
             .x_labels(count as usize)
             .x_label_formatter(&|value| match value {
@@ -876,6 +877,8 @@ pub fn cdf_svg(comparison: &Comparison) -> Result<String, CompareError> {
             .map_err(|e| err(e.to_string()))?;
         chart
             .configure_mesh()
+            .max_light_lines(1)
+            .x_label_formatter(&|value| format!("{value:.0}"))
             .x_desc("latency µs (log scale)")
             .y_desc("fraction of requests ≤ x")
             .label_style(("sans-serif", 14))
@@ -1255,6 +1258,27 @@ mod tests {
             compare(&[dir.path().join("bad.json")]),
             Err(CompareError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn single_input_and_empty_inputs_still_draw() {
+        let single = Comparison {
+            inputs: vec![parse_report(
+                &report(Some("iptables"), 1.0),
+                Path::new("a.json"),
+            )],
+        };
+        let bars = category_bars_svg(&single).expect("bars");
+        assert!(bars.contains("netfilter"));
+        let empty = Comparison {
+            inputs: vec![parse_report(&json!({}), Path::new("e.json"))],
+        };
+        assert!(
+            category_bars_svg(&empty)
+                .expect("bars")
+                .contains("no category data")
+        );
+        assert!(cdf_svg(&empty).expect("cdf").contains("no end-to-end data"));
     }
 
     #[test]
