@@ -743,7 +743,9 @@ pub fn category_bars_svg(comparison: &Comparison) -> Result<String, CompareError
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..count - 1).into_segmented(), 0.0..top)
+            // One slot more than there are inputs: the legend sits in the
+            // empty last slot instead of over a bar.
+            .build_cartesian_2d((0..count).into_segmented(), 0.0..top)
             .map_err(|e| err(e.to_string()))?;
         chart
             .configure_mesh()
