@@ -2,8 +2,12 @@
 pub mod btf;
 pub mod capabilities;
 pub mod cleanup;
+pub mod compare;
 pub mod devices;
 pub mod ebpf_objects;
+pub mod ingress;
 pub mod loader;
+pub mod loadgen;
 pub mod netfilter;
+pub mod servers;
 pub mod sys;
