@@ -1,2 +1,3 @@
 //! hoptrace userspace: loader, capability probes, correlation and reports.
 pub mod ebpf_objects;
+pub mod taxonomy;
