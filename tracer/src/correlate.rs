@@ -118,7 +118,10 @@ impl Stat {
     }
 
     fn record(&mut self, ns: u64) {
-        self.hist.saturating_record(ns);
+        // Auto-resizing histogram: recording only fails past u64 range limits.
+        if self.hist.record(ns).is_err() {
+            self.hist.saturating_record(ns);
+        }
         self.total_ns += u128::from(ns);
     }
 

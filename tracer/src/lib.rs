@@ -2,3 +2,4 @@
 pub mod ebpf_objects;
 pub mod taxonomy;
 pub mod correlate;
+pub mod report;
