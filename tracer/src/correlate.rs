@@ -707,20 +707,18 @@ impl Correlator {
             } else {
                 self.by_skb.remove(&ev.skb_addr);
             }
-        } else if let Some(fp) = fp {
-            if let Some(&id) = self.by_fingerprint.get(&fp) {
-                if let Some(j) = self.journeys.get_mut(&id) {
-                    if ev.ts_ns.abs_diff(j.last_ts) <= self.opts.rebind_window_ns {
-                        j.extra_addrs.push(ev.skb_addr);
-                        // A copy lives on after the original was freed.
-                        j.ended = false;
-                        j.add(ev, hook, hop, parsed);
-                        self.by_skb.insert(ev.skb_addr, id);
-                        self.ledger.counters.rebinds += 1;
-                        return;
-                    }
-                }
-            }
+        } else if let Some(fp) = fp
+            && let Some(&id) = self.by_fingerprint.get(&fp)
+            && let Some(j) = self.journeys.get_mut(&id)
+            && ev.ts_ns.abs_diff(j.last_ts) <= self.opts.rebind_window_ns
+        {
+            j.extra_addrs.push(ev.skb_addr);
+            // A copy lives on after the original was freed.
+            j.ended = false;
+            j.add(ev, hook, hop, parsed);
+            self.by_skb.insert(ev.skb_addr, id);
+            self.ledger.counters.rebinds += 1;
+            return;
         }
         // A new journey starts with a parsed event on a hop (a lone drop or
         // consume of an unknown buffer is only counted).

@@ -382,7 +382,7 @@ fn fmt_share(share: f64) -> String {
 fn new_table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::ASCII_FULL_CONDENSED);
-    table.set_header(header.iter().map(|h| Cell::new(h)));
+    table.set_header(header.iter().map(Cell::new));
     for (i, _) in header.iter().enumerate().skip(1) {
         if let Some(col) = table.column_mut(i) {
             col.set_cell_alignment(CellAlignment::Right);
