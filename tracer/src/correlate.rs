@@ -1690,3 +1690,47 @@ pub(crate) mod tests {
         assert_eq!(e2e, vec![20.4, 19.4, 18.4, 17.4, 16.4]);
     }
 }
+
+#[cfg(test)]
+mod throughput {
+    use super::tests::{ctx, node_a_journey};
+    use super::*;
+
+    /// Rough events/s of push + finalize; run with
+    /// `AYA_BUILD_SKIP=1 cargo test -p tracer --lib --release throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing check, run by hand in release"]
+    fn events_per_second() {
+        let (template, _) = node_a_journey(0, 0, 0);
+        let journeys = 100_000u64;
+        let mut events = Vec::with_capacity(template.len() * journeys as usize);
+        for i in 0..journeys {
+            for e in &template {
+                let mut e = *e;
+                e.ts_ns += i * 20_000;
+                // Buffer addresses cycle, as the kernel's slab does.
+                e.skb_addr = 0xffff_8880_0000_0000 + (i % 4096) * 256;
+                e.packet.outer.tcp_seq = i as u32;
+                e.packet.inner.tcp_seq = i as u32;
+                events.push(e);
+            }
+        }
+        let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+        let start = std::time::Instant::now();
+        for (n, e) in events.iter().enumerate() {
+            c.push(e);
+            if n % 65_536 == 0 {
+                c.flush_idle(e.ts_ns);
+            }
+        }
+        let ledger = c.finish();
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{} events, {} journeys in {secs:.3}s: {:.2} M events/s",
+            events.len(),
+            ledger.counters.journeys,
+            events.len() as f64 / secs / 1e6
+        );
+        assert_eq!(ledger.counters.journeys, journeys);
+    }
+}
