@@ -678,6 +678,7 @@ mod tests {
     fn table_shows_categories_segments_and_contributor() {
         let report = Report::from_ledger(ledger(), meta());
         let text = render_table(&report);
+        println!("{text}");
         for cat in [
             "cni",
             "kube-proxy",
