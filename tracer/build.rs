@@ -5,26 +5,21 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let skip =
-        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     println!("cargo:rustc-check-cfg=cfg(hoptrace_no_ebpf)");
     if skip {
         println!("cargo:rustc-cfg=hoptrace_no_ebpf");
     }
-    let metadata =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["locate-project", "--workspace", "--message-format=plain"])
-            .output()
-            .context("cargo locate-project")?;
+    let metadata = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["locate-project", "--workspace", "--message-format=plain"])
+        .output()
+        .context("cargo locate-project")?;
     let workspace_manifest = String::from_utf8(metadata.stdout)?;
     let root = std::path::Path::new(workspace_manifest.trim())
         .parent()
         .ok_or_else(|| anyhow!("workspace root"))?
         .join("tracer-ebpf");
-    let root = root
-        .to_str()
-        .ok_or_else(|| anyhow!("non-UTF-8 path"))?
-        .to_owned();
+    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?.to_owned();
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",

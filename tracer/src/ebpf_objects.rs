@@ -11,10 +11,8 @@ pub struct NoKernelObjects;
 #[cfg(not(hoptrace_no_ebpf))]
 mod embedded {
     pub static MAIN: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace"));
-    pub static NETFILTER: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-nf"));
-    pub static PROBE: &[u8] =
-        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-probe"));
+    pub static NETFILTER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-nf"));
+    pub static PROBE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-probe"));
 }
 
 #[cfg(hoptrace_no_ebpf)]
@@ -25,11 +23,7 @@ mod embedded {
 }
 
 fn present(bytes: &'static [u8]) -> Result<&'static [u8], NoKernelObjects> {
-    if bytes.is_empty() {
-        Err(NoKernelObjects)
-    } else {
-        Ok(bytes)
-    }
+    if bytes.is_empty() { Err(NoKernelObjects) } else { Ok(bytes) }
 }
 
 /// tc and tracepoint programs.
