@@ -348,7 +348,7 @@ pub fn nft_input(set: &ServiceSet) -> String {
         ),
         (
             "nat-output",
-            "type nat hook output priority dstnat ; policy accept ;",
+            "type nat hook output priority -100 ; policy accept ;",
         ),
         (
             "nat-postrouting",

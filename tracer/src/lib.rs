@@ -2,3 +2,4 @@
 pub mod ebpf_objects;
 pub mod kubeproxy;
 pub mod netns;
+pub mod topology;
