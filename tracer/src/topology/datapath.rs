@@ -535,8 +535,28 @@ pub(super) fn install_service_rules(lab: &Lab) -> Result<(), TopologyError> {
             kubeproxy::nft_input(&lab.service_set()),
         ),
     };
-    for node in &lab.nodes {
-        netns::run_in_with_stdin(&node.netns, argv, input.as_bytes())?;
+    // One transaction per node; nodes in parallel (iptables-nft needs
+    // seconds per node for thousands of services).
+    let results: Vec<Result<(), NetnsError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = lab
+            .nodes
+            .iter()
+            .map(|node| {
+                let input = input.as_bytes();
+                scope.spawn(move || netns::run_in_with_stdin(&node.netns, argv, input).map(drop))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
     }
     Ok(())
 }
