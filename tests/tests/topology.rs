@@ -221,6 +221,13 @@ fn check_datapath(datapath: Datapath) {
     let neighbour = lab.pods_on(0).nth(1).unwrap().clone();
     ping(&client.netns, neighbour.ip).unwrap_or_else(|e| panic!("{datapath}: same node: {e}"));
     ping(&remote.netns, client.ip).unwrap_or_else(|e| panic!("{datapath}: reverse: {e}"));
+    // Overlays really carried the cross-node packets.
+    if let Some(tunnel) = datapath.tunnel_device() {
+        let path = format!("/sys/class/net/{tunnel}/statistics/tx_packets");
+        let out = netns::run_in(&lab.nodes()[0].netns, &["cat", &path]).unwrap();
+        let tx: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(tx > 0, "{datapath}: nothing left through {tunnel}");
+    }
 
     let service = lab.service();
     if datapath == Datapath::HostNetwork {
