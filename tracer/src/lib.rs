@@ -1,4 +1,4 @@
-//! hoptrace userspace: loader, capability probes, correlation and reports.
+//! hoptrace userspace: loader, capability probes, correlation, reports and the lab.
 pub mod btf;
 pub mod capabilities;
 pub mod cleanup;
@@ -7,11 +7,14 @@ pub mod correlate;
 pub mod devices;
 pub mod ebpf_objects;
 pub mod ingress;
+pub mod kubeproxy;
 pub mod loader;
 pub mod loadgen;
 pub mod netfilter;
+pub mod netns;
 pub mod report;
 pub mod servers;
 pub mod session;
 pub mod sys;
 pub mod taxonomy;
+pub mod topology;
