@@ -70,3 +70,72 @@ pub fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 pub fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
+
+/// The hoptrace binary under test (set by `cargo xtask test`), or the debug build.
+pub fn hoptrace_bin() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("HOPTRACE_BIN") {
+        return path.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/debug/hoptrace")
+        .canonicalize()
+        .expect("target/debug/hoptrace: run `cargo build -p tracer` first (or `cargo xtask test`)")
+}
+
+/// Starts the built-in HTTP (8080) and UDP (5353) servers inside `netns`;
+/// the guard kills them.
+pub fn start_backend(netns: &str) -> hoptrace::netns::ChildGuard {
+    let bin = hoptrace_bin();
+    let child = hoptrace::netns::spawn_in(
+        netns,
+        &[
+            bin.to_str().unwrap(),
+            "serve",
+            "--http",
+            "0.0.0.0:8080",
+            "--udp",
+            "0.0.0.0:5353",
+            "--duration",
+            "300s",
+        ],
+    )
+    .expect("start backend");
+    let guard = hoptrace::netns::ChildGuard::new(child);
+    // Wait until it listens (bounded).
+    for _ in 0..100 {
+        let out = hoptrace::netns::run_in(netns, &["ss", "-ltn", "sport = :8080"]).expect("ss");
+        if String::from_utf8_lossy(&out.stdout).contains("8080") {
+            return guard;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("backend in {netns} did not start listening");
+}
+
+/// Sends `n` HTTP requests from inside `netns`, one new TCP connection each
+/// (so every request opens a conntrack entry and walks kube-proxy's rules).
+/// Returns how many got a response.
+pub fn http_requests_new_connection(netns: &str, target: std::net::SocketAddr, n: usize) -> usize {
+    use std::io::{Read as _, Write as _};
+    hoptrace::netns::with_netns(netns, || {
+        let mut ok = 0;
+        for _ in 0..n {
+            let Ok(mut stream) = std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2)) else {
+                continue;
+            };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            if stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+                .is_err()
+            {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if stream.read_to_end(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200") {
+                ok += 1;
+            }
+        }
+        ok
+    })
+    .expect("enter client netns")
+}

@@ -964,12 +964,14 @@ fn record_journey(
     if max_exemplars == 0 {
         return;
     }
-    let full = ledger.exemplars.len() >= max_exemplars;
-    if full
-        && ledger
-            .exemplars
+    // The slowest `max_exemplars` per direction: a burst of slow replies must
+    // not hide every request (and the other way round).
+    let same_direction = ledger.exemplars.iter().filter(|e| e.direction == direction);
+    let kept = same_direction.clone().count();
+    if kept >= max_exemplars
+        && same_direction
             .last()
-            .is_some_and(|slowest_kept| slowest_kept.end_to_end_us >= e2e_us)
+            .is_some_and(|fastest_kept| fastest_kept.end_to_end_us >= e2e_us)
     {
         return;
     }
@@ -1020,7 +1022,11 @@ fn record_journey(
         .position(|e| e.end_to_end_us < e2e_us)
         .unwrap_or(ledger.exemplars.len());
     ledger.exemplars.insert(pos, exemplar);
-    ledger.exemplars.truncate(max_exemplars);
+    if kept + 1 > max_exemplars
+        && let Some(fastest) = ledger.exemplars.iter().rposition(|e| e.direction == direction)
+    {
+        ledger.exemplars.remove(fastest);
+    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,11 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
     let by_id: HashMap<i32, &IpNetns> = netns.iter().filter_map(|n| n.id.map(|id| (id, n))).collect();
     let mut pods: Vec<PodNetns> = Vec::new();
     for dev in &devices {
+        // The uplink may be a veth too (a node in a namespace lab): what is
+        // behind it is the network, not a pod.
+        if dev.uplink {
+            continue;
+        }
         let Some(id) = dev.peer_netnsid else { continue };
         let Some(ns) = by_id.get(&id) else { continue };
         let Ok(meta) = std::fs::metadata(Path::new("/run/netns").join(&ns.name)) else {

@@ -18,3 +18,4 @@ pub mod session;
 pub mod sys;
 pub mod taxonomy;
 pub mod topology;
+pub mod trace;

@@ -126,8 +126,8 @@ pub fn in_netns<T: Send>(path: Option<&Path>, f: impl FnOnce() -> T + Send) -> R
 
 fn role_of(dev: &devices::Device) -> DeviceRole {
     match dev.kind {
+        _ if dev.uplink => DeviceRole::Uplink,
         DeviceKind::Veth if dev.peer_netnsid.is_some() => DeviceRole::PodVethHost,
-        DeviceKind::Veth if dev.uplink => DeviceRole::Uplink,
         DeviceKind::Veth => DeviceRole::Other,
         DeviceKind::Bridge => DeviceRole::Bridge,
         DeviceKind::Vxlan => DeviceRole::Vxlan,
