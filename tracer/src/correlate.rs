@@ -388,6 +388,11 @@ struct Journey {
     ended: bool,
     saw_netfilter: bool,
     saw_ct_new: bool,
+    /// Netfilter hops of the packet itself, not of its encapsulating outer
+    /// packet: an overlay's outer UDP flow never sees a reply on its own
+    /// tuple, so conntrack keeps calling it NEW; the inner verdict decides.
+    saw_inner_netfilter: bool,
+    saw_inner_ct_new: bool,
     first_flow_ts: u64,
     first_flow: L3Headers,
     last_flow_ts: u64,
@@ -405,8 +410,11 @@ impl Journey {
         match hook {
             HookKind::Netfilter => {
                 self.saw_netfilter = true;
-                if CtState::from_u8(ev.ct_state) == CtState::New {
-                    self.saw_ct_new = true;
+                let new = CtState::from_u8(ev.ct_state) == CtState::New;
+                self.saw_ct_new |= new;
+                if ev.packet.encap == Encap::None as u8 {
+                    self.saw_inner_netfilter = true;
+                    self.saw_inner_ct_new |= new;
                 }
             }
             HookKind::Drop | HookKind::Consume => self.ended = true,
@@ -760,6 +768,8 @@ impl Correlator {
             ended: false,
             saw_netfilter: false,
             saw_ct_new: false,
+            saw_inner_netfilter: false,
+            saw_inner_ct_new: false,
             first_flow_ts: ev.ts_ns,
             first_flow: flow,
             last_flow_ts: ev.ts_ns,
@@ -860,7 +870,13 @@ fn journey_direction(first: &Hop) -> Direction {
 fn journey_conn_state(j: &Journey) -> ConnState {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    if j.saw_netfilter {
+    if j.saw_inner_netfilter {
+        if j.saw_inner_ct_new {
+            ConnState::New
+        } else {
+            ConnState::Established
+        }
+    } else if j.saw_netfilter {
         if j.saw_ct_new {
             ConnState::New
         } else {
@@ -1496,6 +1512,28 @@ pub(crate) mod tests {
         };
         assert_eq!(count(ConnState::New), 2);
         assert_eq!(count(ConnState::Established), 3);
+    }
+
+    #[test]
+    fn outer_packet_conntrack_does_not_make_an_established_packet_new() {
+        // An ACK of an established connection is encapsulated; the outer UDP
+        // flow has never seen a reply on its own tuple, so conntrack calls
+        // every outer packet NEW. The inner verdict must decide.
+        use CtState::{Established, New};
+        use NfHook::*;
+        let inner = dnat(tcp(ACK, 42, 3));
+        let outer = vxlan(inner);
+        let events = [
+            nf(1_000, SKB, PreRouting, -201, CtState::None, inner),
+            nf(1_200, SKB, PreRouting, -199, Established, inner),
+            nf(1_400, SKB, LocalOut, -201, CtState::None, outer),
+            nf(1_600, SKB, LocalOut, -199, New, outer),
+        ];
+        let ledger = run(&events);
+        assert_eq!(ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(), vec![ConnState::Established]);
+        // Without any inner netfilter hop, the outer verdict is all there is.
+        let ledger = run(&events[2..]);
+        assert_eq!(ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(), vec![ConnState::New]);
     }
 
     #[test]

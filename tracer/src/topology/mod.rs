@@ -539,10 +539,12 @@ impl Lab {
                 })
                 .collect(),
         }];
-        services.extend(kubeproxy::filler_services(
-            self.spec.services,
-            self.spec.nodes,
-        ));
+        // The filler services come first in KUBE-SERVICES: the lab's service
+        // is one among many, so its packets walk the rules before it, as in
+        // a busy cluster where kube-proxy's order is arbitrary.
+        let mut fillers = kubeproxy::filler_services(self.spec.services, self.spec.nodes);
+        fillers.append(&mut services);
+        let services = fillers;
         ServiceSet {
             cluster_cidr: CLUSTER_CIDR,
             services,
