@@ -8,6 +8,7 @@ pub mod devices;
 pub mod ebpf_objects;
 pub mod ingress;
 pub mod kubeproxy;
+pub mod lab;
 pub mod loader;
 pub mod loadgen;
 pub mod netfilter;

@@ -4,7 +4,16 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use hoptrace::{capabilities, cleanup, compare, loader::TcMode, report, servers, session, trace};
+use hoptrace::{
+    capabilities, cleanup, compare,
+    ingress::IngressKind,
+    lab::{self, LabError, LabOptions},
+    loader::TcMode,
+    loadgen::LoadMode,
+    report, servers, session,
+    topology::{self, Datapath, KubeProxyMode, TopologyError},
+    trace,
+};
 
 #[derive(Parser)]
 #[command(name = "hoptrace", version, about = "Where does each microsecond of a Kubernetes node's datapath go?")]
@@ -29,6 +38,9 @@ enum Command {
         #[arg(long)]
         netns: Option<PathBuf>,
     },
+    /// Build a flannel-, Calico- or Cilium-style datapath in network namespaces,
+    /// put load through it, trace every node and say where the time went.
+    Lab(LabArgs),
     /// Compare reports side by side (per category and segment, with deltas).
     Compare {
         #[arg(required = true)]
@@ -81,6 +93,64 @@ struct TraceArgs {
     ready_file: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct LabArgs {
+    /// Datapath to build: flannel-vxlan, flannel-host-gw, calico-bgp,
+    /// calico-vxlan, calico-ipip, cilium-like, host-network.
+    #[arg(long, default_value = "flannel-vxlan", value_parser = parse_datapath)]
+    datapath: Datapath,
+    /// Run several datapaths in turn and compare them (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_datapath)]
+    compare: Vec<Datapath>,
+    /// Nodes (2 or 3).
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// How services are programmed: iptables, nftables or none.
+    #[arg(long, default_value = "iptables", value_parser = parse_kube_proxy)]
+    kube_proxy: KubeProxyMode,
+    /// Extra (non-matching) services in front of the lab's own.
+    #[arg(long, default_value_t = 100)]
+    services: u32,
+    /// Proxy pod in front of the backend.
+    #[arg(long, value_enum, default_value = "builtin")]
+    ingress: IngressKind,
+    /// Traffic: HTTP keep-alive, HTTP with a new connection per request, or UDP request/response.
+    #[arg(long, value_enum, default_value = "http-keep-alive")]
+    load: LoadMode,
+    /// Requests per second (fixed rate, no coordinated omission).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Connections (keep-alive) or requests in flight (other modes).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// How long the load runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Write the reports of every node (schema hoptrace.lab.v1) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// With --compare: also write an HTML page with charts.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Prefix of every namespace the lab creates.
+    #[arg(long, default_value = "ht-lab-")]
+    prefix: String,
+    /// Only remove namespaces left by an earlier lab with this prefix, then exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Print every node's full ledger too.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn parse_datapath(s: &str) -> Result<Datapath, String> {
+    s.parse::<Datapath>().map_err(|e| e.to_string())
+}
+
+fn parse_kube_proxy(s: &str) -> Result<KubeProxyMode, String> {
+    s.parse::<KubeProxyMode>().map_err(|e| e.to_string())
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TcModeArg {
     Tcx,
@@ -93,6 +163,7 @@ fn main() -> ExitCode {
         Command::Check { json } => capabilities::run_check(json),
         Command::Cleanup { netns } => cleanup::run_cleanup(netns.as_deref()),
         Command::Trace(args) => exit_code(run_trace(args)),
+        Command::Lab(args) => exit_code(run_lab(args)),
         Command::Compare { reports, html } => exit_code(run_compare(&reports, html)),
         Command::Serve { http, udp, duration } => exit_code(servers::run_serve(http, udp, duration).map(|()| 0).map_err(Into::into)),
     };
@@ -161,6 +232,76 @@ fn run_compare(paths: &[PathBuf], html: Option<PathBuf>) -> Result<i32> {
         for file in written {
             eprintln!("hoptrace: wrote {}", file.display());
         }
+    }
+    Ok(0)
+}
+
+fn run_lab(args: LabArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace lab: {err}");
+        return Ok(2);
+    }
+    if args.cleanup {
+        let removed = topology::cleanup(&args.prefix)?;
+        eprintln!("hoptrace lab: removed {} namespaces with prefix {}", removed.len(), args.prefix);
+        return Ok(0);
+    }
+    trace::install_stop_handler();
+    let datapaths = if args.compare.is_empty() { vec![args.datapath] } else { args.compare.clone() };
+    let mut runs = Vec::new();
+    for datapath in &datapaths {
+        let opts = LabOptions {
+            datapath: *datapath,
+            nodes: args.nodes,
+            kube_proxy: args.kube_proxy,
+            services: args.services,
+            ingress: args.ingress,
+            load: args.load,
+            rate: args.rate,
+            connections: args.connections,
+            duration: args.duration,
+            prefix: args.prefix.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        match lab::run_once(&opts) {
+            Ok(run) => {
+                if args.verbose {
+                    for report in &run.reports {
+                        println!("{}", report::render_table(report));
+                    }
+                }
+                println!("{}", lab::render_run(&run));
+                runs.push(run);
+            }
+            Err(LabError::Topology(TopologyError::Unsupported { datapath, reason })) => {
+                eprintln!("hoptrace lab: skipping {datapath}: {reason}");
+            }
+            Err(LabError::Interrupted) => {
+                eprintln!("hoptrace lab: interrupted; every namespace, link and hook was removed");
+                return Ok(130);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        if trace::stop_requested() {
+            eprintln!("hoptrace lab: interrupted; every namespace, link and hook was removed");
+            return Ok(130);
+        }
+    }
+    if runs.is_empty() {
+        anyhow::bail!("no datapath could be built on this machine");
+    }
+    if runs.len() > 1 {
+        let comparison = lab::compare_runs(&runs)?;
+        println!("{}", compare::render_table(&comparison));
+        if let Some(path) = &args.html {
+            for file in compare::write_html(&comparison, path)? {
+                eprintln!("hoptrace: wrote {}", file.display());
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        lab::write_json(&runs, path).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("hoptrace: lab reports written to {}", path.display());
     }
     Ok(0)
 }
