@@ -1,6 +1,8 @@
 //! Support for the root integration tests: skipping without root, and
 //! network namespaces that are removed on drop, also when a test panics.
 
+pub mod browser;
+
 use std::process::Command;
 
 /// Returns false (and prints why) when the test cannot run here.

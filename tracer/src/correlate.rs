@@ -533,6 +533,8 @@ pub fn fingerprint(packet: &PacketMeta) -> u64 {
 struct SegmentTable {
     by_pair: FastMap<(HopSite, HopSite, bool), u32>,
     by_name: HashMap<String, u32>,
+    /// See [`NodeContext::kube_proxy_absent`].
+    kube_proxy_absent: bool,
 }
 
 impl SegmentTable {
@@ -546,7 +548,10 @@ impl SegmentTable {
         if let Some(&id) = self.by_pair.get(&(a, b, same_device)) {
             return id;
         }
-        let seg = classify(a, b, same_device);
+        let mut seg = classify(a, b, same_device);
+        if self.kube_proxy_absent && seg.category == Category::KubeProxy {
+            seg.category = Category::NetfilterOther;
+        }
         let id = match self.by_name.get(&seg.name) {
             Some(&id) => id,
             None => {
@@ -584,6 +589,7 @@ const HOP_POOL_MAX: usize = 1024;
 impl Correlator {
     /// A correlator for one node.
     pub fn new(ctx: NodeContext, opts: CorrelatorOptions) -> Self {
+        let kube_proxy_absent = ctx.kube_proxy_absent;
         Self {
             opts,
             devices: DeviceTable::new(ctx),
@@ -594,7 +600,10 @@ impl Correlator {
             next_id: 0,
             drops: FastMap::default(),
             ledger: Ledger::new(),
-            segments: SegmentTable::default(),
+            segments: SegmentTable {
+                kube_proxy_absent,
+                ..SegmentTable::default()
+            },
             hop_pool: Vec::new(),
             scratch_ids: Vec::new(),
             scratch_segments: Vec::new(),
@@ -700,7 +709,11 @@ impl Correlator {
         if let Some(&id) = self.by_skb.get(&ev.skb_addr) {
             if let Some(j) = self.journeys.get_mut(&id) {
                 let same_packet = fp.is_none_or(|fp| fp == j.fingerprint);
-                if same_packet && !(j.ended && ev.ts_ns > j.last_ts) {
+                // A buffer idle longer than the idle timeout carries a new
+                // packet (non-IP frames have no fingerprint to tell): one
+                // packet does not dwell that long between two hops of a node.
+                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.idle_timeout_ns);
+                if same_packet && !stale && !(j.ended && ev.ts_ns > j.last_ts) {
                     j.add(ev, hook, hop, parsed);
                     return;
                 }
@@ -1086,6 +1099,7 @@ pub(crate) mod tests {
                 (2, "NOT_SPECIFIED".to_string()),
                 (6, "NETFILTER_DROP".to_string()),
             ]),
+            kube_proxy_absent: false,
         }
     }
 
@@ -1534,6 +1548,50 @@ pub(crate) mod tests {
         // Without any inner netfilter hop, the outer verdict is all there is.
         let ledger = run(&events[2..]);
         assert_eq!(ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(), vec![ConnState::New]);
+    }
+
+    #[test]
+    fn a_buffer_idle_past_the_timeout_starts_a_new_journey() {
+        use HookKind::*;
+        // The same bytes (same fingerprint) in the same buffer, twice.
+        let arp = tcp(ACK, 7, 9);
+        let idle = CorrelatorOptions::default().idle_timeout_ns;
+        let events = [
+            ev(1_000, SKB, NODE, IF_UPLINK, DevReceive, arp),
+            ev(2_000, SKB, NODE, IF_UPLINK, TcIngress, arp),
+            ev(2_000 + idle + 1, SKB, NODE, IF_UPLINK, DevReceive, arp),
+            ev(3_000 + idle + 1, SKB, NODE, IF_UPLINK, TcIngress, arp),
+        ];
+        let ledger = run(&events);
+        let e2e: Vec<u64> = ledger.end_to_end.values().map(|s| s.hist.len()).collect();
+        assert_eq!(e2e.iter().sum::<u64>(), 2, "two journeys, not one spanning the idle gap");
+        assert!(ledger.end_to_end.values().all(|s| s.hist.max() < idle), "no journey spans the gap");
+    }
+
+    #[test]
+    fn without_kube_proxy_the_nat_and_filter_bands_are_netfilter_other() {
+        let (events, _) = node_a_journey(0, SKB, 1);
+        let mut c = Correlator::new(
+            NodeContext {
+                kube_proxy_absent: true,
+                ..ctx()
+            },
+            CorrelatorOptions::default(),
+        );
+        for e in &events {
+            c.push(e);
+        }
+        let ledger = c.finish();
+        let categories: HashSet<Category> = ledger.categories.keys().map(|k| k.0).collect();
+        assert!(!categories.contains(&Category::KubeProxy), "{categories:?}");
+        assert!(categories.contains(&Category::NetfilterOther));
+        assert!(categories.contains(&Category::Conntrack), "conntrack is not kube-proxy's");
+        let dnat = ledger
+            .segment_names
+            .iter()
+            .find(|s| s.name == "netfilter.prerouting.dnat")
+            .expect("dnat segment");
+        assert_eq!(dnat.category, Category::NetfilterOther);
     }
 
     #[test]

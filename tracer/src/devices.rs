@@ -71,6 +71,9 @@ pub struct PodNetns {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeDevices {
     pub netns_inode: u32,
+    /// kube-proxy's chains are programmed here (iptables `KUBE-SERVICES` in
+    /// the nat table, or the nftables `kube-proxy` table).
+    pub kube_proxy_present: bool,
     pub devices: Vec<Device>,
     pub pods: Vec<PodNetns>,
 }
@@ -201,9 +204,27 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
     }
     Ok(NodeDevices {
         netns_inode: own_netns_inode()?,
+        kube_proxy_present: kube_proxy_present(),
         devices,
         pods,
     })
+}
+
+/// Does this namespace carry kube-proxy's rules? Asks iptables for the nat
+/// KUBE-SERVICES chain (one rule is enough) and nft for its table. Missing
+/// tools count as "no".
+pub fn kube_proxy_present() -> bool {
+    let iptables = Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    iptables
+        || Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim().ends_with(" kube-proxy")))
 }
 
 impl NodeDevices {

@@ -171,6 +171,7 @@ pub fn node_context(node: &NodeDevices, drop_reasons: &std::collections::HashMap
         node_netns_ino: node.netns_inode,
         devices: infos,
         drop_reasons: drop_reasons.clone(),
+        kube_proxy_absent: !node.kube_proxy_present,
     }
 }
 

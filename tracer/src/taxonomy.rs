@@ -72,6 +72,10 @@ pub struct NodeContext {
     pub devices: Vec<DeviceInfo>,
     /// Names of `enum skb_drop_reason` values of the running kernel.
     pub drop_reasons: HashMap<u32, String>,
+    /// The node has no kube-proxy chains (no iptables `KUBE-SERVICES`, no
+    /// nftables `kube-proxy` table): the nat and filter bands are then
+    /// ordinary netfilter time (`netfilter-other`), not kube-proxy's.
+    pub kube_proxy_absent: bool,
 }
 
 /// Where the latency of a segment is attributed.

@@ -1,0 +1,284 @@
+//! Issue "hoptrace lab": every datapath builds, carries traffic, is traced
+//! and leaves nothing behind; categories follow the datapath; the compare
+//! page renders; clashes, interruptions and missing tools are clear.
+//! Runs the real binary, as a user would.
+
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tests::{can_run_as_root, hoptrace_bin};
+
+fn prefix(tag: &str) -> String {
+    format!("ht-{tag}{}-", std::process::id() % 1000)
+}
+
+fn leftovers(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes anything a failed run left, whatever happens in the test.
+struct PrefixGuard(String);
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        let _ = hoptrace::topology::cleanup(&self.0);
+    }
+}
+
+fn lab(args: &[&str]) -> Output {
+    let out = Command::new(hoptrace_bin())
+        .arg("lab")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hoptrace lab");
+    eprintln!(
+        "hoptrace lab {args:?}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read_runs(path: &Path) -> Vec<Value> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("lab json")).expect("parse");
+    assert_eq!(doc["schema"], "hoptrace.lab.v1");
+    doc["runs"].as_array().expect("runs").clone()
+}
+
+/// Total count of a category over every node of a run.
+fn category_count(run: &Value, category: &str) -> u64 {
+    run["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .flat_map(|n| n["categories"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["category"] == category)
+        .map(|c| c["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// p50 of a category on new connections, the largest over the nodes.
+fn category_p50_new(run: &Value, category: &str) -> f64 {
+    run["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .flat_map(|n| n["categories"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["category"] == category && c["conn_state"] == "new")
+        .map(|c| c["p50_us"].as_f64().unwrap_or(0.0))
+        .fold(0.0, f64::max)
+}
+
+fn quick_lab(prefix: &str, json: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--duration", "1s", "--rate", "200", "--prefix", prefix, "--json", json.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    lab(&args)
+}
+
+#[test]
+fn every_datapath_carries_traffic_and_leaves_nothing() {
+    if !can_run_as_root("every_datapath_carries_traffic_and_leaves_nothing") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for datapath in hoptrace::topology::Datapath::ALL {
+        let prefix = prefix("d");
+        let _guard = PrefixGuard(prefix.clone());
+        let json = dir.path().join(format!("{datapath}.json"));
+        let out = quick_lab(&prefix, &json, &["--datapath", datapath.as_str()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if datapath.as_str() == "calico-ipip" && stderr.contains("skipping calico-ipip") {
+            // This kernel has no ipip devices: the lab says so and builds nothing.
+            assert!(!out.status.success());
+            assert!(leftovers(&prefix).is_empty(), "{datapath} left {:?}", leftovers(&prefix));
+            continue;
+        }
+        assert!(out.status.success(), "{datapath} failed");
+        let runs = read_runs(&json);
+        let run = &runs[0];
+        assert_eq!(run["nodes"].as_array().unwrap().len(), 2, "{datapath}: a report per node");
+        assert!(run["lab"]["requests_ok"].as_u64().unwrap() > 100, "{datapath}: traffic flowed");
+        assert!(category_count(run, "cni") > 0, "{datapath}: cni time attributed");
+        let encapsulated = category_count(run, "encapsulation") > 0;
+        match datapath.as_str() {
+            "flannel-vxlan" | "calico-vxlan" => assert!(encapsulated, "{datapath} has an encapsulation category"),
+            _ => assert!(!encapsulated, "{datapath} must not show encapsulation"),
+        }
+        if datapath.as_str() == "cilium-like" {
+            assert_eq!(category_count(run, "kube-proxy"), 0, "cilium-like has no kube-proxy rules");
+        }
+        assert!(leftovers(&prefix).is_empty(), "{datapath} left {:?}", leftovers(&prefix));
+    }
+}
+
+#[test]
+fn kube_proxy_none_shows_no_kube_proxy_category() {
+    if !can_run_as_root("kube_proxy_none_shows_no_kube_proxy_category") {
+        return;
+    }
+    let prefix = prefix("k");
+    let _guard = PrefixGuard(prefix.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("none.json");
+    let out = quick_lab(&prefix, &json, &["--datapath", "calico-bgp", "--kube-proxy", "none", "--ingress", "none"]);
+    assert!(out.status.success());
+    let runs = read_runs(&json);
+    assert_eq!(category_count(&runs[0], "kube-proxy"), 0);
+    assert!(category_count(&runs[0], "conntrack") > 0, "netfilter is still traced");
+}
+
+#[test]
+fn ten_thousand_services_raise_kube_proxy_p50() {
+    if !can_run_as_root("ten_thousand_services_raise_kube_proxy_p50") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut p50 = Vec::new();
+    for services in ["100", "10000"] {
+        let prefix = prefix("v");
+        let _guard = PrefixGuard(prefix.clone());
+        let json = dir.path().join(format!("{services}.json"));
+        let out = quick_lab(
+            &prefix,
+            &json,
+            &["--services", services, "--load", "http-new-connection", "--ingress", "none"],
+        );
+        assert!(out.status.success());
+        p50.push(category_p50_new(&read_runs(&json)[0], "kube-proxy"));
+    }
+    eprintln!("kube-proxy p50 on new connections: 100 services {} µs, 10000 services {} µs", p50[0], p50[1]);
+    assert!(p50[1] > p50[0] * 2.0, "10,000 services must raise kube-proxy's p50 clearly: {p50:?}");
+}
+
+#[test]
+fn compare_html_of_real_runs_renders() {
+    if !can_run_as_root("compare_html_of_real_runs_renders") {
+        return;
+    }
+    if !tests::browser::chromium_available() {
+        println!("SKIP compare_html_of_real_runs_renders: chromium not installed");
+        return;
+    }
+    let prefix = prefix("c");
+    let _guard = PrefixGuard(prefix.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let html = dir.path().join("compare.html");
+    let json = dir.path().join("compare.json");
+    let out = quick_lab(
+        &prefix,
+        &json,
+        &["--compare", "flannel-vxlan,calico-bgp", "--html", html.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("flannel-vxlan") && stdout.contains("calico-bgp"));
+    assert_eq!(read_runs(&json).len(), 2);
+    assert!(dir.path().join("compare-categories.svg").exists());
+    tests::browser::assert_page_renders(&html, &["flannel-vxlan", "calico-bgp", "encapsulation"], 2);
+}
+
+#[test]
+fn name_clash_is_clear_and_touches_nothing() {
+    if !can_run_as_root("name_clash_is_clear_and_touches_nothing") {
+        return;
+    }
+    let prefix = prefix("x");
+    let _guard = PrefixGuard(prefix.clone());
+    let existing = tests::NamedNetns::create(&format!("{prefix}n1"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = quick_lab(&prefix, &dir.path().join("x.json"), &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already exists"), "clear clash message: {stderr}");
+    assert!(Path::new("/run/netns").join(&existing.name).exists(), "the existing namespace stays");
+    assert_eq!(leftovers(&prefix), vec![existing.name.clone()], "nothing else left");
+}
+
+#[test]
+fn missing_tool_is_named_with_its_package() {
+    if !can_run_as_root("missing_tool_is_named_with_its_package") {
+        return;
+    }
+    let prefix = prefix("m");
+    let _guard = PrefixGuard(prefix.clone());
+    // Hide /usr/sbin (haproxy, nginx, iptables-restore, nft) in a private
+    // mount namespace for this one run.
+    let script = format!(
+        "mount --make-rprivate / && mount -t tmpfs tmpfs /usr/sbin && exec {} lab --ingress haproxy --duration 1s --prefix {prefix}",
+        hoptrace_bin().display()
+    );
+    let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().expect("unshare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(!out.status.success());
+    assert!(stderr.contains("haproxy is not installed") && stderr.contains("package haproxy"), "{stderr}");
+    assert!(leftovers(&prefix).is_empty());
+}
+
+#[test]
+fn ctrl_c_tears_everything_down() {
+    if !can_run_as_root("ctrl_c_tears_everything_down") {
+        return;
+    }
+    let prefix = prefix("i");
+    let _guard = PrefixGuard(prefix.clone());
+    let mut child = Command::new(hoptrace_bin())
+        .args(["lab", "--duration", "60s", "--prefix", &prefix])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lab");
+    // Wait until the lab is built and traced (bounded).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let programs = Command::new("bpftool").args(["prog", "list"]).output().unwrap();
+        if leftovers(&prefix).len() > 3 && String::from_utf8_lossy(&programs.stdout).contains("hoptrace_tc_in") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "lab did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    eprintln!("{stderr}");
+    assert_eq!(status.code(), Some(130), "interrupted exit code");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(leftovers(&prefix).is_empty(), "left {:?}", leftovers(&prefix));
+    // Other tests may run hoptrace concurrently: what must not exist is a
+    // hoptrace program that no process holds (kept alive by a leaked link).
+    let programs = Command::new("bpftool").args(["prog", "show", "-j"]).output().unwrap();
+    let programs: Value = serde_json::from_slice(&programs.stdout).unwrap_or(Value::Null);
+    let orphans: Vec<&Value> = programs
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("hoptrace_")))
+                .filter(|p| p["pids"].as_array().is_none_or(|pids| pids.is_empty()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(orphans.is_empty(), "hoptrace programs left without an owner: {orphans:?}");
+}
