@@ -41,27 +41,32 @@ fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
     (ret == 0).then_some(buf)
 }
 
-/// Destination port of an Ethernet/IPv4/UDP frame, None for anything else.
+/// Whether the frame is Ethernet/IPv4/UDP to `port`. (A plain bool, not an
+/// `Option<u16>`: comparing an `Option` can read its uninitialised payload
+/// register, which the verifier rejects.)
 #[inline(always)]
-fn udp_dest_port(ctx: &TcContext) -> Option<u16> {
-    let eth: [u8; 14] = load(ctx, 0)?;
+fn is_udp_to(ctx: &TcContext, port: u16) -> bool {
+    let Some(eth) = load::<14>(ctx, 0) else {
+        return false;
+    };
     if [eth[12], eth[13]] != ETH_P_IP {
-        return None;
+        return false;
     }
-    let ip: [u8; 20] = load(ctx, ETH_HLEN)?;
-    if ip[9] != IPPROTO_UDP {
-        return None;
-    }
-    // A later fragment carries no UDP header.
-    if (u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) != 0 {
-        return None;
+    let Some(ip) = load::<20>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // Not UDP, or a later fragment without a UDP header.
+    if ip[9] != IPPROTO_UDP || (u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff) != 0 {
+        return false;
     }
     let ihl = u32::from(ip[0] & 0x0f) * 4;
     if ihl < 20 {
-        return None;
+        return false;
     }
-    let ports: [u8; 4] = load(ctx, ETH_HLEN + ihl)?;
-    Some(u16::from_be_bytes([ports[2], ports[3]]))
+    match load::<4>(ctx, ETH_HLEN + ihl) {
+        Some(ports) => u16::from_be_bytes([ports[2], ports[3]]) == port,
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -72,7 +77,7 @@ fn fixture_port() -> u16 {
 /// Drops UDP datagrams to `FIXTURE_PORT`; everything else is accepted.
 #[classifier]
 pub fn fixture_drop_port(ctx: TcContext) -> i32 {
-    if udp_dest_port(&ctx) == Some(fixture_port()) {
+    if is_udp_to(&ctx, fixture_port()) {
         TC_ACT_SHOT
     } else {
         TC_ACT_OK
@@ -83,7 +88,7 @@ pub fn fixture_drop_port(ctx: TcContext) -> i32 {
 /// `FIXTURE_IFINDEX`; everything else (ARP, other ports) is accepted.
 #[classifier]
 pub fn fixture_redirect(ctx: TcContext) -> i32 {
-    if udp_dest_port(&ctx) == Some(fixture_port()) {
+    if is_udp_to(&ctx, fixture_port()) {
         let ifindex = unsafe { core::ptr::read_volatile(&raw const FIXTURE_IFINDEX) };
         unsafe { bpf_redirect(ifindex, 0) as i32 }
     } else {
