@@ -403,9 +403,21 @@ fn stop_cleanly(tag: &str, signal: Signal, extra: &[&str]) {
     assert_nothing_left(&node, &owned);
 }
 
+/// Root, and kernel programs in this build (not `AYA_BUILD_SKIP=1`).
+fn can_run(test: &str) -> bool {
+    if !can_run_as_root(test) {
+        return false;
+    }
+    if hoptrace::ebpf_objects::main_object().is_err() {
+        eprintln!("SKIP {test}: built with AYA_BUILD_SKIP=1, no kernel programs");
+        return false;
+    }
+    true
+}
+
 #[test]
 fn sigint_detaches_everything_and_reports() {
-    if !can_run_as_root("sigint_detaches_everything_and_reports") {
+    if !can_run("sigint_detaches_everything_and_reports") {
         return;
     }
     stop_cleanly("i", Signal::SIGINT, &[]);
@@ -413,7 +425,7 @@ fn sigint_detaches_everything_and_reports() {
 
 #[test]
 fn sigterm_detaches_everything_and_reports() {
-    if !can_run_as_root("sigterm_detaches_everything_and_reports") {
+    if !can_run("sigterm_detaches_everything_and_reports") {
         return;
     }
     stop_cleanly("t", Signal::SIGTERM, &[]);
@@ -423,7 +435,7 @@ fn sigterm_detaches_everything_and_reports() {
 /// the namespace hoptrace itself runs in.
 #[test]
 fn sigint_removes_clsact_filters_in_the_traced_namespace() {
-    if !can_run_as_root("sigint_removes_clsact_filters_in_the_traced_namespace") {
+    if !can_run("sigint_removes_clsact_filters_in_the_traced_namespace") {
         return;
     }
     stop_cleanly("c", Signal::SIGINT, &["--tc-mode", "clsact"]);
@@ -446,7 +458,7 @@ fn cleanup(node: &NodeWithPod) -> String {
 
 #[test]
 fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
-    if !can_run_as_root("sigkill_leaves_clsact_filters_that_cleanup_removes") {
+    if !can_run("sigkill_leaves_clsact_filters_that_cleanup_removes") {
         return;
     }
     let node = NodeWithPod::build("k");
