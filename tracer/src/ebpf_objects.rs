@@ -15,6 +15,8 @@ mod embedded {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-nf"));
     pub static PROBE: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-probe"));
+    pub static FIXTURE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test-fixtures"));
 }
 
 #[cfg(hoptrace_no_ebpf)]
@@ -22,6 +24,7 @@ mod embedded {
     pub static MAIN: &[u8] = &[];
     pub static NETFILTER: &[u8] = &[];
     pub static PROBE: &[u8] = &[];
+    pub static FIXTURE: &[u8] = &[];
 }
 
 fn present(bytes: &'static [u8]) -> Result<&'static [u8], NoKernelObjects> {
@@ -45,4 +48,11 @@ pub fn netfilter_object() -> Result<&'static [u8], NoKernelObjects> {
 /// Capability probe programs.
 pub fn probe_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::PROBE)
+}
+
+/// Test fixtures that drop or redirect (`fixture_drop_port`,
+/// `fixture_redirect`): only the root tests load them, to check that hoptrace
+/// never changes another program's verdict.
+pub fn fixture_object() -> Result<&'static [u8], NoKernelObjects> {
+    present(embedded::FIXTURE)
 }

@@ -96,6 +96,9 @@ pub struct Session {
     tracer: Option<Tracer>,
     _nf_links: Option<NetfilterLinks>,
     _nf_programs: Option<NetfilterPrograms>,
+    /// The node namespace: clsact filters are deleted over netlink by
+    /// ifindex in the calling thread's namespace, so detaching happens there.
+    netns: Option<PathBuf>,
     pub node: NodeDevices,
     pub attachments: Attachments,
     pub started: Instant,
@@ -288,6 +291,7 @@ impl Session {
             tracer: Some(tracer),
             _nf_links: links,
             _nf_programs: progs,
+            netns,
             node,
             attachments,
             started: Instant::now(),
@@ -305,9 +309,7 @@ impl Session {
         // Detach everything first so no new events arrive (the reader keeps
         // its own handle on the ring buffer), then drain what is left.
         let counters = self.counters().unwrap_or_default();
-        self._nf_links.take();
-        self._nf_programs.take();
-        self.tracer.take();
+        self.detach();
         self.stop.store(true, Ordering::Relaxed);
         let ledger = self
             .drainer
@@ -319,8 +321,25 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Detaches everything. The tracer is dropped on a thread inside the
+    /// node's namespace: aya deletes clsact filters by ifindex over a netlink
+    /// socket of the calling thread, which elsewhere would miss ours (and
+    /// could hit another namespace's filter of the same ifindex).
+    fn detach(&mut self) {
+        self._nf_links.take();
+        self._nf_programs.take();
+        if let Some(tracer) = self.tracer.take() {
+            // If the namespace is gone, so are its filters: the closure (and
+            // the tracer with it) is then dropped unused.
+            let _ = in_netns(self.netns.as_deref(), move || drop(tracer));
+        }
+    }
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        self.detach();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(drainer) = self.drainer.take() {
             let _ = drainer.join();
