@@ -36,7 +36,7 @@ pub struct HopEvent {
 }
 
 const _: () = assert!(core::mem::size_of::<HopEvent>() == 40 + core::mem::size_of::<PacketMeta>());
-const _: () = assert!(core::mem::size_of::<HopEvent>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<HopEvent>().is_multiple_of(8));
 const _: () = assert!(core::mem::offset_of!(HopEvent, hook) == 32);
 const _: () = assert!(core::mem::offset_of!(HopEvent, packet) == 40);
 

@@ -94,7 +94,7 @@ pub fn assert_page_renders(page: &Path, texts: &[&str], svgs: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     // 1. The DOM: Chromium parses the page and the tables are there.
     let profile = tempfile::tempdir().expect("profile");
-    let dom = chromium(profile.path(), &["--dump-dom".to_owned()], &page);
+    let dom = chromium(profile.path(), &["--dump-dom".to_owned()], page);
     let dom_text = String::from_utf8_lossy(&dom.stdout);
     let dom_log = String::from_utf8_lossy(&dom.stderr);
     assert!(
@@ -118,7 +118,7 @@ pub fn assert_page_renders(page: &Path, texts: &[&str], svgs: usize) {
     let shot = chromium(
         profile.path(),
         &[format!("--screenshot={}", png_path.display())],
-        &page,
+        page,
     );
     let shot_log = String::from_utf8_lossy(&shot.stderr);
     assert!(

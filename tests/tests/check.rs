@@ -65,16 +65,6 @@ fn probe_link_ids() -> Vec<u64> {
         .collect()
 }
 
-fn named_netns() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 fn ht_devices() -> Vec<String> {
     let out = Command::new("ip")

@@ -30,5 +30,5 @@ pub fn count(counter: Counter) {
 
 #[inline(always)]
 pub fn netns_traced(ino: u32) -> bool {
-    unsafe { HOPTRACE_NETNS.get(&ino).is_some() }
+    unsafe { HOPTRACE_NETNS.get(ino).is_some() }
 }

@@ -19,6 +19,7 @@ pub struct KernelSkb {
 }
 
 impl KernelSkb {
+    #[expect(clippy::len_without_is_empty, reason = "skb->len of a kernel buffer; emptiness is never asked")]
     #[inline(always)]
     pub fn len(&self) -> u32 {
         read::<u32>(self.addr + global!(HOPTRACE_LAYOUT.skb_len) as u64).unwrap_or(0)

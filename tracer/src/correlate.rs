@@ -995,11 +995,12 @@ fn record_journey(
     }
     // The slowest `max_exemplars` per direction: a burst of slow replies must
     // not hide every request (and the other way round).
-    let same_direction = ledger.exemplars.iter().filter(|e| e.direction == direction);
-    let kept = same_direction.clone().count();
+    let kept = ledger.exemplars.iter().filter(|e| e.direction == direction).count();
     if kept >= max_exemplars
-        && same_direction
-            .last()
+        && ledger
+            .exemplars
+            .iter()
+            .rfind(|e| e.direction == direction)
             .is_some_and(|fastest_kept| fastest_kept.end_to_end_us >= e2e_us)
     {
         return;

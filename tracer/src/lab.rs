@@ -46,7 +46,7 @@ pub enum LabError {
     Session {
         node: String,
         #[source]
-        source: crate::session::SessionError,
+        source: Box<crate::session::SessionError>,
     },
     #[error("load: {0}")]
     Load(#[from] loadgen::LoadError),
@@ -381,7 +381,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         session_opts.netns = Some(netns::netns_path(&node.netns));
         let session = Session::start(&session_opts).map_err(|source| LabError::Session {
             node: node.name.clone(),
-            source,
+            source: Box::new(source),
         })?;
         sessions.push((node.name.clone(), session));
     }
@@ -446,7 +446,7 @@ fn run_load_in(
     target: SocketAddr,
     progress: Option<indicatif::ProgressBar>,
 ) -> Result<LoadResult, LabError> {
-    let result = netns::with_netns(ns, move || {
+    netns::with_netns(ns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -461,8 +461,7 @@ fn run_load_in(
                 } => Err(LabError::Interrupted),
             }
         })
-    })?;
-    result
+    })?
 }
 
 /// Sum of a category's time over every node's report.

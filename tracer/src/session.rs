@@ -225,12 +225,12 @@ impl Session {
                     Err(err) => return Err(err.into()),
                 }
             }
-            if opts.tracepoints {
-                if let Err(err) = tracer.attach_tracepoints(&kernel_btf, false) {
-                    attachments.notes.push(format!(
-                        "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
-                    ));
-                }
+            if opts.tracepoints
+                && let Err(err) = tracer.attach_tracepoints(&kernel_btf, false)
+            {
+                attachments.notes.push(format!(
+                    "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
+                ));
             }
             let mut nf = None;
             if opts.netfilter {
