@@ -4,10 +4,16 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use hoptrace::{capabilities, cleanup, compare, loader::TcMode, report, servers, session, trace};
+use hoptrace::{
+    bench, capabilities, cleanup, compare, loader::TcMode, report, servers, session, trace,
+};
 
 #[derive(Parser)]
-#[command(name = "hoptrace", version, about = "Where does each microsecond of a Kubernetes node's datapath go?")]
+#[command(
+    name = "hoptrace",
+    version,
+    about = "Where does each microsecond of a Kubernetes node's datapath go?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,6 +53,26 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Measure tracing's cost on a two-node lab against an untraced baseline
+    /// (throughput, request/response p99, ns per program run, lost events).
+    #[command(hide = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Rounds of each kind (untraced, traced), alternating; medians are reported.
+    #[arg(long, default_value_t = bench::MIN_ROUNDS)]
+    rounds: u32,
+    /// Seconds per iperf3 run and per request/response run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Request/response rate (HTTP keep-alive), requests per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Also write the results as Markdown (BENCHMARKS.md) here.
+    #[arg(long)]
+    write: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -94,7 +120,16 @@ fn main() -> ExitCode {
         Command::Cleanup { netns } => cleanup::run_cleanup(netns.as_deref()),
         Command::Trace(args) => exit_code(run_trace(args)),
         Command::Compare { reports, html } => exit_code(run_compare(&reports, html)),
-        Command::Serve { http, udp, duration } => exit_code(servers::run_serve(http, udp, duration).map(|()| 0).map_err(Into::into)),
+        Command::Bench(args) => exit_code(run_bench(args)),
+        Command::Serve {
+            http,
+            udp,
+            duration,
+        } => exit_code(
+            servers::run_serve(http, udp, duration)
+                .map(|()| 0)
+                .map_err(Into::into),
+        ),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -141,14 +176,44 @@ fn run_trace(args: TraceArgs) -> Result<i32> {
     }
     trace::wait(args.duration, |_| {});
     let node = match &args.netns {
-        Some(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        Some(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         None => trace::hostname(),
     };
     let report = trace::finish(session, node, caps.to_json())?;
     println!("{}", report::render_table(&report));
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json_pretty()?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, report.to_json_pretty()?)
+            .with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace: report written to {}", path.display());
+    }
+    Ok(0)
+}
+
+fn run_bench(args: BenchArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace bench: {err}");
+        return Ok(2);
+    }
+    trace::install_stop_handler();
+    let mut opts =
+        bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
+    opts.rounds = args.rounds;
+    opts.seconds = args.seconds;
+    opts.rr_rate = args.rate;
+    let result = bench::run(&opts, |line| eprintln!("hoptrace bench: {line}"))?;
+    println!("{}", bench::render_text(&result));
+    if let Some(path) = &args.write {
+        let mut command = format!(
+            "hoptrace bench --rounds {} --seconds {} --rate {}",
+            args.rounds, args.seconds, args.rate
+        );
+        command.push_str(&format!(" --write {}", path.display()));
+        std::fs::write(path, bench::render_markdown(&result, &command))
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("hoptrace bench: wrote {}", path.display());
     }
     Ok(0)
 }
