@@ -4,16 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use hoptrace::{
-    bench, capabilities, cleanup, compare, loader::TcMode, report, servers, session, trace,
-};
+use hoptrace::{bench, capabilities, cleanup, compare, loader::TcMode, report, servers, session, trace};
 
 #[derive(Parser)]
-#[command(
-    name = "hoptrace",
-    version,
-    about = "Where does each microsecond of a Kubernetes node's datapath go?"
-)]
+#[command(name = "hoptrace", version, about = "Where does each microsecond of a Kubernetes node's datapath go?")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,15 +115,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => exit_code(run_trace(args)),
         Command::Compare { reports, html } => exit_code(run_compare(&reports, html)),
         Command::Bench(args) => exit_code(run_bench(args)),
-        Command::Serve {
-            http,
-            udp,
-            duration,
-        } => exit_code(
-            servers::run_serve(http, udp, duration)
-                .map(|()| 0)
-                .map_err(Into::into),
-        ),
+        Command::Serve { http, udp, duration } => exit_code(servers::run_serve(http, udp, duration).map(|()| 0).map_err(Into::into)),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -176,17 +162,13 @@ fn run_trace(args: TraceArgs) -> Result<i32> {
     }
     trace::wait(args.duration, |_| {});
     let node = match &args.netns {
-        Some(path) => path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        Some(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         None => trace::hostname(),
     };
     let report = trace::finish(session, node, caps.to_json())?;
     println!("{}", report::render_table(&report));
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json_pretty()?)
-            .with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, report.to_json_pretty()?).with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace: report written to {}", path.display());
     }
     Ok(0)
@@ -198,21 +180,21 @@ fn run_bench(args: BenchArgs) -> Result<i32> {
         return Ok(2);
     }
     trace::install_stop_handler();
-    let mut opts =
-        bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
+    let mut opts = bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
     opts.rounds = args.rounds;
     opts.seconds = args.seconds;
     opts.rr_rate = args.rate;
     let result = bench::run(&opts, |line| eprintln!("hoptrace bench: {line}"))?;
     println!("{}", bench::render_text(&result));
     if let Some(path) = &args.write {
-        let mut command = format!(
-            "hoptrace bench --rounds {} --seconds {} --rate {}",
-            args.rounds, args.seconds, args.rate
+        let command = format!(
+            "hoptrace bench --rounds {} --seconds {} --rate {} --write {}",
+            args.rounds,
+            args.seconds,
+            args.rate,
+            path.display()
         );
-        command.push_str(&format!(" --write {}", path.display()));
-        std::fs::write(path, bench::render_markdown(&result, &command))
-            .with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, bench::render_markdown(&result, &command)).with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace bench: wrote {}", path.display());
     }
     Ok(0)
