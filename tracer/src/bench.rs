@@ -77,7 +77,7 @@ pub enum BenchError {
     Session {
         node: String,
         #[source]
-        source: SessionError,
+        source: Box<SessionError>,
     },
     #[error("load generator: {0}")]
     Load(#[from] LoadError),
@@ -405,7 +405,8 @@ pub struct TraceCost {
     pub emitted: u64,
     /// Events lost: ring buffer full.
     pub ring_full: u64,
-    /// Events reserved, then discarded (packet of a namespace the session does not trace).
+    /// Runs that emitted nothing: the packet belongs to a namespace the
+    /// session does not trace (or, with a flow filter, another flow).
     pub filtered: u64,
     pub programs: Vec<ProgramRun>,
 }
@@ -541,8 +542,40 @@ pub struct Summary {
     /// Extra CPU of this process during iperf3, traced minus untraced (drain + correlate).
     pub userspace_cpu_share_throughput: f64,
     pub programs: Vec<ProgramCost>,
+    /// Cost by hook kind (tc, netfilter, tracepoint) during iperf3.
+    pub hook_kinds: Vec<HookKindCost>,
+    /// Client-pod packets per second during traced iperf3 runs.
+    pub client_packets_per_s_throughput: f64,
+    /// Kernel program time per client-pod packet during iperf3, ns.
+    pub bpf_ns_per_packet: f64,
+    /// Userspace CPU (traced minus untraced) per event during iperf3, ns.
+    pub userspace_ns_per_event: f64,
     /// Rounds of each kind actually measured.
     pub rounds: u32,
+}
+
+/// What one kind of hook costs during iperf3, over both nodes.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookKindCost {
+    /// `tc`, `netfilter` or `tracepoint`.
+    pub kind: &'static str,
+    pub programs: usize,
+    pub cpu_share: f64,
+    /// Program runs per client-pod packet.
+    pub runs_per_packet: f64,
+    pub ns_per_run: f64,
+}
+
+/// The kind of hook a hoptrace program name belongs to.
+pub fn hook_kind_of(program: &str) -> &'static str {
+    let name = program.strip_prefix(PROGRAM_PREFIX).unwrap_or(program);
+    if name.starts_with("tc_") {
+        "tc"
+    } else if name.starts_with("nf_") {
+        "netfilter"
+    } else {
+        "tracepoint"
+    }
 }
 
 /// Computes the summary from the rounds.
@@ -604,7 +637,8 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
             f64::NAN
         }
     };
-    let mut programs: BTreeMap<(String, String), [(u64, u64, f64); 2]> = BTreeMap::new();
+    // (node, program) → per phase (runs, run time ns).
+    let mut programs: BTreeMap<(String, String), [(u64, u64); 2]> = BTreeMap::new();
     let mut seconds = [0.0f64; 2];
     for round in &traced {
         for (slot, phase) in [&round.throughput_phase, &round.rr_phase]
@@ -643,6 +677,50 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
                 });
         if secs > 0.0 { cpu / secs } else { f64::NAN }
     };
+    let userspace_share = cpu_share(true) - cpu_share(false);
+    let packets: u64 = traced
+        .iter()
+        .map(|r| r.throughput_phase.client_packets)
+        .sum();
+    let packets_per_s = if seconds[0] > 0.0 {
+        packets as f64 / seconds[0]
+    } else {
+        f64::NAN
+    };
+    let throughput_events: u64 = traced
+        .iter()
+        .filter_map(|r| r.throughput_phase.trace.as_ref())
+        .map(|t| t.emitted)
+        .sum();
+    let hook_kinds: Vec<HookKindCost> = ["tc", "netfilter", "tracepoint"]
+        .into_iter()
+        .filter_map(|kind| {
+            let members: Vec<&ProgramCost> = programs
+                .iter()
+                .filter(|p| hook_kind_of(&p.name) == kind)
+                .collect();
+            if members.is_empty() {
+                return None;
+            }
+            let runs: u64 = members.iter().map(|p| p.throughput.runs).sum();
+            let time: u64 = members.iter().map(|p| p.throughput.run_time_ns).sum();
+            Some(HookKindCost {
+                kind,
+                programs: members.len(),
+                cpu_share: members.iter().map(|p| p.throughput.cpu_share).sum(),
+                runs_per_packet: if packets > 0 {
+                    runs as f64 / packets as f64
+                } else {
+                    f64::NAN
+                },
+                ns_per_run: if runs > 0 {
+                    time as f64 / runs as f64
+                } else {
+                    0.0
+                },
+            })
+        })
+        .collect();
     Summary {
         throughput,
         rr_p99,
@@ -661,7 +739,23 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
         filtered_total: costs().map(|t| t.filtered).sum(),
         events_per_packet,
         bpf_cpu_share_throughput: programs.iter().map(|p| p.throughput.cpu_share).sum(),
-        userspace_cpu_share_throughput: cpu_share(true) - cpu_share(false),
+        userspace_cpu_share_throughput: userspace_share,
+        hook_kinds,
+        client_packets_per_s_throughput: packets_per_s,
+        bpf_ns_per_packet: if packets > 0 {
+            programs
+                .iter()
+                .map(|p| p.throughput.run_time_ns)
+                .sum::<u64>() as f64
+                / packets as f64
+        } else {
+            f64::NAN
+        },
+        userspace_ns_per_event: if throughput_events > 0 {
+            userspace_share * seconds[0] * 1e9 / throughput_events as f64
+        } else {
+            f64::NAN
+        },
         programs,
         rounds: rounds
             .iter()
@@ -833,7 +927,7 @@ impl TracedNodes {
             opts.netns = Some(netns::netns_path(netns_name));
             let session = Session::start(&opts).map_err(|source| BenchError::Session {
                 node: node.clone(),
-                source,
+                source: Box::new(source),
             })?;
             sessions.push((node.clone(), session));
             for program in sample_programs()? {
@@ -874,9 +968,10 @@ impl TracedNodes {
     fn stop(self) -> Result<u64, BenchError> {
         let mut journeys = 0;
         for (node, session) in self.sessions {
-            let (ledger, _) = session
-                .stop()
-                .map_err(|source| BenchError::Session { node, source })?;
+            let (ledger, _) = session.stop().map_err(|source| BenchError::Session {
+                node,
+                source: Box::new(source),
+            })?;
             journeys += ledger.counters.journeys;
         }
         Ok(journeys)
@@ -1309,7 +1404,7 @@ pub fn findings(result: &BenchResult) -> Vec<String> {
         0.0
     };
     lines.push(format!(
-        "- Events: {} emitted, {} lost (ring buffer full, {:.2} % of all events; {} MiB ring per session), {} reserved and discarded by the namespace filter.",
+        "- Events: {} emitted, {} lost (ring buffer full, {:.2} % of all events; {} MiB ring per session); {} program runs emitted nothing (packet of a namespace the session does not trace).",
         s.emitted_total,
         s.lost_total,
         loss_share * 100.0,
@@ -1343,9 +1438,35 @@ pub fn findings(result: &BenchResult) -> Vec<String> {
         percent(s.bpf_cpu_share_throughput),
         if top_text.is_empty() { "none measured".into() } else { top_text.join(", ") }
     ));
+    let kinds: Vec<String> = s
+        .hook_kinds
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {} ({} programs, {:.1} runs per packet, {:.0} ns/run)",
+                k.kind,
+                percent(k.cpu_share),
+                k.programs,
+                k.runs_per_packet,
+                k.ns_per_run
+            )
+        })
+        .collect();
+    if !kinds.is_empty() {
+        lines.push(format!(
+            "- By hook kind during iperf3: {}.",
+            kinds.join("; ")
+        ));
+    }
     lines.push(format!(
-        "- Userspace (ring drain + correlation) used {} of one CPU more than the untraced rounds during iperf3.",
-        percent(s.userspace_cpu_share_throughput)
+        "- Per client-pod packet ({} packets/s traced): {:.1} µs of kernel program time over both nodes.",
+        rate_text(s.client_packets_per_s_throughput),
+        s.bpf_ns_per_packet / 1000.0
+    ));
+    lines.push(format!(
+        "- Userspace (ring drain + correlation) used {} of one CPU more than the untraced rounds during iperf3, about {:.0} ns per event.",
+        percent(s.userspace_cpu_share_throughput),
+        s.userspace_ns_per_event
     ));
     if !s.throughput.pass {
         lines.push(format!(
@@ -1444,7 +1565,7 @@ pub fn render_markdown(result: &BenchResult, command: &str) -> String {
     let _ = writeln!(
         out,
         "- Both lab nodes share one kernel: the tracepoint programs of *both* sessions run for every packet of either node \
-         (the other node's session discards it after its namespace check, the \"discarded\" count above). \
+         (the other node's session returns after its namespace check, before reserving an event). \
          On real nodes each kernel runs one session, so the tracepoint cost here is about twice a node's."
     );
     let _ = writeln!(
@@ -1590,7 +1711,7 @@ mod tests {
             seconds: 5.0,
             client_packets: 100_000,
             process_cpu_s: if traced { 1.0 } else { 0.0 },
-            trace: traced.then(|| TraceCost {
+            trace: traced.then_some(TraceCost {
                 emitted,
                 ring_full: lost,
                 filtered: 0,
@@ -1667,6 +1788,13 @@ mod tests {
         assert!((p.ns_per_run - 250_000.0).abs() < 1e-6);
         assert!((p.cpu_share - 1.0 / 15.0).abs() < 1e-9);
         assert!((s.userspace_cpu_share_throughput - 0.2).abs() < 1e-9);
+        // 0.2 CPU over 15 s = 3e9 ns of userspace for 3e6 events.
+        assert!((s.userspace_ns_per_event - 1000.0).abs() < 1e-6);
+        // 1e9 ns of program time for 300,000 packets.
+        assert!((s.bpf_ns_per_packet - 1e9 / 3e5).abs() < 1e-6);
+        assert_eq!(s.hook_kinds.len(), 1);
+        assert_eq!(s.hook_kinds[0].kind, "tc");
+        assert!((s.hook_kinds[0].runs_per_packet - 4000.0 / 3e5).abs() < 1e-12);
 
         let result = BenchResult {
             options: BenchOptions::new(PathBuf::from("/bin/true")),
@@ -1698,6 +1826,14 @@ mod tests {
         assert!(md.contains("Throughput MISS"));
         assert!(!md.contains("p99 MISS"));
         assert!(render_text(&result).contains("hoptrace_tc_ingress"));
+    }
+
+    #[test]
+    fn hook_kinds_from_program_names() {
+        assert_eq!(hook_kind_of("hoptrace_tc_ingress_l3"), "tc");
+        assert_eq!(hook_kind_of("hoptrace_nf_s3"), "netfilter");
+        assert_eq!(hook_kind_of("hoptrace_net_dev_queue"), "tracepoint");
+        assert_eq!(hook_kind_of("hoptrace_netif_receive_skb"), "tracepoint");
     }
 
     #[test]
