@@ -121,6 +121,10 @@ pub struct BenchOptions {
     pub rr_rate: f64,
     /// Keep-alive connections of the request/response load.
     pub rr_connections: usize,
+    /// Attach the netfilter links in traced rounds (off: an ablation run).
+    pub netfilter: bool,
+    /// Attach the tracepoints in traced rounds (off: an ablation run).
+    pub tracepoints: bool,
     /// Namespace name prefix of the lab.
     pub prefix: String,
     /// The hoptrace binary (its hidden `serve` is the HTTP backend).
@@ -136,6 +140,8 @@ impl BenchOptions {
             seconds: 5,
             rr_rate: 2000.0,
             rr_connections: 4,
+            netfilter: true,
+            tracepoints: true,
             prefix: format!("ht-b{}-", std::process::id() % 10_000),
             hoptrace_bin,
         }
@@ -175,6 +181,8 @@ pub struct MachineInfo {
     pub kernel: String,
     /// RFC 3339, UTC.
     pub date: String,
+    /// /proc/loadavg at the start (other work on the machine adds noise).
+    pub load_average: String,
 }
 
 impl MachineInfo {
@@ -188,6 +196,9 @@ impl MachineInfo {
             memory_kib: parse_mem_total_kib(&meminfo).unwrap_or(0),
             kernel: crate::trace::kernel_release(),
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
         }
     }
 }
@@ -820,7 +831,9 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         .iter()
         .map(|n| (n.name.clone(), n.netns.clone()))
         .collect();
-    let session_options = SessionOptions::new();
+    let mut session_options = SessionOptions::new();
+    session_options.netfilter = opts.netfilter;
+    session_options.tracepoints = opts.tracepoints;
     let lab_env = LabEnv {
         client_netns: client.netns.clone(),
         client_iface: client.pod_ifname.clone(),
@@ -846,7 +859,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
             "round {index}/{}: {}",
             2 * opts.rounds,
             if traced {
-                "traced (both nodes, every hook)"
+                "traced (both nodes)"
             } else {
                 "untraced baseline"
             }
@@ -1483,6 +1496,16 @@ pub fn findings(result: &BenchResult) -> Vec<String> {
     lines
 }
 
+/// The hooks traced rounds attach, in words.
+pub fn hook_set(opts: &BenchOptions) -> &'static str {
+    match (opts.netfilter, opts.tracepoints) {
+        (true, true) => "every hook (tc, netfilter, tracepoints)",
+        (false, true) => "tc and tracepoints only (ablation: no netfilter)",
+        (true, false) => "tc and netfilter only (ablation: no tracepoints)",
+        (false, false) => "tc only (ablation: no netfilter, no tracepoints)",
+    }
+}
+
 /// BENCHMARKS.md.
 pub fn render_markdown(result: &BenchResult, command: &str) -> String {
     let m = &result.machine;
@@ -1522,11 +1545,12 @@ pub fn render_markdown(result: &BenchResult, command: &str) -> String {
     let _ = writeln!(out, "- Command: `{command}`");
     let _ = writeln!(
         out,
-        "- Machine: {} CPU(s), {}, {:.1} GiB memory, kernel {}",
+        "- Machine: {} CPU(s), {}, {:.1} GiB memory, kernel {}; load average at the start: {}",
         m.cpus,
         m.cpu_model,
         m.memory_kib as f64 / (1024.0 * 1024.0),
-        m.kernel
+        m.kernel,
+        m.load_average
     );
     let _ = writeln!(
         out,
@@ -1541,7 +1565,8 @@ pub fn render_markdown(result: &BenchResult, command: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "- Traced: one session per node namespace, every hook, no filter, {} MiB ring buffer each\n",
+        "- Traced: one session per node namespace, {}, no filter, {} MiB ring buffer each\n",
+        hook_set(o),
         result.ring_bytes / (1024 * 1024)
     );
     if let Some(attached) = result.rounds.iter().find(|r| r.traced).map(|r| &r.attached) {
@@ -1804,6 +1829,7 @@ mod tests {
                 memory_kib: 4 * 1024 * 1024,
                 kernel: "6.18.0".into(),
                 date: "2025-01-01T00:00:00Z".into(),
+                load_average: "0.10 0.20 0.30".into(),
             },
             rounds,
             summary: s,

@@ -67,6 +67,12 @@ struct BenchArgs {
     /// Also write the results as Markdown (BENCHMARKS.md) here.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Ablation: traced rounds without netfilter links.
+    #[arg(long)]
+    no_netfilter: bool,
+    /// Ablation: traced rounds without tracepoints.
+    #[arg(long)]
+    no_tracepoints: bool,
 }
 
 #[derive(clap::Args)]
@@ -184,14 +190,18 @@ fn run_bench(args: BenchArgs) -> Result<i32> {
     opts.rounds = args.rounds;
     opts.seconds = args.seconds;
     opts.rr_rate = args.rate;
+    opts.netfilter = !args.no_netfilter;
+    opts.tracepoints = !args.no_tracepoints;
     let result = bench::run(&opts, |line| eprintln!("hoptrace bench: {line}"))?;
     println!("{}", bench::render_text(&result));
     if let Some(path) = &args.write {
         let command = format!(
-            "hoptrace bench --rounds {} --seconds {} --rate {} --write {}",
+            "hoptrace bench --rounds {} --seconds {} --rate {}{}{} --write {}",
             args.rounds,
             args.seconds,
             args.rate,
+            if args.no_netfilter { " --no-netfilter" } else { "" },
+            if args.no_tracepoints { " --no-tracepoints" } else { "" },
             path.display()
         );
         std::fs::write(path, bench::render_markdown(&result, &command)).with_context(|| format!("write {}", path.display()))?;
