@@ -1507,7 +1507,20 @@ pub fn hook_set(opts: &BenchOptions) -> &'static str {
 }
 
 /// BENCHMARKS.md.
-pub fn render_markdown(result: &BenchResult, command: &str) -> String {
+/// Start of the hand-written part of BENCHMARKS.md that `--write` keeps.
+pub const NOTES_BEGIN: &str = "<!-- notes: kept by `hoptrace bench --write` -->";
+/// End of the hand-written part.
+pub const NOTES_END: &str = "<!-- /notes -->";
+
+/// The hand-written block (markers included) of an existing BENCHMARKS.md.
+pub fn preserved_notes(existing: &str) -> Option<&str> {
+    let start = existing.find(NOTES_BEGIN)?;
+    let end = existing[start..].find(NOTES_END)? + start + NOTES_END.len();
+    Some(&existing[start..end])
+}
+
+/// BENCHMARKS.md; `notes` (from [`preserved_notes`]) is kept after the findings.
+pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>) -> String {
     let m = &result.machine;
     let s = &result.summary;
     let o = &result.options;
@@ -1586,6 +1599,9 @@ pub fn render_markdown(result: &BenchResult, command: &str) -> String {
     );
     let _ = writeln!(out, "{}\n", programs_table(s, true));
     let _ = writeln!(out, "## Findings\n\n{}\n", findings(result).join("\n"));
+    if let Some(notes) = notes {
+        let _ = writeln!(out, "{notes}\n");
+    }
     let _ = writeln!(out, "## Caveats\n");
     let _ = writeln!(
         out,
@@ -1835,7 +1851,7 @@ mod tests {
             summary: s,
             ring_bytes: 32 * 1024 * 1024,
         };
-        let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5");
+        let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5", None);
         assert!(
             md.contains("**0.900x** (target >= 0.95x): **MISS**"),
             "{md}"
@@ -1852,6 +1868,17 @@ mod tests {
         assert!(md.contains("Throughput MISS"));
         assert!(!md.contains("p99 MISS"));
         assert!(render_text(&result).contains("hoptrace_tc_ingress"));
+        // A rewrite keeps the hand-written notes, once.
+        let notes = format!("{NOTES_BEGIN}\n## Investigation\nhand-written\n{NOTES_END}");
+        let rewritten = render_markdown(
+            &result,
+            "x",
+            preserved_notes(&format!("{md}\n{notes}\ntrailing")),
+        );
+        assert_eq!(rewritten.matches("hand-written").count(), 1);
+        assert_eq!(preserved_notes(&rewritten), Some(notes.as_str()));
+        assert_eq!(preserved_notes(&md), None);
+        assert_eq!(preserved_notes(NOTES_BEGIN), None);
     }
 
     #[test]

@@ -204,7 +204,9 @@ fn run_bench(args: BenchArgs) -> Result<i32> {
             if args.no_tracepoints { " --no-tracepoints" } else { "" },
             path.display()
         );
-        std::fs::write(path, bench::render_markdown(&result, &command)).with_context(|| format!("write {}", path.display()))?;
+        let existing = std::fs::read_to_string(path).unwrap_or_default();
+        let markdown = bench::render_markdown(&result, &command, bench::preserved_notes(&existing));
+        std::fs::write(path, markdown).with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace bench: wrote {}", path.display());
     }
     Ok(0)
