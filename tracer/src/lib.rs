@@ -1,4 +1,5 @@
 //! hoptrace userspace: loader, capability probes, correlation, reports and the lab.
+pub mod bench;
 pub mod btf;
 pub mod capabilities;
 pub mod cleanup;

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use hoptrace::{
-    capabilities, cleanup, compare,
+    bench, capabilities, cleanup, compare,
     ingress::IngressKind,
     lab::{self, LabError, LabOptions},
     loader::TcMode,
@@ -59,6 +59,32 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Measure tracing's cost on a two-node lab against an untraced baseline
+    /// (throughput, request/response p99, ns per program run, lost events).
+    #[command(hide = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Rounds of each kind (untraced, traced), alternating; medians are reported.
+    #[arg(long, default_value_t = bench::MIN_ROUNDS)]
+    rounds: u32,
+    /// Seconds per iperf3 run and per request/response run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Request/response rate (HTTP keep-alive), requests per second.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Also write the results as Markdown (BENCHMARKS.md) here.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Ablation: traced rounds without netfilter links.
+    #[arg(long)]
+    no_netfilter: bool,
+    /// Ablation: traced rounds without tracepoints.
+    #[arg(long)]
+    no_tracepoints: bool,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +191,7 @@ fn main() -> ExitCode {
         Command::Trace(args) => exit_code(run_trace(args)),
         Command::Lab(args) => exit_code(run_lab(args)),
         Command::Compare { reports, html } => exit_code(run_compare(&reports, html)),
+        Command::Bench(args) => exit_code(run_bench(args)),
         Command::Serve { http, udp, duration } => exit_code(servers::run_serve(http, udp, duration).map(|()| 0).map_err(Into::into)),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
@@ -220,6 +247,38 @@ fn run_trace(args: TraceArgs) -> Result<i32> {
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json_pretty()?).with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace: report written to {}", path.display());
+    }
+    Ok(0)
+}
+
+fn run_bench(args: BenchArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace bench: {err}");
+        return Ok(2);
+    }
+    trace::install_stop_handler();
+    let mut opts = bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
+    opts.rounds = args.rounds;
+    opts.seconds = args.seconds;
+    opts.rr_rate = args.rate;
+    opts.netfilter = !args.no_netfilter;
+    opts.tracepoints = !args.no_tracepoints;
+    let result = bench::run(&opts, |line| eprintln!("hoptrace bench: {line}"))?;
+    println!("{}", bench::render_text(&result));
+    if let Some(path) = &args.write {
+        let command = format!(
+            "hoptrace bench --rounds {} --seconds {} --rate {}{}{} --write {}",
+            args.rounds,
+            args.seconds,
+            args.rate,
+            if args.no_netfilter { " --no-netfilter" } else { "" },
+            if args.no_tracepoints { " --no-tracepoints" } else { "" },
+            path.display()
+        );
+        let existing = std::fs::read_to_string(path).unwrap_or_default();
+        let markdown = bench::render_markdown(&result, &command, bench::preserved_notes(&existing));
+        std::fs::write(path, markdown).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("hoptrace bench: wrote {}", path.display());
     }
     Ok(0)
 }

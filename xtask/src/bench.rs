@@ -1,8 +1,11 @@
-//! `cargo xtask bench`: filled in with the lab (see BENCHMARKS.md).
+//! `cargo xtask bench`: runs `hoptrace bench` (release build, as root) from
+//! the workspace root; `--write` makes it (re)write BENCHMARKS.md there.
+//! The method is described in docs/bench.md.
 use std::path::Path;
 
 use anyhow::Result;
 
+/// Runs the benchmark with `rounds` rounds of each kind, `seconds` per run.
 pub fn run(bin: &Path, rounds: u32, seconds: u32, write: bool) -> Result<()> {
     crate::run(
         std::process::Command::new(bin)
