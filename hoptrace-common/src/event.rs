@@ -74,17 +74,20 @@ pub enum Counter {
     ReadError = 3,
     /// Event filtered out (namespace not traced).
     Filtered = 4,
+    /// Device tracepoint skipped: the device is timed by tc and has no qdisc.
+    Redundant = 5,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 6] = [
         Self::Emitted,
         Self::RingFull,
         Self::Unparsed,
         Self::ReadError,
         Self::Filtered,
+        Self::Redundant,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Counter {
             Self::Unparsed => "unparsed",
             Self::ReadError => "read_error",
             Self::Filtered => "filtered",
+            Self::Redundant => "redundant",
         }
     }
 }

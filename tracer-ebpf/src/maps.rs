@@ -21,6 +21,17 @@ pub static HOPTRACE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(C
 #[map]
 pub static HOPTRACE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Node devices (ifindex) that hoptrace times with tc and that have no qdisc
+/// (noqueue): their device tracepoints fire back to back with tc and add
+/// nothing but cost, so they are skipped.
+#[map]
+pub static HOPTRACE_TC_COVERED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn tc_covered(ifindex: u32) -> bool {
+    unsafe { HOPTRACE_TC_COVERED.get(ifindex).is_some() }
+}
+
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = HOPTRACE_COUNTERS.get_ptr_mut(counter as u32) {

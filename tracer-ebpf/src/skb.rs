@@ -1,6 +1,6 @@
 //! Reading a kernel `struct sk_buff` by address, with offsets taken from BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use hoptrace_common::PacketBytes;
 
 use crate::global;
@@ -87,6 +87,57 @@ pub fn net_inum(net: u64) -> u32 {
         return 0;
     }
     read::<u32>(net + global!(HOPTRACE_LAYOUT.net_ns_inum) as u64).unwrap_or(0)
+}
+
+/// Bytes of `struct sk_buff` read in one go, starting at `skb->dev`: on
+/// common kernels it covers dev, _nfct, len, protocol, the header offsets and
+/// head, so one `bpf_probe_read_kernel` replaces six. A field outside the
+/// window (another kernel's layout) is read on its own. The offsets are
+/// read-only globals, constants to the verifier, so every access below has a
+/// constant stack offset.
+pub const SKB_WINDOW: usize = 192;
+
+/// The `sk_buff` fields every program needs.
+#[derive(Clone, Copy)]
+pub struct SkbFields {
+    pub dev: u64,
+    pub len: u32,
+    pub nfct: u64,
+    /// Ethertype, host order.
+    pub protocol: u16,
+    /// Start of the network header, when set.
+    pub network_header: Option<u64>,
+}
+
+#[inline(always)]
+fn window_field<T: Copy + Default>(window: &[u8; SKB_WINDOW], base: u32, field: u32, addr: u64) -> T {
+    let rel = field.wrapping_sub(base) as usize;
+    if rel + core::mem::size_of::<T>() <= SKB_WINDOW {
+        // SAFETY: in bounds (checked above); the window is plain bytes.
+        unsafe { core::ptr::read_unaligned(window.as_ptr().add(rel) as *const T) }
+    } else {
+        read::<T>(addr + field as u64).unwrap_or_default()
+    }
+}
+
+impl KernelSkb {
+    /// Reads dev, _nfct, len, protocol, head and network_header at once.
+    #[inline(always)]
+    pub fn fields(&self) -> Option<SkbFields> {
+        let base = global!(HOPTRACE_LAYOUT.skb_dev);
+        let mut window = [0u8; SKB_WINDOW];
+        unsafe { bpf_probe_read_kernel_buf((self.addr + base as u64) as *const u8, &mut window) }.ok()?;
+        let head: u64 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_head), self.addr);
+        let nh: u16 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_network_header), self.addr);
+        let protocol: u16 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_protocol), self.addr);
+        Some(SkbFields {
+            dev: window_field(&window, base, base, self.addr),
+            len: window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_len), self.addr),
+            nfct: window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_nfct), self.addr),
+            protocol: u16::from_be(protocol),
+            network_header: if nh == NO_HEADER || head == 0 { None } else { Some(head + nh as u64) },
+        })
+    }
 }
 
 /// Packet bytes starting at the network header of a kernel skb.

@@ -55,6 +55,9 @@ pub struct Device {
     pub uplink: bool,
     pub has_l2: bool,
     pub up: bool,
+    /// The device has no qdisc (`noqueue`): nothing queues between entering
+    /// the device and the driver.
+    pub noqueue: bool,
 }
 
 /// A pod: the namespace at the far end of one of the node's veths.
@@ -90,6 +93,8 @@ struct IpLink {
     master: Option<String>,
     #[serde(default)]
     flags: Vec<String>,
+    #[serde(default)]
+    qdisc: Option<String>,
     #[serde(default)]
     linkinfo: Option<IpLinkInfo>,
 }
@@ -171,6 +176,7 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
                 uplink: uplinks.contains(&l.ifname),
                 has_l2: !matches!(kind, DeviceKind::Ipip | DeviceKind::L3Only),
                 up: l.flags.iter().any(|f| f == "UP"),
+                noqueue: l.qdisc.as_deref() == Some("noqueue"),
                 peer_netnsid: if kind == DeviceKind::Veth { l.link_netnsid } else { None },
                 master: l.master,
                 name: l.ifname,

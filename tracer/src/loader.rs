@@ -89,6 +89,7 @@ pub mod program {
 pub const EVENTS_MAP: &str = "HOPTRACE_EVENTS";
 pub const COUNTERS_MAP: &str = "HOPTRACE_COUNTERS";
 pub const NETNS_MAP: &str = "HOPTRACE_NETNS";
+pub const TC_COVERED_MAP: &str = "HOPTRACE_TC_COVERED";
 
 /// Load-time options.
 #[derive(Clone, Debug)]
@@ -273,6 +274,27 @@ impl Tracer {
         for ino in inodes {
             map.insert(ino, 1, 0).map_err(|source| LoaderError::Map {
                 name: NETNS_MAP.into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Node devices whose device tracepoints are redundant with tc (timed by
+    /// tc, no qdisc): the kernel skips those events.
+    pub fn set_tc_covered(&mut self, ifindexes: &[u32]) -> Result<(), LoaderError> {
+        let map = self
+            .ebpf
+            .map_mut(TC_COVERED_MAP)
+            .ok_or_else(|| LoaderError::MissingMap { name: TC_COVERED_MAP.into() })?;
+        let mut map: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
+                name: TC_COVERED_MAP.into(),
+                source,
+            })?;
+        for ifindex in ifindexes {
+            map.insert(ifindex, 1, 0).map_err(|source| LoaderError::Map {
+                name: TC_COVERED_MAP.into(),
                 source,
             })?;
         }

@@ -24,8 +24,14 @@ pub const NFPROTO_IPV4: u8 = 2;
 /// IPv6 protocol family for netfilter hooks.
 pub const NFPROTO_IPV6: u8 = 10;
 
-/// Maps the netfilter object shares with the main object.
-pub const SHARED_MAPS: [&str; 3] = ["HOPTRACE_EVENTS", "HOPTRACE_COUNTERS", "HOPTRACE_NETNS"];
+/// Maps the netfilter object shares with the main object (at least these;
+/// any other map it references is looked up in the main object by name too).
+pub const SHARED_MAPS: [&str; 4] = [
+    "HOPTRACE_EVENTS",
+    "HOPTRACE_COUNTERS",
+    "HOPTRACE_NETNS",
+    "HOPTRACE_TC_COVERED",
+];
 
 /// Errors loading or attaching the netfilter programs.
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +192,9 @@ pub fn load_netfilter_programs(
     layout: &KernelLayout,
     config: &TraceConfig,
 ) -> Result<NetfilterPrograms, NetfilterError> {
-    let fds: HashMap<&str, BorrowedFd<'_>> = SHARED_MAPS
-        .iter()
-        .filter_map(|name| Some((*name, aya_map_fd(ebpf.map(name)?))))
-        .collect();
+    // Every map of the main object, by name: the netfilter object uses a
+    // subset of them (the linker keeps what its programs reference).
+    let fds: HashMap<&str, BorrowedFd<'_>> = ebpf.maps().map(|(name, map)| (name, aya_map_fd(map))).collect();
     load_netfilter_programs_with_maps(nf_object, &fds, layout, config)
 }
 

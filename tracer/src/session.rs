@@ -225,6 +225,15 @@ impl Session {
                     Err(err) => return Err(err.into()),
                 }
             }
+            // Device tracepoints on noqueue devices that tc already times
+            // fire back to back with tc: skip them in the kernel.
+            let covered: Vec<u32> = targets
+                .iter()
+                .filter_map(|(iface, _)| node.by_name(iface))
+                .filter(|d| d.noqueue)
+                .map(|d| d.ifindex)
+                .collect();
+            tracer.set_tc_covered(&covered)?;
             if opts.tracepoints
                 && let Err(err) = tracer.attach_tracepoints(&kernel_btf, false)
             {

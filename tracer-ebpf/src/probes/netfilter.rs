@@ -9,12 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HookKind, ParseStatus,
+    Counter, CtState, HookKind, ParseStatus,
     packet::{ETH_P_IP, ETH_P_IPV6, flow_matches, parse_from_l3},
 };
 use tracer_ebpf::{
     emit, global,
     globals::config,
+    maps::count,
     skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex, read},
 };
 
@@ -56,6 +57,10 @@ fn observe(ctx: *mut c_void, slot: u8) {
     };
     let skb = KernelSkb { addr };
     let cfg = config();
+    let Some(fields) = skb.fields() else {
+        count(Counter::ReadError);
+        return;
+    };
     let Some(mut entry) = emit::reserve() else {
         return;
     };
@@ -68,11 +73,11 @@ fn observe(ctx: *mut c_void, slot: u8) {
     ev.nf_pf = read::<u8>(state + global!(HOPTRACE_LAYOUT.nf_state_pf) as u64).unwrap_or(0);
     // Netfilter links belong to the namespace that created them: the node.
     ev.netns_ino = cfg.node_netns_ino;
-    ev.ifindex = dev_ifindex(skb.dev());
-    ev.skb_len = skb.len();
-    ev.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+    ev.ifindex = dev_ifindex(fields.dev);
+    ev.skb_len = fields.len;
+    ev.ct_state = CtState::from_nfct(fields.nfct) as u8;
     let ethertype = if ev.nf_pf == NFPROTO_IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
-    let status = match skb.network_header() {
+    let status = match fields.network_header {
         Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, ethertype, &cfg, &mut ev.packet),
         None => {
             ev.packet.status = ParseStatus::Truncated as u8;

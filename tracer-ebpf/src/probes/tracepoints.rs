@@ -11,7 +11,7 @@ use hoptrace_common::{
 use tracer_ebpf::{
     emit,
     globals::config,
-    maps::{count, netns_traced},
+    maps::{count, netns_traced, tc_covered},
     skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex},
 };
 
@@ -68,16 +68,25 @@ pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
 fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     let skb = KernelSkb { addr };
     let cfg = config();
+    let Some(fields) = skb.fields() else {
+        count(Counter::ReadError);
+        return;
+    };
     // On the socket path skb->dev shares its storage with dev_scratch, so the
     // namespace comes from the owning socket there.
     let (dev, netns) = if hook as u8 == HookKind::SocketDeliver as u8 {
         (0, skb.sock_netns())
     } else {
-        let dev = skb.dev();
-        (dev, skb.dev_netns(dev))
+        (fields.dev, skb.dev_netns(fields.dev))
     };
     if cfg.filter_netns != 0 && !netns_traced(netns) {
         count(Counter::Filtered);
+        return;
+    }
+    let ifindex = dev_ifindex(dev);
+    let device_hop = matches!(hook, HookKind::DevReceive | HookKind::DevQueue | HookKind::DevXmit);
+    if device_hop && netns == cfg.node_netns_ino && tc_covered(ifindex) {
+        count(Counter::Redundant);
         return;
     }
     let Some(mut entry) = emit::reserve() else {
@@ -88,11 +97,11 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     ev.skb_addr = addr;
     ev.hook = hook as u8;
     ev.netns_ino = netns;
-    ev.ifindex = dev_ifindex(dev);
-    ev.skb_len = skb.len();
+    ev.ifindex = ifindex;
+    ev.skb_len = fields.len;
     ev.drop_reason = drop_reason;
-    let status = match skb.network_header() {
-        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, skb.protocol(), &cfg, &mut ev.packet),
+    let status = match fields.network_header {
+        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, fields.protocol, &cfg, &mut ev.packet),
         None => {
             ev.packet.status = ParseStatus::Truncated as u8;
             ParseStatus::Truncated
