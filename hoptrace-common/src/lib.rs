@@ -11,6 +11,6 @@ pub mod hook;
 pub mod packet;
 
 pub use config::{KernelLayout, TraceConfig};
-pub use event::{HopEvent, Counter, COUNTER_SLOTS};
-pub use hook::{CtState, HookKind, NfHook, NF_PRIORITY_SLOTS};
+pub use event::{COUNTER_SLOTS, Counter, HopEvent};
+pub use hook::{CtState, HookKind, NF_PRIORITY_SLOTS, NfHook};
 pub use packet::{Encap, L3Headers, PacketBytes, PacketMeta, ParseStatus};

@@ -180,7 +180,11 @@ fn be32(b: [u8; 4]) -> u32 {
 
 /// Parses a frame that starts with an Ethernet header (tc hooks).
 #[inline(always)]
-pub fn parse_from_l2<P: PacketBytes>(src: &P, cfg: &TraceConfig, out: &mut PacketMeta) -> ParseStatus {
+pub fn parse_from_l2<P: PacketBytes>(
+    src: &P,
+    cfg: &TraceConfig,
+    out: &mut PacketMeta,
+) -> ParseStatus {
     let mut eth = [0u8; ETH_HLEN as usize];
     if !src.load(0, &mut eth) {
         return finish(out, ParseStatus::Truncated);

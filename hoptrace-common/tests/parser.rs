@@ -82,7 +82,10 @@ fn ipv4_udp() {
     assert_eq!((f.version, f.l4_proto), (4, IPPROTO_UDP));
     assert_eq!(&f.saddr[..4], &[10, 244, 0, 2]);
     assert_eq!(&f.daddr[..4], &[10, 96, 0, 10]);
-    assert_eq!((f.sport, f.dport, f.ip_id, f.payload_len), (40000, 53, 0x1234, 11));
+    assert_eq!(
+        (f.sport, f.dport, f.ip_id, f.payload_len),
+        (40000, 53, 0x1234, 11)
+    );
     assert_eq!(&f.payload_head, b"hello wo");
     assert_eq!(meta.encap, Encap::None as u8);
 }
@@ -96,7 +99,10 @@ fn ipv4_tcp_seq_ack_flags() {
     let (status, meta) = parse(&frame);
     assert_eq!(status, ParseStatus::Ok);
     let f = meta.flow();
-    assert_eq!((f.sport, f.dport, f.tcp_seq, f.tcp_ack, f.tcp_flags), (5555, 80, 0xdead_beef, 0x0102_0304, 0x12));
+    assert_eq!(
+        (f.sport, f.dport, f.tcp_seq, f.tcp_ack, f.tcp_flags),
+        (5555, 80, 0xdead_beef, 0x0102_0304, 0x12)
+    );
     assert_eq!(f.payload_len, 5);
 }
 
@@ -109,7 +115,10 @@ fn icmp_echo_id_and_seq() {
     frame.extend(l4);
     let (_, meta) = parse(&frame);
     let f = meta.flow();
-    assert_eq!((f.l4_proto, f.tcp_flags, f.sport, f.dport), (IPPROTO_ICMP, 8, 0x1234, 7));
+    assert_eq!(
+        (f.l4_proto, f.tcp_flags, f.sport, f.dport),
+        (IPPROTO_ICMP, 8, 0x1234, 7)
+    );
 }
 
 #[test]
@@ -126,7 +135,10 @@ fn ipv6_udp() {
     let (status, meta) = parse(&frame);
     assert_eq!(status, ParseStatus::Ok);
     let f = meta.flow();
-    assert_eq!((f.version, f.sport, f.dport, f.payload_len), (6, 1000, 2000, 10));
+    assert_eq!(
+        (f.version, f.sport, f.dport, f.payload_len),
+        (6, 1000, 2000, 10)
+    );
     assert_eq!(f.saddr, [0xfd; 16]);
     assert_eq!(f.ip_id, 0xbcde);
 }
@@ -138,7 +150,13 @@ fn vxlan_inner_headers() {
     vx.extend(inner);
     let l4 = udp(50000, 8472, &vx);
     let mut frame = eth(0x0800);
-    frame.extend(ipv4(IPPROTO_UDP, [198, 18, 0, 1], [198, 18, 0, 2], 77, l4.len()));
+    frame.extend(ipv4(
+        IPPROTO_UDP,
+        [198, 18, 0, 1],
+        [198, 18, 0, 2],
+        77,
+        l4.len(),
+    ));
     frame.extend(l4);
     let (status, meta) = parse(&frame);
     assert_eq!(status, ParseStatus::Ok);
@@ -168,7 +186,13 @@ fn ipip_inner_headers() {
 fn l3_start_and_vlan() {
     let frame = udp_frame([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"zzzzzzzzzz");
     let mut meta = PacketMeta::zeroed();
-    let status = parse_from_l3(&Bytes(&frame[14..]), 0, 0x0800, &TraceConfig::default(), &mut meta);
+    let status = parse_from_l3(
+        &Bytes(&frame[14..]),
+        0,
+        0x0800,
+        &TraceConfig::default(),
+        &mut meta,
+    );
     assert_eq!(status, ParseStatus::Ok);
     assert_eq!(meta.flow().dport, 10);
     let mut tagged = frame[..12].to_vec();
@@ -184,7 +208,11 @@ fn non_ip_truncated_and_malformed() {
     assert_eq!(parse(&eth(0x0806)).0, ParseStatus::NotIp);
     let frame = udp_frame([1, 2, 3, 4], [5, 6, 7, 8], 9, 10, b"");
     assert_eq!(parse(&frame[..20]).0, ParseStatus::Truncated);
-    assert_eq!(parse(&frame[..38]).0, ParseStatus::Truncated, "UDP header cut");
+    assert_eq!(
+        parse(&frame[..38]).0,
+        ParseStatus::Truncated,
+        "UDP header cut"
+    );
     let mut bad = frame.clone();
     bad[14] = 0x43; // IHL 3
     assert_eq!(parse(&bad).0, ParseStatus::BadHeader);
@@ -203,7 +231,10 @@ fn flow_filter() {
     cfg.match_prefix_len = 16;
     assert!(flow_matches(&meta, &cfg));
     cfg.match_prefix_len = 32;
-    assert!(!flow_matches(&meta, &cfg), "10.96.0.0/32 does not contain either address");
+    assert!(
+        !flow_matches(&meta, &cfg),
+        "10.96.0.0/32 does not contain either address"
+    );
     cfg.match_prefix_len = 12;
     cfg.match_port = 53;
     assert!(flow_matches(&meta, &cfg));
@@ -225,8 +256,20 @@ fn fuzz_random_and_mutated_frames() {
         state
     };
     let seeds = [
-        udp_frame([10, 244, 0, 2], [10, 96, 0, 10], 1, 4789, &[0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3]),
-        udp_frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 6081, &[0, 0, 0x65, 0x58, 0, 0, 1, 0]),
+        udp_frame(
+            [10, 244, 0, 2],
+            [10, 96, 0, 10],
+            1,
+            4789,
+            &[0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3],
+        ),
+        udp_frame(
+            [1, 1, 1, 1],
+            [2, 2, 2, 2],
+            1,
+            6081,
+            &[0, 0, 0x65, 0x58, 0, 0, 1, 0],
+        ),
         udp_frame([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, b"0123456789"),
     ];
     let mut ok = 0;
@@ -253,5 +296,8 @@ fn fuzz_random_and_mutated_frames() {
             assert!(meta.outer.version == 4 || meta.outer.version == 6);
         }
     }
-    assert!(ok > 10_000, "mutations of valid frames should often still parse ({ok})");
+    assert!(
+        ok > 10_000,
+        "mutations of valid frames should often still parse ({ok})"
+    );
 }

@@ -87,7 +87,6 @@ pub fn console_errors(stderr: &str) -> Vec<String> {
         .collect()
 }
 
-
 /// Loads `page` twice (DOM dump, screenshot) and asserts it renders;
 /// `texts` must all appear in the DOM, with `svgs` inline charts.
 pub fn assert_page_renders(page: &Path, texts: &[&str], svgs: usize) {

@@ -36,7 +36,9 @@ pub struct NamedNetns {
 impl NamedNetns {
     pub fn create(name: &str) -> Self {
         sh(&["ip", "netns", "add", name]);
-        Self { name: name.to_owned() }
+        Self {
+            name: name.to_owned(),
+        }
     }
 
     pub fn exec(&self, argv: &[&str]) -> String {
@@ -48,7 +50,9 @@ impl NamedNetns {
 
 impl Drop for NamedNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -59,7 +63,8 @@ impl Drop for NamedNetns {
 pub fn in_fresh_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
             sh(&["ip", "link", "set", "lo", "up"]);
             f()
         })
@@ -122,7 +127,9 @@ pub fn http_requests_new_connection(netns: &str, target: std::net::SocketAddr, n
     hoptrace::netns::with_netns(netns, || {
         let mut ok = 0;
         for _ in 0..n {
-            let Ok(mut stream) = std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2)) else {
+            let Ok(mut stream) =
+                std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(2))
+            else {
                 continue;
             };
             let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));

@@ -65,7 +65,6 @@ fn probe_link_ids() -> Vec<u64> {
         .collect()
 }
 
-
 fn ht_devices() -> Vec<String> {
     let out = Command::new("ip")
         .args(["-o", "link", "show"])

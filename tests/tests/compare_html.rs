@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-
 fn synthetic_report(datapath: &str, scale: f64) -> Value {
     let category = |name: &str, p50: f64| {
         json!({"category": name, "direction": "all", "conn_state": "all", "count": 5000,

@@ -26,8 +26,11 @@ fn send_from_pod(pod: &NamedNetns) {
         .expect("pod thread")
     });
     for i in 0..DATAGRAMS {
-        sock.send_to(format!("hoptrace {i:04}").as_bytes(), ("10.99.0.1", NODE_PORT))
-            .expect("send");
+        sock.send_to(
+            format!("hoptrace {i:04}").as_bytes(),
+            ("10.99.0.1", NODE_PORT),
+        )
+        .expect("send");
     }
 }
 
@@ -35,7 +38,10 @@ fn run(mode: TcMode, tag: &str) {
     let pod_name = format!("ht-fp{tag}{}", std::process::id() % 100_000);
     in_fresh_netns(|| {
         let pod = NamedNetns::create(&pod_name);
-        sh(&["ip", "link", "add", "htfp0", "type", "veth", "peer", "name", "eth0", "netns", &pod.name]);
+        sh(&[
+            "ip", "link", "add", "htfp0", "type", "veth", "peer", "name", "eth0", "netns",
+            &pod.name,
+        ]);
         sh(&["ip", "addr", "add", "10.99.0.1/30", "dev", "htfp0"]);
         sh(&["ip", "link", "set", "htfp0", "up"]);
         pod.exec(&["ip", "addr", "add", "10.99.0.2/30", "dev", "eth0"]);
@@ -67,9 +73,16 @@ fn run(mode: TcMode, tag: &str) {
             });
             idle_rounds = if n == 0 { idle_rounds + 1 } else { 0 };
         }
-        assert_eq!(matched.len(), DATAGRAMS, "events for the 5-tuple ({mode:?})");
+        assert_eq!(
+            matched.len(),
+            DATAGRAMS,
+            "events for the 5-tuple ({mode:?})"
+        );
         assert!(matched.iter().all(|e| e.ts_ns > 0 && e.skb_addr != 0));
-        assert!(matched.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "timestamps in order on one CPU");
+        assert!(
+            matched.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+            "timestamps in order on one CPU"
+        );
         let ifindex = nix::net::if_::if_nametoindex("htfp0").unwrap();
         assert!(matched.iter().all(|e| e.ifindex == ifindex));
         let counters = tracer.counters().expect("counters");
@@ -81,7 +94,8 @@ fn run(mode: TcMode, tag: &str) {
         match mode {
             TcMode::Tcx => {
                 for attach in [TcAttachType::Ingress, TcAttachType::Egress] {
-                    let (_, progs) = SchedClassifier::query_tcx("htfp0", attach).expect("query tcx");
+                    let (_, progs) =
+                        SchedClassifier::query_tcx("htfp0", attach).expect("query tcx");
                     assert!(progs.is_empty(), "tcx programs left on {attach:?}");
                 }
             }

@@ -53,7 +53,8 @@ fn lab(args: &[&str]) -> Output {
 }
 
 fn read_runs(path: &Path) -> Vec<Value> {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("lab json")).expect("parse");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("lab json")).expect("parse");
     assert_eq!(doc["schema"], "hoptrace.lab.v1");
     doc["runs"].as_array().expect("runs").clone()
 }
@@ -83,7 +84,16 @@ fn category_p50_new(run: &Value, category: &str) -> f64 {
 }
 
 fn quick_lab(prefix: &str, json: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["--duration", "1s", "--rate", "200", "--prefix", prefix, "--json", json.to_str().unwrap()];
+    let mut args = vec![
+        "--duration",
+        "1s",
+        "--rate",
+        "200",
+        "--prefix",
+        prefix,
+        "--json",
+        json.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     lab(&args)
 }
@@ -103,24 +113,48 @@ fn every_datapath_carries_traffic_and_leaves_nothing() {
         if datapath.as_str() == "calico-ipip" && stderr.contains("skipping calico-ipip") {
             // This kernel has no ipip devices: the lab says so and builds nothing.
             assert!(!out.status.success());
-            assert!(leftovers(&prefix).is_empty(), "{datapath} left {:?}", leftovers(&prefix));
+            assert!(
+                leftovers(&prefix).is_empty(),
+                "{datapath} left {:?}",
+                leftovers(&prefix)
+            );
             continue;
         }
         assert!(out.status.success(), "{datapath} failed");
         let runs = read_runs(&json);
         let run = &runs[0];
-        assert_eq!(run["nodes"].as_array().unwrap().len(), 2, "{datapath}: a report per node");
-        assert!(run["lab"]["requests_ok"].as_u64().unwrap() > 100, "{datapath}: traffic flowed");
-        assert!(category_count(run, "cni") > 0, "{datapath}: cni time attributed");
+        assert_eq!(
+            run["nodes"].as_array().unwrap().len(),
+            2,
+            "{datapath}: a report per node"
+        );
+        assert!(
+            run["lab"]["requests_ok"].as_u64().unwrap() > 100,
+            "{datapath}: traffic flowed"
+        );
+        assert!(
+            category_count(run, "cni") > 0,
+            "{datapath}: cni time attributed"
+        );
         let encapsulated = category_count(run, "encapsulation") > 0;
         match datapath.as_str() {
-            "flannel-vxlan" | "calico-vxlan" => assert!(encapsulated, "{datapath} has an encapsulation category"),
+            "flannel-vxlan" | "calico-vxlan" => {
+                assert!(encapsulated, "{datapath} has an encapsulation category")
+            }
             _ => assert!(!encapsulated, "{datapath} must not show encapsulation"),
         }
         if datapath.as_str() == "cilium-like" {
-            assert_eq!(category_count(run, "kube-proxy"), 0, "cilium-like has no kube-proxy rules");
+            assert_eq!(
+                category_count(run, "kube-proxy"),
+                0,
+                "cilium-like has no kube-proxy rules"
+            );
         }
-        assert!(leftovers(&prefix).is_empty(), "{datapath} left {:?}", leftovers(&prefix));
+        assert!(
+            leftovers(&prefix).is_empty(),
+            "{datapath} left {:?}",
+            leftovers(&prefix)
+        );
     }
 }
 
@@ -133,11 +167,25 @@ fn kube_proxy_none_shows_no_kube_proxy_category() {
     let _guard = PrefixGuard(prefix.clone());
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("none.json");
-    let out = quick_lab(&prefix, &json, &["--datapath", "calico-bgp", "--kube-proxy", "none", "--ingress", "none"]);
+    let out = quick_lab(
+        &prefix,
+        &json,
+        &[
+            "--datapath",
+            "calico-bgp",
+            "--kube-proxy",
+            "none",
+            "--ingress",
+            "none",
+        ],
+    );
     assert!(out.status.success());
     let runs = read_runs(&json);
     assert_eq!(category_count(&runs[0], "kube-proxy"), 0);
-    assert!(category_count(&runs[0], "conntrack") > 0, "netfilter is still traced");
+    assert!(
+        category_count(&runs[0], "conntrack") > 0,
+        "netfilter is still traced"
+    );
 }
 
 #[test]
@@ -154,13 +202,26 @@ fn ten_thousand_services_raise_kube_proxy_p50() {
         let out = quick_lab(
             &prefix,
             &json,
-            &["--services", services, "--load", "http-new-connection", "--ingress", "none"],
+            &[
+                "--services",
+                services,
+                "--load",
+                "http-new-connection",
+                "--ingress",
+                "none",
+            ],
         );
         assert!(out.status.success());
         p50.push(category_p50_new(&read_runs(&json)[0], "kube-proxy"));
     }
-    eprintln!("kube-proxy p50 on new connections: 100 services {} µs, 10000 services {} µs", p50[0], p50[1]);
-    assert!(p50[1] > p50[0] * 2.0, "10,000 services must raise kube-proxy's p50 clearly: {p50:?}");
+    eprintln!(
+        "kube-proxy p50 on new connections: 100 services {} µs, 10000 services {} µs",
+        p50[0], p50[1]
+    );
+    assert!(
+        p50[1] > p50[0] * 2.0,
+        "10,000 services must raise kube-proxy's p50 clearly: {p50:?}"
+    );
 }
 
 #[test]
@@ -180,14 +241,23 @@ fn compare_html_of_real_runs_renders() {
     let out = quick_lab(
         &prefix,
         &json,
-        &["--compare", "flannel-vxlan,calico-bgp", "--html", html.to_str().unwrap()],
+        &[
+            "--compare",
+            "flannel-vxlan,calico-bgp",
+            "--html",
+            html.to_str().unwrap(),
+        ],
     );
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("flannel-vxlan") && stdout.contains("calico-bgp"));
     assert_eq!(read_runs(&json).len(), 2);
     assert!(dir.path().join("compare-categories.svg").exists());
-    tests::browser::assert_page_renders(&html, &["flannel-vxlan", "calico-bgp", "encapsulation"], 2);
+    tests::browser::assert_page_renders(
+        &html,
+        &["flannel-vxlan", "calico-bgp", "encapsulation"],
+        2,
+    );
 }
 
 #[test]
@@ -202,9 +272,19 @@ fn name_clash_is_clear_and_touches_nothing() {
     let out = quick_lab(&prefix, &dir.path().join("x.json"), &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("already exists"), "clear clash message: {stderr}");
-    assert!(Path::new("/run/netns").join(&existing.name).exists(), "the existing namespace stays");
-    assert_eq!(leftovers(&prefix), vec![existing.name.clone()], "nothing else left");
+    assert!(
+        stderr.contains("already exists"),
+        "clear clash message: {stderr}"
+    );
+    assert!(
+        Path::new("/run/netns").join(&existing.name).exists(),
+        "the existing namespace stays"
+    );
+    assert_eq!(
+        leftovers(&prefix),
+        vec![existing.name.clone()],
+        "nothing else left"
+    );
 }
 
 #[test]
@@ -220,11 +300,17 @@ fn missing_tool_is_named_with_its_package() {
         "mount --make-rprivate / && mount -t tmpfs tmpfs /usr/sbin && exec {} lab --ingress haproxy --duration 1s --prefix {prefix}",
         hoptrace_bin().display()
     );
-    let out = Command::new("unshare").args(["-m", "sh", "-c", &script]).output().expect("unshare");
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert!(!out.status.success());
-    assert!(stderr.contains("haproxy is not installed") && stderr.contains("package haproxy"), "{stderr}");
+    assert!(
+        stderr.contains("haproxy is not installed") && stderr.contains("package haproxy"),
+        "{stderr}"
+    );
     assert!(leftovers(&prefix).is_empty());
 }
 
@@ -245,14 +331,23 @@ fn ctrl_c_tears_everything_down() {
     // Wait until the lab is built and traced (bounded).
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        let programs = Command::new("bpftool").args(["prog", "list"]).output().unwrap();
-        if leftovers(&prefix).len() > 3 && String::from_utf8_lossy(&programs.stdout).contains("hoptrace_tc_in") {
+        let programs = Command::new("bpftool")
+            .args(["prog", "list"])
+            .output()
+            .unwrap();
+        if leftovers(&prefix).len() > 3
+            && String::from_utf8_lossy(&programs.stdout).contains("hoptrace_tc_in")
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -266,19 +361,33 @@ fn ctrl_c_tears_everything_down() {
     eprintln!("{stderr}");
     assert_eq!(status.code(), Some(130), "interrupted exit code");
     assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(leftovers(&prefix).is_empty(), "left {:?}", leftovers(&prefix));
+    assert!(
+        leftovers(&prefix).is_empty(),
+        "left {:?}",
+        leftovers(&prefix)
+    );
     // Other tests may run hoptrace concurrently: what must not exist is a
     // hoptrace program that no process holds (kept alive by a leaked link).
-    let programs = Command::new("bpftool").args(["prog", "show", "-j"]).output().unwrap();
+    let programs = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .unwrap();
     let programs: Value = serde_json::from_slice(&programs.stdout).unwrap_or(Value::Null);
     let orphans: Vec<&Value> = programs
         .as_array()
         .map(|list| {
             list.iter()
-                .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("hoptrace_")))
+                .filter(|p| {
+                    p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("hoptrace_"))
+                })
                 .filter(|p| p["pids"].as_array().is_none_or(|pids| pids.is_empty()))
                 .collect()
         })
         .unwrap_or_default();
-    assert!(orphans.is_empty(), "hoptrace programs left without an owner: {orphans:?}");
+    assert!(
+        orphans.is_empty(),
+        "hoptrace programs left without an owner: {orphans:?}"
+    );
 }

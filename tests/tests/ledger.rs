@@ -5,10 +5,10 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use hoptrace::{
+    kubeproxy::Protocol,
     report::Report,
     session::{Session, SessionOptions},
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
-    kubeproxy::Protocol,
     trace,
 };
 use tests::{can_run_as_root, http_requests_new_connection, start_backend};
@@ -39,17 +39,25 @@ fn run_lab(spec: &LabSpec, requests: usize) -> (Report, Report) {
     let service = lab.service();
     let backend = &service.backends[0];
     let _server = start_backend(&backend.netns);
-    let target: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp service").into();
+    let target: SocketAddr = service
+        .connect_addr(Protocol::Tcp)
+        .expect("tcp service")
+        .into();
     let client = lab.client_pod().netns.clone();
     // Warm up ARP/neighbours so they do not land in the measurement.
-    assert!(http_requests_new_connection(&client, target, 3) == 3, "warm-up requests failed");
+    assert!(
+        http_requests_new_connection(&client, target, 3) == 3,
+        "warm-up requests failed"
+    );
     let node_a = session_on(&lab.nodes()[0].netns);
     let node_b = session_on(&lab.nodes()[backend.node_index].netns);
     let ok = http_requests_new_connection(&client, target, requests);
     assert_eq!(ok, requests, "every request answered");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let report_a = trace::finish(node_a, "node-a".into(), serde_json::Value::Null).expect("finish A");
-    let report_b = trace::finish(node_b, "node-b".into(), serde_json::Value::Null).expect("finish B");
+    let report_a =
+        trace::finish(node_a, "node-a".into(), serde_json::Value::Null).expect("finish A");
+    let report_b =
+        trace::finish(node_b, "node-b".into(), serde_json::Value::Null).expect("finish B");
     lab.teardown().expect("teardown");
     (report_a, report_b)
 }
@@ -86,11 +94,23 @@ fn vxlan_clusterip_ledger_across_two_nodes() {
     dump("node A", &a);
     dump("node B", &b);
     let n = REQUESTS as u64;
-    for segment in ["netfilter.prerouting.conntrack", "netfilter.prerouting.dnat", "tunnel.vxlan.encap"] {
-        assert!(count(&a, segment, Some("egress")) >= n, "node A {segment}: {}", count(&a, segment, Some("egress")));
+    for segment in [
+        "netfilter.prerouting.conntrack",
+        "netfilter.prerouting.dnat",
+        "tunnel.vxlan.encap",
+    ] {
+        assert!(
+            count(&a, segment, Some("egress")) >= n,
+            "node A {segment}: {}",
+            count(&a, segment, Some("egress"))
+        );
     }
     for segment in ["tunnel.vxlan.decap", "pod.veth.ingress"] {
-        assert!(count(&b, segment, Some("ingress")) >= n, "node B {segment}: {}", count(&b, segment, Some("ingress")));
+        assert!(
+            count(&b, segment, Some("ingress")) >= n,
+            "node B {segment}: {}",
+            count(&b, segment, Some("ingress"))
+        );
     }
     // The encapsulated outer packet crosses netfilter output on node A too.
     assert!(count(&a, "netfilter.output.conntrack", None) >= n);
@@ -104,15 +124,45 @@ fn vxlan_clusterip_ledger_across_two_nodes() {
                 && e.hops.iter().any(|h| h.hop.starts_with("vxlan"))
         })
         .expect("an exemplar through NAT and the tunnel");
-    eprintln!("exemplar: {:?}", exemplar.hops.iter().map(|h| h.hop.as_str()).collect::<Vec<_>>());
-    assert!(exemplar.hops.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns), "exemplar timestamps");
-    let first_nat = exemplar.hops.iter().position(|h| h.hop.starts_with("nf.prerouting")).unwrap();
-    let first_tunnel = exemplar.hops.iter().position(|h| h.hop.starts_with("vxlan")).unwrap();
+    eprintln!(
+        "exemplar: {:?}",
+        exemplar
+            .hops
+            .iter()
+            .map(|h| h.hop.as_str())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        exemplar.hops.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+        "exemplar timestamps"
+    );
+    let first_nat = exemplar
+        .hops
+        .iter()
+        .position(|h| h.hop.starts_with("nf.prerouting"))
+        .unwrap();
+    let first_tunnel = exemplar
+        .hops
+        .iter()
+        .position(|h| h.hop.starts_with("vxlan"))
+        .unwrap();
     assert!(first_nat < first_tunnel, "NAT before the tunnel");
     assert!(exemplar.hops[0].hop.starts_with("pod") || exemplar.hops[0].hop.starts_with("veth"));
-    assert!(a.categories.iter().any(|c| c.category.name() == "encapsulation" && c.stats.count >= n));
-    assert!(a.categories.iter().any(|c| c.category.name() == "kube-proxy" && c.stats.count >= n));
-    assert!(a.categories.iter().any(|c| c.category.name() == "conntrack" && c.stats.count >= n));
+    assert!(
+        a.categories
+            .iter()
+            .any(|c| c.category.name() == "encapsulation" && c.stats.count >= n)
+    );
+    assert!(
+        a.categories
+            .iter()
+            .any(|c| c.category.name() == "kube-proxy" && c.stats.count >= n)
+    );
+    assert!(
+        a.categories
+            .iter()
+            .any(|c| c.category.name() == "conntrack" && c.stats.count >= n)
+    );
 }
 
 #[test]
@@ -127,10 +177,18 @@ fn native_routing_has_no_encapsulation() {
     assert!(count(&a, "netfilter.prerouting.dnat", None) >= n);
     for report in [&a, &b] {
         assert!(
-            !report.segments.iter().any(|s| s.segment.starts_with("tunnel.")),
+            !report
+                .segments
+                .iter()
+                .any(|s| s.segment.starts_with("tunnel.")),
             "no tunnel segment with native routing"
         );
-        assert!(!report.categories.iter().any(|c| c.category.name() == "encapsulation" && c.stats.count > 0));
+        assert!(
+            !report
+                .categories
+                .iter()
+                .any(|c| c.category.name() == "encapsulation" && c.stats.count > 0)
+        );
     }
 }
 
@@ -140,16 +198,37 @@ fn many_services_slow_dnat_not_encapsulation() {
         return;
     }
     let base = format!("ht-s{}-", std::process::id() % 1000);
-    let (few, _) = run_lab(&spec(&format!("{base}a"), Datapath::FlannelVxlan, 0), REQUESTS);
-    let (many, _) = run_lab(&spec(&format!("{base}b"), Datapath::FlannelVxlan, 5000), REQUESTS);
+    let (few, _) = run_lab(
+        &spec(&format!("{base}a"), Datapath::FlannelVxlan, 0),
+        REQUESTS,
+    );
+    let (many, _) = run_lab(
+        &spec(&format!("{base}b"), Datapath::FlannelVxlan, 5000),
+        REQUESTS,
+    );
     let dnat_few = p50_new(&few, "netfilter.prerouting.dnat").expect("dnat (few)");
     let dnat_many = p50_new(&many, "netfilter.prerouting.dnat").expect("dnat (many)");
-    let encap_few = few.segments.iter().filter(|s| s.segment == "tunnel.vxlan.encap").map(|s| s.stats.p50_us).fold(0.0, f64::max);
-    let encap_many = many.segments.iter().filter(|s| s.segment == "tunnel.vxlan.encap").map(|s| s.stats.p50_us).fold(0.0, f64::max);
-    eprintln!("dnat p50 new: {dnat_few} -> {dnat_many} us; encap p50: {encap_few} -> {encap_many} us");
+    let encap_few = few
+        .segments
+        .iter()
+        .filter(|s| s.segment == "tunnel.vxlan.encap")
+        .map(|s| s.stats.p50_us)
+        .fold(0.0, f64::max);
+    let encap_many = many
+        .segments
+        .iter()
+        .filter(|s| s.segment == "tunnel.vxlan.encap")
+        .map(|s| s.stats.p50_us)
+        .fold(0.0, f64::max);
+    eprintln!(
+        "dnat p50 new: {dnat_few} -> {dnat_many} us; encap p50: {encap_few} -> {encap_many} us"
+    );
     // Direction, not a time: 5,000 linear KUBE-SERVICES rules must cost the
     // first packet of a connection clearly more than none.
-    assert!(dnat_many > dnat_few * 3.0, "dnat p50 for new connections should rise clearly");
+    assert!(
+        dnat_many > dnat_few * 3.0,
+        "dnat p50 for new connections should rise clearly"
+    );
     // Encapsulation does not depend on the number of services: it must not
     // grow anywhere near as much.
     assert!(

@@ -19,7 +19,10 @@ pub struct KernelSkb {
 }
 
 impl KernelSkb {
-    #[expect(clippy::len_without_is_empty, reason = "skb->len of a kernel buffer; emptiness is never asked")]
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "skb->len of a kernel buffer; emptiness is never asked"
+    )]
     #[inline(always)]
     pub fn len(&self) -> u32 {
         read::<u32>(self.addr + global!(HOPTRACE_LAYOUT.skb_len) as u64).unwrap_or(0)
@@ -38,7 +41,9 @@ impl KernelSkb {
     /// Ethertype (host order) from `skb->protocol`.
     #[inline(always)]
     pub fn protocol(&self) -> u16 {
-        u16::from_be(read::<u16>(self.addr + global!(HOPTRACE_LAYOUT.skb_protocol) as u64).unwrap_or(0))
+        u16::from_be(
+            read::<u16>(self.addr + global!(HOPTRACE_LAYOUT.skb_protocol) as u64).unwrap_or(0),
+        )
     }
 
     /// Start of the network header, if set.
@@ -110,7 +115,12 @@ pub struct SkbFields {
 }
 
 #[inline(always)]
-fn window_field<T: Copy + Default>(window: &[u8; SKB_WINDOW], base: u32, field: u32, addr: u64) -> T {
+fn window_field<T: Copy + Default>(
+    window: &[u8; SKB_WINDOW],
+    base: u32,
+    field: u32,
+    addr: u64,
+) -> T {
     let rel = field.wrapping_sub(base) as usize;
     if rel + core::mem::size_of::<T>() <= SKB_WINDOW {
         // SAFETY: in bounds (checked above); the window is plain bytes.
@@ -126,16 +136,31 @@ impl KernelSkb {
     pub fn fields(&self) -> Option<SkbFields> {
         let base = global!(HOPTRACE_LAYOUT.skb_dev);
         let mut window = [0u8; SKB_WINDOW];
-        unsafe { bpf_probe_read_kernel_buf((self.addr + base as u64) as *const u8, &mut window) }.ok()?;
+        unsafe { bpf_probe_read_kernel_buf((self.addr + base as u64) as *const u8, &mut window) }
+            .ok()?;
         let head: u64 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_head), self.addr);
-        let nh: u16 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_network_header), self.addr);
-        let protocol: u16 = window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_protocol), self.addr);
+        let nh: u16 = window_field(
+            &window,
+            base,
+            global!(HOPTRACE_LAYOUT.skb_network_header),
+            self.addr,
+        );
+        let protocol: u16 = window_field(
+            &window,
+            base,
+            global!(HOPTRACE_LAYOUT.skb_protocol),
+            self.addr,
+        );
         Some(SkbFields {
             dev: window_field(&window, base, base, self.addr),
             len: window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_len), self.addr),
             nfct: window_field(&window, base, global!(HOPTRACE_LAYOUT.skb_nfct), self.addr),
             protocol: u16::from_be(protocol),
-            network_header: if nh == NO_HEADER || head == 0 { None } else { Some(head + nh as u64) },
+            network_header: if nh == NO_HEADER || head == 0 {
+                None
+            } else {
+                Some(head + nh as u64)
+            },
         })
     }
 }

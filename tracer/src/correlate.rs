@@ -995,7 +995,11 @@ fn record_journey(
     }
     // The slowest `max_exemplars` per direction: a burst of slow replies must
     // not hide every request (and the other way round).
-    let kept = ledger.exemplars.iter().filter(|e| e.direction == direction).count();
+    let kept = ledger
+        .exemplars
+        .iter()
+        .filter(|e| e.direction == direction)
+        .count();
     if kept >= max_exemplars
         && ledger
             .exemplars
@@ -1053,7 +1057,10 @@ fn record_journey(
         .unwrap_or(ledger.exemplars.len());
     ledger.exemplars.insert(pos, exemplar);
     if kept + 1 > max_exemplars
-        && let Some(fastest) = ledger.exemplars.iter().rposition(|e| e.direction == direction)
+        && let Some(fastest) = ledger
+            .exemplars
+            .iter()
+            .rposition(|e| e.direction == direction)
     {
         ledger.exemplars.remove(fastest);
     }
@@ -1545,10 +1552,16 @@ pub(crate) mod tests {
             nf(1_600, SKB, LocalOut, -199, New, outer),
         ];
         let ledger = run(&events);
-        assert_eq!(ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(), vec![ConnState::Established]);
+        assert_eq!(
+            ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(),
+            vec![ConnState::Established]
+        );
         // Without any inner netfilter hop, the outer verdict is all there is.
         let ledger = run(&events[2..]);
-        assert_eq!(ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(), vec![ConnState::New]);
+        assert_eq!(
+            ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(),
+            vec![ConnState::New]
+        );
     }
 
     #[test]
@@ -1565,8 +1578,15 @@ pub(crate) mod tests {
         ];
         let ledger = run(&events);
         let e2e: Vec<u64> = ledger.end_to_end.values().map(|s| s.hist.len()).collect();
-        assert_eq!(e2e.iter().sum::<u64>(), 2, "two journeys, not one spanning the idle gap");
-        assert!(ledger.end_to_end.values().all(|s| s.hist.max() < idle), "no journey spans the gap");
+        assert_eq!(
+            e2e.iter().sum::<u64>(),
+            2,
+            "two journeys, not one spanning the idle gap"
+        );
+        assert!(
+            ledger.end_to_end.values().all(|s| s.hist.max() < idle),
+            "no journey spans the gap"
+        );
     }
 
     #[test]
@@ -1586,7 +1606,10 @@ pub(crate) mod tests {
         let categories: HashSet<Category> = ledger.categories.keys().map(|k| k.0).collect();
         assert!(!categories.contains(&Category::KubeProxy), "{categories:?}");
         assert!(categories.contains(&Category::NetfilterOther));
-        assert!(categories.contains(&Category::Conntrack), "conntrack is not kube-proxy's");
+        assert!(
+            categories.contains(&Category::Conntrack),
+            "conntrack is not kube-proxy's"
+        );
         let dnat = ledger
             .segment_names
             .iter()

@@ -137,7 +137,11 @@ fn ip_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, DeviceErr
         });
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let text = if text.trim().is_empty() { "[]" } else { text.trim() };
+    let text = if text.trim().is_empty() {
+        "[]"
+    } else {
+        text.trim()
+    };
     serde_json::from_str(text).map_err(|source| DeviceError::Parse { command, source })
 }
 
@@ -170,14 +174,21 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
     let devices: Vec<Device> = links
         .into_iter()
         .map(|l| {
-            let kind = classify(l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()), &l.link_type);
+            let kind = classify(
+                l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()),
+                &l.link_type,
+            );
             Device {
                 ifindex: l.ifindex,
                 uplink: uplinks.contains(&l.ifname),
                 has_l2: !matches!(kind, DeviceKind::Ipip | DeviceKind::L3Only),
                 up: l.flags.iter().any(|f| f == "UP"),
                 noqueue: l.qdisc.as_deref() == Some("noqueue"),
-                peer_netnsid: if kind == DeviceKind::Veth { l.link_netnsid } else { None },
+                peer_netnsid: if kind == DeviceKind::Veth {
+                    l.link_netnsid
+                } else {
+                    None
+                },
                 master: l.master,
                 name: l.ifname,
                 kind,
@@ -185,7 +196,10 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
         })
         .collect();
     let netns: Vec<IpNetns> = ip_json(&["-j", "netns", "list"])?;
-    let by_id: HashMap<i32, &IpNetns> = netns.iter().filter_map(|n| n.id.map(|id| (id, n))).collect();
+    let by_id: HashMap<i32, &IpNetns> = netns
+        .iter()
+        .filter_map(|n| n.id.map(|id| (id, n)))
+        .collect();
     let mut pods: Vec<PodNetns> = Vec::new();
     for dev in &devices {
         // The uplink may be a veth too (a node in a namespace lab): what is
@@ -230,7 +244,11 @@ pub fn kube_proxy_present() -> bool {
         || Command::new("nft")
             .args(["list", "tables"])
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim().ends_with(" kube-proxy")))
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.trim().ends_with(" kube-proxy"))
+            })
 }
 
 impl NodeDevices {
@@ -243,7 +261,11 @@ impl NodeDevices {
             .filter(|d| {
                 matches!(
                     d.kind,
-                    DeviceKind::Veth | DeviceKind::Bridge | DeviceKind::Vxlan | DeviceKind::Geneve | DeviceKind::Ipip
+                    DeviceKind::Veth
+                        | DeviceKind::Bridge
+                        | DeviceKind::Vxlan
+                        | DeviceKind::Geneve
+                        | DeviceKind::Ipip
                 ) || d.uplink
             })
             .collect()
@@ -283,6 +305,9 @@ mod tests {
         let links: Vec<IpLink> = serde_json::from_str(text).unwrap();
         assert_eq!(links[0].link_netnsid, Some(0));
         assert_eq!(links[0].master.as_deref(), Some("cni0"));
-        assert_eq!(links[0].linkinfo.as_ref().unwrap().info_kind.as_deref(), Some("veth"));
+        assert_eq!(
+            links[0].linkinfo.as_ref().unwrap().info_kind.as_deref(),
+            Some("veth")
+        );
     }
 }

@@ -34,7 +34,9 @@ pub const INGRESS_PORT: u16 = 8081;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("{tool} is not installed (Debian package {package}); run `cargo xtask setup` or pick another --ingress")]
+    #[error(
+        "{tool} is not installed (Debian package {package}); run `cargo xtask setup` or pick another --ingress"
+    )]
     MissingTool { tool: String, package: String },
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -136,7 +138,11 @@ pub fn preflight(opts: &LabOptions) -> Result<(), LabError> {
             package: package.into(),
         });
     }
-    for (tool, package) in [("ip", "iproute2"), ("iptables-restore", "iptables"), ("nft", "nftables")] {
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables-restore", "iptables"),
+        ("nft", "nftables"),
+    ] {
         if netns::find_tool(tool).is_err() {
             return Err(LabError::MissingTool {
                 tool: tool.into(),
@@ -175,7 +181,10 @@ impl NetnsTask {
                         return;
                     }
                 };
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         let _ = ready_tx.send(Err(format!("runtime: {e}")));
@@ -236,7 +245,10 @@ impl UdpTask {
                         return;
                     }
                 };
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
                     let _ = ready_tx.send(Err("runtime".into()));
                     return;
                 };
@@ -299,8 +311,14 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .first()
         .ok_or_else(|| LabError::Other("the lab has no backend".into()))?
         .clone();
-    let http_port = service.port(Protocol::Tcp).map(|p| p.target_port).unwrap_or(8080);
-    let udp_port = service.port(Protocol::Udp).map(|p| p.target_port).unwrap_or(5353);
+    let http_port = service
+        .port(Protocol::Tcp)
+        .map(|p| p.target_port)
+        .unwrap_or(8080);
+    let udp_port = service
+        .port(Protocol::Udp)
+        .map(|p| p.target_port)
+        .unwrap_or(5353);
     let backend_ip = backend.ip;
     let _http = NetnsTask::spawn(
         backend.netns.clone(),
@@ -309,7 +327,10 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             let _ = servers::serve_http(listener, stopped(stop)).await;
         },
     )?;
-    let _udp = UdpTask::spawn(backend.netns.clone(), SocketAddr::V4(SocketAddrV4::new(backend_ip, udp_port)))?;
+    let _udp = UdpTask::spawn(
+        backend.netns.clone(),
+        SocketAddr::V4(SocketAddrV4::new(backend_ip, udp_port)),
+    )?;
     let service_tcp: SocketAddr = service
         .connect_addr(Protocol::Tcp)
         .ok_or_else(|| LabError::Other("no TCP service".into()))?
@@ -323,7 +344,11 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     let proxy_pod = lab
         .pods_on(backend.node_index)
         .find(|p| p.netns != backend.netns)
-        .or_else(|| lab.pods().iter().find(|p| p.netns != backend.netns && p.netns != lab.client_pod().netns))
+        .or_else(|| {
+            lab.pods()
+                .iter()
+                .find(|p| p.netns != backend.netns && p.netns != lab.client_pod().netns)
+        })
         .cloned();
     let mut _proxy_task = None;
     let mut _proxy_process = None;
@@ -332,7 +357,8 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         _ => service_tcp,
     };
     if opts.ingress != IngressKind::None && opts.load != LoadMode::Udp {
-        let pod = proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
+        let pod =
+            proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
         match opts.ingress {
             IngressKind::Builtin => {
@@ -340,17 +366,19 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                     pod.netns.clone(),
                     move || std::net::TcpListener::bind(listen),
                     move |listener, stop| async move {
-                        let _ = ingress::serve_builtin_proxy(listener, service_tcp, stopped(stop)).await;
+                        let _ = ingress::serve_builtin_proxy(listener, service_tcp, stopped(stop))
+                            .await;
                     },
                 )?);
             }
             kind => {
                 let proxy = ingress::ExternalProxy::prepare(kind, listen, service_tcp)?;
-                let process = netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
-                    let mut process = proxy.spawn()?;
-                    process.wait_ready(Duration::from_secs(10))?;
-                    Ok(process)
-                })??;
+                let process =
+                    netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
+                        let mut process = proxy.spawn()?;
+                        process.wait_ready(Duration::from_secs(10))?;
+                        Ok(process)
+                    })??;
                 _proxy_process = Some(process);
             }
         }
@@ -396,8 +424,10 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     let progress = opts.progress.then(|| {
         let bar = indicatif::ProgressBar::new((opts.rate * opts.duration.as_secs_f64()) as u64);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} requests ({elapsed})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} requests ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_message(format!("{} load", opts.datapath));
         bar
@@ -520,7 +550,10 @@ pub fn render_run(run: &LabRun) -> String {
             }
         }
         row.push(Cell::new(format!("{:.2}", total_us / requests)));
-        row.push(Cell::new(format!("{:.1}%", 100.0 * total_us / attributed.max(f64::MIN_POSITIVE))));
+        row.push(Cell::new(format!(
+            "{:.1}%",
+            100.0 * total_us / attributed.max(f64::MIN_POSITIVE)
+        )));
         table.add_row(row);
     }
     out.push_str(&format!("\n== {} ==\nCategories (per journey on each node; per request summed over nodes)\n{table}\n", run.label));
@@ -548,7 +581,14 @@ pub fn render_run(run: &LabRun) -> String {
     segs.sort_by(|a, b| b.2.total_cmp(&a.2));
     let mut seg_table = Table::new();
     seg_table.load_preset(UTF8_FULL_CONDENSED);
-    seg_table.set_header(vec!["segment", "category", "count", "mean µs", "p99 µs (worst node)", "µs per request"]);
+    seg_table.set_header(vec![
+        "segment",
+        "category",
+        "count",
+        "mean µs",
+        "p99 µs (worst node)",
+        "µs per request",
+    ]);
     for (name, category, total, count, p99) in segs.iter().take(12) {
         seg_table.add_row(vec![
             name.clone(),
@@ -580,7 +620,9 @@ pub fn render_run(run: &LabRun) -> String {
     }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
     if lost > 0 {
-        out.push_str(&format!("Warning: {lost} events were lost (ring buffer full); counts are lower bounds.\n"));
+        out.push_str(&format!(
+            "Warning: {lost} events were lost (ring buffer full); counts are lower bounds.\n"
+        ));
     }
     for report in &run.reports {
         for note in report.notes.iter().filter(|n| !n.starts_with("attached:")) {
@@ -592,7 +634,10 @@ pub fn render_run(run: &LabRun) -> String {
 
 /// Writes the lab document, and compares several runs.
 pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(&lab_document(runs)).unwrap_or_default())
+    std::fs::write(
+        path,
+        serde_json::to_string_pretty(&lab_document(runs)).unwrap_or_default(),
+    )
 }
 
 /// A comparison table of several runs (through `hoptrace compare`'s logic).
@@ -606,4 +651,3 @@ pub fn compare_runs(runs: &[LabRun]) -> Result<compare::Comparison, compare::Com
 pub fn render_node(report: &Report) -> String {
     report::render_table(report)
 }
-

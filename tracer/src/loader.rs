@@ -80,7 +80,10 @@ pub mod program {
         ("hoptrace_netif_receive_skb", "netif_receive_skb"),
         ("hoptrace_net_dev_queue", "net_dev_queue"),
         ("hoptrace_net_dev_start_xmit", "net_dev_start_xmit"),
-        ("hoptrace_skb_copy_datagram_iovec", "skb_copy_datagram_iovec"),
+        (
+            "hoptrace_skb_copy_datagram_iovec",
+            "skb_copy_datagram_iovec",
+        ),
         ("hoptrace_kfree_skb", "kfree_skb"),
     ];
     pub const CONSUME: (&str, &str) = ("hoptrace_consume_skb", "consume_skb");
@@ -165,10 +168,11 @@ impl Tracer {
             .ebpf
             .program_mut(name)
             .ok_or_else(|| LoaderError::MissingProgram { name: name.into() })?;
-        let prog: &mut SchedClassifier = prog.try_into().map_err(|source| LoaderError::Program {
-            name: name.into(),
-            source,
-        })?;
+        let prog: &mut SchedClassifier =
+            prog.try_into().map_err(|source| LoaderError::Program {
+                name: name.into(),
+                source,
+            })?;
         if prog.fd().is_err() {
             prog.load().map_err(|source| LoaderError::Program {
                 name: name.into(),
@@ -182,14 +186,21 @@ impl Tracer {
     /// network namespace): tcx first in the chain, or a clsact filter when
     /// `mode` is [`TcMode::Clsact`]. `has_l2` is false for devices without an
     /// Ethernet header (ipip, tun).
-    pub fn attach_tc(&mut self, iface: &str, has_l2: bool, mode: TcMode) -> Result<(), LoaderError> {
-        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|_| LoaderError::UnknownInterface {
-            iface: iface.to_owned(),
-        })?;
+    pub fn attach_tc(
+        &mut self,
+        iface: &str,
+        has_l2: bool,
+        mode: TcMode,
+    ) -> Result<(), LoaderError> {
+        let ifindex =
+            nix::net::if_::if_nametoindex(iface).map_err(|_| LoaderError::UnknownInterface {
+                iface: iface.to_owned(),
+            })?;
         if mode == TcMode::Clsact {
             match aya::programs::tc::qdisc_add_clsact(iface) {
                 Ok(()) => self.added_clsact.push(iface.to_owned()),
-                Err(aya::programs::tc::TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(aya::programs::tc::TcError::NetlinkError(err))
+                    if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(source) => {
                     return Err(LoaderError::Clsact {
                         iface: iface.into(),
@@ -198,7 +209,10 @@ impl Tracer {
                 }
             }
         }
-        for (attach, direction) in [(TcAttachType::Ingress, "ingress"), (TcAttachType::Egress, "egress")] {
+        for (attach, direction) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
             let name = match (attach, has_l2) {
                 (TcAttachType::Ingress, true) => program::TC_INGRESS,
                 (TcAttachType::Ingress, false) => program::TC_INGRESS_L3,
@@ -242,14 +256,16 @@ impl Tracer {
                 .ebpf
                 .program_mut(name)
                 .ok_or_else(|| LoaderError::MissingProgram { name: name.into() })?;
-            let prog: &mut BtfTracePoint = prog.try_into().map_err(|source| LoaderError::Program {
-                name: name.into(),
-                source,
-            })?;
-            prog.load(tracepoint, btf).map_err(|source| LoaderError::Program {
-                name: name.into(),
-                source,
-            })?;
+            let prog: &mut BtfTracePoint =
+                prog.try_into().map_err(|source| LoaderError::Program {
+                    name: name.into(),
+                    source,
+                })?;
+            prog.load(tracepoint, btf)
+                .map_err(|source| LoaderError::Program {
+                    name: name.into(),
+                    source,
+                })?;
             prog.attach().map_err(|source| LoaderError::Program {
                 name: name.into(),
                 source,
@@ -265,7 +281,9 @@ impl Tracer {
         let map = self
             .ebpf
             .map_mut(NETNS_MAP)
-            .ok_or_else(|| LoaderError::MissingMap { name: NETNS_MAP.into() })?;
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: NETNS_MAP.into(),
+            })?;
         let mut map: aya::maps::HashMap<_, u32, u8> =
             aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
                 name: NETNS_MAP.into(),
@@ -286,17 +304,20 @@ impl Tracer {
         let map = self
             .ebpf
             .map_mut(TC_COVERED_MAP)
-            .ok_or_else(|| LoaderError::MissingMap { name: TC_COVERED_MAP.into() })?;
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: TC_COVERED_MAP.into(),
+            })?;
         let mut map: aya::maps::HashMap<_, u32, u8> =
             aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
                 name: TC_COVERED_MAP.into(),
                 source,
             })?;
         for ifindex in ifindexes {
-            map.insert(ifindex, 1, 0).map_err(|source| LoaderError::Map {
-                name: TC_COVERED_MAP.into(),
-                source,
-            })?;
+            map.insert(ifindex, 1, 0)
+                .map_err(|source| LoaderError::Map {
+                    name: TC_COVERED_MAP.into(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -306,7 +327,9 @@ impl Tracer {
         let map = self
             .ebpf
             .take_map(EVENTS_MAP)
-            .ok_or_else(|| LoaderError::MissingMap { name: EVENTS_MAP.into() })?;
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: EVENTS_MAP.into(),
+            })?;
         let ring = RingBuf::try_from(map).map_err(|source| LoaderError::Map {
             name: EVENTS_MAP.into(),
             source,
@@ -319,17 +342,22 @@ impl Tracer {
         let map = self
             .ebpf
             .map(COUNTERS_MAP)
-            .ok_or_else(|| LoaderError::MissingMap { name: COUNTERS_MAP.into() })?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
-            name: COUNTERS_MAP.into(),
-            source,
-        })?;
-        let mut totals = [0u64; COUNTER_SLOTS as usize];
-        for (slot, total) in totals.iter_mut().enumerate() {
-            let values = array.get(&(slot as u32), 0).map_err(|source| LoaderError::Map {
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: COUNTERS_MAP.into(),
+            })?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
                 name: COUNTERS_MAP.into(),
                 source,
             })?;
+        let mut totals = [0u64; COUNTER_SLOTS as usize];
+        for (slot, total) in totals.iter_mut().enumerate() {
+            let values = array
+                .get(&(slot as u32), 0)
+                .map_err(|source| LoaderError::Map {
+                    name: COUNTERS_MAP.into(),
+                    source,
+                })?;
             *total = values.iter().sum();
         }
         Ok(Counters { totals })

@@ -16,7 +16,11 @@ use hoptrace::{
 };
 
 #[derive(Parser)]
-#[command(name = "hoptrace", version, about = "Where does each microsecond of a Kubernetes node's datapath go?")]
+#[command(
+    name = "hoptrace",
+    version,
+    about = "Where does each microsecond of a Kubernetes node's datapath go?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -192,7 +196,15 @@ fn main() -> ExitCode {
         Command::Lab(args) => exit_code(run_lab(args)),
         Command::Compare { reports, html } => exit_code(run_compare(&reports, html)),
         Command::Bench(args) => exit_code(run_bench(args)),
-        Command::Serve { http, udp, duration } => exit_code(servers::run_serve(http, udp, duration).map(|()| 0).map_err(Into::into)),
+        Command::Serve {
+            http,
+            udp,
+            duration,
+        } => exit_code(
+            servers::run_serve(http, udp, duration)
+                .map(|()| 0)
+                .map_err(Into::into),
+        ),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
@@ -239,13 +251,17 @@ fn run_trace(args: TraceArgs) -> Result<i32> {
     }
     trace::wait(args.duration, |_| {});
     let node = match &args.netns {
-        Some(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        Some(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         None => trace::hostname(),
     };
     let report = trace::finish(session, node, caps.to_json())?;
     println!("{}", report::render_table(&report));
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json_pretty()?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, report.to_json_pretty()?)
+            .with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace: report written to {}", path.display());
     }
     Ok(0)
@@ -257,7 +273,8 @@ fn run_bench(args: BenchArgs) -> Result<i32> {
         return Ok(2);
     }
     trace::install_stop_handler();
-    let mut opts = bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
+    let mut opts =
+        bench::BenchOptions::new(std::env::current_exe().context("path of the hoptrace binary")?);
     opts.rounds = args.rounds;
     opts.seconds = args.seconds;
     opts.rr_rate = args.rate;
@@ -271,8 +288,16 @@ fn run_bench(args: BenchArgs) -> Result<i32> {
             args.rounds,
             args.seconds,
             args.rate,
-            if args.no_netfilter { " --no-netfilter" } else { "" },
-            if args.no_tracepoints { " --no-tracepoints" } else { "" },
+            if args.no_netfilter {
+                " --no-netfilter"
+            } else {
+                ""
+            },
+            if args.no_tracepoints {
+                " --no-tracepoints"
+            } else {
+                ""
+            },
             path.display()
         );
         let existing = std::fs::read_to_string(path).unwrap_or_default();
@@ -302,11 +327,19 @@ fn run_lab(args: LabArgs) -> Result<i32> {
     }
     if args.cleanup {
         let removed = topology::cleanup(&args.prefix)?;
-        eprintln!("hoptrace lab: removed {} namespaces with prefix {}", removed.len(), args.prefix);
+        eprintln!(
+            "hoptrace lab: removed {} namespaces with prefix {}",
+            removed.len(),
+            args.prefix
+        );
         return Ok(0);
     }
     trace::install_stop_handler();
-    let datapaths = if args.compare.is_empty() { vec![args.datapath] } else { args.compare.clone() };
+    let datapaths = if args.compare.is_empty() {
+        vec![args.datapath]
+    } else {
+        args.compare.clone()
+    };
     let mut runs = Vec::new();
     for datapath in &datapaths {
         let opts = LabOptions {

@@ -194,7 +194,10 @@ pub fn load_netfilter_programs(
 ) -> Result<NetfilterPrograms, NetfilterError> {
     // Every map of the main object, by name: the netfilter object uses a
     // subset of them (the linker keeps what its programs reference).
-    let fds: HashMap<&str, BorrowedFd<'_>> = ebpf.maps().map(|(name, map)| (name, aya_map_fd(map))).collect();
+    let fds: HashMap<&str, BorrowedFd<'_>> = ebpf
+        .maps()
+        .map(|(name, map)| (name, aya_map_fd(map)))
+        .collect();
     load_netfilter_programs_with_maps(nf_object, &fds, layout, config)
 }
 

@@ -106,7 +106,10 @@ pub struct Session {
 }
 
 /// Runs `f` on a thread inside the namespace at `path` (or here).
-pub fn in_netns<T: Send>(path: Option<&Path>, f: impl FnOnce() -> T + Send) -> Result<T, SessionError> {
+pub fn in_netns<T: Send>(
+    path: Option<&Path>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, SessionError> {
     let Some(path) = path else { return Ok(f()) };
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -144,7 +147,10 @@ fn role_of(dev: &devices::Device) -> DeviceRole {
 
 /// Builds the correlator's view of the node: its devices, and the pods'
 /// interfaces (discovered inside each pod namespace).
-pub fn node_context(node: &NodeDevices, drop_reasons: &std::collections::HashMap<u32, String>) -> NodeContext {
+pub fn node_context(
+    node: &NodeDevices,
+    drop_reasons: &std::collections::HashMap<u32, String>,
+) -> NodeContext {
     let mut infos: Vec<DeviceInfo> = node
         .devices
         .iter()
@@ -189,61 +195,68 @@ impl Session {
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| SessionError::Btf(e.to_string()))?;
         let netns = opts.netns.clone();
         let opts = opts.clone();
-        let (tracer, nf, node, attachments) = in_netns(netns.as_deref(), move || -> Result<_, SessionError> {
-            let node = devices::discover()?;
-            let mut config = opts.config;
-            config.node_netns_ino = node.netns_inode;
-            config.filter_netns = 1;
-            let mut tracer = Tracer::load(&LoadOptions {
-                layout,
-                config,
-                ring_bytes: opts.ring_bytes,
-            })?;
-            tracer.set_traced_netns(&node.traced_netns())?;
-            let mut attachments = Attachments::default();
-            let mode = opts.tc_mode.unwrap_or(TcMode::Tcx);
-            let targets: Vec<(String, bool)> = if opts.ifaces.is_empty() {
-                node.default_tc_targets().iter().map(|d| (d.name.clone(), d.has_l2)).collect()
-            } else {
-                opts.ifaces
-                    .iter()
-                    .map(|name| {
-                        node.by_name(name)
-                            .map(|d| (d.name.clone(), d.has_l2))
-                            .ok_or_else(|| SessionError::UnknownInterface(name.clone()))
-                    })
-                    .collect::<Result<_, _>>()?
-            };
-            for (iface, has_l2) in &targets {
-                match tracer.attach_tc(iface, *has_l2, mode) {
-                    Ok(()) => {}
-                    Err(err) if mode == TcMode::Tcx && opts.tc_mode.is_none() => {
-                        // No tcx here: fall back to clsact, and say so.
-                        attachments.notes.push(format!("tcx unavailable on {iface} ({err}); used clsact"));
-                        tracer.attach_tc(iface, *has_l2, TcMode::Clsact)?;
+        let (tracer, nf, node, attachments) = in_netns(
+            netns.as_deref(),
+            move || -> Result<_, SessionError> {
+                let node = devices::discover()?;
+                let mut config = opts.config;
+                config.node_netns_ino = node.netns_inode;
+                config.filter_netns = 1;
+                let mut tracer = Tracer::load(&LoadOptions {
+                    layout,
+                    config,
+                    ring_bytes: opts.ring_bytes,
+                })?;
+                tracer.set_traced_netns(&node.traced_netns())?;
+                let mut attachments = Attachments::default();
+                let mode = opts.tc_mode.unwrap_or(TcMode::Tcx);
+                let targets: Vec<(String, bool)> = if opts.ifaces.is_empty() {
+                    node.default_tc_targets()
+                        .iter()
+                        .map(|d| (d.name.clone(), d.has_l2))
+                        .collect()
+                } else {
+                    opts.ifaces
+                        .iter()
+                        .map(|name| {
+                            node.by_name(name)
+                                .map(|d| (d.name.clone(), d.has_l2))
+                                .ok_or_else(|| SessionError::UnknownInterface(name.clone()))
+                        })
+                        .collect::<Result<_, _>>()?
+                };
+                for (iface, has_l2) in &targets {
+                    match tracer.attach_tc(iface, *has_l2, mode) {
+                        Ok(()) => {}
+                        Err(err) if mode == TcMode::Tcx && opts.tc_mode.is_none() => {
+                            // No tcx here: fall back to clsact, and say so.
+                            attachments
+                                .notes
+                                .push(format!("tcx unavailable on {iface} ({err}); used clsact"));
+                            tracer.attach_tc(iface, *has_l2, TcMode::Clsact)?;
+                        }
+                        Err(err) => return Err(err.into()),
                     }
-                    Err(err) => return Err(err.into()),
                 }
-            }
-            // Device tracepoints on noqueue devices that tc already times
-            // fire back to back with tc: skip them in the kernel.
-            let covered: Vec<u32> = targets
-                .iter()
-                .filter_map(|(iface, _)| node.by_name(iface))
-                .filter(|d| d.noqueue)
-                .map(|d| d.ifindex)
-                .collect();
-            tracer.set_tc_covered(&covered)?;
-            if opts.tracepoints
-                && let Err(err) = tracer.attach_tracepoints(&kernel_btf, false)
-            {
-                attachments.notes.push(format!(
+                // Device tracepoints on noqueue devices that tc already times
+                // fire back to back with tc: skip them in the kernel.
+                let covered: Vec<u32> = targets
+                    .iter()
+                    .filter_map(|(iface, _)| node.by_name(iface))
+                    .filter(|d| d.noqueue)
+                    .map(|d| d.ifindex)
+                    .collect();
+                tracer.set_tc_covered(&covered)?;
+                if opts.tracepoints
+                    && let Err(err) = tracer.attach_tracepoints(&kernel_btf, false)
+                {
+                    attachments.notes.push(format!(
                     "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
                 ));
-            }
-            let mut nf = None;
-            if opts.netfilter {
-                match netfilter::load_netfilter_programs(
+                }
+                let mut nf = None;
+                if opts.netfilter {
+                    match netfilter::load_netfilter_programs(
                     crate::ebpf_objects::netfilter_object().map_err(|e| SessionError::Netfilter(e.to_string()))?,
                     tracer.ebpf(),
                     &layout,
@@ -261,11 +274,13 @@ impl Session {
                         "netfilter links unavailable ({err}): netfilter time (conntrack, kube-proxy chains) stays inside `routing`/`ip.receive`"
                     )),
                 }
-            }
-            attachments.tc = tracer.tc_attachments().to_vec();
-            attachments.tracepoints = tracer.tracepoints().iter().map(|s| s.to_string()).collect();
-            Ok((tracer, nf, node, attachments))
-        })??;
+                }
+                attachments.tc = tracer.tc_attachments().to_vec();
+                attachments.tracepoints =
+                    tracer.tracepoints().iter().map(|s| s.to_string()).collect();
+                Ok((tracer, nf, node, attachments))
+            },
+        )??;
         let mut tracer = tracer;
         let mut reader = tracer.take_events()?;
         let ctx = node_context(&node, &drop_reasons);

@@ -11,10 +11,10 @@ use hoptrace_common::TraceConfig;
 use ipnet::IpNet;
 
 use crate::{
+    correlate::Ledger,
     loader::Counters,
     report::{Report, ReportMeta},
     session::{Attachments, Session, lost_events},
-    correlate::Ledger,
 };
 
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -27,7 +27,11 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 /// killing the process with programs attached.
 pub fn install_stop_handler() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(SigHandler::Handler(on_stop_signal), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic.
         let _ = unsafe { sigaction(signal, &action) };
@@ -128,10 +132,22 @@ pub fn build_report(
 }
 
 /// Stops a session and builds its report.
-pub fn finish(session: Session, node: String, capabilities: serde_json::Value) -> anyhow::Result<Report> {
+pub fn finish(
+    session: Session,
+    node: String,
+    capabilities: serde_json::Value,
+) -> anyhow::Result<Report> {
     let started_at = session.started_at;
     let duration = session.started.elapsed();
     let attachments = session.attachments.clone();
     let (ledger, counters) = session.stop()?;
-    Ok(build_report(ledger, &counters, &attachments, node, started_at, duration, capabilities))
+    Ok(build_report(
+        ledger,
+        &counters,
+        &attachments,
+        node,
+        started_at,
+        duration,
+        capabilities,
+    ))
 }

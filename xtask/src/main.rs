@@ -61,7 +61,11 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(|_| ()),
         Task::Test { filter } => test(&filter),
         Task::Demo => demo(),
-        Task::Bench { rounds, seconds, write } => {
+        Task::Bench {
+            rounds,
+            seconds,
+            write,
+        } => {
             setup::run(setup::Profile::Lab, false)?;
             let bin = build(true)?;
             bench::run(&bin, rounds, seconds, write)
@@ -108,7 +112,15 @@ fn test(filter: &[String]) -> Result<()> {
     setup::run(setup::Profile::All, false)?;
     let bin = build(false)?;
     // Host tests: no root, no kernel.
-    run(cargo().args(["test", "-p", "hoptrace-common", "-p", "tracer", "-p", "xtask"]))?;
+    run(cargo().args([
+        "test",
+        "-p",
+        "hoptrace-common",
+        "-p",
+        "tracer",
+        "-p",
+        "xtask",
+    ]))?;
     // Root integration tests: one at a time, they build namespaces and
     // some compare latencies.
     let mut cmd = cargo();

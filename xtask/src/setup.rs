@@ -14,10 +14,23 @@ pub enum Profile {
 }
 
 /// Packages to build the kernel programs (bpf-linker links against LLVM 22).
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "build-essential"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "build-essential",
+];
 /// What hoptrace and its lab run.
 const RUNTIME_PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "nftables", "bpftool", "iperf3", "conntrack", "nginx-light", "haproxy", "procps",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "bpftool",
+    "iperf3",
+    "conntrack",
+    "nginx-light",
+    "haproxy",
+    "procps",
 ];
 /// What only the tests need.
 const TEST_PACKAGES: &[&str] = &["chromium", "tcpdump", "util-linux"];
@@ -26,9 +39,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run(profile: Profile, check_only: bool) -> Result<()> {
     if !nix_is_root() {
-        bail!("setup needs root: it installs packages and mounts tracefs/bpffs (run as root, e.g. `sudo -E cargo xtask ...`)");
+        bail!(
+            "setup needs root: it installs packages and mounts tracefs/bpffs (run as root, e.g. `sudo -E cargo xtask ...`)"
+        );
     }
-    let mut wanted: Vec<&str> = BUILD_PACKAGES.iter().chain(RUNTIME_PACKAGES).copied().collect();
+    let mut wanted: Vec<&str> = BUILD_PACKAGES
+        .iter()
+        .chain(RUNTIME_PACKAGES)
+        .copied()
+        .collect();
     if profile == Profile::All {
         wanted.extend(TEST_PACKAGES);
     }
@@ -106,9 +125,14 @@ fn ensure_rust_src(check_only: bool) -> Result<()> {
         .output()
         .context("rustup (needed for the nightly toolchain that builds the kernel programs)")?;
     if !out.status.success() {
-        bail!("the nightly Rust toolchain is not installed; install it with `rustup toolchain install nightly --component rust-src`");
+        bail!(
+            "the nightly Rust toolchain is not installed; install it with `rustup toolchain install nightly --component rust-src`"
+        );
     }
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         println!("setup: nightly rust-src present");
         return Ok(());
     }
@@ -117,7 +141,13 @@ fn ensure_rust_src(check_only: bool) -> Result<()> {
         return Ok(());
     }
     println!("setup: adding rust-src to the nightly toolchain");
-    crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    crate::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 fn ensure_bpf_linker(check_only: bool) -> Result<()> {
@@ -151,10 +181,9 @@ fn ensure_bpf_linker(check_only: bool) -> Result<()> {
 
 fn ensure_mount(fstype: &str, target: &str, check_only: bool) -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(target) && l.split_whitespace().nth(2) == Some(fstype))
-    {
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(target) && l.split_whitespace().nth(2) == Some(fstype)
+    }) {
         println!("setup: {fstype} mounted at {target}");
         return Ok(());
     }

@@ -4,7 +4,10 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     macros::{btf_tracepoint, classifier, fentry, kprobe, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TcContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TcContext,
+        TracePointContext,
+    },
 };
 
 #[classifier]

@@ -76,9 +76,19 @@ fn observe(ctx: *mut c_void, slot: u8) {
     ev.ifindex = dev_ifindex(fields.dev);
     ev.skb_len = fields.len;
     ev.ct_state = CtState::from_nfct(fields.nfct) as u8;
-    let ethertype = if ev.nf_pf == NFPROTO_IPV6 { ETH_P_IPV6 } else { ETH_P_IP };
+    let ethertype = if ev.nf_pf == NFPROTO_IPV6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IP
+    };
     let status = match fields.network_header {
-        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, ethertype, &cfg, &mut ev.packet),
+        Some(start) => parse_from_l3(
+            &NetworkHeaderBytes { start },
+            0,
+            ethertype,
+            &cfg,
+            &mut ev.packet,
+        ),
         None => {
             ev.packet.status = ParseStatus::Truncated as u8;
             ParseStatus::Truncated

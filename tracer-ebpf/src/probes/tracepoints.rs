@@ -84,7 +84,10 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         return;
     }
     let ifindex = dev_ifindex(dev);
-    let device_hop = matches!(hook, HookKind::DevReceive | HookKind::DevQueue | HookKind::DevXmit);
+    let device_hop = matches!(
+        hook,
+        HookKind::DevReceive | HookKind::DevQueue | HookKind::DevXmit
+    );
     if device_hop && netns == cfg.node_netns_ino && tc_covered(ifindex) {
         count(Counter::Redundant);
         return;
@@ -101,7 +104,13 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     ev.skb_len = fields.len;
     ev.drop_reason = drop_reason;
     let status = match fields.network_header {
-        Some(start) => parse_from_l3(&NetworkHeaderBytes { start }, 0, fields.protocol, &cfg, &mut ev.packet),
+        Some(start) => parse_from_l3(
+            &NetworkHeaderBytes { start },
+            0,
+            fields.protocol,
+            &cfg,
+            &mut ev.packet,
+        ),
         None => {
             ev.packet.status = ParseStatus::Truncated as u8;
             ParseStatus::Truncated
