@@ -391,3 +391,27 @@ fn ctrl_c_tears_everything_down() {
         "hoptrace programs left without an owner: {orphans:?}"
     );
 }
+
+#[test]
+fn nginx_and_haproxy_ingress_carry_the_lab_traffic() {
+    if !can_run_as_root("nginx_and_haproxy_ingress_carry_the_lab_traffic") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for ingress in ["nginx", "haproxy"] {
+        if hoptrace::ingress::find_tool(ingress).is_none() {
+            println!("SKIP {ingress}: not installed");
+            continue;
+        }
+        let prefix = prefix(&ingress[..1]);
+        let _guard = PrefixGuard(prefix.clone());
+        let json = dir.path().join(format!("{ingress}.json"));
+        let out = quick_lab(&prefix, &json, &["--ingress", ingress]);
+        assert!(out.status.success(), "{ingress}");
+        let run = &read_runs(&json)[0];
+        assert_eq!(run["lab"]["ingress"], ingress);
+        assert!(run["lab"]["requests_ok"].as_u64().unwrap() > 100, "{ingress} proxied the requests");
+        assert_eq!(run["lab"]["errors"].as_u64(), Some(0));
+        assert!(leftovers(&prefix).is_empty());
+    }
+}
