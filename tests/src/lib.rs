@@ -14,6 +14,18 @@ pub fn can_run_as_root(test: &str) -> bool {
     true
 }
 
+/// Root, and kernel programs in this build (not `AYA_BUILD_SKIP=1`).
+pub fn can_run_with_kernel_programs(test: &str) -> bool {
+    if !can_run_as_root(test) {
+        return false;
+    }
+    if hoptrace::ebpf_objects::main_object().is_err() {
+        eprintln!("SKIP {test}: built with AYA_BUILD_SKIP=1, no kernel programs");
+        return false;
+    }
+    true
+}
+
 /// Runs `argv`, panicking with the command and its stderr on failure.
 pub fn sh(argv: &[&str]) -> String {
     let out = Command::new(argv[0])

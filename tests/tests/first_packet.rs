@@ -134,19 +134,59 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
     let pod_name = format!("ht-fp6{}", std::process::id() % 100_000);
     in_fresh_netns(|| {
         let pod = NamedNetns::create(&pod_name);
-        sh(&["ip", "link", "add", "htfp6", "type", "veth", "peer", "name", "eth0", "netns", &pod.name]);
-        sh(&["ip", "-6", "addr", "add", "fd00:99::1/64", "dev", "htfp6", "nodad"]);
+        sh(&[
+            "ip", "link", "add", "htfp6", "type", "veth", "peer", "name", "eth0", "netns",
+            &pod.name,
+        ]);
+        sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:99::1/64",
+            "dev",
+            "htfp6",
+            "nodad",
+        ]);
         sh(&["ip", "link", "set", "htfp6", "up"]);
-        pod.exec(&["ip", "-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"]);
+        pod.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fd00:99::2/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         pod.exec(&["ip", "link", "set", "eth0", "up"]);
         // Conntrack only tracks a namespace once a rule needs it.
-        sh(&["ip6tables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED", "-j", "ACCEPT"]);
+        sh(&[
+            "ip6tables",
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ]);
 
         let layout = hoptrace::btf::kernel_layout().expect("BTF layout");
-        let mut config = hoptrace_common::TraceConfig::default();
-        config.node_netns_ino = hoptrace::devices::own_netns_inode().unwrap();
-        let mut tracer = Tracer::load(&LoadOptions { layout, config, ..LoadOptions::default() }).expect("load");
-        tracer.attach_tc("htfp6", true, TcMode::Tcx).expect("attach tc");
+        let config = hoptrace_common::TraceConfig {
+            node_netns_ino: hoptrace::devices::own_netns_inode().unwrap(),
+            ..Default::default()
+        };
+        let mut tracer = Tracer::load(&LoadOptions {
+            layout,
+            config,
+            ..LoadOptions::default()
+        })
+        .expect("load");
+        tracer
+            .attach_tc("htfp6", true, TcMode::Tcx)
+            .expect("attach tc");
         let nf = hoptrace::netfilter::load_netfilter_programs(
             hoptrace::ebpf_objects::netfilter_object().unwrap(),
             tracer.ebpf(),
@@ -154,24 +194,40 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
             &config,
         )
         .expect("netfilter programs");
-        let links = nf.attach(&hoptrace::netfilter::default_plan()).expect("netfilter links");
+        let links = nf
+            .attach(&hoptrace::netfilter::default_plan())
+            .expect("netfilter links");
         let mut events = tracer.take_events().expect("ring buffer");
-        let node = std::net::UdpSocket::bind(SocketAddrV6::new("fd00:99::1".parse().unwrap(), NODE_PORT, 0, 0))
-            .expect("bind node");
+        let node = std::net::UdpSocket::bind(SocketAddrV6::new(
+            "fd00:99::1".parse().unwrap(),
+            NODE_PORT,
+            0,
+            0,
+        ))
+        .expect("bind node");
 
         let path = format!("/run/netns/{}", pod.name);
         let sock = std::thread::scope(|s| {
             s.spawn(|| {
                 let ns = std::fs::File::open(&path).unwrap();
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                UdpSocket::bind(SocketAddrV6::new("fd00:99::2".parse().unwrap(), POD_PORT, 0, 0)).unwrap()
+                UdpSocket::bind(SocketAddrV6::new(
+                    "fd00:99::2".parse().unwrap(),
+                    POD_PORT,
+                    0,
+                    0,
+                ))
+                .unwrap()
             })
             .join()
             .unwrap()
         });
         for i in 0..DATAGRAMS {
-            sock.send_to(format!("hoptrace v6 {i:04}").as_bytes(), SocketAddrV6::new("fd00:99::1".parse().unwrap(), NODE_PORT, 0, 0))
-                .expect("send");
+            sock.send_to(
+                format!("hoptrace v6 {i:04}").as_bytes(),
+                SocketAddrV6::new("fd00:99::1".parse().unwrap(), NODE_PORT, 0, 0),
+            )
+            .expect("send");
         }
         let mut buf = [0u8; 64];
         node.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -188,7 +244,11 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
             std::thread::sleep(Duration::from_millis(20));
             let n = events.drain(|ev| {
                 let flow = ev.packet.flow();
-                if flow.version == 6 && flow.saddr == pod_addr && flow.sport == POD_PORT && flow.dport == NODE_PORT {
+                if flow.version == 6
+                    && flow.saddr == pod_addr
+                    && flow.sport == POD_PORT
+                    && flow.dport == NODE_PORT
+                {
                     if ev.hook == HookKind::TcIngress as u8 {
                         tc += 1;
                     } else if ev.hook == HookKind::Netfilter as u8 {
@@ -201,7 +261,11 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
         }
         assert_eq!(tc, DATAGRAMS, "tc ingress saw every IPv6 datagram");
         // PRE_ROUTING (4 slots) and LOCAL_IN (2 slots) per datagram.
-        assert_eq!(nf_events, DATAGRAMS * 6, "netfilter (pf 10) saw every datagram at every slot");
+        assert_eq!(
+            nf_events,
+            DATAGRAMS * 6,
+            "netfilter (pf 10) saw every datagram at every slot"
+        );
         drop(links);
         drop(nf);
     });

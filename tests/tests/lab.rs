@@ -410,7 +410,10 @@ fn nginx_and_haproxy_ingress_carry_the_lab_traffic() {
         assert!(out.status.success(), "{ingress}");
         let run = &read_runs(&json)[0];
         assert_eq!(run["lab"]["ingress"], ingress);
-        assert!(run["lab"]["requests_ok"].as_u64().unwrap() > 100, "{ingress} proxied the requests");
+        assert!(
+            run["lab"]["requests_ok"].as_u64().unwrap() > 100,
+            "{ingress} proxied the requests"
+        );
         assert_eq!(run["lab"]["errors"].as_u64(), Some(0));
         assert!(leftovers(&prefix).is_empty());
     }

@@ -18,7 +18,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use hoptrace::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
 use nix::{sys::signal::Signal, unistd::Pid};
-use tests::{can_run_as_root, hoptrace_bin};
+use tests::hoptrace_bin;
 
 /// The node-side veth, inside the node namespace.
 const NODE_VETH: &str = "hlc0";
@@ -403,21 +403,9 @@ fn stop_cleanly(tag: &str, signal: Signal, extra: &[&str]) {
     assert_nothing_left(&node, &owned);
 }
 
-/// Root, and kernel programs in this build (not `AYA_BUILD_SKIP=1`).
-fn can_run(test: &str) -> bool {
-    if !can_run_as_root(test) {
-        return false;
-    }
-    if hoptrace::ebpf_objects::main_object().is_err() {
-        eprintln!("SKIP {test}: built with AYA_BUILD_SKIP=1, no kernel programs");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn sigint_detaches_everything_and_reports() {
-    if !can_run("sigint_detaches_everything_and_reports") {
+    if !tests::can_run_with_kernel_programs("sigint_detaches_everything_and_reports") {
         return;
     }
     stop_cleanly("i", Signal::SIGINT, &[]);
@@ -425,7 +413,7 @@ fn sigint_detaches_everything_and_reports() {
 
 #[test]
 fn sigterm_detaches_everything_and_reports() {
-    if !can_run("sigterm_detaches_everything_and_reports") {
+    if !tests::can_run_with_kernel_programs("sigterm_detaches_everything_and_reports") {
         return;
     }
     stop_cleanly("t", Signal::SIGTERM, &[]);
@@ -435,7 +423,8 @@ fn sigterm_detaches_everything_and_reports() {
 /// the namespace hoptrace itself runs in.
 #[test]
 fn sigint_removes_clsact_filters_in_the_traced_namespace() {
-    if !can_run("sigint_removes_clsact_filters_in_the_traced_namespace") {
+    if !tests::can_run_with_kernel_programs("sigint_removes_clsact_filters_in_the_traced_namespace")
+    {
         return;
     }
     stop_cleanly("c", Signal::SIGINT, &["--tc-mode", "clsact"]);
@@ -458,7 +447,7 @@ fn cleanup(node: &NodeWithPod) -> String {
 
 #[test]
 fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
-    if !can_run("sigkill_leaves_clsact_filters_that_cleanup_removes") {
+    if !tests::can_run_with_kernel_programs("sigkill_leaves_clsact_filters_that_cleanup_removes") {
         return;
     }
     let node = NodeWithPod::build("k");

@@ -31,7 +31,7 @@ use hoptrace::{
     session::{Session, SessionOptions},
 };
 use hoptrace_common::Counter;
-use tests::{can_run_as_root, http_requests_new_connection, start_backend};
+use tests::{http_requests_new_connection, start_backend};
 
 const DATAGRAMS: usize = 200;
 /// The port the fixture drops or redirects.
@@ -358,21 +358,9 @@ fn run(tag: &str, kind: FixtureKind, mode: TcMode) {
     );
 }
 
-/// Root, and kernel programs in this build (not `AYA_BUILD_SKIP=1`).
-fn can_run(test: &str) -> bool {
-    if !can_run_as_root(test) {
-        return false;
-    }
-    if hoptrace::ebpf_objects::fixture_object().is_err() {
-        eprintln!("SKIP {test}: built with AYA_BUILD_SKIP=1, no kernel programs");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn drop_fixture_verdicts_unchanged_with_tcx() {
-    if !can_run("drop_fixture_verdicts_unchanged_with_tcx") {
+    if !tests::can_run_with_kernel_programs("drop_fixture_verdicts_unchanged_with_tcx") {
         return;
     }
     run("dx", FixtureKind::DropPort, TcMode::Tcx);
@@ -380,7 +368,7 @@ fn drop_fixture_verdicts_unchanged_with_tcx() {
 
 #[test]
 fn drop_fixture_verdicts_unchanged_with_clsact() {
-    if !can_run("drop_fixture_verdicts_unchanged_with_clsact") {
+    if !tests::can_run_with_kernel_programs("drop_fixture_verdicts_unchanged_with_clsact") {
         return;
     }
     run("dc", FixtureKind::DropPort, TcMode::Clsact);
@@ -388,7 +376,7 @@ fn drop_fixture_verdicts_unchanged_with_clsact() {
 
 #[test]
 fn redirect_fixture_unchanged_with_tcx() {
-    if !can_run("redirect_fixture_unchanged_with_tcx") {
+    if !tests::can_run_with_kernel_programs("redirect_fixture_unchanged_with_tcx") {
         return;
     }
     run("rx", FixtureKind::Redirect, TcMode::Tcx);
@@ -396,7 +384,7 @@ fn redirect_fixture_unchanged_with_tcx() {
 
 #[test]
 fn redirect_fixture_unchanged_with_clsact() {
-    if !can_run("redirect_fixture_unchanged_with_clsact") {
+    if !tests::can_run_with_kernel_programs("redirect_fixture_unchanged_with_clsact") {
         return;
     }
     run("rc", FixtureKind::Redirect, TcMode::Clsact);

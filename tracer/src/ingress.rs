@@ -557,13 +557,7 @@ mod tests {
     use crate::servers::{HttpServerConfig, ServerStats, serve_http_with};
     use std::sync::atomic::Ordering;
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
+    use crate::test_support::runtime;
 
     fn free_port_addr() -> SocketAddr {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

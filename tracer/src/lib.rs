@@ -21,3 +21,16 @@ pub mod sys;
 pub mod taxonomy;
 pub mod topology;
 pub mod trace;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A two-worker tokio runtime for tests of the async servers and clients.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+}

@@ -447,13 +447,7 @@ mod tests {
     use super::*;
     use crate::servers::{HttpServerConfig, ServerStats, serve_http_with, serve_udp_with};
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
+    use crate::test_support::runtime;
 
     /// Starts the builtin HTTP server on loopback; returns its address, its
     /// counters and the sender that stops it.

@@ -388,13 +388,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
+    use crate::test_support::runtime;
 
     fn read_response(stream: &mut std::net::TcpStream) -> String {
         // Read until the body is complete (head + fixed body length).

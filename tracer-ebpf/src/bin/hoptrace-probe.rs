@@ -5,12 +5,4 @@
 #[path = "../probes/capability.rs"]
 mod capability;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+tracer_ebpf::kernel_object!();

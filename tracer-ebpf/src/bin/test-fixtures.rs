@@ -6,12 +6,4 @@
 #[path = "../probes/fixtures.rs"]
 mod fixtures;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+tracer_ebpf::kernel_object!();

@@ -9,14 +9,14 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    Counter, CtState, HookKind, ParseStatus,
-    packet::{ETH_P_IP, ETH_P_IPV6, flow_matches, parse_from_l3},
+    Counter, CtState, HookKind,
+    packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use tracer_ebpf::{
     emit, global,
     globals::config,
     maps::count,
-    skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex, read},
+    skb::{KernelSkb, dev_ifindex, read},
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -81,22 +81,5 @@ fn observe(ctx: *mut c_void, slot: u8) {
     } else {
         ETH_P_IP
     };
-    let status = match fields.network_header {
-        Some(start) => parse_from_l3(
-            &NetworkHeaderBytes { start },
-            0,
-            ethertype,
-            &cfg,
-            &mut ev.packet,
-        ),
-        None => {
-            ev.packet.status = ParseStatus::Truncated as u8;
-            ParseStatus::Truncated
-        }
-    };
-    if !flow_matches(&ev.packet, &cfg) {
-        emit::discard(entry);
-        return;
-    }
-    emit::submit(entry, status);
+    emit::parse_and_submit(entry, fields.network_header, ethertype, &cfg);
 }

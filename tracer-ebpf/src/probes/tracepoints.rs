@@ -4,15 +4,12 @@
 //! when `TraceConfig::filter_netns` is set.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use hoptrace_common::{
-    Counter, HookKind, ParseStatus,
-    packet::{flow_matches, parse_from_l3},
-};
+use hoptrace_common::{Counter, HookKind};
 use tracer_ebpf::{
     emit,
     globals::config,
     maps::{count, netns_traced, tc_covered},
-    skb::{KernelSkb, NetworkHeaderBytes, dev_ifindex},
+    skb::{KernelSkb, dev_ifindex},
 };
 
 /// A device hands the packet to the stack (after tc ingress, before netfilter).
@@ -103,22 +100,5 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     ev.ifindex = ifindex;
     ev.skb_len = fields.len;
     ev.drop_reason = drop_reason;
-    let status = match fields.network_header {
-        Some(start) => parse_from_l3(
-            &NetworkHeaderBytes { start },
-            0,
-            fields.protocol,
-            &cfg,
-            &mut ev.packet,
-        ),
-        None => {
-            ev.packet.status = ParseStatus::Truncated as u8;
-            ParseStatus::Truncated
-        }
-    };
-    if !flow_matches(&ev.packet, &cfg) {
-        emit::discard(entry);
-        return;
-    }
-    emit::submit(entry, status);
+    emit::parse_and_submit(entry, fields.network_header, fields.protocol, &cfg);
 }
