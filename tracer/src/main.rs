@@ -259,6 +259,11 @@ fn run_trace(args: TraceArgs) -> Result<i32> {
     };
     let report = trace::finish(session, node, caps.to_json())?;
     println!("{}", report::render_table(&report));
+    if report.journeys == 0 {
+        eprintln!(
+            "hoptrace: no packet crossed the traced hooks: is there traffic through this node's pods, and do --iface/--ip/--port match it?"
+        );
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_json_pretty()?)
             .with_context(|| format!("write {}", path.display()))?;
