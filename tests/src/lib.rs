@@ -40,32 +40,12 @@ pub fn sh(argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A named network namespace (`ip netns add`), deleted on drop.
-pub struct NamedNetns {
-    pub name: String,
-}
-
-impl NamedNetns {
-    pub fn create(name: &str) -> Self {
-        sh(&["ip", "netns", "add", name]);
-        Self {
-            name: name.to_owned(),
-        }
-    }
-
-    pub fn exec(&self, argv: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(argv);
-        sh(&full)
-    }
-}
-
-impl Drop for NamedNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Runs `argv` inside the named namespace, panicking with the command and
+/// its stderr on failure.
+pub fn sh_in(ns: &hoptrace::netns::NetnsGuard, argv: &[&str]) -> String {
+    let mut full = vec!["ip", "netns", "exec", ns.name()];
+    full.extend_from_slice(argv);
+    sh(&full)
 }
 
 /// Runs `f` on a thread that first moves into a brand-new, unnamed network

@@ -6,16 +6,17 @@ use std::{net::UdpSocket, os::fd::AsFd as _, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use hoptrace::loader::{LoadOptions, TcMode, Tracer};
+use hoptrace::netns::NetnsGuard;
 use hoptrace_common::{HookKind, packet::IPPROTO_UDP};
-use tests::{NamedNetns, can_run_as_root, in_fresh_netns, netns_exists, sh};
+use tests::{can_run_as_root, in_fresh_netns, netns_exists, sh, sh_in};
 
 const DATAGRAMS: usize = 50;
 const POD_PORT: u16 = 40_000;
 const NODE_PORT: u16 = 40_001;
 
-fn send_from_pod(pod: &NamedNetns) {
+fn send_from_pod(pod: &NetnsGuard) {
     // The socket is created in the pod's namespace; it stays there.
-    let path = format!("/run/netns/{}", pod.name);
+    let path = format!("/run/netns/{}", pod.name());
     let sock = std::thread::scope(|s| {
         s.spawn(|| {
             let ns = std::fs::File::open(&path).expect("open pod netns");
@@ -37,16 +38,25 @@ fn send_from_pod(pod: &NamedNetns) {
 fn run(mode: TcMode, tag: &str) {
     let pod_name = format!("ht-fp{tag}{}", std::process::id() % 100_000);
     in_fresh_netns(|| {
-        let pod = NamedNetns::create(&pod_name);
+        let pod = NetnsGuard::create(&pod_name).expect("pod namespace");
         sh(&[
-            "ip", "link", "add", "htfp0", "type", "veth", "peer", "name", "eth0", "netns",
-            &pod.name,
+            "ip",
+            "link",
+            "add",
+            "htfp0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
         ]);
         sh(&["ip", "addr", "add", "10.99.0.1/30", "dev", "htfp0"]);
         sh(&["ip", "link", "set", "htfp0", "up"]);
-        pod.exec(&["ip", "addr", "add", "10.99.0.2/30", "dev", "eth0"]);
-        pod.exec(&["ip", "link", "set", "eth0", "up"]);
-        pod.exec(&["ip", "link", "set", "lo", "up"]);
+        sh_in(&pod, &["ip", "addr", "add", "10.99.0.2/30", "dev", "eth0"]);
+        sh_in(&pod, &["ip", "link", "set", "eth0", "up"]);
+        sh_in(&pod, &["ip", "link", "set", "lo", "up"]);
 
         let mut tracer = Tracer::load(&LoadOptions::default()).expect("load main object");
         tracer.attach_tc("htfp0", true, mode).expect("attach tc");
@@ -133,10 +143,19 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
     use std::net::{Ipv6Addr, SocketAddrV6};
     let pod_name = format!("ht-fp6{}", std::process::id() % 100_000);
     in_fresh_netns(|| {
-        let pod = NamedNetns::create(&pod_name);
+        let pod = NetnsGuard::create(&pod_name).expect("pod namespace");
         sh(&[
-            "ip", "link", "add", "htfp6", "type", "veth", "peer", "name", "eth0", "netns",
-            &pod.name,
+            "ip",
+            "link",
+            "add",
+            "htfp6",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
         ]);
         sh(&[
             "ip",
@@ -149,17 +168,20 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
             "nodad",
         ]);
         sh(&["ip", "link", "set", "htfp6", "up"]);
-        pod.exec(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            "fd00:99::2/64",
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        pod.exec(&["ip", "link", "set", "eth0", "up"]);
+        sh_in(
+            &pod,
+            &[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                "fd00:99::2/64",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        sh_in(&pod, &["ip", "link", "set", "eth0", "up"]);
         // Conntrack only tracks a namespace once a rule needs it.
         sh(&[
             "ip6tables",
@@ -206,7 +228,7 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
         ))
         .expect("bind node");
 
-        let path = format!("/run/netns/{}", pod.name);
+        let path = format!("/run/netns/{}", pod.name());
         let sock = std::thread::scope(|s| {
             s.spawn(|| {
                 let ns = std::fs::File::open(&path).unwrap();

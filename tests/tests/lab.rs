@@ -267,7 +267,7 @@ fn name_clash_is_clear_and_touches_nothing() {
     }
     let prefix = prefix("x");
     let _guard = PrefixGuard(prefix.clone());
-    let existing = tests::NamedNetns::create(&format!("{prefix}n1"));
+    let existing = hoptrace::netns::NetnsGuard::create(&format!("{prefix}n1")).expect("namespace");
     let dir = tempfile::tempdir().unwrap();
     let out = quick_lab(&prefix, &dir.path().join("x.json"), &[]);
     assert!(!out.status.success());
@@ -277,12 +277,12 @@ fn name_clash_is_clear_and_touches_nothing() {
         "clear clash message: {stderr}"
     );
     assert!(
-        Path::new("/run/netns").join(&existing.name).exists(),
+        Path::new("/run/netns").join(existing.name()).exists(),
         "the existing namespace stays"
     );
     assert_eq!(
         leftovers(&prefix),
-        vec![existing.name.clone()],
+        vec![existing.name().to_owned()],
         "nothing else left"
     );
 }

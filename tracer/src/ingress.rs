@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 
 use crate::servers::{Head, read_body, read_head};
 
@@ -112,33 +111,18 @@ pub async fn serve_builtin_proxy(
     backend: SocketAddr,
     stop: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
-    listener
-        .set_nonblocking(true)
-        .map_err(IngressError::Socket)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(IngressError::Socket)?;
     let pool = Arc::new(BackendPool {
         backend,
         idle: Mutex::new(Vec::new()),
     });
-    let mut connections = JoinSet::new();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            accepted = listener.accept() => {
-                let Ok((client, _peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let pool = Arc::clone(&pool);
-                connections.spawn(async move {
-                    let _ = proxy_connection(client, &pool).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    crate::servers::accept_connections(listener, stop, move |client| {
+        let pool = Arc::clone(&pool);
+        async move {
+            let _ = proxy_connection(client, &pool).await;
         }
-    }
+    })
+    .await
+    .map_err(IngressError::Socket)
 }
 
 /// Idle keep-alive connections to the backend.

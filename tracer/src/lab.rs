@@ -20,7 +20,7 @@ use crate::{
     kubeproxy::Protocol,
     loadgen::{self, LoadMode, LoadResult, LoadSpec},
     netns,
-    report::{self, Report},
+    report::Report,
     servers,
     session::{Session, SessionOptions},
     topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
@@ -161,12 +161,14 @@ struct NetnsTask {
 }
 
 impl NetnsTask {
-    /// Binds with `bind` inside `ns` (so the socket belongs there) and runs
+    /// Binds with `bind` (a TCP listener or a UDP socket) inside `ns`, so
+    /// the socket belongs there, and runs
     /// `serve` on a current-thread runtime on that same thread.
-    fn spawn<B, S, F>(ns: String, bind: B, serve: S) -> Result<Self, LabError>
+    fn spawn<Socket, B, S, F>(ns: String, bind: B, serve: S) -> Result<Self, LabError>
     where
-        B: FnOnce() -> std::io::Result<std::net::TcpListener> + Send + 'static,
-        S: FnOnce(std::net::TcpListener, watch::Receiver<bool>) -> F + Send + 'static,
+        Socket: 'static,
+        B: FnOnce() -> std::io::Result<Socket> + Send + 'static,
+        S: FnOnce(Socket, watch::Receiver<bool>) -> F + Send + 'static,
         F: std::future::Future<Output = ()>,
     {
         let (stop, stop_rx) = watch::channel(false);
@@ -226,56 +228,6 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// UDP echo server inside a namespace (for `--load udp`).
-struct UdpTask {
-    stop: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl UdpTask {
-    fn spawn(ns: String, addr: SocketAddr) -> Result<Self, LabError> {
-        let (stop, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let thread = std::thread::spawn(move || {
-            let _ = netns::with_netns(&ns, move || {
-                let socket = match std::net::UdpSocket::bind(addr) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("bind udp {addr}: {e}")));
-                        return;
-                    }
-                };
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    let _ = ready_tx.send(Err("runtime".into()));
-                    return;
-                };
-                let _ = ready_tx.send(Ok(()));
-                let _ = runtime.block_on(servers::serve_udp(socket, stopped(stop_rx)));
-            });
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => Ok(Self {
-                stop,
-                thread: Some(thread),
-            }),
-            Ok(Err(msg)) => Err(LabError::Other(msg)),
-            Err(_) => Err(LabError::Other("udp server thread did not start".into())),
-        }
-    }
-}
-
-impl Drop for UdpTask {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Runs one lab: build, serve, trace every node, load, report, tear down.
 pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
     preflight(opts)?;
@@ -327,9 +279,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             let _ = servers::serve_http(listener, stopped(stop)).await;
         },
     )?;
-    let _udp = UdpTask::spawn(
+    let _udp = NetnsTask::spawn(
         backend.netns.clone(),
-        SocketAddr::V4(SocketAddrV4::new(backend_ip, udp_port)),
+        move || std::net::UdpSocket::bind(SocketAddrV4::new(backend_ip, udp_port)),
+        |socket, stop| async move {
+            let _ = servers::serve_udp(socket, stopped(stop)).await;
+        },
     )?;
     let service_tcp: SocketAddr = service
         .connect_addr(Protocol::Tcp)
@@ -645,9 +600,4 @@ pub fn compare_runs(runs: &[LabRun]) -> Result<compare::Comparison, compare::Com
     let doc = lab_document(runs);
     let inputs = compare::inputs_from_document(&doc, &PathBuf::from("lab"))?;
     Ok(compare::Comparison { inputs })
-}
-
-/// Pretty single-report table for one node (the full ledger).
-pub fn render_node(report: &Report) -> String {
-    report::render_table(report)
 }

@@ -86,11 +86,38 @@ pub async fn serve_http_with(
     config: HttpServerConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    listener.set_nonblocking(true).map_err(ServeError::Socket)?;
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(ServeError::Socket)?;
     let request_counter = Arc::new(AtomicU64::new(0));
     let config = Arc::new(config);
-    // Dropping the set at return aborts the connection tasks.
+    accept_connections(listener, stop, move |stream| {
+        if let Some(stats) = &config.stats {
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        let config = Arc::clone(&config);
+        let counter = Arc::clone(&request_counter);
+        async move {
+            let _ = serve_http_connection(stream, &config, &counter).await;
+        }
+    })
+    .await
+    .map_err(ServeError::Socket)
+}
+
+/// Accepts TCP connections on `listener` (a bound std listener, so it stays
+/// in the namespace it was created in) until `stop` completes, running
+/// `handle` for each on its own task (TCP_NODELAY set). Transient accept
+/// failures (EMFILE, aborted handshakes) back off briefly instead of
+/// spinning; the connection tasks are aborted when `stop` completes.
+pub(crate) async fn accept_connections<F, Fut>(
+    listener: std::net::TcpListener,
+    stop: impl Future<Output = ()>,
+    mut handle: F,
+) -> io::Result<()>
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     loop {
@@ -98,20 +125,11 @@ pub async fn serve_http_with(
             () = &mut stop => return Ok(()),
             accepted = listener.accept() => {
                 let Ok((stream, _peer)) = accepted else {
-                    // Transient accept failures (EMFILE, aborted handshakes):
-                    // back off briefly rather than spin.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
-                if let Some(stats) = &config.stats {
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                }
                 let _ = stream.set_nodelay(true);
-                let config = Arc::clone(&config);
-                let counter = Arc::clone(&request_counter);
-                connections.spawn(async move {
-                    let _ = serve_http_connection(stream, &config, &counter).await;
-                });
+                connections.spawn(handle(stream));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }

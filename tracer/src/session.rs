@@ -51,6 +51,9 @@ pub enum SessionError {
     Panicked,
 }
 
+/// How often the drain thread empties the ring buffer (producers never wake it).
+const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
+
 /// What to trace.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
@@ -194,6 +197,8 @@ impl Session {
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| SessionError::Btf(e.to_string()))?;
         let netns = opts.netns.clone();
+        let correlator_opts = opts.correlator.clone();
+        let correlator_idle_ns = correlator_opts.idle_timeout_ns;
         let opts = opts.clone();
         let (tracer, nf, node, attachments) = in_netns(
             netns.as_deref(),
@@ -284,7 +289,7 @@ impl Session {
         let mut tracer = tracer;
         let mut reader = tracer.take_events()?;
         let ctx = node_context(&node, &drop_reasons);
-        let mut correlator = Correlator::new(ctx, opts_correlator(&attachments, &netns));
+        let mut correlator = Correlator::new(ctx, correlator_opts);
         let stop = Arc::new(AtomicBool::new(false));
         let drainer = {
             let stop = stop.clone();
@@ -292,14 +297,24 @@ impl Session {
                 .name("hoptrace-drain".into())
                 .spawn(move || {
                     // Producers never wake us: drain on a short timer.
+                    // Drain often (the ring must not fill); look for idle
+                    // journeys (a scan of all in flight) only every half
+                    // idle timeout, which is as often as it can matter.
+                    let flush_every =
+                        (correlator_idle_ns / 2).max(DRAIN_INTERVAL.as_nanos() as u64);
+                    let mut last_flush = monotonic_ns();
                     loop {
                         let stopping = stop.load(Ordering::Relaxed);
                         reader.drain(|ev| correlator.push(ev));
-                        correlator.flush_idle(monotonic_ns());
+                        let now = monotonic_ns();
+                        if now.saturating_sub(last_flush) >= flush_every {
+                            correlator.flush_idle(now);
+                            last_flush = now;
+                        }
                         if stopping {
                             break;
                         }
-                        std::thread::sleep(Duration::from_millis(5));
+                        std::thread::sleep(DRAIN_INTERVAL);
                     }
                     correlator.finish()
                 })
@@ -369,10 +384,6 @@ impl Drop for Session {
             let _ = drainer.join();
         }
     }
-}
-
-fn opts_correlator(_attachments: &Attachments, _netns: &Option<PathBuf>) -> CorrelatorOptions {
-    CorrelatorOptions::default()
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.

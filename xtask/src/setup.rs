@@ -33,7 +33,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "procps",
 ];
 /// What only the tests need.
-const TEST_PACKAGES: &[&str] = &["chromium", "tcpdump", "util-linux"];
+const TEST_PACKAGES: &[&str] = &["chromium", "tcpdump", "util-linux", "iputils-ping"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
