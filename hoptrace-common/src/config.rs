@@ -11,8 +11,8 @@ pub struct KernelLayout {
     pub skb_len: u32,
     /// `sk_buff.network_header` (u16).
     pub skb_network_header: u32,
-    /// `sk_buff.mac_header` (u16).
-    pub skb_mac_header: u32,
+    /// `sk_buff.tail` (sk_buff_data_t: an offset from `head` on 64-bit kernels).
+    pub skb_tail: u32,
     /// `sk_buff.protocol` (__be16).
     pub skb_protocol: u32,
     /// `sk_buff.dev` (struct net_device *).

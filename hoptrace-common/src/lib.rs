@@ -13,4 +13,6 @@ pub mod packet;
 pub use config::{KernelLayout, TraceConfig};
 pub use event::{COUNTER_SLOTS, Counter, HopEvent};
 pub use hook::{CtState, HookKind, NF_PRIORITY_SLOTS, NfHook};
-pub use packet::{Encap, L3Headers, PacketBytes, PacketMeta, ParseStatus};
+pub use packet::{
+    Encap, HEADER_WINDOW, HeaderWindow, L3Headers, PacketBytes, PacketMeta, ParseStatus,
+};

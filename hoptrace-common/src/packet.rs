@@ -30,6 +30,74 @@ pub trait PacketBytes {
     fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool;
 }
 
+/// Bytes a kernel program copies from a packet's linear data, starting at the
+/// network header, at every hook. Covers IPv4, UDP, VXLAN, inner Ethernet,
+/// inner IPv4, a TCP header with 20 bytes of options and 8 payload bytes;
+/// deeper headers (IPv6 on both sides of a tunnel) are parsed as far as the
+/// window reaches, the same way at every hook. It fits the 512-byte BPF
+/// stack beside the parser's own buffers.
+pub const HEADER_WINDOW: usize = 128;
+
+/// Packet headers copied with one helper call, then parsed from the stack.
+/// Only the packet's linear data is copied, at every hook alike, so the
+/// fields the fingerprint uses read the same wherever the packet is seen.
+#[repr(C)]
+pub struct HeaderWindow {
+    pub bytes: [u8; HEADER_WINDOW],
+    /// How many leading bytes of `bytes` hold packet data.
+    pub len: u32,
+}
+
+impl HeaderWindow {
+    pub const fn new() -> Self {
+        Self {
+            bytes: [0; HEADER_WINDOW],
+            len: 0,
+        }
+    }
+
+    /// A window over the first bytes of `data` (host tests).
+    pub fn from_slice(data: &[u8]) -> Self {
+        let mut w = Self::new();
+        let n = if data.len() < HEADER_WINDOW {
+            data.len()
+        } else {
+            HEADER_WINDOW
+        };
+        w.bytes[..n].copy_from_slice(&data[..n]);
+        w.len = n as u32;
+        w
+    }
+}
+
+impl Default for HeaderWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PacketBytes for HeaderWindow {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
+        // Volatile reads: when the compiler can prove the window bound below
+        // from what it knows of `offset` or `len`, it drops the check, and
+        // the BPF verifier, which knows less, then rejects the access.
+        let off = offset as usize;
+        let off = unsafe { core::ptr::read_volatile(&off) };
+        let len = unsafe { core::ptr::read_volatile(&self.len) } as usize;
+        if N > HEADER_WINDOW || off > HEADER_WINDOW - N || off + N > len {
+            return false;
+        }
+        let mut i = 0;
+        while i < N {
+            // SAFETY: off + i < off + N <= HEADER_WINDOW (checked above).
+            buf[i] = unsafe { *self.bytes.get_unchecked(off + i) };
+            i += 1;
+        }
+        true
+    }
+}
+
 /// Outcome of parsing, carried in every event.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

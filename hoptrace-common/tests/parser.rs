@@ -1,7 +1,7 @@
 //! Host tests of the shared packet parser: the same code runs in the kernel.
 
 use hoptrace_common::{
-    Encap, PacketBytes, PacketMeta, ParseStatus, TraceConfig,
+    Encap, HEADER_WINDOW, HeaderWindow, PacketBytes, PacketMeta, ParseStatus, TraceConfig,
     packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, flow_matches, parse_from_l2, parse_from_l3},
 };
 
@@ -300,4 +300,99 @@ fn fuzz_random_and_mutated_frames() {
         ok > 10_000,
         "mutations of valid frames should often still parse ({ok})"
     );
+}
+
+/// Parses from the network header through a kernel-style header window.
+fn parse_window(l3: &[u8]) -> (ParseStatus, PacketMeta) {
+    let mut meta = PacketMeta::zeroed();
+    let window = HeaderWindow::from_slice(l3);
+    let status = parse_from_l3(&window, 0, 0x0800, &TraceConfig::default(), &mut meta);
+    (status, meta)
+}
+
+fn parse_whole(l3: &[u8]) -> (ParseStatus, PacketMeta) {
+    let mut meta = PacketMeta::zeroed();
+    let status = parse_from_l3(&Bytes(l3), 0, 0x0800, &TraceConfig::default(), &mut meta);
+    (status, meta)
+}
+
+/// An IPv4 header with 40 bytes of options (IHL 15).
+fn ipv4_with_options(proto: u8, src: [u8; 4], dst: [u8; 4], payload_len: usize) -> Vec<u8> {
+    let mut h = ipv4(proto, src, dst, 3, payload_len + 40);
+    h[0] = 0x4f;
+    h.extend_from_slice(&[1u8; 40]); // NOP options
+    h
+}
+
+/// VXLAN (outer IPv4 with `outer_options`) around IPv4/UDP with a payload.
+fn vxlan_l3(outer_options: bool, inner_options: bool) -> Vec<u8> {
+    let inner_udp = udp(12345, 8080, b"payload!!");
+    let mut inner = eth(0x0800);
+    if inner_options {
+        inner.extend(ipv4_with_options(
+            IPPROTO_UDP,
+            [10, 244, 1, 2],
+            [10, 244, 2, 3],
+            inner_udp.len(),
+        ));
+    } else {
+        inner.extend(ipv4(
+            IPPROTO_UDP,
+            [10, 244, 1, 2],
+            [10, 244, 2, 3],
+            9,
+            inner_udp.len(),
+        ));
+    }
+    inner.extend(inner_udp);
+    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    vx.extend(inner);
+    let l4 = udp(50000, 8472, &vx);
+    let mut l3 = if outer_options {
+        ipv4_with_options(IPPROTO_UDP, [198, 18, 0, 1], [198, 18, 0, 2], l4.len())
+    } else {
+        ipv4(IPPROTO_UDP, [198, 18, 0, 1], [198, 18, 0, 2], 77, l4.len())
+    };
+    l3.extend(l4);
+    l3
+}
+
+#[test]
+fn header_window_parses_like_the_whole_packet() {
+    for (outer_options, inner_options) in [(false, false), (true, false), (false, true)] {
+        let l3 = vxlan_l3(outer_options, inner_options);
+        let (status, whole) = parse_whole(&l3);
+        assert_eq!(status, ParseStatus::Ok);
+        let (wstatus, windowed) = parse_window(&l3);
+        assert_eq!(wstatus, status);
+        assert_eq!(windowed.encap, Encap::Vxlan as u8);
+        assert_eq!(
+            windowed.flow(),
+            whole.flow(),
+            "options {outer_options}/{inner_options}"
+        );
+        assert_eq!(&windowed.flow().payload_head, b"payload!");
+    }
+}
+
+#[test]
+fn header_window_reads_nothing_past_its_end() {
+    // Options on both layers put the inner headers past the window: the
+    // packet is truncated for every hook alike (each copies the same window
+    // from the network header), never parsed from bytes beyond it.
+    let l3 = vxlan_l3(true, true);
+    assert!(l3.len() > HEADER_WINDOW);
+    let (status, whole) = parse_whole(&l3);
+    assert_eq!(status, ParseStatus::Ok);
+    assert_eq!(&whole.flow().payload_head, b"payload!");
+    let (status, _) = parse_window(&l3);
+    assert_eq!(status, ParseStatus::Truncated);
+    let window = HeaderWindow::from_slice(&l3);
+    assert_eq!(window.len as usize, HEADER_WINDOW);
+    let mut buf = [0u8; 8];
+    assert!(!window.load(HEADER_WINDOW as u32 - 4, &mut buf));
+    assert!(window.load(HEADER_WINDOW as u32 - 8, &mut buf));
+    let short = HeaderWindow::from_slice(&l3[..10]);
+    let mut ip = [0u8; 20];
+    assert!(!short.load(0, &mut ip), "a short copy is not padded");
 }

@@ -2,27 +2,38 @@
 
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, maps::ring_buf::RingBufEntry};
 use hoptrace_common::{
-    Counter, HopEvent, ParseStatus, TraceConfig,
+    Counter, HeaderWindow, HopEvent, ParseStatus, TraceConfig,
     packet::{flow_matches, parse_from_l3},
 };
 
-use crate::{
-    maps::{HOPTRACE_EVENTS, count},
-    skb::NetworkHeaderBytes,
-};
+use crate::maps::{HOPTRACE_EVENTS, count};
 
 /// Reserves a zeroed event, counting a lost event when the ring is full.
 #[inline(always)]
 pub fn reserve() -> Option<RingBufEntry<HopEvent>> {
     match HOPTRACE_EVENTS.reserve::<HopEvent>(0) {
         Some(mut entry) => {
-            entry.write(HopEvent::zeroed());
+            zero(entry.as_mut_ptr());
             Some(entry)
         }
         None => {
             count(Counter::RingFull);
             None
         }
+    }
+}
+
+/// Zeroes an event with 8-byte stores (a plain `write` of a zeroed value
+/// becomes a byte-by-byte memset loop on BPF).
+#[inline(always)]
+fn zero(ev: *mut HopEvent) {
+    const WORDS: usize = core::mem::size_of::<HopEvent>() / 8;
+    let words = ev as *mut u64;
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: HopEvent is a multiple of 8 bytes and 8-aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
     }
 }
 
@@ -44,29 +55,18 @@ pub fn discard(entry: RingBufEntry<HopEvent>) {
     entry.discard(BPF_RB_NO_WAKEUP as u64);
 }
 
-/// Parses the headers at `network_header` into the reserved event, then
-/// submits it, or discards it when the `--ip/--port` filter rejects it.
+/// Parses the headers in `window` (from the network header, of protocol
+/// `ethertype`) into the reserved event, then submits it, or discards it
+/// when the `--ip/--port` filter rejects it.
 #[inline(always)]
 pub fn parse_and_submit(
     mut entry: RingBufEntry<HopEvent>,
-    network_header: Option<u64>,
+    window: &HeaderWindow,
     ethertype: u16,
     cfg: &TraceConfig,
 ) {
     let ev = unsafe { entry.assume_init_mut() };
-    let status = match network_header {
-        Some(start) => parse_from_l3(
-            &NetworkHeaderBytes { start },
-            0,
-            ethertype,
-            cfg,
-            &mut ev.packet,
-        ),
-        None => {
-            ev.packet.status = ParseStatus::Truncated as u8;
-            ParseStatus::Truncated
-        }
-    };
+    let status = parse_from_l3(window, 0, ethertype, cfg, &mut ev.packet);
     if !flow_matches(&ev.packet, cfg) {
         discard(entry);
         return;

@@ -8,7 +8,7 @@ pub static HOPTRACE_LAYOUT: KernelLayout = KernelLayout {
     skb_head: 0,
     skb_len: 0,
     skb_network_header: 0,
-    skb_mac_header: 0,
+    skb_tail: 0,
     skb_protocol: 0,
     skb_dev: 0,
     skb_nfct: 0,

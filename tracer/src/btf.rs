@@ -374,7 +374,7 @@ impl Btf {
             skb_head: self.member_offset("sk_buff", &["head"])?,
             skb_len: self.member_offset("sk_buff", &["len"])?,
             skb_network_header: self.member_offset("sk_buff", &["network_header"])?,
-            skb_mac_header: self.member_offset("sk_buff", &["mac_header"])?,
+            skb_tail: self.member_offset("sk_buff", &["tail"])?,
             skb_protocol: self.member_offset("sk_buff", &["protocol"])?,
             skb_dev: self.member_offset("sk_buff", &["dev"])?,
             skb_nfct: self.member_offset("sk_buff", &["_nfct"])?,
@@ -665,6 +665,7 @@ mod tests {
                 ("_nfct", u64_t, 8 * 104, 0),
                 ("len", u32_t, 8 * 112, 0),
                 ("", headers_union, 8 * 176, 0),
+                ("tail", u32_t, 8 * 192, 0),
                 ("head", const_ptr, 8 * 200, 0),
             ],
         );
@@ -704,7 +705,7 @@ mod tests {
             "protocol inside struct_group after bitfields"
         );
         assert_eq!(layout.skb_network_header, 186);
-        assert_eq!(layout.skb_mac_header, 188);
+        assert_eq!(layout.skb_tail, 192);
         assert_eq!(layout.skb_head, 200);
         assert_eq!(layout.skb_len, 112);
         assert_eq!(layout.skb_nfct, 104);
@@ -797,7 +798,7 @@ mod tests {
             ("head", l.skb_head),
             ("len", l.skb_len),
             ("network_header", l.skb_network_header),
-            ("mac_header", l.skb_mac_header),
+            ("tail", l.skb_tail),
             ("protocol", l.skb_protocol),
             ("_nfct", l.skb_nfct),
         ] {

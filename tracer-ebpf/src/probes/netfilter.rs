@@ -9,14 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    Counter, CtState, HookKind,
+    CtState, HeaderWindow, HookKind,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use tracer_ebpf::{
     emit, global,
     globals::config,
-    maps::count,
-    skb::{KernelSkb, dev_ifindex, read},
+    skb::{BtfPtr, Skb, dev_ifindex},
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -49,37 +48,35 @@ netfilter_slot!(hoptrace_nf_slot8, 8);
 
 #[inline(always)]
 fn observe(ctx: *mut c_void, slot: u8) {
-    let (state, addr) = unsafe {
+    // Both context fields are pointers the verifier knows by BTF type.
+    let (state, skb) = unsafe {
         (
-            *((ctx as *const u8).add(NF_CTX_STATE) as *const u64),
-            *((ctx as *const u8).add(NF_CTX_SKB) as *const u64),
+            BtfPtr(*((ctx as *const u8).add(NF_CTX_STATE) as *const u64)),
+            Skb(BtfPtr(*((ctx as *const u8).add(NF_CTX_SKB) as *const u64))),
         )
     };
-    let skb = KernelSkb { addr };
     let cfg = config();
-    let Some(fields) = skb.fields() else {
-        count(Counter::ReadError);
-        return;
-    };
     let Some(mut entry) = emit::reserve() else {
         return;
     };
     let ev = unsafe { entry.assume_init_mut() };
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.skb_addr = addr;
+    ev.skb_addr = skb.addr();
     ev.hook = HookKind::Netfilter as u8;
     ev.nf_slot = slot;
-    ev.nf_hook = read::<u8>(state + global!(HOPTRACE_LAYOUT.nf_state_hook) as u64).unwrap_or(0xff);
-    ev.nf_pf = read::<u8>(state + global!(HOPTRACE_LAYOUT.nf_state_pf) as u64).unwrap_or(0);
+    ev.nf_hook = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
+    ev.nf_pf = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
     // Netfilter links belong to the namespace that created them: the node.
     ev.netns_ino = cfg.node_netns_ino;
-    ev.ifindex = dev_ifindex(fields.dev);
-    ev.skb_len = fields.len;
-    ev.ct_state = CtState::from_nfct(fields.nfct) as u8;
+    ev.ifindex = dev_ifindex(skb.dev());
+    ev.skb_len = skb.len();
+    ev.ct_state = CtState::from_nfct(skb.nfct()) as u8;
     let ethertype = if ev.nf_pf == NFPROTO_IPV6 {
         ETH_P_IPV6
     } else {
         ETH_P_IP
     };
-    emit::parse_and_submit(entry, fields.network_header, ethertype, &cfg);
+    let mut window = HeaderWindow::new();
+    skb.network_window(&mut window);
+    emit::parse_and_submit(entry, &window, ethertype, &cfg);
 }

@@ -11,30 +11,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use hoptrace_common::{
-    HookKind, PacketBytes,
-    packet::{flow_matches, parse_from_l2, parse_from_l3},
+    HeaderWindow, HookKind,
+    packet::{ETH_P_8021AD, ETH_P_8021Q},
 };
-use tracer_ebpf::{emit, globals::config};
+use tracer_ebpf::{emit, globals::config, skb::window_len};
 
-/// Packet bytes of a tc context, offset 0 = start of the frame.
-struct TcBytes<'a>(&'a TcContext);
-
-impl PacketBytes for TcBytes<'_> {
-    #[inline(always)]
-    fn load<const N: usize>(&self, offset: u32, buf: &mut [u8; N]) -> bool {
-        // A constant length: TcContext::load_bytes clamps it to the packet,
-        // which the verifier cannot prove non-zero.
-        let ret = unsafe {
-            bpf_skb_load_bytes(
-                self.0.skb.skb as *const c_void,
-                offset,
-                buf.as_mut_ptr() as *mut c_void,
-                N as u32,
-            )
-        };
-        ret == 0
-    }
-}
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
 
 /// Devices with an Ethernet header (veth, bridge, vxlan, geneve, uplink).
 #[classifier]
@@ -62,6 +45,58 @@ pub fn hoptrace_tc_egress_l3(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Where the network header starts and its ethertype, read directly from
+/// the packet: after the Ethernet header (and one VLAN tag) when the device
+/// has one, at the first byte otherwise.
+#[inline(always)]
+fn network_header(ctx: &TcContext, has_l2: bool) -> Option<(u32, u16)> {
+    if !has_l2 {
+        return Some((0, u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16)));
+    }
+    let data = ctx.data();
+    if data + ETH_HLEN + VLAN_HLEN <= ctx.data_end() {
+        let eth = unsafe { &*(data as *const [u8; ETH_HLEN + VLAN_HLEN]) };
+        let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            return Some((
+                (ETH_HLEN + VLAN_HLEN) as u32,
+                u16::from_be_bytes([eth[16], eth[17]]),
+            ));
+        }
+        return Some((ETH_HLEN as u32, ethertype));
+    }
+    if data + ETH_HLEN <= ctx.data_end() {
+        let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
+        return Some((ETH_HLEN as u32, u16::from_be_bytes([eth[12], eth[13]])));
+    }
+    None
+}
+
+/// Copies the linear bytes from `offset` on (at most `HEADER_WINDOW`)
+/// with one call.
+#[inline(always)]
+fn copy_window(ctx: &TcContext, offset: u32, window: &mut HeaderWindow) {
+    let linear = ctx.data_end().saturating_sub(ctx.data());
+    let available = linear.saturating_sub(offset as usize);
+    if available == 0 {
+        return;
+    }
+    let n = window_len(available);
+    // A bounded, non-zero length: TcContext::load_bytes clamps it to the
+    // packet in a way the verifier cannot prove non-zero.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            offset,
+            window.bytes.as_mut_ptr() as *mut c_void,
+            n as u32,
+        )
+    };
+    if ret == 0 {
+        window.len = n as u32;
+    }
+}
+
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
     let Some(mut entry) = emit::reserve() else {
@@ -76,16 +111,13 @@ fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
     ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ev.skb_len = ctx.len();
     ev.netns_ino = cfg.node_netns_ino;
-    let bytes = TcBytes(ctx);
-    let status = if has_l2 {
-        parse_from_l2(&bytes, &cfg, &mut ev.packet)
-    } else {
-        let ethertype = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-        parse_from_l3(&bytes, 0, ethertype, &cfg, &mut ev.packet)
+    let mut window = HeaderWindow::new();
+    let ethertype = match network_header(ctx, has_l2) {
+        Some((offset, ethertype)) => {
+            copy_window(ctx, offset, &mut window);
+            ethertype
+        }
+        None => 0,
     };
-    if !flow_matches(&ev.packet, &cfg) {
-        emit::discard(entry);
-        return;
-    }
-    emit::submit(entry, status);
+    emit::parse_and_submit(entry, &window, ethertype, &cfg);
 }

@@ -4,12 +4,12 @@
 //! when `TraceConfig::filter_netns` is set.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use hoptrace_common::{Counter, HookKind};
+use hoptrace_common::{Counter, HeaderWindow, HookKind};
 use tracer_ebpf::{
     emit,
     globals::config,
     maps::{count, netns_traced, tc_covered},
-    skb::{KernelSkb, dev_ifindex},
+    skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
 };
 
 /// A device hands the packet to the stack (after tc ingress, before netfilter).
@@ -63,18 +63,16 @@ pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
-    let skb = KernelSkb { addr };
+    let skb = Skb(BtfPtr(addr));
     let cfg = config();
-    let Some(fields) = skb.fields() else {
-        count(Counter::ReadError);
-        return;
-    };
-    // On the socket path skb->dev shares its storage with dev_scratch, so the
-    // namespace comes from the owning socket there.
+    // The namespace first: most runs are for packets of other namespaces
+    // (or of the node's tc-timed devices) and end here, before any copy.
     let (dev, netns) = if hook as u8 == HookKind::SocketDeliver as u8 {
-        (0, skb.sock_netns())
+        // On the socket path skb->dev shares its storage with dev_scratch.
+        (BtfPtr(0), skb.sock_netns())
     } else {
-        (fields.dev, skb.dev_netns(fields.dev))
+        let dev = skb.dev();
+        (dev, dev_netns(dev))
     };
     if cfg.filter_netns != 0 && !netns_traced(netns) {
         count(Counter::Filtered);
@@ -98,7 +96,9 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     ev.hook = hook as u8;
     ev.netns_ino = netns;
     ev.ifindex = ifindex;
-    ev.skb_len = fields.len;
+    ev.skb_len = skb.len();
     ev.drop_reason = drop_reason;
-    emit::parse_and_submit(entry, fields.network_header, fields.protocol, &cfg);
+    let mut window = HeaderWindow::new();
+    skb.network_window(&mut window);
+    emit::parse_and_submit(entry, &window, skb.protocol(), &cfg);
 }
