@@ -62,9 +62,20 @@ pub struct TraceConfig {
     pub match_port: u16,
     /// Inode of the node's network namespace, stamped on tc events.
     pub node_netns_ino: u32,
+    /// 1: every program returns at once (`hoptrace bench` measures what the
+    /// attachments alone cost).
+    pub dispatch_only: u8,
+    pub _pad0: u8,
+    /// Per netfilter hook (`NfHook` as index), a bit per priority slot: the
+    /// program at that slot parses the headers. The others only time the
+    /// packet (the first program of a hook and the one after each NAT band
+    /// parse; brackets in between see the same headers).
+    pub nf_parse_slots: [u16; 5],
+    pub _pad1: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 48);
+const _: () = assert!(core::mem::offset_of!(TraceConfig, nf_parse_slots) == 34);
 
 impl TraceConfig {
     pub const fn default_config() -> Self {
@@ -78,6 +89,10 @@ impl TraceConfig {
             match_family: 0,
             match_port: 0,
             node_netns_ino: 0,
+            dispatch_only: 0,
+            _pad0: 0,
+            nf_parse_slots: [0xffff; 5],
+            _pad1: [0; 4],
         }
     }
 }

@@ -109,6 +109,9 @@ pub enum ParseStatus {
     Truncated = 2,
     /// Malformed header (bad version, IHL < 5, ...).
     BadHeader = 3,
+    /// Not parsed on purpose: a netfilter bracket between two others of
+    /// the same hook, which sees the headers the previous one parsed.
+    Skipped = 4,
 }
 
 impl ParseStatus {
@@ -117,6 +120,7 @@ impl ParseStatus {
             0 => Self::Ok,
             1 => Self::NotIp,
             2 => Self::Truncated,
+            4 => Self::Skipped,
             _ => Self::BadHeader,
         }
     }

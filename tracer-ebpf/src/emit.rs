@@ -41,7 +41,7 @@ fn zero(ev: *mut HopEvent) {
 /// never pays for waking it.
 #[inline(always)]
 pub fn submit(entry: RingBufEntry<HopEvent>, status: ParseStatus) {
-    if status != ParseStatus::Ok {
+    if status != ParseStatus::Ok && status != ParseStatus::Skipped {
         count(Counter::Unparsed);
     }
     count(Counter::Emitted);

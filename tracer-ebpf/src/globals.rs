@@ -41,3 +41,9 @@ macro_rules! global {
 pub fn config() -> TraceConfig {
     unsafe { core::ptr::read_volatile(&raw const HOPTRACE_CONFIG) }
 }
+
+/// `hoptrace bench`'s floor measurement: programs attached, returning at once.
+#[inline(always)]
+pub fn dispatch_only() -> bool {
+    global!(HOPTRACE_CONFIG.dispatch_only) != 0
+}

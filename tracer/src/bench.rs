@@ -434,12 +434,54 @@ pub struct PhaseMeasure {
     pub trace: Option<TraceCost>,
 }
 
+/// What a round runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoundKind {
+    /// No hoptrace.
+    Baseline,
+    /// Every hook with the real programs: the verdict.
+    Traced,
+    /// The same attachments, with programs that return at once: what the
+    /// hooks alone cost, the floor no program can go below.
+    DispatchOnly,
+    /// Like `Traced`, with BPF run-time statistics on (they add two clock
+    /// reads per run): where the program time goes.
+    Profiled,
+}
+
+impl RoundKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Traced => "traced",
+            Self::DispatchOnly => "dispatch-only",
+            Self::Profiled => "profiled",
+        }
+    }
+
+    /// Does the round run tracing sessions?
+    pub const fn attaches(self) -> bool {
+        !matches!(self, Self::Baseline)
+    }
+
+    /// The run order: `rounds` cycles of baseline, traced, dispatch-only,
+    /// then one profiled round.
+    pub fn schedule(rounds: u32) -> Vec<RoundKind> {
+        let mut kinds: Vec<RoundKind> = (0..rounds)
+            .flat_map(|_| [Self::Baseline, Self::Traced, Self::DispatchOnly])
+            .collect();
+        kinds.push(Self::Profiled);
+        kinds
+    }
+}
+
 /// One round.
 #[derive(Clone, Debug, Serialize)]
 pub struct RoundResult {
     /// 1-based, in run order.
     pub index: u32,
-    pub traced: bool,
+    pub kind: RoundKind,
     pub throughput_bps: f64,
     pub rr: RrResult,
     pub throughput_phase: PhaseMeasure,
@@ -540,6 +582,10 @@ pub struct Summary {
     pub throughput: Check,
     pub rr_p99: Check,
     pub rr_p50: Check,
+    /// The dispatch-only rounds against the same baseline: what attaching
+    /// the hooks costs before any program does any work.
+    pub floor_throughput: Check,
+    pub floor_rr_p99: Check,
     /// Median events/s (both nodes) during iperf3 and during request/response.
     pub events_per_s_throughput: f64,
     pub events_per_s_rr: f64,
@@ -591,32 +637,39 @@ pub fn hook_kind_of(program: &str) -> &'static str {
 
 /// Computes the summary from the rounds.
 pub fn summarize(rounds: &[RoundResult]) -> Summary {
-    let pick = |traced: bool, f: &dyn Fn(&RoundResult) -> f64| -> f64 {
+    use RoundKind::{Baseline, DispatchOnly, Profiled, Traced};
+    let pick = |kind: RoundKind, f: &dyn Fn(&RoundResult) -> f64| -> f64 {
         median(
             &rounds
                 .iter()
-                .filter(|r| r.traced == traced)
+                .filter(|r| r.kind == kind)
                 .map(f)
                 .collect::<Vec<_>>(),
         )
         .unwrap_or(f64::NAN)
     };
-    let throughput = Check::new(
-        pick(false, &|r| r.throughput_bps),
-        pick(true, &|r| r.throughput_bps),
-        TARGET_THROUGHPUT_RATIO,
-        true,
-    );
-    let rr_p99 = Check::new(
-        pick(false, &|r| r.rr.p99_us as f64),
-        pick(true, &|r| r.rr.p99_us as f64),
-        TARGET_P99_RATIO,
-        false,
-    );
+    let throughput_of = |kind| {
+        Check::new(
+            pick(Baseline, &|r| r.throughput_bps),
+            pick(kind, &|r| r.throughput_bps),
+            TARGET_THROUGHPUT_RATIO,
+            true,
+        )
+    };
+    let p99_of = |kind| {
+        Check::new(
+            pick(Baseline, &|r| r.rr.p99_us as f64),
+            pick(kind, &|r| r.rr.p99_us as f64),
+            TARGET_P99_RATIO,
+            false,
+        )
+    };
+    let throughput = throughput_of(Traced);
+    let rr_p99 = p99_of(Traced);
     // The p50 has no target of its own; the p99 target is shown for reference.
     let mut rr_p50 = Check::new(
-        pick(false, &|r| r.rr.p50_us as f64),
-        pick(true, &|r| r.rr.p50_us as f64),
+        pick(Baseline, &|r| r.rr.p50_us as f64),
+        pick(Traced, &|r| r.rr.p50_us as f64),
         TARGET_P99_RATIO,
         false,
     );
@@ -630,7 +683,9 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
             }
         })
     };
-    let traced: Vec<&RoundResult> = rounds.iter().filter(|r| r.traced).collect();
+    let traced: Vec<&RoundResult> = rounds.iter().filter(|r| r.kind == Traced).collect();
+    // Per-program cost comes from the rounds with run-time statistics on.
+    let profiled: Vec<&RoundResult> = rounds.iter().filter(|r| r.kind == Profiled).collect();
     let phases = || {
         traced
             .iter()
@@ -651,7 +706,7 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
     // (node, program) → per phase (runs, run time ns).
     let mut programs: BTreeMap<(String, String), [(u64, u64); 2]> = BTreeMap::new();
     let mut seconds = [0.0f64; 2];
-    for round in &traced {
+    for round in &profiled {
         for (slot, phase) in [&round.throughput_phase, &round.rr_phase]
             .into_iter()
             .enumerate()
@@ -675,11 +730,11 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
             rr: PhaseProgramCost::new(phases[1].0, phases[1].1, seconds[1]),
         })
         .collect();
-    let cpu_share = |traced: bool| {
+    let cpu_share = |kind: RoundKind| {
         let (cpu, secs) =
             rounds
                 .iter()
-                .filter(|r| r.traced == traced)
+                .filter(|r| r.kind == kind)
                 .fold((0.0, 0.0), |(c, s), r| {
                     (
                         c + r.throughput_phase.process_cpu_s,
@@ -688,8 +743,9 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
                 });
         if secs > 0.0 { cpu / secs } else { f64::NAN }
     };
-    let userspace_share = cpu_share(true) - cpu_share(false);
-    let packets: u64 = traced
+    let userspace_share = cpu_share(Traced) - cpu_share(Baseline);
+    let traced_seconds: f64 = traced.iter().map(|r| r.throughput_phase.seconds).sum();
+    let packets: u64 = profiled
         .iter()
         .map(|r| r.throughput_phase.client_packets)
         .sum();
@@ -736,6 +792,8 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
         throughput,
         rr_p99,
         rr_p50,
+        floor_throughput: throughput_of(DispatchOnly),
+        floor_rr_p99: p99_of(DispatchOnly),
         events_per_s_throughput: median(
             &traced
                 .iter()
@@ -763,16 +821,16 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
             f64::NAN
         },
         userspace_ns_per_event: if throughput_events > 0 {
-            userspace_share * seconds[0] * 1e9 / throughput_events as f64
+            userspace_share * traced_seconds * 1e9 / throughput_events as f64
         } else {
             f64::NAN
         },
         programs,
         rounds: rounds
             .iter()
-            .filter(|r| r.traced)
+            .filter(|r| r.kind == Traced)
             .count()
-            .min(rounds.iter().filter(|r| !r.traced).count()) as u32,
+            .min(rounds.iter().filter(|r| r.kind == Baseline).count()) as u32,
     }
 }
 
@@ -850,21 +908,22 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
     run_rr(&lab_env, &rr_spec(opts, Duration::from_millis(500), 200.0))?;
 
     let mut rounds = Vec::new();
-    for index in 1..=2 * opts.rounds {
+    let schedule = RoundKind::schedule(opts.rounds);
+    for (index, kind) in (1..).zip(schedule.iter().copied()) {
         if crate::trace::stop_requested() {
             return Err(BenchError::Interrupted);
         }
-        let traced = index % 2 == 0;
         progress(&format!(
             "round {index}/{}: {}",
-            2 * opts.rounds,
-            if traced {
-                "traced (both nodes)"
-            } else {
-                "untraced baseline"
+            schedule.len(),
+            match kind {
+                RoundKind::Baseline => "untraced baseline",
+                RoundKind::Traced => "traced (both nodes)",
+                RoundKind::DispatchOnly => "dispatch-only (same hooks, programs return at once)",
+                RoundKind::Profiled => "traced with BPF run-time statistics",
             }
         ));
-        let round = run_round(opts, &lab_env, &session_options, index, traced)?;
+        let round = run_round(opts, &lab_env, &session_options, index, kind)?;
         progress(&format!(
             "  iperf3 {:.2} Gbit/s, request/response p50 {} µs p99 {} µs ({} ok, {} errors, {} timeouts){}",
             round.throughput_bps / 1e9,
@@ -921,17 +980,23 @@ fn rr_spec(opts: &BenchOptions, duration: Duration, rate: f64) -> LoadSpec {
 struct TracedNodes {
     sessions: Vec<(String, Session)>,
     owners: BTreeMap<u32, String>,
-    // Held while tracing: statistics stop when the last holder closes it.
-    _stats: OwnedFd,
+    // Held while profiling: statistics stop when the last holder closes it.
+    stats: Option<OwnedFd>,
 }
 
 impl TracedNodes {
-    fn start(env: &LabEnv, options: &SessionOptions) -> Result<Self, BenchError> {
+    fn start(env: &LabEnv, options: &SessionOptions, profile: bool) -> Result<Self, BenchError> {
         // BPF_ENABLE_STATS is what `kernel.bpf_stats_enabled=1` switches on,
         // held by a file descriptor: it cannot stay on after a crash, and it
         // leaves the sysctl of other users alone.
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|e| BenchError::Stats(e.to_string()))?;
+        let stats = if profile {
+            Some(
+                aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                    .map_err(|e| BenchError::Stats(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let mut known: BTreeSet<u32> = sample_programs()?.iter().map(|p| p.id).collect();
         let mut sessions = Vec::new();
         let mut owners = BTreeMap::new();
@@ -952,7 +1017,7 @@ impl TracedNodes {
         Ok(Self {
             sessions,
             owners,
-            _stats: stats,
+            stats,
         })
     }
 
@@ -1004,7 +1069,7 @@ impl Snapshot {
     fn take(env: &LabEnv, traced: Option<&TracedNodes>) -> Result<Self, BenchError> {
         Ok(Self {
             at: Instant::now(),
-            programs: if traced.is_some() {
+            programs: if traced.is_some_and(|t| t.stats.is_some()) {
                 sample_programs()?
             } else {
                 Vec::new()
@@ -1038,10 +1103,12 @@ fn run_round(
     env: &LabEnv,
     session_options: &SessionOptions,
     index: u32,
-    traced: bool,
+    kind: RoundKind,
 ) -> Result<RoundResult, BenchError> {
-    let tracing = if traced {
-        Some(TracedNodes::start(env, session_options)?)
+    let tracing = if kind.attaches() {
+        let mut options = session_options.clone();
+        options.config.dispatch_only = u8::from(kind == RoundKind::DispatchOnly);
+        Some(TracedNodes::start(env, &options, kind == RoundKind::Profiled)?)
     } else {
         None
     };
@@ -1065,7 +1132,7 @@ fn run_round(
     let journeys = tracing.map(TracedNodes::stop).transpose()?;
     Ok(RoundResult {
         index,
-        traced,
+        kind,
         throughput_bps,
         rr: RrResult::from_load(&load),
         throughput_phase,
@@ -1285,11 +1352,7 @@ pub fn rounds_table(result: &BenchResult, markdown: bool) -> Table {
             .sum::<u64>();
         table.add_row(vec![
             r.index.to_string(),
-            if r.traced {
-                "traced".into()
-            } else {
-                "baseline".to_string()
-            },
+            r.kind.name().to_string(),
             gbit(r.throughput_bps),
             r.rr.p50_us.to_string(),
             r.rr.p99_us.to_string(),
@@ -1297,7 +1360,7 @@ pub fn rounds_table(result: &BenchResult, markdown: bool) -> Table {
             trace.map_or("-".into(), |t| {
                 rate_text(t.emitted as f64 / r.throughput_phase.seconds)
             }),
-            if r.traced {
+            if r.kind.attaches() {
                 lost.to_string()
             } else {
                 "-".into()
@@ -1341,6 +1404,24 @@ pub fn summary_table(summary: &Summary, markdown: bool) -> Table {
         ratio_text(p99),
         format!("<= {:.2}x", p99.target),
         p99.verdict().into(),
+    ]);
+    let floor = &summary.floor_throughput;
+    table.add_row(vec![
+        "TCP throughput, dispatch-only".to_string(),
+        gbit(floor.baseline),
+        gbit(floor.traced),
+        ratio_text(floor),
+        "(floor)".into(),
+        "-".into(),
+    ]);
+    let floor_p99 = &summary.floor_rr_p99;
+    table.add_row(vec![
+        "request/response p99, dispatch-only".to_string(),
+        format!("{:.0} µs", floor_p99.baseline),
+        format!("{:.0} µs", floor_p99.traced),
+        ratio_text(floor_p99),
+        "(floor)".into(),
+        "-".into(),
     ]);
     let p50 = &summary.rr_p50;
     table.add_row(vec![
@@ -1481,6 +1562,12 @@ pub fn findings(result: &BenchResult) -> Vec<String> {
         percent(s.userspace_cpu_share_throughput),
         s.userspace_ns_per_event
     ));
+    lines.push(format!(
+        "- Dispatch-only floor: with the same hooks attached and every program returning at once, throughput is {:.3}x \
+         and request/response p99 {:.3}x of the baseline. That share of the cost is the kernel calling the hooks \
+         (netfilter hook entries, tracepoint and tc dispatch), which no program body can remove; only fewer hooks can.",
+        s.floor_throughput.ratio, s.floor_rr_p99.ratio
+    ));
     if !s.throughput.pass {
         lines.push(format!(
             "- Throughput MISS: traced {:.3}x of the baseline (target >= {:.2}x). iperf3 is CPU-bound here, so every ns the programs and the drain thread spend per packet comes out of throughput.",
@@ -1573,8 +1660,10 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     );
     let _ = writeln!(
         out,
-        "- Rounds: {} untraced and {} traced, alternating (baseline first); medians per kind",
-        o.rounds, o.rounds
+        "- Rounds: {} cycles of untraced baseline, traced and dispatch-only (the same attachments, programs that return at once), \
+         then one profiled round (traced with BPF run-time statistics on, for the per-program table); medians per kind. \
+         The verdict compares traced with baseline; statistics are off in both.",
+        o.rounds
     );
     let _ = writeln!(
         out,
@@ -1582,7 +1671,12 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
         hook_set(o),
         result.ring_bytes / (1024 * 1024)
     );
-    if let Some(attached) = result.rounds.iter().find(|r| r.traced).map(|r| &r.attached) {
+    if let Some(attached) = result
+        .rounds
+        .iter()
+        .find(|r| r.kind == RoundKind::Traced)
+        .map(|r| &r.attached)
+    {
         let _ = writeln!(out, "Attached per node: {}.\n", attached.join("; "));
     }
     let _ = writeln!(out, "## Summary\n\n{}\n", summary_table(s, true));
@@ -1595,7 +1689,7 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     let _ = writeln!(
         out,
         "From BPF run-time statistics (`kernel.bpf_stats_enabled`, read with `bpftool prog show -j`), \
-         summed over the traced rounds. \"CPU\" is run time per wall second: 10 % is a tenth of one CPU.\n"
+         during the profiled round. \"CPU\" is run time per wall second: 10 % is a tenth of one CPU.\n"
     );
     let _ = writeln!(out, "{}\n", programs_table(s, true));
     let _ = writeln!(out, "## Findings\n\n{}\n", findings(result).join("\n"));
@@ -1611,8 +1705,8 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     );
     let _ = writeln!(
         out,
-        "- Run-time statistics are on during traced rounds only; they add two clock reads per program run, \
-         which the traced numbers include (the ratios are conservative)."
+        "- Run-time statistics are on during the profiled round only; they add two clock reads per program run, \
+         which the ns/run figures include. The verdict rounds run without them."
     );
     let _ = writeln!(
         out,
@@ -1743,11 +1837,12 @@ mod tests {
 
     fn round(
         index: u32,
-        traced: bool,
+        kind: RoundKind,
         gbps: f64,
         p99: u64,
         programs: Vec<ProgramRun>,
     ) -> RoundResult {
+        let traced = kind.attaches();
         let phase = |emitted: u64, lost: u64, programs: Vec<ProgramRun>| PhaseMeasure {
             seconds: 5.0,
             client_packets: 100_000,
@@ -1761,7 +1856,7 @@ mod tests {
         };
         RoundResult {
             index,
-            traced,
+            kind,
             throughput_bps: gbps * 1e9,
             rr: RrResult {
                 p50_us: p99 / 2,
@@ -1791,51 +1886,61 @@ mod tests {
     #[test]
     fn summary_medians_ratios_and_verdicts() {
         // Baseline medians: 10 Gbit/s, p99 100 µs. Traced: 9 Gbit/s (0.9x: miss), p99 104 µs (pass).
+        // Dispatch-only: 9.9 Gbit/s, p99 100 µs. Programs come from the profiled round only.
+        use RoundKind::{Baseline, DispatchOnly, Profiled, Traced};
         let rounds = vec![
-            round(1, false, 10.0, 100, vec![]),
+            round(1, Baseline, 10.0, 100, vec![]),
+            round(2, Traced, 9.0, 104, vec![]),
+            round(3, DispatchOnly, 9.8, 101, vec![]),
+            round(4, Baseline, 11.0, 90, vec![]),
+            round(5, Traced, 8.0, 200, vec![]),
+            round(6, DispatchOnly, 9.9, 100, vec![]),
+            round(7, Baseline, 9.0, 120, vec![]),
+            round(8, Traced, 9.5, 103, vec![]),
+            round(9, DispatchOnly, 10.0, 99, vec![]),
             round(
-                2,
-                true,
-                9.0,
-                104,
-                vec![program_run(7, "hoptrace_tc_ingress", 1000, 500_000_000)],
+                10,
+                Profiled,
+                7.0,
+                300,
+                vec![
+                    program_run(7, "hoptrace_tc_ingress", 1000, 500_000_000),
+                    program_run(9, "hoptrace_tc_ingress", 3000, 500_000_000),
+                ],
             ),
-            round(3, false, 11.0, 90, vec![]),
-            round(
-                4,
-                true,
-                8.0,
-                200,
-                vec![program_run(9, "hoptrace_tc_ingress", 3000, 500_000_000)],
-            ),
-            round(5, false, 9.0, 120, vec![]),
-            round(6, true, 9.5, 103, vec![]),
         ];
+        assert_eq!(
+            RoundKind::schedule(3).iter().map(|k| k.name()).collect::<Vec<_>>(),
+            rounds.iter().map(|r| r.kind.name()).collect::<Vec<_>>()
+        );
         let s = summarize(&rounds);
         assert_eq!(s.rounds, 3);
         assert!((s.throughput.ratio - 0.9).abs() < 1e-9);
         assert!(!s.throughput.pass);
         assert!((s.rr_p99.ratio - 1.04).abs() < 1e-9);
         assert!(s.rr_p99.pass);
+        assert!((s.floor_throughput.ratio - 0.99).abs() < 1e-9);
+        assert!((s.floor_rr_p99.ratio - 1.0).abs() < 1e-9);
+        // Events and losses: the traced rounds only.
         assert_eq!(s.lost_total, 30);
         assert_eq!(s.emitted_total, 3 * 1_050_000);
         assert!((s.events_per_s_throughput - 200_000.0).abs() < 1e-6);
         assert!((s.events_per_packet - 10.0).abs() < 1e-9);
         // Two instances of the same program on one node: summed. 1 s of run
-        // time over 15 s of iperf3 across 3 traced rounds.
+        // time over the 5 s of iperf3 of the profiled round.
         assert_eq!(s.programs.len(), 1);
         let p = &s.programs[0].throughput;
         assert_eq!((p.runs, p.run_time_ns), (4000, 1_000_000_000));
         assert!((p.ns_per_run - 250_000.0).abs() < 1e-6);
-        assert!((p.cpu_share - 1.0 / 15.0).abs() < 1e-9);
+        assert!((p.cpu_share - 1.0 / 5.0).abs() < 1e-9);
         assert!((s.userspace_cpu_share_throughput - 0.2).abs() < 1e-9);
-        // 0.2 CPU over 15 s = 3e9 ns of userspace for 3e6 events.
+        // 0.2 CPU over 15 s of traced iperf3 = 3e9 ns of userspace for 3e6 events.
         assert!((s.userspace_ns_per_event - 1000.0).abs() < 1e-6);
-        // 1e9 ns of program time for 300,000 packets.
-        assert!((s.bpf_ns_per_packet - 1e9 / 3e5).abs() < 1e-6);
+        // 1e9 ns of program time for the profiled round's 100,000 packets.
+        assert!((s.bpf_ns_per_packet - 1e4).abs() < 1e-6);
         assert_eq!(s.hook_kinds.len(), 1);
         assert_eq!(s.hook_kinds[0].kind, "tc");
-        assert!((s.hook_kinds[0].runs_per_packet - 4000.0 / 3e5).abs() < 1e-12);
+        assert!((s.hook_kinds[0].runs_per_packet - 4000.0 / 1e5).abs() < 1e-12);
 
         let result = BenchResult {
             options: BenchOptions::new(PathBuf::from("/bin/true")),
@@ -1866,6 +1971,7 @@ mod tests {
         );
         assert!(md.contains("Test CPU") && md.contains("hoptrace bench --rounds 3"));
         assert!(md.contains("Throughput MISS"));
+        assert!(md.contains("Dispatch-only floor") && md.contains("0.990x"));
         assert!(!md.contains("p99 MISS"));
         assert!(render_text(&result).contains("hoptrace_tc_ingress"));
         // A rewrite keeps the hand-written notes, once.
@@ -1891,7 +1997,7 @@ mod tests {
 
     #[test]
     fn a_missing_side_is_a_miss_not_a_pass() {
-        let rounds = vec![round(1, false, 10.0, 100, vec![])];
+        let rounds = vec![round(1, RoundKind::Baseline, 10.0, 100, vec![])];
         let s = summarize(&rounds);
         assert_eq!(s.rounds, 0);
         assert!(!s.throughput.pass && !s.rr_p99.pass);

@@ -398,6 +398,9 @@ struct Journey {
     last_flow_ts: u64,
     last_flow: L3Headers,
     encap: Encap,
+    /// [`Encap`] of the latest parsed event: the layer that events without
+    /// headers of their own (skipped netfilter brackets) belong to.
+    layer_encap: u8,
 }
 
 impl Journey {
@@ -412,7 +415,12 @@ impl Journey {
                 self.saw_netfilter = true;
                 let new = CtState::from_u8(ev.ct_state) == CtState::New;
                 self.saw_ct_new |= new;
-                if ev.packet.encap == Encap::None as u8 {
+                let encap = if parsed {
+                    ev.packet.encap
+                } else {
+                    self.layer_encap
+                };
+                if encap == Encap::None as u8 {
                     self.saw_inner_netfilter = true;
                     self.saw_inner_ct_new |= new;
                 }
@@ -428,6 +436,7 @@ impl Journey {
             if ev.ts_ns >= self.last_flow_ts {
                 self.last_flow_ts = ev.ts_ns;
                 self.last_flow = *ev.packet.flow();
+                self.layer_encap = ev.packet.encap;
             }
             let encap = Encap::from_u8(ev.packet.encap);
             if encap != Encap::None {
@@ -681,8 +690,9 @@ impl Correlator {
         if hook == HookKind::Drop {
             *self.drops.entry(ev.drop_reason).or_insert(0) += 1;
         }
-        let parsed = ParseStatus::from_u8(ev.packet.status) == ParseStatus::Ok;
-        if !parsed {
+        let status = ParseStatus::from_u8(ev.packet.status);
+        let parsed = status == ParseStatus::Ok;
+        if !parsed && status != ParseStatus::Skipped {
             self.ledger.counters.unparsed_packets += 1;
         }
         let hop = if hook == HookKind::Consume {
@@ -788,6 +798,7 @@ impl Correlator {
             last_flow_ts: ev.ts_ns,
             last_flow: flow,
             encap: Encap::None,
+            layer_encap: ev.packet.encap,
         };
         j.add(ev, hook, Some(hop), true);
         self.journeys.insert(id, j);
@@ -1562,6 +1573,39 @@ pub(crate) mod tests {
             ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(),
             vec![ConnState::New]
         );
+    }
+
+    #[test]
+    fn skipped_brackets_follow_their_layer_and_are_not_unparsed() {
+        // Brackets between two others of a hook carry no headers: they join
+        // the buffer's journey, belong to the layer last parsed (here the
+        // outer packet after encapsulation) and are not "unparsed".
+        use CtState::{Established, New};
+        use NfHook::*;
+        let inner = dnat(tcp(ACK, 42, 3));
+        let outer = vxlan(inner);
+        let mut skipped = PacketMeta::zeroed();
+        skipped.status = ParseStatus::Skipped as u8;
+        let events = [
+            nf(1_000, SKB, PreRouting, -201, CtState::None, inner),
+            nf(1_200, SKB, PreRouting, -199, Established, skipped),
+            nf(1_400, SKB, LocalOut, -201, CtState::None, outer),
+            nf(1_600, SKB, LocalOut, -199, New, skipped),
+        ];
+        let ledger = run(&events);
+        assert_eq!(ledger.counters.unparsed_packets, 0);
+        assert_eq!(ledger.counters.journeys, 1);
+        assert_eq!(
+            ledger.end_to_end.keys().map(|k| k.1).collect::<Vec<_>>(),
+            vec![ConnState::Established],
+            "the outer packet's NEW is not the inner packet's"
+        );
+        let names = ledger.segment_names_seen();
+        assert!(names.contains(&"netfilter.prerouting.conntrack"), "{names:?}");
+        assert!(names.contains(&"netfilter.output.conntrack"), "{names:?}");
+        // A skipped bracket of an unknown buffer starts nothing.
+        let ledger = run(&events[1..2]);
+        assert_eq!(ledger.counters.journeys, 0);
     }
 
     #[test]

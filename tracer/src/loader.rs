@@ -87,6 +87,8 @@ pub mod program {
         ("hoptrace_kfree_skb", "kfree_skb"),
     ];
     pub const CONSUME: (&str, &str) = ("hoptrace_consume_skb", "consume_skb");
+    /// The tracepoint that marks a packet entering a device's qdisc.
+    pub const QDISC_TRACEPOINT: &str = "net_dev_queue";
 }
 
 pub const EVENTS_MAP: &str = "HOPTRACE_EVENTS";
@@ -244,10 +246,21 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the BTF tracepoints (`consume` adds skb:consume_skb, which
-    /// doubles the event rate and is off by default).
-    pub fn attach_tracepoints(&mut self, btf: &aya::Btf, consume: bool) -> Result<(), LoaderError> {
-        let mut list: Vec<(&'static str, &'static str)> = program::TRACEPOINTS.to_vec();
+    /// Attaches the BTF tracepoints. `qdisc` keeps net:net_dev_queue, which
+    /// times queueing in front of a qdisc: without one (every device
+    /// `noqueue`) it fires back to back with net_dev_start_xmit and only adds
+    /// cost. `consume` adds skb:consume_skb, which doubles the event rate and
+    /// is off by default.
+    pub fn attach_tracepoints(
+        &mut self,
+        btf: &aya::Btf,
+        qdisc: bool,
+        consume: bool,
+    ) -> Result<(), LoaderError> {
+        let mut list: Vec<(&'static str, &'static str)> = program::TRACEPOINTS
+            .into_iter()
+            .filter(|(_, tp)| qdisc || *tp != program::QDISC_TRACEPOINT)
+            .collect();
         if consume {
             list.push(program::CONSUME);
         }

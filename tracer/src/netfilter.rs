@@ -118,6 +118,38 @@ pub fn default_plan() -> Vec<NetfilterPlacement> {
         .collect()
 }
 
+/// Netfilter bands that rewrite headers (DNAT at -100, SNAT at 100).
+const NAT_PRIORITIES: [i32; 2] = [-100, 100];
+
+/// Which programs of `plan` parse the headers, as
+/// [`TraceConfig::nf_parse_slots`]: on each hook the first one, and each one
+/// that follows a NAT band. The brackets in between see the headers the
+/// previous program parsed and only record the time.
+pub fn parse_slots(plan: &[NetfilterPlacement]) -> [u16; 5] {
+    let mut mask = [0u16; 5];
+    for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
+        for hook in NfHook::ALL {
+            let mut prios: Vec<(i32, u8)> = plan
+                .iter()
+                .filter(|p| p.pf == pf && p.hook == hook)
+                .filter_map(|p| Some((p.priority()?, p.slot)))
+                .collect();
+            prios.sort_unstable();
+            let mut prev: Option<i32> = None;
+            for (prio, slot) in prios {
+                let after_nat = prev.is_some_and(|prev| {
+                    NAT_PRIORITIES.iter().any(|&nat| prev < nat && nat < prio)
+                });
+                if prev.is_none() || after_nat {
+                    mask[hook as usize] |= 1 << slot;
+                }
+                prev = Some(prio);
+            }
+        }
+    }
+    mask
+}
+
 /// The nine loaded netfilter programs (one per priority slot) and the
 /// `.rodata` map they read their globals from.
 pub struct NetfilterPrograms {
@@ -345,6 +377,24 @@ impl NetfilterPrograms {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn parse_slots_first_of_each_hook_and_after_nat() {
+        let mask = parse_slots(&default_plan());
+        let parsing = |hook: NfHook| -> Vec<i32> {
+            (0..NF_PRIORITY_SLOTS.len())
+                .filter(|slot| mask[hook as usize] >> slot & 1 != 0)
+                .map(|slot| NF_PRIORITY_SLOTS[slot])
+                .collect()
+        };
+        assert_eq!(parsing(NfHook::PreRouting), [-201, -99]);
+        assert_eq!(parsing(NfHook::LocalIn), [-1]);
+        assert_eq!(parsing(NfHook::Forward), [-1]);
+        assert_eq!(parsing(NfHook::LocalOut), [-201, -99]);
+        assert_eq!(parsing(NfHook::PostRouting), [99, 101]);
+        assert_eq!(parse_slots(&[]), [0; 5]);
+    }
+
     use super::*;
 
     #[test]

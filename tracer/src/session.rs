@@ -252,23 +252,36 @@ impl Session {
                     .map(|d| d.ifindex)
                     .collect();
                 tracer.set_tc_covered(&covered)?;
-                if opts.tracepoints
-                    && let Err(err) = tracer.attach_tracepoints(&kernel_btf, false)
-                {
-                    attachments.notes.push(format!(
-                    "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
-                ));
+                // Queueing needs a qdisc: when every device of the node is
+                // noqueue (veths, bridges and tunnels are), the qdisc
+                // tracepoint fires back to back with the driver's.
+                let qdisc = node.devices.iter().any(|d| !d.noqueue);
+                if opts.tracepoints {
+                    match tracer.attach_tracepoints(&kernel_btf, qdisc, false) {
+                        Ok(()) if !qdisc => attachments.notes.push(
+                            "net:net_dev_queue not attached: every device of the node is noqueue, so no packet waits in a qdisc".into(),
+                        ),
+                        Ok(()) => {}
+                        Err(err) => attachments.notes.push(format!(
+                            "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
+                        )),
+                    }
                 }
                 let mut nf = None;
                 if opts.netfilter {
+                    let plan = netfilter::default_plan();
+                    let nf_config = TraceConfig {
+                        nf_parse_slots: netfilter::parse_slots(&plan),
+                        ..config
+                    };
                     match netfilter::load_netfilter_programs(
                     crate::ebpf_objects::netfilter_object().map_err(|e| SessionError::Netfilter(e.to_string()))?,
                     tracer.ebpf(),
                     &layout,
-                    &config,
+                    &nf_config,
                 )
                 .and_then(|progs| {
-                    let links = progs.attach(&netfilter::default_plan())?;
+                    let links = progs.attach(&plan)?;
                     Ok((progs, links))
                 }) {
                     Ok((progs, links)) => {

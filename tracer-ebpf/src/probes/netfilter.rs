@@ -9,12 +9,12 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HeaderWindow, HookKind,
+    CtState, HeaderWindow, HookKind, ParseStatus,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use tracer_ebpf::{
     emit, global,
-    globals::config,
+    globals::{config, dispatch_only},
     skb::{BtfPtr, Skb, dev_ifindex},
 };
 
@@ -48,6 +48,9 @@ netfilter_slot!(hoptrace_nf_slot8, 8);
 
 #[inline(always)]
 fn observe(ctx: *mut c_void, slot: u8) {
+    if dispatch_only() {
+        return;
+    }
     // Both context fields are pointers the verifier knows by BTF type.
     let (state, skb) = unsafe {
         (
@@ -76,6 +79,14 @@ fn observe(ctx: *mut c_void, slot: u8) {
     } else {
         ETH_P_IP
     };
+    let hook = ev.nf_hook as usize;
+    let parse = hook < cfg.nf_parse_slots.len() && (cfg.nf_parse_slots[hook] >> slot) & 1 != 0;
+    if !parse {
+        // Same headers as the previous bracket of this hook: time only.
+        ev.packet.status = ParseStatus::Skipped as u8;
+        emit::submit(entry, ParseStatus::Skipped);
+        return;
+    }
     let mut window = HeaderWindow::new();
     skb.network_window(&mut window);
     emit::parse_and_submit(entry, &window, ethertype, &cfg);

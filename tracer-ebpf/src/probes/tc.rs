@@ -14,7 +14,7 @@ use hoptrace_common::{
     HeaderWindow, HookKind,
     packet::{ETH_P_8021AD, ETH_P_8021Q},
 };
-use tracer_ebpf::{emit, globals::config, skb::window_len};
+use tracer_ebpf::{emit, globals::{config, dispatch_only}, skb::window_len};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -99,6 +99,9 @@ fn copy_window(ctx: &TcContext, offset: u32, window: &mut HeaderWindow) {
 
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
+    if dispatch_only() {
+        return;
+    }
     let Some(mut entry) = emit::reserve() else {
         return;
     };

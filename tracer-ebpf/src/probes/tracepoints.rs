@@ -7,7 +7,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfT
 use hoptrace_common::{Counter, HeaderWindow, HookKind};
 use tracer_ebpf::{
     emit,
-    globals::config,
+    globals::{config, dispatch_only},
     maps::{count, netns_traced, tc_covered},
     skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
 };
@@ -63,6 +63,9 @@ pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
+    if dispatch_only() {
+        return;
+    }
     let skb = Skb(BtfPtr(addr));
     let cfg = config();
     // The namespace first: most runs are for packets of other namespaces
