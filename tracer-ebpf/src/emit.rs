@@ -1,8 +1,10 @@
 //! Writing events to the ring buffer without waking the reader.
 
+use core::mem::size_of;
+
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, maps::ring_buf::RingBufEntry};
 use hoptrace_common::{
-    Counter, HeaderWindow, HopEvent, ParseStatus, TraceConfig,
+    Counter, HeaderWindow, HopEvent, HopHeader, ParseStatus, TraceConfig,
     packet::{flow_matches, parse_from_l3},
 };
 
@@ -23,15 +25,41 @@ pub fn reserve() -> Option<RingBufEntry<HopEvent>> {
     }
 }
 
+/// Reserves a zeroed header-only record, counting a lost event when the
+/// ring is full.
+#[inline(always)]
+pub fn reserve_header() -> Option<RingBufEntry<HopHeader>> {
+    match HOPTRACE_EVENTS.reserve::<HopHeader>(0) {
+        Some(mut entry) => {
+            zero_words(entry.as_mut_ptr() as *mut u64, size_of::<HopHeader>() / 8);
+            Some(entry)
+        }
+        None => {
+            count(Counter::RingFull);
+            None
+        }
+    }
+}
+
+/// Submits a header-only record without a wakeup.
+#[inline(always)]
+pub fn submit_header(entry: RingBufEntry<HopHeader>) {
+    count(Counter::Emitted);
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
+
 /// Zeroes an event with 8-byte stores (a plain `write` of a zeroed value
 /// becomes a byte-by-byte memset loop on BPF).
 #[inline(always)]
 fn zero(ev: *mut HopEvent) {
-    const WORDS: usize = core::mem::size_of::<HopEvent>() / 8;
-    let words = ev as *mut u64;
+    zero_words(ev as *mut u64, size_of::<HopEvent>() / 8);
+}
+
+#[inline(always)]
+fn zero_words(words: *mut u64, n: usize) {
     let mut i = 0;
-    while i < WORDS {
-        // SAFETY: HopEvent is a multiple of 8 bytes and 8-aligned.
+    while i < n {
+        // SAFETY: records are multiples of 8 bytes and 8-aligned.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }

@@ -21,15 +21,17 @@ pub static HOPTRACE_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(C
 #[map]
 pub static HOPTRACE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Node devices (ifindex) that hoptrace times with tc and that have no qdisc
-/// (noqueue): their device tracepoints fire back to back with tc and add
+/// Node devices that hoptrace times with tc and that have no qdisc
+/// (noqueue), keyed by [`hoptrace_common::device_key`] (namespace inode,
+/// ifindex): their device tracepoints fire back to back with tc and add
 /// nothing but cost, so they are skipped.
 #[map]
-pub static HOPTRACE_TC_COVERED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static HOPTRACE_TC_COVERED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
-pub fn tc_covered(ifindex: u32) -> bool {
-    unsafe { HOPTRACE_TC_COVERED.get(ifindex).is_some() }
+pub fn tc_covered(netns_ino: u32, ifindex: u32) -> bool {
+    let key = hoptrace_common::device_key(netns_ino, ifindex);
+    unsafe { HOPTRACE_TC_COVERED.get(key).is_some() }
 }
 
 #[inline(always)]

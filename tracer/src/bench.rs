@@ -22,7 +22,7 @@
 //! released on return, also on error.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt::Write as _,
     io::Read as _,
     net::{Ipv4Addr, SocketAddr},
@@ -731,16 +731,15 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
         })
         .collect();
     let cpu_share = |kind: RoundKind| {
-        let (cpu, secs) =
-            rounds
-                .iter()
-                .filter(|r| r.kind == kind)
-                .fold((0.0, 0.0), |(c, s), r| {
-                    (
-                        c + r.throughput_phase.process_cpu_s,
-                        s + r.throughput_phase.seconds,
-                    )
-                });
+        let (cpu, secs) = rounds
+            .iter()
+            .filter(|r| r.kind == kind)
+            .fold((0.0, 0.0), |(c, s), r| {
+                (
+                    c + r.throughput_phase.process_cpu_s,
+                    s + r.throughput_phase.seconds,
+                )
+            });
         if secs > 0.0 { cpu / secs } else { f64::NAN }
     };
     let userspace_share = cpu_share(Traced) - cpu_share(Baseline);
@@ -997,22 +996,29 @@ impl TracedNodes {
         } else {
             None
         };
-        let mut known: BTreeSet<u32> = sample_programs()?.iter().map(|p| p.id).collect();
-        let mut sessions = Vec::new();
-        let mut owners = BTreeMap::new();
-        for (node, netns_name) in &env.nodes {
-            let mut opts = options.clone();
-            opts.netns = Some(netns::netns_path(netns_name));
-            let session = Session::start(&opts).map_err(|source| BenchError::Session {
-                node: node.clone(),
+        let node_options: Vec<SessionOptions> = env
+            .nodes
+            .iter()
+            .map(|(_, netns_name)| {
+                let mut opts = options.clone();
+                opts.netns = Some(netns::netns_path(netns_name));
+                opts
+            })
+            .collect();
+        // One kernel: one set of tracepoints serves both nodes, as on a real
+        // node, where one session runs per kernel.
+        let started =
+            Session::start_group(&node_options).map_err(|source| BenchError::Session {
+                node: "lab".into(),
                 source: Box::new(source),
             })?;
-            sessions.push((node.clone(), session));
-            for program in sample_programs()? {
-                if known.insert(program.id) {
-                    owners.insert(program.id, node.clone());
-                }
+        let mut sessions = Vec::new();
+        let mut owners = BTreeMap::new();
+        for ((node, _), session) in env.nodes.iter().zip(started) {
+            for id in session.program_ids() {
+                owners.insert(id, node.clone());
             }
+            sessions.push((node.clone(), session));
         }
         Ok(Self {
             sessions,
@@ -1108,7 +1114,11 @@ fn run_round(
     let tracing = if kind.attaches() {
         let mut options = session_options.clone();
         options.config.dispatch_only = u8::from(kind == RoundKind::DispatchOnly);
-        Some(TracedNodes::start(env, &options, kind == RoundKind::Profiled)?)
+        Some(TracedNodes::start(
+            env,
+            &options,
+            kind == RoundKind::Profiled,
+        )?)
     } else {
         None
     };
@@ -1910,7 +1920,10 @@ mod tests {
             ),
         ];
         assert_eq!(
-            RoundKind::schedule(3).iter().map(|k| k.name()).collect::<Vec<_>>(),
+            RoundKind::schedule(3)
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>(),
             rounds.iter().map(|r| r.kind.name()).collect::<Vec<_>>()
         );
         let s = summarize(&rounds);

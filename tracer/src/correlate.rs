@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use hoptrace_common::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use hoptrace_common::{
     CtState, Encap, HookKind, HopEvent, L3Headers, NF_PRIORITY_SLOTS, NfHook, PacketMeta,
-    ParseStatus,
+    ParseStatus, device_key,
 };
 use serde::{Deserialize, Serialize};
 
@@ -513,9 +513,42 @@ impl DeviceTable {
     }
 }
 
-#[inline]
-fn device_key(netns_ino: u32, ifindex: u32) -> u64 {
-    (u64::from(netns_ino) << 32) | u64::from(ifindex)
+/// Holds events from several sources (ring buffers drained at different
+/// moments) and releases them in time order up to a watermark: the time
+/// before which every source has delivered everything. Without it, an event
+/// that reaches a correlator one drain later than a younger event of the
+/// same buffer address looks like a straggler of a reused buffer.
+#[derive(Default)]
+pub struct ReorderBuffer {
+    pending: Vec<HopEvent>,
+}
+
+impl ReorderBuffer {
+    pub fn push(&mut self, ev: HopEvent) {
+        self.pending.push(ev);
+    }
+
+    pub fn extend_from(&mut self, events: impl IntoIterator<Item = HopEvent>) {
+        self.pending.extend(events);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Hands `sink` every held event with `ts_ns <= watermark`, oldest
+    /// first; keeps the rest.
+    pub fn release(&mut self, watermark: u64, mut sink: impl FnMut(&HopEvent)) {
+        self.pending.sort_by_key(|ev| ev.ts_ns);
+        let ready = self.pending.partition_point(|ev| ev.ts_ns <= watermark);
+        for ev in self.pending.drain(..ready) {
+            sink(&ev);
+        }
+    }
 }
 
 /// Fingerprint of the innermost layer from fields that NAT and
@@ -1601,11 +1634,63 @@ pub(crate) mod tests {
             "the outer packet's NEW is not the inner packet's"
         );
         let names = ledger.segment_names_seen();
-        assert!(names.contains(&"netfilter.prerouting.conntrack"), "{names:?}");
+        assert!(
+            names.contains(&"netfilter.prerouting.conntrack"),
+            "{names:?}"
+        );
         assert!(names.contains(&"netfilter.output.conntrack"), "{names:?}");
         // A skipped bracket of an unknown buffer starts nothing.
         let ledger = run(&events[1..2]);
         assert_eq!(ledger.counters.journeys, 0);
+    }
+
+    #[test]
+    fn reorder_buffer_releases_in_time_order_up_to_the_watermark() {
+        use HookKind::*;
+        let p = tcp(ACK, 1, 1);
+        let mut buf = ReorderBuffer::default();
+        for ts in [30, 10, 40, 20] {
+            buf.push(ev(ts, SKB, NODE, IF_UPLINK, DevReceive, p));
+        }
+        let mut out = Vec::new();
+        buf.release(25, |e| out.push(e.ts_ns));
+        assert_eq!(out, [10, 20]);
+        assert_eq!(buf.len(), 2);
+        buf.push(ev(5, SKB, NODE, IF_UPLINK, DevReceive, p));
+        buf.release(u64::MAX, |e| out.push(e.ts_ns));
+        assert_eq!(
+            out,
+            [10, 20, 5, 30, 40],
+            "a late event still goes out, first"
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn events_of_two_rings_in_time_order_keep_a_reused_buffer_apart() {
+        // Packet 1 and packet 2 use the same buffer one after the other; the
+        // tracepoint hop of packet 1 arrives through another ring, after
+        // packet 2's hops. Released in time order, both journeys are whole.
+        use HookKind::*;
+        let p1 = tcp(ACK, 1, 1);
+        let p2 = tcp(ACK, 2, 2);
+        let own = [
+            ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p1),
+            ev(3_000, SKB, NODE, IF_UPLINK, TcIngress, p2),
+        ];
+        let routed = [ev(2_000, SKB, NODE, IF_UPLINK, DevReceive, p1)];
+        let mut late = Correlator::new(ctx(), CorrelatorOptions::default());
+        for e in own.iter().chain(&routed) {
+            late.push(e);
+        }
+        assert_eq!(late.finish().counters.late_events, 1);
+        let mut buf = ReorderBuffer::default();
+        own.iter().chain(&routed).for_each(|e| buf.push(*e));
+        let mut ordered = Correlator::new(ctx(), CorrelatorOptions::default());
+        buf.release(u64::MAX, |e| ordered.push(e));
+        let ledger = ordered.finish();
+        assert_eq!(ledger.counters.late_events, 0);
+        assert_eq!(ledger.counters.journeys, 2);
     }
 
     #[test]

@@ -357,17 +357,33 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         )));
     }
 
-    // Trace every node.
-    let mut sessions = Vec::new();
-    for node in lab.nodes() {
-        let mut session_opts = SessionOptions::new();
-        session_opts.netns = Some(netns::netns_path(&node.netns));
-        let session = Session::start(&session_opts).map_err(|source| LabError::Session {
-            node: node.name.clone(),
-            source: Box::new(source),
-        })?;
-        sessions.push((node.name.clone(), session));
-    }
+    // Trace every node: tc and netfilter per node, one set of tracepoints
+    // for the lab's one kernel (as one session per node would have on a
+    // real cluster).
+    let node_options: Vec<SessionOptions> = lab
+        .nodes()
+        .iter()
+        .map(|node| {
+            let mut session_opts = SessionOptions::new();
+            session_opts.netns = Some(netns::netns_path(&node.netns));
+            session_opts
+        })
+        .collect();
+    let started = Session::start_group(&node_options).map_err(|source| LabError::Session {
+        node: lab
+            .nodes()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        source: Box::new(source),
+    })?;
+    let sessions: Vec<(String, Session)> = lab
+        .nodes()
+        .iter()
+        .map(|node| node.name.clone())
+        .zip(started)
+        .collect();
 
     let spec = LoadSpec {
         mode: opts.load,

@@ -15,7 +15,7 @@ use aya::{
         tc::{NlOptions, TcAttachOptions},
     },
 };
-use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, KernelLayout, TraceConfig};
+use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
 
 use crate::ebpf_objects;
 
@@ -313,24 +313,23 @@ impl Tracer {
 
     /// Node devices whose device tracepoints are redundant with tc (timed by
     /// tc, no qdisc): the kernel skips those events.
-    pub fn set_tc_covered(&mut self, ifindexes: &[u32]) -> Result<(), LoaderError> {
+    pub fn set_tc_covered(&mut self, devices: &[u64]) -> Result<(), LoaderError> {
         let map = self
             .ebpf
             .map_mut(TC_COVERED_MAP)
             .ok_or_else(|| LoaderError::MissingMap {
                 name: TC_COVERED_MAP.into(),
             })?;
-        let mut map: aya::maps::HashMap<_, u32, u8> =
+        let mut map: aya::maps::HashMap<_, u64, u8> =
             aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
                 name: TC_COVERED_MAP.into(),
                 source,
             })?;
-        for ifindex in ifindexes {
-            map.insert(ifindex, 1, 0)
-                .map_err(|source| LoaderError::Map {
-                    name: TC_COVERED_MAP.into(),
-                    source,
-                })?;
+        for key in devices {
+            map.insert(key, 1, 0).map_err(|source| LoaderError::Map {
+                name: TC_COVERED_MAP.into(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -433,6 +432,12 @@ impl EventReader {
                 // kernel programs; read_unaligned copes with any alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
                 sink(&ev);
+                n += 1;
+            } else if item.len() >= std::mem::size_of::<HopHeader>() {
+                // A hop that only times a packet parsed earlier on its hook.
+                // SAFETY: as above, for the header-only record.
+                let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopHeader>()) };
+                sink(&HopEvent::from_header(&h));
                 n += 1;
             }
         }

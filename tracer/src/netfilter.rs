@@ -137,9 +137,8 @@ pub fn parse_slots(plan: &[NetfilterPlacement]) -> [u16; 5] {
             prios.sort_unstable();
             let mut prev: Option<i32> = None;
             for (prio, slot) in prios {
-                let after_nat = prev.is_some_and(|prev| {
-                    NAT_PRIORITIES.iter().any(|&nat| prev < nat && nat < prio)
-                });
+                let after_nat = prev
+                    .is_some_and(|prev| NAT_PRIORITIES.iter().any(|&nat| prev < nat && nat < prio));
                 if prev.is_none() || after_nat {
                     mask[hook as usize] |= 1 << slot;
                 }

@@ -6,21 +6,23 @@
 //! entered that namespace; the resulting file descriptors work from anywhere.
 
 use std::{
+    collections::HashSet,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, Sender, channel},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use hoptrace_common::{Counter, TraceConfig};
+use hoptrace_common::{Counter, HookKind, HopEvent, TraceConfig, device_key};
 
 use crate::{
     btf,
-    correlate::{Correlator, CorrelatorOptions, Ledger},
+    correlate::{Correlator, CorrelatorOptions, Ledger, ReorderBuffer},
     devices::{self, DeviceKind, NodeDevices},
     loader::{LoadOptions, LoaderError, TcAttachment, TcMode, Tracer},
     netfilter::{self, NetfilterLinks, NetfilterPrograms},
@@ -104,6 +106,8 @@ pub struct Session {
     netns: Option<PathBuf>,
     pub node: NodeDevices,
     pub attachments: Attachments,
+    /// This node's devices timed by tc without a qdisc ([`device_key`]).
+    tc_covered: Vec<u64>,
     pub started: Instant,
     pub started_at: std::time::SystemTime,
 }
@@ -187,9 +191,122 @@ pub fn node_context(
     }
 }
 
+/// Tracepoint events of namespaces that belong to another session of the
+/// group, and where to send them.
+struct TracepointRoute {
+    netns: HashSet<u32>,
+    to: Sender<HopEvent>,
+    /// Every event older than this (bpf ktime) has been sent; `u64::MAX`
+    /// once the routing session has stopped.
+    routed_until: Arc<AtomicU64>,
+}
+
+/// Tracepoint events routed to a session by the one that attached them.
+struct Feed {
+    events: Receiver<HopEvent>,
+    routed_until: Arc<AtomicU64>,
+}
+
+/// Two sources of events reach a fed session's correlator one drain apart:
+/// they are put back in time order, up to what both have delivered, minus
+/// this margin for events whose time was taken just before their commit.
+const REORDER_SLACK_NS: u64 = 1_000_000;
+
+/// How a session of a group shares the kernel's tracepoints.
+#[derive(Default)]
+struct Sharing {
+    /// Tracepoint events another session routes to this one.
+    feed: Option<Feed>,
+    /// Namespaces whose tracepoint events go to other sessions.
+    routes: Vec<TracepointRoute>,
+    /// What the tracepoints must know of the other sessions' nodes.
+    others: OtherNodes,
+}
+
+/// The other nodes a session's tracepoints serve.
+#[derive(Clone, Debug, Default)]
+struct OtherNodes {
+    /// Their namespaces (nodes and pods).
+    netns: Vec<u32>,
+    /// Their devices timed by tc without a qdisc ([`device_key`]).
+    tc_covered: Vec<u64>,
+    /// One of their devices has a qdisc.
+    qdisc: bool,
+}
+
+/// Events of hooks that fire in every namespace of the kernel.
+fn is_tracepoint_event(ev: &HopEvent) -> bool {
+    !matches!(
+        HookKind::from_u8(ev.hook),
+        HookKind::TcIngress | HookKind::TcEgress | HookKind::Netfilter
+    )
+}
+
 impl Session {
     /// Loads and attaches everything, then starts draining.
     pub fn start(opts: &SessionOptions) -> Result<Self, SessionError> {
+        Self::start_sharing(opts, Sharing::default())
+    }
+
+    /// Sessions for several node namespaces of one kernel (the lab's
+    /// nodes): tc and netfilter per node, and one set of tracepoints, since
+    /// a tracepoint program runs for the packets of every namespace. The
+    /// first session attaches them for all nodes and hands each event to
+    /// the session of the namespace it belongs to. Stop the sessions in the
+    /// order returned (the first one last routes its remaining events).
+    pub fn start_group(opts: &[SessionOptions]) -> Result<Vec<Self>, SessionError> {
+        let Some((first, rest)) = opts.split_first() else {
+            return Ok(Vec::new());
+        };
+        if rest.is_empty() || !first.tracepoints || rest.iter().any(|o| !o.tracepoints) {
+            return opts.iter().map(Self::start).collect();
+        }
+        let mut others = Vec::with_capacity(rest.len());
+        let mut routes = Vec::with_capacity(rest.len());
+        let mut other_nodes = OtherNodes::default();
+        for o in rest {
+            let (to, events) = channel();
+            let routed_until = Arc::new(AtomicU64::new(0));
+            let mut o = o.clone();
+            o.tracepoints = false;
+            let mut session = Self::start_sharing(
+                &o,
+                Sharing {
+                    feed: Some(Feed {
+                        events,
+                        routed_until: routed_until.clone(),
+                    }),
+                    ..Sharing::default()
+                },
+            )?;
+            session.attachments.notes.push(
+                "tracepoints: shared with the first session of this kernel, which hands over this node's events".into(),
+            );
+            let netns = session.node.traced_netns();
+            other_nodes.netns.extend(&netns);
+            other_nodes.tc_covered.extend(&session.tc_covered);
+            other_nodes.qdisc |= session.node.devices.iter().any(|d| !d.noqueue);
+            routes.push(TracepointRoute {
+                netns: netns.into_iter().collect(),
+                to,
+                routed_until,
+            });
+            others.push(session);
+        }
+        let first = Self::start_sharing(
+            first,
+            Sharing {
+                feed: None,
+                routes,
+                others: other_nodes,
+            },
+        )?;
+        let mut sessions = vec![first];
+        sessions.extend(others);
+        Ok(sessions)
+    }
+
+    fn start_sharing(opts: &SessionOptions, sharing: Sharing) -> Result<Self, SessionError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(SessionError::NotRoot);
         }
@@ -197,10 +314,11 @@ impl Session {
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| SessionError::Btf(e.to_string()))?;
         let netns = opts.netns.clone();
+        let others = sharing.others.clone();
         let correlator_opts = opts.correlator.clone();
         let correlator_idle_ns = correlator_opts.idle_timeout_ns;
         let opts = opts.clone();
-        let (tracer, nf, node, attachments) = in_netns(
+        let (tracer, nf, node, attachments, tc_covered) = in_netns(
             netns.as_deref(),
             move || -> Result<_, SessionError> {
                 let node = devices::discover()?;
@@ -212,7 +330,9 @@ impl Session {
                     config,
                     ring_bytes: opts.ring_bytes,
                 })?;
-                tracer.set_traced_netns(&node.traced_netns())?;
+                let mut traced_netns = node.traced_netns();
+                traced_netns.extend(others.netns);
+                tracer.set_traced_netns(&traced_netns)?;
                 let mut attachments = Attachments::default();
                 let mode = opts.tc_mode.unwrap_or(TcMode::Tcx);
                 let targets: Vec<(String, bool)> = if opts.ifaces.is_empty() {
@@ -245,17 +365,19 @@ impl Session {
                 }
                 // Device tracepoints on noqueue devices that tc already times
                 // fire back to back with tc: skip them in the kernel.
-                let covered: Vec<u32> = targets
+                let tc_covered: Vec<u64> = targets
                     .iter()
                     .filter_map(|(iface, _)| node.by_name(iface))
                     .filter(|d| d.noqueue)
-                    .map(|d| d.ifindex)
+                    .map(|d| device_key(node.netns_inode, d.ifindex))
                     .collect();
+                let mut covered = tc_covered.clone();
+                covered.extend(others.tc_covered);
                 tracer.set_tc_covered(&covered)?;
                 // Queueing needs a qdisc: when every device of the node is
                 // noqueue (veths, bridges and tunnels are), the qdisc
                 // tracepoint fires back to back with the driver's.
-                let qdisc = node.devices.iter().any(|d| !d.noqueue);
+                let qdisc = others.qdisc || node.devices.iter().any(|d| !d.noqueue);
                 if opts.tracepoints {
                     match tracer.attach_tracepoints(&kernel_btf, qdisc, false) {
                         Ok(()) if !qdisc => attachments.notes.push(
@@ -296,7 +418,7 @@ impl Session {
                 attachments.tc = tracer.tc_attachments().to_vec();
                 attachments.tracepoints =
                     tracer.tracepoints().iter().map(|s| s.to_string()).collect();
-                Ok((tracer, nf, node, attachments))
+                Ok((tracer, nf, node, attachments, tc_covered))
             },
         )??;
         let mut tracer = tracer;
@@ -316,9 +438,40 @@ impl Session {
                     let flush_every =
                         (correlator_idle_ns / 2).max(DRAIN_INTERVAL.as_nanos() as u64);
                     let mut last_flush = monotonic_ns();
+                    let Sharing { feed, routes, .. } = sharing;
+                    let mut pending = ReorderBuffer::default();
                     loop {
                         let stopping = stop.load(Ordering::Relaxed);
-                        reader.drain(|ev| correlator.push(ev));
+                        let pass_start = monotonic_ns();
+                        if let Some(feed) = &feed {
+                            reader.drain(|ev| pending.push(*ev));
+                            pending.extend_from(feed.events.try_iter());
+                            let watermark = if stopping {
+                                u64::MAX
+                            } else {
+                                pass_start
+                                    .min(feed.routed_until.load(Ordering::Acquire))
+                                    .saturating_sub(REORDER_SLACK_NS)
+                            };
+                            pending.release(watermark, |ev| correlator.push(ev));
+                        } else {
+                            reader.drain(|ev| {
+                                if !routes.is_empty()
+                                    && is_tracepoint_event(ev)
+                                    && let Some(route) =
+                                        routes.iter().find(|r| r.netns.contains(&ev.netns_ino))
+                                {
+                                    // The other session may have stopped: then
+                                    // the event has no ledger to go to.
+                                    let _ = route.to.send(*ev);
+                                    return;
+                                }
+                                correlator.push(ev);
+                            });
+                            for route in &routes {
+                                route.routed_until.store(pass_start, Ordering::Release);
+                            }
+                        }
                         let now = monotonic_ns();
                         if now.saturating_sub(last_flush) >= flush_every {
                             correlator.flush_idle(now);
@@ -328,6 +481,9 @@ impl Session {
                             break;
                         }
                         std::thread::sleep(DRAIN_INTERVAL);
+                    }
+                    for route in &routes {
+                        route.routed_until.store(u64::MAX, Ordering::Release);
                     }
                     correlator.finish()
                 })
@@ -346,9 +502,26 @@ impl Session {
             netns,
             node,
             attachments,
+            tc_covered,
             started: Instant::now(),
             started_at: std::time::SystemTime::now(),
         })
+    }
+
+    /// Kernel ids of the programs this session loaded (as `bpftool prog`
+    /// shows them).
+    pub fn program_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .tracer
+            .iter()
+            .flat_map(|t| t.ebpf().programs())
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| crate::sys::object_id(fd.as_fd()).ok())
+            .collect();
+        if let Some(nf) = &self._nf_programs {
+            ids.extend(nf.program_ids().unwrap_or_default());
+        }
+        ids
     }
 
     /// Kernel-side counters so far.

@@ -9,7 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HeaderWindow, HookKind, ParseStatus,
+    CtState, HeaderWindow, HookKind,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use tracer_ebpf::{
@@ -59,6 +59,30 @@ fn observe(ctx: *mut c_void, slot: u8) {
         )
     };
     let cfg = config();
+    let nf_hook: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
+    let nf_pf: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
+    let hook = nf_hook as usize;
+    let parse = hook >= cfg.nf_parse_slots.len() || (cfg.nf_parse_slots[hook] >> slot) & 1 != 0;
+    if !parse {
+        // Same headers as the previous bracket of this hook: a header-only
+        // record that just times the packet.
+        let Some(mut entry) = emit::reserve_header() else {
+            return;
+        };
+        let h = unsafe { entry.assume_init_mut() };
+        h.ts_ns = unsafe { bpf_ktime_get_ns() };
+        h.skb_addr = skb.addr();
+        h.hook = HookKind::Netfilter as u8;
+        h.nf_slot = slot;
+        h.nf_hook = nf_hook;
+        h.nf_pf = nf_pf;
+        h.netns_ino = cfg.node_netns_ino;
+        h.ifindex = dev_ifindex(skb.dev());
+        h.skb_len = skb.len();
+        h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+        emit::submit_header(entry);
+        return;
+    }
     let Some(mut entry) = emit::reserve() else {
         return;
     };
@@ -67,26 +91,18 @@ fn observe(ctx: *mut c_void, slot: u8) {
     ev.skb_addr = skb.addr();
     ev.hook = HookKind::Netfilter as u8;
     ev.nf_slot = slot;
-    ev.nf_hook = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
-    ev.nf_pf = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
+    ev.nf_hook = nf_hook;
+    ev.nf_pf = nf_pf;
     // Netfilter links belong to the namespace that created them: the node.
     ev.netns_ino = cfg.node_netns_ino;
     ev.ifindex = dev_ifindex(skb.dev());
     ev.skb_len = skb.len();
     ev.ct_state = CtState::from_nfct(skb.nfct()) as u8;
-    let ethertype = if ev.nf_pf == NFPROTO_IPV6 {
+    let ethertype = if nf_pf == NFPROTO_IPV6 {
         ETH_P_IPV6
     } else {
         ETH_P_IP
     };
-    let hook = ev.nf_hook as usize;
-    let parse = hook < cfg.nf_parse_slots.len() && (cfg.nf_parse_slots[hook] >> slot) & 1 != 0;
-    if !parse {
-        // Same headers as the previous bracket of this hook: time only.
-        ev.packet.status = ParseStatus::Skipped as u8;
-        emit::submit(entry, ParseStatus::Skipped);
-        return;
-    }
     let mut window = HeaderWindow::new();
     skb.network_window(&mut window);
     emit::parse_and_submit(entry, &window, ethertype, &cfg);

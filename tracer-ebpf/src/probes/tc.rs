@@ -14,7 +14,11 @@ use hoptrace_common::{
     HeaderWindow, HookKind,
     packet::{ETH_P_8021AD, ETH_P_8021Q},
 };
-use tracer_ebpf::{emit, globals::{config, dispatch_only}, skb::window_len};
+use tracer_ebpf::{
+    emit,
+    globals::{config, dispatch_only},
+    skb::window_len,
+};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;

@@ -86,7 +86,7 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         hook,
         HookKind::DevReceive | HookKind::DevQueue | HookKind::DevXmit
     );
-    if device_hop && netns == cfg.node_netns_ino && tc_covered(ifindex) {
+    if device_hop && tc_covered(netns, ifindex) {
         count(Counter::Redundant);
         return;
     }
