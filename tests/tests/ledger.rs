@@ -32,9 +32,22 @@ fn session_on(netns: &str) -> Session {
     Session::start(&opts).unwrap_or_else(|e| panic!("session on {netns}: {e}"))
 }
 
+/// How the two node sessions get their tracepoint events.
+#[derive(Clone, Copy, PartialEq)]
+enum Tracepoints {
+    /// Each session attaches its own (and filters by namespace).
+    PerSession,
+    /// One set for the kernel, its events handed to the node they belong to.
+    Shared,
+}
+
 /// Builds the lab, traces both nodes while `REQUESTS` new-connection
 /// requests go from a pod on node 0 to the ClusterIP, returns both reports.
 fn run_lab(spec: &LabSpec, requests: usize) -> (Report, Report) {
+    run_lab_with(spec, requests, Tracepoints::PerSession)
+}
+
+fn run_lab_with(spec: &LabSpec, requests: usize, tracepoints: Tracepoints) -> (Report, Report) {
     let lab = Lab::build(spec).expect("build lab");
     let service = lab.service();
     let backend = &service.backends[0];
@@ -49,8 +62,29 @@ fn run_lab(spec: &LabSpec, requests: usize) -> (Report, Report) {
         http_requests_new_connection(&client, target, 3) == 3,
         "warm-up requests failed"
     );
-    let node_a = session_on(&lab.nodes()[0].netns);
-    let node_b = session_on(&lab.nodes()[backend.node_index].netns);
+    let nodes = [
+        lab.nodes()[0].netns.clone(),
+        lab.nodes()[backend.node_index].netns.clone(),
+    ];
+    let (node_a, node_b) = match tracepoints {
+        Tracepoints::PerSession => (session_on(&nodes[0]), session_on(&nodes[1])),
+        Tracepoints::Shared => {
+            let opts: Vec<SessionOptions> = nodes
+                .iter()
+                .map(|netns| {
+                    let mut opts = SessionOptions::new();
+                    opts.netns = Some(PathBuf::from("/run/netns").join(netns));
+                    opts
+                })
+                .collect();
+            let mut sessions = Session::start_group(&opts).expect("session group");
+            let b = sessions.pop().expect("node B session");
+            let a = sessions.pop().expect("node A session");
+            assert!(!a.attachments.tracepoints.is_empty());
+            assert!(b.attachments.tracepoints.is_empty(), "node B shares A's");
+            (a, b)
+        }
+    };
     let ok = http_requests_new_connection(&client, target, requests);
     assert_eq!(ok, requests, "every request answered");
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -163,6 +197,37 @@ fn vxlan_clusterip_ledger_across_two_nodes() {
             .iter()
             .any(|c| c.category.name() == "conntrack" && c.stats.count >= n)
     );
+}
+
+#[test]
+fn shared_tracepoints_serve_both_nodes() {
+    if !can_run_as_root("shared_tracepoints_serve_both_nodes") {
+        return;
+    }
+    let prefix = format!("ht-s{}-", std::process::id() % 1000);
+    let (a, b) = run_lab_with(
+        &spec(&prefix, Datapath::FlannelVxlan, 0),
+        REQUESTS,
+        Tracepoints::Shared,
+    );
+    dump("node A", &a);
+    dump("node B", &b);
+    let n = REQUESTS as u64;
+    // Hops only tracepoints see: the pod side of the veths, on both nodes,
+    // and delivery to the backend's socket on node B.
+    assert!(count(&a, "pod.veth.egress", Some("egress")) >= n);
+    for segment in ["pod.veth.ingress", "socket.delivery"] {
+        assert!(
+            count(&b, segment, Some("ingress")) >= n,
+            "node B {segment}: {}",
+            count(&b, segment, Some("ingress"))
+        );
+    }
+    assert!(count(&b, "tunnel.vxlan.decap", Some("ingress")) >= n);
+    // Handed over in time order: no event of B's looks like a straggler.
+    assert_eq!(b.counters.late_events, 0, "{:?}", b.counters);
+    assert_eq!(a.foreign_events, 0);
+    assert_eq!(b.foreign_events, 0);
 }
 
 #[test]
