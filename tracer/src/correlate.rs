@@ -386,6 +386,18 @@ struct Journey {
     last_ts: u64,
     /// A drop or consume event was seen.
     ended: bool,
+    /// An egress hop on the uplink or a tunnel device was seen: the packet
+    /// has left (or is leaving) the node.
+    left_node: bool,
+    /// The uplink took the packet (tc egress or driver): only its driver
+    /// hops or a drop can follow.
+    on_wire: bool,
+    /// Every hop so far is a receive from the wire (uplink or lower device).
+    only_receives: bool,
+    /// Every hop so far is the sending pod's.
+    only_pod_sends: bool,
+    /// The node handed the packet to a pod: only pod-side hops can follow.
+    in_pod: bool,
     saw_netfilter: bool,
     saw_ct_new: bool,
     /// Netfilter hops of the packet itself, not of its encapsulating outer
@@ -406,6 +418,11 @@ struct Journey {
 impl Journey {
     fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
         if let Some(hop) = hop {
+            self.left_node |= hop.point.leaves_node();
+            self.on_wire |= hop.point.hands_to_uplink();
+            self.only_receives &= hop.point.is_wire_receive();
+            self.only_pod_sends &= hop.point.sent_by_pod();
+            self.in_pod |= hop.point.hands_to_pod();
             self.hops.push(hop);
         }
         self.first_ts = self.first_ts.min(ev.ts_ns);
@@ -756,7 +773,21 @@ impl Correlator {
                 // packet (non-IP frames have no fingerprint to tell): one
                 // packet does not dwell that long between two hops of a node.
                 let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.idle_timeout_ns);
-                if same_packet && !stale && !(j.ended && ev.ts_ns > j.last_ts) {
+                // A packet that left through the uplink or a tunnel does not
+                // come back in the same buffer, nor does one from the wire
+                // arrive in the middle of a journey: such a hop is another
+                // packet with the same fingerprint (a duplicate ACK, a
+                // retransmission) in a recycled buffer.
+                let returned = ev.ts_ns > j.last_ts
+                    && hop.as_ref().is_some_and(|h| {
+                        (j.left_node && h.point.enters_node())
+                            || (!j.only_pod_sends && h.point.sent_by_pod())
+                            || (j.on_wire && !h.point.may_follow_uplink())
+                            || (j.in_pod && !h.point.may_follow_pod_handoff())
+                            || (!j.only_receives && h.point.arrives_on_uplink())
+                    });
+                let after_end = j.ended && ev.ts_ns > j.last_ts;
+                if same_packet && !stale && !returned && !after_end {
                     j.add(ev, hook, hop, parsed);
                     return;
                 }
@@ -822,6 +853,11 @@ impl Correlator {
             first_ts: ev.ts_ns,
             last_ts: ev.ts_ns,
             ended: false,
+            left_node: false,
+            on_wire: false,
+            only_receives: true,
+            only_pod_sends: true,
+            in_pod: false,
             saw_netfilter: false,
             saw_ct_new: false,
             saw_inner_netfilter: false,
@@ -1691,6 +1727,72 @@ pub(crate) mod tests {
         let ledger = ordered.finish();
         assert_eq!(ledger.counters.late_events, 0);
         assert_eq!(ledger.counters.journeys, 2);
+    }
+
+    #[test]
+    fn a_buffer_that_left_the_node_and_comes_back_is_another_packet() {
+        // Same bytes in the same buffer: out through the tunnel, then, well
+        // within the idle timeout, in through the uplink (a retransmission
+        // in a recycled buffer). Two journeys, no 5 ms "segment" between.
+        use HookKind::*;
+        let p = tcp(ACK, 7, 9);
+        let events = [
+            ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+            ev(2_000, SKB, NODE, IF_VXLAN, TcEgress, p),
+            ev(5_002_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+            ev(5_003_000, SKB, NODE, IF_VXLAN, TcIngress, p),
+        ];
+        let ledger = run(&events);
+        assert_eq!(ledger.counters.journeys, 2);
+        assert_eq!(ledger.counters.buffer_reuses, 1);
+        let names = ledger.segment_names_seen();
+        assert!(
+            names.contains(&"uplink.ingress..vxlan.ingress"),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&"vxlan.egress..uplink.ingress"),
+            "{names:?}"
+        );
+        // The same gap on the way out is one packet waiting.
+        let mut late_egress = events[1];
+        late_egress.ts_ns = events[2].ts_ns;
+        let ledger = run(&[events[0], late_egress]);
+        assert_eq!(ledger.counters.journeys, 1);
+        // Out through the uplink, then sent again from this node's stack in
+        // the same buffer: only the uplink's driver hop continues a packet.
+        let mut out = ev(1_000, SKB, NODE, IF_UPLINK, TcEgress, p);
+        let xmit = ev(1_500, SKB, NODE, IF_UPLINK, DevXmit, p);
+        let resent = nf(3_000_000, SKB, NfHook::LocalOut, -201, CtState::None, p);
+        let ledger = run(&[out, xmit, resent]);
+        assert_eq!(ledger.counters.journeys, 2);
+        assert_eq!(ledger.counters.buffer_reuses, 1);
+        out.ts_ns = 500;
+        let ledger = run(&[out, xmit]);
+        assert_eq!(ledger.counters.journeys, 1);
+        // Delivered into a pod, then arriving from the wire: another packet.
+        let into_pod = ev(1_000, SKB, NODE, IF_VETH_A, TcEgress, p);
+        let from_wire = ev(3_000_000, SKB, NODE, IF_UPLINK, TcIngress, p);
+        assert_eq!(run(&[into_pod, from_wire]).counters.journeys, 2);
+        // Delivered into a pod, then sent from the node's own stack.
+        let resent = nf(3_000_000, SKB, NfHook::LocalOut, -201, CtState::None, p);
+        assert_eq!(run(&[into_pod, resent]).counters.journeys, 2);
+        let pod_rx = ev(2_000, SKB, POD_A, IF_POD_ETH0, DevReceive, p);
+        assert_eq!(run(&[into_pod, pod_rx]).counters.journeys, 1);
+        // Out through the tunnel, then sent by a pod: another packet.
+        let tunnel = ev(1_000, SKB, NODE, IF_VXLAN, TcEgress, p);
+        let from_pod = ev(3_000_000, SKB, NODE, IF_VETH_B, TcIngress, p);
+        assert_eq!(run(&[tunnel, from_pod]).counters.journeys, 2);
+        // From the wire, then sent by a pod; from a bridge, then the wire.
+        let mut from_pod_later = from_pod;
+        from_pod_later.ts_ns = from_wire.ts_ns + 1_000;
+        assert_eq!(run(&[from_wire, from_pod_later]).counters.journeys, 2);
+        let bridge_in = ev(1_000, SKB, NODE, IF_BRIDGE, TcIngress, p);
+        assert_eq!(run(&[bridge_in, from_wire]).counters.journeys, 2);
+        // A pod's own hops, then its veth: one packet.
+        let pod_xmit = ev(1_000, SKB, POD_A, IF_POD_ETH0, DevXmit, p);
+        let veth_in = ev(2_000, SKB, NODE, IF_VETH_A, TcIngress, p);
+        assert_eq!(run(&[pod_xmit, veth_in]).counters.journeys, 1);
     }
 
     #[test]

@@ -247,8 +247,155 @@ impl HopPoint {
         }
     }
 
+    /// The packet leaves the node here: egress (tc, qdisc or driver) on the
+    /// uplink or a tunnel device.
+    pub const fn leaves_node(&self) -> bool {
+        match *self {
+            Self::Tc {
+                role,
+                dir: TcDirection::Egress,
+            } => role.faces_network(),
+            Self::Device {
+                place: Place::Node(role),
+                stage: DevStage::Queue | DevStage::Xmit,
+            } => role.faces_network(),
+            _ => false,
+        }
+    }
+
+    /// The packet goes onto the wire here: tc egress or the driver on the
+    /// uplink.
+    pub const fn hands_to_uplink(&self) -> bool {
+        matches!(
+            self,
+            Self::Tc {
+                role: DeviceRole::Uplink,
+                dir: TcDirection::Egress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::Uplink),
+                stage: DevStage::Xmit,
+            }
+        )
+    }
+
+    /// Can this hop follow [`Self::hands_to_uplink`] for the same packet?
+    /// Only the uplink's own tc, qdisc and driver hops, and a drop.
+    pub const fn may_follow_uplink(&self) -> bool {
+        matches!(
+            self,
+            Self::Tc {
+                role: DeviceRole::Uplink,
+                dir: TcDirection::Egress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::Uplink),
+                stage: DevStage::Queue | DevStage::Xmit,
+            } | Self::Drop
+        )
+    }
+
+    /// A receive on the uplink or on a device of no known role (a bond's or
+    /// VLAN's lower device): what may come before [`Self::arrives_on_uplink`].
+    pub const fn is_wire_receive(&self) -> bool {
+        match *self {
+            Self::Tc {
+                role,
+                dir: TcDirection::Ingress,
+            } => matches!(role, DeviceRole::Uplink | DeviceRole::Other),
+            Self::Device {
+                place: Place::Node(role),
+                stage: DevStage::Receive,
+            } => matches!(role, DeviceRole::Uplink | DeviceRole::Other),
+            _ => false,
+        }
+    }
+
+    /// The node hands the packet to a pod here: egress (tc or driver) on
+    /// the host side of a pod's veth.
+    pub const fn hands_to_pod(&self) -> bool {
+        matches!(
+            self,
+            Self::Tc {
+                role: DeviceRole::PodVethHost,
+                dir: TcDirection::Egress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::PodVethHost),
+                stage: DevStage::Xmit,
+            }
+        )
+    }
+
+    /// Can this hop follow [`Self::hands_to_pod`] for the same packet? The
+    /// veth's own driver hops, the pod receiving it, a socket reading it, a
+    /// drop.
+    pub const fn may_follow_pod_handoff(&self) -> bool {
+        matches!(
+            self,
+            Self::Tc {
+                role: DeviceRole::PodVethHost,
+                dir: TcDirection::Egress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::PodVethHost),
+                stage: DevStage::Queue | DevStage::Xmit,
+            } | Self::Device {
+                place: Place::Pod,
+                stage: DevStage::Receive,
+            } | Self::Socket { in_pod: true }
+                | Self::Drop
+        )
+    }
+
+    /// The packet arrives from the wire here: tc ingress or receive on the
+    /// uplink. On a node this comes first, after at most the receive hops of
+    /// lower devices (a bond's or VLAN's slave).
+    pub const fn arrives_on_uplink(&self) -> bool {
+        matches!(
+            self,
+            Self::Tc {
+                role: DeviceRole::Uplink,
+                dir: TcDirection::Ingress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::Uplink),
+                stage: DevStage::Receive,
+            }
+        )
+    }
+
+    /// A pod sends the packet here: the pod's own device, or the host side
+    /// of its veth receiving.
+    pub const fn sent_by_pod(&self) -> bool {
+        matches!(
+            self,
+            Self::Device {
+                place: Place::Pod,
+                stage: DevStage::Queue | DevStage::Xmit,
+            } | Self::Tc {
+                role: DeviceRole::PodVethHost,
+                dir: TcDirection::Ingress,
+            } | Self::Device {
+                place: Place::Node(DeviceRole::PodVethHost),
+                stage: DevStage::Receive,
+            }
+        )
+    }
+
+    /// The packet enters the node here: ingress (tc or receive) on the
+    /// uplink or a tunnel device.
+    pub const fn enters_node(&self) -> bool {
+        match *self {
+            Self::Tc {
+                role,
+                dir: TcDirection::Ingress,
+            } => role.faces_network(),
+            Self::Device {
+                place: Place::Node(role),
+                stage: DevStage::Receive,
+            } => role.faces_network(),
+            _ => false,
+        }
+    }
+
     /// tc ingress or netif_receive_skb on a node device.
-    const fn is_node_receive(&self) -> bool {
+    pub const fn is_node_receive(&self) -> bool {
         matches!(
             self,
             Self::Tc {
