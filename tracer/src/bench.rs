@@ -1677,7 +1677,8 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     );
     let _ = writeln!(
         out,
-        "- Traced: one session per node namespace, {}, no filter, {} MiB ring buffer each\n",
+        "- Traced: one session per node namespace, {}, no filter, {} MiB ring buffer each; \
+         the nodes share one kernel, so one set of tracepoints serves both (node0's session attaches them and hands node1 its events)\n",
         hook_set(o),
         result.ring_bytes / (1024 * 1024)
     );
@@ -1709,9 +1710,8 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     let _ = writeln!(out, "## Caveats\n");
     let _ = writeln!(
         out,
-        "- Both lab nodes share one kernel: the tracepoint programs of *both* sessions run for every packet of either node \
-         (the other node's session returns after its namespace check, before reserving an event). \
-         On real nodes each kernel runs one session, so the tracepoint cost here is about twice a node's."
+        "- Both lab nodes share one kernel and one set of tracepoints, so the tracepoint cost shown for node0 is both nodes'; \
+         tc and netfilter programs are per node. The sum over both nodes is what two real nodes would pay together."
     );
     let _ = writeln!(
         out,
