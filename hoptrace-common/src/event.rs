@@ -2,10 +2,13 @@
 
 use crate::packet::PacketMeta;
 
-/// One packet observed at one hook.
+/// The hop fields every record starts with. Alone, it is the record of a
+/// hop that only times a packet whose headers an earlier hop of the same
+/// hook already parsed (netfilter brackets): a ring buffer record of
+/// [`HOP_HEADER_BYTES`] is such a hop.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct HopEvent {
+pub struct HopHeader {
     /// `bpf_ktime_get_ns()` at the hook (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Kernel address of the `struct sk_buff`: the identity of the packet while
@@ -31,87 +34,15 @@ pub struct HopEvent {
     /// Protocol family of a netfilter hook: 2 (IPv4) or 10 (IPv6); else 0.
     pub nf_pf: u8,
     pub _pad: [u8; 3],
-    /// Parsed headers.
-    pub packet: PacketMeta,
 }
 
-const _: () = assert!(core::mem::size_of::<HopEvent>() == 40 + core::mem::size_of::<PacketMeta>());
-const _: () = assert!(core::mem::size_of::<HopEvent>().is_multiple_of(8));
-const _: () = assert!(core::mem::offset_of!(HopEvent, hook) == 32);
-const _: () = assert!(core::mem::offset_of!(HopEvent, packet) == 40);
+/// Bytes of a header-only record.
+pub const HOP_HEADER_BYTES: usize = core::mem::size_of::<HopHeader>();
 
-/// The first [`HOP_HEADER_BYTES`] of a [`HopEvent`] without the parsed
-/// headers: the record of a hop that only times a packet whose headers an
-/// earlier hop of the same hook already parsed (netfilter brackets). A ring
-/// buffer record of this size is such a hop.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct HopHeader {
-    pub ts_ns: u64,
-    pub skb_addr: u64,
-    pub netns_ino: u32,
-    pub ifindex: u32,
-    pub skb_len: u32,
-    pub drop_reason: u32,
-    pub hook: u8,
-    pub nf_hook: u8,
-    pub nf_slot: u8,
-    pub ct_state: u8,
-    pub nf_pf: u8,
-    pub _pad: [u8; 3],
-}
+const _: () = assert!(HOP_HEADER_BYTES == 40);
+const _: () = assert!(core::mem::offset_of!(HopHeader, hook) == 32);
 
-/// Bytes of the hop fields every record starts with.
-pub const HOP_HEADER_BYTES: usize = core::mem::offset_of!(HopEvent, packet);
-
-const _: () = assert!(core::mem::size_of::<HopHeader>() == HOP_HEADER_BYTES);
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, ts_ns) == core::mem::offset_of!(HopEvent, ts_ns));
-const _: () = assert!(
-    core::mem::offset_of!(HopHeader, skb_addr) == core::mem::offset_of!(HopEvent, skb_addr)
-);
-const _: () = assert!(
-    core::mem::offset_of!(HopHeader, netns_ino) == core::mem::offset_of!(HopEvent, netns_ino)
-);
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, ifindex) == core::mem::offset_of!(HopEvent, ifindex));
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, skb_len) == core::mem::offset_of!(HopEvent, skb_len));
-const _: () = assert!(
-    core::mem::offset_of!(HopHeader, drop_reason) == core::mem::offset_of!(HopEvent, drop_reason)
-);
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, hook) == core::mem::offset_of!(HopEvent, hook));
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, nf_hook) == core::mem::offset_of!(HopEvent, nf_hook));
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, nf_slot) == core::mem::offset_of!(HopEvent, nf_slot));
-const _: () = assert!(
-    core::mem::offset_of!(HopHeader, ct_state) == core::mem::offset_of!(HopEvent, ct_state)
-);
-const _: () =
-    assert!(core::mem::offset_of!(HopHeader, nf_pf) == core::mem::offset_of!(HopEvent, nf_pf));
-
-impl HopEvent {
-    /// The event a header-only record stands for: no parsed headers, status
-    /// [`crate::ParseStatus::Skipped`].
-    pub fn from_header(h: &HopHeader) -> Self {
-        let mut ev = Self::zeroed();
-        ev.ts_ns = h.ts_ns;
-        ev.skb_addr = h.skb_addr;
-        ev.netns_ino = h.netns_ino;
-        ev.ifindex = h.ifindex;
-        ev.skb_len = h.skb_len;
-        ev.drop_reason = h.drop_reason;
-        ev.hook = h.hook;
-        ev.nf_hook = h.nf_hook;
-        ev.nf_slot = h.nf_slot;
-        ev.ct_state = h.ct_state;
-        ev.nf_pf = h.nf_pf;
-        ev.packet.status = crate::ParseStatus::Skipped as u8;
-        ev
-    }
-
+impl HopHeader {
     pub const fn zeroed() -> Self {
         Self {
             ts_ns: 0,
@@ -126,8 +57,57 @@ impl HopEvent {
             ct_state: 0,
             nf_pf: 0,
             _pad: [0; 3],
+        }
+    }
+}
+
+/// One packet observed at one hook, with its parsed headers. The hop
+/// fields are reached through `Deref` (`ev.ts_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HopEvent {
+    pub header: HopHeader,
+    /// Parsed headers.
+    pub packet: PacketMeta,
+}
+
+const _: () = assert!(core::mem::size_of::<HopEvent>() == 40 + core::mem::size_of::<PacketMeta>());
+const _: () = assert!(core::mem::size_of::<HopEvent>().is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(HopEvent, packet) == HOP_HEADER_BYTES);
+
+impl core::ops::Deref for HopEvent {
+    type Target = HopHeader;
+
+    #[inline(always)]
+    fn deref(&self) -> &HopHeader {
+        &self.header
+    }
+}
+
+impl core::ops::DerefMut for HopEvent {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut HopHeader {
+        &mut self.header
+    }
+}
+
+impl HopEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            header: HopHeader::zeroed(),
             packet: PacketMeta::zeroed(),
         }
+    }
+
+    /// The event a header-only record stands for: no parsed headers, status
+    /// [`crate::ParseStatus::Skipped`].
+    pub fn from_header(h: &HopHeader) -> Self {
+        let mut ev = Self {
+            header: *h,
+            packet: PacketMeta::zeroed(),
+        };
+        ev.packet.status = crate::ParseStatus::Skipped as u8;
+        ev
     }
 }
 

@@ -247,151 +247,108 @@ impl HopPoint {
         }
     }
 
-    /// The packet leaves the node here: egress (tc, qdisc or driver) on the
-    /// uplink or a tunnel device.
-    pub const fn leaves_node(&self) -> bool {
+    /// An egress hop (tc egress, the driver, and with `queue` the qdisc) on
+    /// a node device whose role satisfies `role`.
+    fn egress_on(&self, role: impl Fn(DeviceRole) -> bool, queue: bool) -> bool {
         match *self {
             Self::Tc {
-                role,
+                role: r,
                 dir: TcDirection::Egress,
-            } => role.faces_network(),
+            }
+            | Self::Device {
+                place: Place::Node(r),
+                stage: DevStage::Xmit,
+            } => role(r),
             Self::Device {
-                place: Place::Node(role),
-                stage: DevStage::Queue | DevStage::Xmit,
-            } => role.faces_network(),
+                place: Place::Node(r),
+                stage: DevStage::Queue,
+            } => queue && role(r),
             _ => false,
         }
+    }
+
+    /// A receive hop (tc ingress or netif_receive_skb) on a node device
+    /// whose role satisfies `role`.
+    fn receive_on(&self, role: impl Fn(DeviceRole) -> bool) -> bool {
+        match *self {
+            Self::Tc {
+                role: r,
+                dir: TcDirection::Ingress,
+            }
+            | Self::Device {
+                place: Place::Node(r),
+                stage: DevStage::Receive,
+            } => role(r),
+            _ => false,
+        }
+    }
+
+    /// The packet leaves the node here: egress (tc, qdisc or driver) on the
+    /// uplink or a tunnel device.
+    pub fn leaves_node(&self) -> bool {
+        self.egress_on(DeviceRole::faces_network, true)
     }
 
     /// The packet goes onto the wire here: tc egress or the driver on the
     /// uplink.
-    pub const fn hands_to_uplink(&self) -> bool {
-        matches!(
-            self,
-            Self::Tc {
-                role: DeviceRole::Uplink,
-                dir: TcDirection::Egress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::Uplink),
-                stage: DevStage::Xmit,
-            }
-        )
+    pub fn hands_to_uplink(&self) -> bool {
+        self.egress_on(|r| r == DeviceRole::Uplink, false)
     }
 
     /// Can this hop follow [`Self::hands_to_uplink`] for the same packet?
     /// Only the uplink's own tc, qdisc and driver hops, and a drop.
-    pub const fn may_follow_uplink(&self) -> bool {
-        matches!(
-            self,
-            Self::Tc {
-                role: DeviceRole::Uplink,
-                dir: TcDirection::Egress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::Uplink),
-                stage: DevStage::Queue | DevStage::Xmit,
-            } | Self::Drop
-        )
+    pub fn may_follow_uplink(&self) -> bool {
+        matches!(self, Self::Drop) || self.egress_on(|r| r == DeviceRole::Uplink, true)
     }
 
     /// A receive on the uplink or on a device of no known role (a bond's or
     /// VLAN's lower device): what may come before [`Self::arrives_on_uplink`].
-    pub const fn is_wire_receive(&self) -> bool {
-        match *self {
-            Self::Tc {
-                role,
-                dir: TcDirection::Ingress,
-            } => matches!(role, DeviceRole::Uplink | DeviceRole::Other),
-            Self::Device {
-                place: Place::Node(role),
-                stage: DevStage::Receive,
-            } => matches!(role, DeviceRole::Uplink | DeviceRole::Other),
-            _ => false,
-        }
+    pub fn is_wire_receive(&self) -> bool {
+        self.receive_on(|r| matches!(r, DeviceRole::Uplink | DeviceRole::Other))
     }
 
     /// The node hands the packet to a pod here: egress (tc or driver) on
     /// the host side of a pod's veth.
-    pub const fn hands_to_pod(&self) -> bool {
-        matches!(
-            self,
-            Self::Tc {
-                role: DeviceRole::PodVethHost,
-                dir: TcDirection::Egress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::PodVethHost),
-                stage: DevStage::Xmit,
-            }
-        )
+    pub fn hands_to_pod(&self) -> bool {
+        self.egress_on(|r| r == DeviceRole::PodVethHost, false)
     }
 
     /// Can this hop follow [`Self::hands_to_pod`] for the same packet? The
-    /// veth's own driver hops, the pod receiving it, a socket reading it, a
-    /// drop.
-    pub const fn may_follow_pod_handoff(&self) -> bool {
+    /// veth's own hops, the pod receiving it, a socket reading it, a drop.
+    pub fn may_follow_pod_handoff(&self) -> bool {
         matches!(
             self,
-            Self::Tc {
-                role: DeviceRole::PodVethHost,
-                dir: TcDirection::Egress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::PodVethHost),
-                stage: DevStage::Queue | DevStage::Xmit,
-            } | Self::Device {
+            Self::Device {
                 place: Place::Pod,
                 stage: DevStage::Receive,
             } | Self::Socket { in_pod: true }
                 | Self::Drop
-        )
+        ) || self.egress_on(|r| r == DeviceRole::PodVethHost, true)
     }
 
     /// The packet arrives from the wire here: tc ingress or receive on the
     /// uplink. On a node this comes first, after at most the receive hops of
     /// lower devices (a bond's or VLAN's slave).
-    pub const fn arrives_on_uplink(&self) -> bool {
-        matches!(
-            self,
-            Self::Tc {
-                role: DeviceRole::Uplink,
-                dir: TcDirection::Ingress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::Uplink),
-                stage: DevStage::Receive,
-            }
-        )
+    pub fn arrives_on_uplink(&self) -> bool {
+        self.receive_on(|r| r == DeviceRole::Uplink)
     }
 
     /// A pod sends the packet here: the pod's own device, or the host side
     /// of its veth receiving.
-    pub const fn sent_by_pod(&self) -> bool {
+    pub fn sent_by_pod(&self) -> bool {
         matches!(
             self,
             Self::Device {
                 place: Place::Pod,
                 stage: DevStage::Queue | DevStage::Xmit,
-            } | Self::Tc {
-                role: DeviceRole::PodVethHost,
-                dir: TcDirection::Ingress,
-            } | Self::Device {
-                place: Place::Node(DeviceRole::PodVethHost),
-                stage: DevStage::Receive,
             }
-        )
+        ) || self.receive_on(|r| r == DeviceRole::PodVethHost)
     }
 
     /// The packet enters the node here: ingress (tc or receive) on the
     /// uplink or a tunnel device.
-    pub const fn enters_node(&self) -> bool {
-        match *self {
-            Self::Tc {
-                role,
-                dir: TcDirection::Ingress,
-            } => role.faces_network(),
-            Self::Device {
-                place: Place::Node(role),
-                stage: DevStage::Receive,
-            } => role.faces_network(),
-            _ => false,
-        }
+    pub fn enters_node(&self) -> bool {
+        self.receive_on(DeviceRole::faces_network)
     }
 
     /// tc ingress or netif_receive_skb on a node device.

@@ -9,7 +9,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HeaderWindow, HookKind,
+    CtState, HeaderWindow, HookKind, HopHeader, TraceConfig,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use tracer_ebpf::{
@@ -69,35 +69,28 @@ fn observe(ctx: *mut c_void, slot: u8) {
         let Some(mut entry) = emit::reserve_header() else {
             return;
         };
-        let h = unsafe { entry.assume_init_mut() };
-        h.ts_ns = unsafe { bpf_ktime_get_ns() };
-        h.skb_addr = skb.addr();
-        h.hook = HookKind::Netfilter as u8;
-        h.nf_slot = slot;
-        h.nf_hook = nf_hook;
-        h.nf_pf = nf_pf;
-        h.netns_ino = cfg.node_netns_ino;
-        h.ifindex = dev_ifindex(skb.dev());
-        h.skb_len = skb.len();
-        h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+        fill_header(
+            unsafe { entry.assume_init_mut() },
+            skb,
+            slot,
+            nf_hook,
+            nf_pf,
+            &cfg,
+        );
         emit::submit_header(entry);
         return;
     }
     let Some(mut entry) = emit::reserve() else {
         return;
     };
-    let ev = unsafe { entry.assume_init_mut() };
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.skb_addr = skb.addr();
-    ev.hook = HookKind::Netfilter as u8;
-    ev.nf_slot = slot;
-    ev.nf_hook = nf_hook;
-    ev.nf_pf = nf_pf;
-    // Netfilter links belong to the namespace that created them: the node.
-    ev.netns_ino = cfg.node_netns_ino;
-    ev.ifindex = dev_ifindex(skb.dev());
-    ev.skb_len = skb.len();
-    ev.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+    fill_header(
+        &mut unsafe { entry.assume_init_mut() }.header,
+        skb,
+        slot,
+        nf_hook,
+        nf_pf,
+        &cfg,
+    );
     let ethertype = if nf_pf == NFPROTO_IPV6 {
         ETH_P_IPV6
     } else {
@@ -106,4 +99,19 @@ fn observe(ctx: *mut c_void, slot: u8) {
     let mut window = HeaderWindow::new();
     skb.network_window(&mut window);
     emit::parse_and_submit(entry, &window, ethertype, &cfg);
+}
+
+#[inline(always)]
+fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cfg: &TraceConfig) {
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.skb_addr = skb.addr();
+    h.hook = HookKind::Netfilter as u8;
+    h.nf_slot = slot;
+    h.nf_hook = nf_hook;
+    h.nf_pf = nf_pf;
+    // Netfilter links belong to the namespace that created them: the node.
+    h.netns_ino = cfg.node_netns_ino;
+    h.ifindex = dev_ifindex(skb.dev());
+    h.skb_len = skb.len();
+    h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
 }
