@@ -1,30 +1,9 @@
 //! Root tests of `hoptrace check`: the probes report what this kernel offers,
 //! leave nothing behind, and a non-root run exits 2 with one line.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use hoptrace::capabilities::{ITEMS, probe_all};
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("not root".into());
-    }
-    if hoptrace::ebpf_objects::probe_object().is_err() {
-        return Some("built with AYA_BUILD_SKIP: no kernel objects".into());
-    }
-    None
-}
-
-/// The hoptrace binary: `HOPTRACE_BIN`, else `target/<profile>/hoptrace` next
-/// to this test executable (`target/<profile>/deps/check-*`).
-fn hoptrace_bin() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("HOPTRACE_BIN") {
-        return Some(path.into());
-    }
-    let exe = std::env::current_exe().ok()?;
-    let candidate = exe.parent()?.parent()?.join("hoptrace");
-    candidate.is_file().then_some(candidate)
-}
 
 /// The two tests both run the probes; run them one at a time so one cannot
 /// see the other's short-lived links.
@@ -84,8 +63,7 @@ fn ht_devices() -> Vec<String> {
 
 #[test]
 fn probes_match_this_kernel_and_leave_nothing() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if !tests::can_run_with_kernel_programs("probes_match_this_kernel_and_leave_nothing") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,15 +131,11 @@ fn probes_match_this_kernel_and_leave_nothing() {
 
 #[test]
 fn cli_json_and_non_root_exit_code() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if !tests::can_run_with_kernel_programs("cli_json_and_non_root_exit_code") {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(bin) = hoptrace_bin() else {
-        eprintln!("skipping: no hoptrace binary (set HOPTRACE_BIN or `cargo build -p tracer`)");
-        return;
-    };
+    let bin = tests::hoptrace_bin();
 
     let out = Command::new(&bin)
         .args(["check", "--json"])

@@ -1,7 +1,7 @@
 //! Root test: `cleanup_tc_filters` removes a clsact filter left by a "crashed"
 //! hoptrace (the attach is leaked with `mem::forget`) and leaves foreign filters alone.
 
-use std::{process::Command, sync::mpsc};
+use std::sync::mpsc;
 
 use aya::{
     Ebpf,
@@ -10,63 +10,32 @@ use aya::{
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
 };
-use hoptrace::{
-    cleanup::cleanup_tc_filters,
-    ebpf_objects::{main_object, probe_object},
-};
-
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("not root".into());
-    }
-    if main_object().is_err() {
-        return Some("built with AYA_BUILD_SKIP: no kernel objects".into());
-    }
-    None
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use hoptrace::{cleanup::cleanup_tc_filters, ebpf_objects::probe_object};
 
 /// Sets up the leftover filter in a fresh namespace owned by this thread,
 /// hands its namespace path to the test thread, waits for the cleanup, and
 /// checks what remains.
 fn namespace_side(ready: mpsc::Sender<String>, cleaned: mpsc::Receiver<()>) {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-    run(
-        "ip",
-        &[
-            "link", "add", "ht-cl0", "type", "veth", "peer", "name", "ht-cl1",
-        ],
-    );
+    tests::sh(&[
+        "ip", "link", "add", "ht-cl0", "type", "veth", "peer", "name", "ht-cl1",
+    ]);
     qdisc_add_clsact("ht-cl0").expect("clsact qdisc");
     // A foreign filter of the same kind (cls_bpf, classic bytecode, no program
     // name) that must survive. (matchall is not built into every kernel.)
-    run(
+    tests::sh(&[
         "tc",
-        &[
-            "filter",
-            "add",
-            "dev",
-            "ht-cl0",
-            "ingress",
-            "pref",
-            "7",
-            "bpf",
-            "bytecode",
-            "1,6 0 0 0,",
-        ],
-    );
+        "filter",
+        "add",
+        "dev",
+        "ht-cl0",
+        "ingress",
+        "pref",
+        "7",
+        "bpf",
+        "bytecode",
+        "1,6 0 0 0,",
+    ]);
 
     // The smallest hoptrace tc program; cleanup goes by the `hoptrace_` name.
     let mut ebpf = Ebpf::load(probe_object().expect("probe object")).expect("load probe object");
@@ -86,7 +55,7 @@ fn namespace_side(ready: mpsc::Sender<String>, cleaned: mpsc::Receiver<()>) {
     // Simulate a crash: the link is never detached.
     std::mem::forget(prog.take_link(id).expect("take link"));
     drop(ebpf);
-    let before = run("tc", &["filter", "show", "dev", "ht-cl0", "ingress"]);
+    let before = tests::sh(&["tc", "filter", "show", "dev", "ht-cl0", "ingress"]);
     assert!(
         before.contains("hoptrace_probe_tc"),
         "leftover filter present:\n{before}"
@@ -99,7 +68,7 @@ fn namespace_side(ready: mpsc::Sender<String>, cleaned: mpsc::Receiver<()>) {
         .expect("send path");
     cleaned.recv().expect("cleanup done");
 
-    let after = run("tc", &["filter", "show", "dev", "ht-cl0", "ingress"]);
+    let after = tests::sh(&["tc", "filter", "show", "dev", "ht-cl0", "ingress"]);
     assert!(
         !after.contains("hoptrace_"),
         "hoptrace filter removed:\n{after}"
@@ -116,8 +85,7 @@ fn namespace_side(ready: mpsc::Sender<String>, cleaned: mpsc::Receiver<()>) {
 
 #[test]
 fn cleanup_removes_only_hoptrace_clsact_filters() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if !tests::can_run_with_kernel_programs("cleanup_removes_only_hoptrace_clsact_filters") {
         return;
     }
     let (ready_tx, ready_rx) = mpsc::channel();

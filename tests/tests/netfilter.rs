@@ -18,16 +18,6 @@ use hoptrace::{
 };
 use hoptrace_common::{CtState, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
 
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        return Some("not root".into());
-    }
-    if main_object().is_err() {
-        return Some("built with AYA_BUILD_SKIP: no kernel objects".into());
-    }
-    None
-}
-
 /// Netfilter link ids (from `bpftool link list`) whose program is one of `prog_ids`.
 fn netfilter_links_of(prog_ids: &[u32]) -> Vec<u64> {
     let out = Command::new("bpftool")
@@ -238,8 +228,9 @@ fn run_in_fresh_netns() {
 
 #[test]
 fn netfilter_links_time_loopback_udp_in_a_fresh_namespace() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipping: {reason}");
+    if !tests::can_run_with_kernel_programs(
+        "netfilter_links_time_loopback_udp_in_a_fresh_namespace",
+    ) {
         return;
     }
     std::thread::spawn(run_in_fresh_netns)

@@ -10,35 +10,38 @@ use hoptrace_common::{
 
 use crate::maps::{HOPTRACE_EVENTS, count};
 
-/// Reserves a zeroed event, counting a lost event when the ring is full.
+/// Reserves a zeroed record of type `T` (a multiple of 8 bytes), counting
+/// a lost event when the ring is full.
 #[inline(always)]
-pub fn reserve() -> Option<RingBufEntry<HopEvent>> {
-    match HOPTRACE_EVENTS.reserve::<HopEvent>(0) {
-        Some(mut entry) => {
-            zero(entry.as_mut_ptr());
-            Some(entry)
-        }
-        None => {
-            count(Counter::RingFull);
-            None
-        }
+fn reserve_zeroed<T: 'static>() -> Option<RingBufEntry<T>> {
+    const { assert!(size_of::<T>().is_multiple_of(8)) };
+    let Some(mut entry) = HOPTRACE_EVENTS.reserve::<T>(0) else {
+        count(Counter::RingFull);
+        return None;
+    };
+    // 8-byte stores: a plain `write` of a zeroed value becomes a
+    // byte-by-byte memset loop on BPF.
+    let words = entry.as_mut_ptr() as *mut u64;
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: in bounds (the size is a multiple of 8); ring buffer
+        // records are 8-aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
     }
+    Some(entry)
 }
 
-/// Reserves a zeroed header-only record, counting a lost event when the
-/// ring is full.
+/// Reserves a zeroed event.
+#[inline(always)]
+pub fn reserve() -> Option<RingBufEntry<HopEvent>> {
+    reserve_zeroed()
+}
+
+/// Reserves a zeroed header-only record.
 #[inline(always)]
 pub fn reserve_header() -> Option<RingBufEntry<HopHeader>> {
-    match HOPTRACE_EVENTS.reserve::<HopHeader>(0) {
-        Some(mut entry) => {
-            zero_words(entry.as_mut_ptr() as *mut u64, size_of::<HopHeader>() / 8);
-            Some(entry)
-        }
-        None => {
-            count(Counter::RingFull);
-            None
-        }
-    }
+    reserve_zeroed()
 }
 
 /// Submits a header-only record without a wakeup.
@@ -46,23 +49,6 @@ pub fn reserve_header() -> Option<RingBufEntry<HopHeader>> {
 pub fn submit_header(entry: RingBufEntry<HopHeader>) {
     count(Counter::Emitted);
     entry.submit(BPF_RB_NO_WAKEUP as u64);
-}
-
-/// Zeroes an event with 8-byte stores (a plain `write` of a zeroed value
-/// becomes a byte-by-byte memset loop on BPF).
-#[inline(always)]
-fn zero(ev: *mut HopEvent) {
-    zero_words(ev as *mut u64, size_of::<HopEvent>() / 8);
-}
-
-#[inline(always)]
-fn zero_words(words: *mut u64, n: usize) {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: records are multiples of 8 bytes and 8-aligned.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-        i += 1;
-    }
 }
 
 /// Submits without a wakeup: userspace drains on a timer, so the hot path

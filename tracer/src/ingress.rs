@@ -538,36 +538,13 @@ backend hoptrace_backend
 mod tests {
     use super::*;
     use crate::loadgen::{LoadMode, LoadSpec, run_load};
-    use crate::servers::{HttpServerConfig, ServerStats, serve_http_with};
     use std::sync::atomic::Ordering;
 
-    use crate::test_support::runtime;
+    use crate::test_support::{LoopbackHttp, runtime, start_http};
 
     fn free_port_addr() -> SocketAddr {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         probe.local_addr().expect("addr")
-    }
-
-    /// Starts the backend; returns its address, counters and stop sender.
-    fn start_backend(
-        rt: &tokio::runtime::Runtime,
-    ) -> (
-        SocketAddr,
-        Arc<ServerStats>,
-        tokio::sync::oneshot::Sender<()>,
-    ) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stats = Arc::new(ServerStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = HttpServerConfig {
-            stats: Some(Arc::clone(&stats)),
-            stall_once: None,
-        };
-        rt.spawn(serve_http_with(listener, config, async {
-            let _ = stop_rx.await;
-        }));
-        (addr, stats, stop_tx)
     }
 
     fn load_through(
@@ -679,7 +656,12 @@ mod tests {
     #[test]
     fn builtin_proxy_pools_backend_connections() {
         let rt = runtime();
-        let (backend, stats, stop_backend) = start_backend(&rt);
+        let LoopbackHttp {
+            addr: backend,
+            stats,
+            stop: stop_backend,
+            ..
+        } = start_http(&rt, None);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let proxy = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -729,7 +711,12 @@ mod tests {
             return;
         }
         let rt = runtime();
-        let (backend, stats, stop_backend) = start_backend(&rt);
+        let LoopbackHttp {
+            addr: backend,
+            stats,
+            stop: stop_backend,
+            ..
+        } = start_http(&rt, None);
         let listen = free_port_addr();
         let prepared = ExternalProxy::prepare(kind, listen, backend).expect("prepare");
         let dir = prepared.dir().to_path_buf();

@@ -445,33 +445,8 @@ async fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::servers::{HttpServerConfig, ServerStats, serve_http_with, serve_udp_with};
-
-    use crate::test_support::runtime;
-
-    /// Starts the builtin HTTP server on loopback; returns its address, its
-    /// counters and the sender that stops it.
-    fn start_http(
-        rt: &tokio::runtime::Runtime,
-        stall_once: Option<(u64, Duration)>,
-    ) -> (
-        SocketAddr,
-        Arc<ServerStats>,
-        tokio::sync::oneshot::Sender<()>,
-    ) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stats = Arc::new(ServerStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = HttpServerConfig {
-            stats: Some(Arc::clone(&stats)),
-            stall_once,
-        };
-        rt.spawn(serve_http_with(listener, config, async {
-            let _ = stop_rx.await;
-        }));
-        (addr, stats, stop_tx)
-    }
+    use crate::servers::{ServerStats, serve_udp_with};
+    use crate::test_support::{LoopbackHttp, runtime, start_http};
 
     #[test]
     fn rejects_bad_specs() {
@@ -520,7 +495,9 @@ mod tests {
     #[test]
     fn keep_alive_counts_and_rate() {
         let rt = runtime();
-        let (addr, stats, stop) = start_http(&rt, None);
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
         let spec = LoadSpec {
             mode: LoadMode::HttpKeepAlive,
             connections: 4,
@@ -559,7 +536,9 @@ mod tests {
     #[test]
     fn new_connection_mode_opens_one_connection_per_request() {
         let rt = runtime();
-        let (addr, stats, stop) = start_http(&rt, None);
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
         let spec = LoadSpec {
             mode: LoadMode::HttpNewConnection,
             connections: 2,
@@ -581,7 +560,8 @@ mod tests {
         // A closed-loop generator that timed from the actual send would record
         // one slow sample of 200 and report a p99 of well under 100 ms.
         let rt = runtime();
-        let (addr, _stats, stop) = start_http(&rt, Some((20, Duration::from_millis(200))));
+        let LoopbackHttp { addr, stop, .. } =
+            start_http(&rt, Some((20, Duration::from_millis(200))));
         let spec = LoadSpec {
             mode: LoadMode::HttpKeepAlive,
             connections: 1,

@@ -406,7 +406,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    use crate::test_support::runtime;
+    use crate::test_support::{LoopbackHttp, runtime, start_http};
 
     fn read_response(stream: &mut std::net::TcpStream) -> String {
         // Read until the body is complete (head + fixed body length).
@@ -460,17 +460,12 @@ mod tests {
     #[test]
     fn http_keep_alive_then_close() {
         let rt = runtime();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stats = Arc::new(ServerStats::default());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = HttpServerConfig {
-            stats: Some(Arc::clone(&stats)),
-            stall_once: None,
-        };
-        let server = rt.spawn(serve_http_with(listener, config, async {
-            let _ = stop_rx.await;
-        }));
+        let LoopbackHttp {
+            addr,
+            stats,
+            stop: stop_tx,
+            task: server,
+        } = start_http(&rt, None);
         let mut client = std::net::TcpStream::connect(addr).expect("connect");
         client
             .set_read_timeout(Some(Duration::from_secs(5)))

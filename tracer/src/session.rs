@@ -224,7 +224,7 @@ struct Sharing {
 }
 
 /// The other nodes a session's tracepoints serve.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct OtherNodes {
     /// Their namespaces (nodes and pods).
     netns: Vec<u32>,
@@ -306,7 +306,7 @@ impl Session {
         Ok(sessions)
     }
 
-    fn start_sharing(opts: &SessionOptions, sharing: Sharing) -> Result<Self, SessionError> {
+    fn start_sharing(opts: &SessionOptions, mut sharing: Sharing) -> Result<Self, SessionError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(SessionError::NotRoot);
         }
@@ -314,7 +314,7 @@ impl Session {
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| SessionError::Btf(e.to_string()))?;
         let netns = opts.netns.clone();
-        let others = sharing.others.clone();
+        let others = std::mem::take(&mut sharing.others);
         let correlator_opts = opts.correlator.clone();
         let correlator_idle_ns = correlator_opts.idle_timeout_ns;
         let opts = opts.clone();

@@ -442,11 +442,25 @@ fn add_pod(lab: &mut Lab, node: usize, pod: usize) -> Result<PodInfo, TopologyEr
             let gateway = node_gateway_ip(node).to_string();
             ip(&pod_ns, &["route", "add", "default", "via", &gateway])?;
         }
-        Datapath::CalicoBgp | Datapath::CalicoVxlan | Datapath::CalicoIpip => {
-            ip(
-                &node_ns,
-                &["link", "set", &host, "address", CALICO_HOST_MAC, "up"],
-            )?;
+        Datapath::CalicoBgp
+        | Datapath::CalicoVxlan
+        | Datapath::CalicoIpip
+        | Datapath::CiliumLike => {
+            // Routed pods: a /32 route per pod on the node, a default route
+            // in the pod (Calico: via a link-local gateway that the host
+            // veth answers with a fixed MAC; Cilium: via the node).
+            let (link_up, gateway): (&[&str], String) = if datapath == Datapath::CiliumLike {
+                (
+                    &["link", "set", &host, "up"],
+                    node_gateway_ip(node).to_string(),
+                )
+            } else {
+                (
+                    &["link", "set", &host, "address", CALICO_HOST_MAC, "up"],
+                    CALICO_GATEWAY.to_owned(),
+                )
+            };
+            ip(&node_ns, link_up)?;
             ip(
                 &node_ns,
                 &[
@@ -459,23 +473,7 @@ fn add_pod(lab: &mut Lab, node: usize, pod: usize) -> Result<PodInfo, TopologyEr
                     "link",
                 ],
             )?;
-            pod_routed_setup(&pod_ns, ip_addr, CALICO_GATEWAY)?;
-        }
-        Datapath::CiliumLike => {
-            ip(&node_ns, &["link", "set", &host, "up"])?;
-            ip(
-                &node_ns,
-                &[
-                    "route",
-                    "add",
-                    &format!("{ip_addr}/32"),
-                    "dev",
-                    &host,
-                    "scope",
-                    "link",
-                ],
-            )?;
-            pod_routed_setup(&pod_ns, ip_addr, &node_gateway_ip(node).to_string())?;
+            pod_routed_setup(&pod_ns, ip_addr, &gateway)?;
         }
     }
     Ok(PodInfo {
