@@ -1,4 +1,4 @@
-//! Types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//! Types shared by the kernel programs (`hoptrace-ebpf`) and userspace (`hoptrace-core`).
 //!
 //! Everything here is `no_std`, `#[repr(C)]`, `Copy`, with explicit padding and
 //! compile-time size assertions, so the byte layout seen by the kernel and by

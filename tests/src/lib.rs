@@ -19,7 +19,7 @@ pub fn can_run_with_kernel_programs(test: &str) -> bool {
     if !can_run_as_root(test) {
         return false;
     }
-    if hoptrace::ebpf_objects::main_object().is_err() {
+    if hoptrace_core::kernel::objects::main_object().is_err() {
         eprintln!("SKIP {test}: built with AYA_BUILD_SKIP=1, no kernel programs");
         return false;
     }
@@ -42,7 +42,7 @@ pub fn sh(argv: &[&str]) -> String {
 
 /// Runs `argv` inside the named namespace, panicking with the command and
 /// its stderr on failure.
-pub fn sh_in(ns: &hoptrace::netns::NetnsGuard, argv: &[&str]) -> String {
+pub fn sh_in(ns: &hoptrace_lab::netns::NetnsGuard, argv: &[&str]) -> String {
     let mut full = vec!["ip", "netns", "exec", ns.name()];
     full.extend_from_slice(argv);
     sh(&full)
@@ -78,37 +78,18 @@ pub fn hoptrace_bin() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/debug/hoptrace")
         .canonicalize()
-        .expect("target/debug/hoptrace: run `cargo build -p tracer` first (or `cargo xtask test`)")
+        .expect("target/debug/hoptrace: run `cargo build -p hoptrace` first (or `cargo xtask test`)")
 }
 
-/// Starts the built-in HTTP (8080) and UDP (5353) servers inside `netns`;
-/// the guard kills them.
-pub fn start_backend(netns: &str) -> hoptrace::netns::ChildGuard {
-    let bin = hoptrace_bin();
-    let child = hoptrace::netns::spawn_in(
+/// Starts the lab's HTTP (8080) and UDP (5353) backend inside `netns`,
+/// listening when this returns; dropping the tasks stops them.
+pub fn start_backend(netns: &str) -> Vec<hoptrace_lab::servers::NetnsTask> {
+    hoptrace_lab::servers::start_backend(
         netns,
-        &[
-            bin.to_str().unwrap(),
-            "serve",
-            "--http",
-            "0.0.0.0:8080",
-            "--udp",
-            "0.0.0.0:5353",
-            "--duration",
-            "300s",
-        ],
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8080))),
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], 5353))),
     )
-    .expect("start backend");
-    let guard = hoptrace::netns::ChildGuard::new(child);
-    // Wait until it listens (bounded).
-    for _ in 0..100 {
-        let out = hoptrace::netns::run_in(netns, &["ss", "-ltn", "sport = :8080"]).expect("ss");
-        if String::from_utf8_lossy(&out.stdout).contains("8080") {
-            return guard;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("backend in {netns} did not start listening");
+    .unwrap_or_else(|e| panic!("backend in {netns}: {e}"))
 }
 
 /// Sends `n` HTTP requests from inside `netns`, one new TCP connection each
@@ -116,7 +97,7 @@ pub fn start_backend(netns: &str) -> hoptrace::netns::ChildGuard {
 /// Returns how many got a response.
 pub fn http_requests_new_connection(netns: &str, target: std::net::SocketAddr, n: usize) -> usize {
     use std::io::{Read as _, Write as _};
-    hoptrace::netns::with_netns(netns, || {
+    hoptrace_lab::netns::with_netns(netns, || {
         let mut ok = 0;
         for _ in 0..n {
             let Ok(mut stream) =

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use hoptrace::capabilities::{ITEMS, probe_all};
+use hoptrace_core::kernel::capabilities::{ITEMS, probe_all};
 
 /// The two tests both run the probes; run them one at a time so one cannot
 /// see the other's short-lived links.

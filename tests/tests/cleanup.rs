@@ -10,7 +10,7 @@ use aya::{
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
 };
-use hoptrace::{cleanup::cleanup_tc_filters, ebpf_objects::probe_object};
+use hoptrace_core::kernel::{cleanup::cleanup_tc_filters, objects::probe_object};
 
 /// Sets up the leftover filter in a fresh namespace owned by this thread,
 /// hands its namespace path to the test thread, waits for the cleanup, and
@@ -103,7 +103,7 @@ fn cleanup_removes_only_hoptrace_clsact_filters() {
     let removed = &report.removed[0];
     assert_eq!(removed.program, "hoptrace_probe_tc");
     assert_eq!(removed.ifname, "ht-cl0");
-    assert_eq!(removed.direction, hoptrace::cleanup::Direction::Ingress);
+    assert_eq!(removed.direction, hoptrace_core::kernel::cleanup::Direction::Ingress);
     assert_eq!(
         report.kept, 1,
         "the foreign filter was seen and kept: {report}"

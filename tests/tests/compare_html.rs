@@ -1,4 +1,5 @@
-//! Renders a `hoptrace compare` HTML page from two synthetic reports, opens it
+//! Renders a `hoptrace compare --html` page (the real binary) from two
+//! synthetic reports, opens it
 //! in headless Chromium and checks that it renders: no console errors, a
 //! screenshot of the right size that is not blank and shows coloured bars.
 //! Skips with a printed reason when Chromium is not installed.
@@ -77,9 +78,25 @@ fn compare_page_renders_in_headless_chromium() {
         path
     })
     .collect();
-    let comparison = hoptrace::compare::compare(&inputs).expect("compare");
-    let page = dir.path().join("compare.html");
-    let written = hoptrace::compare::write_html(&comparison, &page).expect("write html");
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).expect("out dir");
+    let page = out_dir.join("compare.html");
+    let out = std::process::Command::new(tests::hoptrace_bin())
+        .arg("compare")
+        .args(&inputs)
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .expect("run hoptrace compare");
+    assert!(
+        out.status.success(),
+        "hoptrace compare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+        .expect("read out dir")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
     assert_eq!(written.len(), 3, "page plus two SVG charts: {written:?}");
     if let Ok(keep) = std::env::var("HOPTRACE_KEEP_HTML") {
         for file in &written {

@@ -5,8 +5,8 @@
 use std::{net::UdpSocket, os::fd::AsFd as _, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use hoptrace::loader::{LoadOptions, TcMode, Tracer};
-use hoptrace::netns::NetnsGuard;
+use hoptrace_core::kernel::loader::{LoadOptions, TcMode, Tracer};
+use hoptrace_lab::netns::NetnsGuard;
 use hoptrace_common::{HookKind, packet::IPPROTO_UDP};
 use tests::{can_run_as_root, in_fresh_netns, netns_exists, sh, sh_in};
 
@@ -195,9 +195,9 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
             "ACCEPT",
         ]);
 
-        let layout = hoptrace::btf::kernel_layout().expect("BTF layout");
+        let layout = hoptrace_core::kernel::btf::kernel_layout().expect("BTF layout");
         let config = hoptrace_common::TraceConfig {
-            node_netns_ino: hoptrace::devices::own_netns_inode().unwrap(),
+            node_netns_ino: hoptrace_core::node::devices::own_netns_inode().unwrap(),
             ..Default::default()
         };
         let mut tracer = Tracer::load(&LoadOptions {
@@ -209,15 +209,15 @@ fn ipv6_udp_is_parsed_at_tc_and_netfilter() {
         tracer
             .attach_tc("htfp6", true, TcMode::Tcx)
             .expect("attach tc");
-        let nf = hoptrace::netfilter::load_netfilter_programs(
-            hoptrace::ebpf_objects::netfilter_object().unwrap(),
+        let nf = hoptrace_core::kernel::netfilter::load_netfilter_programs(
+            hoptrace_core::kernel::objects::netfilter_object().unwrap(),
             tracer.ebpf(),
             &layout,
             &config,
         )
         .expect("netfilter programs");
         let links = nf
-            .attach(&hoptrace::netfilter::default_plan())
+            .attach(&hoptrace_core::kernel::netfilter::default_plan())
             .expect("netfilter links");
         let mut events = tracer.take_events().expect("ring buffer");
         let node = std::net::UdpSocket::bind(SocketAddrV6::new(

@@ -32,7 +32,7 @@ struct PrefixGuard(String);
 
 impl Drop for PrefixGuard {
     fn drop(&mut self) {
-        let _ = hoptrace::topology::cleanup(&self.0);
+        let _ = hoptrace_lab::topology::cleanup(&self.0);
     }
 }
 
@@ -104,7 +104,7 @@ fn every_datapath_carries_traffic_and_leaves_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for datapath in hoptrace::topology::Datapath::ALL {
+    for datapath in hoptrace_lab::topology::Datapath::ALL {
         let prefix = prefix("d");
         let _guard = PrefixGuard(prefix.clone());
         let json = dir.path().join(format!("{datapath}.json"));
@@ -267,7 +267,7 @@ fn name_clash_is_clear_and_touches_nothing() {
     }
     let prefix = prefix("x");
     let _guard = PrefixGuard(prefix.clone());
-    let existing = hoptrace::netns::NetnsGuard::create(&format!("{prefix}n1")).expect("namespace");
+    let existing = hoptrace_lab::netns::NetnsGuard::create(&format!("{prefix}n1")).expect("namespace");
     let dir = tempfile::tempdir().unwrap();
     let out = quick_lab(&prefix, &dir.path().join("x.json"), &[]);
     assert!(!out.status.success());
@@ -399,7 +399,7 @@ fn nginx_and_haproxy_ingress_carry_the_lab_traffic() {
     }
     let dir = tempfile::tempdir().unwrap();
     for ingress in ["nginx", "haproxy"] {
-        if hoptrace::ingress::find_tool(ingress).is_none() {
+        if hoptrace_lab::ingress::find_tool(ingress).is_none() {
             println!("SKIP {ingress}: not installed");
             continue;
         }

@@ -4,12 +4,13 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use hoptrace::{
-    kubeproxy::Protocol,
-    report::Report,
+use hoptrace_core::{
+    report::{self, Report},
     session::{Session, SessionOptions},
+};
+use hoptrace_lab::{
+    kubeproxy::Protocol,
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
-    trace,
 };
 use tests::{can_run_as_root, http_requests_new_connection, start_backend};
 
@@ -89,9 +90,9 @@ fn run_lab_with(spec: &LabSpec, requests: usize, tracepoints: Tracepoints) -> (R
     assert_eq!(ok, requests, "every request answered");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let report_a =
-        trace::finish(node_a, "node-a".into(), serde_json::Value::Null).expect("finish A");
+        report::finish(node_a, "node-a".into(), serde_json::Value::Null).expect("finish A");
     let report_b =
-        trace::finish(node_b, "node-b".into(), serde_json::Value::Null).expect("finish B");
+        report::finish(node_b, "node-b".into(), serde_json::Value::Null).expect("finish B");
     lab.teardown().expect("teardown");
     (report_a, report_b)
 }
@@ -115,7 +116,7 @@ fn p50_new(report: &Report, segment: &str) -> Option<f64> {
 }
 
 fn dump(name: &str, report: &Report) {
-    eprintln!("==== {name}\n{}", hoptrace::report::render_table(report));
+    eprintln!("==== {name}\n{}", hoptrace_core::report::render_table(report));
 }
 
 #[test]

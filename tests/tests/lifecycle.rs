@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use hoptrace::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
+use hoptrace_lab::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
 use nix::{sys::signal::Signal, unistd::Pid};
 use tests::hoptrace_bin;
 

@@ -12,9 +12,9 @@ use std::{
 };
 
 use aya::{EbpfLoader, maps::RingBuf};
-use hoptrace::{
-    ebpf_objects::{main_object, netfilter_object},
+use hoptrace_core::kernel::{
     netfilter::{NFPROTO_IPV4, default_plan, load_netfilter_programs},
+    objects::{main_object, netfilter_object},
 };
 use hoptrace_common::{CtState, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
 
@@ -88,7 +88,7 @@ fn run_in_fresh_netns() {
         .expect("netns")
         .ino() as u32;
 
-    let layout = hoptrace::btf::kernel_layout().expect("kernel layout from BTF");
+    let layout = hoptrace_core::kernel::btf::kernel_layout().expect("kernel layout from BTF");
     let config = TraceConfig {
         node_netns_ino: netns_ino,
         ..TraceConfig::default()

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hoptrace::kubeproxy::Protocol;
-use hoptrace::netns::{self, ChildGuard, NetnsError, NetnsGuard};
-use hoptrace::topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError};
+use hoptrace_lab::kubeproxy::Protocol;
+use hoptrace_lab::netns::{self, ChildGuard, NetnsError, NetnsGuard};
+use hoptrace_lab::topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError};
 
 /// Why the tests cannot run here, if they cannot.
 fn skip_reason(extra_tools: &[&str]) -> Option<String> {

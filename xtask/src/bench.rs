@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: runs `hoptrace bench` (release build, as root) from
+//! `cargo xtask bench`: runs `hoptrace-bench` (release build, as root) from
 //! the workspace root; `--write` makes it (re)write BENCHMARKS.md there.
 //! The method is described in docs/bench.md.
 use std::path::Path;
@@ -10,7 +10,6 @@ pub fn run(bin: &Path, rounds: u32, seconds: u32, write: bool) -> Result<()> {
     crate::run(
         std::process::Command::new(bin)
             .args([
-                "bench",
                 "--rounds",
                 &rounds.to_string(),
                 "--seconds",

@@ -67,7 +67,7 @@ fn main() -> Result<()> {
             write,
         } => {
             setup::run(setup::Profile::Lab, false)?;
-            let bin = build(true)?;
+            let bin = build_bin("hoptrace-bench", true)?;
             bench::run(&bin, rounds, seconds, write)
         }
     }
@@ -96,8 +96,13 @@ fn cargo() -> Command {
 
 /// Builds hoptrace (kernel programs included); returns the binary's path.
 fn build(release: bool) -> Result<PathBuf> {
+    build_bin("hoptrace", release)
+}
+
+/// Builds the binary `name` (of the package of the same name); returns its path.
+fn build_bin(name: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "-p", "tracer", "--bin", "hoptrace"]);
+    cmd.args(["build", "-p", name, "--bin", name]);
     if release {
         cmd.arg("--release");
     }
@@ -105,19 +110,36 @@ fn build(release: bool) -> Result<PathBuf> {
     Ok(workspace_root()
         .join("target")
         .join(if release { "release" } else { "debug" })
-        .join("hoptrace"))
+        .join(name))
 }
 
 fn test(filter: &[String]) -> Result<()> {
     setup::run(setup::Profile::All, false)?;
     let bin = build(false)?;
+    // Lints: every userspace crate and its tests, warnings are errors.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "hoptrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Host tests: no root, no kernel.
     run(cargo().args([
         "test",
         "-p",
         "hoptrace-common",
         "-p",
-        "tracer",
+        "hoptrace-core",
+        "-p",
+        "hoptrace-lab",
+        "-p",
+        "hoptrace",
+        "-p",
+        "hoptrace-bench",
         "-p",
         "xtask",
     ]))?;

@@ -1,0 +1,273 @@
+//! The ledger: latency histograms per segment, category and end to end,
+//! split by direction and connection state, with the slowest journeys kept
+//! as exemplars. Filled by [`crate::correlate::Correlator`], read by
+//! [`crate::report`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hdrhistogram::Histogram;
+use hoptrace_common::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use hoptrace_common::{Encap, L3Headers};
+use serde::{Deserialize, Serialize};
+
+use crate::attribution::taxonomy::{Category, SegmentName, encap_name};
+
+
+/// Which way a journey crossed the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Left a pod (first hop in a pod namespace or entering the node side of a pod veth).
+    Egress,
+    /// Arrived from the network (first hop on the uplink or a tunnel device).
+    Ingress,
+    /// Anything else (node-local traffic, host-network senders).
+    Local,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 3] = [Self::Egress, Self::Ingress, Self::Local];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// Whether a journey's packet opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnState {
+    New,
+    Established,
+}
+
+impl ConnState {
+    pub const ALL: [ConnState; 2] = [Self::New, Self::Established];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Established => "established",
+        }
+    }
+}
+
+/// Latency distribution of one ledger row.
+#[derive(Clone, Debug)]
+pub struct Stat {
+    /// Durations in nanoseconds, 2 significant digits (<= 1 % relative error).
+    pub hist: Histogram<u64>,
+    /// Sum of all recorded durations, ns.
+    pub total_ns: u128,
+    /// Sum of the end-to-end time of the journeys that contributed to this
+    /// row (each journey once), ns. `total_ns / e2e_ns` is the row's share.
+    pub e2e_ns: u128,
+}
+
+impl Stat {
+    pub(crate) fn new() -> Self {
+        Self {
+            hist: Histogram::new(2).expect("2 significant digits is a valid histogram precision"),
+            total_ns: 0,
+            e2e_ns: 0,
+        }
+    }
+
+    pub(crate) fn record(&mut self, ns: u64) {
+        // Auto-resizing histogram: recording only fails past u64 range limits.
+        if self.hist.record(ns).is_err() {
+            self.hist.saturating_record(ns);
+        }
+        self.total_ns += u128::from(ns);
+    }
+
+    /// Adds another row's data (for `all` rows).
+    pub fn merge(&mut self, other: &Stat) {
+        // Both histograms auto-resize, so adding cannot fail on range.
+        let _ = self.hist.add(&other.hist);
+        self.total_ns += other.total_ns;
+        self.e2e_ns += other.e2e_ns;
+    }
+
+    /// An empty row.
+    pub fn empty() -> Self {
+        Self::new()
+    }
+}
+
+/// Key of a segment row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentKey {
+    /// Index into [`Ledger::segment_names`].
+    pub segment: u32,
+    pub direction: Direction,
+    pub conn_state: ConnState,
+}
+
+/// Counters of events that did not become (whole) journeys.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCounters {
+    /// Journeys finalized (including single-hop ones).
+    pub journeys: u64,
+    /// Journeys with one hop only: no segment, not in the histograms.
+    pub single_hop_journeys: u64,
+    /// Events whose headers did not parse (`packet.status != Ok`).
+    pub unparsed_packets: u64,
+    /// Events from network namespaces that are neither the node's nor a known pod's.
+    pub foreign_events: u64,
+    /// Events older than the journey that now owns their skb address (dropped).
+    pub late_events: u64,
+    /// Events with an unknown hook kind, netfilter hook or priority slot.
+    pub invalid_events: u64,
+    /// Journeys finalized early because `max_in_flight` was reached.
+    pub evicted_journeys: u64,
+    /// Journeys closed because their skb address started carrying another packet.
+    pub buffer_reuses: u64,
+    /// Events that joined a journey by fingerprint under a new skb address.
+    pub rebinds: u64,
+}
+
+/// The 5-tuple of a flow, formatted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
+    pub proto: String,
+    /// `addr:port` (`[addr]:port` for IPv6); the address alone without ports.
+    pub src: String,
+    pub dst: String,
+    /// Encapsulation seen on the journey: `none`, `vxlan`, `geneve`, `ipip`.
+    pub encap: String,
+}
+
+impl FlowInfo {
+    pub(crate) fn from_headers(h: &L3Headers, encap: Encap) -> Self {
+        let addr = |raw: &[u8; 16]| -> IpAddr {
+            if h.version == 6 {
+                IpAddr::V6(Ipv6Addr::from(*raw))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+            }
+        };
+        let with_port = |ip: IpAddr, port: u16| -> String {
+            if matches!(h.l4_proto, IPPROTO_TCP | IPPROTO_UDP) {
+                SocketAddr::new(ip, port).to_string()
+            } else {
+                ip.to_string()
+            }
+        };
+        let proto = match h.l4_proto {
+            IPPROTO_TCP => "tcp".to_string(),
+            IPPROTO_UDP => "udp".to_string(),
+            IPPROTO_ICMP => "icmp".to_string(),
+            IPPROTO_ICMPV6 => "icmpv6".to_string(),
+            n => n.to_string(),
+        };
+        Self {
+            proto,
+            src: with_port(addr(&h.saddr), h.sport),
+            dst: with_port(addr(&h.daddr), h.dport),
+            encap: encap_name(encap).to_string(),
+        }
+    }
+}
+
+/// One hop of an exemplar journey.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExemplarHop {
+    /// Stable hop name (`veth.ingress`, `nf.prerouting.-201`).
+    pub hop: String,
+    pub netns_ino: u32,
+    /// 0 when the hook does not know the device.
+    pub ifindex: u32,
+    /// Device name from the node context, when known.
+    pub device: Option<String>,
+    /// bpf ktime (CLOCK_MONOTONIC), ns.
+    pub ts_ns: u64,
+}
+
+/// One segment of an exemplar journey.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExemplarSegment {
+    pub segment: String,
+    pub category: Category,
+    pub duration_us: f64,
+}
+
+/// One of the slowest journeys, hop by hop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exemplar {
+    /// First to last hop on this node, µs.
+    pub end_to_end_us: f64,
+    pub direction: Direction,
+    pub conn_state: ConnState,
+    /// Innermost 5-tuple at the first hop (before NAT).
+    pub flow: FlowInfo,
+    /// Innermost 5-tuple at the last hop (after NAT).
+    pub flow_last: FlowInfo,
+    /// Hops in timestamp order.
+    pub hops: Vec<ExemplarHop>,
+    pub segments: Vec<ExemplarSegment>,
+}
+
+/// Everything the correlator learned: histograms per segment, per category
+/// and end to end, exemplars, drops and counters.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    /// Interned segment names; [`SegmentKey::segment`] indexes this.
+    pub segment_names: Vec<SegmentName>,
+    pub segments: HashMap<SegmentKey, Stat>,
+    pub categories: HashMap<(Category, Direction, ConnState), Stat>,
+    /// One value per journey: first to last hop.
+    pub end_to_end: HashMap<(Direction, ConnState), Stat>,
+    /// Slowest journeys, slowest first.
+    pub exemplars: Vec<Exemplar>,
+    /// Drop events by reason name.
+    pub drops: BTreeMap<String, u64>,
+    pub counters: LedgerCounters,
+}
+
+impl Ledger {
+    pub(crate) fn new() -> Self {
+        Self {
+            segment_names: Vec::new(),
+            segments: HashMap::new(),
+            categories: HashMap::new(),
+            end_to_end: HashMap::new(),
+            exemplars: Vec::new(),
+            drops: BTreeMap::new(),
+            counters: LedgerCounters::default(),
+        }
+    }
+
+    /// The segment row for a name, direction and state, if any journey crossed it.
+    pub fn segment(
+        &self,
+        name: &str,
+        direction: Direction,
+        conn_state: ConnState,
+    ) -> Option<&Stat> {
+        let idx = self.segment_names.iter().position(|s| s.name == name)? as u32;
+        self.segments.get(&SegmentKey {
+            segment: idx,
+            direction,
+            conn_state,
+        })
+    }
+
+    /// Names of every segment that has at least one row.
+    pub fn segment_names_seen(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .segments
+            .keys()
+            .map(|k| self.segment_names[k.segment as usize].name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}

@@ -1,0 +1,151 @@
+//! One packet's journey through the node: its hops, its layers (inner,
+//! outer), and what the hops say about its direction and connection state.
+
+use hoptrace_common::packet::IPPROTO_TCP;
+use hoptrace_common::{CtState, Encap, HookKind, HopEvent, L3Headers};
+
+use crate::attribution::ledger::{ConnState, Direction};
+use crate::attribution::taxonomy::{DevStage, DeviceRole, HopPoint, Place, TcDirection};
+
+/// Encapsulation not known for a hop (its headers did not parse).
+pub(crate) const ENCAP_UNKNOWN: u8 = 0xff;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hop {
+    pub(crate) ts_ns: u64,
+    pub(crate) point: HopPoint,
+    pub(crate) netns_ino: u32,
+    pub(crate) ifindex: u32,
+    /// [`Encap`] as u8, or [`ENCAP_UNKNOWN`].
+    pub(crate) encap: u8,
+}
+
+pub(crate) struct Journey {
+    pub(crate) fingerprint: u64,
+    pub(crate) addr: u64,
+    /// Further skb addresses bound by fingerprint (copies, clones).
+    pub(crate) extra_addrs: Vec<u64>,
+    pub(crate) hops: Vec<Hop>,
+    pub(crate) first_ts: u64,
+    pub(crate) last_ts: u64,
+    /// A drop or consume event was seen.
+    pub(crate) ended: bool,
+    /// An egress hop on the uplink or a tunnel device was seen: the packet
+    /// has left (or is leaving) the node.
+    pub(crate) left_node: bool,
+    /// The uplink took the packet (tc egress or driver): only its driver
+    /// hops or a drop can follow.
+    pub(crate) on_wire: bool,
+    /// Every hop so far is a receive from the wire (uplink or lower device).
+    pub(crate) only_receives: bool,
+    /// Every hop so far is the sending pod's.
+    pub(crate) only_pod_sends: bool,
+    /// The node handed the packet to a pod: only pod-side hops can follow.
+    pub(crate) in_pod: bool,
+    pub(crate) saw_netfilter: bool,
+    pub(crate) saw_ct_new: bool,
+    /// Netfilter hops of the packet itself, not of its encapsulating outer
+    /// packet: an overlay's outer UDP flow never sees a reply on its own
+    /// tuple, so conntrack keeps calling it NEW; the inner verdict decides.
+    pub(crate) saw_inner_netfilter: bool,
+    pub(crate) saw_inner_ct_new: bool,
+    pub(crate) first_flow_ts: u64,
+    pub(crate) first_flow: L3Headers,
+    pub(crate) last_flow_ts: u64,
+    pub(crate) last_flow: L3Headers,
+    pub(crate) encap: Encap,
+    /// [`Encap`] of the latest parsed event: the layer that events without
+    /// headers of their own (skipped netfilter brackets) belong to.
+    pub(crate) layer_encap: u8,
+}
+
+impl Journey {
+    pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
+        if let Some(hop) = hop {
+            self.left_node |= hop.point.leaves_node();
+            self.on_wire |= hop.point.hands_to_uplink();
+            self.only_receives &= hop.point.is_wire_receive();
+            self.only_pod_sends &= hop.point.sent_by_pod();
+            self.in_pod |= hop.point.hands_to_pod();
+            self.hops.push(hop);
+        }
+        self.first_ts = self.first_ts.min(ev.ts_ns);
+        self.last_ts = self.last_ts.max(ev.ts_ns);
+        match hook {
+            HookKind::Netfilter => {
+                self.saw_netfilter = true;
+                let new = CtState::from_u8(ev.ct_state) == CtState::New;
+                self.saw_ct_new |= new;
+                let encap = if parsed {
+                    ev.packet.encap
+                } else {
+                    self.layer_encap
+                };
+                if encap == Encap::None as u8 {
+                    self.saw_inner_netfilter = true;
+                    self.saw_inner_ct_new |= new;
+                }
+            }
+            HookKind::Drop | HookKind::Consume => self.ended = true,
+            _ => {}
+        }
+        if parsed {
+            if ev.ts_ns < self.first_flow_ts {
+                self.first_flow_ts = ev.ts_ns;
+                self.first_flow = *ev.packet.flow();
+            }
+            if ev.ts_ns >= self.last_flow_ts {
+                self.last_flow_ts = ev.ts_ns;
+                self.last_flow = *ev.packet.flow();
+                self.layer_encap = ev.packet.encap;
+            }
+            let encap = Encap::from_u8(ev.packet.encap);
+            if encap != Encap::None {
+                self.encap = encap;
+            }
+        }
+    }
+}
+
+pub(crate) fn journey_direction(first: &Hop) -> Direction {
+    match first.point {
+        HopPoint::Device {
+            place: Place::Pod, ..
+        } => Direction::Egress,
+        HopPoint::Tc {
+            role: DeviceRole::PodVethHost,
+            dir: TcDirection::Ingress,
+        }
+        | HopPoint::Device {
+            place: Place::Node(DeviceRole::PodVethHost),
+            stage: DevStage::Receive,
+        } => Direction::Egress,
+        p if p.node_role().is_some_and(DeviceRole::faces_network) => Direction::Ingress,
+        _ => Direction::Local,
+    }
+}
+
+pub(crate) fn journey_conn_state(j: &Journey) -> ConnState {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if j.saw_inner_netfilter {
+        if j.saw_inner_ct_new {
+            ConnState::New
+        } else {
+            ConnState::Established
+        }
+    } else if j.saw_netfilter {
+        if j.saw_ct_new {
+            ConnState::New
+        } else {
+            ConnState::Established
+        }
+    } else if j.first_flow.l4_proto == IPPROTO_TCP
+        && j.first_flow.tcp_flags & SYN != 0
+        && j.first_flow.tcp_flags & ACK == 0
+    {
+        ConnState::New
+    } else {
+        ConnState::Established
+    }
+}

@@ -1,0 +1,647 @@
+//! Follows each packet hop to hop ("journeys"), names the segments between
+//! consecutive hops with [`crate::attribution::taxonomy`], and aggregates them into a
+//! [`Ledger`] of latency histograms.
+//!
+//! Identity of a packet: the kernel `sk_buff` address, validated by a
+//! fingerprint of header fields that NAT and encapsulation leave alone. See
+//! `docs/segments.md` for the rules on direction and connection state.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use hoptrace_common::{
+    Encap, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, ParseStatus, device_key,
+};
+use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
+
+pub use crate::attribution::ledger::{
+    ConnState, Direction, Exemplar, ExemplarHop, ExemplarSegment, FlowInfo, Ledger,
+    LedgerCounters, SegmentKey, Stat,
+};
+use crate::attribution::taxonomy::{
+    Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
+};
+use crate::node::{DeviceRole, NodeContext};
+use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction};
+
+
+mod fingerprint;
+mod journey;
+#[cfg(test)]
+pub(crate) mod tests;
+
+pub use fingerprint::fingerprint;
+
+/// Tuning of the correlator. All times are in event time (bpf ktime, ns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrelatorOptions {
+    /// A journey without a new hop for this long is finalized by
+    /// [`Correlator::flush_idle`].
+    pub idle_timeout_ns: u64,
+    /// A journey that ended (drop or consume) waits this long for events that
+    /// other CPUs delivered late before it is finalized.
+    pub reorder_window_ns: u64,
+    /// An event with an unknown skb address joins an in-flight journey with
+    /// the same fingerprint whose newest hop is at most this far away in time.
+    pub rebind_window_ns: u64,
+    /// Upper bound on journeys kept in memory; the oldest is finalized first.
+    pub max_in_flight: usize,
+    /// How many of the slowest journeys are kept with every hop.
+    pub exemplars: usize,
+}
+
+impl Default for CorrelatorOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ns: 50_000_000,
+            reorder_window_ns: 5_000_000,
+            rebind_window_ns: 2_000_000,
+            max_in_flight: 65_536,
+            exemplars: 5,
+        }
+    }
+}
+
+
+/// Devices and namespaces of the node context, indexed for per-event lookups.
+struct DeviceTable {
+    node_netns_ino: u32,
+    pod_netns: FastSet<u32>,
+    devices: FastMap<u64, (DeviceRole, String)>,
+    drop_reasons: HashMap<u32, String>,
+}
+
+impl DeviceTable {
+    fn new(ctx: NodeContext) -> Self {
+        let mut pod_netns = FastSet::default();
+        let mut devices = FastMap::default();
+        for d in ctx.devices {
+            if d.netns_ino != ctx.node_netns_ino {
+                pod_netns.insert(d.netns_ino);
+            }
+            devices.insert(device_key(d.netns_ino, d.ifindex), (d.role, d.name));
+        }
+        Self {
+            node_netns_ino: ctx.node_netns_ino,
+            pod_netns,
+            devices,
+            drop_reasons: ctx.drop_reasons,
+        }
+    }
+
+    /// `Some(in_pod)` for a known namespace, `None` for a foreign one. Socket,
+    /// drop and consume events without a namespace (no device) count as node.
+    #[inline]
+    fn namespace(&self, netns_ino: u32, hook: HookKind) -> Option<bool> {
+        if netns_ino == self.node_netns_ino {
+            Some(false)
+        } else if self.pod_netns.contains(&netns_ino) {
+            Some(true)
+        } else if netns_ino == 0
+            && matches!(
+                hook,
+                HookKind::SocketDeliver | HookKind::Drop | HookKind::Consume
+            )
+        {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn role(&self, netns_ino: u32, ifindex: u32) -> DeviceRole {
+        self.devices
+            .get(&device_key(netns_ino, ifindex))
+            .map_or(DeviceRole::Other, |(role, _)| *role)
+    }
+
+    fn name(&self, netns_ino: u32, ifindex: u32) -> Option<String> {
+        self.devices
+            .get(&device_key(netns_ino, ifindex))
+            .map(|(_, name)| name.clone())
+    }
+
+    fn drop_reason_name(&self, reason: u32) -> String {
+        self.drop_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| format!("reason_{reason}"))
+    }
+}
+
+/// Interns segment names; caches the name of every (hop, hop) pair seen.
+#[derive(Default)]
+struct SegmentTable {
+    by_pair: FastMap<(HopSite, HopSite, bool), u32>,
+    by_name: HashMap<String, u32>,
+    /// See [`NodeContext::kube_proxy_absent`].
+    kube_proxy_absent: bool,
+}
+
+impl SegmentTable {
+    fn id(
+        &mut self,
+        names: &mut Vec<SegmentName>,
+        a: HopSite,
+        b: HopSite,
+        same_device: bool,
+    ) -> u32 {
+        if let Some(&id) = self.by_pair.get(&(a, b, same_device)) {
+            return id;
+        }
+        let mut seg = classify(a, b, same_device);
+        if self.kube_proxy_absent && seg.category == Category::KubeProxy {
+            seg.category = Category::NetfilterOther;
+        }
+        let id = match self.by_name.get(&seg.name) {
+            Some(&id) => id,
+            None => {
+                let id = names.len() as u32;
+                self.by_name.insert(seg.name.clone(), id);
+                names.push(seg);
+                id
+            }
+        };
+        self.by_pair.insert((a, b, same_device), id);
+        id
+    }
+}
+
+/// Follows packets hop to hop and fills a [`Ledger`].
+pub struct Correlator {
+    opts: CorrelatorOptions,
+    devices: DeviceTable,
+    journeys: FastMap<u64, Journey>,
+    by_skb: FastMap<u64, u64>,
+    by_fingerprint: FastMap<u64, u64>,
+    /// Journey ids in creation order (may hold ids already finalized).
+    order: VecDeque<u64>,
+    next_id: u64,
+    drops: FastMap<u32, u64>,
+    ledger: Ledger,
+    segments: SegmentTable,
+    hop_pool: Vec<Vec<Hop>>,
+    scratch_ids: Vec<u64>,
+    scratch_segments: Vec<u32>,
+}
+
+const HOP_POOL_MAX: usize = 1024;
+
+impl Correlator {
+    /// A correlator for one node.
+    pub fn new(ctx: NodeContext, opts: CorrelatorOptions) -> Self {
+        let kube_proxy_absent = ctx.kube_proxy_absent;
+        Self {
+            opts,
+            devices: DeviceTable::new(ctx),
+            journeys: FastMap::default(),
+            by_skb: FastMap::default(),
+            by_fingerprint: FastMap::default(),
+            order: VecDeque::new(),
+            next_id: 0,
+            drops: FastMap::default(),
+            ledger: Ledger::new(),
+            segments: SegmentTable {
+                kube_proxy_absent,
+                ..SegmentTable::default()
+            },
+            hop_pool: Vec::new(),
+            scratch_ids: Vec::new(),
+            scratch_segments: Vec::new(),
+        }
+    }
+
+    /// Replaces the node context (new pods and devices). Hops already
+    /// recorded keep the names they were given.
+    pub fn update_context(&mut self, ctx: NodeContext) {
+        self.devices = DeviceTable::new(ctx);
+    }
+
+    /// Journeys currently in flight.
+    pub fn in_flight(&self) -> usize {
+        self.journeys.len()
+    }
+
+    fn hop_point(&self, hook: HookKind, ev: &HopEvent, in_pod: bool) -> Option<HopPoint> {
+        let place = || {
+            if in_pod {
+                Place::Pod
+            } else {
+                Place::Node(self.devices.role(ev.netns_ino, ev.ifindex))
+            }
+        };
+        Some(match hook {
+            HookKind::TcIngress | HookKind::TcEgress => HopPoint::Tc {
+                role: self.devices.role(ev.netns_ino, ev.ifindex),
+                dir: if hook == HookKind::TcIngress {
+                    TcDirection::Ingress
+                } else {
+                    TcDirection::Egress
+                },
+            },
+            HookKind::Netfilter => {
+                let hook = NfHook::from_u8(ev.nf_hook)?;
+                if usize::from(ev.nf_slot) >= NF_PRIORITY_SLOTS.len() {
+                    return None;
+                }
+                HopPoint::Netfilter {
+                    hook,
+                    slot: ev.nf_slot,
+                }
+            }
+            HookKind::DevReceive => HopPoint::Device {
+                place: place(),
+                stage: DevStage::Receive,
+            },
+            HookKind::DevQueue => HopPoint::Device {
+                place: place(),
+                stage: DevStage::Queue,
+            },
+            HookKind::DevXmit => HopPoint::Device {
+                place: place(),
+                stage: DevStage::Xmit,
+            },
+            HookKind::SocketDeliver => HopPoint::Socket { in_pod },
+            HookKind::Drop => HopPoint::Drop,
+            HookKind::Consume | HookKind::Unknown => return None,
+        })
+    }
+
+    /// Adds one event. Events may arrive slightly out of time order (one
+    /// ring buffer fed by many CPUs).
+    pub fn push(&mut self, ev: &HopEvent) {
+        let hook = HookKind::from_u8(ev.hook);
+        if hook == HookKind::Unknown {
+            self.ledger.counters.invalid_events += 1;
+            return;
+        }
+        let Some(in_pod) = self.devices.namespace(ev.netns_ino, hook) else {
+            self.ledger.counters.foreign_events += 1;
+            return;
+        };
+        if hook == HookKind::Drop {
+            *self.drops.entry(ev.drop_reason).or_insert(0) += 1;
+        }
+        let status = ParseStatus::from_u8(ev.packet.status);
+        let parsed = status == ParseStatus::Ok;
+        if !parsed && status != ParseStatus::Skipped {
+            self.ledger.counters.unparsed_packets += 1;
+        }
+        let hop = if hook == HookKind::Consume {
+            None
+        } else {
+            let Some(point) = self.hop_point(hook, ev, in_pod) else {
+                self.ledger.counters.invalid_events += 1;
+                return;
+            };
+            Some(Hop {
+                ts_ns: ev.ts_ns,
+                point,
+                netns_ino: ev.netns_ino,
+                ifindex: ev.ifindex,
+                encap: if parsed {
+                    ev.packet.encap
+                } else {
+                    ENCAP_UNKNOWN
+                },
+            })
+        };
+        let fp = parsed.then(|| fingerprint(&ev.packet));
+
+        if let Some(&id) = self.by_skb.get(&ev.skb_addr) {
+            if let Some(j) = self.journeys.get_mut(&id) {
+                let same_packet = fp.is_none_or(|fp| fp == j.fingerprint);
+                // A buffer idle longer than the idle timeout carries a new
+                // packet (non-IP frames have no fingerprint to tell): one
+                // packet does not dwell that long between two hops of a node.
+                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.idle_timeout_ns);
+                // A packet that left through the uplink or a tunnel does not
+                // come back in the same buffer, nor does one from the wire
+                // arrive in the middle of a journey: such a hop is another
+                // packet with the same fingerprint (a duplicate ACK, a
+                // retransmission) in a recycled buffer.
+                let returned = ev.ts_ns > j.last_ts
+                    && hop.as_ref().is_some_and(|h| {
+                        (j.left_node && h.point.enters_node())
+                            || (!j.only_pod_sends && h.point.sent_by_pod())
+                            || (j.on_wire && !h.point.may_follow_uplink())
+                            || (j.in_pod && !h.point.may_follow_pod_handoff())
+                            || (!j.only_receives && h.point.arrives_on_uplink())
+                    });
+                let after_end = j.ended && ev.ts_ns > j.last_ts;
+                if same_packet && !stale && !returned && !after_end {
+                    j.add(ev, hook, hop, parsed);
+                    return;
+                }
+                if !same_packet && ev.ts_ns < j.first_ts {
+                    // A straggler of the packet that used this buffer before.
+                    self.ledger.counters.late_events += 1;
+                    return;
+                }
+                // The buffer now carries another packet.
+                self.ledger.counters.buffer_reuses += 1;
+                self.finalize(id);
+            } else {
+                self.by_skb.remove(&ev.skb_addr);
+            }
+        } else if let Some(fp) = fp
+            && let Some(&id) = self.by_fingerprint.get(&fp)
+            && let Some(j) = self.journeys.get_mut(&id)
+            && ev.ts_ns.abs_diff(j.last_ts) <= self.opts.rebind_window_ns
+        {
+            j.extra_addrs.push(ev.skb_addr);
+            // A copy lives on after the original was freed.
+            j.ended = false;
+            j.add(ev, hook, hop, parsed);
+            self.by_skb.insert(ev.skb_addr, id);
+            self.ledger.counters.rebinds += 1;
+            return;
+        }
+        // A new journey starts with a parsed event on a hop (a lone drop or
+        // consume of an unknown buffer is only counted).
+        let (Some(fp), Some(hop)) = (fp, hop) else {
+            return;
+        };
+        if hook == HookKind::Drop {
+            return;
+        }
+        self.start(ev, fp, hop, hook);
+    }
+
+    fn start(&mut self, ev: &HopEvent, fp: u64, hop: Hop, hook: HookKind) {
+        while self.journeys.len() >= self.opts.max_in_flight.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.journeys.contains_key(&oldest) {
+                self.ledger.counters.evicted_journeys += 1;
+                self.finalize(oldest);
+            }
+        }
+        if self.order.len() > 2 * self.opts.max_in_flight + 64 {
+            let journeys = &self.journeys;
+            self.order.retain(|id| journeys.contains_key(id));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut hops = self.hop_pool.pop().unwrap_or_default();
+        hops.clear();
+        let flow = *ev.packet.flow();
+        let mut j = Journey {
+            fingerprint: fp,
+            addr: ev.skb_addr,
+            extra_addrs: Vec::new(),
+            hops,
+            first_ts: ev.ts_ns,
+            last_ts: ev.ts_ns,
+            ended: false,
+            left_node: false,
+            on_wire: false,
+            only_receives: true,
+            only_pod_sends: true,
+            in_pod: false,
+            saw_netfilter: false,
+            saw_ct_new: false,
+            saw_inner_netfilter: false,
+            saw_inner_ct_new: false,
+            first_flow_ts: ev.ts_ns,
+            first_flow: flow,
+            last_flow_ts: ev.ts_ns,
+            last_flow: flow,
+            encap: Encap::None,
+            layer_encap: ev.packet.encap,
+        };
+        j.add(ev, hook, Some(hop), true);
+        self.journeys.insert(id, j);
+        self.by_skb.insert(ev.skb_addr, id);
+        self.by_fingerprint.insert(fp, id);
+        self.order.push_back(id);
+    }
+
+    /// Finalizes journeys idle for longer than the idle timeout, and ended
+    /// journeys older than the reorder window. `now_ns` is bpf ktime.
+    pub fn flush_idle(&mut self, now_ns: u64) {
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        for (id, j) in &self.journeys {
+            let limit = if j.ended {
+                self.opts.reorder_window_ns
+            } else {
+                self.opts.idle_timeout_ns
+            };
+            if now_ns.saturating_sub(j.last_ts) > limit {
+                ids.push(*id);
+            }
+        }
+        ids.sort_unstable();
+        for id in ids.iter() {
+            self.finalize(*id);
+        }
+        self.scratch_ids = ids;
+    }
+
+    /// Finalizes every journey and returns the ledger.
+    pub fn finish(mut self) -> Ledger {
+        let mut ids: Vec<u64> = self.journeys.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.finalize(id);
+        }
+        let mut drops = BTreeMap::new();
+        for (reason, count) in &self.drops {
+            *drops
+                .entry(self.devices.drop_reason_name(*reason))
+                .or_insert(0) += count;
+        }
+        self.ledger.drops = drops;
+        self.ledger
+    }
+
+    fn finalize(&mut self, id: u64) {
+        let Some(mut j) = self.journeys.remove(&id) else {
+            return;
+        };
+        for addr in std::iter::once(j.addr).chain(j.extra_addrs.iter().copied()) {
+            if self.by_skb.get(&addr) == Some(&id) {
+                self.by_skb.remove(&addr);
+            }
+        }
+        if self.by_fingerprint.get(&j.fingerprint) == Some(&id) {
+            self.by_fingerprint.remove(&j.fingerprint);
+        }
+        record_journey(
+            &mut self.ledger,
+            &mut self.segments,
+            &self.devices,
+            &mut j,
+            &mut self.scratch_segments,
+            self.opts.exemplars,
+        );
+        if self.hop_pool.len() < HOP_POOL_MAX {
+            j.hops.clear();
+            self.hop_pool.push(j.hops);
+        }
+    }
+
+}
+
+fn record_journey(
+    ledger: &mut Ledger,
+    table: &mut SegmentTable,
+    devices: &DeviceTable,
+    j: &mut Journey,
+    seen_segments: &mut Vec<u32>,
+    max_exemplars: usize,
+) {
+    ledger.counters.journeys += 1;
+    let hops = &mut j.hops;
+    // Stable: equal timestamps keep arrival order.
+    hops.sort_by_key(|h| h.ts_ns);
+    hops.dedup_by(|b, a| {
+        a.ts_ns == b.ts_ns
+            && a.point == b.point
+            && a.netns_ino == b.netns_ino
+            && a.ifindex == b.ifindex
+    });
+    // Hops whose headers did not parse take the encapsulation of the hop before.
+    let mut prev = hops
+        .iter()
+        .find(|h| h.encap != ENCAP_UNKNOWN)
+        .map_or(0, |h| h.encap);
+    for h in hops.iter_mut() {
+        if h.encap == ENCAP_UNKNOWN {
+            h.encap = prev;
+        } else {
+            prev = h.encap;
+        }
+    }
+    if hops.len() < 2 {
+        ledger.counters.single_hop_journeys += 1;
+        return;
+    }
+    let direction = journey_direction(&hops[0]);
+    let conn_state = journey_conn_state(j);
+    let hops = &j.hops;
+    let e2e = hops[hops.len() - 1].ts_ns - hops[0].ts_ns;
+    let mut category_ns = [0u64; Category::ALL.len()];
+    let mut category_seen = [false; Category::ALL.len()];
+    seen_segments.clear();
+    for pair in hops.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let same_device = a.ifindex != 0 && a.ifindex == b.ifindex && a.netns_ino == b.netns_ino;
+        let site = |h: &Hop| HopSite {
+            point: h.point,
+            encap: Encap::from_u8(h.encap),
+        };
+        let segment = table.id(&mut ledger.segment_names, site(a), site(b), same_device);
+        let duration = b.ts_ns - a.ts_ns;
+        let stat = ledger
+            .segments
+            .entry(SegmentKey {
+                segment,
+                direction,
+                conn_state,
+            })
+            .or_insert_with(Stat::new);
+        stat.record(duration);
+        if !seen_segments.contains(&segment) {
+            seen_segments.push(segment);
+            stat.e2e_ns += u128::from(e2e);
+        }
+        let category = ledger.segment_names[segment as usize].category.index();
+        category_ns[category] += duration;
+        category_seen[category] = true;
+    }
+    for category in Category::ALL {
+        if category_seen[category.index()] {
+            let stat = ledger
+                .categories
+                .entry((category, direction, conn_state))
+                .or_insert_with(Stat::new);
+            stat.record(category_ns[category.index()]);
+            stat.e2e_ns += u128::from(e2e);
+        }
+    }
+    let stat = ledger
+        .end_to_end
+        .entry((direction, conn_state))
+        .or_insert_with(Stat::new);
+    stat.record(e2e);
+    stat.e2e_ns += u128::from(e2e);
+
+    let e2e_us = e2e as f64 / 1000.0;
+    if max_exemplars == 0 {
+        return;
+    }
+    // The slowest `max_exemplars` per direction: a burst of slow replies must
+    // not hide every request (and the other way round).
+    let kept = ledger
+        .exemplars
+        .iter()
+        .filter(|e| e.direction == direction)
+        .count();
+    if kept >= max_exemplars
+        && ledger
+            .exemplars
+            .iter()
+            .rfind(|e| e.direction == direction)
+            .is_some_and(|fastest_kept| fastest_kept.end_to_end_us >= e2e_us)
+    {
+        return;
+    }
+    let exemplar = Exemplar {
+        end_to_end_us: e2e_us,
+        direction,
+        conn_state,
+        flow: FlowInfo::from_headers(&j.first_flow, j.encap),
+        flow_last: FlowInfo::from_headers(&j.last_flow, j.encap),
+        hops: hops
+            .iter()
+            .map(|h| ExemplarHop {
+                hop: h.point.name(),
+                netns_ino: h.netns_ino,
+                ifindex: h.ifindex,
+                device: devices.name(h.netns_ino, h.ifindex),
+                ts_ns: h.ts_ns,
+            })
+            .collect(),
+        segments: hops
+            .windows(2)
+            .map(|pair| {
+                let same_device = pair[0].ifindex != 0
+                    && pair[0].ifindex == pair[1].ifindex
+                    && pair[0].netns_ino == pair[1].netns_ino;
+                let site = |h: &Hop| HopSite {
+                    point: h.point,
+                    encap: Encap::from_u8(h.encap),
+                };
+                let id = table.id(
+                    &mut ledger.segment_names,
+                    site(&pair[0]),
+                    site(&pair[1]),
+                    same_device,
+                );
+                let seg = &ledger.segment_names[id as usize];
+                ExemplarSegment {
+                    segment: seg.name.clone(),
+                    category: seg.category,
+                    duration_us: (pair[1].ts_ns - pair[0].ts_ns) as f64 / 1000.0,
+                }
+            })
+            .collect(),
+    };
+    let pos = ledger
+        .exemplars
+        .iter()
+        .position(|e| e.end_to_end_us < e2e_us)
+        .unwrap_or(ledger.exemplars.len());
+    ledger.exemplars.insert(pos, exemplar);
+    if kept + 1 > max_exemplars
+        && let Some(fastest) = ledger
+            .exemplars
+            .iter()
+            .rposition(|e| e.direction == direction)
+    {
+        ledger.exemplars.remove(fastest);
+    }
+}

@@ -1,0 +1,330 @@
+//! `hoptrace cleanup`: removes tc filters that a killed hoptrace left behind.
+//!
+//! tcx links and netfilter links are file descriptors and die with the
+//! process; clsact (`cls_bpf`) filters are not and survive a crash. This
+//! removes only BPF filters whose program name starts with [`OWN_PREFIX`] on
+//! the ingress/egress hooks of every device of one network namespace, and
+//! never touches any other filter or the clsact qdisc itself.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use futures_util::TryStreamExt as _;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::LinkAttribute,
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+};
+
+/// Program-name prefix of every hoptrace kernel program.
+pub const OWN_PREFIX: &str = "hoptrace_";
+
+/// Errors of [`cleanup_tc_filters`].
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("cannot open network namespace {path}: {source}")]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {path}: {source}")]
+    EnterNetns {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("cannot start the cleanup thread: {0}")]
+    Thread(String),
+}
+
+/// Ingress or egress hook of a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn parent(self) -> TcHandle {
+        TcHandle {
+            major: 0xffff,
+            minor: match self {
+                Self::Ingress => TcHandle::MIN_INGRESS,
+                Self::Egress => TcHandle::MIN_EGRESS,
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// One removed filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemovedFilter {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub direction: Direction,
+    pub priority: u16,
+    pub handle: u32,
+    /// Program name as tc reports it (`TCA_BPF_NAME`).
+    pub program: String,
+    pub prog_id: Option<u32>,
+}
+
+/// What [`cleanup_tc_filters`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub removed: Vec<RemovedFilter>,
+    /// Filters seen and left alone (not ours).
+    pub kept: usize,
+}
+
+impl fmt::Display for CleanupReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.removed.is_empty() {
+            writeln!(f, "no hoptrace tc filters found")?;
+        }
+        for r in &self.removed {
+            write!(
+                f,
+                "removed {} filter `{}` on {} (ifindex {}) prio {} handle {:#x}",
+                r.direction.name(),
+                r.program,
+                r.ifname,
+                r.ifindex,
+                r.priority,
+                r.handle
+            )?;
+            match r.prog_id {
+                Some(id) => writeln!(f, " (program id {id})")?,
+                None => writeln!(f)?,
+            }
+        }
+        writeln!(f, "left {} other tc filter(s) untouched", self.kept)
+    }
+}
+
+/// Name of the BPF program of a filter message, if it is a `bpf` filter.
+fn bpf_program(msg: &TcMessage) -> Option<(String, Option<u32>)> {
+    let is_bpf = msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+    if !is_bpf {
+        return None;
+    }
+    let options = msg.attributes.iter().find_map(|a| match a {
+        TcAttribute::Options(o) => Some(o),
+        _ => None,
+    })?;
+    let mut name = None;
+    let mut id = None;
+    for option in options {
+        match option {
+            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+            TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+            _ => {}
+        }
+    }
+    Some((name?, id))
+}
+
+/// Whether a filter's program name marks it as hoptrace's.
+pub fn is_own_program(name: &str) -> bool {
+    name.starts_with(OWN_PREFIX)
+}
+
+async fn cleanup_here() -> Result<CleanupReport, CleanupError> {
+    let nl = |e: rtnetlink::Error| CleanupError::Netlink(e.to_string());
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| CleanupError::Netlink(e.to_string()))?;
+    tokio::spawn(connection);
+    let links: Vec<_> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl)?;
+    let mut report = CleanupReport::default();
+    for link in links {
+        let ifindex = link.header.index;
+        let ifname = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let request = handle.traffic_filter(ifindex as i32).get();
+            let request = match direction {
+                Direction::Ingress => request.ingress(),
+                Direction::Egress => request.egress(),
+            };
+            // A device without clsact answers with an error or nothing: no filters.
+            let filters: Vec<TcMessage> = match request.execute().try_collect().await {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            for filter in filters {
+                // The dump also lists the per-priority chain heads (handle 0).
+                if u32::from(filter.header.handle) == 0 {
+                    continue;
+                }
+                let own = bpf_program(&filter).filter(|(name, _)| is_own_program(name));
+                let Some((program, prog_id)) = own else {
+                    report.kept += 1;
+                    continue;
+                };
+                let mut del = TcMessage::with_index(ifindex as i32);
+                del.header.parent = direction.parent();
+                del.header.handle = filter.header.handle;
+                del.header.info = filter.header.info;
+                let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
+                req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+                let mut responses = handle.clone().request(req).map_err(nl)?;
+                use futures_util::StreamExt as _;
+                while let Some(msg) = responses.next().await {
+                    if let netlink_packet_core::NetlinkPayload::Error(e) = msg.payload
+                        && e.code.is_some()
+                    {
+                        return Err(CleanupError::Netlink(format!(
+                            "delete filter `{program}` on {ifname}: {}",
+                            e.to_io()
+                        )));
+                    }
+                }
+                report.removed.push(RemovedFilter {
+                    ifname: ifname.clone(),
+                    ifindex,
+                    direction,
+                    priority: (filter.header.info >> 16) as u16,
+                    handle: filter.header.handle.into(),
+                    program,
+                    prog_id,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Removes hoptrace's clsact filters from every device of the calling thread's
+/// network namespace, or of the namespace at `netns` (e.g. `/proc/PID/ns/net`
+/// or `/run/netns/NAME`). Runs on a short-lived thread of its own, so the
+/// caller's namespace never changes.
+pub fn cleanup_tc_filters(netns: Option<&Path>) -> Result<CleanupReport, CleanupError> {
+    let netns = netns.map(Path::to_path_buf);
+    std::thread::Builder::new()
+        .name("ht-cleanup".into())
+        .spawn(move || {
+            if let Some(path) = &netns {
+                let file = std::fs::File::open(path).map_err(|source| CleanupError::OpenNetns {
+                    path: path.clone(),
+                    source,
+                })?;
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |source| CleanupError::EnterNetns {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(|e| CleanupError::Thread(e.to_string()))?;
+            runtime.block_on(cleanup_here())
+        })
+        .map_err(|e| CleanupError::Thread(e.to_string()))?
+        .join()
+        .map_err(|_| CleanupError::Thread("cleanup thread panicked".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(kind: &str, options: Vec<TcOption>) -> TcMessage {
+        let mut msg = TcMessage::with_index(3);
+        msg.header.handle = 1.into();
+        msg.attributes.push(TcAttribute::Kind(kind.into()));
+        msg.attributes.push(TcAttribute::Options(options));
+        msg
+    }
+
+    #[test]
+    fn only_named_bpf_filters_are_recognised() {
+        let ours = filter(
+            "bpf",
+            vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgId(42)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName("hoptrace_tc_ingress".into())),
+            ],
+        );
+        assert_eq!(
+            bpf_program(&ours),
+            Some(("hoptrace_tc_ingress".into(), Some(42)))
+        );
+        let cilium = filter(
+            "bpf",
+            vec![TcOption::Bpf(TcFilterBpfOption::ProgName(
+                "cil_from_container".into(),
+            ))],
+        );
+        assert_eq!(
+            bpf_program(&cilium).map(|p| is_own_program(&p.0)),
+            Some(false)
+        );
+        let matchall = filter("matchall", vec![]);
+        assert_eq!(bpf_program(&matchall), None);
+        assert!(is_own_program("hoptrace_tc_egress_l3"));
+        assert!(!is_own_program("xhoptrace_tc"));
+        assert!(!is_own_program("bpf_prog.o:[classifier]"));
+    }
+
+    #[test]
+    fn report_lists_removed_filters() {
+        let report = CleanupReport {
+            removed: vec![RemovedFilter {
+                ifname: "veth1".into(),
+                ifindex: 7,
+                direction: Direction::Egress,
+                priority: 49152,
+                handle: 1,
+                program: "hoptrace_tc_egress".into(),
+                prog_id: Some(9),
+            }],
+            kept: 2,
+        };
+        let text = report.to_string();
+        assert!(text.contains(
+            "removed egress filter `hoptrace_tc_egress` on veth1 (ifindex 7) prio 49152"
+        ));
+        assert!(text.contains("left 2 other"));
+        assert!(
+            CleanupReport::default()
+                .to_string()
+                .contains("no hoptrace tc filters found")
+        );
+    }
+
+    #[test]
+    fn missing_namespace_is_a_typed_error() {
+        let err = cleanup_tc_filters(Some(Path::new("/nonexistent/ns"))).unwrap_err();
+        assert!(matches!(err, CleanupError::OpenNetns { .. }), "{err}");
+    }
+}

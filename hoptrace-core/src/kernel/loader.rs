@@ -1,0 +1,451 @@
+//! Loads the main kernel object with aya and owns every attachment it makes.
+//!
+//! Dropping a [`Tracer`] detaches everything: tcx links and netfilter links
+//! are file descriptors closed on drop; clsact filters are detached by aya's
+//! link drop, and a clsact qdisc that hoptrace itself added is removed too.
+//! Filters that survive a crash are removed by `hoptrace cleanup`.
+
+use std::os::fd::AsFd as _;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcAttachOptions},
+    },
+};
+use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
+
+use crate::kernel::objects;
+
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcMode {
+    /// tcx link, first in the chain (kernel >= 6.6; probed by trying).
+    Tcx,
+    /// clsact qdisc + bpf filter over netlink (older kernels).
+    Clsact,
+}
+
+/// Errors of loading and attaching.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error(transparent)]
+    NoObjects(#[from] objects::NoKernelObjects),
+    #[error("loading the kernel object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name} is missing from the kernel object")]
+    MissingProgram { name: String },
+    #[error("map {name} is missing from the kernel object")]
+    MissingMap { name: String },
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("unknown interface {iface:?} in this network namespace")]
+    UnknownInterface { iface: String },
+    #[error("adding a clsact qdisc on {iface}: {source}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("attaching tc {direction} on {iface}: {source}")]
+    TcAttach {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// Names of the programs in the main object.
+pub mod program {
+    pub const TC_INGRESS: &str = "hoptrace_tc_ingress";
+    pub const TC_EGRESS: &str = "hoptrace_tc_egress";
+    pub const TC_INGRESS_L3: &str = "hoptrace_tc_ingress_l3";
+    pub const TC_EGRESS_L3: &str = "hoptrace_tc_egress_l3";
+    /// (program, tracepoint) pairs of the BTF tracepoints.
+    pub const TRACEPOINTS: [(&str, &str); 5] = [
+        ("hoptrace_netif_receive_skb", "netif_receive_skb"),
+        ("hoptrace_net_dev_queue", "net_dev_queue"),
+        ("hoptrace_net_dev_start_xmit", "net_dev_start_xmit"),
+        (
+            "hoptrace_skb_copy_datagram_iovec",
+            "skb_copy_datagram_iovec",
+        ),
+        ("hoptrace_kfree_skb", "kfree_skb"),
+    ];
+    pub const CONSUME: (&str, &str) = ("hoptrace_consume_skb", "consume_skb");
+    /// The tracepoint that marks a packet entering a device's qdisc.
+    pub const QDISC_TRACEPOINT: &str = "net_dev_queue";
+}
+
+pub const EVENTS_MAP: &str = "HOPTRACE_EVENTS";
+pub const COUNTERS_MAP: &str = "HOPTRACE_COUNTERS";
+pub const NETNS_MAP: &str = "HOPTRACE_NETNS";
+pub const TC_COVERED_MAP: &str = "HOPTRACE_TC_COVERED";
+
+/// Load-time options.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub layout: KernelLayout,
+    pub config: TraceConfig,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            layout: KernelLayout::default(),
+            config: TraceConfig::default(),
+            ring_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// One tc attachment, for the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TcAttachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub direction: &'static str,
+    pub mode: TcMode,
+}
+
+/// The loaded main object and everything attached from it.
+pub struct Tracer {
+    /// Dropped explicitly first in `Drop`, so that filters are gone before
+    /// qdiscs are inspected.
+    ebpf: std::mem::ManuallyDrop<Ebpf>,
+    tc: Vec<TcAttachment>,
+    tracepoints: Vec<&'static str>,
+    /// clsact qdiscs this tracer added (removed again on drop).
+    added_clsact: Vec<String>,
+}
+
+impl Tracer {
+    /// Loads the main object with the given globals. Nothing is attached yet.
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoaderError> {
+        let object = objects::main_object()?;
+        let ebpf = EbpfLoader::new()
+            .override_global("HOPTRACE_LAYOUT", &opts.layout, true)
+            .override_global("HOPTRACE_CONFIG", &opts.config, true)
+            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+            .load(object)?;
+        Ok(Self {
+            ebpf: std::mem::ManuallyDrop::new(ebpf),
+            tc: Vec::new(),
+            tracepoints: Vec::new(),
+            added_clsact: Vec::new(),
+        })
+    }
+
+    /// The aya object (for the netfilter loader, which shares its maps).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn tc_attachments(&self) -> &[TcAttachment] {
+        &self.tc
+    }
+
+    pub fn tracepoints(&self) -> &[&'static str] {
+        &self.tracepoints
+    }
+
+    fn classifier(&mut self, name: &str) -> Result<&mut SchedClassifier, LoaderError> {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoaderError::MissingProgram { name: name.into() })?;
+        let prog: &mut SchedClassifier =
+            prog.try_into().map_err(|source| LoaderError::Program {
+                name: name.into(),
+                source,
+            })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|source| LoaderError::Program {
+                name: name.into(),
+                source,
+            })?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches tc ingress and egress on `iface` (in the calling thread's
+    /// network namespace): tcx first in the chain, or a clsact filter when
+    /// `mode` is [`TcMode::Clsact`]. `has_l2` is false for devices without an
+    /// Ethernet header (ipip, tun).
+    pub fn attach_tc(
+        &mut self,
+        iface: &str,
+        has_l2: bool,
+        mode: TcMode,
+    ) -> Result<(), LoaderError> {
+        let ifindex =
+            nix::net::if_::if_nametoindex(iface).map_err(|_| LoaderError::UnknownInterface {
+                iface: iface.to_owned(),
+            })?;
+        if mode == TcMode::Clsact {
+            match aya::programs::tc::qdisc_add_clsact(iface) {
+                Ok(()) => self.added_clsact.push(iface.to_owned()),
+                Err(aya::programs::tc::TcError::NetlinkError(err))
+                    if err.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(source) => {
+                    return Err(LoaderError::Clsact {
+                        iface: iface.into(),
+                        source,
+                    });
+                }
+            }
+        }
+        for (attach, direction) in [
+            (TcAttachType::Ingress, "ingress"),
+            (TcAttachType::Egress, "egress"),
+        ] {
+            let name = match (attach, has_l2) {
+                (TcAttachType::Ingress, true) => program::TC_INGRESS,
+                (TcAttachType::Ingress, false) => program::TC_INGRESS_L3,
+                (_, true) => program::TC_EGRESS,
+                (_, false) => program::TC_EGRESS_L3,
+            };
+            let options = match mode {
+                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+                // Priority 1: run before other filters of the chain.
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions {
+                    priority: 1,
+                    ..Default::default()
+                }),
+            };
+            let prog = self.classifier(name)?;
+            prog.attach_with_options(iface, attach, options)
+                .map_err(|source| LoaderError::TcAttach {
+                    iface: iface.into(),
+                    direction,
+                    source,
+                })?;
+            self.tc.push(TcAttachment {
+                iface: iface.to_owned(),
+                ifindex,
+                direction,
+                mode,
+            });
+        }
+        Ok(())
+    }
+
+    /// Attaches the BTF tracepoints. `qdisc` keeps net:net_dev_queue, which
+    /// times queueing in front of a qdisc: without one (every device
+    /// `noqueue`) it fires back to back with net_dev_start_xmit and only adds
+    /// cost. `consume` adds skb:consume_skb, which doubles the event rate and
+    /// is off by default.
+    pub fn attach_tracepoints(
+        &mut self,
+        btf: &aya::Btf,
+        qdisc: bool,
+        consume: bool,
+    ) -> Result<(), LoaderError> {
+        let mut list: Vec<(&'static str, &'static str)> = program::TRACEPOINTS
+            .into_iter()
+            .filter(|(_, tp)| qdisc || *tp != program::QDISC_TRACEPOINT)
+            .collect();
+        if consume {
+            list.push(program::CONSUME);
+        }
+        for (name, tracepoint) in list {
+            let prog = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoaderError::MissingProgram { name: name.into() })?;
+            let prog: &mut BtfTracePoint =
+                prog.try_into().map_err(|source| LoaderError::Program {
+                    name: name.into(),
+                    source,
+                })?;
+            prog.load(tracepoint, btf)
+                .map_err(|source| LoaderError::Program {
+                    name: name.into(),
+                    source,
+                })?;
+            prog.attach().map_err(|source| LoaderError::Program {
+                name: name.into(),
+                source,
+            })?;
+            self.tracepoints.push(tracepoint);
+        }
+        Ok(())
+    }
+
+    /// Restricts tracepoint events to these network namespaces (the node and
+    /// its pods); takes effect when `TraceConfig::filter_netns` was set.
+    pub fn set_traced_netns(&mut self, inodes: &[u32]) -> Result<(), LoaderError> {
+        let map = self
+            .ebpf
+            .map_mut(NETNS_MAP)
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: NETNS_MAP.into(),
+            })?;
+        let mut map: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
+                name: NETNS_MAP.into(),
+                source,
+            })?;
+        for ino in inodes {
+            map.insert(ino, 1, 0).map_err(|source| LoaderError::Map {
+                name: NETNS_MAP.into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Node devices whose device tracepoints are redundant with tc (timed by
+    /// tc, no qdisc): the kernel skips those events.
+    pub fn set_tc_covered(&mut self, devices: &[u64]) -> Result<(), LoaderError> {
+        let map = self
+            .ebpf
+            .map_mut(TC_COVERED_MAP)
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: TC_COVERED_MAP.into(),
+            })?;
+        let mut map: aya::maps::HashMap<_, u64, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|source| LoaderError::Map {
+                name: TC_COVERED_MAP.into(),
+                source,
+            })?;
+        for key in devices {
+            map.insert(key, 1, 0).map_err(|source| LoaderError::Map {
+                name: TC_COVERED_MAP.into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Takes the event ring buffer out of the object, for a reader.
+    pub fn take_events(&mut self) -> Result<EventReader, LoaderError> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: EVENTS_MAP.into(),
+            })?;
+        let ring = RingBuf::try_from(map).map_err(|source| LoaderError::Map {
+            name: EVENTS_MAP.into(),
+            source,
+        })?;
+        Ok(EventReader { ring })
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Result<Counters, LoaderError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: COUNTERS_MAP.into(),
+            })?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoaderError::Map {
+                name: COUNTERS_MAP.into(),
+                source,
+            })?;
+        let mut totals = [0u64; COUNTER_SLOTS as usize];
+        for (slot, total) in totals.iter_mut().enumerate() {
+            let values = array
+                .get(&(slot as u32), 0)
+                .map_err(|source| LoaderError::Map {
+                    name: COUNTERS_MAP.into(),
+                    source,
+                })?;
+            *total = values.iter().sum();
+        }
+        Ok(Counters { totals })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // SAFETY: `ebpf` is not used after this point. Dropping it detaches
+        // every program: tcx links close, clsact filters are deleted.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.ebpf) };
+        // A clsact qdisc that hoptrace added would outlive us: remove it when
+        // it holds no filter any more (another tool may have added one).
+        for iface in std::mem::take(&mut self.added_clsact) {
+            if clsact_is_empty(&iface) {
+                let _ = std::process::Command::new("tc")
+                    .args(["qdisc", "del", "dev", &iface, "clsact"])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+fn clsact_is_empty(iface: &str) -> bool {
+    ["ingress", "egress"].iter().all(|dir| {
+        std::process::Command::new("tc")
+            .args(["filter", "show", "dev", iface, dir])
+            .output()
+            .map(|out| out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace))
+            .unwrap_or(false)
+    })
+}
+
+/// Summed per-CPU counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub totals: [u64; COUNTER_SLOTS as usize],
+}
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.totals[counter as usize]
+    }
+}
+
+/// Drains the event ring buffer. Producers never wake the reader, so the
+/// reader is driven by a timer ([`EventReader::drain`] in a loop).
+pub struct EventReader {
+    ring: RingBuf<aya::maps::MapData>,
+}
+
+impl EventReader {
+    /// Reads every event currently in the ring; returns how many were read.
+    pub fn drain(&mut self, mut sink: impl FnMut(&HopEvent)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= std::mem::size_of::<HopEvent>() {
+                // SAFETY: HopEvent is a plain repr(C) Pod written by the
+                // kernel programs; read_unaligned copes with any alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
+                sink(&ev);
+                n += 1;
+            } else if item.len() >= std::mem::size_of::<HopHeader>() {
+                // A hop that only times a packet parsed earlier on its hook.
+                // SAFETY: as above, for the header-only record.
+                let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopHeader>()) };
+                sink(&HopEvent::from_header(&h));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Raw fd, for epoll users.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+}

@@ -1,0 +1,446 @@
+//! Loads the netfilter object (`hoptrace-nf`) and attaches its programs as
+//! netfilter BPF links.
+//!
+//! aya 0.14 has no netfilter program type, so this module does what its loader
+//! would: parse the object with aya-obj, write the read-only globals into a
+//! frozen `.rodata` array map, point the object's map references at the main
+//! object's maps (one ring buffer for every event), link the `.text` helpers,
+//! and load each slot as `BPF_PROG_TYPE_NETFILTER`. Links are owned file
+//! descriptors: dropping [`NetfilterLinks`] detaches every program.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::CString,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+};
+
+use aya_obj::Object;
+use hoptrace_common::{KernelLayout, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
+
+use crate::kernel::sys;
+
+/// IPv4 protocol family for netfilter hooks.
+pub const NFPROTO_IPV4: u8 = 2;
+/// IPv6 protocol family for netfilter hooks.
+pub const NFPROTO_IPV6: u8 = 10;
+
+/// Maps the netfilter object shares with the main object (at least these;
+/// any other map it references is looked up in the main object by name too).
+pub const SHARED_MAPS: [&str; 4] = [
+    "HOPTRACE_EVENTS",
+    "HOPTRACE_COUNTERS",
+    "HOPTRACE_NETNS",
+    "HOPTRACE_TC_COVERED",
+];
+
+/// Errors loading or attaching the netfilter programs.
+#[derive(Debug, thiserror::Error)]
+pub enum NetfilterError {
+    #[error("cannot parse the netfilter object: {0}")]
+    Parse(#[from] aya_obj::ParseError),
+    #[error("cannot relocate the netfilter object: {0}")]
+    Relocate(#[from] aya_obj::relocation::EbpfRelocationError),
+    #[error("the netfilter object has no program `{0}`")]
+    MissingProgram(String),
+    #[error("the netfilter object references map `{0}`, which the main object does not provide")]
+    MissingMap(String),
+    #[error("cannot create the netfilter object's .rodata map: {0}")]
+    Rodata(#[source] std::io::Error),
+    #[error("the kernel rejected netfilter program `{name}`: {error}\nverifier log:\n{log}")]
+    Load {
+        name: String,
+        #[source]
+        error: std::io::Error,
+        log: String,
+    },
+    #[error("slot {0} is out of range (0..{max})", max = NF_PRIORITY_SLOTS.len())]
+    BadSlot(u8),
+    #[error(
+        "cannot attach netfilter program slot {slot} (priority {priority}) to pf {pf} hook {hook}: {error}"
+    )]
+    Attach {
+        pf: u8,
+        hook: &'static str,
+        slot: u8,
+        priority: i32,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+/// Where one netfilter program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetfilterPlacement {
+    /// [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`].
+    pub pf: u8,
+    pub hook: NfHook,
+    /// Index into [`NF_PRIORITY_SLOTS`]: the program and its priority.
+    pub slot: u8,
+}
+
+impl NetfilterPlacement {
+    /// The netfilter priority of this placement.
+    pub fn priority(&self) -> Option<i32> {
+        NF_PRIORITY_SLOTS.get(self.slot as usize).copied()
+    }
+}
+
+fn slot_of(priority: i32) -> u8 {
+    NF_PRIORITY_SLOTS
+        .iter()
+        .position(|&p| p == priority)
+        .expect("priority listed in NF_PRIORITY_SLOTS") as u8
+}
+
+/// Priorities per hook in the default plan: each pair brackets one band
+/// (conntrack -200, DNAT -100, filter 0, SNAT 100).
+pub const DEFAULT_PRIORITIES: [(NfHook, &[i32]); 5] = [
+    (NfHook::PreRouting, &[-201, -199, -101, -99]),
+    (NfHook::LocalIn, &[-1, 1]),
+    (NfHook::Forward, &[-1, 1]),
+    (NfHook::LocalOut, &[-201, -199, -101, -99, -1, 1]),
+    (NfHook::PostRouting, &[99, 101]),
+];
+
+/// Both families, every hook, the bracketing priorities of [`DEFAULT_PRIORITIES`].
+pub fn default_plan() -> Vec<NetfilterPlacement> {
+    [NFPROTO_IPV4, NFPROTO_IPV6]
+        .into_iter()
+        .flat_map(|pf| {
+            DEFAULT_PRIORITIES.iter().flat_map(move |(hook, prios)| {
+                prios.iter().map(move |&p| NetfilterPlacement {
+                    pf,
+                    hook: *hook,
+                    slot: slot_of(p),
+                })
+            })
+        })
+        .collect()
+}
+
+/// Netfilter bands that rewrite headers (DNAT at -100, SNAT at 100).
+const NAT_PRIORITIES: [i32; 2] = [-100, 100];
+
+/// Which programs of `plan` parse the headers, as
+/// [`TraceConfig::nf_parse_slots`]: on each hook the first one, and each one
+/// that follows a NAT band. The brackets in between see the headers the
+/// previous program parsed and only record the time.
+pub fn parse_slots(plan: &[NetfilterPlacement]) -> [u16; 5] {
+    let mut mask = [0u16; 5];
+    for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
+        for hook in NfHook::ALL {
+            let mut prios: Vec<(i32, u8)> = plan
+                .iter()
+                .filter(|p| p.pf == pf && p.hook == hook)
+                .filter_map(|p| Some((p.priority()?, p.slot)))
+                .collect();
+            prios.sort_unstable();
+            let mut prev: Option<i32> = None;
+            for (prio, slot) in prios {
+                let after_nat = prev
+                    .is_some_and(|prev| NAT_PRIORITIES.iter().any(|&nat| prev < nat && nat < prio));
+                if prev.is_none() || after_nat {
+                    mask[hook as usize] |= 1 << slot;
+                }
+                prev = Some(prio);
+            }
+        }
+    }
+    mask
+}
+
+/// The nine loaded netfilter programs (one per priority slot) and the
+/// `.rodata` map they read their globals from.
+pub struct NetfilterPrograms {
+    programs: Vec<OwnedFd>,
+    _rodata: Option<OwnedFd>,
+}
+
+/// Attached netfilter links; dropping this detaches all of them.
+pub struct NetfilterLinks {
+    links: Vec<(NetfilterPlacement, OwnedFd)>,
+}
+
+impl NetfilterLinks {
+    /// Number of attached links.
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Where each link is attached.
+    pub fn placements(&self) -> impl Iterator<Item = &NetfilterPlacement> {
+        self.links.iter().map(|(p, _)| p)
+    }
+}
+
+/// File descriptor of a map of a loaded aya object, whatever its type.
+pub fn aya_map_fd(map: &aya::maps::Map) -> BorrowedFd<'_> {
+    use aya::maps::Map;
+    let data = match map {
+        Map::Array(d)
+        | Map::ArrayOfMaps(d)
+        | Map::BloomFilter(d)
+        | Map::CgroupArray(d)
+        | Map::CgroupStorage(d)
+        | Map::CgrpStorage(d)
+        | Map::CpuMap(d)
+        | Map::DevMap(d)
+        | Map::DevMapHash(d)
+        | Map::HashMap(d)
+        | Map::HashOfMaps(d)
+        | Map::InodeStorage(d)
+        | Map::LpmTrie(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuCgroupStorage(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::PerfEventArray(d)
+        | Map::ProgramArray(d)
+        | Map::Queue(d)
+        | Map::ReusePortSockArray(d)
+        | Map::RingBuf(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d)
+        | Map::SkStorage(d)
+        | Map::Stack(d)
+        | Map::StackTraceMap(d)
+        | Map::Unsupported(d)
+        | Map::XskMap(d) => d,
+    };
+    data.fd().as_fd()
+}
+
+/// Loads the netfilter programs, sharing [`SHARED_MAPS`] with the main object
+/// `ebpf`. Call it before taking maps out of `ebpf` (`take_map`).
+pub fn load_netfilter_programs(
+    nf_object: &[u8],
+    ebpf: &aya::Ebpf,
+    layout: &KernelLayout,
+    config: &TraceConfig,
+) -> Result<NetfilterPrograms, NetfilterError> {
+    // Every map of the main object, by name: the netfilter object uses a
+    // subset of them (the linker keeps what its programs reference).
+    let fds: HashMap<&str, BorrowedFd<'_>> = ebpf
+        .maps()
+        .map(|(name, map)| (name, aya_map_fd(map)))
+        .collect();
+    load_netfilter_programs_with_maps(nf_object, &fds, layout, config)
+}
+
+fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
+    // SAFETY: Pod types are plain bytes without padding surprises (checked by
+    // the size assertions in hoptrace-common).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Like [`load_netfilter_programs`], with the shared maps given by name.
+pub fn load_netfilter_programs_with_maps(
+    nf_object: &[u8],
+    map_fds: &HashMap<&str, BorrowedFd<'_>>,
+    layout: &KernelLayout,
+    config: &TraceConfig,
+) -> Result<NetfilterPrograms, NetfilterError> {
+    let mut obj = Object::parse(nf_object)?;
+    obj.patch_map_data(HashMap::from([
+        ("HOPTRACE_LAYOUT", (pod_bytes(layout), true)),
+        ("HOPTRACE_CONFIG", (pod_bytes(config), true)),
+    ]))?;
+
+    // Our own .rodata: an array of one element holding the section bytes,
+    // read-only for programs and frozen against userspace writes.
+    let mut rodata = None;
+    let mut raw_fds: Vec<(String, i32)> = Vec::new();
+    for (name, map) in &obj.maps {
+        if name == ".rodata" {
+            let data = map.data();
+            let fd = sys::map_create(
+                sys::BPF_MAP_TYPE_ARRAY,
+                4,
+                data.len() as u32,
+                1,
+                sys::BPF_F_RDONLY_PROG,
+                "hoptrace_nf.ro",
+            )
+            .map_err(NetfilterError::Rodata)?;
+            sys::map_update(&fd, &0u32.to_ne_bytes(), data).map_err(NetfilterError::Rodata)?;
+            sys::map_freeze(&fd).map_err(NetfilterError::Rodata)?;
+            raw_fds.push((name.clone(), fd.as_raw_fd()));
+            rodata = Some(fd);
+        } else {
+            let fd = map_fds
+                .get(name.as_str())
+                .ok_or_else(|| NetfilterError::MissingMap(name.clone()))?;
+            raw_fds.push((name.clone(), fd.as_raw_fd()));
+        }
+    }
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
+    // relocate_maps needs `&mut obj`: clone the (small) map descriptions.
+    let map_objs: Vec<(String, i32, aya_obj::Map)> = raw_fds
+        .iter()
+        .map(|(name, fd)| (name.clone(), *fd, obj.maps[name].clone()))
+        .collect();
+    obj.relocate_maps(
+        map_objs.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )?;
+    obj.relocate_calls(&text_sections)?;
+
+    let license = CString::new("GPL").expect("no NUL");
+    let mut programs = Vec::with_capacity(NF_PRIORITY_SLOTS.len());
+    for slot in 0..NF_PRIORITY_SLOTS.len() {
+        let name = format!("hoptrace_nf_slot{slot}");
+        let prog = obj
+            .programs
+            .get(&name)
+            .ok_or_else(|| NetfilterError::MissingProgram(name.clone()))?;
+        let function = obj
+            .functions
+            .get(&prog.function_key())
+            .ok_or_else(|| NetfilterError::MissingProgram(name.clone()))?;
+        let insns: Vec<u64> = function
+            .instructions
+            .iter()
+            .map(|insn| {
+                // SAFETY: bpf_insn is the 8-byte UAPI struct.
+                u64::from_ne_bytes(unsafe {
+                    std::mem::transmute::<aya_obj::generated::bpf_insn, [u8; 8]>(*insn)
+                })
+            })
+            .collect();
+        let fd = sys::prog_load(&sys::ProgLoad {
+            prog_type: sys::BPF_PROG_TYPE_NETFILTER,
+            expected_attach_type: sys::BPF_NETFILTER,
+            insns: &insns,
+            license: &license,
+            name: &format!("hoptrace_nf_s{slot}"),
+        })
+        .map_err(|e| NetfilterError::Load {
+            name: name.clone(),
+            error: e.error,
+            log: e.verifier_log,
+        })?;
+        programs.push(fd);
+    }
+    Ok(NetfilterPrograms {
+        programs,
+        _rodata: rodata,
+    })
+}
+
+impl NetfilterPrograms {
+    /// Attaches the programs at `plan`, in the calling thread's network
+    /// namespace. On error, links made so far are detached.
+    pub fn attach(&self, plan: &[NetfilterPlacement]) -> Result<NetfilterLinks, NetfilterError> {
+        let mut links = Vec::with_capacity(plan.len());
+        for placement in plan {
+            let priority = placement
+                .priority()
+                .ok_or(NetfilterError::BadSlot(placement.slot))?;
+            let prog = &self.programs[placement.slot as usize];
+            let link = sys::netfilter_link_create(
+                prog,
+                placement.pf.into(),
+                placement.hook as u32,
+                priority,
+            )
+            .map_err(|error| NetfilterError::Attach {
+                pf: placement.pf,
+                hook: placement.hook.name(),
+                slot: placement.slot,
+                priority,
+                error,
+            })?;
+            links.push((*placement, link));
+        }
+        Ok(NetfilterLinks { links })
+    }
+
+    /// Kernel program ids of the nine slots (as `bpftool prog` shows them).
+    pub fn program_ids(&self) -> std::io::Result<Vec<u32>> {
+        self.programs
+            .iter()
+            .map(|fd| sys::object_id(fd.as_fd()))
+            .collect()
+    }
+
+    /// Program file descriptor of a slot.
+    pub fn program_fd(&self, slot: u8) -> Option<BorrowedFd<'_>> {
+        self.programs.get(slot as usize).map(|fd| fd.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn parse_slots_first_of_each_hook_and_after_nat() {
+        let mask = parse_slots(&default_plan());
+        let parsing = |hook: NfHook| -> Vec<i32> {
+            (0..NF_PRIORITY_SLOTS.len())
+                .filter(|slot| mask[hook as usize] >> slot & 1 != 0)
+                .map(|slot| NF_PRIORITY_SLOTS[slot])
+                .collect()
+        };
+        assert_eq!(parsing(NfHook::PreRouting), [-201, -99]);
+        assert_eq!(parsing(NfHook::LocalIn), [-1]);
+        assert_eq!(parsing(NfHook::Forward), [-1]);
+        assert_eq!(parsing(NfHook::LocalOut), [-201, -99]);
+        assert_eq!(parsing(NfHook::PostRouting), [99, 101]);
+        assert_eq!(parse_slots(&[]), [0; 5]);
+    }
+
+    use super::*;
+
+    #[test]
+    fn default_plan_brackets_each_band_in_both_families() {
+        let plan = default_plan();
+        assert_eq!(plan.len(), 2 * (4 + 2 + 2 + 6 + 2));
+        for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
+            let prios = |hook: NfHook| -> Vec<i32> {
+                plan.iter()
+                    .filter(|p| p.pf == pf && p.hook == hook)
+                    .map(|p| p.priority().expect("valid slot"))
+                    .collect()
+            };
+            assert_eq!(prios(NfHook::PreRouting), [-201, -199, -101, -99]);
+            assert_eq!(prios(NfHook::LocalIn), [-1, 1]);
+            assert_eq!(prios(NfHook::Forward), [-1, 1]);
+            assert_eq!(prios(NfHook::LocalOut), [-201, -199, -101, -99, -1, 1]);
+            assert_eq!(prios(NfHook::PostRouting), [99, 101]);
+        }
+        // Slots index NF_PRIORITY_SLOTS.
+        let p = plan
+            .iter()
+            .find(|p| p.hook == NfHook::PostRouting)
+            .expect("postrouting");
+        assert_eq!(NF_PRIORITY_SLOTS[p.slot as usize], 99);
+    }
+
+    #[test]
+    fn out_of_range_slot_has_no_priority() {
+        let p = NetfilterPlacement {
+            pf: NFPROTO_IPV4,
+            hook: NfHook::LocalIn,
+            slot: NF_PRIORITY_SLOTS.len() as u8,
+        };
+        assert_eq!(p.priority(), None);
+    }
+
+    #[test]
+    fn garbage_object_is_a_parse_error() {
+        let err = load_netfilter_programs_with_maps(
+            b"not an elf",
+            &HashMap::new(),
+            &KernelLayout::default(),
+            &TraceConfig::default(),
+        )
+        .err()
+        .expect("error");
+        assert!(matches!(err, NetfilterError::Parse(_)), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! Netfilter BPF programs (BPF_PROG_TYPE_NETFILTER), one per priority slot.
+//! Userspace attaches slot N at `NF_PRIORITY_SLOTS[N]` on the hooks where that
+//! band exists, so consecutive programs bracket conntrack, DNAT, filter, SNAT.
+//! aya 0.14 has no netfilter program type: these sit in a `classifier`
+//! section only so that aya-obj can parse the object; hoptrace-core/src/kernel/netfilter.rs
+//! loads them with the right type and creates the links. Always NF_ACCEPT.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use hoptrace_common::{
+    CtState, HeaderWindow, HookKind, HopHeader, TraceConfig,
+    packet::{ETH_P_IP, ETH_P_IPV6},
+};
+use hoptrace_ebpf::{
+    emit, global,
+    globals::{config, dispatch_only},
+    skb::{BtfPtr, Skb, dev_ifindex},
+};
+
+const NF_ACCEPT: i32 = 1;
+const NFPROTO_IPV6: u8 = 10;
+/// `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff *skb; }`.
+/// The verifier accepts context loads only at these exact constant offsets.
+const NF_CTX_STATE: usize = 0;
+const NF_CTX_SKB: usize = 8;
+
+macro_rules! netfilter_slot {
+    ($name:ident, $slot:expr) => {
+        #[unsafe(no_mangle)]
+        #[unsafe(link_section = "classifier")]
+        pub extern "C" fn $name(ctx: *mut c_void) -> i32 {
+            observe(ctx, $slot);
+            NF_ACCEPT
+        }
+    };
+}
+
+netfilter_slot!(hoptrace_nf_slot0, 0);
+netfilter_slot!(hoptrace_nf_slot1, 1);
+netfilter_slot!(hoptrace_nf_slot2, 2);
+netfilter_slot!(hoptrace_nf_slot3, 3);
+netfilter_slot!(hoptrace_nf_slot4, 4);
+netfilter_slot!(hoptrace_nf_slot5, 5);
+netfilter_slot!(hoptrace_nf_slot6, 6);
+netfilter_slot!(hoptrace_nf_slot7, 7);
+netfilter_slot!(hoptrace_nf_slot8, 8);
+
+#[inline(always)]
+fn observe(ctx: *mut c_void, slot: u8) {
+    if dispatch_only() {
+        return;
+    }
+    // Both context fields are pointers the verifier knows by BTF type.
+    let (state, skb) = unsafe {
+        (
+            BtfPtr(*((ctx as *const u8).add(NF_CTX_STATE) as *const u64)),
+            Skb(BtfPtr(*((ctx as *const u8).add(NF_CTX_SKB) as *const u64))),
+        )
+    };
+    let cfg = config();
+    let nf_hook: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
+    let nf_pf: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
+    let hook = nf_hook as usize;
+    let parse = hook >= cfg.nf_parse_slots.len() || (cfg.nf_parse_slots[hook] >> slot) & 1 != 0;
+    if !parse {
+        // Same headers as the previous bracket of this hook: a header-only
+        // record that just times the packet.
+        let Some(mut entry) = emit::reserve_header() else {
+            return;
+        };
+        fill_header(
+            unsafe { entry.assume_init_mut() },
+            skb,
+            slot,
+            nf_hook,
+            nf_pf,
+            &cfg,
+        );
+        emit::submit_header(entry);
+        return;
+    }
+    let Some(mut entry) = emit::reserve() else {
+        return;
+    };
+    fill_header(
+        &mut unsafe { entry.assume_init_mut() }.header,
+        skb,
+        slot,
+        nf_hook,
+        nf_pf,
+        &cfg,
+    );
+    let ethertype = if nf_pf == NFPROTO_IPV6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IP
+    };
+    let mut window = HeaderWindow::new();
+    skb.network_window(&mut window);
+    emit::parse_and_submit(entry, &window, ethertype, &cfg);
+}
+
+#[inline(always)]
+fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cfg: &TraceConfig) {
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.skb_addr = skb.addr();
+    h.hook = HookKind::Netfilter as u8;
+    h.nf_slot = slot;
+    h.nf_hook = nf_hook;
+    h.nf_pf = nf_pf;
+    // Netfilter links belong to the namespace that created them: the node.
+    h.netns_ino = cfg.node_netns_ino;
+    h.ifindex = dev_ifindex(skb.dev());
+    h.skb_len = skb.len();
+    h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+}

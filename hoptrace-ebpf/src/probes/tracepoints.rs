@@ -1,0 +1,107 @@
+//! BTF tracepoints (tp_btf) on the device and socket paths. They fire in
+//! every network namespace: that is how the pod side of a veth is seen.
+//! Events from namespaces that are not part of this node are filtered here
+//! when `TraceConfig::filter_netns` is set.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use hoptrace_common::{Counter, HeaderWindow, HookKind};
+use hoptrace_ebpf::{
+    emit,
+    globals::{config, dispatch_only},
+    maps::{count, netns_traced, tc_covered},
+    skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
+};
+
+/// A device hands the packet to the stack (after tc ingress, before netfilter).
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn hoptrace_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevReceive, 0);
+    0
+}
+
+/// The packet enters a device's transmit path (qdisc).
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn hoptrace_net_dev_queue(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevQueue, 0);
+    0
+}
+
+/// The driver takes the packet (after the qdisc).
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn hoptrace_net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::DevXmit, 0);
+    0
+}
+
+/// A reading socket copies the payload out: delivery to the application.
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn hoptrace_skb_copy_datagram_iovec(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::SocketDeliver, 0);
+    0
+}
+
+/// The packet is dropped; the kernel says why.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn hoptrace_kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let reason: u64 = ctx.arg(2);
+    observe(skb as u64, HookKind::Drop, reason as u32);
+    0
+}
+
+/// Normal end of a packet's life (optional: userspace attaches it only when asked).
+#[btf_tracepoint(function = "consume_skb")]
+pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    observe(skb as u64, HookKind::Consume, 0);
+    0
+}
+
+#[inline(always)]
+fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
+    if dispatch_only() {
+        return;
+    }
+    let skb = Skb(BtfPtr(addr));
+    let cfg = config();
+    // The namespace first: most runs are for packets of other namespaces
+    // (or of the node's tc-timed devices) and end here, before any copy.
+    let (dev, netns) = if hook as u8 == HookKind::SocketDeliver as u8 {
+        // On the socket path skb->dev shares its storage with dev_scratch.
+        (BtfPtr(0), skb.sock_netns())
+    } else {
+        let dev = skb.dev();
+        (dev, dev_netns(dev))
+    };
+    if cfg.filter_netns != 0 && !netns_traced(netns) {
+        count(Counter::Filtered);
+        return;
+    }
+    let ifindex = dev_ifindex(dev);
+    let device_hop = matches!(
+        hook,
+        HookKind::DevReceive | HookKind::DevQueue | HookKind::DevXmit
+    );
+    if device_hop && tc_covered(netns, ifindex) {
+        count(Counter::Redundant);
+        return;
+    }
+    let Some(mut entry) = emit::reserve() else {
+        return;
+    };
+    let ev = unsafe { entry.assume_init_mut() };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skb_addr = addr;
+    ev.hook = hook as u8;
+    ev.netns_ino = netns;
+    ev.ifindex = ifindex;
+    ev.skb_len = skb.len();
+    ev.drop_reason = drop_reason;
+    let mut window = HeaderWindow::new();
+    skb.network_window(&mut window);
+    emit::parse_and_submit(entry, &window, skb.protocol(), &cfg);
+}

@@ -1,0 +1,787 @@
+//! Ingress proxies for the lab: a proxy "pod" in front of the backend.
+//!
+//! [`IngressKind::Builtin`] is an in-process tokio HTTP/1.1 reverse proxy with
+//! keep-alive on both sides and a connection pool to the backend. Nginx and
+//! HAProxy run as child processes from a config written into a temp dir (pid
+//! file and error log there too, nothing else on disk); the caller starts
+//! them where it wants, e.g. on a thread inside the pod's network namespace
+//! (a forked child inherits the namespace of the thread that forked it).
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::servers::{Head, read_body, read_head};
+
+/// Most idle backend connections the builtin proxy keeps.
+const MAX_IDLE_BACKEND: usize = 256;
+/// How long the builtin proxy waits to connect to the backend.
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which proxy sits in front of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngressKind {
+    /// Clients talk to the backend directly.
+    None,
+    /// The lab's own reverse proxy, in process.
+    Builtin,
+    /// nginx as a child process ([`ExternalProxy`]).
+    Nginx,
+    /// HAProxy as a child process ([`ExternalProxy`]).
+    Haproxy,
+}
+
+impl IngressKind {
+    /// Every kind, in the order `--help` lists them.
+    pub const ALL: [IngressKind; 4] = [
+        IngressKind::None,
+        IngressKind::Builtin,
+        IngressKind::Nginx,
+        IngressKind::Haproxy,
+    ];
+
+    /// The name on the command line and in the lab document.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IngressKind::None => "none",
+            IngressKind::Builtin => "builtin",
+            IngressKind::Nginx => "nginx",
+            IngressKind::Haproxy => "haproxy",
+        }
+    }
+
+    /// Executable and Debian package of an external proxy.
+    pub fn external_tool(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            IngressKind::Nginx => Some(("nginx", "nginx-light")),
+            IngressKind::Haproxy => Some(("haproxy", "haproxy")),
+            IngressKind::None | IngressKind::Builtin => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IngressKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for IngressKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown ingress {s:?} (none, builtin, nginx, haproxy)"))
+    }
+}
+
+/// Errors of the ingress proxies.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    /// The proxy's executable is not installed.
+    #[error("`{tool}` is not installed (install the Debian package `{package}`)")]
+    MissingTool {
+        /// Executable looked for.
+        tool: &'static str,
+        /// Debian package that provides it.
+        package: &'static str,
+    },
+    /// The kind runs no external process.
+    #[error("ingress kind {0:?} is not an external proxy")]
+    NotExternal(IngressKind),
+    /// The temp dir or config file could not be written.
+    #[error("cannot write the proxy config: {0}")]
+    Config(#[source] io::Error),
+    /// The std listener could not be handed to tokio.
+    #[error("cannot use the listening socket: {0}")]
+    Socket(#[source] io::Error),
+    /// Starting the process failed.
+    #[error("cannot start {tool}: {source}")]
+    Spawn {
+        /// Executable.
+        tool: &'static str,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// The process exited before it listened.
+    #[error("{tool} exited during startup ({status}); its log says: {log}")]
+    Exited {
+        /// Executable.
+        tool: &'static str,
+        /// Exit status.
+        status: std::process::ExitStatus,
+        /// Tail of its stderr and error log.
+        log: String,
+    },
+    /// The process did not accept connections in time.
+    #[error("{tool} did not accept connections on {addr} within {timeout:?}")]
+    NotReady {
+        /// Executable.
+        tool: &'static str,
+        /// Listen address probed.
+        addr: SocketAddr,
+        /// Time waited.
+        timeout: Duration,
+    },
+}
+
+/// Serves the builtin reverse proxy on `listener`, forwarding to `backend`,
+/// until `stop` completes. Must be called inside a tokio runtime; backend
+/// connections are opened by the runtime's threads.
+pub async fn serve_builtin_proxy(
+    listener: std::net::TcpListener,
+    backend: SocketAddr,
+    stop: impl Future<Output = ()>,
+) -> Result<(), IngressError> {
+    let pool = Arc::new(BackendPool {
+        backend,
+        idle: Mutex::new(Vec::new()),
+    });
+    crate::servers::accept_connections(listener, stop, move |client| {
+        let pool = Arc::clone(&pool);
+        async move {
+            let _ = proxy_connection(client, &pool).await;
+        }
+    })
+    .await
+    .map_err(IngressError::Socket)
+}
+
+/// Idle keep-alive connections to the backend.
+struct BackendPool {
+    backend: SocketAddr,
+    idle: Mutex<Vec<BufReader<TcpStream>>>,
+}
+
+impl BackendPool {
+    fn take_idle(&self) -> Option<BufReader<TcpStream>> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn put_idle(&self, connection: BufReader<TcpStream>) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE_BACKEND
+        {
+            idle.push(connection);
+        }
+    }
+
+    async fn connect(&self) -> io::Result<BufReader<TcpStream>> {
+        let stream =
+            tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(self.backend))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "backend connect timed out")
+                })??;
+        stream.set_nodelay(true)?;
+        Ok(BufReader::new(stream))
+    }
+
+    /// Sends one request and reads the reply, on a pooled connection when
+    /// there is one. A pooled connection the backend has closed meanwhile is
+    /// retried once on a fresh one.
+    async fn exchange(&self, request: &[u8]) -> io::Result<(Head, Vec<u8>)> {
+        if let Some(mut connection) = self.take_idle()
+            && let Ok(reply) = self.exchange_on(&mut connection, request).await
+        {
+            self.keep_if_reusable(connection, &reply.0);
+            return Ok(reply);
+        }
+        let mut connection = self.connect().await?;
+        let reply = self.exchange_on(&mut connection, request).await?;
+        self.keep_if_reusable(connection, &reply.0);
+        Ok(reply)
+    }
+
+    fn keep_if_reusable(&self, connection: BufReader<TcpStream>, head: &Head) {
+        if !head.wants_close() {
+            self.put_idle(connection);
+        }
+    }
+
+    async fn exchange_on(
+        &self,
+        connection: &mut BufReader<TcpStream>,
+        request: &[u8],
+    ) -> io::Result<(Head, Vec<u8>)> {
+        connection.get_mut().write_all(request).await?;
+        let head = read_head(connection)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "backend closed"))?;
+        let body = read_body(connection, head.content_length()?).await?;
+        Ok((head, body))
+    }
+}
+
+/// Headers that describe one hop and are not forwarded.
+fn is_hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+    ]
+    .iter()
+    .any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// Serialises `head` for the next hop with our own `Connection` header.
+pub(crate) fn rewrite_head(head: &Head, close: bool) -> Vec<u8> {
+    let mut out = String::with_capacity(256);
+    out.push_str(&head.start_line);
+    out.push_str("\r\n");
+    for (name, value) in &head.headers {
+        if !is_hop_by_hop(name) {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+    }
+    out.push_str(if close {
+        "Connection: close\r\n\r\n"
+    } else {
+        "Connection: keep-alive\r\n\r\n"
+    });
+    out.into_bytes()
+}
+
+async fn proxy_connection(client: TcpStream, pool: &BackendPool) -> io::Result<()> {
+    let mut client = BufReader::new(client);
+    while let Some(head) = read_head(&mut client).await? {
+        let body = read_body(&mut client, head.content_length()?).await?;
+        let client_close = head.wants_close();
+        let mut request = rewrite_head(&head, false);
+        request.extend_from_slice(&body);
+        match pool.exchange(&request).await {
+            Ok((reply_head, reply_body)) => {
+                let mut reply = rewrite_head(&reply_head, client_close);
+                reply.extend_from_slice(&reply_body);
+                client.get_mut().write_all(&reply).await?;
+            }
+            Err(_) => {
+                client
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await?;
+                return client.get_mut().shutdown().await;
+            }
+        }
+        if client_close {
+            return client.get_mut().shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+/// Finds an executable named `tool` in `PATH`, `/usr/sbin` or `/sbin`.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// An nginx or HAProxy set up to run in front of a backend: its temp dir
+/// (removed on drop) with the config, and the command line to start it.
+#[derive(Debug)]
+pub struct ExternalProxy {
+    /// nginx or haproxy.
+    pub kind: IngressKind,
+    /// Address it listens on.
+    pub listen: SocketAddr,
+    /// Backend it forwards to.
+    pub backend: SocketAddr,
+    /// Config file inside the temp dir.
+    pub config_path: PathBuf,
+    /// Full command line, executable first (foreground mode).
+    pub argv: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl ExternalProxy {
+    /// Writes the config for `kind` and resolves its executable. Fails with
+    /// [`IngressError::MissingTool`] when the executable is not installed.
+    pub fn prepare(
+        kind: IngressKind,
+        listen: SocketAddr,
+        backend: SocketAddr,
+    ) -> Result<Self, IngressError> {
+        let (tool, package) = kind
+            .external_tool()
+            .ok_or(IngressError::NotExternal(kind))?;
+        let executable = find_tool(tool).ok_or(IngressError::MissingTool { tool, package })?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("hoptrace-{tool}-"))
+            .tempdir()
+            .map_err(IngressError::Config)?;
+        let dir_path = dir.path();
+        let executable = executable.display().to_string();
+        let (config_path, config, argv) = match kind {
+            IngressKind::Nginx => {
+                let config_path = dir_path.join("nginx.conf");
+                let argv = vec![
+                    executable,
+                    "-p".to_owned(),
+                    format!("{}/", dir_path.display()),
+                    "-e".to_owned(),
+                    dir_path.join("error.log").display().to_string(),
+                    "-c".to_owned(),
+                    config_path.display().to_string(),
+                    "-g".to_owned(),
+                    "daemon off;".to_owned(),
+                ];
+                (config_path, nginx_config(listen, backend, dir_path), argv)
+            }
+            _ => {
+                let config_path = dir_path.join("haproxy.cfg");
+                let argv = vec![
+                    executable,
+                    "-f".to_owned(),
+                    config_path.display().to_string(),
+                    "-db".to_owned(),
+                ];
+                (config_path, haproxy_config(listen, backend, dir_path), argv)
+            }
+        };
+        std::fs::write(&config_path, config).map_err(IngressError::Config)?;
+        Ok(Self {
+            kind,
+            listen,
+            backend,
+            config_path,
+            argv,
+            dir,
+        })
+    }
+
+    /// The temp dir holding config, pid file and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the proxy (stdout/stderr to files in the temp dir). The process
+    /// is killed when the returned guard drops.
+    pub fn spawn(self) -> Result<ProxyProcess, IngressError> {
+        let tool = self.tool();
+        let stdout =
+            std::fs::File::create(self.dir().join("stdout.log")).map_err(IngressError::Config)?;
+        let stderr =
+            std::fs::File::create(self.dir().join("stderr.log")).map_err(IngressError::Config)?;
+        let child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            // Its own process group, so the guard can stop the workers too.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| IngressError::Spawn { tool, source })?;
+        Ok(ProxyProcess { child, proxy: self })
+    }
+
+    fn tool(&self) -> &'static str {
+        self.kind.external_tool().map_or("proxy", |(tool, _)| tool)
+    }
+}
+
+/// A running external proxy; killed (and reaped) on drop.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    child: Child,
+    proxy: ExternalProxy,
+}
+
+impl ProxyProcess {
+    /// Process id of the proxy's main process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The prepared proxy (config, dir).
+    pub fn proxy(&self) -> &ExternalProxy {
+        &self.proxy
+    }
+
+    /// Waits until the proxy accepts TCP connections on its listen address.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), IngressError> {
+        let tool = self.proxy.tool();
+        let addr = self.proxy.listen;
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(IngressError::Exited {
+                    tool,
+                    status,
+                    log: self.log_tail(),
+                });
+            }
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                return Err(IngressError::NotReady {
+                    tool,
+                    addr,
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Last lines of the proxy's stderr and error log.
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        for name in ["stderr.log", "error.log"] {
+            if let Ok(content) = std::fs::read_to_string(self.proxy.dir().join(name)) {
+                text.push_str(&content);
+            }
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl ProxyProcess {
+    /// Sends `signal` to the proxy's process group (master and workers).
+    fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    /// SIGTERM to the group (nginx's master then stops its workers before it
+    /// exits); if the main process is not gone within 2 s, SIGKILL the group.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        self.signal_group(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Still running, so not reaped: its pid still names our group.
+        self.signal_group(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx config: one worker, `listen` → upstream `backend` with keepalive,
+/// access log off, error log / pid / temp files in `dir`. Started with
+/// `-g 'daemon off;'`, so `daemon` is not set here.
+pub fn nginx_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "# Written by hoptrace for a lab ingress; removed with its temp dir.
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream hoptrace_backend {{
+        server {backend};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen} reuseport;
+        location / {{
+            proxy_pass http://hoptrace_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// HAProxy address syntax (`ipv6@` prefix for IPv6).
+fn haproxy_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V6(v6) => format!("ipv6@{}:{}", v6.ip(), v6.port()),
+    }
+}
+
+/// HAProxy config: HTTP mode, `listen` → `backend` with keep-alive and
+/// connection reuse, no logging, pid file in `dir`. Started with `-db`
+/// (foreground).
+pub fn haproxy_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
+    format!(
+        "# Written by hoptrace for a lab ingress; removed with its temp dir.
+global
+    pidfile {dir}/haproxy.pid
+    maxconn 8192
+    nbthread 1
+
+defaults
+    mode http
+    no log
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend hoptrace_in
+    bind {listen}
+    default_backend hoptrace_backend
+
+backend hoptrace_backend
+    http-reuse always
+    server backend0 {backend}
+",
+        dir = dir.display(),
+        listen = haproxy_addr(listen),
+        backend = haproxy_addr(backend),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::{LoadMode, LoadSpec, run_load};
+    use std::sync::atomic::Ordering;
+
+    use crate::test_support::{LoopbackHttp, runtime, start_http};
+
+    fn free_port_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    }
+
+    fn load_through(
+        rt: &tokio::runtime::Runtime,
+        proxy: SocketAddr,
+        requests: u64,
+    ) -> crate::loadgen::LoadResult {
+        let spec = LoadSpec {
+            mode: LoadMode::HttpKeepAlive,
+            connections: 2,
+            rate: requests as f64 * 2.0,
+            duration: Duration::from_millis(500),
+            ..LoadSpec::default()
+        };
+        rt.block_on(run_load(&spec, proxy, None)).expect("load")
+    }
+
+    #[test]
+    fn nginx_config_has_listen_upstream_keepalive_and_temp_paths() {
+        let dir = Path::new("/tmp/ht-x");
+        let config = nginx_config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "10.0.0.5:80".parse().unwrap(),
+            dir,
+        );
+        assert!(config.contains("listen 127.0.0.1:8080 reuseport;"));
+        assert!(config.contains("server 10.0.0.5:80;"));
+        assert!(config.contains("keepalive 64;"));
+        assert!(config.contains("proxy_http_version 1.1;"));
+        assert!(config.contains("pid /tmp/ht-x/nginx.pid;"));
+        assert!(config.contains("error_log /tmp/ht-x/error.log"));
+        assert!(config.contains("access_log off;"));
+        assert!(!config.contains("daemon"), "daemon off comes from -g");
+        // Braces balance (format! escaping mistakes would break the file).
+        assert_eq!(config.matches('{').count(), config.matches('}').count());
+        let v6 = nginx_config(
+            "[::1]:81".parse().unwrap(),
+            "[fd00::2]:80".parse().unwrap(),
+            dir,
+        );
+        assert!(v6.contains("listen [::1]:81 reuseport;"));
+        assert!(v6.contains("server [fd00::2]:80;"));
+    }
+
+    #[test]
+    fn haproxy_config_has_bind_server_and_reuse() {
+        let dir = Path::new("/tmp/ht-y");
+        let config = haproxy_config(
+            "127.0.0.1:8081".parse().unwrap(),
+            "10.0.0.5:80".parse().unwrap(),
+            dir,
+        );
+        assert!(config.contains("bind 127.0.0.1:8081\n"));
+        assert!(config.contains("server backend0 10.0.0.5:80\n"));
+        assert!(config.contains("pidfile /tmp/ht-y/haproxy.pid"));
+        assert!(config.contains("mode http"));
+        assert!(config.contains("http-reuse always"));
+        let v6 = haproxy_config(
+            "[::1]:81".parse().unwrap(),
+            "[fd00::2]:80".parse().unwrap(),
+            dir,
+        );
+        assert!(v6.contains("bind ipv6@::1:81\n"));
+        assert!(v6.contains("server backend0 ipv6@fd00::2:80\n"));
+    }
+
+    #[test]
+    fn rewrite_head_replaces_hop_by_hop_headers() {
+        let head = Head {
+            start_line: "GET / HTTP/1.1".to_owned(),
+            headers: vec![
+                ("Host".to_owned(), "x".to_owned()),
+                ("Connection".to_owned(), "close".to_owned()),
+                ("Keep-Alive".to_owned(), "timeout=5".to_owned()),
+                ("Content-Length".to_owned(), "0".to_owned()),
+            ],
+        };
+        let text = String::from_utf8(rewrite_head(&head, false)).unwrap();
+        assert_eq!(
+            text,
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+        );
+        assert!(
+            String::from_utf8(rewrite_head(&head, true))
+                .unwrap()
+                .ends_with("Connection: close\r\n\r\n")
+        );
+    }
+
+    #[test]
+    fn kinds_and_missing_tools() {
+        assert!(matches!(
+            ExternalProxy::prepare(IngressKind::Builtin, free_port_addr(), free_port_addr()),
+            Err(IngressError::NotExternal(IngressKind::Builtin))
+        ));
+        assert_eq!(
+            IngressKind::Nginx.external_tool(),
+            Some(("nginx", "nginx-light"))
+        );
+        assert!(find_tool("hoptrace-no-such-tool").is_none());
+        assert!(find_tool("sh").is_some());
+        let error = IngressError::MissingTool {
+            tool: "haproxy",
+            package: "haproxy",
+        };
+        assert!(error.to_string().contains("Debian package `haproxy`"));
+    }
+
+    #[test]
+    fn builtin_proxy_pools_backend_connections() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr: backend,
+            stats,
+            stop: stop_backend,
+            ..
+        } = start_http(&rt, None);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(serve_builtin_proxy(listener, backend, async {
+            let _ = stop_rx.await;
+        }));
+        let result = load_through(&rt, proxy, 100);
+        assert_eq!(result.ok, 100, "{result:?}");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 100);
+        // Two client connections never need more than two backend ones.
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&accepted), "backend accepted {accepted}");
+        stop_tx.send(()).expect("stop");
+        rt.block_on(server).expect("join").expect("proxy");
+        let _ = stop_backend.send(());
+    }
+
+    #[test]
+    fn builtin_proxy_answers_502_when_backend_is_down() {
+        use std::io::{Read, Write};
+        let rt = runtime();
+        let dead_backend = free_port_addr();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(serve_builtin_proxy(listener, dead_backend, async {
+            let _ = stop_rx.await;
+        }));
+        let mut client = std::net::TcpStream::connect(proxy).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).expect("read");
+        assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
+        let _ = stop_tx.send(());
+    }
+
+    /// Runs nginx or haproxy on loopback in front of the builtin backend, if installed.
+    fn external_proxy_serves(kind: IngressKind) {
+        let (tool, package) = kind.external_tool().expect("external");
+        if find_tool(tool).is_none() {
+            println!("skipping: {tool} not installed (apt-get install -y {package})");
+            return;
+        }
+        let rt = runtime();
+        let LoopbackHttp {
+            addr: backend,
+            stats,
+            stop: stop_backend,
+            ..
+        } = start_http(&rt, None);
+        let listen = free_port_addr();
+        let prepared = ExternalProxy::prepare(kind, listen, backend).expect("prepare");
+        let dir = prepared.dir().to_path_buf();
+        let mut process = prepared.spawn().expect("spawn");
+        process
+            .wait_ready(Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let result = load_through(&rt, listen, 100);
+        assert_eq!(result.ok, 100, "{result:?}; log: {}", process.log_tail());
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 100);
+        // Upstream keep-alive: far fewer backend connections than requests.
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        assert!(accepted < 20, "backend accepted {accepted} connections");
+        drop(process);
+        assert!(
+            std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err(),
+            "proxy still listening after drop"
+        );
+        drop(stop_backend);
+        // The temp dir goes with the guard.
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn nginx_in_front_of_backend() {
+        external_proxy_serves(IngressKind::Nginx);
+    }
+
+    #[test]
+    fn haproxy_in_front_of_backend() {
+        external_proxy_serves(IngressKind::Haproxy);
+    }
+}

@@ -1,0 +1,543 @@
+//! `hoptrace lab`: build a flannel-, Calico- or Cilium-style datapath in
+//! network namespaces, put load through it, trace every node, and say where
+//! the time went. `--compare` runs several datapaths in turn.
+//!
+//! Everything runs on this machine, in namespaces named `<prefix>*`, and is
+//! torn down at the end — also on error and on Ctrl-C.
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use hoptrace_core::{
+    report::{self, Report},
+    session::{Session, SessionError, SessionOptions},
+};
+
+use crate::{
+    ingress::{self, IngressKind},
+    kubeproxy::Protocol,
+    loadgen::{self, LoadMode, LoadResult, LoadSpec},
+    netns,
+    servers::{self, NetnsTask, stopped},
+    topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
+};
+
+/// Schema of a `--json` lab file (one run per datapath, one report per node).
+pub const LAB_SCHEMA: &str = "hoptrace.lab.v1";
+/// Port of the built-in ingress proxy, nginx or haproxy in the proxy pod.
+pub const INGRESS_PORT: u16 = 8081;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(
+        "{tool} is not installed (Debian package {package}); run `cargo xtask setup` or pick another --ingress"
+    )]
+    MissingTool { tool: String, package: String },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("{0}")]
+    Ingress(#[from] ingress::IngressError),
+    #[error("tracing node {node}: {source}")]
+    Session {
+        node: String,
+        #[source]
+        source: Box<SessionError>,
+    },
+    #[error("load: {0}")]
+    Load(#[from] loadgen::LoadError),
+    #[error("lab server: {0}")]
+    Serve(#[from] servers::ServeError),
+    #[error("interrupted: the lab was torn down")]
+    Interrupted,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything `hoptrace lab` can be told.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub datapath: Datapath,
+    pub nodes: u8,
+    pub kube_proxy: KubeProxyMode,
+    pub services: u32,
+    pub ingress: IngressKind,
+    pub load: LoadMode,
+    pub rate: f64,
+    pub connections: usize,
+    pub duration: Duration,
+    pub prefix: String,
+    pub progress: bool,
+    /// Set (by a signal handler) to stop the run early; the lab is torn down.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            datapath: Datapath::FlannelVxlan,
+            nodes: 2,
+            kube_proxy: KubeProxyMode::Iptables,
+            services: 100,
+            ingress: IngressKind::Builtin,
+            load: LoadMode::HttpKeepAlive,
+            rate: 500.0,
+            connections: 8,
+            duration: Duration::from_secs(10),
+            prefix: "ht-lab-".into(),
+            progress: true,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+/// One finished lab run: a report per node, with a `lab` section.
+pub struct LabRun {
+    pub label: String,
+    pub lab: Value,
+    pub reports: Vec<Report>,
+    pub load: LoadResult,
+}
+
+impl LabRun {
+    /// The reports as JSON values, each with the `lab` section added.
+    pub fn node_documents(&self) -> Vec<Value> {
+        self.reports
+            .iter()
+            .map(|r| {
+                let mut doc = serde_json::to_value(r).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut doc {
+                    map.insert("lab".into(), self.lab.clone());
+                }
+                doc
+            })
+            .collect()
+    }
+}
+
+/// The `hoptrace.lab.v1` document of several runs.
+pub fn lab_document(runs: &[LabRun]) -> Value {
+    json!({
+        "schema": LAB_SCHEMA,
+        "runs": runs.iter().map(|r| json!({
+            "label": r.label,
+            "lab": r.lab,
+            "nodes": r.node_documents(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Checks what a run needs before anything is built.
+pub fn preflight(opts: &LabOptions) -> Result<(), LabError> {
+    if let Some((tool, package)) = opts.ingress.external_tool()
+        && ingress::find_tool(tool).is_none()
+    {
+        return Err(LabError::MissingTool {
+            tool: tool.into(),
+            package: package.into(),
+        });
+    }
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables-restore", "iptables"),
+        ("nft", "nftables"),
+    ] {
+        if netns::find_tool(tool).is_err() {
+            return Err(LabError::MissingTool {
+                tool: tool.into(),
+                package: package.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs one lab: build, serve, trace every node, load, report, tear down.
+pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
+    preflight(opts)?;
+    let spec = LabSpec {
+        prefix: opts.prefix.clone(),
+        nodes: opts.nodes,
+        pods_per_node: 2,
+        datapath: opts.datapath,
+        kube_proxy: opts.kube_proxy,
+        services: opts.services,
+    };
+    eprintln!(
+        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {:?})",
+        opts.datapath,
+        opts.nodes,
+        spec.effective_kube_proxy(),
+        opts.services,
+        opts.ingress
+    );
+    let lab = Lab::build(&spec)?;
+    let result = run_on(&lab, opts);
+    // Servers and sessions are gone by now; the namespaces go last.
+    let teardown = lab.teardown();
+    let run = result?;
+    teardown?;
+    Ok(run)
+}
+
+fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
+    let service = lab.service();
+    let backend = service
+        .backends
+        .first()
+        .ok_or_else(|| LabError::Other("the lab has no backend".into()))?
+        .clone();
+    let http_port = service
+        .port(Protocol::Tcp)
+        .map(|p| p.target_port)
+        .unwrap_or(8080);
+    let udp_port = service
+        .port(Protocol::Udp)
+        .map(|p| p.target_port)
+        .unwrap_or(5353);
+    let backend_ip = backend.ip;
+    let _backend = servers::start_backend(
+        &backend.netns,
+        Some(SocketAddrV4::new(backend_ip, http_port).into()),
+        Some(SocketAddrV4::new(backend_ip, udp_port).into()),
+    )?;
+    let service_tcp: SocketAddr = service
+        .connect_addr(Protocol::Tcp)
+        .ok_or_else(|| LabError::Other("no TCP service".into()))?
+        .into();
+    let service_udp: SocketAddr = service
+        .connect_addr(Protocol::Udp)
+        .ok_or_else(|| LabError::Other("no UDP service".into()))?
+        .into();
+
+    // The ingress proxy pod: the second pod of the backend's node.
+    let proxy_pod = lab
+        .pods_on(backend.node_index)
+        .find(|p| p.netns != backend.netns)
+        .or_else(|| {
+            lab.pods()
+                .iter()
+                .find(|p| p.netns != backend.netns && p.netns != lab.client_pod().netns)
+        })
+        .cloned();
+    let mut _proxy_task = None;
+    let mut _proxy_process = None;
+    let mut target = match opts.load {
+        LoadMode::Udp => service_udp,
+        _ => service_tcp,
+    };
+    if opts.ingress != IngressKind::None && opts.load != LoadMode::Udp {
+        let pod =
+            proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
+        let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
+        match opts.ingress {
+            IngressKind::Builtin => {
+                _proxy_task = Some(NetnsTask::spawn(
+                    pod.netns.clone(),
+                    move || std::net::TcpListener::bind(listen),
+                    move |listener, stop| async move {
+                        let _ = ingress::serve_builtin_proxy(listener, service_tcp, stopped(stop))
+                            .await;
+                    },
+                )?);
+            }
+            kind => {
+                let proxy = ingress::ExternalProxy::prepare(kind, listen, service_tcp)?;
+                let process =
+                    netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
+                        let mut process = proxy.spawn()?;
+                        process.wait_ready(Duration::from_secs(10))?;
+                        Ok(process)
+                    })??;
+                _proxy_process = Some(process);
+            }
+        }
+        target = listen;
+    }
+
+    // Warm up neighbours and connection tracking outside the measurement.
+    let client_ns = lab.client_pod().netns.clone();
+    let warmup = LoadSpec {
+        mode: opts.load,
+        connections: 1,
+        rate: 50.0,
+        duration: Duration::from_millis(200),
+        ..LoadSpec::default()
+    };
+    let warm = run_load_in(Arc::clone(&opts.stop), &client_ns, warmup, target, None)?;
+    if warm.ok == 0 {
+        return Err(LabError::Other(format!(
+            "the lab carries no traffic: {} warm-up requests to {target} failed",
+            warm.scheduled
+        )));
+    }
+
+    // Trace every node: tc and netfilter per node, one set of tracepoints
+    // for the lab's one kernel (as one session per node would have on a
+    // real cluster).
+    let node_options: Vec<SessionOptions> = lab
+        .nodes()
+        .iter()
+        .map(|node| {
+            let mut session_opts = SessionOptions::new();
+            session_opts.netns = Some(netns::netns_path(&node.netns));
+            session_opts
+        })
+        .collect();
+    let started = Session::start_group(&node_options).map_err(|source| LabError::Session {
+        node: lab
+            .nodes()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        source: Box::new(source),
+    })?;
+    let sessions: Vec<(String, Session)> = lab
+        .nodes()
+        .iter()
+        .map(|node| node.name.clone())
+        .zip(started)
+        .collect();
+
+    let spec = LoadSpec {
+        mode: opts.load,
+        connections: opts.connections,
+        rate: opts.rate,
+        duration: opts.duration,
+        ..LoadSpec::default()
+    };
+    let progress = opts.progress.then(|| {
+        let bar = indicatif::ProgressBar::new((opts.rate * opts.duration.as_secs_f64()) as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} requests ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("{} load", opts.datapath));
+        bar
+    });
+    let load = run_load_in(Arc::clone(&opts.stop), &client_ns, spec.clone(), target, progress.clone());
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if opts.stop.load(Ordering::Relaxed) {
+        return Err(LabError::Interrupted);
+    }
+    let load = load?;
+
+    let mut reports = Vec::new();
+    for (name, session) in sessions {
+        let report =
+            report::finish(session, name.clone(), Value::Null).map_err(|source| {
+                LabError::Session {
+                    node: name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+        reports.push(report);
+    }
+    let lab_section = json!({
+        "datapath": opts.datapath.to_string(),
+        "nodes": opts.nodes,
+        "kube_proxy": lab.spec().effective_kube_proxy().to_string(),
+        "services": opts.services,
+        "ingress": opts.ingress,
+        "target": target.to_string(),
+        "load": spec,
+        "requests_ok": load.ok,
+        "errors": load.errors,
+        "timeouts": load.timeouts,
+        "achieved_rate": load.achieved_rate,
+        "client_latency": load.client_latency,
+    });
+    Ok(LabRun {
+        label: opts.datapath.to_string(),
+        lab: lab_section,
+        reports,
+        load,
+    })
+}
+
+/// Runs the load generator on a thread inside `ns` (its sockets live there).
+fn run_load_in(
+    stop: Arc<AtomicBool>,
+    ns: &str,
+    spec: LoadSpec,
+    target: SocketAddr,
+    progress: Option<indicatif::ProgressBar>,
+) -> Result<LoadResult, LabError> {
+    netns::with_netns(ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::Other(format!("runtime: {e}")))?;
+        runtime.block_on(async {
+            tokio::select! {
+                result = loadgen::run_load(&spec, target, progress.as_ref()) => result.map_err(LabError::from),
+                () = async {
+                    while !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                } => Err(LabError::Interrupted),
+            }
+        })
+    })?
+}
+
+/// Sum of a category's time over every node's report.
+fn category_totals(run: &LabRun) -> Vec<(String, f64, u64)> {
+    let mut totals: Vec<(String, f64, u64)> = Vec::new();
+    for report in &run.reports {
+        for row in &report.categories {
+            let name = row.category.name().to_string();
+            match totals.iter_mut().find(|t| t.0 == name) {
+                Some(t) => {
+                    t.1 += row.stats.total_us;
+                    t.2 += row.stats.count;
+                }
+                None => totals.push((name, row.stats.total_us, row.stats.count)),
+            }
+        }
+    }
+    totals.sort_by(|a, b| b.1.total_cmp(&a.1));
+    totals
+}
+
+/// The human summary of one run.
+pub fn render_run(run: &LabRun) -> String {
+    use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
+    let mut out = String::new();
+    let requests = run.load.ok.max(1) as f64;
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    let mut header = vec![Cell::new("category")];
+    for report in &run.reports {
+        header.push(Cell::new(format!("{} p50 µs", report.node)));
+        header.push(Cell::new(format!("{} p99 µs", report.node)));
+    }
+    header.push(Cell::new("µs per request (all nodes)"));
+    header.push(Cell::new("share"));
+    table.set_header(header);
+    let totals = category_totals(run);
+    let attributed: f64 = totals.iter().map(|t| t.1).sum();
+    for (category, total_us, _) in &totals {
+        let mut row = vec![Cell::new(category)];
+        for report in &run.reports {
+            let best = report
+                .categories
+                .iter()
+                .filter(|c| c.category.name() == category)
+                .max_by_key(|c| c.stats.count);
+            match best {
+                Some(c) => {
+                    row.push(Cell::new(format!("{:.2}", c.stats.p50_us)));
+                    row.push(Cell::new(format!("{:.2}", c.stats.p99_us)));
+                }
+                None => {
+                    row.push(Cell::new("-"));
+                    row.push(Cell::new("-"));
+                }
+            }
+        }
+        row.push(Cell::new(format!("{:.2}", total_us / requests)));
+        row.push(Cell::new(format!(
+            "{:.1}%",
+            100.0 * total_us / attributed.max(f64::MIN_POSITIVE)
+        )));
+        table.add_row(row);
+    }
+    out.push_str(&format!("\n== {} ==\nCategories (per journey on each node; per request summed over nodes)\n{table}\n", run.label));
+
+    // Top segments by total time over all nodes.
+    let mut segs: Vec<(String, String, f64, u64, f64)> = Vec::new();
+    for report in &run.reports {
+        for s in &report.segments {
+            match segs.iter_mut().find(|x| x.0 == s.segment) {
+                Some(x) => {
+                    x.2 += s.stats.total_us;
+                    x.3 += s.stats.count;
+                    x.4 = x.4.max(s.stats.p99_us);
+                }
+                None => segs.push((
+                    s.segment.clone(),
+                    s.category.name().to_string(),
+                    s.stats.total_us,
+                    s.stats.count,
+                    s.stats.p99_us,
+                )),
+            }
+        }
+    }
+    segs.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut seg_table = Table::new();
+    seg_table.load_preset(UTF8_FULL_CONDENSED);
+    seg_table.set_header(vec![
+        "segment",
+        "category",
+        "count",
+        "mean µs",
+        "p99 µs (worst node)",
+        "µs per request",
+    ]);
+    for (name, category, total, count, p99) in segs.iter().take(12) {
+        seg_table.add_row(vec![
+            name.clone(),
+            category.clone(),
+            count.to_string(),
+            format!("{:.2}", total / (*count).max(1) as f64),
+            format!("{:.2}", p99),
+            format!("{:.2}", total / requests),
+        ]);
+    }
+    out.push_str(&format!("Top segments\n{seg_table}\n"));
+
+    let client = &run.load.client_latency;
+    out.push_str(&format!(
+        "Client: {} requests ok ({} errors, {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
+        run.load.ok, run.load.errors, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
+    ));
+    out.push_str(&format!(
+        "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",
+        attributed / requests,
+        client.mean_us
+    ));
+    if let Some((category, total, _)) = totals.first() {
+        out.push_str(&format!(
+            "Biggest contributor: {category}, {:.1} µs per request ({:.0}% of the attributed datapath time).\n",
+            total / requests,
+            100.0 * total / attributed.max(f64::MIN_POSITIVE)
+        ));
+    }
+    let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
+    if lost > 0 {
+        out.push_str(&format!(
+            "Warning: {lost} events were lost (ring buffer full); counts are lower bounds.\n"
+        ));
+    }
+    for report in &run.reports {
+        for note in report.notes.iter().filter(|n| !n.starts_with("attached:")) {
+            out.push_str(&format!("note ({}): {note}\n", report.node));
+        }
+    }
+    out
+}
+
+/// Writes the `hoptrace.lab.v1` document of `runs` to `path`.
+pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        serde_json::to_string_pretty(&lab_document(runs)).unwrap_or_default(),
+    )
+}
+

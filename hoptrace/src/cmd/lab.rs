@@ -1,0 +1,169 @@
+//! `hoptrace lab`: builds a datapath in network namespaces, drives load
+//! through it, traces every node; `--compare` runs several in turn.
+
+use std::{fmt::Display, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use hoptrace_core::{kernel::capabilities, report};
+use hoptrace_lab::{
+    ingress::IngressKind,
+    loadgen::LoadMode,
+    run::{self as lab, LabError, LabOptions, LabRun},
+    topology::{self, Datapath, KubeProxyMode, TopologyError},
+};
+
+use crate::{compare, stop};
+
+/// A clap parser that accepts the names of `all` (shown by `--help`) and
+/// parses them with `T`'s `FromStr`.
+fn choice<T>(all: &[T]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: Display + FromStr + Clone + Send + Sync + 'static,
+{
+    let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+    PossibleValuesParser::new(names).map(|name| {
+        name.parse::<T>()
+            .unwrap_or_else(|_| unreachable!("every possible value parses"))
+    })
+}
+
+/// Arguments of `hoptrace lab`.
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Datapath to build: flannel-vxlan, flannel-host-gw, calico-bgp,
+    /// calico-vxlan, calico-ipip, cilium-like, host-network.
+    #[arg(long, default_value = "flannel-vxlan", value_parser = choice(&Datapath::ALL))]
+    datapath: Datapath,
+    /// Run several datapaths in turn and compare them (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = choice(&Datapath::ALL))]
+    compare: Vec<Datapath>,
+    /// Nodes (2 or 3).
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// How services are programmed: iptables, nftables or none.
+    #[arg(long, default_value = "iptables", value_parser = choice(&KubeProxyMode::ALL))]
+    kube_proxy: KubeProxyMode,
+    /// Extra (non-matching) services in front of the lab's own.
+    #[arg(long, default_value_t = 100)]
+    services: u32,
+    /// Proxy pod in front of the backend.
+    #[arg(long, default_value = "builtin", value_parser = choice(&IngressKind::ALL))]
+    ingress: IngressKind,
+    /// Traffic: HTTP keep-alive, HTTP with a new connection per request, or UDP request/response.
+    #[arg(long, default_value = "http-keep-alive", value_parser = choice(&LoadMode::ALL))]
+    load: LoadMode,
+    /// Requests per second (fixed rate, no coordinated omission).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Connections (keep-alive) or requests in flight (other modes).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// How long the load runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Write the reports of every node (schema hoptrace.lab.v1) here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// With --compare: also write an HTML page with charts.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Prefix of every namespace the lab creates.
+    #[arg(long, default_value = "ht-lab-")]
+    prefix: String,
+    /// Only remove namespaces left by an earlier lab with this prefix, then exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// Print every node's full ledger too.
+    #[arg(long)]
+    verbose: bool,
+}
+
+
+/// A comparison of several runs (through `hoptrace compare`'s logic).
+fn compare_runs(runs: &[LabRun]) -> Result<compare::Comparison, compare::CompareError> {
+    let doc = lab::lab_document(runs);
+    let inputs = compare::inputs_from_document(&doc, &PathBuf::from("lab"))?;
+    Ok(compare::Comparison { inputs })
+}
+
+/// Runs `hoptrace lab`; returns the exit code (2 without privileges, 130
+/// when interrupted).
+pub fn run(args: LabArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace lab: {err}");
+        return Ok(2);
+    }
+    if args.cleanup {
+        let removed = topology::cleanup(&args.prefix)?;
+        eprintln!(
+            "hoptrace lab: removed {} namespaces with prefix {}",
+            removed.len(),
+            args.prefix
+        );
+        return Ok(0);
+    }
+    let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let datapaths = if args.compare.is_empty() {
+        vec![args.datapath]
+    } else {
+        args.compare.clone()
+    };
+    let mut runs = Vec::new();
+    for datapath in &datapaths {
+        let opts = LabOptions {
+            datapath: *datapath,
+            nodes: args.nodes,
+            kube_proxy: args.kube_proxy,
+            services: args.services,
+            ingress: args.ingress,
+            load: args.load,
+            rate: args.rate,
+            connections: args.connections,
+            duration: args.duration,
+            prefix: args.prefix.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            stop: std::sync::Arc::clone(&stop),
+        };
+        match lab::run_once(&opts) {
+            Ok(run) => {
+                if args.verbose {
+                    for report in &run.reports {
+                        println!("{}", report::render_table(report));
+                    }
+                }
+                println!("{}", lab::render_run(&run));
+                runs.push(run);
+            }
+            Err(LabError::Topology(TopologyError::Unsupported { datapath, reason })) => {
+                eprintln!("hoptrace lab: skipping {datapath}: {reason}");
+            }
+            Err(LabError::Interrupted) => {
+                eprintln!("hoptrace lab: interrupted; every namespace, link and hook was removed");
+                return Ok(130);
+            }
+            Err(err) => return Err(err.into()),
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("hoptrace lab: interrupted; every namespace, link and hook was removed");
+            return Ok(130);
+        }
+    }
+    if runs.is_empty() {
+        anyhow::bail!("no datapath could be built on this machine");
+    }
+    if runs.len() > 1 {
+        let comparison = compare_runs(&runs)?;
+        println!("{}", compare::render_table(&comparison));
+        if let Some(path) = &args.html {
+            for file in compare::write_html(&comparison, path)? {
+                eprintln!("hoptrace: wrote {}", file.display());
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        lab::write_json(&runs, path).with_context(|| format!("write {}", path.display()))?;
+        eprintln!("hoptrace: lab reports written to {}", path.display());
+    }
+    Ok(0)
+}

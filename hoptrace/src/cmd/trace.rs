@@ -1,0 +1,100 @@
+//! `hoptrace trace`: one session on this node for a duration or until
+//! SIGINT/SIGTERM, then the ledger as a table and as `hoptrace.report.v1`.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result};
+use hoptrace_core::{
+    kernel::{capabilities, loader::TcMode},
+    node, report,
+    session::{self, Session, SessionOptions},
+};
+
+use crate::stop;
+
+/// Arguments of `hoptrace trace`.
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// How long to trace (e.g. 10s, 2m); Ctrl-C stops earlier with a report.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Interfaces for the tc hooks (repeatable); default: found by kind
+    /// (pod veths, bridges, tunnels, the uplink).
+    #[arg(long = "iface")]
+    ifaces: Vec<String>,
+    /// Keep only packets from or to this network (outer or inner header).
+    #[arg(long)]
+    ip: Option<ipnet::IpNet>,
+    /// Keep only packets with this TCP/UDP source or destination port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Write the `hoptrace.report.v1` JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Trace the node whose network namespace is this path (e.g. /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// How to attach tc programs: tcx (default, falls back to clsact) or clsact.
+    #[arg(long, value_parser = ["tcx", "clsact"])]
+    tc_mode: Option<String>,
+    /// Do not attach netfilter links.
+    #[arg(long)]
+    no_netfilter: bool,
+    /// Written once every hook is attached (for scripts and readiness probes).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// Runs `hoptrace trace`; returns the exit code (2 without privileges).
+pub fn run(args: TraceArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace trace: {err}");
+        return Ok(2);
+    }
+    let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let caps = capabilities::probe_all();
+    let mut opts = SessionOptions::new();
+    opts.netns.clone_from(&args.netns);
+    opts.ifaces = args.ifaces;
+    opts.config = session::flow_filter(args.ip, args.port);
+    opts.netfilter = !args.no_netfilter;
+    opts.tc_mode = args.tc_mode.as_deref().map(|m| match m {
+        "clsact" => TcMode::Clsact,
+        _ => TcMode::Tcx,
+    });
+    let session = Session::start(&opts)?;
+    eprintln!(
+        "hoptrace: tracing {} tc hooks, {} netfilter links, {} tracepoints for {}; Ctrl-C stops early",
+        session.attachments.tc.len(),
+        session.attachments.netfilter_links,
+        session.attachments.tracepoints.len(),
+        humantime::format_duration(args.duration)
+    );
+    for note in &session.attachments.notes {
+        eprintln!("hoptrace: note: {note}");
+    }
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, b"ready\n").with_context(|| format!("write {}", ready.display()))?;
+    }
+    stop::wait(args.duration, &stop);
+    let node = match &args.netns {
+        Some(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        None => node::hostname(),
+    };
+    let report = report::finish(session, node, caps.to_json())?;
+    println!("{}", report::render_table(&report));
+    if report.journeys == 0 {
+        eprintln!(
+            "hoptrace: no packet crossed the traced hooks: is there traffic through this node's pods, and do --iface/--ip/--port match it?"
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json_pretty()?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("hoptrace: report written to {}", path.display());
+    }
+    Ok(0)
+}

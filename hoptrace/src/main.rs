@@ -1,0 +1,68 @@
+//! The `hoptrace` command line: one file per subcommand under `cmd/`,
+//! `compare/` for side-by-side reports, `stop` for SIGINT/SIGTERM.
+
+mod cmd;
+mod compare;
+mod stop;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hoptrace",
+    version,
+    about = "Where does each microsecond of a Kubernetes node's datapath go?"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Probe what this kernel offers (by trying) and what hoptrace can time.
+    Check {
+        /// Machine-readable output: every item with true/false and the kernel's reason.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trace every packet crossing this node's datapath and attribute its latency.
+    Trace(cmd::trace::TraceArgs),
+    /// Remove clsact tc filters left behind by a killed hoptrace (only hoptrace's own).
+    Cleanup {
+        /// Network namespace to clean (a /run/netns path); default: this one.
+        #[arg(long)]
+        netns: Option<PathBuf>,
+    },
+    /// Build a flannel-, Calico- or Cilium-style datapath in network namespaces,
+    /// put load through it, trace every node and say where the time went.
+    Lab(cmd::lab::LabArgs),
+    /// Compare reports side by side (per category and segment, with deltas).
+    /// Needs no privileges.
+    Compare(cmd::compare::CompareArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { json } => cmd::check::run(json),
+        Command::Cleanup { netns } => cmd::cleanup::run(netns.as_deref()),
+        Command::Trace(args) => exit_code(cmd::trace::run(args)),
+        Command::Lab(args) => exit_code(cmd::lab::run(args)),
+        Command::Compare(args) => exit_code(cmd::compare::run(&args)),
+    };
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+/// Prints an error once, with its chain of causes, and maps it to exit code 1.
+fn exit_code(result: anyhow::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("hoptrace: {err:#}");
+            1
+        }
+    }
+}

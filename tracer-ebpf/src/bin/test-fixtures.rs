@@ -1,9 +1,0 @@
-//! Test fixtures for the root tests (verdict.rs): tc programs that drop or
-//! redirect, to check that hoptrace never changes another program's verdict.
-#![no_std]
-#![no_main]
-
-#[path = "../probes/fixtures.rs"]
-mod fixtures;
-
-tracer_ebpf::kernel_object!();
