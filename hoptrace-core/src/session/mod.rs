@@ -6,23 +6,23 @@
 //! entered that namespace; the resulting file descriptors work from anywhere.
 
 use std::{
-    collections::HashSet,
+    net::IpAddr,
     os::fd::AsFd as _,
     path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{Receiver, Sender, channel},
+        mpsc::channel,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use std::net::IpAddr;
-
-use hoptrace_common::{Counter, HookKind, HopEvent, TraceConfig, device_key};
+use hoptrace_common::{Counter, TraceConfig};
 use ipnet::IpNet;
 
+mod attach;
+mod drain;
 mod reorder;
 
 pub use reorder::ReorderBuffer;
@@ -32,8 +32,8 @@ use crate::{
     correlate::{Correlator, CorrelatorOptions},
     kernel::{
         btf,
-        loader::{LoadOptions, LoaderError, TcAttachment, TcMode, Tracer},
-        netfilter::{self, NetfilterLinks, NetfilterPrograms},
+        loader::{LoaderError, TcAttachment, TcMode, Tracer},
+        netfilter::{NetfilterLinks, NetfilterPrograms},
     },
     node::{
         NetnsError,
@@ -41,30 +41,40 @@ use crate::{
         in_netns, node_context,
     },
 };
+use drain::{Feed, OtherNodes, Sharing, TracepointRoute};
 
+/// Why a session could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
+    /// Not privileged enough to load BPF programs.
     #[error("hoptrace needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")]
     NotRoot,
+    /// The node's network namespace could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The drain thread panicked; its ledger is lost.
     #[error("the session's drain thread panicked")]
     Panicked,
+    /// An `--iface` name that the node does not have.
     #[error("unknown interface {0:?} on this node (see `ip link`)")]
     UnknownInterface(String),
+    /// Device discovery failed.
     #[error(transparent)]
     Devices(#[from] devices::DeviceError),
+    /// Loading or attaching the kernel programs failed.
     #[error(transparent)]
     Loader(#[from] LoaderError),
-    #[error("reading kernel BTF: {0}")]
-    Btf(String),
-    #[error("netfilter: {0}")]
-    Netfilter(String),
-
+    /// The sk_buff/net_device offsets could not be read from
+    /// /sys/kernel/btf/vmlinux.
+    #[error("reading kernel BTF")]
+    Btf(#[from] btf::BtfError),
+    /// aya could not parse the kernel's BTF (needed for tp_btf programs).
+    #[error("reading kernel BTF for the tracepoints")]
+    KernelBtf(#[source] aya::BtfError),
+    /// The drain thread could not be spawned.
+    #[error("cannot start the drain thread")]
+    Thread(#[source] std::io::Error),
 }
-
-/// How often the drain thread empties the ring buffer (producers never wake it).
-const DRAIN_INTERVAL: Duration = Duration::from_millis(5);
 
 /// What to trace.
 #[derive(Clone, Debug, Default)]
@@ -73,16 +83,23 @@ pub struct SessionOptions {
     pub netns: Option<PathBuf>,
     /// Interfaces for tc; empty = discover by device kind.
     pub ifaces: Vec<String>,
+    /// Load-time configuration of the kernel programs (flow filter,
+    /// dispatch-only mode); the node's netns inode is filled in at start.
     pub config: TraceConfig,
-    /// Force clsact instead of tcx.
+    /// Force a tc attach mode; `None` tries tcx and falls back to clsact.
     pub tc_mode: Option<TcMode>,
+    /// Attach netfilter BPF links (conntrack, kube-proxy's bands).
     pub netfilter: bool,
+    /// Attach tracepoints (pod side, qdisc, driver, socket, drops).
     pub tracepoints: bool,
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub ring_bytes: u32,
+    /// Timeouts and bounds of the correlator.
     pub correlator: CorrelatorOptions,
 }
 
 impl SessionOptions {
+    /// Every hook, a 32 MiB ring buffer, no filter.
     pub fn new() -> Self {
         Self {
             netfilter: true,
@@ -96,9 +113,13 @@ impl SessionOptions {
 /// What was attached, for the report.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Attachments {
+    /// tc programs attached (device, direction, tcx or clsact).
     pub tc: Vec<TcAttachment>,
+    /// Netfilter BPF links made (brackets around the priority bands).
     pub netfilter_links: usize,
+    /// Tracepoints attached, as `category:name`.
     pub tracepoints: Vec<String>,
+    /// What could not be attached and what that hides, one line each.
     pub notes: Vec<String>,
 }
 
@@ -114,63 +135,17 @@ pub struct Session {
     /// The node namespace: clsact filters are deleted over netlink by
     /// ifindex in the calling thread's namespace, so detaching happens there.
     netns: Option<PathBuf>,
+    /// The node's devices as discovered at start.
     pub node: NodeDevices,
+    /// What was attached and what was not.
     pub attachments: Attachments,
-    /// This node's devices timed by tc without a qdisc ([`device_key`]).
+    /// This node's devices timed by tc without a qdisc
+    /// ([`hoptrace_common::device_key`]).
     tc_covered: Vec<u64>,
+    /// When tracing started (monotonic, for the duration).
     pub started: Instant,
+    /// When tracing started (wall clock, for the report).
     pub started_at: std::time::SystemTime,
-}
-
-/// Tracepoint events of namespaces that belong to another session of the
-/// group, and where to send them.
-struct TracepointRoute {
-    netns: HashSet<u32>,
-    to: Sender<HopEvent>,
-    /// Every event older than this (bpf ktime) has been sent; `u64::MAX`
-    /// once the routing session has stopped.
-    routed_until: Arc<AtomicU64>,
-}
-
-/// Tracepoint events routed to a session by the one that attached them.
-struct Feed {
-    events: Receiver<HopEvent>,
-    routed_until: Arc<AtomicU64>,
-}
-
-/// Two sources of events reach a fed session's correlator one drain apart:
-/// they are put back in time order, up to what both have delivered, minus
-/// this margin for events whose time was taken just before their commit.
-const REORDER_SLACK_NS: u64 = 1_000_000;
-
-/// How a session of a group shares the kernel's tracepoints.
-#[derive(Default)]
-struct Sharing {
-    /// Tracepoint events another session routes to this one.
-    feed: Option<Feed>,
-    /// Namespaces whose tracepoint events go to other sessions.
-    routes: Vec<TracepointRoute>,
-    /// What the tracepoints must know of the other sessions' nodes.
-    others: OtherNodes,
-}
-
-/// The other nodes a session's tracepoints serve.
-#[derive(Debug, Default)]
-struct OtherNodes {
-    /// Their namespaces (nodes and pods).
-    netns: Vec<u32>,
-    /// Their devices timed by tc without a qdisc ([`device_key`]).
-    tc_covered: Vec<u64>,
-    /// One of their devices has a qdisc.
-    qdisc: bool,
-}
-
-/// Events of hooks that fire in every namespace of the kernel.
-fn is_tracepoint_event(ev: &HopEvent) -> bool {
-    !matches!(
-        HookKind::from_u8(ev.hook),
-        HookKind::TcIngress | HookKind::TcEgress | HookKind::Netfilter
-    )
 }
 
 impl Session {
@@ -241,185 +216,33 @@ impl Session {
         if !nix::unistd::geteuid().is_root() {
             return Err(SessionError::NotRoot);
         }
-        let layout = btf::kernel_layout().map_err(|e| SessionError::Btf(e.to_string()))?;
+        let layout = btf::kernel_layout()?;
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
-        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| SessionError::Btf(e.to_string()))?;
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(SessionError::KernelBtf)?;
         let netns = opts.netns.clone();
         let others = std::mem::take(&mut sharing.others);
-        let correlator_opts = opts.correlator.clone();
-        let correlator_idle_ns = correlator_opts.idle_timeout_ns;
-        let opts = opts.clone();
-        let (tracer, nf, node, attachments, tc_covered) = in_netns(
-            netns.as_deref(),
-            move || -> Result<_, SessionError> {
-                let node = devices::discover()?;
-                let mut config = opts.config;
-                config.node_netns_ino = node.netns_inode;
-                config.filter_netns = 1;
-                let mut tracer = Tracer::load(&LoadOptions {
-                    layout,
-                    config,
-                    ring_bytes: opts.ring_bytes,
-                })?;
-                let mut traced_netns = node.traced_netns();
-                traced_netns.extend(others.netns);
-                tracer.set_traced_netns(&traced_netns)?;
-                let mut attachments = Attachments::default();
-                let mode = opts.tc_mode.unwrap_or(TcMode::Tcx);
-                let targets: Vec<(String, bool)> = if opts.ifaces.is_empty() {
-                    node.default_tc_targets()
-                        .iter()
-                        .map(|d| (d.name.clone(), d.has_l2))
-                        .collect()
-                } else {
-                    opts.ifaces
-                        .iter()
-                        .map(|name| {
-                            node.by_name(name)
-                                .map(|d| (d.name.clone(), d.has_l2))
-                                .ok_or_else(|| SessionError::UnknownInterface(name.clone()))
-                        })
-                        .collect::<Result<_, _>>()?
-                };
-                for (iface, has_l2) in &targets {
-                    match tracer.attach_tc(iface, *has_l2, mode) {
-                        Ok(()) => {}
-                        Err(err) if mode == TcMode::Tcx && opts.tc_mode.is_none() => {
-                            // No tcx here: fall back to clsact, and say so.
-                            attachments
-                                .notes
-                                .push(format!("tcx unavailable on {iface} ({err}); used clsact"));
-                            tracer.attach_tc(iface, *has_l2, TcMode::Clsact)?;
-                        }
-                        Err(err) => return Err(err.into()),
-                    }
-                }
-                // Device tracepoints on noqueue devices that tc already times
-                // fire back to back with tc: skip them in the kernel.
-                let tc_covered: Vec<u64> = targets
-                    .iter()
-                    .filter_map(|(iface, _)| node.by_name(iface))
-                    .filter(|d| d.noqueue)
-                    .map(|d| device_key(node.netns_inode, d.ifindex))
-                    .collect();
-                let mut covered = tc_covered.clone();
-                covered.extend(others.tc_covered);
-                tracer.set_tc_covered(&covered)?;
-                // Queueing needs a qdisc: when every device of the node is
-                // noqueue (veths, bridges and tunnels are), the qdisc
-                // tracepoint fires back to back with the driver's.
-                let qdisc = others.qdisc || node.devices.iter().any(|d| !d.noqueue);
-                if opts.tracepoints {
-                    match tracer.attach_tracepoints(&kernel_btf, qdisc, false) {
-                        Ok(()) if !qdisc => attachments.notes.push(
-                            "net:net_dev_queue not attached: every device of the node is noqueue, so no packet waits in a qdisc".into(),
-                        ),
-                        Ok(()) => {}
-                        Err(err) => attachments.notes.push(format!(
-                            "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
-                        )),
-                    }
-                }
-                let mut nf = None;
-                if opts.netfilter {
-                    let plan = netfilter::default_plan();
-                    let nf_config = TraceConfig {
-                        nf_parse_slots: netfilter::parse_slots(&plan),
-                        ..config
-                    };
-                    match netfilter::load_netfilter_programs(
-                    crate::kernel::objects::netfilter_object().map_err(|e| SessionError::Netfilter(e.to_string()))?,
-                    tracer.ebpf(),
-                    &layout,
-                    &nf_config,
-                )
-                .and_then(|progs| {
-                    let links = progs.attach(&plan)?;
-                    Ok((progs, links))
-                }) {
-                    Ok((progs, links)) => {
-                        attachments.netfilter_links = links.len();
-                        nf = Some((progs, links));
-                    }
-                    Err(err) => attachments.notes.push(format!(
-                        "netfilter links unavailable ({err}): netfilter time (conntrack, kube-proxy chains) stays inside `routing`/`ip.receive`"
-                    )),
-                }
-                }
-                attachments.tc = tracer.tc_attachments().to_vec();
-                attachments.tracepoints =
-                    tracer.tracepoints().iter().map(|s| s.to_string()).collect();
-                Ok((tracer, nf, node, attachments, tc_covered))
-            },
-        )??;
-        let mut tracer = tracer;
-        let mut reader = tracer.take_events()?;
+        let attached = in_netns(netns.as_deref(), || {
+            attach::attach_node(opts, layout, &kernel_btf, others)
+        })??;
+        let attach::Attached {
+            mut tracer,
+            netfilter: nf,
+            node,
+            attachments,
+            tc_covered,
+        } = attached;
+        let reader = tracer.take_events()?;
         let ctx = node_context(&node, &drop_reasons);
-        let mut correlator = Correlator::new(ctx, correlator_opts);
+        let correlator = Correlator::new(ctx, opts.correlator.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let drainer = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("hoptrace-drain".into())
-                .spawn(move || {
-                    // Producers never wake us: drain on a short timer.
-                    // Drain often (the ring must not fill); look for idle
-                    // journeys (a scan of all in flight) only every half
-                    // idle timeout, which is as often as it can matter.
-                    let flush_every =
-                        (correlator_idle_ns / 2).max(DRAIN_INTERVAL.as_nanos() as u64);
-                    let mut last_flush = monotonic_ns();
-                    let Sharing { feed, routes, .. } = sharing;
-                    let mut pending = ReorderBuffer::default();
-                    loop {
-                        let stopping = stop.load(Ordering::Relaxed);
-                        let pass_start = monotonic_ns();
-                        if let Some(feed) = &feed {
-                            reader.drain(|ev| pending.push(*ev));
-                            pending.extend_from(feed.events.try_iter());
-                            let watermark = if stopping {
-                                u64::MAX
-                            } else {
-                                pass_start
-                                    .min(feed.routed_until.load(Ordering::Acquire))
-                                    .saturating_sub(REORDER_SLACK_NS)
-                            };
-                            pending.release(watermark, |ev| correlator.push(ev));
-                        } else {
-                            reader.drain(|ev| {
-                                if !routes.is_empty()
-                                    && is_tracepoint_event(ev)
-                                    && let Some(route) =
-                                        routes.iter().find(|r| r.netns.contains(&ev.netns_ino))
-                                {
-                                    // The other session may have stopped: then
-                                    // the event has no ledger to go to.
-                                    let _ = route.to.send(*ev);
-                                    return;
-                                }
-                                correlator.push(ev);
-                            });
-                            for route in &routes {
-                                route.routed_until.store(pass_start, Ordering::Release);
-                            }
-                        }
-                        let now = monotonic_ns();
-                        if now.saturating_sub(last_flush) >= flush_every {
-                            correlator.flush_idle(now);
-                            last_flush = now;
-                        }
-                        if stopping {
-                            break;
-                        }
-                        std::thread::sleep(DRAIN_INTERVAL);
-                    }
-                    for route in &routes {
-                        route.routed_until.store(u64::MAX, Ordering::Release);
-                    }
-                    correlator.finish()
-                })
-                .expect("spawn drain thread")
-        };
+        let drainer = drain::spawn(
+            reader,
+            correlator,
+            sharing,
+            Arc::clone(&stop),
+            opts.correlator.idle_timeout_ns,
+        )
+        .map_err(SessionError::Thread)?;
         let (progs, links) = match nf {
             Some((p, l)) => (Some(p), Some(l)),
             None => (None, None),
@@ -539,4 +362,3 @@ pub fn flow_filter(ip: Option<IpNet>, port: Option<u16>) -> TraceConfig {
     }
     cfg
 }
-

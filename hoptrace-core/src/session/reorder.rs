@@ -13,18 +13,22 @@ pub struct ReorderBuffer {
 }
 
 impl ReorderBuffer {
+    /// Holds one event.
     pub fn push(&mut self, ev: HopEvent) {
         self.pending.push(ev);
     }
 
+    /// Holds every event of `events`.
     pub fn extend_from(&mut self, events: impl IntoIterator<Item = HopEvent>) {
         self.pending.extend(events);
     }
 
+    /// Events held.
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
+    /// No event held.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
@@ -39,4 +43,3 @@ impl ReorderBuffer {
         }
     }
 }
-
