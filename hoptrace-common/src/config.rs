@@ -1,7 +1,10 @@
 //! Load-time configuration written into the kernel programs' read-only globals.
 
-/// Offsets of kernel struct fields, read from the running kernel's BTF
-/// (/sys/kernel/btf/vmlinux) at load time: rustc emits no CO-RE relocations.
+/// Byte offsets of kernel struct fields, read from the running kernel's BTF
+/// (`/sys/kernel/btf/vmlinux`) at load time: rustc emits no CO-RE
+/// relocations, so the kernel programs cannot have them fixed up by the
+/// loader. Every field but `valid` is the offset of a member from the start
+/// of its struct (offsets of nested members summed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelLayout {
@@ -49,12 +52,17 @@ pub struct TraceConfig {
     pub vxlan_ports: [u16; 2],
     /// UDP destination port that carries GENEVE (6081).
     pub geneve_port: u16,
-    /// 1: tracepoint events are kept only for namespaces in the NETNS_FILTER map.
+    /// 1: tracepoint events are kept only for network namespaces listed in the
+    /// `HOPTRACE_NETNS` map (the node's and its pods'); others are counted as
+    /// [`crate::Counter::Filtered`].
     pub filter_netns: u8,
     /// 1: only packets matching `match_*` are emitted (userspace `--ip/--port`).
     pub filter_flow: u8,
-    /// IPv4/IPv6 address (v4 mapped into the first 4 bytes) and prefix length.
+    /// Address of the `--ip` filter in network byte order: IPv4 in the first
+    /// 4 bytes (the rest zero), IPv6 in all 16.
     pub match_addr: [u8; 16],
+    /// Prefix length of `match_addr` in bits (up to 32 for IPv4, 128 for
+    /// IPv6); 0 matches every address of `match_family`.
     pub match_prefix_len: u8,
     /// 4 or 6 when `match_addr` is set, else 0.
     pub match_family: u8,
@@ -65,12 +73,14 @@ pub struct TraceConfig {
     /// 1: every program returns at once (`hoptrace bench` measures what the
     /// attachments alone cost).
     pub dispatch_only: u8,
+    /// Explicit padding that puts `nf_parse_slots` at offset 34; always 0.
     pub _pad0: u8,
     /// Per netfilter hook (`NfHook` as index), a bit per priority slot: the
     /// program at that slot parses the headers. The others only time the
     /// packet (the first program of a hook and the one after each NAT band
     /// parse; brackets in between see the same headers).
     pub nf_parse_slots: [u16; 5],
+    /// Explicit tail padding to 48 bytes; always 0.
     pub _pad1: [u8; 4],
 }
 
@@ -78,6 +88,11 @@ const _: () = assert!(core::mem::size_of::<TraceConfig>() == 48);
 const _: () = assert!(core::mem::offset_of!(TraceConfig, nf_parse_slots) == 34);
 
 impl TraceConfig {
+    /// The defaults, as a `const fn` so the kernel object can initialise its
+    /// `HOPTRACE_CONFIG` global with them: VXLAN on 4789 (IANA, RFC 7348) and
+    /// 8472 (the Linux vxlan driver's default, used by flannel), GENEVE on
+    /// 6081 (RFC 8926), no namespace or flow filter, and every netfilter
+    /// slot parsing headers.
     pub const fn default_config() -> Self {
         Self {
             vxlan_ports: [4789, 8472],
@@ -103,7 +118,13 @@ impl Default for TraceConfig {
     }
 }
 
+// SAFETY: `#[repr(C)]`, `Copy`, only `u32` fields: no padding, every bit
+// pattern is a valid value (the size is asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelLayout {}
+// SAFETY: `#[repr(C)]`, `Copy`, only integer fields and arrays of them, with
+// every gap filled by an explicit `_pad` field, so all 48 bytes are
+// initialised and any bit pattern is a valid value (size and the offset of
+// `nf_parse_slots` are asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TraceConfig {}

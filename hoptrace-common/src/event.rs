@@ -33,6 +33,7 @@ pub struct HopHeader {
     pub ct_state: u8,
     /// Protocol family of a netfilter hook: 2 (IPv4) or 10 (IPv6); else 0.
     pub nf_pf: u8,
+    /// Explicit tail padding to 40 bytes; always 0.
     pub _pad: [u8; 3],
 }
 
@@ -43,6 +44,8 @@ const _: () = assert!(HOP_HEADER_BYTES == 40);
 const _: () = assert!(core::mem::offset_of!(HopHeader, hook) == 32);
 
 impl HopHeader {
+    /// An all-zero header (hook [`crate::HookKind::Unknown`]); `const` so
+    /// kernel programs and statics can use it.
     pub const fn zeroed() -> Self {
         Self {
             ts_ns: 0,
@@ -66,6 +69,7 @@ impl HopHeader {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct HopEvent {
+    /// Where and when the packet was seen (the first 40 bytes of the record).
     pub header: HopHeader,
     /// Parsed headers.
     pub packet: PacketMeta,
@@ -92,6 +96,7 @@ impl core::ops::DerefMut for HopEvent {
 }
 
 impl HopEvent {
+    /// An all-zero event: zeroed header, both header layers absent.
     pub const fn zeroed() -> Self {
         Self {
             header: HopHeader::zeroed(),
@@ -129,9 +134,12 @@ pub enum Counter {
     Redundant = 5,
 }
 
+/// Entries of the per-CPU `HOPTRACE_COUNTERS` array: one per [`Counter`],
+/// with room for two more without resizing the map.
 pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
+    /// Every counter, in slot order.
     pub const ALL: [Counter; 6] = [
         Self::Emitted,
         Self::RingFull,
@@ -141,6 +149,7 @@ impl Counter {
         Self::Redundant,
     ];
 
+    /// Stable snake_case name, as reports print it.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Emitted => "emitted",
@@ -153,7 +162,13 @@ impl Counter {
     }
 }
 
+// SAFETY: `#[repr(C)]`, `Copy`, made of `HopHeader` and `PacketMeta`, whose
+// fields are integers and arrays of them with every gap filled by an explicit
+// `_pad` field: all bytes are initialised and any bit pattern is a valid
+// value (sizes and offsets are asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HopEvent {}
+// SAFETY: `#[repr(C)]`, `Copy`, integer fields plus an explicit `_pad`: no
+// implicit padding, any bit pattern is a valid value (size asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for HopHeader {}

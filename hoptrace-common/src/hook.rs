@@ -4,6 +4,8 @@
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookKind {
+    /// Never emitted: what [`HookKind::from_u8`] makes of a value it does
+    /// not know.
     Unknown = 0,
     /// tc ingress (tcx or clsact) on a device of this node.
     TcIngress = 1,
@@ -26,6 +28,8 @@ pub enum HookKind {
 }
 
 impl HookKind {
+    /// Decodes [`crate::HopHeader::hook`]; unknown values become
+    /// [`HookKind::Unknown`].
     pub const fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::TcIngress,
@@ -42,18 +46,27 @@ impl HookKind {
     }
 }
 
-/// Netfilter hook numbers (IPv4 and IPv6 share them).
+/// Netfilter hook numbers (IPv4 and IPv6 share them): `enum nf_inet_hooks`
+/// of include/uapi/linux/netfilter.h, as `nf_hook_state.hook` carries them.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NfHook {
+    /// `NF_INET_PRE_ROUTING`: every received packet, before the routing
+    /// decision (conntrack, DNAT).
     PreRouting = 0,
+    /// `NF_INET_LOCAL_IN`: routed to a local socket.
     LocalIn = 1,
+    /// `NF_INET_FORWARD`: routed through the node (to a pod, or out again).
     Forward = 2,
+    /// `NF_INET_LOCAL_OUT`: sent by a local socket, before routing.
     LocalOut = 3,
+    /// `NF_INET_POST_ROUTING`: every packet about to leave a device (SNAT,
+    /// masquerade).
     PostRouting = 4,
 }
 
 impl NfHook {
+    /// Every hook, in `enum nf_inet_hooks` order.
     pub const ALL: [NfHook; 5] = [
         Self::PreRouting,
         Self::LocalIn,
@@ -62,6 +75,9 @@ impl NfHook {
         Self::PostRouting,
     ];
 
+    /// Decodes `nf_hook_state.hook` ([`crate::HopHeader::nf_hook`]); `None`
+    /// for `NF_INET_INGRESS` and anything above, which hoptrace does not
+    /// attach to.
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(Self::PreRouting),
@@ -92,14 +108,22 @@ impl NfHook {
 pub const NF_PRIORITY_SLOTS: [i32; 9] = [-401, -201, -199, -101, -99, -1, 1, 99, 101];
 
 /// Conntrack state of the packet as seen by a netfilter program
-/// (`ctinfo` bits of `skb->_nfct`).
+/// (`ctinfo` bits of `skb->_nfct`, `enum ip_conntrack_info` of
+/// include/uapi/linux/netfilter/nf_conntrack_common.h), with the reply
+/// direction folded into the original one.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CtState {
     /// No conntrack entry attached yet (before conntrack ran, or untracked).
     None = 0,
+    /// `IP_CT_NEW`: the first packet of a connection, or a retransmission
+    /// of it before any reply.
     New = 1,
+    /// `IP_CT_ESTABLISHED` or `IP_CT_ESTABLISHED_REPLY`: the connection has
+    /// seen packets both ways.
     Established = 2,
+    /// `IP_CT_RELATED` or `IP_CT_RELATED_REPLY`: a new connection expected
+    /// by an existing one (ICMP errors, FTP data).
     Related = 3,
 }
 
@@ -117,6 +141,8 @@ impl CtState {
         }
     }
 
+    /// Decodes [`crate::HopHeader::ct_state`]; unknown values become
+    /// [`CtState::None`].
     pub const fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::New,

@@ -4,6 +4,7 @@
 //! compile-time size assertions, so the byte layout seen by the kernel and by
 //! userspace cannot drift apart silently.
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod event;
@@ -12,7 +13,9 @@ pub mod packet;
 
 pub use config::{KernelLayout, TraceConfig};
 
-/// A device's key across namespaces: namespace inode, then ifindex.
+/// A device's key across namespaces: the network namespace inode in the high
+/// 32 bits, the ifindex (unique only inside that namespace) in the low 32.
+/// Keys the `HOPTRACE_TC_COVERED` map and userspace's device tables.
 #[inline(always)]
 pub const fn device_key(netns_ino: u32, ifindex: u32) -> u64 {
     ((netns_ino as u64) << 32) | ifindex as u64

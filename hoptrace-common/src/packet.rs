@@ -8,16 +8,28 @@
 
 use crate::config::TraceConfig;
 
+/// Ethertype of IPv4 (include/uapi/linux/if_ether.h).
 pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of IPv6 (include/uapi/linux/if_ether.h).
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// Ethertype of an IEEE 802.1Q VLAN tag; the parser skips one tag.
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// Ethertype of an IEEE 802.1ad service VLAN tag (QinQ outer tag).
 pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Transparent Ethernet Bridging: the GENEVE protocol type of an inner
+/// Ethernet frame (RFC 8926).
 pub const ETH_P_TEB: u16 = 0x6558;
+/// IP protocol number of ICMP (include/uapi/linux/in.h).
 pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of IPv4-in-IP (IPIP tunnels, `tunl0`).
 pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of IPv6-in-IP (SIT, ip6tnl).
 pub const IPPROTO_IPV6: u8 = 41;
+/// IP protocol number of ICMPv6 (include/uapi/linux/in6.h).
 pub const IPPROTO_ICMPV6: u8 = 58;
 const ETH_HLEN: u32 = 14;
 const VXLAN_HLEN: u32 = 8;
@@ -43,12 +55,16 @@ pub const HEADER_WINDOW: usize = 128;
 /// fields the fingerprint uses read the same wherever the packet is seen.
 #[repr(C)]
 pub struct HeaderWindow {
+    /// Packet bytes from the network header on; only the first `len` hold
+    /// packet data.
     pub bytes: [u8; HEADER_WINDOW],
     /// How many leading bytes of `bytes` hold packet data.
     pub len: u32,
 }
 
 impl HeaderWindow {
+    /// An empty window (`len` 0), zero-filled so the verifier sees every
+    /// stack byte initialised.
     pub const fn new() -> Self {
         Self {
             bytes: [0; HEADER_WINDOW],
@@ -83,7 +99,11 @@ impl PacketBytes for HeaderWindow {
         // from what it knows of `offset` or `len`, it drops the check, and
         // the BPF verifier, which knows less, then rejects the access.
         let off = offset as usize;
+        // SAFETY: `&off` is a reference to a live local: valid, aligned and
+        // initialised for the read.
         let off = unsafe { core::ptr::read_volatile(&off) };
+        // SAFETY: `&self.len` is a reference to a field of a live window:
+        // valid, aligned and initialised for the read.
         let len = unsafe { core::ptr::read_volatile(&self.len) } as usize;
         if N > HEADER_WINDOW || off > HEADER_WINDOW - N || off + N > len {
             return false;
@@ -102,6 +122,9 @@ impl PacketBytes for HeaderWindow {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseStatus {
+    /// Parsed as far as hoptrace reads: IP and transport headers, through
+    /// one tunnel layer. A non-first fragment or an unknown transport
+    /// protocol stops early and still counts as parsed.
     Ok = 0,
     /// Not IPv4/IPv6 (ARP, LLDP, ...).
     NotIp = 1,
@@ -115,6 +138,8 @@ pub enum ParseStatus {
 }
 
 impl ParseStatus {
+    /// Decodes [`PacketMeta::status`]; unknown values become
+    /// [`ParseStatus::BadHeader`].
     pub const fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Ok,
@@ -130,14 +155,20 @@ impl ParseStatus {
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Encap {
+    /// No tunnel: [`PacketMeta::outer`] is the packet itself.
     None = 0,
+    /// VXLAN (RFC 7348) on one of [`TraceConfig::vxlan_ports`]: outer
+    /// IP/UDP/VXLAN, then an inner Ethernet frame.
     Vxlan = 1,
+    /// GENEVE (RFC 8926) on [`TraceConfig::geneve_port`], carrying an
+    /// Ethernet frame (protocol type [`ETH_P_TEB`]).
     Geneve = 2,
     /// IPv4 or IPv6 inside IPv4/IPv6 (IPIP, SIT, ip6tnl).
     IpIp = 3,
 }
 
 impl Encap {
+    /// Decodes [`PacketMeta::encap`]; unknown values become [`Encap::None`].
     pub const fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::Vxlan,
@@ -152,13 +183,17 @@ impl Encap {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct L3Headers {
-    /// Source address; IPv4 in the first 4 bytes.
+    /// Source address in network byte order; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
+    /// Destination address in network byte order; IPv4 in the first 4 bytes.
     pub daddr: [u8; 16],
+    /// TCP sequence number (host order); 0 for other protocols.
     pub tcp_seq: u32,
+    /// TCP acknowledgment number (host order); 0 for other protocols.
     pub tcp_ack: u32,
-    /// TCP/UDP ports; ICMP echo identifier in `sport`, sequence in `dport`.
+    /// TCP/UDP source port (host order); for ICMP the echo identifier.
     pub sport: u16,
+    /// TCP/UDP destination port (host order); for ICMP the echo sequence.
     pub dport: u16,
     /// IPv4 identification; IPv6: low 16 bits of the flow label.
     pub ip_id: u16,
@@ -166,19 +201,25 @@ pub struct L3Headers {
     pub payload_len: u16,
     /// 0 (absent), 4 or 6.
     pub version: u8,
+    /// IP protocol number of the transport header (`IPPROTO_*`): the IPv4
+    /// protocol field, or the IPv6 fixed header's next header (extension
+    /// headers are not followed).
     pub l4_proto: u8,
     /// TCP flags; ICMP type.
     pub tcp_flags: u8,
     /// 1 when this is a non-first IPv4 fragment (no transport header).
     pub fragment: u8,
-    /// First bytes of the transport payload (UDP, ICMP), zero-padded.
+    /// First 8 bytes of the transport payload (UDP, ICMP); all zero when the
+    /// payload is shorter than 8 bytes or lies outside the header window.
     pub payload_head: [u8; 8],
+    /// Explicit tail padding to 64 bytes; always 0.
     pub _pad: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<L3Headers>() == 64);
 
 impl L3Headers {
+    /// An absent layer (`version` 0), every field zero.
     pub const fn zeroed() -> Self {
         Self {
             saddr: [0; 16],
@@ -213,12 +254,14 @@ pub struct PacketMeta {
     pub encap: u8,
     /// [`ParseStatus`] as u8.
     pub status: u8,
+    /// Explicit tail padding to 136 bytes; always 0.
     pub _pad: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<PacketMeta>() == 136);
 
 impl PacketMeta {
+    /// Nothing parsed yet: both layers absent, no tunnel, every byte zero.
     pub const fn zeroed() -> Self {
         Self {
             outer: L3Headers::zeroed(),

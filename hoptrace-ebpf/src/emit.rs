@@ -79,6 +79,9 @@ pub fn parse_and_submit(
     ethertype: u16,
     cfg: &TraceConfig,
 ) {
+    // SAFETY: every `HopEvent` entry comes from `reserve()`, which zeroes all
+    // of its bytes; `HopEvent` is plain integers, for which zero is a valid
+    // value, so the record is initialised.
     let ev = unsafe { entry.assume_init_mut() };
     let status = parse_from_l3(window, 0, ethertype, cfg, &mut ev.packet);
     if !flow_matches(&ev.packet, cfg) {

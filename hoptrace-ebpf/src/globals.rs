@@ -32,6 +32,9 @@ pub static HOPTRACE_CONFIG: TraceConfig = TraceConfig::default_config();
 #[macro_export]
 macro_rules! global {
     ($global:ident . $field:ident) => {
+        // SAFETY: a field of a static: valid, aligned and initialised for the
+        // whole run; the loader writes it before any program runs and the
+        // program only reads it, so the read races with no write.
         unsafe { core::ptr::read_volatile(&raw const $crate::globals::$global.$field) }
     };
 }
@@ -39,6 +42,8 @@ macro_rules! global {
 /// The whole trace configuration (small; read once per program run).
 #[inline(always)]
 pub fn config() -> TraceConfig {
+    // SAFETY: a static `Copy` struct: valid, aligned and initialised; written
+    // by the loader before any program runs, only read afterwards.
     unsafe { core::ptr::read_volatile(&raw const HOPTRACE_CONFIG) }
 }
 

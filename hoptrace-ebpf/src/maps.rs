@@ -28,20 +28,32 @@ pub static HOPTRACE_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0)
 #[map]
 pub static HOPTRACE_TC_COVERED: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Whether the device (`netns_ino`, `ifindex`) is in `HOPTRACE_TC_COVERED`:
+/// its device tracepoints are redundant with tc.
 #[inline(always)]
 pub fn tc_covered(netns_ino: u32, ifindex: u32) -> bool {
     let key = hoptrace_common::device_key(netns_ino, ifindex);
+    // SAFETY: `get` is unsafe because userspace may update or delete the
+    // value while the reference lives; only its presence is used here, the
+    // value is never read.
     unsafe { HOPTRACE_TC_COVERED.get(key).is_some() }
 }
 
+/// Adds 1 to `counter` in this CPU's slot of `HOPTRACE_COUNTERS`.
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(slot) = HOPTRACE_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a non-null pointer to this CPU's `u64` of a per-CPU array,
+        // valid for the program's run (array elements are never freed); no
+        // other CPU writes it, and the program is not migrated while it runs.
         unsafe { *slot += 1 };
     }
 }
 
+/// Whether the network namespace inode `ino` is in `HOPTRACE_NETNS`.
 #[inline(always)]
 pub fn netns_traced(ino: u32) -> bool {
+    // SAFETY: as in `tc_covered`: only the key's presence is used, the value
+    // (which userspace may change meanwhile) is never read.
     unsafe { HOPTRACE_NETNS.get(ino).is_some() }
 }

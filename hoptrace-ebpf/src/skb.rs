@@ -11,6 +11,9 @@ use hoptrace_common::{HEADER_WINDOW, HeaderWindow};
 
 use crate::global;
 
+/// A 16-bit `sk_buff` header offset that is not set: all ones, as the kernel
+/// marks an unset `mac_header` or `transport_header` (include/linux/skbuff.h).
+/// A `network_header` that reads so has no network header to copy.
 pub const NO_HEADER: u16 = 0xffff;
 
 /// A kernel pointer of a BTF-typed struct (`sk_buff`, `net_device`, `net`,
@@ -19,6 +22,7 @@ pub const NO_HEADER: u16 = 0xffff;
 pub struct BtfPtr(pub u64);
 
 impl BtfPtr {
+    /// A NULL pointer (no device, no socket).
     #[inline(always)]
     pub fn is_null(self) -> bool {
         self.0 == 0
@@ -27,8 +31,11 @@ impl BtfPtr {
     /// The field of type `T` at byte offset `off`.
     #[inline(always)]
     pub fn load<T: Copy>(self, off: u32) -> T {
-        // SAFETY: the verifier checks the access against the BTF type and
-        // turns it into a fault-tolerant load.
+        // SAFETY: `self` holds a pointer the verifier types by BTF (a
+        // tracepoint argument, a netfilter context field, or a pointer
+        // loaded from one): it checks `off` and the size of `T` against that
+        // type and turns the read into a fault-tolerant load (a bad pointer
+        // reads as zero). A `BtfPtr` built from anything else fails to load.
         unsafe { core::ptr::read_volatile((self.0 + off as u64) as *const T) }
     }
 
@@ -44,6 +51,8 @@ impl BtfPtr {
 pub struct Skb(pub BtfPtr);
 
 impl Skb {
+    /// Kernel address of the `struct sk_buff`: the packet's identity while it
+    /// stays in this buffer.
     #[inline(always)]
     pub fn addr(self) -> u64 {
         self.0.0
@@ -53,16 +62,20 @@ impl Skb {
         clippy::len_without_is_empty,
         reason = "skb->len of a kernel buffer; emptiness is never asked"
     )]
+    /// `skb->len`: bytes of data, linear and paged, from `skb->data` on.
     #[inline(always)]
     pub fn len(self) -> u32 {
         self.0.load(global!(HOPTRACE_LAYOUT.skb_len))
     }
 
+    /// `skb->dev`, the device the packet is on (NULL when none).
     #[inline(always)]
     pub fn dev(self) -> BtfPtr {
         self.0.ptr(global!(HOPTRACE_LAYOUT.skb_dev))
     }
 
+    /// `skb->_nfct`: the conntrack entry pointer with `ip_conntrack_info`
+    /// in its low 3 bits (see [`hoptrace_common::CtState::from_nfct`]).
     #[inline(always)]
     pub fn nfct(self) -> u64 {
         self.0.load(global!(HOPTRACE_LAYOUT.skb_nfct))
@@ -99,8 +112,11 @@ impl Skb {
         }
         let n = window_len((tail - nh as u32) as usize);
         let src = (head + nh as u64) as *const u8;
-        // SAFETY: n <= HEADER_WINDOW; the helper checks the source.
+        // SAFETY: `window_len` returns 1..=HEADER_WINDOW, the length of
+        // `bytes`, so the range is in bounds.
         let dst = unsafe { window.bytes.get_unchecked_mut(..n) };
+        // SAFETY: `bpf_probe_read_kernel` never faults (an unreadable source
+        // is an error return); `dst` is `n` writable bytes of the window.
         if unsafe { bpf_probe_read_kernel_buf(src, dst) }.is_ok() {
             window.len = n as u32;
         }

@@ -450,9 +450,9 @@ pub fn nft_input(set: &ServiceSet) -> String {
 }
 
 /// `count` services that match no test traffic, to give the rule sets a
-/// realistic size: ClusterIPs 10.96.<1 + n / 250>.<1 + n % 250>, one TCP port
-/// 80, one or two endpoints on pod IPs 10.244.<node>.100-249 that no lab pod
-/// uses (lab pods use .2-.51).
+/// realistic size: ClusterIPs `10.96.<1 + n / 250>.<1 + n % 250>`, one TCP
+/// port 80, one or two endpoints on pod IPs `10.244.<node>.100-249` that no
+/// lab pod uses (lab pods use .2-.51).
 ///
 /// `count` is capped at [`MAX_FILLER_SERVICES`]; `node_count` must be > 0.
 pub fn filler_services(count: u32, node_count: u8) -> Vec<Service> {

@@ -50,7 +50,7 @@ pub enum NetnsError {
         stderr: String,
     },
     /// A command could not be started or talked to.
-    #[error("cannot run `{command}`: {source}")]
+    #[error("cannot run `{command}`")]
     Io {
         /// The full command line.
         command: String,
@@ -79,7 +79,7 @@ pub enum NetnsError {
     #[error("network namespace `{0}` does not exist")]
     NotFound(String),
     /// Opening or entering a namespace failed.
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}")]
     Enter {
         /// Namespace file (`/run/netns/<name>` or `/proc/<pid>/ns/net`).
         path: PathBuf,
@@ -87,7 +87,7 @@ pub enum NetnsError {
         source: std::io::Error,
     },
     /// The thread that ran code inside a namespace could not be spawned.
-    #[error("cannot spawn a thread to enter network namespace {path}: {source}")]
+    #[error("cannot spawn a thread to enter network namespace {path}")]
     Thread {
         /// Namespace file.
         path: PathBuf,
@@ -115,6 +115,11 @@ fn package_of(tool: &str) -> &'static str {
 /// Finds `tool` on `$PATH` or in the sbin directories.
 ///
 /// A name containing `/` is taken as a path and only checked for existence.
+///
+/// # Errors
+///
+/// [`NetnsError::MissingTool`] (with the Debian package to install) when
+/// no executable file of that name is found.
 pub fn find_tool(tool: &str) -> Result<PathBuf> {
     let missing = || NetnsError::MissingTool {
         tool: tool.to_string(),
@@ -191,6 +196,12 @@ fn check_output(command: String, output: Output) -> Result<Output> {
 
 /// Runs `argv` (in the current namespace) and returns its output; a non-zero
 /// exit is an error.
+///
+/// # Errors
+///
+/// [`NetnsError::MissingTool`] when the program is not installed,
+/// [`NetnsError::Io`] when it cannot be started or fed, and
+/// [`NetnsError::CommandFailed`] (with its stderr) when it exits non-zero.
 pub fn run_tool<S: AsRef<OsStr>>(argv: &[S]) -> Result<Output> {
     let line = command_line(argv);
     let output = build_command(argv)?
@@ -204,6 +215,12 @@ pub fn run_tool<S: AsRef<OsStr>>(argv: &[S]) -> Result<Output> {
 }
 
 /// Like [`run_tool`], with `input` written to the command's stdin.
+///
+/// # Errors
+///
+/// [`NetnsError::MissingTool`] when the program is not installed,
+/// [`NetnsError::Io`] when it cannot be started or fed, and
+/// [`NetnsError::CommandFailed`] (with its stderr) when it exits non-zero.
 pub fn run_tool_with_stdin<S: AsRef<OsStr>>(argv: &[S], input: &[u8]) -> Result<Output> {
     let line = command_line(argv);
     let io_error = |source| NetnsError::Io {
@@ -265,12 +282,23 @@ fn in_netns_argv<S: AsRef<OsStr>>(ns: &str, argv: &[S]) -> Result<Vec<String>> {
 
 /// Runs `argv` inside network namespace `ns` (`ip netns exec`) and waits for
 /// it; a non-zero exit is [`NetnsError::CommandFailed`].
+///
+/// # Errors
+///
+/// [`NetnsError::MissingTool`] when `ip` or the program is not installed,
+/// [`NetnsError::Io`] when it cannot be started or fed, and
+/// [`NetnsError::CommandFailed`] (with its stderr) when it exits non-zero,
+/// also when `ns` does not exist.
 pub fn run_in<S: AsRef<OsStr>>(ns: &str, argv: &[S]) -> Result<Output> {
     run_tool(&in_netns_argv(ns, argv)?)
 }
 
 /// Like [`run_in`], with `input` written to the command's stdin (for
 /// `iptables-restore`, `nft -f -`).
+///
+/// # Errors
+///
+/// As [`run_in`].
 pub fn run_in_with_stdin<S: AsRef<OsStr>>(ns: &str, argv: &[S], input: &[u8]) -> Result<Output> {
     run_tool_with_stdin(&in_netns_argv(ns, argv)?, input)
 }
@@ -279,6 +307,12 @@ pub fn run_in_with_stdin<S: AsRef<OsStr>>(ns: &str, argv: &[S], input: &[u8]) ->
 ///
 /// stdin is `/dev/null`, stdout and stderr are piped. The caller owns the
 /// child: wrap it in a [`ChildGuard`] so it is killed and reaped on drop.
+///
+/// # Errors
+///
+/// [`NetnsError::MissingTool`] when `ip` or the program is not installed,
+/// [`NetnsError::Io`] when `ip netns exec` cannot be started. A namespace
+/// that does not exist shows only as the child's non-zero exit.
 pub fn spawn_in<S: AsRef<OsStr>>(ns: &str, argv: &[S]) -> Result<Child> {
     let full = in_netns_argv(ns, argv)?;
     let line = command_line(&full);
@@ -381,6 +415,12 @@ impl NetnsGuard {
     ///
     /// An existing namespace of that name is left alone and reported as
     /// [`NetnsError::AlreadyExists`].
+    ///
+    /// # Errors
+    ///
+    /// [`NetnsError::InvalidName`], [`NetnsError::AlreadyExists`], or the
+    /// error of `ip netns add` or of bringing `lo` up (the namespace is then
+    /// deleted again).
     pub fn create(name: &str) -> Result<Self> {
         validate_name(name)?;
         let path = netns_path(name);
@@ -417,6 +457,10 @@ impl NetnsGuard {
     }
 
     /// Deletes the namespace now, reporting errors (drop ignores them).
+    ///
+    /// # Errors
+    ///
+    /// The error of `ip netns pids` or `ip netns del`.
     pub fn delete(mut self) -> Result<()> {
         self.deleted = true;
         delete_netns(&self.name)
@@ -470,6 +514,12 @@ fn kill_processes_in(name: &str) -> Result<()> {
 /// Other namespaces are never touched. The prefix must be a valid namespace
 /// name of at least 3 characters, so an accidental `""` or `"h"` cannot wipe
 /// unrelated namespaces.
+///
+/// # Errors
+///
+/// [`NetnsError::InvalidName`] for a bad prefix, [`NetnsError::Io`] when
+/// [`NETNS_RUN_DIR`] cannot be read, else the first deletion error (every
+/// namespace is still attempted).
 pub fn cleanup_prefix(prefix: &str) -> Result<Vec<String>> {
     validate_name(prefix)?;
     if prefix.len() < 3 {
@@ -480,7 +530,7 @@ pub fn cleanup_prefix(prefix: &str) -> Result<Vec<String>> {
     }
     let mut names: Vec<String> = match std::fs::read_dir(NETNS_RUN_DIR) {
         Ok(entries) => entries
-            .filter_map(|entry| entry.ok())
+            .filter_map(Result::ok)
             .filter_map(|entry| entry.file_name().into_string().ok())
             .filter(|name| name.starts_with(prefix))
             .collect(),
@@ -512,7 +562,7 @@ pub fn list_prefix(prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(NETNS_RUN_DIR)
         .into_iter()
         .flatten()
-        .filter_map(|entry| entry.ok())
+        .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| name.starts_with(prefix))
         .collect();
@@ -536,6 +586,12 @@ fn resolve(ns_name_or_path: &str) -> PathBuf {
 /// Sockets, netlink sockets and tc/BPF attachments made in `f` belong to that
 /// namespace, and stay there when returned. The calling thread's namespace is
 /// never changed. A panic in `f` is resumed on the caller.
+///
+/// # Errors
+///
+/// [`NetnsError::NotFound`] when the namespace file does not exist,
+/// [`NetnsError::Enter`] when it cannot be opened or `setns(2)` refuses it,
+/// [`NetnsError::Thread`] when no thread can be spawned.
 pub fn with_netns<T, F>(ns_name_or_path: &str, f: F) -> Result<T>
 where
     F: FnOnce() -> T + Send,
@@ -574,12 +630,21 @@ where
 }
 
 /// Inode number of the calling thread's network namespace.
+///
+/// # Errors
+///
+/// [`NetnsError::Enter`] when `/proc/thread-self/ns/net` cannot be read
+/// (no procfs).
 pub fn current_netns_inode() -> Result<u64> {
     netns_inode("/proc/thread-self/ns/net")
 }
 
 /// Inode number of the network namespace at `path` (a `/run/netns/<name>` bind
 /// mount or a `/proc/<pid>/ns/net` link); equal inodes mean the same namespace.
+///
+/// # Errors
+///
+/// [`NetnsError::Enter`] when `path` cannot be stat'ed.
 pub fn netns_inode(path: impl AsRef<Path>) -> Result<u64> {
     let path = path.as_ref();
     std::fs::metadata(path)

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::taxonomy::{Category, SegmentName, encap_name};
 
-
 /// Which way a journey crossed the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,8 +26,10 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Every direction, in report order.
     pub const ALL: [Direction; 3] = [Self::Egress, Self::Ingress, Self::Local];
 
+    /// Stable lower-case name, as reports and the JSON schema spell it.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Egress => "egress",
@@ -38,17 +39,26 @@ impl Direction {
     }
 }
 
-/// Whether a journey's packet opened a connection.
+/// Whether a journey's packet opened a connection. The conntrack state its
+/// netfilter hops reported decides (of the inner packet when the journey
+/// crossed a tunnel); without netfilter hops, a TCP SYN without ACK is
+/// `New` and everything else `Established`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnState {
+    /// Conntrack said `IP_CT_NEW` at some hop (the first packet of a flow,
+    /// which pays for conntrack entry creation and the NAT rule walk).
     New,
+    /// Conntrack found an entry (established or related), or no netfilter
+    /// hop saw the packet and it was not a TCP SYN.
     Established,
 }
 
 impl ConnState {
+    /// Both states, in report order.
     pub const ALL: [ConnState; 2] = [Self::New, Self::Established];
 
+    /// Stable lower-case name, as reports and the JSON schema spell it.
     pub const fn name(self) -> &'static str {
         match self {
             Self::New => "new",
@@ -105,7 +115,9 @@ impl Stat {
 pub struct SegmentKey {
     /// Index into [`Ledger::segment_names`].
     pub segment: u32,
+    /// Direction of the journeys that crossed the segment.
     pub direction: Direction,
+    /// Connection state of the journeys that crossed the segment.
     pub conn_state: ConnState,
 }
 
@@ -137,8 +149,10 @@ pub struct LedgerCounters {
 pub struct FlowInfo {
     /// `tcp`, `udp`, `icmp`, `icmpv6` or the protocol number.
     pub proto: String,
-    /// `addr:port` (`[addr]:port` for IPv6); the address alone without ports.
+    /// Source `addr:port` (`[addr]:port` for IPv6); the address alone for
+    /// protocols without ports (ICMP).
     pub src: String,
+    /// Destination, formatted as `src`.
     pub dst: String,
     /// Encapsulation seen on the journey: `none`, `vxlan`, `geneve`, `ipip`.
     pub encap: String,
@@ -181,8 +195,11 @@ impl FlowInfo {
 pub struct ExemplarHop {
     /// Stable hop name (`veth.ingress`, `nf.prerouting.-201`).
     pub hop: String,
+    /// Inode of the network namespace of the hop's device (socket hops: of
+    /// the socket; netfilter hops: the node's); 0 when unknown.
     pub netns_ino: u32,
-    /// 0 when the hook does not know the device.
+    /// Interface index inside `netns_ino`; 0 when the hook does not know
+    /// the device.
     pub ifindex: u32,
     /// Device name from the node context, when known.
     pub device: Option<String>,
@@ -193,8 +210,11 @@ pub struct ExemplarHop {
 /// One segment of an exemplar journey.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExemplarSegment {
+    /// Segment name from the taxonomy (`routing`, `netfilter.prerouting.dnat`).
     pub segment: String,
+    /// Category the segment's time is attributed to.
     pub category: Category,
+    /// Time from the segment's first hop to its second, µs.
     pub duration_us: f64,
 }
 
@@ -203,7 +223,9 @@ pub struct ExemplarSegment {
 pub struct Exemplar {
     /// First to last hop on this node, µs.
     pub end_to_end_us: f64,
+    /// Which way the journey crossed the node.
     pub direction: Direction,
+    /// Whether the packet opened a connection.
     pub conn_state: ConnState,
     /// Innermost 5-tuple at the first hop (before NAT).
     pub flow: FlowInfo,
@@ -211,6 +233,8 @@ pub struct Exemplar {
     pub flow_last: FlowInfo,
     /// Hops in timestamp order.
     pub hops: Vec<ExemplarHop>,
+    /// The segments between consecutive hops: `hops.len() - 1` entries, in
+    /// the same order.
     pub segments: Vec<ExemplarSegment>,
 }
 
@@ -220,14 +244,24 @@ pub struct Exemplar {
 pub struct Ledger {
     /// Interned segment names; [`SegmentKey::segment`] indexes this.
     pub segment_names: Vec<SegmentName>,
+    /// One row per segment, direction and state: one value per crossing
+    /// (a journey that crosses a segment twice records it twice).
     pub segments: HashMap<SegmentKey, Stat>,
+    /// One value per journey and category: the sum of the journey's
+    /// segments of that category.
     pub categories: HashMap<(Category, Direction, ConnState), Stat>,
     /// One value per journey: first to last hop.
     pub end_to_end: HashMap<(Direction, ConnState), Stat>,
-    /// Slowest journeys, slowest first.
+    /// The slowest journeys of each direction (at most
+    /// [`crate::correlate::CorrelatorOptions::exemplars`] per direction),
+    /// slowest first.
     pub exemplars: Vec<Exemplar>,
-    /// Drop events by reason name.
+    /// Drop events (`skb:kfree_skb`) by reason: the `enum skb_drop_reason`
+    /// name of include/net/dropreason-core.h, as the running kernel's BTF
+    /// spells it, without `SKB_DROP_REASON_` and in lower case (`no_socket`);
+    /// `reason_<n>` for a value the BTF does not name.
     pub drops: BTreeMap<String, u64>,
+    /// Events and journeys that did not make it into the histograms.
     pub counters: LedgerCounters,
 }
 

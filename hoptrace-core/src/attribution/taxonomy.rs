@@ -31,6 +31,7 @@ pub enum Category {
 }
 
 impl Category {
+    /// Every category, in report order (and in [`Category::index`] order).
     pub const ALL: [Category; 7] = [
         Self::Cni,
         Self::Encapsulation,
@@ -63,7 +64,9 @@ impl Category {
 /// Direction of a tc hook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TcDirection {
+    /// Ingress: the device received the packet (before the stack sees it).
     Ingress,
+    /// Egress: the device is about to transmit the packet (before its qdisc).
     Egress,
 }
 
@@ -92,7 +95,10 @@ impl DevStage {
 /// device of a given role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Place {
+    /// Any device inside a pod's network namespace (the pod's end of its
+    /// veth, its loopback).
     Pod,
+    /// A device of the node's network namespace, with its discovered role.
     Node(DeviceRole),
 }
 
@@ -115,14 +121,33 @@ impl Place {
 /// A named observation point. Its [`HopPoint::name`] is stable and documented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HopPoint {
-    /// `<role>.ingress` / `<role>.egress`.
-    Tc { role: DeviceRole, dir: TcDirection },
-    /// `nf.<hook>.<priority>`; `slot` indexes [`NF_PRIORITY_SLOTS`].
-    Netfilter { hook: NfHook, slot: u8 },
-    /// `<where>.rx|queue|xmit`.
-    Device { place: Place, stage: DevStage },
-    /// `socket.pod` / `socket.node`.
-    Socket { in_pod: bool },
+    /// `<role>.ingress` / `<role>.egress`: a tc program on a node device.
+    Tc {
+        /// Role of the device the program is attached to.
+        role: DeviceRole,
+        /// Ingress or egress hook of that device.
+        dir: TcDirection,
+    },
+    /// `nf.<hook>.<priority>`: a netfilter link of the node's namespace.
+    Netfilter {
+        /// The netfilter hook.
+        hook: NfHook,
+        /// Index into [`NF_PRIORITY_SLOTS`]: the link's priority.
+        slot: u8,
+    },
+    /// `<where>.rx|queue|xmit`: a device tracepoint.
+    Device {
+        /// The pod, or the role of the node device.
+        place: Place,
+        /// Which of the three device tracepoints fired.
+        stage: DevStage,
+    },
+    /// `socket.pod` / `socket.node`: a socket reader copied the payload
+    /// (`skb:skb_copy_datagram_iovec`).
+    Socket {
+        /// The socket lives in a pod's network namespace, not the node's.
+        in_pod: bool,
+    },
     /// `drop`.
     Drop,
 }
@@ -156,7 +181,7 @@ impl HopPoint {
                 out.push_str(stage.name());
             }
             Self::Socket { in_pod } => {
-                out.push_str(if in_pod { "socket.pod" } else { "socket.node" })
+                out.push_str(if in_pod { "socket.pod" } else { "socket.node" });
             }
             Self::Drop => out.push_str("drop"),
         }
@@ -316,14 +341,20 @@ impl HopPoint {
 /// packet there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HopSite {
+    /// Where the packet was observed.
     pub point: HopPoint,
+    /// Tunnel around the packet at that hop ([`Encap::None`] when the
+    /// hop saw the bare packet).
     pub encap: Encap,
 }
 
 /// A named segment and its category.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentName {
+    /// Stable segment name, as documented in `docs/segments.md`
+    /// (`pod.veth.egress`, `netfilter.prerouting.dnat`, `tunnel.vxlan.encap`).
     pub name: String,
+    /// Category the segment's time is attributed to.
     pub category: Category,
 }
 

@@ -22,4 +22,3 @@ pub fn fingerprint(packet: &PacketMeta) -> u64 {
     h.write_u64(u64::from_le_bytes(f.payload_head));
     h.finish()
 }
-

@@ -10,22 +10,32 @@ use crate::attribution::taxonomy::{DevStage, DeviceRole, HopPoint, Place, TcDire
 /// Encapsulation not known for a hop (its headers did not parse).
 pub(crate) const ENCAP_UNKNOWN: u8 = 0xff;
 
+/// One observation of the packet: when, where, and in which layer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Hop {
+    /// bpf ktime (CLOCK_MONOTONIC) at the hook, ns.
     pub(crate) ts_ns: u64,
     pub(crate) point: HopPoint,
+    /// Namespace inode and ifindex of the event (0 when unknown).
     pub(crate) netns_ino: u32,
     pub(crate) ifindex: u32,
     /// [`Encap`] as u8, or [`ENCAP_UNKNOWN`].
     pub(crate) encap: u8,
 }
 
+/// One packet in flight through the node, from its first hop until it is
+/// finalized (idle, ended, evicted or its buffer reused).
 pub(crate) struct Journey {
+    /// [`super::fingerprint`] of the innermost headers at the first hop.
     pub(crate) fingerprint: u64,
+    /// The skb address the journey started with.
     pub(crate) addr: u64,
     /// Further skb addresses bound by fingerprint (copies, clones).
     pub(crate) extra_addrs: Vec<u64>,
+    /// Hops in arrival order; sorted by time when the journey is recorded.
     pub(crate) hops: Vec<Hop>,
+    /// Earliest and latest event time, ns (bpf ktime), consume and drop
+    /// events included.
     pub(crate) first_ts: u64,
     pub(crate) last_ts: u64,
     /// A drop or consume event was seen.
@@ -42,17 +52,23 @@ pub(crate) struct Journey {
     pub(crate) only_pod_sends: bool,
     /// The node handed the packet to a pod: only pod-side hops can follow.
     pub(crate) in_pod: bool,
+    /// A netfilter hop was seen, of any layer.
     pub(crate) saw_netfilter: bool,
+    /// A netfilter hop of any layer reported `CtState::New`.
     pub(crate) saw_ct_new: bool,
     /// Netfilter hops of the packet itself, not of its encapsulating outer
     /// packet: an overlay's outer UDP flow never sees a reply on its own
     /// tuple, so conntrack keeps calling it NEW; the inner verdict decides.
     pub(crate) saw_inner_netfilter: bool,
+    /// A netfilter hop of the packet itself reported `CtState::New`.
     pub(crate) saw_inner_ct_new: bool,
+    /// Time and innermost headers of the earliest parsed event (before NAT).
     pub(crate) first_flow_ts: u64,
     pub(crate) first_flow: L3Headers,
+    /// Time and innermost headers of the latest parsed event (after NAT).
     pub(crate) last_flow_ts: u64,
     pub(crate) last_flow: L3Headers,
+    /// The tunnel seen on any parsed hop ([`Encap::None`] if none).
     pub(crate) encap: Encap,
     /// [`Encap`] of the latest parsed event: the layer that events without
     /// headers of their own (skipped netfilter brackets) belong to.
@@ -107,6 +123,9 @@ impl Journey {
     }
 }
 
+/// Direction from the journey's first hop: a pod sent it (pod device, or
+/// the host side of a pod veth receiving), the network sent it (a device
+/// that faces the network), or it is local.
 pub(crate) fn journey_direction(first: &Hop) -> Direction {
     match first.point {
         HopPoint::Device {
@@ -125,6 +144,8 @@ pub(crate) fn journey_direction(first: &Hop) -> Direction {
     }
 }
 
+/// Connection state: the inner packet's conntrack verdict, else any
+/// layer's, else TCP flags (SYN without ACK is new).
 pub(crate) fn journey_conn_state(j: &Journey) -> ConnState {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;

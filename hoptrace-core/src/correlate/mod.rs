@@ -14,15 +14,14 @@ use hoptrace_common::{
 use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
 
 pub use crate::attribution::ledger::{
-    ConnState, Direction, Exemplar, ExemplarHop, ExemplarSegment, FlowInfo, Ledger,
-    LedgerCounters, SegmentKey, Stat,
+    ConnState, Direction, Exemplar, ExemplarHop, ExemplarSegment, FlowInfo, Ledger, LedgerCounters,
+    SegmentKey, Stat,
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
 };
 use crate::node::{DeviceRole, NodeContext};
 use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction};
-
 
 mod fingerprint;
 mod journey;
@@ -60,7 +59,6 @@ impl Default for CorrelatorOptions {
         }
     }
 }
-
 
 /// Devices and namespaces of the node context, indexed for per-event lookups.
 struct DeviceTable {
@@ -434,8 +432,8 @@ impl Correlator {
             }
         }
         ids.sort_unstable();
-        for id in ids.iter() {
-            self.finalize(*id);
+        for &id in &ids {
+            self.finalize(id);
         }
         self.scratch_ids = ids;
     }
@@ -482,7 +480,6 @@ impl Correlator {
             self.hop_pool.push(j.hops);
         }
     }
-
 }
 
 fn record_journey(

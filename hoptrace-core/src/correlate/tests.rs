@@ -110,14 +110,7 @@ pub fn ev(
     e
 }
 
-pub fn nf(
-    ts: u64,
-    skb: u64,
-    hook: NfHook,
-    prio: i32,
-    ct: CtState,
-    packet: PacketMeta,
-) -> HopEvent {
+pub fn nf(ts: u64, skb: u64, hook: NfHook, prio: i32, ct: CtState, packet: PacketMeta) -> HopEvent {
     let mut e = ev(ts, skb, NODE, 0, HookKind::Netfilter, packet);
     e.nf_hook = hook as u8;
     e.nf_slot = NF_PRIORITY_SLOTS
@@ -290,10 +283,7 @@ fn duplicate_hops_are_ignored() {
 }
 
 /// Node B: VXLAN from the uplink, decap, forward to the backend pod, socket.
-pub fn node_b_journey(
-    t0: u64,
-    skb: u64,
-) -> (Vec<HopEvent>, Vec<(&'static str, Category, u64)>) {
+pub fn node_b_journey(t0: u64, skb: u64) -> (Vec<HopEvent>, Vec<(&'static str, Category, u64)>) {
     use Category::*;
     use CtState::{Established as Est, None as NoCt};
     use HookKind::*;
@@ -905,11 +895,11 @@ fn exemplars_keep_the_slowest() {
 }
 
 mod throughput {
-    use super::{ctx, node_a_journey};
     use super::*;
+    use super::{ctx, node_a_journey};
 
     /// Rough events/s of push + finalize; run with
-    /// `AYA_BUILD_SKIP=1 cargo test -p tracer --lib --release throughput -- --ignored --nocapture`.
+    /// `AYA_BUILD_SKIP=1 cargo test -p hoptrace-core --lib --release throughput -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing check, run by hand in release"]
     fn events_per_second() {

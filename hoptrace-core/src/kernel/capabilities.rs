@@ -26,6 +26,8 @@ use crate::kernel::{btf::Btf, objects::probe_object, sys};
 pub struct Capability {
     /// Stable identifier (`tcx`, `netfilter_link`, ...).
     pub name: &'static str,
+    /// The probe succeeded: the kernel offers this here and now (with the
+    /// privileges hoptrace runs with).
     pub available: bool,
     /// The kernel's error when unavailable.
     pub reason: Option<String>,
@@ -36,6 +38,7 @@ pub struct Capability {
 /// Everything `hoptrace check` found.
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
+    /// One entry per probed item, in [`ITEMS`] order.
     pub items: Vec<Capability>,
     /// Side effects the probes had to make (e.g. mounting tracefs).
     pub notes: Vec<String>,
@@ -66,6 +69,10 @@ pub const ITEMS: [&str; 15] = [
 pub struct NotRoot;
 
 /// Fails unless the effective user is root.
+///
+/// # Errors
+///
+/// [`NotRoot`] when the effective uid is not 0.
 pub fn require_root() -> Result<(), NotRoot> {
     if nix::unistd::Uid::effective().is_root() {
         Ok(())
@@ -207,7 +214,10 @@ impl Capabilities {
     }
 }
 
-/// An error and its sources on one line.
+/// An error and its sources on one line, joined by `: `. A source whose
+/// text is already part of the line is skipped, and only the first line is
+/// kept (without aya's trailing `Verifier output:`), so a verifier log does
+/// not flood a capability reason.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -247,21 +257,40 @@ fn item(name: &'static str, result: ProbeResult, tried: &str) -> Capability {
     }
 }
 
+/// Running a probe in a throwaway network namespace failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ThrowawayNetnsError {
+    /// `unshare(CLONE_NEWNET)` failed (`EPERM` without `CAP_SYS_ADMIN`).
+    #[error("unshare(CLONE_NEWNET)")]
+    Unshare(#[source] nix::Error),
+    /// The probe thread could not be started.
+    #[error("spawn probe thread")]
+    Spawn(#[source] std::io::Error),
+    /// The probe panicked.
+    #[error("probe thread panicked")]
+    Panicked,
+}
+
 /// Runs `f` in a thread that has its own new network namespace; everything
 /// made there (devices, tc filters, netfilter links) disappears with it.
+///
+/// # Errors
+///
+/// [`ThrowawayNetnsError`] when the thread cannot be started, cannot leave
+/// the caller's namespace, or `f` panics.
 pub fn in_throwaway_netns<R: Send + 'static>(
     f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, String> {
+) -> Result<R, ThrowawayNetnsError> {
     std::thread::Builder::new()
         .name("ht-probe-netns".into())
         .spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+                .map_err(ThrowawayNetnsError::Unshare)?;
             Ok(f())
         })
-        .map_err(|e| format!("spawn probe thread: {e}"))?
+        .map_err(ThrowawayNetnsError::Spawn)?
         .join()
-        .map_err(|_| "probe thread panicked".to_owned())?
+        .map_err(|_| ThrowawayNetnsError::Panicked)?
 }
 
 fn probe_btf() -> Result<String, String> {
@@ -391,6 +420,7 @@ fn probe_tc() -> Result<(ProbeResult, ProbeResult), String> {
             .map(|_| "clsact filter on lo egress (throwaway namespace)".to_owned());
         (tcx, clsact)
     })
+    .map_err(|e| error_chain(&e))
 }
 
 /// Creates a tunnel device over netlink in the calling thread's namespace.
@@ -430,6 +460,7 @@ fn probe_tunnels() -> Result<[ProbeResult; 3], String> {
         .map(|()| "created a geneve device (throwaway namespace)".to_owned());
         [vxlan, ipip, geneve]
     })
+    .map_err(|e| error_chain(&e))
 }
 
 /// Mounts tracefs at /sys/kernel/tracing when no tracefs is reachable.
@@ -576,7 +607,9 @@ pub fn probe_all() -> Capabilities {
         clsact,
         "attach a tc program as a clsact filter on lo (throwaway namespace)",
     ));
-    let nf = in_throwaway_netns(probe_netfilter_link).and_then(|r| r);
+    let nf = in_throwaway_netns(probe_netfilter_link)
+        .map_err(|e| error_chain(&e))
+        .and_then(|r| r);
     caps.items.push(item(
         "netfilter_link",
         nf,

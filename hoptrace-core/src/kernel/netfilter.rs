@@ -36,36 +36,68 @@ pub const SHARED_MAPS: [&str; 4] = [
 /// Errors loading or attaching the netfilter programs.
 #[derive(Debug, thiserror::Error)]
 pub enum NetfilterError {
-    #[error("cannot parse the netfilter object: {0}")]
+    /// The bytes are not a BPF ELF object aya-obj can read, or its
+    /// read-only globals could not be patched.
+    #[error("cannot parse the netfilter object")]
     Parse(#[from] aya_obj::ParseError),
-    #[error("cannot relocate the netfilter object: {0}")]
+    /// Pointing the object's map references or `.text` calls at their
+    /// targets failed.
+    #[error("cannot relocate the netfilter object")]
     Relocate(#[from] aya_obj::relocation::EbpfRelocationError),
+    /// The object lacks `hoptrace_nf_slot<N>`: it was not built from this
+    /// source.
     #[error("the netfilter object has no program `{0}`")]
     MissingProgram(String),
+    /// The object references a map the main object does not have.
     #[error("the netfilter object references map `{0}`, which the main object does not provide")]
     MissingMap(String),
-    #[error("cannot create the netfilter object's .rodata map: {0}")]
+    /// Creating, filling or freezing the `.rodata` array map failed.
+    #[error("cannot create the netfilter object's .rodata map")]
     Rodata(#[source] std::io::Error),
-    #[error("the kernel rejected netfilter program `{name}`: {error}\nverifier log:\n{log}")]
+    /// `BPF_PROG_LOAD` refused a slot's program. The message carries the
+    /// verifier's last finding; `log` has the tail of its log.
+    #[error("the kernel rejected netfilter program `{name}`{}", verifier_finding(.log))]
     Load {
+        /// Program (ELF symbol) name, `hoptrace_nf_slot<N>`.
         name: String,
+        /// The `bpf(2)` error.
         #[source]
         error: std::io::Error,
+        /// The last 6000 bytes of the verifier log (several lines; empty
+        /// when the kernel gave none).
         log: String,
     },
+    /// A placement's slot does not index [`NF_PRIORITY_SLOTS`].
     #[error("slot {0} is out of range (0..{max})", max = NF_PRIORITY_SLOTS.len())]
     BadSlot(u8),
+    /// `BPF_LINK_CREATE` refused a placement.
     #[error(
-        "cannot attach netfilter program slot {slot} (priority {priority}) to pf {pf} hook {hook}: {error}"
+        "cannot attach netfilter program slot {slot} (priority {priority}) to pf {pf} hook {hook}"
     )]
     Attach {
+        /// Protocol family: [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`].
         pf: u8,
+        /// Hook name ([`NfHook::name`]).
         hook: &'static str,
+        /// Index into [`NF_PRIORITY_SLOTS`].
         slot: u8,
+        /// Netfilter priority of the slot.
         priority: i32,
+        /// The `bpf(2)` error.
         #[source]
         error: std::io::Error,
     },
+}
+
+/// ` (verifier: <finding>)` from the last line of a verifier log that is
+/// not its `processed N insns` summary; empty without one.
+fn verifier_finding(log: &str) -> String {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with("processed "))
+        .map(|line| format!(" (verifier: {line})"))
+        .unwrap_or_default()
 }
 
 /// Where one netfilter program is attached.
@@ -73,13 +105,15 @@ pub enum NetfilterError {
 pub struct NetfilterPlacement {
     /// [`NFPROTO_IPV4`] or [`NFPROTO_IPV6`].
     pub pf: u8,
+    /// The netfilter hook.
     pub hook: NfHook,
     /// Index into [`NF_PRIORITY_SLOTS`]: the program and its priority.
     pub slot: u8,
 }
 
 impl NetfilterPlacement {
-    /// The netfilter priority of this placement.
+    /// The netfilter priority of this placement; `None` when `slot` is out
+    /// of range.
     pub fn priority(&self) -> Option<i32> {
         NF_PRIORITY_SLOTS.get(self.slot as usize).copied()
     }
@@ -167,6 +201,7 @@ impl NetfilterLinks {
         self.links.len()
     }
 
+    /// Whether no link is attached (an empty plan).
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
     }
@@ -217,6 +252,11 @@ pub fn aya_map_fd(map: &aya::maps::Map) -> BorrowedFd<'_> {
 
 /// Loads the netfilter programs, sharing [`SHARED_MAPS`] with the main object
 /// `ebpf`. Call it before taking maps out of `ebpf` (`take_map`).
+///
+/// # Errors
+///
+/// As [`load_netfilter_programs_with_maps`]; a map taken out of `ebpf`
+/// already is [`NetfilterError::MissingMap`].
 pub fn load_netfilter_programs(
     nf_object: &[u8],
     ebpf: &aya::Ebpf,
@@ -233,12 +273,22 @@ pub fn load_netfilter_programs(
 }
 
 fn pod_bytes<T: aya::Pod>(v: &T) -> &[u8] {
-    // SAFETY: Pod types are plain bytes without padding surprises (checked by
-    // the size assertions in hoptrace-common).
+    // SAFETY: `v` is a live reference, so its `size_of::<T>()` bytes are
+    // readable for the returned borrow; `aya::Pod` promises they are all
+    // initialised (no implicit padding), so reading them as `u8` is sound.
     unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 /// Like [`load_netfilter_programs`], with the shared maps given by name.
+///
+/// # Errors
+///
+/// - [`NetfilterError::Parse`], [`NetfilterError::Relocate`],
+///   [`NetfilterError::MissingProgram`]: `nf_object` is not the object this
+///   build expects.
+/// - [`NetfilterError::MissingMap`]: `map_fds` lacks a map the object uses.
+/// - [`NetfilterError::Rodata`]: the `.rodata` map could not be made.
+/// - [`NetfilterError::Load`]: the kernel (or its verifier) refused a slot.
 pub fn load_netfilter_programs_with_maps(
     nf_object: &[u8],
     map_fds: &HashMap<&str, BorrowedFd<'_>>,
@@ -306,7 +356,10 @@ pub fn load_netfilter_programs_with_maps(
             .instructions
             .iter()
             .map(|insn| {
-                // SAFETY: bpf_insn is the 8-byte UAPI struct.
+                // SAFETY: `bpf_insn` is the `#[repr(C)]` 8-byte UAPI struct
+                // (u8 code, two 4-bit registers, i16 offset, i32 immediate)
+                // without padding: every byte is initialised, and transmute
+                // checks that the sizes match.
                 u64::from_ne_bytes(unsafe {
                     std::mem::transmute::<aya_obj::generated::bpf_insn, [u8; 8]>(*insn)
                 })
@@ -335,6 +388,12 @@ pub fn load_netfilter_programs_with_maps(
 impl NetfilterPrograms {
     /// Attaches the programs at `plan`, in the calling thread's network
     /// namespace. On error, links made so far are detached.
+    ///
+    /// # Errors
+    ///
+    /// [`NetfilterError::BadSlot`] for a placement outside
+    /// [`NF_PRIORITY_SLOTS`], [`NetfilterError::Attach`] when the kernel
+    /// refuses a link.
     pub fn attach(&self, plan: &[NetfilterPlacement]) -> Result<NetfilterLinks, NetfilterError> {
         let mut links = Vec::with_capacity(plan.len());
         for placement in plan {
@@ -361,6 +420,10 @@ impl NetfilterPrograms {
     }
 
     /// Kernel program ids of the nine slots (as `bpftool prog` shows them).
+    ///
+    /// # Errors
+    ///
+    /// The `BPF_OBJ_GET_INFO_BY_FD` error of the first slot that fails.
     pub fn program_ids(&self) -> std::io::Result<Vec<u32>> {
         self.programs
             .iter()
@@ -429,6 +492,31 @@ mod tests {
             slot: NF_PRIORITY_SLOTS.len() as u8,
         };
         assert_eq!(p.priority(), None);
+    }
+
+    #[test]
+    fn load_error_is_one_line_with_the_verifier_finding() {
+        let err = NetfilterError::Load {
+            name: "hoptrace_nf_slot3".into(),
+            error: std::io::Error::from_raw_os_error(libc::EACCES),
+            log: "0: (b7) r0 = 1\nR1 invalid mem access 'scalar'\n\
+                  processed 2 insns (limit 1000000) max_states_per_insn 0\n"
+                .into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "the kernel rejected netfilter program `hoptrace_nf_slot3` \
+             (verifier: R1 invalid mem access 'scalar')"
+        );
+        let no_log = NetfilterError::Load {
+            name: "hoptrace_nf_slot0".into(),
+            error: std::io::Error::from_raw_os_error(libc::EPERM),
+            log: String::new(),
+        };
+        assert_eq!(
+            no_log.to_string(),
+            "the kernel rejected netfilter program `hoptrace_nf_slot0`"
+        );
     }
 
     #[test]

@@ -35,17 +35,30 @@ fn present(bytes: &'static [u8]) -> Result<&'static [u8], NoKernelObjects> {
     }
 }
 
-/// tc and tracepoint programs.
+/// The main object (`hoptrace`): tc and tracepoint programs and the maps
+/// every object shares.
+///
+/// # Errors
+///
+/// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
 pub fn main_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::MAIN)
 }
 
 /// Netfilter programs (loaded by [`crate::kernel::netfilter`]).
+///
+/// # Errors
+///
+/// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
 pub fn netfilter_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::NETFILTER)
 }
 
-/// Capability probe programs.
+/// Capability probe programs (`hoptrace check`).
+///
+/// # Errors
+///
+/// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
 pub fn probe_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::PROBE)
 }
@@ -53,6 +66,10 @@ pub fn probe_object() -> Result<&'static [u8], NoKernelObjects> {
 /// Test fixtures that drop or redirect (`fixture_drop_port`,
 /// `fixture_redirect`): only the root tests load them, to check that hoptrace
 /// never changes another program's verdict.
+///
+/// # Errors
+///
+/// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
 pub fn fixture_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::FIXTURE)
 }

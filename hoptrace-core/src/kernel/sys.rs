@@ -7,16 +7,28 @@ use std::{
     os::fd::{FromRawFd as _, OwnedFd},
 };
 
+// The values below are those of include/uapi/linux/bpf.h.
+
+/// `enum bpf_cmd`: create a map; returns its fd.
 pub const BPF_MAP_CREATE: u32 = 0;
+/// `enum bpf_cmd`: write one map element.
 pub const BPF_MAP_UPDATE_ELEM: u32 = 2;
+/// `enum bpf_cmd`: verify and load a program; returns its fd.
 pub const BPF_PROG_LOAD: u32 = 5;
+/// `enum bpf_cmd`: forbid further writes to a map from userspace.
 pub const BPF_MAP_FREEZE: u32 = 22;
+/// `enum bpf_cmd`: fill `struct bpf_{prog,map,link}_info` for an fd.
 pub const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+/// `enum bpf_cmd`: attach a program through a link; returns the link's fd.
 pub const BPF_LINK_CREATE: u32 = 28;
 
+/// `enum bpf_map_type`: fixed-size array indexed by a `u32`.
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `enum bpf_prog_type`: tc classifier (the capability probe's kfunc test).
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `enum bpf_prog_type`: netfilter hook program (Linux 6.4 and later).
 pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+/// `enum bpf_attach_type` of netfilter links.
 pub const BPF_NETFILTER: u32 = 45;
 /// Map flag: programs may only read the map.
 pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
@@ -80,7 +92,14 @@ fn bpf_fd(cmd: u32, attr: &mut Attr) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Creates a map (`BPF_MAP_CREATE`).
+/// Creates a map (`BPF_MAP_CREATE`) of `map_type` with keys and values of
+/// `key_size` and `value_size` bytes, `max_entries` entries and `flags`
+/// (`BPF_F_*`); `name` is sanitised and cut to 15 bytes.
+///
+/// # Errors
+///
+/// The `bpf(2)` error: `EPERM` without `CAP_BPF`, `EINVAL` for a map type,
+/// size or flag the kernel rejects, `ENOMEM` when the map does not fit.
 pub fn map_create(
     map_type: u32,
     key_size: u32,
@@ -99,7 +118,13 @@ pub fn map_create(
     bpf_fd(BPF_MAP_CREATE, &mut attr)
 }
 
-/// Writes one element (`BPF_MAP_UPDATE_ELEM`, flags BPF_ANY).
+/// Writes one element (`BPF_MAP_UPDATE_ELEM`, flags `BPF_ANY`); `key` and
+/// `value` must be exactly the map's key and value sizes.
+///
+/// # Errors
+///
+/// The `bpf(2)` error, e.g. `E2BIG` for an array index past `max_entries`,
+/// `EPERM` for a frozen map.
 pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let mut attr = Attr::new();
@@ -111,6 +136,10 @@ pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
 }
 
 /// Makes a map read-only for userspace too (`BPF_MAP_FREEZE`).
+///
+/// # Errors
+///
+/// The `bpf(2)` error, e.g. `EBUSY` for a map already frozen.
 pub fn map_freeze(map: &OwnedFd) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
     let mut attr = Attr::new();
@@ -120,24 +149,41 @@ pub fn map_freeze(map: &OwnedFd) -> io::Result<()> {
 
 /// What to load with [`prog_load`].
 pub struct ProgLoad<'a> {
+    /// `enum bpf_prog_type`, e.g. [`BPF_PROG_TYPE_NETFILTER`].
     pub prog_type: u32,
+    /// `enum bpf_attach_type` the program will be attached with (e.g.
+    /// [`BPF_NETFILTER`]); 0 for types that take none.
     pub expected_attach_type: u32,
     /// Raw 8-byte `struct bpf_insn`s.
     pub insns: &'a [u64],
+    /// License string; GPL-only helpers and kfuncs need a GPL-compatible one.
     pub license: &'a CStr,
+    /// Program name as `bpftool prog` shows it; sanitised to ASCII letters,
+    /// digits, `_` and `.` and cut to 15 bytes.
     pub name: &'a str,
 }
 
 /// A failed program load with the verifier's explanation.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("BPF_PROG_LOAD failed")]
 pub struct ProgLoadError {
+    /// The `bpf(2)` error of the first attempt.
+    #[source]
     pub error: io::Error,
-    /// The tail of the verifier log (empty when the kernel gave none).
+    /// The last 6000 bytes of the verifier log, from a second attempt with
+    /// logging on (empty when the kernel gave none). Several lines; not part
+    /// of the error message.
     pub verifier_log: String,
 }
 
 /// Loads a program (`BPF_PROG_LOAD`). On failure it loads once more with the
 /// verifier log enabled and returns the log's tail.
+///
+/// # Errors
+///
+/// [`ProgLoadError`] with the kernel's error (`EACCES` or `EINVAL` when the
+/// verifier rejects the program, `EPERM` without `CAP_BPF`) and the tail of
+/// the verifier log.
 pub fn prog_load(prog: &ProgLoad<'_>) -> Result<OwnedFd, ProgLoadError> {
     let attempt = |log: Option<&mut Vec<u8>>| {
         let mut attr = Attr::new();
@@ -182,7 +228,16 @@ pub fn prog_load(prog: &ProgLoad<'_>) -> Result<OwnedFd, ProgLoadError> {
 }
 
 /// Attaches a netfilter program (`BPF_LINK_CREATE` with `BPF_NETFILTER`) in
-/// the calling thread's network namespace. Closing the fd detaches it.
+/// the calling thread's network namespace, at protocol family `pf`
+/// (`NFPROTO_IPV4` 2, `NFPROTO_IPV6` 10), hook `hooknum` (`enum
+/// nf_inet_hooks`) and `priority` (lower runs first). Closing the fd detaches
+/// it.
+///
+/// # Errors
+///
+/// The `bpf(2)` error, e.g. `EAFNOSUPPORT` for another `pf`, `ERANGE` for
+/// the reserved priorities `NF_IP_PRI_FIRST` and `NF_IP_PRI_LAST`
+/// (net/netfilter/nf_bpf_link.c), `EINVAL` for a program of another type.
 pub fn netfilter_link_create(
     prog: &OwnedFd,
     pf: u32,
@@ -202,6 +257,11 @@ pub fn netfilter_link_create(
 
 /// Kernel id of a program, map or link (the `id` field that
 /// `bpf_prog_info`, `bpf_map_info` and `bpf_link_info` all carry at offset 4).
+///
+/// # Errors
+///
+/// The `bpf(2)` error, e.g. `EINVAL` or `EBADF` when `fd` is not a BPF
+/// object.
 pub fn object_id(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u32> {
     use std::os::fd::AsRawFd as _;
     let mut info = [0u32; 4];

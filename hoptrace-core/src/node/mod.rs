@@ -38,12 +38,18 @@ pub enum DeviceRole {
     PodInterface,
     /// A Linux bridge (cni0, docker0, ...).
     Bridge,
+    /// A VXLAN tunnel device (VTEP: `flannel.1`, `vxlan.calico`).
     Vxlan,
+    /// A GENEVE tunnel device (`genev_sys_6081`, `cilium_geneve`).
     Geneve,
+    /// An IP-in-IP tunnel device (`tunl0`).
     IpIp,
     /// The node's interface towards the network.
     Uplink,
+    /// `lo`.
     Loopback,
+    /// Anything else: a veth without a peer in another namespace, a bond's
+    /// or VLAN's lower device, `cilium_host`.
     Other,
 }
 
@@ -76,7 +82,9 @@ pub struct DeviceInfo {
     pub netns_ino: u32,
     /// Interface index, unique only inside `netns_ino`.
     pub ifindex: u32,
+    /// Interface name; `<pod netns>:<ifname>` for a pod's devices.
     pub name: String,
+    /// What the device is for on the packet's route.
     pub role: DeviceRole,
 }
 
@@ -98,8 +106,13 @@ pub struct NodeContext {
     pub kube_proxy_absent: bool,
 }
 
-
-/// Runs `f` on a thread inside the namespace at `path` (or here).
+/// Runs `f` on a thread inside the network namespace at `path` (or on this
+/// thread when `path` is `None`), so this thread's namespace never changes.
+///
+/// # Errors
+///
+/// [`NetnsError::Enter`] when the namespace file cannot be opened or
+/// `setns(2)` refuses it, [`NetnsError::Panicked`] when `f` panics.
 pub fn in_netns<T: Send>(
     path: Option<&Path>,
     f: impl FnOnce() -> T + Send,
@@ -180,7 +193,6 @@ pub fn node_context(
     }
 }
 
-
 /// Kernel release, as `uname -r` prints it.
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
@@ -190,8 +202,5 @@ pub fn kernel_release() -> String {
 
 /// This machine's host name, or `node` when it has none.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "node".into())
+    nix::unistd::gethostname().map_or_else(|_| "node".into(), |h| h.to_string_lossy().into_owned())
 }
-

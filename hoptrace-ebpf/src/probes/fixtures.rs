@@ -30,6 +30,9 @@ const IPPROTO_UDP: u8 = 17;
 #[inline(always)]
 fn load<const N: usize>(ctx: &TcContext, offset: u32) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
+    // SAFETY: `ctx.skb.skb` is the `__sk_buff` context the kernel passed
+    // in; the helper copies at most `N` bytes into the `N`-byte `buf` and
+    // checks `offset` against the packet itself.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
@@ -71,6 +74,8 @@ fn is_udp_to(ctx: &TcContext, port: u16) -> bool {
 
 #[inline(always)]
 fn fixture_port() -> u16 {
+    // SAFETY: a static `u16`: valid, aligned and initialised; set by the
+    // loader before the program runs, only read afterwards.
     unsafe { core::ptr::read_volatile(&raw const FIXTURE_PORT) }
 }
 
@@ -89,7 +94,10 @@ pub fn fixture_drop_port(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn fixture_redirect(ctx: TcContext) -> i32 {
     if is_udp_to(&ctx, fixture_port()) {
+        // SAFETY: as in `fixture_port`, for a static `u32`.
         let ifindex = unsafe { core::ptr::read_volatile(&raw const FIXTURE_IFINDEX) };
+        // SAFETY: the helper takes an ifindex and flags by value and touches
+        // no memory of ours.
         unsafe { bpf_redirect(ifindex, 0) as i32 }
     } else {
         TC_ACT_OK

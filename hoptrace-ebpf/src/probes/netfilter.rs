@@ -52,6 +52,9 @@ fn observe(ctx: *mut c_void, slot: u8) {
         return;
     }
     // Both context fields are pointers the verifier knows by BTF type.
+    // SAFETY: `ctx` is the kernel's `struct bpf_nf_ctx *`, 16 bytes; these
+    // are 8-byte loads at offsets 0 and 8, the only context accesses the
+    // verifier accepts for BPF_PROG_TYPE_NETFILTER.
     let (state, skb) = unsafe {
         (
             BtfPtr(*((ctx as *const u8).add(NF_CTX_STATE) as *const u64)),
@@ -70,6 +73,7 @@ fn observe(ctx: *mut c_void, slot: u8) {
             return;
         };
         fill_header(
+            // SAFETY: `reserve_header` zeroed every byte, a valid `HopHeader`.
             unsafe { entry.assume_init_mut() },
             skb,
             slot,
@@ -84,6 +88,7 @@ fn observe(ctx: *mut c_void, slot: u8) {
         return;
     };
     fill_header(
+        // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
         &mut unsafe { entry.assume_init_mut() }.header,
         skb,
         slot,
@@ -103,6 +108,7 @@ fn observe(ctx: *mut c_void, slot: u8) {
 
 #[inline(always)]
 fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cfg: &TraceConfig) {
+    // SAFETY: a helper without arguments that touches no memory.
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
     h.skb_addr = skb.addr();
     h.hook = HookKind::Netfilter as u8;

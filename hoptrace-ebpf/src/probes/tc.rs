@@ -55,10 +55,16 @@ pub fn hoptrace_tc_egress_l3(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn network_header(ctx: &TcContext, has_l2: bool) -> Option<(u32, u16)> {
     if !has_l2 {
+        // SAFETY: `ctx.skb.skb` is the `__sk_buff` context the kernel passed
+        // in; the verifier rewrites this read of `protocol` into a load from
+        // the real `sk_buff`.
         return Some((0, u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16)));
     }
     let data = ctx.data();
     if data + ETH_HLEN + VLAN_HLEN <= ctx.data_end() {
+        // SAFETY: the 18 bytes at `data` lie in the packet's linear data
+        // (checked against `data_end` just above, as the verifier requires
+        // for direct packet access); a byte array needs no alignment.
         let eth = unsafe { &*(data as *const [u8; ETH_HLEN + VLAN_HLEN]) };
         let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
         if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -70,6 +76,7 @@ fn network_header(ctx: &TcContext, has_l2: bool) -> Option<(u32, u16)> {
         return Some((ETH_HLEN as u32, ethertype));
     }
     if data + ETH_HLEN <= ctx.data_end() {
+        // SAFETY: as above, for the 14 bytes checked against `data_end`.
         let eth = unsafe { &*(data as *const [u8; ETH_HLEN]) };
         return Some((ETH_HLEN as u32, u16::from_be_bytes([eth[12], eth[13]])));
     }
@@ -88,6 +95,9 @@ fn copy_window(ctx: &TcContext, offset: u32, window: &mut HeaderWindow) {
     let n = window_len(available);
     // A bounded, non-zero length: TcContext::load_bytes clamps it to the
     // packet in a way the verifier cannot prove non-zero.
+    // SAFETY: `ctx.skb.skb` is the context the kernel passed in; `n` is in
+    // 1..=HEADER_WINDOW (`window_len`), the size of `window.bytes`, and the
+    // helper checks `offset + n` against the packet.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
@@ -110,11 +120,15 @@ fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
         return;
     };
     let cfg = config();
+    // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
     let ev = unsafe { entry.assume_init_mut() };
+    // SAFETY: a helper without arguments that touches no memory.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     // The tc context pointer is the kernel's struct sk_buff.
     ev.skb_addr = ctx.skb.skb as u64;
     ev.hook = hook as u8;
+    // SAFETY: a read of the `__sk_buff` context the kernel passed in, which
+    // the verifier rewrites into a load of `skb->dev->ifindex`.
     ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ev.skb_len = ctx.len();
     ev.netns_ino = cfg.node_netns_ino;

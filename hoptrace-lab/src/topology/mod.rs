@@ -2,9 +2,9 @@
 //! for the root tests and `hoptrace lab`.
 //!
 //! A [`Lab`] is a switch namespace `<prefix>sw` (bridge `br0`), node
-//! namespaces `<prefix>n<i>` (uplink `eth0`, underlay 198.18.0.<i+1>/24) and
-//! pod namespaces `<prefix>n<i>p<j>` (pod CIDR 10.244.<i>.0/24, pod IPs .2,
-//! .3, ...). Each node is programmed the way the chosen CNI
+//! namespaces `<prefix>n<i>` (uplink `eth0`, underlay `198.18.0.<i+1>/24`)
+//! and pod namespaces `<prefix>n<i>p<j>` (pod CIDR `10.244.<i>.0/24`, pod
+//! IPs .2, .3, ...). Each node is programmed the way the chosen CNI
 //! ([`Datapath`]) programs a real node, and kube-proxy's service rules are
 //! written per [`KubeProxyMode`]. `docs/lab-datapaths.md` lists exactly what
 //! is and is not emulated.
@@ -218,6 +218,11 @@ impl Default for LabSpec {
 
 impl LabSpec {
     /// Checks the spec before anything is created.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::InvalidSpec`] naming the first field out of range
+    /// (prefix, nodes, pods per node, extra services).
     pub fn validate(&self) -> Result<(), TopologyError> {
         let invalid = |reason: String| Err(TopologyError::InvalidSpec(reason));
         if self.prefix.is_empty() || self.prefix.len() > 40 {
@@ -437,6 +442,14 @@ impl Lab {
     ///
     /// On any error everything created so far is removed again; namespaces
     /// that existed before (a name clash) are never touched.
+    ///
+    /// # Errors
+    ///
+    /// - [`TopologyError::InvalidSpec`] from [`LabSpec::validate`].
+    /// - [`TopologyError::Netns`]: a missing tool (checked before anything is
+    ///   created), a namespace that already exists, or a failed `ip`,
+    ///   `bridge`, `sysctl`, `iptables-restore` or `nft` command.
+    /// - [`TopologyError::Unsupported`]: calico-ipip on a kernel without IPIP.
     pub fn build(spec: &LabSpec) -> Result<Lab, TopologyError> {
         spec.validate()?;
         datapath::check_tools(spec)?;
@@ -553,6 +566,10 @@ impl Lab {
 
     /// Deletes every namespace (pods, then nodes, then the switch) and
     /// reports the first failure; the rest are still attempted.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::Netns`] with the first `ip netns` failure.
     pub fn teardown(mut self) -> Result<(), TopologyError> {
         self.delete_all()
     }
@@ -612,7 +629,13 @@ impl Drop for Lab {
     }
 }
 
-/// Deletes leftover namespaces of a crashed lab with this prefix.
+/// Deletes leftover namespaces of a crashed lab with this prefix and
+/// returns their names.
+///
+/// # Errors
+///
+/// [`TopologyError::Netns`] as [`netns::cleanup_prefix`]: a prefix shorter
+/// than 3 characters or not a namespace name, or the first deletion error.
 pub fn cleanup(prefix: &str) -> Result<Vec<String>, TopologyError> {
     Ok(netns::cleanup_prefix(prefix)?)
 }
