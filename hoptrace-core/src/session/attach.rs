@@ -7,6 +7,7 @@ use hoptrace_common::{KernelLayout, TraceConfig, device_key};
 
 use super::{Attachments, SessionError, SessionOptions, drain::OtherNodes};
 use crate::kernel::{
+    capabilities::error_chain,
     loader::{LoadOptions, LoaderError, TcMode, Tracer},
     netfilter::{self, NetfilterLinks, NetfilterPrograms},
     objects,
@@ -79,7 +80,8 @@ pub(super) fn attach_node(
             ),
             Ok(()) => {}
             Err(err) => attachments.notes.push(format!(
-                "tracepoints unavailable ({err}): pod-side, qdisc, driver and socket hops are not timed"
+                "tracepoints unavailable ({}): pod-side, qdisc, driver and socket hops are not timed",
+                error_chain(&err)
             )),
         }
     }
@@ -140,9 +142,10 @@ fn attach_tc(
             Ok(()) => {}
             Err(err) if mode == TcMode::Tcx && opts.tc_mode.is_none() => {
                 // No tcx here: fall back to clsact, and say so.
-                attachments
-                    .notes
-                    .push(format!("tcx unavailable on {iface} ({err}); used clsact"));
+                attachments.notes.push(format!(
+                    "tcx unavailable on {iface} ({}); used clsact",
+                    error_chain(&err)
+                ));
                 tracer.attach_tc(iface, *has_l2, TcMode::Clsact)?;
             }
             Err(err) => return Err(err.into()),
@@ -178,7 +181,8 @@ fn attach_netfilter(
         }
         Err(err) => {
             attachments.notes.push(format!(
-                "netfilter links unavailable ({err}): netfilter time (conntrack, kube-proxy chains) stays inside `routing`/`ip.receive`"
+                "netfilter links unavailable ({}): netfilter time (conntrack, kube-proxy chains) stays inside `routing`/`ip.receive`",
+                error_chain(&err)
             ));
             Ok(None)
         }
