@@ -14,10 +14,13 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use hoptrace_core::{
-    report::{self, Report},
+    report::{
+        self, ClientLatency, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection,
+        Report,
+    },
     session::{Session, SessionError, SessionOptions},
 };
 
@@ -30,8 +33,6 @@ use crate::{
     topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
 };
 
-/// Schema of a `--json` lab file (one run per datapath, one report per node).
-pub const LAB_SCHEMA: &str = "hoptrace.lab.v1";
 /// Port of the built-in ingress proxy, nginx or haproxy in the proxy pod.
 pub const INGRESS_PORT: u16 = 8081;
 
@@ -59,6 +60,16 @@ pub enum LabError {
     Serve(#[from] servers::ServeError),
     #[error("interrupted: the lab was torn down")]
     Interrupted,
+    #[error("cannot start the load generator's runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    #[error("cannot write {path}")]
+    WriteJson {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -100,40 +111,33 @@ impl Default for LabOptions {
     }
 }
 
-/// One finished lab run: a report per node, with a `lab` section.
+/// One finished lab run: a report per node, and the run's `lab` section.
 pub struct LabRun {
+    /// The run's name (its datapath).
     pub label: String,
-    pub lab: Value,
+    /// Settings and client-side results, as written in `hoptrace.lab.v1`.
+    pub lab: LabSection,
+    /// One report per lab node, without the `lab` section.
     pub reports: Vec<Report>,
+    /// What the load generator saw.
     pub load: LoadResult,
 }
 
 impl LabRun {
-    /// The reports as JSON values, each with the `lab` section added.
-    pub fn node_documents(&self) -> Vec<Value> {
-        self.reports
-            .iter()
-            .map(|r| {
-                let mut doc = serde_json::to_value(r).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut doc {
-                    map.insert("lab".into(), self.lab.clone());
-                }
-                doc
-            })
-            .collect()
+    /// The node reports, each with this run's `lab` section.
+    pub fn node_documents(&self) -> Vec<Report> {
+        self.document().nodes
+    }
+
+    /// This run's entry of the `hoptrace.lab.v1` document.
+    pub fn document(&self) -> LabRunDocument {
+        LabRunDocument::new(self.label.clone(), self.lab.clone(), self.reports.clone())
     }
 }
 
 /// The `hoptrace.lab.v1` document of several runs.
-pub fn lab_document(runs: &[LabRun]) -> Value {
-    json!({
-        "schema": LAB_SCHEMA,
-        "runs": runs.iter().map(|r| json!({
-            "label": r.label,
-            "lab": r.lab,
-            "nodes": r.node_documents(),
-        })).collect::<Vec<_>>(),
-    })
+pub fn lab_document(runs: &[LabRun]) -> LabDocument {
+    LabDocument::new(runs.iter().map(LabRun::document).collect())
 }
 
 /// Checks what a run needs before anything is built.
@@ -198,12 +202,10 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .clone();
     let http_port = service
         .port(Protocol::Tcp)
-        .map(|p| p.target_port)
-        .unwrap_or(8080);
+        .map_or(8080, |p| p.target_port);
     let udp_port = service
         .port(Protocol::Udp)
-        .map(|p| p.target_port)
-        .unwrap_or(5353);
+        .map_or(5353, |p| p.target_port);
     let backend_ip = backend.ip;
     let _backend = servers::start_backend(
         &backend.netns,
@@ -347,26 +349,53 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             })?;
         reports.push(report);
     }
-    let lab_section = json!({
-        "datapath": opts.datapath.to_string(),
-        "nodes": opts.nodes,
-        "kube_proxy": lab.spec().effective_kube_proxy().to_string(),
-        "services": opts.services,
-        "ingress": opts.ingress,
-        "target": target.to_string(),
-        "load": spec,
-        "requests_ok": load.ok,
-        "errors": load.errors,
-        "timeouts": load.timeouts,
-        "achieved_rate": load.achieved_rate,
-        "client_latency": load.client_latency,
-    });
+    let lab_section = LabSection {
+        datapath: opts.datapath.to_string(),
+        nodes: u32::from(opts.nodes),
+        kube_proxy: lab.spec().effective_kube_proxy().to_string(),
+        services: opts.services,
+        ingress: opts.ingress.to_string(),
+        target: target.to_string(),
+        load: load_section(&spec),
+        requests_ok: load.ok,
+        errors: load.errors,
+        timeouts: load.timeouts,
+        achieved_rate: load.achieved_rate,
+        client_latency: client_latency_section(&load.client_latency),
+    };
     Ok(LabRun {
         label: opts.datapath.to_string(),
         lab: lab_section,
         reports,
         load,
     })
+}
+
+/// The `lab.load` section: the load generator's spec under its own field
+/// names, durations in seconds.
+fn load_section(spec: &LoadSpec) -> LabLoad {
+    LabLoad {
+        mode: spec.mode.to_string(),
+        connections: spec.connections as u64,
+        rate: spec.rate,
+        duration: spec.duration.as_secs_f64(),
+        request_timeout: spec.request_timeout.as_secs_f64(),
+        http_path: spec.http_path.clone(),
+        udp_payload_len: spec.udp_payload_len as u64,
+    }
+}
+
+/// The `lab.client_latency` section of the load generator's summary.
+fn client_latency_section(latency: &loadgen::ClientLatency) -> ClientLatency {
+    ClientLatency {
+        p50_us: latency.p50_us,
+        p90_us: latency.p90_us,
+        p99_us: latency.p99_us,
+        p999_us: latency.p999_us,
+        max_us: latency.max_us,
+        mean_us: latency.mean_us,
+        histogram: latency.histogram.clone(),
+    }
 }
 
 /// Runs the load generator on a thread inside `ns` (its sockets live there).
@@ -381,7 +410,7 @@ fn run_load_in(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| LabError::Other(format!("runtime: {e}")))?;
+            .map_err(LabError::Runtime)?;
         runtime.block_on(async {
             tokio::select! {
                 result = loadgen::run_load(&spec, target, progress.as_ref()) => result.map_err(LabError::from),
@@ -534,10 +563,51 @@ pub fn render_run(run: &LabRun) -> String {
 }
 
 /// Writes the `hoptrace.lab.v1` document of `runs` to `path`.
-pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> std::io::Result<()> {
-    std::fs::write(
-        path,
-        serde_json::to_string_pretty(&lab_document(runs)).unwrap_or_default(),
-    )
+///
+/// # Errors
+/// [`LabError::Document`] when the document does not serialize,
+/// [`LabError::WriteJson`] when the file cannot be written.
+pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> Result<(), LabError> {
+    let json = lab_document(runs).to_json_pretty()?;
+    std::fs::write(path, json).map_err(|source| LabError::WriteJson {
+        path: path.to_owned(),
+        source,
+    })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed `lab` section keeps the field names and values the lab's
+    /// own types serialize to (what `hoptrace.lab.v1` held before it was typed).
+    #[test]
+    fn lab_section_matches_the_lab_types() {
+        let spec = LoadSpec {
+            mode: LoadMode::Udp,
+            connections: 3,
+            rate: 250.5,
+            duration: Duration::from_millis(1500),
+            ..LoadSpec::default()
+        };
+        assert_eq!(
+            serde_json::to_value(load_section(&spec)).unwrap(),
+            serde_json::to_value(&spec).unwrap()
+        );
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for us in [120, 180, 180, 950, 4000] {
+            histogram.record(us).unwrap();
+        }
+        let latency = loadgen::ClientLatency::from_histogram(&histogram);
+        assert_eq!(
+            serde_json::to_value(client_latency_section(&latency)).unwrap(),
+            serde_json::to_value(&latency).unwrap()
+        );
+        for mode in LoadMode::ALL {
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.to_string());
+        }
+        for kind in IngressKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.to_string());
+        }
+    }
+}

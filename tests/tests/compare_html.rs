@@ -1,63 +1,131 @@
 //! Renders a `hoptrace compare --html` page (the real binary) from two
-//! synthetic reports, opens it
+//! synthetic (valid, typed) reports, opens it
 //! in headless Chromium and checks that it renders: no console errors, a
 //! screenshot of the right size that is not blank and shows coloured bars.
 //! Skips with a printed reason when Chromium is not installed.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use hoptrace_core::report::{
+    Category, CategoryRow, ClientLatency, ConnState, Direction, EndToEndRow, LabLoad, LabSection,
+    LedgerCounters, REPORT_SCHEMA, Report, SegmentRow, Stats,
+};
 
-fn synthetic_report(datapath: &str, scale: f64) -> Value {
-    let category = |name: &str, p50: f64| {
-        json!({"category": name, "direction": "all", "conn_state": "all", "count": 5000,
-               "p50_us": p50 * scale, "p90_us": p50 * scale * 1.5, "p99_us": p50 * scale * 3.0,
-               "max_us": p50 * scale * 10.0, "mean_us": p50 * scale * 1.2, "share": 0.2})
+/// Statistics of 5000 values around `p50` µs.
+fn stats(p50: f64) -> Stats {
+    Stats {
+        count: 5000,
+        p50_us: p50,
+        p90_us: p50 * 1.5,
+        p99_us: p50 * 3.0,
+        max_us: p50 * 10.0,
+        mean_us: p50 * 1.2,
+        total_us: p50 * 1.2 * 5000.0,
+    }
+}
+
+/// A valid `hoptrace.report.v1` of one lab node, built with the core types:
+/// six categories (so the bar chart has six colours) and a client latency
+/// histogram (so the CDF comes from the load generator).
+fn synthetic_report(datapath: &str, scale: f64) -> Report {
+    let category = |category: Category, p50: f64| CategoryRow {
+        category,
+        direction: "all".into(),
+        conn_state: "all".into(),
+        stats: stats(p50 * scale),
+        share: 0.2,
     };
-    let segment = |name: &str, category: &str, p50: f64| {
-        json!({"segment": name, "category": category, "direction": "request", "conn_state": "established",
-               "count": 5000, "p50_us": p50 * scale, "p99_us": p50 * scale * 3.0})
+    let segment = |name: &str, category: Category, p50: f64| SegmentRow {
+        segment: name.into(),
+        category,
+        direction: Direction::Egress,
+        conn_state: ConnState::Established,
+        stats: stats(p50 * scale),
+        share: 0.1,
     };
-    let histogram: Vec<Value> = (1..=40)
+    let histogram: Vec<(u64, f64, u64)> = (1..=40)
         .map(|i| {
-            let value = (50.0 * scale * (1.0 + f64::from(i) * 0.15)).round();
+            let value = (50.0 * scale * (1.0 + f64::from(i) * 0.15)).round() as u64;
             let percentile =
                 100.0 * (1.0 - (-f64::from(i) / 6.0).exp()) / (1.0 - (-40.0f64 / 6.0).exp());
-            json!([value, percentile, 25])
+            (value, percentile, 25)
         })
         .collect();
-    json!({
-        "schema": "hoptrace.report.v1",
-        "node": "lab-node-1",
-        "kernel": "6.18.0",
-        "started_at": "2025-01-01T12:00:00Z",
-        "duration_s": 30.0,
-        "segments": [
-            segment("pod0-veth→cni0", "veth", 6.0),
-            segment("cni0→conntrack", "bridge", 4.0),
-            segment("conntrack", "conntrack", 3.0),
-            segment("dnat", "nat", 9.0),
-            segment("vxlan encap", "overlay", 12.0),
+    let us = |value: f64| (value * scale).round() as u64;
+    Report {
+        schema: REPORT_SCHEMA.into(),
+        node: "lab-node-1".into(),
+        kernel: "6.18.0".into(),
+        started_at: "2025-01-01T12:00:00Z".into(),
+        duration_s: 30.0,
+        capabilities: serde_json::Value::Null,
+        journeys: 5000,
+        segments: vec![
+            segment("pod.veth.egress", Category::Cni, 6.0),
+            segment("bridge", Category::Cni, 4.0),
+            segment("netfilter.prerouting.conntrack", Category::Conntrack, 3.0),
+            segment("netfilter.prerouting.dnat", Category::KubeProxy, 9.0),
+            segment("tunnel.vxlan.encap", Category::Encapsulation, 12.0),
         ],
-        "categories": [
-            category("veth", 6.0),
-            category("bridge", 4.0),
-            category("conntrack", 3.0),
-            category("nat", 9.0),
-            category("overlay", 12.0),
-            category("socket", 20.0),
+        categories: vec![
+            category(Category::Cni, 6.0),
+            category(Category::NetfilterOther, 4.0),
+            category(Category::Conntrack, 3.0),
+            category(Category::KubeProxy, 9.0),
+            category(Category::Encapsulation, 12.0),
+            category(Category::KernelOther, 20.0),
         ],
-        "end_to_end": [
-            {"direction": "all", "conn_state": "all", "count": 5000, "p50_us": 60.0 * scale,
-             "p90_us": 90.0 * scale, "p99_us": 200.0 * scale, "max_us": 800.0 * scale, "mean_us": 70.0 * scale}
-        ],
-        "lab": {
-            "datapath": datapath, "kube_proxy": "iptables", "services": 1000, "ingress": "none",
-            "load": {"mode": "http-keep-alive", "rate": 2000, "connections": 8},
-            "client_latency": {"p50_us": 120.0 * scale, "p90_us": 180.0 * scale, "p99_us": 400.0 * scale,
-                               "max_us": 1500.0 * scale, "histogram": histogram}
-        }
-    })
+        end_to_end: vec![EndToEndRow {
+            direction: "all".into(),
+            conn_state: "all".into(),
+            stats: Stats {
+                count: 5000,
+                p50_us: 60.0 * scale,
+                p90_us: 90.0 * scale,
+                p99_us: 200.0 * scale,
+                max_us: 800.0 * scale,
+                mean_us: 70.0 * scale,
+                total_us: 70.0 * scale * 5000.0,
+            },
+        }],
+        exemplars: Vec::new(),
+        drops: Vec::new(),
+        lost_events: 0,
+        unparsed_packets: 0,
+        foreign_events: 0,
+        counters: LedgerCounters::default(),
+        notes: Vec::new(),
+        lab: Some(LabSection {
+            datapath: datapath.into(),
+            nodes: 2,
+            kube_proxy: "iptables".into(),
+            services: 1000,
+            ingress: "none".into(),
+            target: "10.96.0.10:80".into(),
+            load: LabLoad {
+                mode: "http-keep-alive".into(),
+                connections: 8,
+                rate: 2000.0,
+                duration: 30.0,
+                request_timeout: 2.0,
+                http_path: "/".into(),
+                udp_payload_len: 64,
+            },
+            requests_ok: 1000,
+            errors: 0,
+            timeouts: 0,
+            achieved_rate: 2000.0,
+            client_latency: ClientLatency {
+                p50_us: us(120.0),
+                p90_us: us(180.0),
+                p99_us: us(400.0),
+                p999_us: us(900.0),
+                max_us: us(1500.0),
+                mean_us: 140.0 * scale,
+                histogram,
+            },
+        }),
+    }
 }
 
 #[test]
@@ -105,4 +173,40 @@ fn compare_page_renders_in_headless_chromium() {
     }
 
     tests::browser::assert_page_renders(&page, &["cilium", "iptables"], 2);
+}
+
+/// Files that are not hoptrace documents are refused by the real binary
+/// with one line naming the file and what was expected, exit code 1.
+#[test]
+fn compare_refuses_non_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = r#"{"items": [{"name": "tc", "available": true, "reason": null, "detail": ""}],
+                    "notes": [], "fidelity": "full"}"#;
+    for (name, content) in [
+        ("hello.json", r#"{"hello":"world"}"#),
+        ("list.json", "[1,2,3]"),
+        ("check.json", check),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        let out = std::process::Command::new(tests::hoptrace_bin())
+            .arg("compare")
+            .arg(&path)
+            .output()
+            .expect("run hoptrace compare");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains(
+                r#"expected a JSON object with "schema": "hoptrace.report.v1" or "hoptrace.lab.v1""#
+            ),
+            "{name}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{name}: no table for a bad input");
+    }
 }

@@ -1,11 +1,19 @@
 //! `hoptrace lab`: builds a datapath in network namespaces, drives load
 //! through it, traces every node; `--compare` runs several in turn.
 
-use std::{fmt::Display, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt::Display,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use hoptrace_core::{kernel::capabilities, report};
+use hoptrace_core::{
+    kernel::capabilities,
+    report::{self, Document},
+};
 use hoptrace_lab::{
     ingress::IngressKind,
     loadgen::LoadMode,
@@ -79,11 +87,11 @@ pub struct LabArgs {
     verbose: bool,
 }
 
-
-/// A comparison of several runs (through `hoptrace compare`'s logic).
+/// A comparison of several runs (through `hoptrace compare`'s logic), from
+/// their typed lab document.
 fn compare_runs(runs: &[LabRun]) -> Result<compare::Comparison, compare::CompareError> {
-    let doc = lab::lab_document(runs);
-    let inputs = compare::inputs_from_document(&doc, &PathBuf::from("lab"))?;
+    let document = Document::Lab(lab::lab_document(runs));
+    let inputs = compare::inputs_from_document(document, Path::new("lab"))?;
     Ok(compare::Comparison { inputs })
 }
 
@@ -107,7 +115,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
     let datapaths = if args.compare.is_empty() {
         vec![args.datapath]
     } else {
-        args.compare.clone()
+        args.compare
     };
     let mut runs = Vec::new();
     for datapath in &datapaths {
@@ -162,7 +170,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
         }
     }
     if let Some(path) = &args.json {
-        lab::write_json(&runs, path).with_context(|| format!("write {}", path.display()))?;
+        lab::write_json(&runs, path)?;
         eprintln!("hoptrace: lab reports written to {}", path.display());
     }
     Ok(0)

@@ -1,0 +1,212 @@
+//! The lab document, `hoptrace.lab.v1`: the runs of `hoptrace lab`, each
+//! with its settings and load results (the `lab` section) and one node
+//! report per lab node.
+//!
+//! These types use plain strings and numbers only: the `hoptrace-lab`
+//! crate fills them from its own types (datapath, kube-proxy mode, ingress
+//! kind, load spec and result), this crate does not know them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{DocumentError, Report, Stats, read_document};
+
+/// Schema id of the lab document: the value of its `schema` field.
+pub const LAB_SCHEMA: &str = "hoptrace.lab.v1";
+
+/// The lab document, `hoptrace.lab.v1`: one entry per run (datapath).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabDocument {
+    /// Always [`LAB_SCHEMA`].
+    pub schema: String,
+    /// The runs, in the order they ran.
+    pub runs: Vec<LabRunDocument>,
+}
+
+/// One run of the lab (`runs[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabRunDocument {
+    /// Name of the run (the datapath, e.g. `flannel-vxlan`).
+    pub label: String,
+    /// Settings and client-side results of the run.
+    pub lab: LabSection,
+    /// One node report per lab node, each with this run's `lab` section.
+    pub nodes: Vec<Report>,
+}
+
+/// What a lab run was and what its client saw: the `lab` section of a lab
+/// run and of each of its node reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabSection {
+    /// Datapath built (`flannel-vxlan`, `calico-bgp`, `cilium-like`, ...).
+    pub datapath: String,
+    /// Number of lab nodes (2 or 3).
+    pub nodes: u32,
+    /// kube-proxy mode in effect: `iptables`, `nftables` or `none`.
+    pub kube_proxy: String,
+    /// Extra (non-matching) services programmed in front of the lab's own.
+    pub services: u32,
+    /// Proxy in front of the backend: `none`, `builtin`, `nginx`, `haproxy`.
+    pub ingress: String,
+    /// Address the load went to, `ip:port`.
+    pub target: String,
+    /// The load offered.
+    pub load: LabLoad,
+    /// Requests answered correctly in time.
+    pub requests_ok: u64,
+    /// Requests that failed (connect error, reset, bad status, bad reply).
+    pub errors: u64,
+    /// Requests that missed their deadline.
+    pub timeouts: u64,
+    /// Successful requests per second of the schedule's duration.
+    pub achieved_rate: f64,
+    /// Latency the load generator saw, successful requests only.
+    pub client_latency: ClientLatency,
+}
+
+/// The load a lab run offered (`lab.load`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabLoad {
+    /// `http-keep-alive`, `http-new-connection` or `udp`.
+    pub mode: String,
+    /// Persistent connections (keep-alive) or concurrent workers (other modes).
+    pub connections: u64,
+    /// Offered requests per second over all connections.
+    pub rate: f64,
+    /// Length of the send schedule, seconds.
+    pub duration: f64,
+    /// Hard limit per request from its intended send time, seconds.
+    pub request_timeout: f64,
+    /// Path of the HTTP request.
+    pub http_path: String,
+    /// Size of each UDP request datagram, bytes.
+    pub udp_payload_len: u64,
+}
+
+/// Client-side latency of a lab run (`lab.client_latency`): from the
+/// intended send time to the complete reply, in µs, from an HDR histogram
+/// with 3 significant digits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientLatency {
+    /// Median, µs.
+    pub p50_us: u64,
+    /// 90th percentile, µs.
+    pub p90_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// 99.9th percentile, µs.
+    pub p999_us: u64,
+    /// Largest latency, µs.
+    pub max_us: u64,
+    /// Mean, µs.
+    pub mean_us: f64,
+    /// Recorded buckets in ascending order as `[value_us, percentile, count]`:
+    /// `percentile` (0–100, not a fraction) is the share of samples at or
+    /// below `value_us`, `count` the samples in this bucket.
+    pub histogram: Vec<(u64, f64, u64)>,
+}
+
+impl ClientLatency {
+    /// The summary as [`Stats`]: `count` is the sum of the bucket counts and
+    /// `total_us` is `mean_us × count` (the histogram keeps no exact sum).
+    pub fn stats(&self) -> Stats {
+        let count: u64 = self.histogram.iter().map(|bucket| bucket.2).sum();
+        Stats {
+            count,
+            p50_us: self.p50_us as f64,
+            p90_us: self.p90_us as f64,
+            p99_us: self.p99_us as f64,
+            max_us: self.max_us as f64,
+            mean_us: self.mean_us,
+            total_us: self.mean_us * count as f64,
+        }
+    }
+}
+
+impl LabRunDocument {
+    /// A run of `nodes`, each given a copy of `lab` as its `lab` section.
+    pub fn new(label: String, lab: LabSection, nodes: Vec<Report>) -> Self {
+        let nodes = nodes
+            .into_iter()
+            .map(|mut report| {
+                report.lab = Some(lab.clone());
+                report
+            })
+            .collect();
+        Self { label, lab, nodes }
+    }
+}
+
+impl LabDocument {
+    /// The document of `runs`, with its schema id set.
+    pub fn new(runs: Vec<LabRunDocument>) -> Self {
+        Self {
+            schema: LAB_SCHEMA.to_owned(),
+            runs,
+        }
+    }
+
+    /// Pretty-printed JSON.
+    ///
+    /// # Errors
+    /// [`DocumentError::Serialize`] when serde_json refuses a value (e.g. a
+    /// map with non-string keys inside a node's `capabilities`).
+    pub fn to_json_pretty(&self) -> Result<String, DocumentError> {
+        serde_json::to_string_pretty(self).map_err(|source| DocumentError::Serialize {
+            schema: LAB_SCHEMA,
+            source,
+        })
+    }
+
+    /// Reads a lab document written by [`LabDocument::to_json_pretty`].
+    ///
+    /// # Errors
+    /// As [`Report::from_json`], with [`LAB_SCHEMA`] the only schema accepted.
+    pub fn from_json(json: &str) -> Result<LabDocument, DocumentError> {
+        read_document(json, &[LAB_SCHEMA])?;
+        serde_json::from_str(json).map_err(|source| DocumentError::Invalid {
+            schema: LAB_SCHEMA,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample;
+
+    #[test]
+    fn round_trip_and_every_node_has_the_lab_section() {
+        let document = sample::lab_document();
+        let json = document.to_json_pretty().expect("serialize");
+        let back = LabDocument::from_json(&json).expect("parse");
+        assert_eq!(back, document);
+        let value: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(value["schema"], LAB_SCHEMA);
+        let run = &value["runs"][0];
+        assert_eq!(run["nodes"][0]["lab"], run["lab"]);
+        assert_eq!(run["nodes"][0]["schema"], crate::report::REPORT_SCHEMA);
+        // The load spec keeps the lab's own field names and units.
+        assert!(run["lab"]["load"]["duration"].is_f64());
+        assert!(run["lab"]["client_latency"]["histogram"][0].is_array());
+        assert!(run["lab"]["client_latency"]["p50_us"].is_u64());
+    }
+
+    #[test]
+    fn client_latency_as_stats() {
+        let latency = sample::lab_section().client_latency;
+        let stats = latency.stats();
+        assert_eq!(stats.count, 1000);
+        assert!((stats.p50_us - 210.0).abs() < 1e-9);
+        assert!((stats.total_us - 1000.0 * latency.mean_us).abs() < 1e-6);
+    }
+
+    #[test]
+    fn reports_are_not_lab_documents() {
+        let report = sample::report().to_json_pretty().unwrap();
+        assert!(matches!(
+            LabDocument::from_json(&report),
+            Err(DocumentError::Schema { .. })
+        ));
+    }
+}

@@ -1,0 +1,92 @@
+//! Test documents: a ledger of two journeys and a drop, and node reports and
+//! lab documents with every field (and every optional part) filled.
+
+use crate::attribution::ledger::Ledger;
+use crate::correlate::tests::{SKB, ctx, node_a_journey, node_b_journey};
+use crate::correlate::{Correlator, CorrelatorOptions};
+
+use super::{ClientLatency, LabDocument, LabLoad, LabRunDocument, LabSection, Report, ReportMeta};
+
+/// Node A's and node B's journeys of the correlator tests, plus one drop.
+pub(crate) fn ledger() -> Ledger {
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    let (a, _) = node_a_journey(0, SKB, 100);
+    let (b, _) = node_b_journey(1_000_000, SKB + 0x1000);
+    for e in a.iter().chain(b.iter()) {
+        c.push(e);
+    }
+    let mut drop = b[0];
+    drop.skb_addr = 0x9000;
+    drop.packet.inner.ip_id = 4242;
+    drop.hook = hoptrace_common::HookKind::Drop as u8;
+    drop.drop_reason = 6;
+    c.push(&drop);
+    c.finish()
+}
+
+pub(crate) fn meta() -> ReportMeta {
+    ReportMeta {
+        node: "node-a".into(),
+        kernel: "6.18.0".into(),
+        started_at: "2026-11-21T06:00:00Z".into(),
+        duration_s: 10.0,
+        capabilities: serde_json::json!({"tc": true, "netfilter": true}),
+        lost_events: 3,
+        notes: vec!["netfilter links unavailable: netfilter time stays inside routing".into()],
+    }
+}
+
+/// A node report without a `lab` section, as `hoptrace trace` writes it.
+pub(crate) fn report() -> Report {
+    Report::from_ledger(ledger(), meta())
+}
+
+/// A `lab` section with every field set.
+pub(crate) fn lab_section() -> LabSection {
+    LabSection {
+        datapath: "flannel-vxlan".into(),
+        nodes: 2,
+        kube_proxy: "iptables".into(),
+        services: 100,
+        ingress: "builtin".into(),
+        target: "10.244.1.3:8081".into(),
+        load: LabLoad {
+            mode: "http-keep-alive".into(),
+            connections: 8,
+            rate: 500.0,
+            duration: 10.0,
+            request_timeout: 2.0,
+            http_path: "/".into(),
+            udp_payload_len: 64,
+        },
+        requests_ok: 1000,
+        errors: 0,
+        timeouts: 0,
+        achieved_rate: 100.0,
+        client_latency: ClientLatency {
+            p50_us: 210,
+            p90_us: 380,
+            p99_us: 900,
+            p999_us: 1500,
+            max_us: 2100,
+            mean_us: 251.5,
+            histogram: vec![
+                (150, 10.0, 100),
+                (210, 50.0, 400),
+                (900, 99.0, 490),
+                (2100, 100.0, 10),
+            ],
+        },
+    }
+}
+
+/// A lab document of one run with two nodes.
+pub(crate) fn lab_document() -> LabDocument {
+    let mut node_b = report();
+    node_b.node = "node-b".into();
+    LabDocument::new(vec![LabRunDocument::new(
+        "flannel-vxlan".into(),
+        lab_section(),
+        vec![report(), node_b],
+    )])
+}

@@ -1,0 +1,235 @@
+//! Terminal tables of the node report: categories, segments (with the
+//! netfilter rows of new connections apart), end to end, drops, notes and
+//! the biggest contributor in one sentence.
+
+use std::fmt::Write as _;
+
+use comfy_table::{Cell, CellAlignment, Table, presets};
+
+use crate::attribution::ledger::ConnState;
+use crate::attribution::taxonomy::Category;
+
+use super::{ALL, Report, SegmentRow};
+
+/// Netfilter categories: their rows for new connections are shown apart.
+fn is_netfilter(category: Category) -> bool {
+    matches!(
+        category,
+        Category::KubeProxy | Category::Conntrack | Category::NetfilterOther
+    )
+}
+
+/// One sentence naming the category with the most total time, or `None`
+/// when no journey had a segment.
+pub fn biggest_contributor(report: &Report) -> Option<String> {
+    let best = report
+        .categories
+        .iter()
+        .filter(|r| r.direction == ALL && r.conn_state == ALL && r.stats.total_us > 0.0)
+        .max_by(|a, b| a.stats.total_us.total_cmp(&b.stats.total_us))?;
+    let e2e_total = report.end_to_end_total().map_or(0.0, |r| r.stats.total_us);
+    let of_all = if e2e_total > 0.0 {
+        100.0 * best.stats.total_us / e2e_total
+    } else {
+        0.0
+    };
+    Some(format!(
+        "Biggest contributor: {} with {:.1}% of all end-to-end time ({} of {} µs; p99 {} µs per journey that crossed it).",
+        best.category.name(),
+        of_all,
+        fmt_us(best.stats.total_us),
+        fmt_us(e2e_total),
+        fmt_us(best.stats.p99_us),
+    ))
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 100.0 {
+        format!("{us:.0}")
+    } else if us >= 10.0 {
+        format!("{us:.1}")
+    } else {
+        format!("{us:.2}")
+    }
+}
+
+fn fmt_share(share: f64) -> String {
+    format!("{:.1}%", share * 100.0)
+}
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::ASCII_FULL_CONDENSED);
+    table.set_header(header.iter().map(Cell::new));
+    for (i, _) in header.iter().enumerate().skip(1) {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
+fn segment_table(rows: &[&SegmentRow]) -> Table {
+    let mut table = new_table(&[
+        "segment", "category", "dir", "conn", "count", "p50 µs", "p90 µs", "p99 µs", "max µs",
+        "share",
+    ]);
+    for r in rows {
+        table.add_row(vec![
+            r.segment.clone(),
+            r.category.name().to_string(),
+            r.direction.name().to_string(),
+            r.conn_state.name().to_string(),
+            r.stats.count.to_string(),
+            fmt_us(r.stats.p50_us),
+            fmt_us(r.stats.p90_us),
+            fmt_us(r.stats.p99_us),
+            fmt_us(r.stats.max_us),
+            fmt_share(r.share),
+        ]);
+    }
+    for i in [1, 2, 3] {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Left);
+        }
+    }
+    table
+}
+
+/// Human-readable rendering: categories, segments (new-connection netfilter
+/// rows apart), end-to-end, drops, notes and the biggest contributor.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hoptrace report ({}) node {} kernel {} started {} duration {:.1}s, {} journeys",
+        report.schema,
+        report.node,
+        report.kernel,
+        report.started_at,
+        report.duration_s,
+        report.journeys
+    );
+
+    let mut cats = new_table(&[
+        "category", "count", "p50 µs", "p90 µs", "p99 µs", "max µs", "share",
+    ]);
+    for r in report
+        .categories
+        .iter()
+        .filter(|r| r.direction == ALL && r.conn_state == ALL)
+    {
+        cats.add_row(vec![
+            r.category.name().to_string(),
+            r.stats.count.to_string(),
+            fmt_us(r.stats.p50_us),
+            fmt_us(r.stats.p90_us),
+            fmt_us(r.stats.p99_us),
+            fmt_us(r.stats.max_us),
+            fmt_share(r.share),
+        ]);
+    }
+    let _ = writeln!(out, "\nCategories (per journey, all directions)\n{cats}");
+
+    // Segments are already sorted by category, then total time.
+    let (new_nf, rest): (Vec<&SegmentRow>, Vec<&SegmentRow>) = report
+        .segments
+        .iter()
+        .partition(|r| r.conn_state == ConnState::New && is_netfilter(r.category));
+    let _ = writeln!(out, "\nSegments\n{}", segment_table(&rest));
+    if !new_nf.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNetfilter on new connections (kube-proxy/conntrack cost per new connection)\n{}",
+            segment_table(&new_nf)
+        );
+    }
+
+    let mut e2e = new_table(&[
+        "dir", "conn", "count", "p50 µs", "p90 µs", "p99 µs", "max µs", "mean µs",
+    ]);
+    for r in &report.end_to_end {
+        e2e.add_row(vec![
+            r.direction.clone(),
+            r.conn_state.clone(),
+            r.stats.count.to_string(),
+            fmt_us(r.stats.p50_us),
+            fmt_us(r.stats.p90_us),
+            fmt_us(r.stats.p99_us),
+            fmt_us(r.stats.max_us),
+            fmt_us(r.stats.mean_us),
+        ]);
+    }
+    if let Some(col) = e2e.column_mut(1) {
+        col.set_cell_alignment(CellAlignment::Left);
+    }
+    let _ = writeln!(out, "\nEnd to end (first to last hop on this node)\n{e2e}");
+
+    if !report.drops.is_empty() {
+        let mut drops = new_table(&["drop reason", "count"]);
+        for d in &report.drops {
+            drops.add_row(vec![d.reason.clone(), d.count.to_string()]);
+        }
+        let _ = writeln!(out, "\nDrops\n{drops}");
+    }
+    let _ = writeln!(
+        out,
+        "\nlost events {}, unparsed packets {}, foreign events {}",
+        report.lost_events, report.unparsed_packets, report.foreign_events
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    if let Some(line) = biggest_contributor(report) {
+        let _ = writeln!(out, "\n{line}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::tests::ctx;
+    use crate::correlate::{Correlator, CorrelatorOptions};
+    use crate::report::ReportMeta;
+    use crate::report::sample::{ledger, meta};
+
+    #[test]
+    fn table_shows_categories_segments_and_contributor() {
+        let report = Report::from_ledger(ledger(), meta());
+        let text = render_table(&report);
+        println!("{text}");
+        for cat in [
+            "cni",
+            "kube-proxy",
+            "conntrack",
+            "encapsulation",
+            "kernel-other",
+            "netfilter-other",
+        ] {
+            assert!(text.contains(cat), "{cat} missing:\n{text}");
+        }
+        let new_nf = text
+            .find("Netfilter on new connections")
+            .expect("new-connection section");
+        let dnat = text.find("netfilter.prerouting.dnat").expect("dnat row");
+        assert!(dnat > new_nf, "dnat (new connection) must be listed apart");
+        assert!(text.contains("NETFILTER_DROP"));
+        let line = biggest_contributor(&report).expect("a contributor");
+        // cni: node A 2000+1500+400+400+500 = 4800, node B 500+300+200+500+3000 = 4500.
+        assert!(line.contains("cni"), "{line}");
+        assert!(text.contains(&line));
+    }
+
+    #[test]
+    fn empty_ledger_renders() {
+        let ledger = Correlator::new(ctx(), CorrelatorOptions::default()).finish();
+        let report = Report::from_ledger(ledger, ReportMeta::default());
+        assert!(biggest_contributor(&report).is_none());
+        assert_eq!(report.end_to_end.len(), 1);
+        assert_eq!(report.end_to_end[0].stats.count, 0);
+        let text = render_table(&report);
+        assert!(text.contains("Categories"));
+        assert!(Report::from_json(&report.to_json_pretty().unwrap()).is_ok());
+    }
+}
