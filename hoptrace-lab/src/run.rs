@@ -177,7 +177,7 @@ pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
         services: opts.services,
     };
     eprintln!(
-        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {:?})",
+        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {})",
         opts.datapath,
         opts.nodes,
         spec.effective_kube_proxy(),
