@@ -73,6 +73,8 @@ pub(crate) struct Journey {
     /// [`Encap`] of the latest parsed event: the layer that events without
     /// headers of their own (skipped netfilter brackets) belong to.
     pub(crate) layer_encap: u8,
+    /// `enum skb_drop_reason` of the drop that ended the journey.
+    pub(crate) drop_reason: Option<u32>,
 }
 
 impl Journey {
@@ -102,7 +104,11 @@ impl Journey {
                     self.saw_inner_ct_new |= new;
                 }
             }
-            HookKind::Drop | HookKind::Consume => self.ended = true,
+            HookKind::Drop => {
+                self.ended = true;
+                self.drop_reason = Some(ev.drop_reason);
+            }
+            HookKind::Consume => self.ended = true,
             _ => {}
         }
         if parsed {

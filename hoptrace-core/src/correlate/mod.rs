@@ -25,10 +25,12 @@ use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction
 
 mod fingerprint;
 mod journey;
+mod observer;
 #[cfg(test)]
 pub(crate) mod tests;
 
 pub use fingerprint::fingerprint;
+pub use observer::{JourneyObserver, JourneySummary};
 
 /// Tuning of the correlator. All times are in event time (bpf ktime, ns).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +139,11 @@ struct SegmentTable {
 }
 
 impl SegmentTable {
+    /// The id of a pair already named by [`SegmentTable::id`].
+    fn cached(&self, a: HopSite, b: HopSite, same_device: bool) -> Option<u32> {
+        self.by_pair.get(&(a, b, same_device)).copied()
+    }
+
     fn id(
         &mut self,
         names: &mut Vec<SegmentName>,
@@ -181,6 +188,8 @@ pub struct Correlator {
     hop_pool: Vec<Vec<Hop>>,
     scratch_ids: Vec<u64>,
     scratch_segments: Vec<u32>,
+    observer: Option<std::sync::Arc<dyn JourneyObserver>>,
+    scratch_observed: Vec<(u32, u64)>,
 }
 
 const HOP_POOL_MAX: usize = 1024;
@@ -206,6 +215,8 @@ impl Correlator {
             hop_pool: Vec::new(),
             scratch_ids: Vec::new(),
             scratch_segments: Vec::new(),
+            observer: None,
+            scratch_observed: Vec::new(),
         }
     }
 
@@ -408,12 +419,18 @@ impl Correlator {
             last_flow: flow,
             encap: Encap::None,
             layer_encap: ev.packet.encap,
+            drop_reason: None,
         };
         j.add(ev, hook, Some(hop), true);
         self.journeys.insert(id, j);
         self.by_skb.insert(ev.skb_addr, id);
         self.by_fingerprint.insert(fp, id);
         self.order.push_back(id);
+    }
+
+    /// Hands every journey recorded from now on to `observer` as well.
+    pub fn set_observer(&mut self, observer: std::sync::Arc<dyn JourneyObserver>) {
+        self.observer = Some(observer);
     }
 
     /// Finalizes journeys idle for longer than the idle timeout, and ended
@@ -475,6 +492,16 @@ impl Correlator {
             &mut self.scratch_segments,
             self.opts.exemplars,
         );
+        if let Some(observer) = &self.observer {
+            observe_journey(
+                observer.as_ref(),
+                &self.ledger,
+                &mut self.segments,
+                &self.devices,
+                &j,
+                &mut self.scratch_observed,
+            );
+        }
         if self.hop_pool.len() < HOP_POOL_MAX {
             j.hops.clear();
             self.hop_pool.push(j.hops);
@@ -641,4 +668,63 @@ fn record_journey(
     {
         ledger.exemplars.remove(fastest);
     }
+}
+
+/// Hands a journey that [`record_journey`] has just recorded (hops sorted,
+/// segments named) to the observer.
+fn observe_journey(
+    observer: &dyn JourneyObserver,
+    ledger: &Ledger,
+    table: &mut SegmentTable,
+    devices: &DeviceTable,
+    j: &Journey,
+    scratch: &mut Vec<(u32, u64)>,
+) {
+    let hops = &j.hops;
+    if hops.len() < 2 {
+        return;
+    }
+    scratch.clear();
+    let mut categories: Vec<(Category, u64)> = Vec::with_capacity(4);
+    for pair in hops.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let same_device = a.ifindex != 0 && a.ifindex == b.ifindex && a.netns_ino == b.netns_ino;
+        let site = |h: &Hop| HopSite {
+            point: h.point,
+            encap: Encap::from_u8(h.encap),
+        };
+        // Every pair was named by `record_journey`: a cache hit.
+        let Some(segment) = table.cached(site(a), site(b), same_device) else {
+            continue;
+        };
+        let duration = b.ts_ns - a.ts_ns;
+        scratch.push((segment, duration));
+        let category = ledger.segment_names[segment as usize].category;
+        match categories.iter_mut().find(|(c, _)| *c == category) {
+            Some((_, ns)) => *ns += duration,
+            None => categories.push((category, duration)),
+        }
+    }
+    let pod_netns = [hops[0].netns_ino, hops[hops.len() - 1].netns_ino]
+        .into_iter()
+        .find(|ino| devices.pod_netns.contains(ino));
+    // Only a dropped journey pays for the names.
+    let dropped = j.drop_reason.and_then(|reason| {
+        let location = hops.iter().rev().find(|h| h.point != HopPoint::Drop)?;
+        Some((devices.drop_reason_name(reason), location.point.name()))
+    });
+    let drop = dropped
+        .as_ref()
+        .map(|(reason, location)| (reason.as_str(), location.as_str()));
+    observer.journey(&JourneySummary {
+        direction: journey_direction(&hops[0]),
+        conn_state: journey_conn_state(j),
+        end_to_end_ns: hops[hops.len() - 1].ts_ns - hops[0].ts_ns,
+        segments: scratch,
+        segment_names: &ledger.segment_names,
+        categories: &categories,
+        first_flow: &j.first_flow,
+        pod_netns,
+        drop,
+    });
 }

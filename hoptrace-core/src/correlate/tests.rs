@@ -936,3 +936,93 @@ mod throughput {
         assert_eq!(ledger.counters.journeys, journeys);
     }
 }
+
+/// Collects what the correlator hands an observer.
+#[derive(Default)]
+struct Recorder {
+    journeys: std::sync::Mutex<
+        Vec<(
+            Direction,
+            ConnState,
+            u64,
+            Vec<(String, u64)>,
+            Option<u32>,
+            Option<(String, String)>,
+        )>,
+    >,
+}
+
+impl JourneyObserver for Recorder {
+    fn journey(&self, j: &JourneySummary<'_>) {
+        let segments = j
+            .named_segments()
+            .map(|(name, ns)| (name.name.clone(), ns))
+            .collect();
+        self.journeys.lock().expect("lock").push((
+            j.direction,
+            j.conn_state,
+            j.end_to_end_ns,
+            segments,
+            j.pod_netns,
+            j.drop.map(|(r, l)| (r.to_owned(), l.to_owned())),
+        ));
+    }
+}
+
+#[test]
+fn the_observer_sees_each_journey_as_the_ledger_records_it() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.set_observer(recorder.clone());
+    let (events, expected) = node_a_journey(0, SKB, 100);
+    for e in &events {
+        c.push(e);
+    }
+    let ledger = c.finish();
+    let seen = recorder.journeys.lock().expect("lock");
+    assert_eq!(seen.len(), 1, "one journey with segments");
+    let (direction, conn_state, e2e, segments, pod_netns, drop) = &seen[0];
+    assert_eq!(*direction, Direction::Egress);
+    assert_eq!(*pod_netns, Some(POD_A), "the journey left pod A");
+    assert!(drop.is_none());
+    // Every segment the ledger has, with the same time, in hop order.
+    let mut totals: BTreeMap<String, u128> = BTreeMap::new();
+    for (name, ns) in segments {
+        *totals.entry(name.clone()).or_insert(0) += u128::from(*ns);
+    }
+    for (name, (_, total)) in expected_totals(&expected) {
+        assert_eq!(totals.get(&name), Some(&total), "{name}");
+        let stat = ledger.segment(&name, *direction, *conn_state).expect("row");
+        assert_eq!(stat.total_ns, total, "{name}");
+    }
+    assert_eq!(
+        u128::from(*e2e),
+        segments.iter().map(|(_, ns)| u128::from(*ns)).sum::<u128>()
+    );
+}
+
+#[test]
+fn the_observer_gets_the_drop_reason_and_location() {
+    use HookKind::*;
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.set_observer(recorder.clone());
+    let p = tcp(ACK, 1, 1);
+    let mut drop = ev(5_000, SKB, NODE, IF_VETH_A, Drop, p);
+    drop.drop_reason = 6;
+    for e in [
+        ev(0, SKB, POD_A, IF_POD_ETH0, DevXmit, p),
+        ev(1_000, SKB, NODE, IF_VETH_A, DevReceive, p),
+        drop,
+    ] {
+        c.push(&e);
+    }
+    c.finish();
+    let seen = recorder.journeys.lock().expect("lock");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].5,
+        Some(("NETFILTER_DROP".to_owned(), "veth.rx".to_owned())),
+        "reason from the kernel's names, location = the hop before the drop"
+    );
+}

@@ -29,7 +29,7 @@ pub use reorder::ReorderBuffer;
 
 use crate::{
     attribution::ledger::Ledger,
-    correlate::{Correlator, CorrelatorOptions},
+    correlate::{Correlator, CorrelatorOptions, JourneyObserver},
     kernel::{
         btf,
         loader::{LoaderError, TcAttachment, TcMode, Tracer},
@@ -96,6 +96,8 @@ pub struct SessionOptions {
     pub ring_bytes: u32,
     /// Timeouts and bounds of the correlator.
     pub correlator: CorrelatorOptions,
+    /// Also receives every journey as it is recorded (the agent's metrics).
+    pub observer: Option<Arc<dyn JourneyObserver>>,
 }
 
 impl SessionOptions {
@@ -233,7 +235,10 @@ impl Session {
         } = attached;
         let reader = tracer.take_events()?;
         let ctx = node_context(&node, &drop_reasons);
-        let correlator = Correlator::new(ctx, opts.correlator.clone());
+        let mut correlator = Correlator::new(ctx, opts.correlator.clone());
+        if let Some(observer) = &opts.observer {
+            correlator.set_observer(Arc::clone(observer));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let drainer = drain::spawn(
             reader,
