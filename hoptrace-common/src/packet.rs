@@ -238,6 +238,24 @@ impl L3Headers {
             _pad: [0; 4],
         }
     }
+
+    /// The source address, as `version` says (an IPv4 address for 0 too).
+    pub fn src_addr(&self) -> core::net::IpAddr {
+        self.addr(&self.saddr)
+    }
+
+    /// The destination address, as `version` says (an IPv4 address for 0 too).
+    pub fn dst_addr(&self) -> core::net::IpAddr {
+        self.addr(&self.daddr)
+    }
+
+    fn addr(&self, raw: &[u8; 16]) -> core::net::IpAddr {
+        if self.version == 6 {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(*raw))
+        } else {
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+        }
+    }
 }
 
 /// Everything hoptrace extracts from a packet.

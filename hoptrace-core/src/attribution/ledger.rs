@@ -4,7 +4,7 @@
 //! [`crate::report`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use hdrhistogram::Histogram;
 use hoptrace_common::packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
@@ -160,13 +160,6 @@ pub struct FlowInfo {
 
 impl FlowInfo {
     pub(crate) fn from_headers(h: &L3Headers, encap: Encap) -> Self {
-        let addr = |raw: &[u8; 16]| -> IpAddr {
-            if h.version == 6 {
-                IpAddr::V6(Ipv6Addr::from(*raw))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-            }
-        };
         let with_port = |ip: IpAddr, port: u16| -> String {
             if matches!(h.l4_proto, IPPROTO_TCP | IPPROTO_UDP) {
                 SocketAddr::new(ip, port).to_string()
@@ -183,8 +176,8 @@ impl FlowInfo {
         };
         Self {
             proto,
-            src: with_port(addr(&h.saddr), h.sport),
-            dst: with_port(addr(&h.daddr), h.dport),
+            src: with_port(h.src_addr(), h.sport),
+            dst: with_port(h.dst_addr(), h.dport),
             encap: encap_name(encap).to_string(),
         }
     }

@@ -295,6 +295,9 @@ impl Correlator {
         let parsed = status == ParseStatus::Ok;
         if !parsed && status != ParseStatus::Skipped {
             self.ledger.counters.unparsed_packets += 1;
+            if let Some(observer) = &self.observer {
+                observer.unparsed_packet();
+            }
         }
         let hop = if hook == HookKind::Consume {
             None

@@ -54,6 +54,10 @@ impl JourneySummary<'_> {
 pub trait JourneyObserver: Send + Sync {
     /// Called once per finished journey that has at least one segment.
     fn journey(&self, journey: &JourneySummary<'_>);
+
+    /// Called for every event whose headers did not parse (the report's
+    /// `unparsed_packets`).
+    fn unparsed_packet(&self) {}
 }
 
 impl std::fmt::Debug for dyn JourneyObserver {
