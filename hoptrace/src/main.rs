@@ -1,6 +1,8 @@
 //! The `hoptrace` command line: one file per subcommand under `cmd/`,
-//! `compare/` for side-by-side reports, `stop` for SIGINT/SIGTERM.
+//! `compare/` for side-by-side reports, `agent/` for the node agent's
+//! metrics and names, `stop` for SIGINT/SIGTERM.
 
+mod agent;
 mod cmd;
 mod compare;
 mod stop;
@@ -39,6 +41,9 @@ enum Command {
     /// Build a flannel-, Calico- or Cilium-style datapath in network namespaces,
     /// put load through it, trace every node and say where the time went.
     Lab(cmd::lab::LabArgs),
+    /// Trace this node continuously and serve Prometheus metrics on
+    /// /metrics (with /healthz and /readyz), until SIGTERM.
+    Agent(cmd::agent::AgentArgs),
     /// Compare reports side by side (per category and segment, with deltas).
     /// Needs no privileges.
     Compare(cmd::compare::CompareArgs),
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Cleanup { netns } => cmd::cleanup::run(netns.as_deref()),
         Command::Trace(args) => exit_code(cmd::trace::run(args)),
         Command::Lab(args) => exit_code(cmd::lab::run(args)),
+        Command::Agent(args) => exit_code(cmd::agent::run(args)),
         Command::Compare(args) => exit_code(cmd::compare::run(&args)),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))

@@ -2,14 +2,11 @@
 //! through it, traces every node; `--compare` runs several in turn.
 
 use std::{
-    fmt::Display,
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use hoptrace_core::{
     kernel::capabilities,
     report::{self, Document},
@@ -21,20 +18,8 @@ use hoptrace_lab::{
     topology::{self, Datapath, KubeProxyMode, TopologyError},
 };
 
+use super::choice;
 use crate::{compare, stop};
-
-/// A clap parser that accepts the names of `all` (shown by `--help`) and
-/// parses them with `T`'s `FromStr`.
-fn choice<T>(all: &[T]) -> impl clap::builder::TypedValueParser<Value = T>
-where
-    T: Display + FromStr + Clone + Send + Sync + 'static,
-{
-    let names: Vec<String> = all.iter().map(ToString::to_string).collect();
-    PossibleValuesParser::new(names).map(|name| {
-        name.parse::<T>()
-            .unwrap_or_else(|_| unreachable!("every possible value parses"))
-    })
-}
 
 /// Arguments of `hoptrace lab`.
 #[derive(clap::Args)]

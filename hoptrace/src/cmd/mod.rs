@@ -1,7 +1,26 @@
 //! One file per subcommand; each `run` returns the process exit code.
 
+pub mod agent;
 pub mod check;
 pub mod cleanup;
 pub mod compare;
 pub mod lab;
 pub mod trace;
+
+use std::{fmt::Display, str::FromStr};
+
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+
+/// A clap parser that accepts the names of `all` (shown by `--help`) and
+/// parses them with `T`'s `FromStr`.
+pub(crate) fn choice<T>(all: &[T]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: Display + FromStr + Clone + Send + Sync + 'static,
+{
+    let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+    PossibleValuesParser::new(names).map(|name| {
+        name.parse::<T>()
+            .unwrap_or_else(|_| unreachable!("every possible value parses"))
+    })
+}
+

@@ -1,0 +1,510 @@
+//! The agent's metrics: a [`JourneyObserver`] that adds every journey into
+//! fixed-bucket histograms keyed by small ids, and a prometheus-client
+//! [`Collector`] that turns them into text on each scrape.
+//!
+//! Per journey the work is a few hash-map updates under one mutex; names
+//! and label values are resolved once per series, not per packet. Label
+//! sets are capped: past [`MAX_LABEL_SETS`] distinct pod label sets, new
+//! ones are counted under `other`.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use hoptrace_core::{
+    attribution::{
+        ledger::{ConnState, Direction},
+        taxonomy::Category,
+    },
+    correlate::{JourneyObserver, JourneySummary},
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::identity::Identity;
+
+/// Upper bounds of the histogram buckets, seconds: 1-2.5-5 steps from
+/// 1 µs to 10 s (the `+Inf` bucket follows).
+pub const BUCKETS_S: [f64; 22] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+    5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The same bounds in ns, for placing observations without floats.
+const BUCKETS_NS: [u64; 22] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Most distinct pod label sets (pod namespace, pod, service) kept; the
+/// rest are counted under `other`.
+pub const MAX_LABEL_SETS: usize = 512;
+
+/// Which Kubernetes labels journeys carry (`--pod-labels`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodLabels {
+    /// No pod labels.
+    None,
+    /// `pod_namespace` only (the default: bounded by the namespaces).
+    Namespace,
+    /// `pod_namespace`, `pod` and `service`.
+    Pod,
+}
+
+impl PodLabels {
+    /// Every value, in the order `--help` lists them.
+    pub const ALL: [PodLabels; 3] = [PodLabels::None, PodLabels::Namespace, PodLabels::Pod];
+
+    /// The name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PodLabels::None => "none",
+            PodLabels::Namespace => "namespace",
+            PodLabels::Pod => "pod",
+        }
+    }
+}
+
+impl std::fmt::Display for PodLabels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PodLabels {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown --pod-labels {s:?} (none, namespace, pod)"))
+    }
+}
+
+/// Counts per bucket (not cumulative), the sum in ns and the count.
+#[derive(Clone, Debug, Default)]
+struct Hist {
+    buckets: [u64; BUCKETS_NS.len() + 1],
+    sum_ns: u128,
+    count: u64,
+}
+
+impl Hist {
+    fn observe(&mut self, ns: u64) {
+        self.buckets[BUCKETS_NS.partition_point(|&bound| bound < ns)] += 1;
+        self.sum_ns += u128::from(ns);
+        self.count += 1;
+    }
+
+    /// `(upper bound in s, count)` per bucket, `+Inf` last, for the encoder.
+    fn encoded(&self) -> Vec<(f64, u64)> {
+        BUCKETS_S
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets)
+            .collect()
+    }
+}
+
+/// Key of a segment series: segment id (the correlator's), direction,
+/// connection state, pod label set id.
+type SegmentKey = (u32, Direction, ConnState, u32);
+/// Key of a category series.
+type CategoryKey = (Category, Direction, ConnState, u32);
+
+/// Pod label values of one label set; empty strings are left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct PodLabelSet {
+    pod_namespace: String,
+    pod: String,
+    service: String,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    /// Segment names and categories by the correlator's id.
+    segment_names: Vec<(String, Category)>,
+    segments: HashMap<SegmentKey, Hist>,
+    categories: HashMap<CategoryKey, Hist>,
+    drops: HashMap<(String, String), u64>,
+    journeys: HashMap<Direction, u64>,
+    /// Label sets by id; id 0 is the empty set, id 1 `other`.
+    label_sets: Vec<PodLabelSet>,
+    label_ids: HashMap<PodLabelSet, u32>,
+}
+
+impl Store {
+    fn new() -> Self {
+        let other = PodLabelSet {
+            pod_namespace: "other".into(),
+            pod: String::new(),
+            service: String::new(),
+        };
+        Self {
+            label_ids: HashMap::from([(PodLabelSet::default(), 0), (other.clone(), 1)]),
+            label_sets: vec![PodLabelSet::default(), other],
+            ..Self::default()
+        }
+    }
+
+    fn label_id(&mut self, set: PodLabelSet) -> u32 {
+        if let Some(&id) = self.label_ids.get(&set) {
+            return id;
+        }
+        if self.label_sets.len() >= MAX_LABEL_SETS {
+            return 1;
+        }
+        let id = u32::try_from(self.label_sets.len()).unwrap_or(1);
+        self.label_sets.push(set.clone());
+        self.label_ids.insert(set, id);
+        id
+    }
+}
+
+/// Values the agent's main loop sets from the session (not per journey).
+#[derive(Debug, Default)]
+pub struct SessionGauges {
+    /// Events lost in the kernel (ring buffer full), cumulative.
+    pub events_lost: AtomicU64,
+    /// tc programs attached.
+    pub hooks_tc: AtomicU64,
+    /// Netfilter links attached.
+    pub hooks_netfilter: AtomicU64,
+    /// Tracepoints attached.
+    pub hooks_tracepoint: AtomicU64,
+}
+
+/// The agent's metrics: fed by the correlator, read by the scraper.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    node: String,
+    pod_labels: PodLabels,
+    identity: Arc<dyn Identity>,
+    store: Mutex<Store>,
+    unparsed: AtomicU64,
+    /// Set by the main loop.
+    pub session: SessionGauges,
+}
+
+impl AgentMetrics {
+    /// Metrics for node `node`, labelling journeys as `pod_labels` says
+    /// with names from `identity`.
+    pub fn new(node: String, pod_labels: PodLabels, identity: Arc<dyn Identity>) -> Self {
+        Self {
+            node,
+            pod_labels,
+            identity,
+            store: Mutex::new(Store::new()),
+            unparsed: AtomicU64::new(0),
+            session: SessionGauges::default(),
+        }
+    }
+
+    /// The pod label set of a journey: the pod it left or reached (by its
+    /// network namespace, else its address) and the Service its first
+    /// packet was sent to (before DNAT).
+    fn labels_of(&self, j: &JourneySummary<'_>) -> PodLabelSet {
+        if self.pod_labels == PodLabels::None {
+            return PodLabelSet::default();
+        }
+        let flow = j.first_flow;
+        let pod_ip: IpAddr = match j.direction {
+            Direction::Ingress => flow.dst_addr(),
+            Direction::Egress | Direction::Local => flow.src_addr(),
+        };
+        let pod = self.identity.pod(j.pod_netns, pod_ip);
+        let mut set = PodLabelSet {
+            pod_namespace: pod.as_ref().map(|p| p.namespace.clone()).unwrap_or_default(),
+            ..PodLabelSet::default()
+        };
+        if self.pod_labels == PodLabels::Pod {
+            set.pod = pod.map(|p| p.name).unwrap_or_default();
+            set.service = self
+                .identity
+                .service(flow.dst_addr())
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .unwrap_or_default();
+        }
+        set
+    }
+
+    /// The metrics as OpenMetrics text (what `/metrics` serves).
+    ///
+    /// # Errors
+    /// Only when formatting fails (it writes to a `String`).
+    pub fn encode_text(self: &Arc<Self>) -> Result<String, std::fmt::Error> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Arc::clone(self)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+impl JourneyObserver for AgentMetrics {
+    fn journey(&self, j: &JourneySummary<'_>) {
+        let labels = self.labels_of(j);
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        if store.segment_names.len() < j.segment_names.len() {
+            let known = store.segment_names.len();
+            store.segment_names.extend(
+                j.segment_names[known..]
+                    .iter()
+                    .map(|s| (s.name.clone(), s.category)),
+            );
+        }
+        let label = store.label_id(labels);
+        for &(segment, ns) in j.segments {
+            store
+                .segments
+                .entry((segment, j.direction, j.conn_state, label))
+                .or_default()
+                .observe(ns);
+        }
+        for &(category, ns) in j.categories {
+            store
+                .categories
+                .entry((category, j.direction, j.conn_state, label))
+                .or_default()
+                .observe(ns);
+        }
+        if let Some((reason, location)) = j.drop {
+            *store
+                .drops
+                .entry((reason.to_owned(), location.to_owned()))
+                .or_default() += 1;
+        }
+        *store.journeys.entry(j.direction).or_default() += 1;
+    }
+
+    fn unparsed_packet(&self) {
+        self.unparsed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Labels of one series, in exposition order.
+fn series_labels<'a>(
+    node: &'a str,
+    extra: &[(&'static str, &'a str)],
+    pod: &'a PodLabelSet,
+) -> Vec<(&'static str, &'a str)> {
+    let mut labels = Vec::with_capacity(extra.len() + 4);
+    labels.extend_from_slice(extra);
+    for (name, value) in [
+        ("pod_namespace", pod.pod_namespace.as_str()),
+        ("pod", pod.pod.as_str()),
+        ("service", pod.service.as_str()),
+    ] {
+        if !value.is_empty() {
+            labels.push((name, value));
+        }
+    }
+    labels.push(("node", node));
+    labels
+}
+
+fn encode_counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, &str)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for AgentMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let node = self.node.as_str();
+
+        let mut metric = encoder.encode_descriptor(
+            "hoptrace_segment_duration_seconds",
+            "Time between two consecutive hops of a packet on this node (one observation per segment crossing)",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut segments: Vec<_> = store.segments.iter().collect();
+        segments.sort_by_key(|(key, _)| **key);
+        for (&(segment, direction, conn_state, label), hist) in segments {
+            let Some((name, category)) = store.segment_names.get(segment as usize) else {
+                continue;
+            };
+            let labels = series_labels(
+                node,
+                &[
+                    ("segment", name.as_str()),
+                    ("category", category.name()),
+                    ("direction", direction.name()),
+                    ("conn_state", conn_state.name()),
+                ],
+                &store.label_sets[label as usize],
+            );
+            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                hist.sum_ns as f64 / 1e9,
+                hist.count,
+                &hist.encoded(),
+                None,
+            )?;
+        }
+
+        let mut metric = encoder.encode_descriptor(
+            "hoptrace_category_duration_seconds",
+            "Time of one journey (one packet on this node) spent in a category, summed over its segments",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut categories: Vec<_> = store.categories.iter().collect();
+        categories.sort_by_key(|(key, _)| **key);
+        for (&(category, direction, conn_state, label), hist) in categories {
+            let labels = series_labels(
+                node,
+                &[
+                    ("category", category.name()),
+                    ("direction", direction.name()),
+                    ("conn_state", conn_state.name()),
+                ],
+                &store.label_sets[label as usize],
+            );
+            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                hist.sum_ns as f64 / 1e9,
+                hist.count,
+                &hist.encoded(),
+                None,
+            )?;
+        }
+
+        let none = PodLabelSet::default();
+        let mut drops: Vec<_> = store.drops.iter().collect();
+        drops.sort();
+        let drops: Vec<_> = drops
+            .into_iter()
+            .map(|((reason, location), count)| {
+                (
+                    series_labels(
+                        node,
+                        &[("reason", reason.as_str()), ("location", location.as_str())],
+                        &none,
+                    ),
+                    *count,
+                )
+            })
+            .collect();
+        encode_counter(
+            &mut encoder,
+            "hoptrace_drops",
+            "Packets the kernel dropped, by drop reason (include/net/dropreason-core.h) and the hop before the drop",
+            &drops,
+        )?;
+        let mut journeys: Vec<_> = store.journeys.iter().collect();
+        journeys.sort();
+        let journeys: Vec<_> = journeys
+            .into_iter()
+            .map(|(direction, count)| {
+                (
+                    series_labels(node, &[("direction", direction.name())], &none),
+                    *count,
+                )
+            })
+            .collect();
+        encode_counter(
+            &mut encoder,
+            "hoptrace_journeys",
+            "Journeys (packets followed across this node) with at least one segment",
+            &journeys,
+        )?;
+        drop(store);
+        let node_only = series_labels(node, &[], &none);
+        let gauges = &self.session;
+        encode_counter(
+            &mut encoder,
+            "hoptrace_events_lost",
+            "Hop events the kernel could not write (ring buffer full)",
+            &[(node_only.clone(), gauges.events_lost.load(Ordering::Relaxed))],
+        )?;
+        encode_counter(
+            &mut encoder,
+            "hoptrace_unparsed_packets",
+            "Hop events whose headers did not parse",
+            &[(node_only, self.unparsed.load(Ordering::Relaxed))],
+        )?;
+        let mut metric = encoder.encode_descriptor(
+            "hoptrace_hooks_attached",
+            "Kernel hooks attached, by kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, value) in [
+            ("tc", &gauges.hooks_tc),
+            ("netfilter", &gauges.hooks_netfilter),
+            ("tracepoint", &gauges.hooks_tracepoint),
+        ] {
+            let labels = series_labels(node, &[("kind", kind)], &none);
+            ConstGauge::new(i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
+                .encode(metric.encode_family(&labels)?)?;
+        }
+        encode_process_metrics(&mut encoder)
+    }
+}
+
+/// `process_resident_memory_bytes` and `process_cpu_seconds_total`, the
+/// usual process metrics, from /proc/self/stat.
+fn encode_process_metrics(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let Ok(me) = procfs::process::Process::myself() else {
+        return Ok(());
+    };
+    let Ok(stat) = me.stat() else {
+        return Ok(());
+    };
+    let ticks = procfs::ticks_per_second() as f64;
+    let page = procfs::page_size();
+    let rss = stat.rss.saturating_mul(page);
+    ConstGauge::new(i64::try_from(rss).unwrap_or(i64::MAX)).encode(encoder.encode_descriptor(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    ConstCounter::new((stat.utime + stat.stime) as f64 / ticks).encode(
+        encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?,
+    )?;
+    Ok(())
+}

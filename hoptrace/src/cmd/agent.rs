@@ -1,0 +1,167 @@
+//! `hoptrace agent`: traces this node until SIGTERM/SIGINT and serves
+//! `/metrics`, `/healthz` and `/readyz` (docs/agent.md).
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use hoptrace_core::{
+    kernel::{capabilities, loader::TcMode},
+    node,
+    session::{Session, SessionOptions, lost_events},
+};
+
+use super::choice;
+use crate::{
+    agent::{
+        identity::{Identity, KubeIdentity, NetnsNames, watch_cluster},
+        metrics::{AgentMetrics, PodLabels},
+        server::{Readiness, serve},
+    },
+    stop,
+};
+
+/// How often the main loop copies the kernel's counters into the metrics.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the names of /run/netns are read again.
+const NETNS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Arguments of `hoptrace agent`.
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:9435")]
+    metrics_addr: SocketAddr,
+    /// This node's name (the `node` label); default: $NODE_NAME, else the host name.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Kubernetes labels on journeys: none, namespace (pod_namespace) or
+    /// pod (pod_namespace, pod, service).
+    #[arg(long, default_value = "namespace", value_parser = choice(&PodLabels::ALL))]
+    pod_labels: PodLabels,
+    /// Do not use the Kubernetes API; name pods after their network namespaces.
+    #[arg(long)]
+    no_kubernetes: bool,
+    /// Trace the node whose network namespace is this path (e.g. /run/netns/NAME).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// How to attach tc programs: tcx (default, falls back to clsact) or clsact.
+    #[arg(long, value_parser = ["tcx", "clsact"])]
+    tc_mode: Option<String>,
+}
+
+/// Runs the agent; returns the exit code (2 without privileges).
+pub fn run(args: AgentArgs) -> Result<i32> {
+    if let Err(err) = capabilities::require_root() {
+        eprintln!("hoptrace agent: {err}");
+        return Ok(2);
+    }
+    let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
+    let node_name = args.node_name.clone().unwrap_or_else(node::hostname);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("hoptrace-agent")
+        .build()
+        .context("starting the agent's runtime")?;
+    // Bind first: a taken port is reported before anything is attached.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.metrics_addr))
+        .with_context(|| format!("listening on {}", args.metrics_addr))?;
+
+    let netns_names = Arc::new(NetnsNames::default());
+    netns_names.refresh();
+    let mut notes = Vec::new();
+    let identity: Arc<dyn Identity> = if args.no_kubernetes {
+        notes.push("names: network namespaces (--no-kubernetes)".to_owned());
+        netns_names.clone()
+    } else {
+        match runtime.block_on(kube::Client::try_default()) {
+            Ok(client) => {
+                let identity = Arc::new(KubeIdentity::new(Arc::clone(&netns_names)));
+                runtime.spawn(watch_cluster(client, node_name.clone(), Arc::clone(&identity)));
+                notes.push(format!(
+                    "names: Kubernetes API (pods of node {node_name}, services)"
+                ));
+                identity
+            }
+            Err(err) => {
+                notes.push(format!(
+                    "names: network namespaces (no Kubernetes API: {})",
+                    capabilities::error_chain(&err)
+                ));
+                netns_names.clone()
+            }
+        }
+    };
+    let metrics = Arc::new(AgentMetrics::new(
+        node_name.clone(),
+        args.pod_labels,
+        identity,
+    ));
+    let readiness = Arc::new(Readiness::default());
+    runtime.spawn(serve(listener, Arc::clone(&metrics), Arc::clone(&readiness)));
+
+    let mut opts = SessionOptions::new();
+    opts.netns.clone_from(&args.netns);
+    opts.tc_mode = args.tc_mode.as_deref().map(|m| match m {
+        "clsact" => TcMode::Clsact,
+        _ => TcMode::Tcx,
+    });
+    opts.observer = Some(metrics.clone());
+    let session = Session::start(&opts)?;
+    let attached = &session.attachments;
+    let gauges = &metrics.session;
+    gauges
+        .hooks_tc
+        .store(attached.tc.len() as u64, Ordering::Relaxed);
+    gauges
+        .hooks_netfilter
+        .store(attached.netfilter_links as u64, Ordering::Relaxed);
+    gauges
+        .hooks_tracepoint
+        .store(attached.tracepoints.len() as u64, Ordering::Relaxed);
+    let mut status = vec![format!(
+        "ready: node {node_name}: {} tc hooks, {} netfilter links, {} tracepoints",
+        attached.tc.len(),
+        attached.netfilter_links,
+        attached.tracepoints.len()
+    )];
+    status.push(
+        "mode: full tracer (every packet through the ring buffer; the aggregated low-cost mode is not built yet)"
+            .to_owned(),
+    );
+    status.extend(notes);
+    status.extend(attached.notes.iter().map(|n| format!("degraded: {n}")));
+    for line in &status {
+        eprintln!("hoptrace agent: {line}");
+    }
+    eprintln!(
+        "hoptrace agent: serving http://{}/metrics; SIGTERM or Ctrl-C stops",
+        args.metrics_addr
+    );
+    readiness.set_ready(status.join("\n") + "\n");
+
+    let mut last_refresh = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(TICK);
+        if let Some(counters) = session.counters() {
+            gauges
+                .events_lost
+                .store(lost_events(&counters), Ordering::Relaxed);
+        }
+        if last_refresh.elapsed() >= NETNS_REFRESH {
+            netns_names.refresh();
+            last_refresh = Instant::now();
+        }
+    }
+    readiness.set_not_ready("stopping: detaching every hook\n".into());
+    session.stop()?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("hoptrace agent: stopped; every hook detached");
+    Ok(0)
+}
