@@ -787,9 +787,11 @@ mod tests {
         drop(listener);
     }
 
-    /// Loopback measurement of the load generator against the builtin backend:
-    /// prints the achieved rate and latency. Run with
-    /// `cargo test -p hoptrace-lab --lib -- --ignored --nocapture loopback_rate`.
+    /// Loopback measurement of the load generator against the builtin backend
+    /// (both on the test's two-worker runtime): prints the achieved rate and
+    /// latency. Run with `cargo test [--release] -p hoptrace-lab --lib --
+    /// --ignored --nocapture --test-threads=1 loopback_rate`; the lab's
+    /// binary is a release build, so `--release` gives its figures.
     fn measure(mode: LoadMode, connections: usize, rate: f64) -> LoadResult {
         let rt = runtime();
         let LoopbackHttp { addr, stop, .. } = start_http(&rt, None);

@@ -574,6 +574,29 @@ mod tests {
         let _ = stop.send(());
     }
 
+    #[test]
+    fn a_client_that_half_closes_still_gets_its_answer() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("write");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).expect("read until close");
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+    }
+
     /// A request for the lab's HTTP client helpers.
     fn get(addr: SocketAddr, close: bool) -> Request<Full<Bytes>> {
         let mut builder = Request::get("/").header(header::HOST, addr.to_string());
