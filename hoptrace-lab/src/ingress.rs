@@ -1,13 +1,13 @@
 //! Ingress proxies for the lab: a proxy "pod" in front of the backend.
 //!
-//! [`IngressKind::Builtin`] is an in-process tokio HTTP/1.1 reverse proxy with
-//! keep-alive on both sides and a connection pool to the backend. Nginx and
-//! HAProxy run as child processes from a config written into a temp dir (pid
+//! [`IngressKind::Builtin`] is an in-process HTTP/1.1 reverse proxy (hyper on
+//! tokio) with keep-alive on both sides and a connection pool to the backend.
+//! Nginx and HAProxy run as child processes from a config written into a temp dir (pid
 //! file and error log there too, nothing else on disk); the caller starts
 //! them where it wants, e.g. on a thread inside the pod's network namespace
 //! (a forked child inherits the namespace of the thread that forked it).
 
-use std::fmt::Write as _;
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,11 +17,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::servers::{Head, read_body, read_head};
+use crate::servers::{ClientConnection, ClientError, error_response, http1_server, read_body};
 
 /// Most idle backend connections the builtin proxy keeps.
 const MAX_IDLE_BACKEND: usize = 256;
@@ -141,6 +145,18 @@ pub enum IngressError {
 /// Serves the builtin reverse proxy on `listener`, forwarding to `backend`,
 /// until `stop` completes. Must be called inside a tokio runtime; backend
 /// connections are opened by the runtime's threads.
+///
+/// Downstream it is an HTTP/1.1 server (keep-alive, `Connection: close` and
+/// HTTP/1.0 honoured); upstream it keeps up to 256 idle keep-alive
+/// connections to `backend` (connect timeout 3 s). Bodies are buffered
+/// whole (at most 16 MiB each way); hop-by-hop headers are not forwarded.
+/// A request that cannot be forwarded (backend refuses, times out, resets
+/// or answers nonsense) gets `502 Bad Gateway` with `Connection: close`; a
+/// request body that cannot be read gets `400 Bad Request`.
+///
+/// # Errors
+/// [`IngressError::Socket`] when the listener cannot be made non-blocking
+/// or registered with the runtime.
 pub async fn serve_builtin_proxy(
     listener: std::net::TcpListener,
     backend: SocketAddr,
@@ -153,25 +169,125 @@ pub async fn serve_builtin_proxy(
     crate::servers::accept_connections(listener, stop, move |client| {
         let pool = Arc::clone(&pool);
         async move {
-            let _ = proxy_connection(client, &pool).await;
+            let service = hyper::service::service_fn(move |request| {
+                let pool = Arc::clone(&pool);
+                async move { Ok::<_, Infallible>(pool.forward(request).await) }
+            });
+            let _ = http1_server()
+                .serve_connection(TokioIo::new(client), service)
+                .await;
         }
     })
     .await
     .map_err(IngressError::Socket)
 }
 
+/// Why a request could not be forwarded (answered with 502).
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    /// The backend did not accept a connection within the connect timeout.
+    #[error("connecting to the backend timed out")]
+    ConnectTimeout,
+    /// Connecting to the backend failed.
+    #[error("cannot connect to the backend: {0}")]
+    Connect(#[source] io::Error),
+    /// The exchange with the backend failed.
+    #[error("backend exchange failed: {0}")]
+    Exchange(#[source] ClientError),
+}
+
+/// The parts of a request to replay on a second backend connection.
+struct Forward {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Forward {
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
 /// Idle keep-alive connections to the backend.
 struct BackendPool {
     backend: SocketAddr,
-    idle: Mutex<Vec<BufReader<TcpStream>>>,
+    idle: Mutex<Vec<ClientConnection>>,
 }
 
 impl BackendPool {
-    fn take_idle(&self) -> Option<BufReader<TcpStream>> {
-        self.idle.lock().ok()?.pop()
+    /// Forwards one downstream request and turns the backend's reply (or
+    /// the failure to get one) into the downstream response.
+    async fn forward(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = request.into_parts();
+        let Ok(body) = read_body(body).await else {
+            return error_response(StatusCode::BAD_REQUEST);
+        };
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        if !headers.contains_key(header::HOST) {
+            // HTTP/1.0 clients may leave it out; HTTP/1.1 needs it.
+            if let Ok(host) = HeaderValue::from_str(&self.backend.to_string()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        let forward = Forward {
+            method: parts.method,
+            uri: parts.uri,
+            headers,
+            body,
+        };
+        match self.exchange(&forward).await {
+            Ok(reply) => {
+                let (mut parts, body) = reply.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Full::new(body))
+            }
+            Err(_) => error_response(StatusCode::BAD_GATEWAY),
+        }
     }
 
-    fn put_idle(&self, connection: BufReader<TcpStream>) {
+    /// Sends the request on a pooled connection when there is one, else on a
+    /// new one; a pooled connection that fails (the backend may have closed
+    /// it meanwhile) is dropped and the request retried once on a new one.
+    async fn exchange(&self, forward: &Forward) -> Result<Response<Bytes>, UpstreamError> {
+        if let Some(mut connection) = self.take_idle()
+            && let Ok(reply) = connection.exchange(forward.request()).await
+        {
+            self.put_idle(connection);
+            return Ok(reply);
+        }
+        let mut connection = self.connect().await?;
+        let reply = connection
+            .exchange(forward.request())
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        self.put_idle(connection);
+        Ok(reply)
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<ClientConnection> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(connection) = idle.pop() {
+            if !connection.sender.is_closed() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    /// Keeps `connection` for later unless it is closing or the pool is full.
+    /// One whose reply ended it (`Connection: close`) is found closed later.
+    fn put_idle(&self, connection: ClientConnection) {
+        if connection.sender.is_closed() {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE_BACKEND
         {
@@ -179,110 +295,44 @@ impl BackendPool {
         }
     }
 
-    async fn connect(&self) -> io::Result<BufReader<TcpStream>> {
+    async fn connect(&self) -> Result<ClientConnection, UpstreamError> {
         let stream =
             tokio::time::timeout(BACKEND_CONNECT_TIMEOUT, TcpStream::connect(self.backend))
                 .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "backend connect timed out")
-                })??;
-        stream.set_nodelay(true)?;
-        Ok(BufReader::new(stream))
-    }
-
-    /// Sends one request and reads the reply, on a pooled connection when
-    /// there is one. A pooled connection the backend has closed meanwhile is
-    /// retried once on a fresh one.
-    async fn exchange(&self, request: &[u8]) -> io::Result<(Head, Vec<u8>)> {
-        if let Some(mut connection) = self.take_idle()
-            && let Ok(reply) = self.exchange_on(&mut connection, request).await
-        {
-            self.keep_if_reusable(connection, &reply.0);
-            return Ok(reply);
-        }
-        let mut connection = self.connect().await?;
-        let reply = self.exchange_on(&mut connection, request).await?;
-        self.keep_if_reusable(connection, &reply.0);
-        Ok(reply)
-    }
-
-    fn keep_if_reusable(&self, connection: BufReader<TcpStream>, head: &Head) {
-        if !head.wants_close() {
-            self.put_idle(connection);
-        }
-    }
-
-    async fn exchange_on(
-        &self,
-        connection: &mut BufReader<TcpStream>,
-        request: &[u8],
-    ) -> io::Result<(Head, Vec<u8>)> {
-        connection.get_mut().write_all(request).await?;
-        let head = read_head(connection)
-            .await?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "backend closed"))?;
-        let body = read_body(connection, head.content_length()?).await?;
-        Ok((head, body))
+                .map_err(|_| UpstreamError::ConnectTimeout)?
+                .map_err(UpstreamError::Connect)?;
+        ClientConnection::start(stream)
+            .await
+            .map_err(UpstreamError::Exchange)
     }
 }
 
-/// Headers that describe one hop and are not forwarded.
-fn is_hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-    ]
-    .iter()
-    .any(|hop| name.eq_ignore_ascii_case(hop))
-}
-
-/// Serialises `head` for the next hop with our own `Connection` header.
-pub(crate) fn rewrite_head(head: &Head, close: bool) -> Vec<u8> {
-    let mut out = String::with_capacity(256);
-    out.push_str(&head.start_line);
-    out.push_str("\r\n");
-    for (name, value) in &head.headers {
-        if !is_hop_by_hop(name) {
-            let _ = write!(out, "{name}: {value}\r\n");
-        }
+/// Removes the headers that describe one hop (RFC 9110 §7.6.1): the
+/// `Connection` header and every header it names, `Keep-Alive`,
+/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`.
+/// Each hop frames bodies and decides about keep-alive on its own.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
-    out.push_str(if close {
-        "Connection: close\r\n\r\n"
-    } else {
-        "Connection: keep-alive\r\n\r\n"
-    });
-    out.into_bytes()
-}
-
-async fn proxy_connection(client: TcpStream, pool: &BackendPool) -> io::Result<()> {
-    let mut client = BufReader::new(client);
-    while let Some(head) = read_head(&mut client).await? {
-        let body = read_body(&mut client, head.content_length()?).await?;
-        let client_close = head.wants_close();
-        let mut request = rewrite_head(&head, false);
-        request.extend_from_slice(&body);
-        match pool.exchange(&request).await {
-            Ok((reply_head, reply_body)) => {
-                let mut reply = rewrite_head(&reply_head, client_close);
-                reply.extend_from_slice(&reply_body);
-                client.get_mut().write_all(&reply).await?;
-            }
-            Err(_) => {
-                client
-                    .get_mut()
-                    .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await?;
-                return client.get_mut().shutdown().await;
-            }
-        }
-        if client_close {
-            return client.get_mut().shutdown().await;
-        }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
     }
-    Ok(())
 }
 
 /// Finds an executable named `tool` in `PATH`, `/usr/sbin` or `/sbin`.
@@ -647,26 +697,22 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_head_replaces_hop_by_hop_headers() {
-        let head = Head {
-            start_line: "GET / HTTP/1.1".to_owned(),
-            headers: vec![
-                ("Host".to_owned(), "x".to_owned()),
-                ("Connection".to_owned(), "close".to_owned()),
-                ("Keep-Alive".to_owned(), "timeout=5".to_owned()),
-                ("Content-Length".to_owned(), "0".to_owned()),
-            ],
-        };
-        let text = String::from_utf8(rewrite_head(&head, false)).unwrap();
-        assert_eq!(
-            text,
-            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("x"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close, X-Hop"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
         );
-        assert!(
-            String::from_utf8(rewrite_head(&head, true))
-                .unwrap()
-                .ends_with("Connection: close\r\n\r\n")
-        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "host"]);
+        assert_eq!(headers[header::HOST], "x");
     }
 
     #[test]
@@ -736,6 +782,162 @@ mod tests {
         client.read_to_string(&mut reply).expect("read");
         assert!(reply.starts_with("HTTP/1.1 502"), "{reply}");
         let _ = stop_tx.send(());
+    }
+
+    /// Sends `raw` on a new connection to `addr` and reads until it closes
+    /// (at most 5 s).
+    fn exchange_until_close(addr: SocketAddr, raw: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        client.write_all(raw).expect("write");
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).expect("read until close");
+        String::from_utf8(reply).expect("utf8")
+    }
+
+    /// The builtin proxy on a loopback port in front of `backend`.
+    fn start_proxy(
+        rt: &tokio::runtime::Runtime,
+        backend: SocketAddr,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(serve_builtin_proxy(listener, backend, async {
+            let _ = stop_rx.await;
+        }));
+        (proxy, stop_tx)
+    }
+
+    #[test]
+    fn builtin_proxy_reuses_backend_connections_across_client_connections() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr: backend,
+            stats,
+            stop: stop_backend,
+            ..
+        } = start_http(&rt, None);
+        let (proxy, stop_proxy) = start_proxy(&rt, backend);
+        // Five clients one after another, each closing its connection: the
+        // `close` is the client's hop only, the backend connection stays.
+        for _ in 0..5 {
+            let reply = exchange_until_close(
+                proxy,
+                b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            );
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+            assert!(reply.contains("Connection: close\r\n"), "{reply}");
+            assert!(reply.ends_with(std::str::from_utf8(crate::servers::HTTP_BODY).unwrap()));
+        }
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            stats.accepted.load(Ordering::Relaxed),
+            1,
+            "one pooled backend connection"
+        );
+        let _ = stop_proxy.send(());
+        let _ = stop_backend.send(());
+    }
+
+    /// A backend on loopback that, for each of up to `connections`
+    /// connections, reads one request head and answers it with `reply` (or
+    /// nothing when empty), then closes. It stops accepting after 10 s.
+    /// Returns its address and the accept count.
+    fn scripted_backend(
+        connections: usize,
+        reply: &'static [u8],
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut served = 0;
+            while served < connections && Instant::now() < deadline {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                served += 1;
+                count.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(reply);
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[test]
+    fn builtin_proxy_answers_502_when_the_backend_fails_the_exchange() {
+        let rt = runtime();
+        for reply in [&b""[..], b"this is not HTTP\r\n\r\n"] {
+            // Accepts, then closes without an answer / answers garbage.
+            let (backend, accepted) = scripted_backend(1, reply);
+            let (proxy, stop_proxy) = start_proxy(&rt, backend);
+            let reply_text = exchange_until_close(proxy, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(reply_text.starts_with("HTTP/1.1 502"), "{reply_text}");
+            assert!(reply_text.contains("Connection: close\r\n"), "{reply_text}");
+            assert_eq!(accepted.load(Ordering::Relaxed), 1);
+            let _ = stop_proxy.send(());
+        }
+    }
+
+    #[test]
+    fn builtin_proxy_replaces_connections_the_backend_closed() {
+        let rt = runtime();
+        // Answers as if keeping the connection alive, but closes it after
+        // every reply: each pooled connection goes stale.
+        let (backend, accepted) =
+            scripted_backend(3, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let (proxy, stop_proxy) = start_proxy(&rt, backend);
+        let spec = LoadSpec {
+            mode: LoadMode::HttpKeepAlive,
+            connections: 1,
+            rate: 10.0,
+            duration: Duration::from_millis(300),
+            ..LoadSpec::default()
+        };
+        let result = rt.block_on(run_load(&spec, proxy, None)).expect("load");
+        assert_eq!(result.ok, 3, "{result:?}");
+        assert_eq!(accepted.load(Ordering::Relaxed), 3);
+        let _ = stop_proxy.send(());
+    }
+
+    #[test]
+    fn builtin_proxy_forwards_backend_statuses_and_bodies() {
+        let rt = runtime();
+        let (backend, _) = scripted_backend(
+            1,
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nX-From: backend\r\n\r\nbusy",
+        );
+        let (proxy, stop_proxy) = start_proxy(&rt, backend);
+        let reply = exchange_until_close(
+            proxy,
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert!(
+            reply.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{reply}"
+        );
+        assert!(reply.contains("X-From: backend\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nbusy"), "{reply}");
+        let _ = stop_proxy.send(());
     }
 
     /// Runs nginx or haproxy on loopback in front of the builtin backend, if installed.

@@ -19,12 +19,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Uri};
 use serde::Serialize;
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::Instant;
 
-use crate::servers::{MAX_DATAGRAM, read_body, read_head};
+use crate::servers::{ClientConnection, MAX_DATAGRAM, closes_after};
 
 /// Highest latency the histogram tracks, in µs (one hour).
 const MAX_TRACKED_US: u64 = 3_600_000_000;
@@ -136,6 +139,9 @@ pub enum LoadError {
     /// The schedule would not contain a single request.
     #[error("rate × duration gives no request to send")]
     EmptySchedule,
+    /// The HTTP path is not an origin-form request target (`/path?query`).
+    #[error("HTTP path {0:?} is not a request target of the form /path?query")]
+    BadPath(String),
 }
 
 /// Client-side latency summary and distribution, the report's `lab.client_latency`.
@@ -223,7 +229,12 @@ pub struct LoadResult {
 /// Must be called inside a tokio runtime; a multi-threaded one spreads the
 /// workers over its threads. Sockets are created by the calling runtime's
 /// threads, so run it on a runtime whose threads are in the wanted network
-/// namespace (or address a target reachable from there).
+/// namespace (or address a target reachable from there). Ends at the latest
+/// `spec.request_timeout` after the last intended send time.
+///
+/// # Errors
+/// [`LoadError`] when `spec` is invalid (nothing is sent then); failed or
+/// late requests are counted in the result, not returned as errors.
 pub async fn run_load(
     spec: &LoadSpec,
     target: SocketAddr,
@@ -242,6 +253,7 @@ pub async fn run_load(
     if scheduled == 0 {
         return Err(LoadError::EmptySchedule);
     }
+    let http = HttpTarget::new(&spec.http_path, target)?;
     if let Some(bar) = progress {
         bar.set_length(scheduled);
         bar.set_position(0);
@@ -249,6 +261,7 @@ pub async fn run_load(
     let shared = Arc::new(Shared {
         spec: spec.clone(),
         target,
+        http,
         scheduled,
         start: Instant::now() + WARMUP,
         completed: AtomicU64::new(0),
@@ -299,6 +312,7 @@ pub async fn run_load(
 struct Shared {
     spec: LoadSpec,
     target: SocketAddr,
+    http: HttpTarget,
     scheduled: u64,
     start: Instant,
     completed: AtomicU64,
@@ -331,19 +345,61 @@ impl Tally {
     }
 }
 
+/// What every HTTP request of a run carries: its target and `Host` header.
+struct HttpTarget {
+    uri: Uri,
+    host: HeaderValue,
+}
+
+impl HttpTarget {
+    fn new(path: &str, target: SocketAddr) -> Result<Self, LoadError> {
+        let bad_path = || LoadError::BadPath(path.to_owned());
+        let uri: Uri = path.parse().map_err(|_| bad_path())?;
+        if !path.starts_with('/') || uri.scheme().is_some() {
+            return Err(bad_path());
+        }
+        let host = HeaderValue::from_str(&target.to_string())
+            .expect("a socket address is a valid header value");
+        Ok(Self { uri, host })
+    }
+
+    /// A `GET` with `Connection: keep-alive` or `close`.
+    fn request(&self, close: bool) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::default());
+        *request.uri_mut() = self.uri.clone();
+        let headers = request.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("hoptrace-loadgen"),
+        );
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(if close { "close" } else { "keep-alive" }),
+        );
+        request
+    }
+}
+
 /// A worker's open connection or socket.
 enum Channel {
-    Http(BufReader<TcpStream>),
+    Http(ClientConnection),
     Udp(UdpSocket),
 }
 
-enum RequestError {
-    Failed,
+/// A request that failed before its deadline (connect error, reset, bad
+/// status, bad reply); the details do not matter to the count.
+struct RequestFailed;
+
+impl From<io::Error> for RequestFailed {
+    fn from(_: io::Error) -> Self {
+        RequestFailed
+    }
 }
 
-impl From<io::Error> for RequestError {
-    fn from(_: io::Error) -> Self {
-        RequestError::Failed
+impl From<crate::servers::ClientError> for RequestFailed {
+    fn from(_: crate::servers::ClientError) -> Self {
+        RequestFailed
     }
 }
 
@@ -367,12 +423,9 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
         let outcome = if Instant::now() >= deadline {
             None
         } else {
-            tokio::time::timeout_at(
-                deadline,
-                request(spec, shared.target, &mut channel, sequence),
-            )
-            .await
-            .ok()
+            tokio::time::timeout_at(deadline, request(&shared, &mut channel, sequence))
+                .await
+                .ok()
         };
         match outcome {
             Some(Ok(())) => {
@@ -382,7 +435,7 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
                     .saturating_record(latency_us.min(MAX_TRACKED_US));
                 tally.ok += 1;
             }
-            Some(Err(RequestError::Failed)) => {
+            Some(Err(RequestFailed)) => {
                 channel = None;
                 tally.errors += 1;
             }
@@ -398,12 +451,11 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
     tally
 }
 
-async fn open(mode: LoadMode, target: SocketAddr) -> io::Result<Channel> {
+async fn open(mode: LoadMode, target: SocketAddr) -> Result<Channel, RequestFailed> {
     match mode {
         LoadMode::HttpKeepAlive | LoadMode::HttpNewConnection => {
             let stream = TcpStream::connect(target).await?;
-            stream.set_nodelay(true)?;
-            Ok(Channel::Http(BufReader::new(stream)))
+            Ok(Channel::Http(ClientConnection::start(stream).await?))
         }
         LoadMode::Udp => {
             let local: SocketAddr = if target.is_ipv4() {
@@ -419,40 +471,36 @@ async fn open(mode: LoadMode, target: SocketAddr) -> io::Result<Channel> {
 }
 
 async fn request(
-    spec: &LoadSpec,
-    target: SocketAddr,
+    shared: &Shared,
     channel: &mut Option<Channel>,
     sequence: u64,
-) -> Result<(), RequestError> {
+) -> Result<(), RequestFailed> {
+    let spec = &shared.spec;
     let new_connection = spec.mode == LoadMode::HttpNewConnection;
+    // A keep-alive connection the server has closed since is replaced first.
+    if let Some(Channel::Http(connection)) = channel.as_ref()
+        && connection.sender.is_closed()
+    {
+        *channel = None;
+    }
     if new_connection || channel.is_none() {
-        *channel = Some(open(spec.mode, target).await?);
+        *channel = Some(open(spec.mode, shared.target).await?);
     }
     let Some(open_channel) = channel.as_mut() else {
-        return Err(RequestError::Failed);
+        return Err(RequestFailed);
     };
     match open_channel {
-        Channel::Http(stream) => {
-            let connection = if new_connection {
-                "close"
-            } else {
-                "keep-alive"
-            };
-            let request = format!(
-                "GET {} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: hoptrace-loadgen\r\nConnection: {connection}\r\n\r\n",
-                spec.http_path
-            );
-            stream.get_mut().write_all(request.as_bytes()).await?;
-            let head = read_head(stream).await?.ok_or(RequestError::Failed)?;
-            let status = head.status().ok_or(RequestError::Failed)?;
-            read_body(stream, head.content_length()?).await?;
-            if new_connection || head.wants_close() {
+        Channel::Http(connection) => {
+            let response = connection
+                .exchange(shared.http.request(new_connection))
+                .await?;
+            if new_connection || closes_after(response.version(), response.headers()) {
                 *channel = None;
             }
-            if (200..300).contains(&status) {
+            if response.status().is_success() {
                 Ok(())
             } else {
-                Err(RequestError::Failed)
+                Err(RequestFailed)
             }
         }
         Channel::Udp(socket) => {
@@ -468,7 +516,7 @@ async fn request(
                     return if received == len {
                         Ok(())
                     } else {
-                        Err(RequestError::Failed)
+                        Err(RequestFailed)
                     };
                 }
             }
@@ -663,5 +711,128 @@ mod tests {
         assert!(result.timeouts > 0);
         assert!(result.client_latency.histogram.is_empty());
         drop(listener);
+    }
+
+    #[test]
+    fn rejects_a_bad_http_path() {
+        let rt = runtime();
+        let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for path in ["no-slash", "/with space", "http://elsewhere/", ""] {
+            let spec = LoadSpec {
+                http_path: path.to_owned(),
+                ..LoadSpec::default()
+            };
+            assert_eq!(
+                rt.block_on(run_load(&spec, target, None)).err(),
+                Some(LoadError::BadPath(path.to_owned())),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_statuses_count_as_errors_and_keep_alive_reconnects() {
+        // The builtin proxy in front of a closed port answers every request
+        // 502 with `Connection: close`.
+        let rt = runtime();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead_backend = dead.local_addr().expect("addr");
+        drop(dead);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        rt.spawn(crate::ingress::serve_builtin_proxy(
+            listener,
+            dead_backend,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let spec = LoadSpec {
+            mode: LoadMode::HttpKeepAlive,
+            connections: 2,
+            rate: 100.0,
+            duration: Duration::from_millis(300),
+            ..LoadSpec::default()
+        };
+        let result = rt.block_on(run_load(&spec, proxy, None)).expect("load");
+        assert_eq!(result.ok, 0, "{result:?}");
+        assert_eq!(result.errors, 30, "{result:?}");
+        assert_eq!(result.timeouts, 0, "{result:?}");
+        assert!(result.client_latency.histogram.is_empty());
+        let _ = stop_tx.send(());
+    }
+
+    #[test]
+    fn timeouts_run_from_the_intended_send_time() {
+        // One worker, 50 requests 10 ms apart, 100 ms timeout, a server that
+        // never answers. Counted from the intended time, every request has
+        // expired 100 ms after it was due and the run ends ~0.6 s in; counted
+        // from each actual send, the requests would queue 100 ms each (5 s).
+        let rt = runtime();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let spec = LoadSpec {
+            mode: LoadMode::HttpKeepAlive,
+            connections: 1,
+            rate: 100.0,
+            duration: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(100),
+            ..LoadSpec::default()
+        };
+        let result = rt.block_on(run_load(&spec, addr, None)).expect("load");
+        assert_eq!(result.timeouts + result.errors, 50, "{result:?}");
+        assert!(result.timeouts > 0);
+        assert!(result.elapsed_s < 1.5, "elapsed {} s", result.elapsed_s);
+        drop(listener);
+    }
+
+    /// Loopback measurement of the load generator against the builtin backend
+    /// (both on the test's two-worker runtime): prints the achieved rate and
+    /// latency. Run with `cargo test [--release] -p hoptrace-lab --lib --
+    /// --ignored --nocapture --test-threads=1 loopback_rate`; the lab's
+    /// binary is a release build, so `--release` gives its figures.
+    fn measure(mode: LoadMode, connections: usize, rate: f64) -> LoadResult {
+        let rt = runtime();
+        let LoopbackHttp { addr, stop, .. } = start_http(&rt, None);
+        let spec = LoadSpec {
+            mode,
+            connections,
+            rate,
+            duration: Duration::from_secs(2),
+            ..LoadSpec::default()
+        };
+        let result = rt.block_on(run_load(&spec, addr, None)).expect("load");
+        let latency = &result.client_latency;
+        println!(
+            "{mode} x{connections} @ {rate} req/s: scheduled {} ok {} errors {} timeouts {} achieved {:.1} req/s, p50 {} µs, p90 {} µs, p99 {} µs, max {} µs",
+            result.scheduled,
+            result.ok,
+            result.errors,
+            result.timeouts,
+            result.achieved_rate,
+            latency.p50_us,
+            latency.p90_us,
+            latency.p99_us,
+            latency.max_us
+        );
+        let _ = stop.send(());
+        result
+    }
+
+    #[test]
+    #[ignore = "measurement on loopback; prints figures"]
+    fn loopback_rate_keep_alive_2000() {
+        let result = measure(LoadMode::HttpKeepAlive, 4, 2000.0);
+        assert_eq!(result.ok, result.scheduled, "{result:?}");
+        assert!(result.achieved_rate >= 1900.0, "{}", result.achieved_rate);
+    }
+
+    #[test]
+    #[ignore = "measurement on loopback; prints figures"]
+    fn loopback_rate_new_connection_1000() {
+        let result = measure(LoadMode::HttpNewConnection, 4, 1000.0);
+        assert_eq!(result.ok, result.scheduled, "{result:?}");
+        assert!(result.achieved_rate >= 950.0, "{}", result.achieved_rate);
     }
 }

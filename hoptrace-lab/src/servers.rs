@@ -3,10 +3,11 @@
 //! Both take an already-bound std socket, so the caller decides which network
 //! namespace they live in: a socket created on a thread that has `setns`'d into
 //! a namespace belongs to that namespace, whatever thread serves it later.
-//! The small HTTP/1.1 message reader used here is shared with the load
-//! generator and the builtin ingress proxy (`Content-Length` bodies only; no
-//! chunked transfer coding).
+//! HTTP/1.1 is spoken by hyper; the connection settings and the client-side
+//! connection helper here are shared with the load generator and the builtin
+//! ingress proxy, so all three agree on limits and header style.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,11 +28,11 @@ use tokio::task::JoinSet;
 /// Body of every response of the builtin HTTP backend.
 pub const HTTP_BODY: &[u8] = b"hoptrace backend ok\n";
 
-/// Largest request or response head (start line plus headers) we accept.
-const MAX_HEAD_BYTES: u64 = 64 * 1024;
-/// Largest body we accept in either direction.
-const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-/// Largest UDP datagram we handle.
+/// Largest request or response head (start line plus headers) we accept, bytes.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest body we accept in either direction, bytes.
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest UDP datagram we handle, bytes.
 pub(crate) const MAX_DATAGRAM: usize = 65_536;
 
 /// Errors of the lab servers.
@@ -59,7 +65,8 @@ pub enum ServeError {
 pub struct ServerStats {
     /// TCP connections accepted.
     pub accepted: AtomicU64,
-    /// Requests (HTTP) or datagrams (UDP) answered.
+    /// Requests (HTTP: counted when the response is handed to the connection
+    /// for writing) or datagrams (UDP: counted once sent) answered.
     pub requests: AtomicU64,
 }
 
@@ -76,7 +83,13 @@ pub struct HttpServerConfig {
 /// Serves the builtin HTTP/1.1 backend on `listener` until `stop` completes.
 ///
 /// Keep-alive by default; honours `Connection: close` and HTTP/1.0. Every path
-/// gets `200 OK` with [`HTTP_BODY`]. Must be called inside a tokio runtime.
+/// gets `200 OK` with [`HTTP_BODY`]; request bodies (`Content-Length` or
+/// chunked, at most 16 MiB) are read and discarded. Must be called inside a
+/// tokio runtime; open connections are dropped when `stop` completes.
+///
+/// # Errors
+/// [`ServeError::Socket`] when the listener cannot be made non-blocking or
+/// registered with the runtime.
 pub async fn serve_http(
     listener: std::net::TcpListener,
     stop: impl Future<Output = ()>,
@@ -85,25 +98,202 @@ pub async fn serve_http(
 }
 
 /// [`serve_http`] with counters and fault injection.
+///
+/// # Errors
+/// As [`serve_http`].
 pub async fn serve_http_with(
     listener: std::net::TcpListener,
     config: HttpServerConfig,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let request_counter = Arc::new(AtomicU64::new(0));
-    let config = Arc::new(config);
+    let backend = Arc::new(HttpBackend {
+        config,
+        next_request: AtomicU64::new(0),
+    });
     accept_connections(listener, stop, move |stream| {
-        if let Some(stats) = &config.stats {
+        if let Some(stats) = &backend.config.stats {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
         }
-        let config = Arc::clone(&config);
-        let counter = Arc::clone(&request_counter);
+        let backend = Arc::clone(&backend);
         async move {
-            let _ = serve_http_connection(stream, &config, &counter).await;
+            let service = hyper::service::service_fn(move |request| {
+                let backend = Arc::clone(&backend);
+                async move { Ok::<_, Infallible>(backend.answer(request).await) }
+            });
+            // A connection error (peer reset, malformed request: hyper has
+            // already answered 400 where it could) ends this connection only.
+            let _ = http1_server()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
     })
     .await
     .map_err(ServeError::Socket)
+}
+
+/// State of one running builtin backend, shared by its connections.
+struct HttpBackend {
+    config: HttpServerConfig,
+    /// Index of the next request over all connections (for `stall_once`).
+    next_request: AtomicU64,
+}
+
+impl HttpBackend {
+    async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if read_body(request.into_body()).await.is_err() {
+            // Cut short or too large: say so and end the connection.
+            return error_response(StatusCode::BAD_REQUEST);
+        }
+        let index = self.next_request.fetch_add(1, Ordering::Relaxed);
+        if let Some((stall_index, stall)) = self.config.stall_once
+            && stall_index == index
+        {
+            tokio::time::sleep(stall).await;
+        }
+        let mut response = Response::new(Full::new(Bytes::from_static(HTTP_BODY)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if let Some(stats) = &self.config.stats {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        response
+    }
+}
+
+/// The server side of every lab HTTP/1.1 connection: keep-alive, 64 KiB
+/// heads, header names written in title case (`Content-Length`), as the
+/// lab's peers (and its tests) read them on the wire. No header read
+/// timeout: that needs a timer, and the lab's clients idle between requests.
+pub(crate) fn http1_server() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .title_case_headers(true)
+        .max_header_size(MAX_HEAD_BYTES);
+    builder
+}
+
+/// Reads a whole message body (at most [`MAX_BODY_BYTES`]).
+pub(crate) async fn read_body<B>(body: B) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Ok(Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(BodyError)?
+        .to_bytes())
+}
+
+/// A body that could not be read whole: cut short, malformed or larger than
+/// [`MAX_BODY_BYTES`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the message body: {0}")]
+pub(crate) struct BodyError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+/// An answer without body that ends the connection (`Connection: close`).
+pub(crate) fn error_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Whether the `Connection` header lists `token` (case-insensitive).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether the connection ends after a message with this version and these
+/// headers: `Connection: close`, or HTTP/1.0 without `Connection: keep-alive`.
+pub(crate) fn closes_after(version: Version, headers: &HeaderMap) -> bool {
+    connection_has(headers, "close")
+        || (version <= Version::HTTP_10 && !connection_has(headers, "keep-alive"))
+}
+
+/// One client HTTP/1.1 connection: the request sender, and the task that
+/// drives the connection, aborted (closing the socket) when this drops.
+pub(crate) struct ClientConnection {
+    /// Sends requests on this connection, one at a time.
+    pub sender: SendRequest<Full<Bytes>>,
+    /// Whether a request was sent on it yet.
+    used: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClientConnection {
+    /// Starts HTTP/1.1 on a connected `stream` (TCP_NODELAY set here). The
+    /// connection is driven by a task on the current runtime.
+    pub async fn start(stream: TcpStream) -> Result<Self, ClientError> {
+        stream.set_nodelay(true).map_err(ClientError::Io)?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .max_header_size(MAX_HEAD_BYTES)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Http)?;
+        let task = tokio::spawn(async move {
+            // The outcome reaches the sender as the error of a request.
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            used: false,
+            task,
+        })
+    }
+
+    /// Sends `request` once the connection is free and reads the whole
+    /// response (body at most [`MAX_BODY_BYTES`]).
+    pub async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Bytes>, ClientError> {
+        // hyper takes the first request before the connection task has run
+        // (saving a task switch per new connection); later ones wait until
+        // the previous exchange is finished on the wire.
+        if self.used {
+            self.sender.ready().await.map_err(ClientError::Http)?;
+        }
+        self.used = true;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(ClientError::Http)?;
+        let (parts, body) = response.into_parts();
+        let body = read_body(body).await.map_err(ClientError::Body)?;
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Failures of a [`ClientConnection`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// Connecting or configuring the socket failed.
+    #[error("connection: {0}")]
+    Io(#[source] io::Error),
+    /// The connection failed or closed before a complete response head.
+    #[error("HTTP: {0}")]
+    Http(#[source] hyper::Error),
+    /// The response body could not be read whole.
+    #[error(transparent)]
+    Body(BodyError),
 }
 
 /// Accepts TCP connections on `listener` (a bound std listener, so it stays
@@ -140,45 +330,12 @@ where
     }
 }
 
-async fn serve_http_connection(
-    stream: TcpStream,
-    config: &HttpServerConfig,
-    counter: &AtomicU64,
-) -> io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    while let Some(head) = read_head(&mut stream).await? {
-        discard_body(&mut stream, head.content_length()?).await?;
-        let index = counter.fetch_add(1, Ordering::Relaxed);
-        if let Some((stall_index, stall)) = config.stall_once
-            && stall_index == index
-        {
-            tokio::time::sleep(stall).await;
-        }
-        let close = head.wants_close();
-        let mut response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n",
-            HTTP_BODY.len()
-        )
-        .into_bytes();
-        if close {
-            response.extend_from_slice(b"Connection: close\r\n");
-        }
-        response.extend_from_slice(b"\r\n");
-        response.extend_from_slice(HTTP_BODY);
-        stream.get_mut().write_all(&response).await?;
-        if let Some(stats) = &config.stats {
-            stats.requests.fetch_add(1, Ordering::Relaxed);
-        }
-        if close {
-            stream.get_mut().shutdown().await?;
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
 /// Answers every datagram on `socket` with the same bytes, until `stop`.
 /// Must be called inside a tokio runtime.
+///
+/// # Errors
+/// [`ServeError::Socket`] when the socket cannot be made non-blocking or
+/// registered with the runtime.
 pub async fn serve_udp(
     socket: std::net::UdpSocket,
     stop: impl Future<Output = ()>,
@@ -187,6 +344,9 @@ pub async fn serve_udp(
 }
 
 /// [`serve_udp`] that counts answered datagrams in `stats`.
+///
+/// # Errors
+/// As [`serve_udp`].
 pub async fn serve_udp_with(
     socket: std::net::UdpSocket,
     stats: Option<Arc<ServerStats>>,
@@ -327,143 +487,6 @@ pub fn start_backend(
     Ok(tasks)
 }
 
-/// Start line and headers of one HTTP/1.x message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Head {
-    /// Request line or status line, without CRLF.
-    pub start_line: String,
-    /// Header fields in order, names as received.
-    pub headers: Vec<(String, String)>,
-}
-
-impl Head {
-    /// First value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
-    /// Body length from `Content-Length`; 0 when absent. Chunked bodies are
-    /// refused (none of our peers send them).
-    pub fn content_length(&self) -> io::Result<usize> {
-        if self
-            .header("transfer-encoding")
-            .is_some_and(|value| !value.eq_ignore_ascii_case("identity"))
-        {
-            return Err(invalid("chunked transfer coding is not supported"));
-        }
-        match self.header("content-length") {
-            None => Ok(0),
-            Some(value) => {
-                let len: usize = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid("bad Content-Length"))?;
-                if len > MAX_BODY_BYTES {
-                    return Err(invalid("body too large"));
-                }
-                Ok(len)
-            }
-        }
-    }
-
-    /// Whether the connection closes after this message: `Connection: close`,
-    /// or HTTP/1.0 without `Connection: keep-alive`.
-    pub fn wants_close(&self) -> bool {
-        let connection = self.header("connection").unwrap_or("");
-        let has = |token: &str| {
-            connection
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        };
-        if has("close") {
-            return true;
-        }
-        self.start_line.contains("HTTP/1.0") && !has("keep-alive")
-    }
-
-    /// Status code of a response head.
-    pub fn status(&self) -> Option<u16> {
-        let mut parts = self.start_line.split_ascii_whitespace();
-        let version = parts.next()?;
-        if !version.starts_with("HTTP/") {
-            return None;
-        }
-        parts.next()?.parse().ok()
-    }
-}
-
-fn invalid(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.to_owned())
-}
-
-/// Reads one message head. `Ok(None)` on a clean end of stream before the
-/// first byte (the peer closed an idle keep-alive connection).
-pub(crate) async fn read_head<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Option<Head>> {
-    let mut limited = reader.take(MAX_HEAD_BYTES);
-    let mut line = Vec::new();
-    let mut start_line = None;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        let read = limited.read_until(b'\n', &mut line).await?;
-        if read == 0 {
-            if start_line.is_none() {
-                return Ok(None);
-            }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed inside a message head",
-            ));
-        }
-        if !line.ends_with(b"\n") {
-            return Err(invalid("message head too large"));
-        }
-        let text = std::str::from_utf8(&line)
-            .map_err(|_| invalid("message head is not UTF-8"))?
-            .trim_end_matches(['\r', '\n']);
-        match &start_line {
-            None if text.is_empty() => continue, // tolerate stray CRLF between messages
-            None => start_line = Some(text.to_owned()),
-            Some(_) if text.is_empty() => break,
-            Some(_) => {
-                let (name, value) = text
-                    .split_once(':')
-                    .ok_or_else(|| invalid("header line without ':'"))?;
-                headers.push((name.trim().to_owned(), value.trim().to_owned()));
-            }
-        }
-    }
-    Ok(Some(Head {
-        start_line: start_line.unwrap_or_default(),
-        headers,
-    }))
-}
-
-/// Reads exactly `len` body bytes.
-pub(crate) async fn read_body<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    len: usize,
-) -> io::Result<Vec<u8>> {
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    Ok(body)
-}
-
-async fn discard_body<R: AsyncBufRead + Unpin>(reader: &mut R, len: usize) -> io::Result<()> {
-    let copied = tokio::io::copy(&mut reader.take(len as u64), &mut tokio::io::sink()).await?;
-    if copied as usize == len {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "body cut short",
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,34 +513,165 @@ mod tests {
         String::from_utf8(data).expect("utf8")
     }
 
-    #[tokio::test]
-    async fn head_parsing_reads_headers_and_close() {
-        let raw =
-            b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Close\r\n\r\nabcGET";
-        let mut reader = BufReader::new(&raw[..]);
-        let head = read_head(&mut reader).await.expect("parse").expect("head");
-        assert_eq!(head.start_line, "GET /x HTTP/1.1");
-        assert_eq!(head.header("HOST"), Some("a"));
-        assert_eq!(head.content_length().expect("len"), 3);
-        assert!(head.wants_close());
-        assert_eq!(read_body(&mut reader, 3).await.expect("body"), b"abc");
-        // The rest is a truncated head: an error, not a panic or a hang.
-        assert!(read_head(&mut reader).await.is_err());
+    /// Writes `raw` to a new connection to `addr` and reads until the
+    /// server closes it (at most 5 s).
+    fn exchange_until_close(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        client.write_all(raw).expect("write");
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).expect("read until close");
+        String::from_utf8(reply).expect("utf8")
     }
 
-    #[tokio::test]
-    async fn head_parsing_edge_cases() {
-        let mut empty = BufReader::new(&b""[..]);
-        assert!(read_head(&mut empty).await.expect("eof").is_none());
-        let mut http10 = BufReader::new(&b"GET / HTTP/1.0\r\n\r\n"[..]);
-        assert!(read_head(&mut http10).await.unwrap().unwrap().wants_close());
-        let mut chunked =
-            BufReader::new(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..]);
-        let head = read_head(&mut chunked).await.unwrap().unwrap();
-        assert_eq!(head.status(), Some(200));
-        assert!(head.content_length().is_err());
-        let mut garbage = BufReader::new(&b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"[..]);
-        assert!(read_head(&mut garbage).await.is_err());
+    #[test]
+    fn body_is_read_close_is_honoured_and_a_truncated_request_is_not_answered() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        // A 3-byte body, `Connection: Close` in another case, then the start
+        // of a second request that never completes.
+        let reply = exchange_until_close(
+            addr,
+            b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: Close\r\n\r\nabcGET",
+        );
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.contains("Connection: close\r\n"), "{reply}");
+        assert!(reply.ends_with(std::str::from_utf8(HTTP_BODY).unwrap()));
+        assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+    }
+
+    #[test]
+    fn http10_chunked_and_malformed_requests() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        // HTTP/1.0 without keep-alive: answered, then closed.
+        let reply = exchange_until_close(addr, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
+        // A chunked body is read, not refused; `close` then ends it.
+        let reply = exchange_until_close(
+            addr,
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        // A header line without ':' is a bad request, and the end of it.
+        let reply = exchange_until_close(addr, b"GET / HTTP/1.1\r\nno colon here\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+        // An oversized head too, with no hang.
+        let mut huge = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES + 1));
+        huge.extend_from_slice(b"\r\n\r\n");
+        let reply = exchange_until_close(addr, &huge);
+        assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 2);
+        let _ = stop.send(());
+    }
+
+    #[test]
+    fn a_client_that_half_closes_still_gets_its_answer() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("write");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).expect("read until close");
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply:?}");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+    }
+
+    /// A request for the lab's HTTP client helpers.
+    fn get(addr: SocketAddr, close: bool) -> Request<Full<Bytes>> {
+        let mut builder = Request::get("/").header(header::HOST, addr.to_string());
+        if close {
+            builder = builder.header(header::CONNECTION, "close");
+        }
+        builder.body(Full::default()).expect("request")
+    }
+
+    #[test]
+    fn client_connection_reuses_one_keep_alive_connection() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        rt.block_on(async {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut connection = ClientConnection::start(stream).await.expect("start");
+            for _ in 0..10 {
+                let response = connection
+                    .exchange(get(addr, false))
+                    .await
+                    .expect("exchange");
+                assert_eq!(response.status(), StatusCode::OK);
+                assert_eq!(response.body().as_ref(), HTTP_BODY);
+                assert!(!closes_after(response.version(), response.headers()));
+            }
+        });
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 1, "one connection");
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 10);
+        let _ = stop.send(());
+    }
+
+    #[test]
+    fn client_connection_close_ends_the_connection() {
+        let rt = runtime();
+        let LoopbackHttp {
+            addr, stats, stop, ..
+        } = start_http(&rt, None);
+        rt.block_on(async {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut connection = ClientConnection::start(stream).await.expect("start");
+            let response = connection
+                .exchange(get(addr, true))
+                .await
+                .expect("exchange");
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(closes_after(response.version(), response.headers()));
+            // The connection is gone: no second request on it.
+            let second = tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.exchange(get(addr, false)),
+            )
+            .await
+            .expect("no hang");
+            assert!(matches!(second, Err(ClientError::Http(_))), "{second:?}");
+        });
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+    }
+
+    #[test]
+    fn connection_tokens_and_versions() {
+        let mut headers = HeaderMap::new();
+        assert!(!closes_after(Version::HTTP_11, &headers));
+        assert!(closes_after(Version::HTTP_10, &headers));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, Upgrade"),
+        );
+        assert!(!closes_after(Version::HTTP_10, &headers));
+        assert!(connection_has(&headers, "upgrade"));
+        headers.append(header::CONNECTION, HeaderValue::from_static(" CLOSE "));
+        assert!(closes_after(Version::HTTP_11, &headers));
     }
 
     #[test]
