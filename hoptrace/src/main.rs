@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         Command::Cleanup { netns } => cmd::cleanup::run(netns.as_deref()),
         Command::Trace(args) => exit_code(cmd::trace::run(args)),
         Command::Lab(args) => exit_code(cmd::lab::run(args)),
-        Command::Agent(args) => exit_code(cmd::agent::run(args)),
+        Command::Agent(args) => exit_code(cmd::agent::run(&args)),
         Command::Compare(args) => exit_code(cmd::compare::run(&args)),
     };
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))

@@ -112,17 +112,37 @@ impl Traced {
     /// Starts `hoptrace trace --netns <node> --duration 60s --ready-file F
     /// <extra>` and waits (bounded) until every hook is attached.
     fn start(node: &NodeWithPod, extra: &[&str]) -> Self {
+        let mut args = vec!["trace", "--duration", "60s"];
+        args.extend_from_slice(extra);
+        Self::start_command(node, &args)
+    }
+
+    /// Starts `hoptrace agent --netns <node> --no-kubernetes --metrics-addr
+    /// 127.0.0.1:0 --ready-file F <extra>` and waits until it is ready.
+    fn start_agent(node: &NodeWithPod, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "agent",
+            "--no-kubernetes",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::start_command(node, &args)
+    }
+
+    /// Starts `hoptrace <args> --netns <node> --ready-file F` and waits
+    /// (bounded) until every hook is attached.
+    fn start_command(node: &NodeWithPod, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ready = dir.path().join("ready");
         let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
         let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
         let child = Command::new(hoptrace_bin())
-            .arg("trace")
+            .args(args)
             .arg("--netns")
             .arg(node.netns_path())
-            .args(["--duration", "60s", "--ready-file"])
+            .arg("--ready-file")
             .arg(&ready)
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -176,6 +196,16 @@ impl Traced {
 
     fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// The agent's `/metrics` address, from its ready file.
+    fn metrics_addr(&self) -> std::net::SocketAddr {
+        let ready = std::fs::read_to_string(self.dir.path().join("ready")).expect("ready file");
+        ready
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics http://")?.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the ready file: {ready:?}"))
     }
 
     fn stderr(&self) -> String {
@@ -487,4 +517,110 @@ fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
     let second = cleanup(&node);
     assert!(second.contains("no hoptrace tc filters found"), "{second}");
     assert!(!second.contains("removed"), "{second}");
+}
+
+/// `GET path` on `addr`; the status code and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn agent_serves_metrics_and_sigterm_detaches_everything() {
+    if !tests::can_run_with_kernel_programs("agent_serves_metrics_and_sigterm_detaches_everything")
+    {
+        return;
+    }
+    let node = NodeWithPod::build("a");
+    let mut agent = Traced::start_agent(&node, &[]);
+    let owned = assert_attached(&node, &agent, false);
+    let addr = agent.metrics_addr();
+    let (status, body) = http_get(addr, "/readyz");
+    assert_eq!(status, 200, "/readyz: {body}");
+    assert!(body.contains("ready: node"), "{body}");
+    assert_eq!(http_get(addr, "/healthz").0, 200);
+    run_in(
+        node.netns(),
+        &["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.98.0.2"],
+    )
+    .expect("ping the pod");
+    // The drain thread flushes idle journeys every 25 ms; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let (status, body) = http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        if body.contains("hoptrace_segment_duration_seconds_bucket") || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for needle in [
+        "hoptrace_segment_duration_seconds_bucket{",
+        "hoptrace_category_duration_seconds_count{",
+        "hoptrace_journeys_total{direction=",
+        "hoptrace_hooks_attached{kind=\"tc\"",
+        "process_resident_memory_bytes",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in /metrics:\n{metrics}");
+    }
+    let tc_hooks = metrics
+        .lines()
+        .find(|l| l.starts_with("hoptrace_hooks_attached{kind=\"tc\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert_eq!(tc_hooks, Some(2), "tc ingress and egress on the veth:\n{metrics}");
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", agent.stderr());
+    assert!(agent.stderr().contains("every hook detached"), "{}", agent.stderr());
+    assert_nothing_left(&node, &owned);
+}
+
+/// Restarts as a DaemonSet sees them (rollouts, OOM kills, node drains):
+/// start, ready, SIGTERM, exit; a hundred times. Nothing may pile up.
+#[test]
+fn a_hundred_agent_restarts_leave_nothing_attached() {
+    if !tests::can_run_with_kernel_programs("a_hundred_agent_restarts_leave_nothing_attached") {
+        return;
+    }
+    let node = NodeWithPod::build("r");
+    let mut all = OwnedObjects::default();
+    let started = Instant::now();
+    for round in 0..100 {
+        let mut agent = Traced::start_agent(&node, &[]);
+        let owned = OwnedObjects::of(agent.pid());
+        assert!(!owned.programs.is_empty(), "round {round}: no programs");
+        all.programs.extend(owned.programs);
+        all.links.extend(owned.links);
+        agent.signal(Signal::SIGTERM);
+        let status = agent.wait_exit(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "round {round}: exit after SIGTERM: {status}\n{}",
+            agent.stderr()
+        );
+    }
+    eprintln!("100 agent restarts in {:?}", started.elapsed());
+    assert_nothing_left(&node, &all);
 }

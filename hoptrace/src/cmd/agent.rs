@@ -52,10 +52,14 @@ pub struct AgentArgs {
     /// How to attach tc programs: tcx (default, falls back to clsact) or clsact.
     #[arg(long, value_parser = ["tcx", "clsact"])]
     tc_mode: Option<String>,
+    /// Written once every hook is attached: `ready` and the metrics URL
+    /// (useful with `--metrics-addr 127.0.0.1:0`).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 /// Runs the agent; returns the exit code (2 without privileges).
-pub fn run(args: AgentArgs) -> Result<i32> {
+pub fn run(args: &AgentArgs) -> Result<i32> {
     if let Err(err) = capabilities::require_root() {
         eprintln!("hoptrace agent: {err}");
         return Ok(2);
@@ -71,6 +75,9 @@ pub fn run(args: AgentArgs) -> Result<i32> {
     // Bind first: a taken port is reported before anything is attached.
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.metrics_addr))
+        .with_context(|| format!("listening on {}", args.metrics_addr))?;
+    let metrics_addr = listener
+        .local_addr()
         .with_context(|| format!("listening on {}", args.metrics_addr))?;
 
     let netns_names = Arc::new(NetnsNames::default());
@@ -140,11 +147,12 @@ pub fn run(args: AgentArgs) -> Result<i32> {
     for line in &status {
         eprintln!("hoptrace agent: {line}");
     }
-    eprintln!(
-        "hoptrace agent: serving http://{}/metrics; SIGTERM or Ctrl-C stops",
-        args.metrics_addr
-    );
+    eprintln!("hoptrace agent: serving http://{metrics_addr}/metrics; SIGTERM or Ctrl-C stops");
     readiness.set_ready(status.join("\n") + "\n");
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, format!("ready\nmetrics http://{metrics_addr}/metrics\n"))
+            .with_context(|| format!("write {}", ready.display()))?;
+    }
 
     let mut last_refresh = Instant::now();
     while !stop.load(Ordering::Relaxed) {
