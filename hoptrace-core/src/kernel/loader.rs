@@ -525,16 +525,21 @@ async fn detach_clsact(
                 empty = false;
             }
         }
-        // Chain heads (handle 0) of the priorities whose only filter was
-        // ours are listed too, and go with that filter.
-        let own_priorities: Vec<u32> = own.iter().map(|f| f.header.info >> 16).collect();
-        empty &= others.iter().all(|f| {
-            u32::from(f.header.handle) == 0 && own_priorities.contains(&(f.header.info >> 16))
-        });
+        empty &= empty_without(&own, &others);
     }
     if remove_qdisc && empty {
         let _ = cleanup::delete_clsact(handle, ifindex).await;
     }
+}
+
+/// Whether a hook holds no filter once `own` are deleted: `others` (the rest
+/// of its listing) may only hold the chain heads (handle 0) of priorities
+/// whose filters were all `own`, which go with them.
+fn empty_without(own: &[TcMessage], others: &[TcMessage]) -> bool {
+    let priority = |f: &TcMessage| f.header.info >> 16;
+    others
+        .iter()
+        .all(|f| u32::from(f.header.handle) == 0 && own.iter().any(|o| priority(o) == priority(f)))
 }
 
 /// A filter (not a chain head) that runs one of `own_programs`.
@@ -590,5 +595,72 @@ impl EventReader {
     /// Raw fd, for epoll users.
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+
+    use super::*;
+
+    /// A clsact filter as a dump lists it: `handle` 0 is a chain head.
+    fn filter(priority: u16, handle: u32, prog: Option<(&str, u32)>) -> TcMessage {
+        let mut msg = TcMessage::with_index(4);
+        msg.header.handle = handle.into();
+        // Priority in the high 16 bits, protocol (ETH_P_ALL) in the low.
+        msg.header.info = (u32::from(priority) << 16) | 0x0300;
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        if let Some((name, id)) = prog {
+            msg.attributes.push(TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgId(id)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            ]));
+        }
+        msg
+    }
+
+    #[test]
+    fn own_filters_are_recognised_by_program_id() {
+        let own = [41, 42];
+        assert!(is_own_filter(
+            &filter(1, 1, Some(("hoptrace_tc_ingress", 42))),
+            &own
+        ));
+        // Another hoptrace's filter: same name, other program.
+        assert!(!is_own_filter(
+            &filter(1, 2, Some(("hoptrace_tc_ingress", 7))),
+            &own
+        ));
+        assert!(!is_own_filter(&filter(1, 0, None), &own), "chain head");
+        assert!(!is_own_filter(
+            &filter(2, 1, Some(("cil_from_netdev", 9))),
+            &own
+        ));
+    }
+
+    #[test]
+    fn hook_is_empty_only_without_foreign_filters() {
+        let ours = filter(1, 1, Some(("hoptrace_tc_ingress", 42)));
+        let head1 = filter(1, 0, None);
+        let cilium = filter(2, 1, Some(("cil_from_netdev", 9)));
+        let head2 = filter(2, 0, None);
+        assert!(empty_without(&[], &[]));
+        assert!(empty_without(
+            std::slice::from_ref(&ours),
+            std::slice::from_ref(&head1)
+        ));
+        assert!(
+            !empty_without(&[], std::slice::from_ref(&head1)),
+            "a head without our filter"
+        );
+        assert!(!empty_without(
+            std::slice::from_ref(&ours),
+            &[head1, head2.clone(), cilium.clone()]
+        ));
+        assert!(!empty_without(&[], &[head2, cilium]));
+        // Another filter at our priority keeps its chain.
+        let neighbour = filter(1, 2, Some(("other", 5)));
+        assert!(!empty_without(&[ours], &[filter(1, 0, None), neighbour]));
     }
 }
