@@ -203,6 +203,14 @@ fn fuzz(seconds: u64) -> Result<()> {
         );
     }
     run(proxied_cargo()
-        .args(["+nightly", "fuzz", "run", "--fuzz-dir", FUZZ_DIR, FUZZ_TARGET, "--"])
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            FUZZ_DIR,
+            FUZZ_TARGET,
+            "--",
+        ])
         .arg(format!("-max_total_time={seconds}")))
 }
