@@ -55,9 +55,12 @@ pub enum CleanupError {
         #[source]
         source: rtnetlink::Error,
     },
-    /// The cleanup thread could not be started, or panicked.
+    /// The cleanup thread could not be started.
     #[error("cannot start the cleanup thread: {0}")]
-    Thread(String),
+    Thread(#[source] std::io::Error),
+    /// The cleanup thread panicked.
+    #[error("the cleanup thread panicked")]
+    Panicked,
 }
 
 /// Ingress or egress hook of a device.
@@ -381,9 +384,9 @@ pub fn cleanup_tc_filters(netns: Option<&Path>) -> Result<CleanupReport, Cleanup
             }
             with_rtnetlink(cleanup_here).map_err(CleanupError::Socket)?
         })
-        .map_err(|e| CleanupError::Thread(e.to_string()))?
+        .map_err(CleanupError::Thread)?
         .join()
-        .map_err(|_| CleanupError::Thread("cleanup thread panicked".into()))?
+        .map_err(|_| CleanupError::Panicked)?
 }
 
 #[cfg(test)]

@@ -18,7 +18,6 @@ use aya::{
     },
 };
 use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
-
 use netlink_packet_route::tc::TcMessage;
 
 use crate::kernel::{cleanup, objects};
