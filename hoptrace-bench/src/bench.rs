@@ -13,8 +13,9 @@
 //!   by the built-in HTTP server in the backend pod;
 //!
 //! and, in traced rounds, per-program run time (BPF run-time statistics,
-//! the counter behind `kernel.bpf_stats_enabled`, read with `bpftool prog
-//! show -j`), events emitted and events lost (ring buffer full).
+//! the counter behind `kernel.bpf_stats_enabled`, read from the kernel's
+//! program info through aya's [`loaded_programs`]), events emitted and events
+//! lost (ring buffer full).
 //!
 //! The reported values are medians over the rounds of each kind; the ratios
 //! traced/baseline are checked against [`TARGET_THROUGHPUT_RATIO`] and
@@ -27,16 +28,18 @@ use std::{
     io::Read as _,
     net::{Ipv4Addr, SocketAddr},
     os::fd::OwnedFd,
+    process::ExitStatus,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    process::ExitStatus,
     time::{Duration, Instant},
 };
 
+use aya::programs::{ProgramError, ProgramInfo, loaded_programs};
 use comfy_table::{Cell, CellAlignment, Table, presets};
 use hoptrace_common::Counter;
+use procfs::{Current as _, FromRead as _};
 use serde::Serialize;
 
 use hoptrace_core::{
@@ -91,8 +94,8 @@ pub enum BenchError {
     Serve(#[from] ServeError),
     #[error("iperf3: {0}")]
     Iperf(String),
-    #[error("bpftool: {0}")]
-    Bpftool(String),
+    #[error("cannot read the loaded BPF programs' run-time statistics: {0}")]
+    Programs(#[source] ProgramError),
     #[error("cannot enable BPF run-time statistics (BPF_ENABLE_STATS): {0}")]
     Stats(String),
     #[error("{what} did not finish within {timeout:?}")]
@@ -102,6 +105,12 @@ pub enum BenchError {
         what: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Proc {
+        what: String,
+        #[source]
+        source: procfs::ProcError,
     },
     #[error("{what} in {netns} is not listening on port {port}")]
     NotListening {
@@ -194,95 +203,105 @@ pub struct MachineInfo {
 }
 
 impl MachineInfo {
-    /// Reads /proc and uname.
+    /// Reads /proc (through procfs) and uname. What cannot be read is
+    /// `unknown`, 0 or empty: the numbers do not depend on it.
     pub fn collect() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         Self {
-            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu_model: parse_cpu_model(&cpuinfo).unwrap_or_else(|| "unknown".into()),
-            memory_kib: parse_mem_total_kib(&meminfo).unwrap_or(0),
+            cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            cpu_model: procfs::CpuInfo::current()
+                .ok()
+                .and_then(|info| cpu_model(&info))
+                .unwrap_or_else(|| "unknown".into()),
+            memory_kib: procfs::Meminfo::current().map_or(0, |m| memory_kib(&m)),
             kernel: hoptrace_core::node::kernel_release(),
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            load_average: std::fs::read_to_string("/proc/loadavg")
-                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            load_average: procfs::LoadAverage::current()
+                .map(|l| load_average(&l))
                 .unwrap_or_default(),
         }
     }
 }
 
-/// `model name` of the first CPU in /proc/cpuinfo (other architectures:
-/// `Model` or `cpu model`).
-pub fn parse_cpu_model(cpuinfo: &str) -> Option<String> {
-    cpuinfo.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        let key = key.trim();
-        (matches!(key, "model name" | "Model" | "cpu model") && !value.trim().is_empty())
-            .then(|| value.trim().to_owned())
-    })
+/// The model of the first CPU: `model name` (x86), or `Model` / `cpu model`
+/// (other architectures) when the CPU's block of /proc/cpuinfo has one.
+pub fn cpu_model(info: &procfs::CpuInfo) -> Option<String> {
+    ["model name", "Model", "cpu model"]
+        .into_iter()
+        .filter_map(|key| info.get_field(0, key))
+        .find(|value| !value.is_empty())
+        .map(str::to_owned)
 }
 
-/// `MemTotal` in KiB from /proc/meminfo.
-pub fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
+/// `MemTotal` in KiB (procfs gives bytes).
+pub fn memory_kib(meminfo: &procfs::Meminfo) -> u64 {
+    meminfo.mem_total / 1024
 }
 
-/// One kernel program as `bpftool prog show -j` lists it.
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg prints them.
+pub fn load_average(load: &procfs::LoadAverage) -> String {
+    format!("{:.2} {:.2} {:.2}", load.one, load.five, load.fifteen)
+}
+
+/// One kernel program's run-time statistics at one moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgramSample {
+    /// Kernel program id.
     pub id: u32,
+    /// The kernel's name for it: cut at 15 bytes (`BPF_OBJ_NAME_LEN`).
     pub name: String,
-    /// Absent (0) while statistics were never enabled for it.
+    /// Total run time, ns; 0 while statistics were never enabled for it.
     pub run_time_ns: u64,
+    /// Total runs; 0 while statistics were never enabled for it.
     pub run_cnt: u64,
 }
 
-/// Parses `bpftool prog show -j`.
-pub fn parse_bpftool_programs(json: &str) -> Result<Vec<ProgramSample>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
-    let list = value
-        .as_array()
-        .ok_or("expected a JSON array of programs")?;
-    list.iter()
-        .map(|prog| {
-            let id = prog
-                .get("id")
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(|| format!("program without an id: {prog}"))?;
-            let field = |name: &str| {
-                prog.get(name)
-                    .and_then(serde_json::Value::as_u64)
-                    .unwrap_or(0)
-            };
-            Ok(ProgramSample {
-                id: u32::try_from(id).map_err(|_| format!("program id {id} out of range"))?,
-                name: prog
-                    .get("name")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-                run_time_ns: field("run_time_ns"),
-                run_cnt: field("run_cnt"),
-            })
-        })
-        .collect()
+impl From<&ProgramInfo> for ProgramSample {
+    fn from(info: &ProgramInfo) -> Self {
+        Self {
+            id: info.id(),
+            name: info.name_as_str().map_or_else(
+                || String::from_utf8_lossy(info.name()).into_owned(),
+                str::to_owned,
+            ),
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            run_cnt: info.run_count(),
+        }
+    }
+}
+
+/// hoptrace's programs among every program loaded on the machine (by
+/// name prefix). A program unloaded between being listed and being read
+/// (`ENOENT`) is skipped; any other error ends the sample.
+pub fn hoptrace_programs(
+    all: impl IntoIterator<Item = Result<ProgramSample, ProgramError>>,
+) -> Result<Vec<ProgramSample>, ProgramError> {
+    let mut programs = Vec::new();
+    for sample in all {
+        match sample {
+            Ok(p) if p.name.starts_with(PROGRAM_PREFIX) => programs.push(p),
+            Ok(_) => {}
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(programs)
 }
 
 /// The hoptrace programs loaded right now (by every hoptrace on the machine).
 fn sample_programs() -> Result<Vec<ProgramSample>, BenchError> {
-    let out = netns::run_tool(&["bpftool", "prog", "show", "-j"])
-        .map_err(|e| BenchError::Bpftool(e.to_string()))?;
-    let all = parse_bpftool_programs(&String::from_utf8_lossy(&out.stdout))
-        .map_err(BenchError::Bpftool)?;
-    Ok(all
-        .into_iter()
-        .filter(|p| p.name.starts_with(PROGRAM_PREFIX))
-        .collect())
+    hoptrace_programs(loaded_programs().map(|info| info.map(|i| ProgramSample::from(&i))))
+        .map_err(BenchError::Programs)
+}
+
+/// Who loaded a program: the node whose session did, and the program's full
+/// name when the session knows it (the kernel cuts names at 15 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramOwner {
+    /// The lab node.
+    pub node: String,
+    /// The name in the kernel object, e.g. `hoptrace_net_dev_start_xmit`.
+    pub name: Option<String>,
 }
 
 /// Run count and time of one program over a phase.
@@ -297,24 +316,26 @@ pub struct ProgramRun {
 }
 
 /// Per-program differences `after - before`, for the programs in `owners`
-/// (id → node) only: other hoptrace instances on the machine are left out.
+/// (id → node and full name) only: other hoptrace instances on the machine
+/// are left out. A program missing from `before` (loaded after it) counts
+/// from zero.
 pub fn program_deltas(
     before: &[ProgramSample],
     after: &[ProgramSample],
-    owners: &BTreeMap<u32, String>,
+    owners: &BTreeMap<u32, ProgramOwner>,
 ) -> Vec<ProgramRun> {
     let before: BTreeMap<u32, &ProgramSample> = before.iter().map(|p| (p.id, p)).collect();
     after
         .iter()
         .filter_map(|now| {
-            let node = owners.get(&now.id)?;
+            let owner = owners.get(&now.id)?;
             let (cnt0, time0) = before
                 .get(&now.id)
                 .map_or((0, 0), |b| (b.run_cnt, b.run_time_ns));
             Some(ProgramRun {
-                node: node.clone(),
+                node: owner.node.clone(),
                 id: now.id,
-                name: now.name.clone(),
+                name: owner.name.clone().unwrap_or_else(|| now.name.clone()),
                 run_cnt: now.run_cnt.saturating_sub(cnt0),
                 run_time_ns: now.run_time_ns.saturating_sub(time0),
             })
@@ -322,29 +343,25 @@ pub fn program_deltas(
         .collect()
 }
 
-/// Received plus transmitted packets of `iface` in a /proc/net/dev text.
-pub fn parse_net_dev_packets(net_dev: &str, iface: &str) -> Option<u64> {
-    net_dev.lines().find_map(|line| {
-        let (name, rest) = line.split_once(':')?;
-        if name.trim() != iface {
-            return None;
-        }
-        let fields: Vec<u64> = rest
-            .split_whitespace()
-            .map(|f| f.parse().ok())
-            .collect::<Option<_>>()?;
-        // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets ...
-        Some(fields.get(1)? + fields.get(9)?)
-    })
+/// Received plus transmitted packets of `iface` in /proc/net/dev.
+pub fn interface_packets(devices: &procfs::net::InterfaceDeviceStatus, iface: &str) -> Option<u64> {
+    devices
+        .0
+        .get(iface)
+        .map(|dev| dev.recv_packets + dev.sent_packets)
 }
 
 /// Packets through the client pod's interface so far.
 fn client_packets(netns_name: &str, iface: &str) -> Result<u64, BenchError> {
-    let text = netns::with_netns(netns_name, || {
-        std::fs::read_to_string("/proc/thread-self/net/dev")
+    // /proc/thread-self: the namespace this thread entered, not the process's.
+    let devices = netns::with_netns(netns_name, || {
+        procfs::net::InterfaceDeviceStatus::from_file("/proc/thread-self/net/dev")
     })?
-    .map_err(io_error(format!("read /proc/net/dev in {netns_name}")))?;
-    parse_net_dev_packets(&text, iface).ok_or_else(|| BenchError::Io {
+    .map_err(|source| BenchError::Proc {
+        what: format!("read /proc/net/dev in {netns_name}"),
+        source,
+    })?;
+    interface_packets(&devices, iface).ok_or_else(|| BenchError::Io {
         what: format!("{iface} in /proc/net/dev of {netns_name}"),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
     })
@@ -858,11 +875,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
     if !nix::unistd::geteuid().is_root() {
         return Err(BenchError::NotRoot);
     }
-    for (tool, package) in [
-        ("iperf3", "iperf3"),
-        ("bpftool", "bpftool"),
-        ("ss", "iproute2"),
-    ] {
+    for (tool, package) in [("iperf3", "iperf3"), ("ss", "iproute2")] {
         netns::find_tool(tool).map_err(|_| BenchError::MissingTool { tool, package })?;
     }
     let machine = MachineInfo::collect();
@@ -990,7 +1003,7 @@ fn rr_spec(opts: &BenchOptions, duration: Duration, rate: f64) -> LoadSpec {
 /// Both nodes' sessions, and which kernel programs each loaded.
 struct TracedNodes {
     sessions: Vec<(String, Session)>,
-    owners: BTreeMap<u32, String>,
+    owners: BTreeMap<u32, ProgramOwner>,
     // Held while profiling: statistics stop when the last holder closes it.
     stats: Option<OwnedFd>,
 }
@@ -1027,8 +1040,21 @@ impl TracedNodes {
         let mut sessions = Vec::new();
         let mut owners = BTreeMap::new();
         for ((node, _), session) in env.nodes.iter().zip(started) {
+            for (id, name) in session.program_names() {
+                owners.insert(
+                    id,
+                    ProgramOwner {
+                        node: node.clone(),
+                        name: Some(name),
+                    },
+                );
+            }
+            // The netfilter programs: their names fit the kernel's 15 bytes.
             for id in session.program_ids() {
-                owners.insert(id, node.clone());
+                owners.entry(id).or_insert_with(|| ProgramOwner {
+                    node: node.clone(),
+                    name: None,
+                });
             }
             sessions.push((node.clone(), session));
         }
@@ -1219,7 +1245,7 @@ fn run_bounded(
             match guard.child_mut().try_wait() {
                 Ok(Some(status)) => break Ok(status),
                 Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(None) => {
                     // Kill now so the readers see end of file.
@@ -1692,7 +1718,7 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     let _ = writeln!(out, "## Cost per kernel program\n");
     let _ = writeln!(
         out,
-        "From BPF run-time statistics (`kernel.bpf_stats_enabled`, read with `bpftool prog show -j`), \
+        "From BPF run-time statistics (`kernel.bpf_stats_enabled`, read from the kernel's program info), \
          during the profiled round. \"CPU\" is run time per wall second: 10 % is a tenth of one CPU.\n"
     );
     let _ = writeln!(out, "{}\n", programs_table(s, true));
@@ -1751,24 +1777,39 @@ mod tests {
     }
 
     #[test]
-    fn bpftool_programs_with_and_without_stats() {
-        let json = r#"[{"id":12,"type":"sched_cls","name":"hoptrace_tc_ingress","run_time_ns":5000,"run_cnt":10},
-            {"id":13,"type":"netfilter","name":"hoptrace_nf_s3"},
-            {"id":2,"type":"cgroup_skb","name":"sd_fw_egress","run_time_ns":1,"run_cnt":1}]"#;
-        let programs = parse_bpftool_programs(json).unwrap();
-        assert_eq!(programs.len(), 3);
+    fn loaded_programs_keep_hoptrace_and_skip_vanished() {
+        let gone = || {
+            Err(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_get_fd_by_id",
+                io_error: std::io::Error::from_raw_os_error(libc::ENOENT),
+            }))
+        };
+        let all = vec![
+            Ok(sample(12, "hoptrace_tc_ing", 10, 5000)),
+            gone(),
+            // Statistics never enabled: zeros.
+            Ok(sample(13, "hoptrace_nf_s3", 0, 0)),
+            Ok(sample(2, "sd_fw_egress", 1, 1)),
+        ];
+        let programs = hoptrace_programs(all).unwrap();
         assert_eq!(
-            programs[0],
-            ProgramSample {
-                id: 12,
-                name: "hoptrace_tc_ingress".into(),
-                run_time_ns: 5000,
-                run_cnt: 10
-            }
+            programs,
+            [
+                sample(12, "hoptrace_tc_ing", 10, 5000),
+                sample(13, "hoptrace_nf_s3", 0, 0)
+            ]
         );
-        assert_eq!((programs[1].run_time_ns, programs[1].run_cnt), (0, 0));
-        assert!(parse_bpftool_programs(r#"{"id":1}"#).is_err());
-        assert!(parse_bpftool_programs(r#"[{"name":"x"}]"#).is_err());
+        let denied = vec![
+            Ok(sample(12, "hoptrace_tc_ing", 10, 5000)),
+            Err(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_get_next_id",
+                io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+            })),
+        ];
+        assert!(matches!(
+            hoptrace_programs(denied),
+            Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EPERM)
+        ));
     }
 
     fn sample(id: u32, name: &str, cnt: u64, time: u64) -> ProgramSample {
@@ -1793,7 +1834,14 @@ mod tests {
             // Another hoptrace on the machine: not ours.
             sample(4, "hoptrace_a", 100, 100_000),
         ];
-        let owners = BTreeMap::from([(1, "node0".to_string()), (3, "node1".to_string())]);
+        let owner = |node: &str, name: Option<&str>| ProgramOwner {
+            node: node.into(),
+            name: name.map(str::to_owned),
+        };
+        let owners = BTreeMap::from([
+            (1, owner("node0", Some("hoptrace_a_full_name"))),
+            (3, owner("node1", None)),
+        ]);
         let runs = program_deltas(&before, &after, &owners);
         assert_eq!(runs.len(), 2);
         assert_eq!(
@@ -1805,11 +1853,14 @@ mod tests {
             ),
             (1, 20, 3000, "node0")
         );
+        // The session's full name replaces the kernel's cut one.
+        assert_eq!(runs[0].name, "hoptrace_a_full_name");
         // Loaded after the first sample: counted from zero.
         assert_eq!(
             (runs[1].id, runs[1].run_cnt, runs[1].run_time_ns),
             (3, 7, 700)
         );
+        assert_eq!(runs[1].name, "hoptrace_c", "no full name: the kernel's");
     }
 
     #[test]
@@ -1818,24 +1869,40 @@ mod tests {
              face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
              lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  \
              eth0: 123456     789    0    0    0     0          0         0   654321     456    0    0    0     0       0          0\n";
-        assert_eq!(parse_net_dev_packets(text, "eth0"), Some(789 + 456));
-        assert_eq!(parse_net_dev_packets(text, "lo"), Some(4));
-        assert_eq!(parse_net_dev_packets(text, "eth1"), None);
+        let devices = procfs::net::InterfaceDeviceStatus::from_read(text.as_bytes()).unwrap();
+        assert_eq!(interface_packets(&devices, "eth0"), Some(789 + 456));
+        assert_eq!(interface_packets(&devices, "lo"), Some(4));
+        assert_eq!(interface_packets(&devices, "eth1"), None);
     }
 
     #[test]
     fn machine_info_parsers() {
         let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Test CPU @ 2.20GHz\n\nprocessor\t: 1\nmodel name\t: other\n";
+        let info = procfs::CpuInfo::from_read(cpuinfo.as_bytes()).unwrap();
         assert_eq!(
-            parse_cpu_model(cpuinfo).as_deref(),
+            cpu_model(&info).as_deref(),
             Some("Intel(R) Xeon(R) Test CPU @ 2.20GHz")
         );
-        assert_eq!(parse_cpu_model("processor : 0\n"), None);
-        assert_eq!(
-            parse_mem_total_kib("MemTotal:        8138520 kB\nMemFree: 1 kB\n"),
-            Some(8_138_520)
-        );
-        assert_eq!(parse_mem_total_kib("MemFree: 1 kB\n"), None);
+        let mips =
+            procfs::CpuInfo::from_read("processor\t: 0\ncpu model\t: MIPS 24Kc V7.4\n".as_bytes())
+                .unwrap();
+        assert_eq!(cpu_model(&mips).as_deref(), Some("MIPS 24Kc V7.4"));
+        let bare = procfs::CpuInfo::from_read("processor : 0\n".as_bytes()).unwrap();
+        assert_eq!(cpu_model(&bare), None);
+        // The fields procfs requires, as a 6.18 kernel prints them.
+        let meminfo = "MemTotal:        8138520 kB\nMemFree:        10601084 kB\n\
+            MemAvailable:   24112896 kB\nBuffers:           40676 kB\nCached:         13332152 kB\n\
+            SwapCached:            0 kB\nActive:          5312208 kB\nInactive:        8058804 kB\n\
+            SwapTotal:             0 kB\nSwapFree:              0 kB\nDirty:            173628 kB\n\
+            Writeback:             0 kB\nMapped:            10792 kB\nSlab:             562860 kB\n\
+            Committed_AS:      62120 kB\nVmallocTotal:   34359738367 kB\nVmallocUsed:       16296 kB\n\
+            VmallocChunk:          0 kB\n";
+        let meminfo = procfs::Meminfo::from_read(meminfo.as_bytes()).unwrap();
+        assert_eq!(memory_kib(&meminfo), 8_138_520);
+        assert!(procfs::Meminfo::from_read("MemFree: 1 kB\n".as_bytes()).is_err());
+        let load =
+            procfs::LoadAverage::from_read("0.52 0.58 1.50 2/345 6789\n".as_bytes()).unwrap();
+        assert_eq!(load_average(&load), "0.52 0.58 1.50");
     }
 
     fn round(

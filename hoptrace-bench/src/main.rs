@@ -40,7 +40,7 @@ struct BenchArgs {
 }
 
 fn main() -> ExitCode {
-    match run(BenchArgs::parse()) {
+    match run(&BenchArgs::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("hoptrace-bench: {err:#}");
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: BenchArgs) -> Result<u8> {
+fn run(args: &BenchArgs) -> Result<u8> {
     if let Err(err) = capabilities::require_root() {
         eprintln!("hoptrace-bench: {err}");
         return Ok(2);

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
 //!
 //! Every task that needs tools runs `setup` first, which installs only what
 //! is missing (idempotent: a few seconds when everything is present).
@@ -52,6 +52,13 @@ enum Task {
         #[arg(long)]
         write: bool,
     },
+    /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly) for a
+    /// while; installs cargo-fuzz when missing. Not part of `test`.
+    Fuzz {
+        /// How long to fuzz, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -70,6 +77,7 @@ fn main() -> Result<()> {
             let bin = build_bin("hoptrace-bench", true)?;
             bench::run(&bin, rounds, seconds, write)
         }
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
 }
 
@@ -157,4 +165,52 @@ fn demo() -> Result<()> {
     let bin = build(true)?;
     run(Command::new(&bin).arg("check"))?;
     run(Command::new(&bin).args(["lab", "--duration", "10s"]))
+}
+
+/// The cargo-fuzz target of the packet parser (its own workspace).
+const FUZZ_DIR: &str = "hoptrace-common/fuzz";
+const FUZZ_TARGET: &str = "parse_packet";
+
+/// `cargo <args>` through rustup's proxy on PATH, not the `CARGO` of this
+/// process: `+nightly` and cargo-fuzz's own cargo calls must pick their
+/// toolchain themselves.
+fn proxied_cargo() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .env_remove("CARGO")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC");
+    cmd
+}
+
+/// Runs the parser's fuzz target for `seconds` on nightly; findings land in
+/// `hoptrace-common/fuzz/artifacts/`, the corpus in `.../corpus/`.
+fn fuzz(seconds: u64) -> Result<()> {
+    let quiet = |cmd: &mut Command| {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !quiet(proxied_cargo().args(["fuzz", "--version"])) {
+        println!("fuzz: installing cargo-fuzz");
+        run(proxied_cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    if !quiet(proxied_cargo().args(["+nightly", "--version"])) {
+        bail!(
+            "fuzzing needs the nightly toolchain (libFuzzer and the sanitizers); install it with `rustup toolchain install nightly`"
+        );
+    }
+    run(proxied_cargo()
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            FUZZ_DIR,
+            FUZZ_TARGET,
+            "--",
+        ])
+        .arg(format!("-max_total_time={seconds}")))
 }

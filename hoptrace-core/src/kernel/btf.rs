@@ -1,9 +1,15 @@
 //! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! rustc emits no CO-RE relocations, so the kernel programs read struct fields
-//! at offsets that userspace looks up here and writes into
-//! [`KernelLayout`](hoptrace_common::KernelLayout) at load time. Also gives the
-//! names of `enum skb_drop_reason` and the ids of BTF functions (kfuncs).
+//! at offsets that userspace looks up here and writes into [`KernelLayout`]
+//! at load time. Also gives the names of `enum skb_drop_reason` and the ids
+//! of BTF functions (kfuncs).
+//!
+//! Why not the `btf-rs` crate: version 2.0.0 builds on rustc 1.95 and has
+//! every lookup used here (members with bit offsets, anonymous members, enum
+//! and enum64 values, types by name), but it is LGPL-2.1-or-later, which does
+//! not fit a statically linked MIT OR Apache-2.0 binary; this reader is
+//! short and covered by the tests below.
 
 use std::{collections::HashMap, path::Path};
 
@@ -37,24 +43,40 @@ const KIND_ENUM64: u32 = 19;
 /// Errors reading BTF or finding what hoptrace needs in it.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
+    /// The BTF file cannot be read.
     #[error("cannot read kernel BTF at {path}: {source} (is CONFIG_DEBUG_INFO_BTF enabled?)")]
     Read {
+        /// The file.
         path: String,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
+    /// The blob is not valid BTF: says what is wrong and where.
     #[error("malformed BTF: {0}")]
     Malformed(String),
+    /// No struct, union or enum of that name (with members).
     #[error("BTF has no struct/union/enum named `{0}`")]
     MissingType(String),
+    /// The struct has no member at that path.
     #[error("BTF struct `{ty}` has no member `{member}`")]
-    MissingMember { ty: String, member: String },
+    MissingMember {
+        /// The outer struct.
+        ty: String,
+        /// The member path, dot-separated, as far as it was walked.
+        member: String,
+    },
+    /// The member path ends inside a bitfield, not on a byte.
     #[error("BTF member `{ty}.{member}` is a bitfield at bit {bit_offset}, not a byte offset")]
     NotByteAligned {
+        /// The outer struct.
         ty: String,
+        /// The member path, dot-separated.
         member: String,
+        /// Offset from the start of `ty`, in bits.
         bit_offset: u32,
     },
+    /// No function (`BTF_KIND_FUNC`) of that name.
     #[error("BTF has no function named `{0}`")]
     MissingFunc(String),
 }
@@ -128,6 +150,11 @@ impl Reader<'_> {
 
 impl Btf {
     /// Reads and parses the BTF file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::Read`] when the file cannot be read, [`BtfError::Malformed`]
+    /// when it is not BTF.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
         let data = std::fs::read(path).map_err(|source| BtfError::Read {
@@ -138,11 +165,20 @@ impl Btf {
     }
 
     /// The running kernel's BTF.
+    ///
+    /// # Errors
+    ///
+    /// As [`Btf::from_file`] on [`VMLINUX_BTF`].
     pub fn vmlinux() -> Result<Self, BtfError> {
         Self::from_file(VMLINUX_BTF)
     }
 
     /// Parses a raw BTF blob (header, type section, string section).
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::Malformed`]: bad magic, sections out of bounds, a
+    /// truncated type, an unknown kind.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.len() < 24 {
             return Err(BtfError::Malformed("shorter than the BTF header".into()));
@@ -340,6 +376,11 @@ impl Btf {
     /// Byte offset of a member path inside struct `ty`: `["ns", "inum"]` is
     /// `offsetof(ty, ns) + offsetof(typeof(ns), inum)`. Anonymous structs and
     /// unions along the way are searched and their offsets added.
+    ///
+    /// # Errors
+    ///
+    /// No such struct, no such member, or the path ends inside a bitfield
+    /// ([`BtfError::NotByteAligned`]).
     pub fn member_offset(&self, ty: &str, path: &[&str]) -> Result<u32, BtfError> {
         let mut id = self.composite_by_name(ty)?;
         let mut bits = 0u32;
@@ -369,6 +410,10 @@ impl Btf {
     }
 
     /// The offsets the kernel programs need, with `valid == 1`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Btf::member_offset`], for the first offset not found.
     pub fn kernel_layout(&self) -> Result<KernelLayout, BtfError> {
         Ok(KernelLayout {
             skb_head: self.member_offset("sk_buff", &["head"])?,
@@ -391,6 +436,10 @@ impl Btf {
     }
 
     /// Values and names of an enum, as written in the source.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::MissingType`] when there is no enum of that name.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
         self.types
             .iter()
@@ -408,6 +457,10 @@ impl Btf {
 
     /// `enum skb_drop_reason` as value → short name (`SKB_DROP_REASON_NO_SOCKET`
     /// becomes `no_socket`).
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::MissingType`] when the kernel has no such enum.
     pub fn drop_reason_names(&self) -> Result<HashMap<u32, String>, BtfError> {
         Ok(self
             .enum_values("skb_drop_reason")?
@@ -420,6 +473,10 @@ impl Btf {
     }
 
     /// BTF type id of the function (`BTF_KIND_FUNC`) called `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::MissingFunc`] when there is none.
     pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
         self.types
             .iter()
@@ -430,11 +487,19 @@ impl Btf {
 }
 
 /// The running kernel's layout, from [`VMLINUX_BTF`].
+///
+/// # Errors
+///
+/// As [`Btf::vmlinux`] and [`Btf::kernel_layout`].
 pub fn kernel_layout() -> Result<KernelLayout, BtfError> {
     Btf::vmlinux()?.kernel_layout()
 }
 
 /// The running kernel's drop reasons, from [`VMLINUX_BTF`].
+///
+/// # Errors
+///
+/// As [`Btf::vmlinux`] and [`Btf::drop_reason_names`].
 pub fn drop_reason_names() -> Result<HashMap<u32, String>, BtfError> {
     Btf::vmlinux()?.drop_reason_names()
 }

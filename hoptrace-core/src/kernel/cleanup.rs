@@ -11,8 +11,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use futures_util::TryStreamExt as _;
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage};
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::LinkAttribute,
@@ -25,28 +25,50 @@ pub const OWN_PREFIX: &str = "hoptrace_";
 /// Errors of [`cleanup_tc_filters`].
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
+    /// The namespace file cannot be opened.
     #[error("cannot open network namespace {path}: {source}")]
     OpenNetns {
+        /// The namespace file.
         path: PathBuf,
+        /// Why it cannot be opened.
         #[source]
         source: std::io::Error,
     },
+    /// `setns(2)` refused the namespace.
     #[error("cannot enter network namespace {path}: {source}")]
     EnterNetns {
+        /// The namespace file.
         path: PathBuf,
+        /// What the kernel said.
         #[source]
         source: nix::Error,
     },
-    #[error("netlink: {0}")]
-    Netlink(String),
+    /// The netlink socket (or the runtime that drives it) could not be set up.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// A netlink request failed; `request` says which.
+    #[error("netlink: {request}: {source}")]
+    Netlink {
+        /// The request, e.g. ``delete filter `hoptrace_tc_ingress` on veth1``.
+        request: String,
+        /// What the kernel (or the netlink library) said.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The cleanup thread could not be started.
     #[error("cannot start the cleanup thread: {0}")]
-    Thread(String),
+    Thread(#[source] std::io::Error),
+    /// The cleanup thread panicked.
+    #[error("the cleanup thread panicked")]
+    Panicked,
 }
 
 /// Ingress or egress hook of a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// The clsact ingress hook (parent `ffff:fff2`).
     Ingress,
+    /// The clsact egress hook (parent `ffff:fff3`).
     Egress,
 }
 
@@ -61,6 +83,7 @@ impl Direction {
         }
     }
 
+    /// `ingress` or `egress`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Ingress => "ingress",
@@ -72,19 +95,26 @@ impl Direction {
 /// One removed filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemovedFilter {
+    /// The device's name.
     pub ifname: String,
+    /// The device's index.
     pub ifindex: u32,
+    /// The hook the filter was on.
     pub direction: Direction,
+    /// The filter's priority (`pref`).
     pub priority: u16,
+    /// The filter's handle.
     pub handle: u32,
     /// Program name as tc reports it (`TCA_BPF_NAME`).
     pub program: String,
+    /// Kernel id of the program (`TCA_BPF_ID`), when the kernel reports it.
     pub prog_id: Option<u32>,
 }
 
 /// What [`cleanup_tc_filters`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CleanupReport {
+    /// The filters removed, in the order found.
     pub removed: Vec<RemovedFilter>,
     /// Filters seen and left alone (not ours).
     pub kept: usize,
@@ -115,8 +145,9 @@ impl fmt::Display for CleanupReport {
     }
 }
 
-/// Name of the BPF program of a filter message, if it is a `bpf` filter.
-fn bpf_program(msg: &TcMessage) -> Option<(String, Option<u32>)> {
+/// Name and kernel id of the BPF program of a filter message, if it is a
+/// named `bpf` filter.
+pub(crate) fn bpf_program(msg: &TcMessage) -> Option<(String, Option<u32>)> {
     let is_bpf = msg
         .attributes
         .iter()
@@ -145,18 +176,138 @@ pub fn is_own_program(name: &str) -> bool {
     name.starts_with(OWN_PREFIX)
 }
 
-async fn cleanup_here() -> Result<CleanupReport, CleanupError> {
-    let nl = |e: rtnetlink::Error| CleanupError::Netlink(e.to_string());
-    let (connection, handle, _) =
-        rtnetlink::new_connection().map_err(|e| CleanupError::Netlink(e.to_string()))?;
-    tokio::spawn(connection);
+/// Runs `f` with a route-netlink handle whose socket belongs to the calling
+/// thread's network namespace, on a current-thread tokio runtime, and returns
+/// what `f` returns. When the caller already runs inside a tokio runtime
+/// (where a nested `block_on` would panic) it runs on a short-lived helper
+/// thread instead, which starts in the caller's network namespace too.
+/// Shared by device discovery, [`Tracer`](crate::kernel::loader::Tracer)'s
+/// drop and [`cleanup_tc_filters`].
+///
+/// # Errors
+///
+/// The runtime or the netlink socket could not be created.
+pub(crate) fn with_rtnetlink<T, Fut>(
+    f: impl FnOnce(rtnetlink::Handle) -> Fut + Send,
+) -> std::io::Result<T>
+where
+    T: Send,
+    Fut: std::future::Future<Output = T>,
+{
+    let run = move || -> std::io::Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        runtime.block_on(async move {
+            let (connection, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(connection);
+            Ok(f(handle).await)
+        })
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(run)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// The filters on one hook of a device, as `tc filter show dev DEV
+/// ingress|egress` lists them: the per-priority chain heads (handle 0) too.
+///
+/// # Errors
+///
+/// The kernel refused the dump (e.g. the device has no clsact qdisc or is
+/// gone).
+pub(crate) async fn list_filters(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    direction: Direction,
+) -> Result<Vec<TcMessage>, rtnetlink::Error> {
+    let request = handle.traffic_filter(ifindex as i32).get();
+    let request = match direction {
+        Direction::Ingress => request.ingress(),
+        Direction::Egress => request.egress(),
+    };
+    request.execute().try_collect().await
+}
+
+/// Deletes one filter that [`list_filters`] returned, by its device, hook,
+/// priority, protocol and handle (`tc filter del dev DEV ingress|egress pref
+/// PRIO handle HANDLE`).
+///
+/// # Errors
+///
+/// The kernel refused (e.g. `ENOENT`: the filter is already gone).
+pub(crate) async fn delete_filter(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    direction: Direction,
+    filter: &TcMessage,
+) -> Result<(), rtnetlink::Error> {
+    let mut del = TcMessage::with_index(ifindex as i32);
+    del.header.parent = direction.parent();
+    del.header.handle = filter.header.handle;
+    // Priority (high 16 bits) and protocol (low 16 bits).
+    del.header.info = filter.header.info;
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    acknowledged(handle, req).await
+}
+
+/// Deletes the clsact qdisc of a device (`tc qdisc del dev DEV clsact`), and
+/// with it every filter it still holds.
+///
+/// # Errors
+///
+/// The kernel refused (e.g. `ENOENT`/`EINVAL`: the device has no clsact).
+pub(crate) async fn delete_clsact(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+) -> Result<(), rtnetlink::Error> {
+    let mut del = TcMessage::with_index(ifindex as i32);
+    del.header.parent = TcHandle::CLSACT;
+    del.header.handle = TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor: 0,
+    };
+    del.attributes.push(TcAttribute::Kind("clsact".into()));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(del));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    acknowledged(handle, req).await
+}
+
+/// Sends a request that the kernel answers with an acknowledgement, and
+/// turns a negative one into an error.
+async fn acknowledged(
+    handle: &rtnetlink::Handle,
+    req: NetlinkMessage<RouteNetlinkMessage>,
+) -> Result<(), rtnetlink::Error> {
+    let mut responses = handle.clone().request(req)?;
+    while let Some(msg) = responses.next().await {
+        if let NetlinkPayload::Error(e) = msg.payload
+            && e.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(e));
+        }
+    }
+    Ok(())
+}
+
+async fn cleanup_here(handle: rtnetlink::Handle) -> Result<CleanupReport, CleanupError> {
     let links: Vec<_> = handle
         .link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(nl)?;
+        .map_err(|source| CleanupError::Netlink {
+            request: "list links".into(),
+            source,
+        })?;
     let mut report = CleanupReport::default();
     for link in links {
         let ifindex = link.header.index;
@@ -169,15 +320,9 @@ async fn cleanup_here() -> Result<CleanupReport, CleanupError> {
             })
             .unwrap_or_default();
         for direction in [Direction::Ingress, Direction::Egress] {
-            let request = handle.traffic_filter(ifindex as i32).get();
-            let request = match direction {
-                Direction::Ingress => request.ingress(),
-                Direction::Egress => request.egress(),
-            };
             // A device without clsact answers with an error or nothing: no filters.
-            let filters: Vec<TcMessage> = match request.execute().try_collect().await {
-                Ok(f) => f,
-                Err(_) => continue,
+            let Ok(filters) = list_filters(&handle, ifindex, direction).await else {
+                continue;
             };
             for filter in filters {
                 // The dump also lists the per-priority chain heads (handle 0).
@@ -189,24 +334,12 @@ async fn cleanup_here() -> Result<CleanupReport, CleanupError> {
                     report.kept += 1;
                     continue;
                 };
-                let mut del = TcMessage::with_index(ifindex as i32);
-                del.header.parent = direction.parent();
-                del.header.handle = filter.header.handle;
-                del.header.info = filter.header.info;
-                let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(del));
-                req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-                let mut responses = handle.clone().request(req).map_err(nl)?;
-                use futures_util::StreamExt as _;
-                while let Some(msg) = responses.next().await {
-                    if let netlink_packet_core::NetlinkPayload::Error(e) = msg.payload
-                        && e.code.is_some()
-                    {
-                        return Err(CleanupError::Netlink(format!(
-                            "delete filter `{program}` on {ifname}: {}",
-                            e.to_io()
-                        )));
-                    }
-                }
+                delete_filter(&handle, ifindex, direction, &filter)
+                    .await
+                    .map_err(|source| CleanupError::Netlink {
+                        request: format!("delete filter `{program}` on {ifname}"),
+                        source,
+                    })?;
                 report.removed.push(RemovedFilter {
                     ifname: ifname.clone(),
                     ifindex,
@@ -226,6 +359,12 @@ async fn cleanup_here() -> Result<CleanupReport, CleanupError> {
 /// network namespace, or of the namespace at `netns` (e.g. `/proc/PID/ns/net`
 /// or `/run/netns/NAME`). Runs on a short-lived thread of its own, so the
 /// caller's namespace never changes.
+///
+/// # Errors
+///
+/// The namespace cannot be opened or entered, the thread or the netlink
+/// socket cannot be made, listing the links fails, or the kernel refuses to
+/// delete a filter (the filters removed before that stay removed).
 pub fn cleanup_tc_filters(netns: Option<&Path>) -> Result<CleanupReport, CleanupError> {
     let netns = netns.map(Path::to_path_buf);
     std::thread::Builder::new()
@@ -243,15 +382,11 @@ pub fn cleanup_tc_filters(netns: Option<&Path>) -> Result<CleanupReport, Cleanup
                     },
                 )?;
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .map_err(|e| CleanupError::Thread(e.to_string()))?;
-            runtime.block_on(cleanup_here())
+            with_rtnetlink(cleanup_here).map_err(CleanupError::Socket)?
         })
-        .map_err(|e| CleanupError::Thread(e.to_string()))?
+        .map_err(CleanupError::Thread)?
         .join()
-        .map_err(|_| CleanupError::Thread("cleanup thread panicked".into()))?
+        .map_err(|_| CleanupError::Panicked)?
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //!
 //! Dropping a [`Tracer`] detaches everything: tcx links and netfilter links
 //! are file descriptors closed on drop; clsact filters are detached by aya's
-//! link drop, and a clsact qdisc that hoptrace itself added is removed too.
-//! Filters that survive a crash are removed by `hoptrace cleanup`.
+//! link drop, and any of this tracer's filters still listed afterwards is
+//! deleted over netlink; a clsact qdisc that hoptrace itself added is removed
+//! too once it holds no filter. Filters that survive a crash are removed by
+//! `hoptrace cleanup`.
 
 use std::os::fd::AsFd as _;
 
@@ -16,8 +18,9 @@ use aya::{
     },
 };
 use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
+use netlink_packet_route::tc::TcMessage;
 
-use crate::kernel::objects;
+use crate::kernel::{cleanup, objects};
 
 /// How tc programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -32,38 +35,65 @@ pub enum TcMode {
 /// Errors of loading and attaching.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
+    /// This build carries no kernel objects.
     #[error(transparent)]
     NoObjects(#[from] objects::NoKernelObjects),
+    /// aya (or the kernel) rejected the main object.
     #[error("loading the kernel object failed: {0}")]
     Load(#[from] aya::EbpfError),
+    /// The object has no program of that name.
     #[error("program {name} is missing from the kernel object")]
-    MissingProgram { name: String },
+    MissingProgram {
+        /// The program's name.
+        name: String,
+    },
+    /// The object has no map of that name.
     #[error("map {name} is missing from the kernel object")]
-    MissingMap { name: String },
+    MissingMap {
+        /// The map's name.
+        name: String,
+    },
+    /// Loading or attaching a program failed.
     #[error("program {name}: {source}")]
     Program {
+        /// The program's name.
         name: String,
+        /// What aya or the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// Opening or updating a map failed.
     #[error("map {name}: {source}")]
     Map {
+        /// The map's name.
         name: String,
+        /// What aya or the kernel said.
         #[source]
         source: aya::maps::MapError,
     },
+    /// No device of that name in the calling thread's namespace.
     #[error("unknown interface {iface:?} in this network namespace")]
-    UnknownInterface { iface: String },
+    UnknownInterface {
+        /// The device name asked for.
+        iface: String,
+    },
+    /// The clsact qdisc could not be added.
     #[error("adding a clsact qdisc on {iface}: {source}")]
     Clsact {
+        /// The device.
         iface: String,
+        /// What the kernel said.
         #[source]
         source: aya::programs::tc::TcError,
     },
+    /// A tc program could not be attached.
     #[error("attaching tc {direction} on {iface}: {source}")]
     TcAttach {
+        /// The device.
         iface: String,
+        /// `ingress` or `egress`.
         direction: &'static str,
+        /// What aya or the kernel said.
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -71,9 +101,13 @@ pub enum LoaderError {
 
 /// Names of the programs in the main object.
 pub mod program {
+    /// tc ingress, devices with an Ethernet header.
     pub const TC_INGRESS: &str = "hoptrace_tc_ingress";
+    /// tc egress, devices with an Ethernet header.
     pub const TC_EGRESS: &str = "hoptrace_tc_egress";
+    /// tc ingress, devices without a link-layer header (ipip, tun).
     pub const TC_INGRESS_L3: &str = "hoptrace_tc_ingress_l3";
+    /// tc egress, devices without a link-layer header (ipip, tun).
     pub const TC_EGRESS_L3: &str = "hoptrace_tc_egress_l3";
     /// (program, tracepoint) pairs of the BTF tracepoints.
     pub const TRACEPOINTS: [(&str, &str); 5] = [
@@ -86,20 +120,27 @@ pub mod program {
         ),
         ("hoptrace_kfree_skb", "kfree_skb"),
     ];
+    /// (program, tracepoint) of skb:consume_skb, off by default.
     pub const CONSUME: (&str, &str) = ("hoptrace_consume_skb", "consume_skb");
     /// The tracepoint that marks a packet entering a device's qdisc.
     pub const QDISC_TRACEPOINT: &str = "net_dev_queue";
 }
 
+/// The event ring buffer.
 pub const EVENTS_MAP: &str = "HOPTRACE_EVENTS";
+/// Per-CPU counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "HOPTRACE_COUNTERS";
+/// Inodes of the traced network namespaces (tracepoint filter).
 pub const NETNS_MAP: &str = "HOPTRACE_NETNS";
+/// Devices timed by tc without a qdisc, whose device tracepoints are skipped.
 pub const TC_COVERED_MAP: &str = "HOPTRACE_TC_COVERED";
 
 /// Load-time options.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Kernel struct offsets, from BTF.
     pub layout: KernelLayout,
+    /// What the kernel programs trace and filter.
     pub config: TraceConfig,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
@@ -118,9 +159,13 @@ impl Default for LoadOptions {
 /// One tc attachment, for the report.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TcAttachment {
+    /// The device's name.
     pub iface: String,
+    /// The device's index in the namespace it was attached in.
     pub ifindex: u32,
+    /// `ingress` or `egress`.
     pub direction: &'static str,
+    /// tcx link or clsact filter.
     pub mode: TcMode,
 }
 
@@ -131,12 +176,22 @@ pub struct Tracer {
     ebpf: std::mem::ManuallyDrop<Ebpf>,
     tc: Vec<TcAttachment>,
     tracepoints: Vec<&'static str>,
-    /// clsact qdiscs this tracer added (removed again on drop).
-    added_clsact: Vec<String>,
+    /// Ifindexes of the devices whose clsact qdisc this tracer added
+    /// (removed again on drop).
+    added_clsact: Vec<u32>,
+    /// Inode of the network namespace the clsact filters were attached in:
+    /// their ifindexes mean nothing elsewhere, so drop deletes nothing over
+    /// netlink from another namespace.
+    clsact_netns: Option<u32>,
 }
 
 impl Tracer {
     /// Loads the main object with the given globals. Nothing is attached yet.
+    ///
+    /// # Errors
+    ///
+    /// No kernel objects in this build, or aya or the kernel rejects the
+    /// object (verifier, BTF, map creation).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoaderError> {
         let object = objects::main_object()?;
         let ebpf = EbpfLoader::new()
@@ -149,6 +204,7 @@ impl Tracer {
             tc: Vec::new(),
             tracepoints: Vec::new(),
             added_clsact: Vec::new(),
+            clsact_netns: None,
         })
     }
 
@@ -157,10 +213,12 @@ impl Tracer {
         &self.ebpf
     }
 
+    /// Every tc attachment made so far, in order.
     pub fn tc_attachments(&self) -> &[TcAttachment] {
         &self.tc
     }
 
+    /// The tracepoints attached so far.
     pub fn tracepoints(&self) -> &[&'static str] {
         &self.tracepoints
     }
@@ -188,6 +246,11 @@ impl Tracer {
     /// network namespace): tcx first in the chain, or a clsact filter when
     /// `mode` is [`TcMode::Clsact`]. `has_l2` is false for devices without an
     /// Ethernet header (ipip, tun).
+    ///
+    /// # Errors
+    ///
+    /// Unknown device, the clsact qdisc cannot be added, or a program cannot
+    /// be loaded or attached.
     pub fn attach_tc(
         &mut self,
         iface: &str,
@@ -199,8 +262,9 @@ impl Tracer {
                 iface: iface.to_owned(),
             })?;
         if mode == TcMode::Clsact {
+            self.clsact_netns = crate::node::devices::own_netns_inode().ok();
             match aya::programs::tc::qdisc_add_clsact(iface) {
-                Ok(()) => self.added_clsact.push(iface.to_owned()),
+                Ok(()) => self.added_clsact.push(ifindex),
                 Err(aya::programs::tc::TcError::NetlinkError(err))
                     if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(source) => {
@@ -251,6 +315,10 @@ impl Tracer {
     /// `noqueue`) it fires back to back with net_dev_start_xmit and only adds
     /// cost. `consume` adds skb:consume_skb, which doubles the event rate and
     /// is off by default.
+    ///
+    /// # Errors
+    ///
+    /// A program is missing, or cannot be loaded or attached.
     pub fn attach_tracepoints(
         &mut self,
         btf: &aya::Btf,
@@ -290,6 +358,10 @@ impl Tracer {
 
     /// Restricts tracepoint events to these network namespaces (the node and
     /// its pods); takes effect when `TraceConfig::filter_netns` was set.
+    ///
+    /// # Errors
+    ///
+    /// The map is missing or an update fails.
     pub fn set_traced_netns(&mut self, inodes: &[u32]) -> Result<(), LoaderError> {
         let map = self
             .ebpf
@@ -313,6 +385,10 @@ impl Tracer {
 
     /// Node devices whose device tracepoints are redundant with tc (timed by
     /// tc, no qdisc): the kernel skips those events.
+    ///
+    /// # Errors
+    ///
+    /// The map is missing or an update fails.
     pub fn set_tc_covered(&mut self, devices: &[u64]) -> Result<(), LoaderError> {
         let map = self
             .ebpf
@@ -335,6 +411,10 @@ impl Tracer {
     }
 
     /// Takes the event ring buffer out of the object, for a reader.
+    ///
+    /// # Errors
+    ///
+    /// The ring buffer was taken already, or is not a ring buffer.
     pub fn take_events(&mut self) -> Result<EventReader, LoaderError> {
         let map = self
             .ebpf
@@ -350,6 +430,10 @@ impl Tracer {
     }
 
     /// Sums the per-CPU counters.
+    ///
+    /// # Errors
+    ///
+    /// The counters map is missing or cannot be read.
     pub fn counters(&self) -> Result<Counters, LoaderError> {
         let map = self
             .ebpf
@@ -378,39 +462,102 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
+        // Kernel ids of this tracer's programs, read while they are loaded.
+        let own_programs: Vec<u32> = self
+            .ebpf
+            .programs()
+            .filter_map(|(_, prog)| prog.fd().ok())
+            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
+            .collect();
         // SAFETY: `ebpf` is not used after this point. Dropping it detaches
         // every program: tcx links close, clsact filters are deleted.
         unsafe { std::mem::ManuallyDrop::drop(&mut self.ebpf) };
-        // A clsact qdisc that hoptrace added would outlive us: remove it when
-        // it holds no filter any more (another tool may have added one).
-        for iface in std::mem::take(&mut self.added_clsact) {
-            if clsact_is_empty(&iface) {
-                let _ = std::process::Command::new("tc")
-                    .args(["qdisc", "del", "dev", &iface, "clsact"])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-            }
+        let mut clsact_devices: Vec<u32> = self
+            .tc
+            .iter()
+            .filter(|a| a.mode == TcMode::Clsact)
+            .map(|a| a.ifindex)
+            .collect();
+        clsact_devices.sort_unstable();
+        clsact_devices.dedup();
+        if clsact_devices.is_empty()
+            || self.clsact_netns != crate::node::devices::own_netns_inode().ok()
+        {
+            return;
         }
+        let added = std::mem::take(&mut self.added_clsact);
+        // Best effort: nothing to report to from a destructor, and whatever
+        // is left behind is what `hoptrace cleanup` removes.
+        let _ = cleanup::with_rtnetlink(|handle| async move {
+            for ifindex in clsact_devices {
+                detach_clsact(&handle, ifindex, &own_programs, added.contains(&ifindex)).await;
+            }
+        });
     }
 }
 
-fn clsact_is_empty(iface: &str) -> bool {
-    ["ingress", "egress"].iter().all(|dir| {
-        std::process::Command::new("tc")
-            .args(["filter", "show", "dev", iface, dir])
-            .output()
-            .map(|out| out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace))
-            .unwrap_or(false)
-    })
+/// After aya's detach: deletes any filter on `ifindex` that still runs one of
+/// `own_programs` (aya ignores a failed detach), then, when `remove_qdisc`
+/// (this tracer added the clsact qdisc) and neither hook holds a filter any
+/// more (another tool may have added one), the clsact qdisc itself.
+async fn detach_clsact(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+    own_programs: &[u32],
+    remove_qdisc: bool,
+) {
+    let mut empty = true;
+    for direction in [cleanup::Direction::Ingress, cleanup::Direction::Egress] {
+        let Ok(filters) = cleanup::list_filters(handle, ifindex, direction).await else {
+            // Unknown state: leave the qdisc alone.
+            empty = false;
+            continue;
+        };
+        let (own, others): (Vec<_>, Vec<_>) = filters
+            .into_iter()
+            .partition(|f| is_own_filter(f, own_programs));
+        for filter in &own {
+            if cleanup::delete_filter(handle, ifindex, direction, filter)
+                .await
+                .is_err()
+            {
+                empty = false;
+            }
+        }
+        empty &= empty_without(&own, &others);
+    }
+    if remove_qdisc && empty {
+        let _ = cleanup::delete_clsact(handle, ifindex).await;
+    }
+}
+
+/// Whether a hook holds no filter once `own` are deleted: `others` (the rest
+/// of its listing) may only hold the chain heads (handle 0) of priorities
+/// whose filters were all `own`, which go with them.
+fn empty_without(own: &[TcMessage], others: &[TcMessage]) -> bool {
+    let priority = |f: &TcMessage| f.header.info >> 16;
+    others
+        .iter()
+        .all(|f| u32::from(f.header.handle) == 0 && own.iter().any(|o| priority(o) == priority(f)))
+}
+
+/// A filter (not a chain head) that runs one of `own_programs`.
+fn is_own_filter(filter: &TcMessage, own_programs: &[u32]) -> bool {
+    u32::from(filter.header.handle) != 0
+        && cleanup::bpf_program(filter)
+            .and_then(|(_, id)| id)
+            .is_some_and(|id| own_programs.contains(&id))
 }
 
 /// Summed per-CPU counters.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counters {
+    /// Sum over CPUs, indexed by [`Counter`].
     pub totals: [u64; COUNTER_SLOTS as usize],
 }
 
 impl Counters {
+    /// The total of one counter.
     pub fn get(&self, counter: Counter) -> u64 {
         self.totals[counter as usize]
     }
@@ -447,5 +594,72 @@ impl EventReader {
     /// Raw fd, for epoll users.
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+
+    use super::*;
+
+    /// A clsact filter as a dump lists it: `handle` 0 is a chain head.
+    fn filter(priority: u16, handle: u32, prog: Option<(&str, u32)>) -> TcMessage {
+        let mut msg = TcMessage::with_index(4);
+        msg.header.handle = handle.into();
+        // Priority in the high 16 bits, protocol (ETH_P_ALL) in the low.
+        msg.header.info = (u32::from(priority) << 16) | 0x0300;
+        msg.attributes.push(TcAttribute::Kind("bpf".into()));
+        if let Some((name, id)) = prog {
+            msg.attributes.push(TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgId(id)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name.into())),
+            ]));
+        }
+        msg
+    }
+
+    #[test]
+    fn own_filters_are_recognised_by_program_id() {
+        let own = [41, 42];
+        assert!(is_own_filter(
+            &filter(1, 1, Some(("hoptrace_tc_ingress", 42))),
+            &own
+        ));
+        // Another hoptrace's filter: same name, other program.
+        assert!(!is_own_filter(
+            &filter(1, 2, Some(("hoptrace_tc_ingress", 7))),
+            &own
+        ));
+        assert!(!is_own_filter(&filter(1, 0, None), &own), "chain head");
+        assert!(!is_own_filter(
+            &filter(2, 1, Some(("cil_from_netdev", 9))),
+            &own
+        ));
+    }
+
+    #[test]
+    fn hook_is_empty_only_without_foreign_filters() {
+        let ours = filter(1, 1, Some(("hoptrace_tc_ingress", 42)));
+        let head1 = filter(1, 0, None);
+        let cilium = filter(2, 1, Some(("cil_from_netdev", 9)));
+        let head2 = filter(2, 0, None);
+        assert!(empty_without(&[], &[]));
+        assert!(empty_without(
+            std::slice::from_ref(&ours),
+            std::slice::from_ref(&head1)
+        ));
+        assert!(
+            !empty_without(&[], std::slice::from_ref(&head1)),
+            "a head without our filter"
+        );
+        assert!(!empty_without(
+            std::slice::from_ref(&ours),
+            &[head1, head2.clone(), cilium.clone()]
+        ));
+        assert!(!empty_without(&[], &[head2, cilium]));
+        // Another filter at our priority keeps its chain.
+        let neighbour = filter(1, 2, Some(("other", 5)));
+        assert!(!empty_without(&[ours], &[filter(1, 0, None), neighbour]));
     }
 }

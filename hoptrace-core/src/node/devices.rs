@@ -3,37 +3,65 @@
 //! The node is the network namespace hoptrace runs in; its pods are the
 //! namespaces at the far ends of its veths. Devices are classified by kind
 //! (veth, bridge, vxlan, geneve, ipip, ...) whatever their name, and the
-//! uplink is the device of the default route. Uses `ip -json` (iproute2).
+//! uplink is the device of the default route.
+//!
+//! Links, routes and namespace ids are read over rtnetlink (`RTM_GETLINK`,
+//! `RTM_GETROUTE`, `RTM_GETNSID`) from a socket made on the calling thread, so
+//! a thread that entered a namespace with `setns(2)` sees that namespace. The
+//! turning of those messages into [`Device`]s and [`PodNetns`] is done by pure
+//! functions, tested on built and recorded messages.
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path, process::Command};
 
-use serde::Deserialize;
+use futures_util::TryStreamExt as _;
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
+    route::{RouteAttribute, RouteHeader, RouteMessage},
+};
 
+use crate::kernel::cleanup::with_rtnetlink;
+
+/// Where `ip netns` (and containerd, and the lab) mount named namespaces.
+const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Device discovery failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("`ip` (iproute2) is not installed; install the iproute2 package")]
-    MissingIp,
-    #[error("`{command}` failed: {stderr}")]
-    Command { command: String, stderr: String },
-    #[error("cannot parse the output of `{command}`: {source}")]
-    Parse {
-        command: String,
+    /// The netlink socket, or the runtime that drives it, could not be made.
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// A netlink dump failed.
+    #[error("netlink {request} failed: {source}")]
+    Netlink {
+        /// The request (`RTM_GETLINK dump`, ...).
+        request: &'static str,
+        /// What the kernel (or the netlink library) said.
         #[source]
-        source: serde_json::Error,
+        source: rtnetlink::Error,
     },
+    /// `/run/netns` exists but cannot be listed.
+    #[error("cannot list {NETNS_RUN_DIR}: {0}")]
+    NetnsDir(#[source] std::io::Error),
+    /// `/proc/thread-self/ns/net` cannot be read.
     #[error("cannot read the network namespace of this process: {0}")]
-    OwnNetns(std::io::Error),
+    OwnNetns(#[source] std::io::Error),
 }
 
 /// What a device is, by its link kind (not its name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceKind {
+    /// One end of a veth pair.
     Veth,
+    /// A Linux bridge.
     Bridge,
+    /// A VXLAN tunnel device.
     Vxlan,
+    /// A GENEVE tunnel device.
     Geneve,
+    /// An IP-in-IP tunnel (`ipip`, `sit`, `ip6tnl`).
     Ipip,
+    /// The loopback device.
     Loopback,
     /// Physical NIC or anything else with an Ethernet header.
     Ethernet,
@@ -44,16 +72,21 @@ pub enum DeviceKind {
 /// One device of a network namespace.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Device {
+    /// Interface index, unique inside its namespace.
     pub ifindex: u32,
+    /// Interface name (`IFLA_IFNAME`).
     pub name: String,
+    /// What the device is, by its link kind.
     pub kind: DeviceKind,
     /// For veths: the peer's namespace id as seen from this namespace.
     pub peer_netnsid: Option<i32>,
-    /// Enslaved to a bridge (a bridge port).
+    /// Enslaved to a bridge (a bridge port): the bridge's name.
     pub master: Option<String>,
     /// The device of the default route.
     pub uplink: bool,
+    /// Frames on this device start with an Ethernet header.
     pub has_l2: bool,
+    /// Administratively up (`IFF_UP`).
     pub up: bool,
     /// The device has no qdisc (`noqueue`): nothing queues between entering
     /// the device and the driver.
@@ -65,6 +98,7 @@ pub struct Device {
 pub struct PodNetns {
     /// Name under /run/netns (containerd's `cni-...`, or the lab's).
     pub name: String,
+    /// Inode of the namespace.
     pub inode: u32,
     /// Host-side veth(s) leading to it.
     pub host_veths: Vec<String>,
@@ -73,155 +107,141 @@ pub struct PodNetns {
 /// The node's view of itself.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeDevices {
+    /// Inode of the node's network namespace.
     pub netns_inode: u32,
     /// kube-proxy's chains are programmed here (iptables `KUBE-SERVICES` in
     /// the nat table, or the nftables `kube-proxy` table).
     pub kube_proxy_present: bool,
+    /// Every device of the node's namespace, in the kernel's order.
     pub devices: Vec<Device>,
+    /// The namespaces behind the node's veths (the uplink excepted).
     pub pods: Vec<PodNetns>,
 }
 
-#[derive(Deserialize)]
-struct IpLink {
-    ifindex: u32,
-    ifname: String,
-    #[serde(default)]
-    link_type: String,
-    #[serde(default)]
-    link_netnsid: Option<i32>,
-    #[serde(default)]
-    master: Option<String>,
-    #[serde(default)]
-    flags: Vec<String>,
-    #[serde(default)]
-    qdisc: Option<String>,
-    #[serde(default)]
-    linkinfo: Option<IpLinkInfo>,
-}
-
-#[derive(Deserialize)]
-struct IpLinkInfo {
-    #[serde(default)]
-    info_kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct IpRoute {
-    #[serde(default)]
-    dev: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct IpNetns {
-    name: String,
-    #[serde(default)]
-    id: Option<i32>,
-}
-
-fn ip_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T, DeviceError> {
-    let command = format!("ip {}", args.join(" "));
-    let out = Command::new("ip").args(args).output().map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            DeviceError::MissingIp
-        } else {
-            DeviceError::Command {
-                command: command.clone(),
-                stderr: err.to_string(),
-            }
-        }
-    })?;
-    if !out.status.success() {
-        return Err(DeviceError::Command {
-            command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let text = if text.trim().is_empty() {
-        "[]"
-    } else {
-        text.trim()
-    };
-    serde_json::from_str(text).map_err(|source| DeviceError::Parse { command, source })
-}
-
-/// Classifies a link from `ip -d -j link` fields.
-pub fn classify(kind: Option<&str>, link_type: &str) -> DeviceKind {
-    match (kind, link_type) {
-        (Some("veth"), _) => DeviceKind::Veth,
-        (Some("bridge"), _) => DeviceKind::Bridge,
-        (Some("vxlan"), _) => DeviceKind::Vxlan,
-        (Some("geneve"), _) => DeviceKind::Geneve,
-        (Some("ipip" | "sit" | "ip6tnl"), _) => DeviceKind::Ipip,
-        (_, "loopback") => DeviceKind::Loopback,
-        (_, "ipip" | "tunnel" | "sit" | "tunnel6" | "none") => DeviceKind::L3Only,
+/// Classifies a link by its `IFLA_INFO_KIND` and, without one, by its
+/// link-layer (ARPHRD) type.
+pub fn classify(kind: Option<&InfoKind>, link_layer: LinkLayerType) -> DeviceKind {
+    match (kind, link_layer) {
+        (Some(InfoKind::Veth), _) => DeviceKind::Veth,
+        (Some(InfoKind::Bridge), _) => DeviceKind::Bridge,
+        (Some(InfoKind::Vxlan), _) => DeviceKind::Vxlan,
+        (Some(InfoKind::Geneve), _) => DeviceKind::Geneve,
+        (Some(InfoKind::IpIp | InfoKind::SitTun | InfoKind::Ip6Tnl), _) => DeviceKind::Ipip,
+        (_, LinkLayerType::Loopback) => DeviceKind::Loopback,
+        (
+            _,
+            LinkLayerType::Tunnel
+            | LinkLayerType::Tunnel6
+            | LinkLayerType::Sit
+            | LinkLayerType::None,
+        ) => DeviceKind::L3Only,
         _ => DeviceKind::Ethernet,
     }
 }
 
 /// Inode of the calling thread's network namespace.
+///
+/// # Errors
+///
+/// [`DeviceError::OwnNetns`] when `/proc/thread-self/ns/net` cannot be read.
 pub fn own_netns_inode() -> Result<u32, DeviceError> {
     std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| m.ino() as u32)
         .map_err(DeviceError::OwnNetns)
 }
 
-/// Discovers devices and pods of the calling thread's network namespace.
-pub fn discover() -> Result<NodeDevices, DeviceError> {
-    let links: Vec<IpLink> = ip_json(&["-d", "-j", "link", "show"])?;
-    let routes: Vec<IpRoute> = ip_json(&["-j", "route", "show", "default"])?;
-    let uplinks: Vec<String> = routes.into_iter().filter_map(|r| r.dev).collect();
-    let devices: Vec<Device> = links
-        .into_iter()
-        .map(|l| {
-            let kind = classify(
-                l.linkinfo.as_ref().and_then(|i| i.info_kind.as_deref()),
-                &l.link_type,
-            );
-            Device {
-                ifindex: l.ifindex,
-                uplink: uplinks.contains(&l.ifname),
-                has_l2: !matches!(kind, DeviceKind::Ipip | DeviceKind::L3Only),
-                up: l.flags.iter().any(|f| f == "UP"),
-                noqueue: l.qdisc.as_deref() == Some("noqueue"),
-                peer_netnsid: if kind == DeviceKind::Veth {
-                    l.link_netnsid
-                } else {
-                    None
-                },
-                master: l.master,
-                name: l.ifname,
-                kind,
-            }
-        })
-        .collect();
-    let netns: Vec<IpNetns> = ip_json(&["-j", "netns", "list"])?;
-    let by_id: HashMap<i32, &IpNetns> = netns
-        .iter()
-        .filter_map(|n| n.id.map(|id| (id, n)))
-        .collect();
-    let mut pods: Vec<PodNetns> = Vec::new();
-    for dev in &devices {
-        // The uplink may be a veth too (a node in a namespace lab): what is
-        // behind it is the network, not a pod.
-        if dev.uplink {
-            continue;
-        }
-        let Some(id) = dev.peer_netnsid else { continue };
-        let Some(ns) = by_id.get(&id) else { continue };
-        let Ok(meta) = std::fs::metadata(Path::new("/run/netns").join(&ns.name)) else {
-            continue;
-        };
-        let inode = meta.ino() as u32;
-        match pods.iter_mut().find(|p| p.inode == inode) {
-            Some(pod) => pod.host_veths.push(dev.name.clone()),
-            None => pods.push(PodNetns {
-                name: ns.name.clone(),
-                inode,
-                host_veths: vec![dev.name.clone()],
-            }),
+/// What one discovery reads from the kernel.
+struct Dumps {
+    links: Vec<LinkMessage>,
+    routes: Vec<RouteMessage>,
+    /// Names under /run/netns with the id this namespace gave them, if any.
+    netns: Vec<(String, Option<i32>)>,
+}
+
+async fn dump(handle: rtnetlink::Handle, names: Vec<String>) -> Result<Dumps, DeviceError> {
+    let links = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| DeviceError::Netlink {
+            request: "RTM_GETLINK dump",
+            source,
+        })?;
+    // Every IPv4 route (all tables: the filter is ours, see
+    // `default_route_devices`), as `ip route` asks.
+    let ipv4 = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    let routes = handle
+        .route()
+        .get(ipv4)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| DeviceError::Netlink {
+            request: "RTM_GETROUTE dump",
+            source,
+        })?;
+    let mut netns = Vec::with_capacity(names.len());
+    for name in names {
+        // A namespace without an id here (or one that vanished meanwhile)
+        // is listed without one, as `ip netns list` does.
+        let id = handle
+            .link()
+            .get_netns_id(name.clone())
+            .execute()
+            .await
+            .ok()
+            .flatten();
+        netns.push((name, id));
+    }
+    Ok(Dumps {
+        links,
+        routes,
+        netns,
+    })
+}
+
+/// Names of the namespaces mounted under /run/netns (none when it does not
+/// exist).
+fn named_netns() -> Result<Vec<String>, DeviceError> {
+    let entries = match std::fs::read_dir(NETNS_RUN_DIR) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DeviceError::NetnsDir(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(DeviceError::NetnsDir)?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
         }
     }
+    names.sort();
+    Ok(names)
+}
+
+/// Discovers devices and pods of the calling thread's network namespace.
+///
+/// # Errors
+///
+/// The netlink socket cannot be made or a dump fails, /run/netns cannot be
+/// listed, or the thread's own namespace cannot be read.
+pub fn discover() -> Result<NodeDevices, DeviceError> {
+    let names = named_netns()?;
+    let dumps = with_rtnetlink(|handle| dump(handle, names)).map_err(DeviceError::Socket)??;
+    let uplinks = default_route_devices(&dumps.routes);
+    let devices = devices_from_links(&dumps.links, &uplinks);
+    let by_id: HashMap<i32, &str> = dumps
+        .netns
+        .iter()
+        .filter_map(|(name, id)| Some(((*id)?, name.as_str())))
+        .collect();
+    let pods = pods_behind(&devices, &by_id, |name| {
+        std::fs::metadata(Path::new(NETNS_RUN_DIR).join(name))
+            .ok()
+            .map(|m| m.ino() as u32)
+    });
     Ok(NodeDevices {
         netns_inode: own_netns_inode()?,
         kube_proxy_present: kube_proxy_present(),
@@ -230,9 +250,139 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
     })
 }
 
+/// Output devices (ifindexes) of the IPv4 default routes of the main table,
+/// what `ip route show default` lists with a `dev`. A multipath default
+/// route names no single device and gives none.
+fn default_route_devices(routes: &[RouteMessage]) -> Vec<u32> {
+    routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0)
+        .filter(|r| {
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            table == u32::from(RouteHeader::RT_TABLE_MAIN)
+        })
+        .filter_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(ifindex) => Some(*ifindex),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+/// One [`Device`] per link message; `uplinks` are the default route's
+/// devices. A bridge port's master is named from the same dump.
+fn devices_from_links(links: &[LinkMessage], uplinks: &[u32]) -> Vec<Device> {
+    let names: HashMap<u32, &str> = links
+        .iter()
+        .filter_map(|l| Some((l.header.index, link_name(l)?)))
+        .collect();
+    links
+        .iter()
+        .map(|l| {
+            let kind = classify(link_kind(l), l.header.link_layer_type);
+            // Named as `ip link` names it: `if<index>` when not in the dump.
+            let master = l
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    LinkAttribute::Controller(index) => Some(index),
+                    _ => None,
+                })
+                .map(|index| {
+                    names
+                        .get(index)
+                        .map_or_else(|| format!("if{index}"), |name| (*name).to_owned())
+                });
+            let peer_netnsid = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkNetNsId(id) => Some(*id),
+                _ => None,
+            });
+            let qdisc = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Qdisc(q) => Some(q.as_str()),
+                _ => None,
+            });
+            Device {
+                ifindex: l.header.index,
+                name: link_name(l).unwrap_or_default().to_owned(),
+                kind,
+                peer_netnsid: if kind == DeviceKind::Veth {
+                    peer_netnsid
+                } else {
+                    None
+                },
+                master,
+                uplink: uplinks.contains(&l.header.index),
+                has_l2: !matches!(kind, DeviceKind::Ipip | DeviceKind::L3Only),
+                up: l.header.flags.contains(LinkFlags::Up),
+                noqueue: qdisc == Some("noqueue"),
+            }
+        })
+        .collect()
+}
+
+fn link_name(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link.attributes
+        .iter()
+        .filter_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => Some(infos),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        })
+}
+
+/// The pods behind `devices`: for each veth with a peer namespace id (not
+/// the uplink, which may be a veth too in a namespace lab: what is behind it
+/// is the network), the named namespace with that id (`by_id`), identified
+/// by its inode (`inode_of` a /run/netns name; `None` skips it). Veths into
+/// the same namespace make one pod.
+fn pods_behind(
+    devices: &[Device],
+    by_id: &HashMap<i32, &str>,
+    inode_of: impl Fn(&str) -> Option<u32>,
+) -> Vec<PodNetns> {
+    let mut pods: Vec<PodNetns> = Vec::new();
+    for dev in devices.iter().filter(|d| !d.uplink) {
+        let Some(id) = dev.peer_netnsid else { continue };
+        let Some(name) = by_id.get(&id) else { continue };
+        let Some(inode) = inode_of(name) else {
+            continue;
+        };
+        match pods.iter_mut().find(|p| p.inode == inode) {
+            Some(pod) => pod.host_veths.push(dev.name.clone()),
+            None => pods.push(PodNetns {
+                name: (*name).to_owned(),
+                inode,
+                host_veths: vec![dev.name.clone()],
+            }),
+        }
+    }
+    pods
+}
+
 /// Does this namespace carry kube-proxy's rules? Asks iptables for the nat
 /// KUBE-SERVICES chain (one rule is enough) and nft for its table. Missing
-/// tools count as "no".
+/// tools count as "no". These stay subprocesses: the rules are read through
+/// the iptables and nft tools (xtables or nf_tables, whichever backend the
+/// node uses), not through rtnetlink.
 pub fn kube_proxy_present() -> bool {
     let iptables = Command::new("iptables")
         .args(["-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", "1"])
@@ -271,6 +421,7 @@ impl NodeDevices {
             .collect()
     }
 
+    /// The device called `name`, if this namespace has one.
     pub fn by_name(&self, name: &str) -> Option<&Device> {
         self.devices.iter().find(|d| d.name == name)
     }
@@ -285,29 +436,320 @@ impl NodeDevices {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{Emitable as _, Parseable as _};
+    use netlink_packet_route::route::RouteAddress;
+
     use super::*;
 
     #[test]
     fn classifies_by_kind_not_name() {
-        assert_eq!(classify(Some("vxlan"), "ether"), DeviceKind::Vxlan);
-        assert_eq!(classify(Some("veth"), "ether"), DeviceKind::Veth);
-        assert_eq!(classify(Some("bridge"), "ether"), DeviceKind::Bridge);
-        assert_eq!(classify(Some("ipip"), "ipip"), DeviceKind::Ipip);
-        assert_eq!(classify(None, "loopback"), DeviceKind::Loopback);
-        assert_eq!(classify(None, "none"), DeviceKind::L3Only);
-        assert_eq!(classify(None, "ether"), DeviceKind::Ethernet);
+        use LinkLayerType::{Ether, Loopback, None as NoL2, Sit, Tunnel, Tunnel6};
+        assert_eq!(classify(Some(&InfoKind::Vxlan), Ether), DeviceKind::Vxlan);
+        assert_eq!(classify(Some(&InfoKind::Veth), Ether), DeviceKind::Veth);
+        assert_eq!(classify(Some(&InfoKind::Bridge), Ether), DeviceKind::Bridge);
+        assert_eq!(classify(Some(&InfoKind::Geneve), Ether), DeviceKind::Geneve);
+        assert_eq!(classify(Some(&InfoKind::IpIp), Tunnel), DeviceKind::Ipip);
+        assert_eq!(classify(Some(&InfoKind::SitTun), Sit), DeviceKind::Ipip);
+        assert_eq!(classify(Some(&InfoKind::Ip6Tnl), Tunnel6), DeviceKind::Ipip);
+        assert_eq!(classify(None, Loopback), DeviceKind::Loopback);
+        assert_eq!(classify(None, NoL2), DeviceKind::L3Only);
+        assert_eq!(classify(Some(&InfoKind::Tun), NoL2), DeviceKind::L3Only);
+        assert_eq!(classify(None, Tunnel), DeviceKind::L3Only);
+        assert_eq!(classify(None, Ether), DeviceKind::Ethernet);
+        assert_eq!(
+            classify(Some(&InfoKind::Dummy), Ether),
+            DeviceKind::Ethernet
+        );
+    }
+
+    /// A link message as the kernel's `RTM_NEWLINK` dump carries it.
+    fn link(
+        index: u32,
+        name: &str,
+        kind: Option<InfoKind>,
+        layer: LinkLayerType,
+        up: bool,
+        extra: Vec<LinkAttribute>,
+    ) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.link_layer_type = layer;
+        if up {
+            msg.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+        }
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        if let Some(kind) = kind {
+            msg.attributes
+                .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(kind)]));
+        }
+        msg.attributes.extend(extra);
+        // Through the wire format and back, as discovery receives it.
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        LinkMessage::parse(bytes.as_slice()).expect("parse emitted link")
+    }
+
+    fn route(dst_len: u8, table: u8, oif: Option<u32>) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.destination_prefix_length = dst_len;
+        msg.header.table = table;
+        if dst_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(
+                    std::net::Ipv4Addr::new(10, 244, 0, 0),
+                )));
+        }
+        if let Some(oif) = oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.emit(&mut bytes);
+        RouteMessage::parse(bytes.as_slice()).expect("parse emitted route")
+    }
+
+    /// A node: lo, eth0 (default route), cni0 with two pod veths (one pod
+    /// has two), flannel.1, an ipip tunnel, and a veth uplink of a lab node.
+    fn node_links() -> Vec<LinkMessage> {
+        use LinkLayerType::{Ether, Loopback, Tunnel};
+        vec![
+            link(
+                1,
+                "lo",
+                None,
+                Loopback,
+                true,
+                vec![LinkAttribute::Qdisc("noqueue".into())],
+            ),
+            link(
+                2,
+                "eth0",
+                None,
+                Ether,
+                true,
+                vec![LinkAttribute::Qdisc("mq".into())],
+            ),
+            link(
+                3,
+                "cni0",
+                Some(InfoKind::Bridge),
+                Ether,
+                true,
+                vec![LinkAttribute::Qdisc("noqueue".into())],
+            ),
+            link(
+                5,
+                "vethx1",
+                Some(InfoKind::Veth),
+                Ether,
+                true,
+                vec![
+                    LinkAttribute::Controller(3),
+                    LinkAttribute::LinkNetNsId(0),
+                    LinkAttribute::Qdisc("noqueue".into()),
+                ],
+            ),
+            link(
+                6,
+                "vethx2",
+                Some(InfoKind::Veth),
+                Ether,
+                false,
+                vec![LinkAttribute::Controller(3), LinkAttribute::LinkNetNsId(1)],
+            ),
+            link(
+                7,
+                "vethx3",
+                Some(InfoKind::Veth),
+                Ether,
+                true,
+                vec![LinkAttribute::Controller(3), LinkAttribute::LinkNetNsId(1)],
+            ),
+            link(8, "flannel.1", Some(InfoKind::Vxlan), Ether, true, vec![]),
+            link(9, "tunl0", Some(InfoKind::IpIp), Tunnel, true, vec![]),
+            // A vxlan with a netnsid (its underlay in another namespace):
+            // only veths have peers.
+            link(
+                10,
+                "vx-ns",
+                Some(InfoKind::Vxlan),
+                Ether,
+                true,
+                vec![LinkAttribute::LinkNetNsId(2)],
+            ),
+            // A bridge port whose master is not in the dump.
+            link(
+                11,
+                "port",
+                Some(InfoKind::Dummy),
+                Ether,
+                true,
+                vec![LinkAttribute::Controller(99)],
+            ),
+        ]
     }
 
     #[test]
-    fn parses_ip_link_json() {
-        let text = r#"[{"ifindex":5,"ifname":"vethx1","link_type":"ether","link_netnsid":0,
-            "flags":["BROADCAST","UP"],"master":"cni0","linkinfo":{"info_kind":"veth"}}]"#;
-        let links: Vec<IpLink> = serde_json::from_str(text).unwrap();
-        assert_eq!(links[0].link_netnsid, Some(0));
-        assert_eq!(links[0].master.as_deref(), Some("cni0"));
+    fn devices_from_link_messages() {
+        let routes = [
+            route(0, RouteHeader::RT_TABLE_MAIN, Some(2)),
+            route(16, RouteHeader::RT_TABLE_MAIN, Some(8)),
+            // Default routes of another table and without a device.
+            route(0, 100, Some(3)),
+            route(0, RouteHeader::RT_TABLE_MAIN, None),
+        ];
+        let uplinks = default_route_devices(&routes);
+        assert_eq!(uplinks, [2]);
+        let devices = devices_from_links(&node_links(), &uplinks);
+        let get = |name: &str| devices.iter().find(|d| d.name == name).expect(name);
+
+        let lo = get("lo");
         assert_eq!(
-            links[0].linkinfo.as_ref().unwrap().info_kind.as_deref(),
-            Some("veth")
+            (lo.ifindex, lo.kind, lo.has_l2),
+            (1, DeviceKind::Loopback, true)
         );
+        assert!(lo.noqueue && lo.up && !lo.uplink);
+        let eth0 = get("eth0");
+        assert_eq!(eth0.kind, DeviceKind::Ethernet);
+        assert!(eth0.uplink && !eth0.noqueue);
+        assert_eq!(get("cni0").kind, DeviceKind::Bridge);
+        let veth = get("vethx1");
+        assert_eq!(veth.kind, DeviceKind::Veth);
+        assert_eq!(veth.peer_netnsid, Some(0));
+        assert_eq!(veth.master.as_deref(), Some("cni0"));
+        assert!(veth.up && veth.noqueue && veth.has_l2 && !veth.uplink);
+        let down = get("vethx2");
+        assert!(!down.up && !down.noqueue);
+        assert_eq!(down.peer_netnsid, Some(1));
+        assert_eq!(get("flannel.1").kind, DeviceKind::Vxlan);
+        let tunl = get("tunl0");
+        assert_eq!((tunl.kind, tunl.has_l2), (DeviceKind::Ipip, false));
+        assert_eq!(get("vx-ns").peer_netnsid, None, "only veths have peers");
+        assert_eq!(get("port").master.as_deref(), Some("if99"));
+        assert_eq!(get("cni0").master, None);
+
+        let node = NodeDevices {
+            netns_inode: 1,
+            kube_proxy_present: false,
+            devices: devices.clone(),
+            pods: Vec::new(),
+        };
+        let targets: Vec<&str> = node
+            .default_tc_targets()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "eth0",
+                "cni0",
+                "vethx1",
+                "vethx2",
+                "vethx3",
+                "flannel.1",
+                "tunl0",
+                "vx-ns"
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_are_the_named_namespaces_behind_veths() {
+        let mut devices = devices_from_links(&node_links(), &[2]);
+        // A lab node: its uplink is a veth into the "switch" namespace.
+        devices.push(Device {
+            ifindex: 12,
+            name: "up0".into(),
+            kind: DeviceKind::Veth,
+            peer_netnsid: Some(3),
+            master: None,
+            uplink: true,
+            has_l2: true,
+            up: true,
+            noqueue: true,
+        });
+        let by_id = HashMap::from([(0, "cni-a"), (1, "cni-b"), (2, "underlay"), (3, "switch")]);
+        let inodes = HashMap::from([
+            ("cni-a", 4026532001u32),
+            ("cni-b", 4026532002),
+            ("underlay", 4026532003),
+            ("switch", 4026532004),
+        ]);
+        let pods = pods_behind(&devices, &by_id, |name| inodes.get(name).copied());
+        let summary: Vec<(&str, u32, Vec<&str>)> = pods
+            .iter()
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.inode,
+                    p.host_veths.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("cni-a", 4026532001, vec!["vethx1"]),
+                ("cni-b", 4026532002, vec!["vethx2", "vethx3"]),
+            ]
+        );
+        // A namespace whose file is gone is no pod.
+        let pods = pods_behind(&devices, &by_id, |name| {
+            (name != "cni-a").then(|| inodes[name])
+        });
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].name, "cni-b");
+    }
+
+    /// The payload of an `RTM_NEWLINK` dump message as a 6.18 kernel sent
+    /// it, recorded in a throwaway namespace: veth `vethpod0`, ifindex 2,
+    /// port of bridge `br0` (ifindex 3), peer in namespace id 0, qdisc
+    /// noqueue, up.
+    const RECORDED_VETH: &str = include_str!("testdata/rtm_newlink_veth.hex");
+
+    #[test]
+    fn recorded_kernel_veth_message() {
+        let hex = RECORDED_VETH.split_whitespace().collect::<String>();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        let veth = LinkMessage::parse(bytes.as_slice()).expect("kernel message");
+        let mut bridge = LinkMessage::default();
+        bridge.header.index = 3;
+        bridge.attributes.push(LinkAttribute::IfName("br0".into()));
+        let devices = devices_from_links(&[bridge, veth], &[]);
+        let dev = &devices[1];
+        assert_eq!((dev.ifindex, dev.name.as_str()), (2, "vethpod0"));
+        assert_eq!(dev.kind, DeviceKind::Veth);
+        assert_eq!(dev.peer_netnsid, Some(0));
+        assert_eq!(dev.master.as_deref(), Some("br0"));
+        assert!(dev.up && dev.noqueue && dev.has_l2 && !dev.uplink);
+    }
+
+    #[test]
+    fn discovers_this_namespace() {
+        // Dumps need no privilege: this runs as any user.
+        let node = discover().expect("discover");
+        assert_eq!(node.netns_inode, own_netns_inode().unwrap());
+        let lo = node.by_name("lo").expect("every namespace has lo");
+        assert_eq!((lo.ifindex, lo.kind), (1, DeviceKind::Loopback));
+        let mut ifindexes: Vec<u32> = node.devices.iter().map(|d| d.ifindex).collect();
+        ifindexes.dedup();
+        assert_eq!(ifindexes.len(), node.devices.len(), "one entry per link");
+        assert!(node.devices.iter().all(|d| !d.name.is_empty()));
+    }
+
+    #[test]
+    fn discovers_from_inside_a_tokio_runtime() {
+        // A nested block_on would panic: discovery moves to a helper thread,
+        // which starts in this thread's namespace.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let node = runtime.block_on(async { discover() }).expect("discover");
+        assert_eq!(node.netns_inode, own_netns_inode().unwrap());
+        assert!(node.by_name("lo").is_some());
     }
 }

@@ -283,6 +283,20 @@ impl Session {
         ids
     }
 
+    /// Kernel ids and full names of this session's tc and tracepoint
+    /// programs. The kernel's own program info cuts names at 15 bytes
+    /// (`hoptrace_tc_ing`); these are the names in the object.
+    pub fn program_names(&self) -> Vec<(u32, String)> {
+        self.tracer
+            .iter()
+            .flat_map(|t| t.ebpf().programs())
+            .filter_map(|(name, p)| {
+                let id = crate::kernel::sys::object_id(p.fd().ok()?.as_fd()).ok()?;
+                Some((id, name.to_owned()))
+            })
+            .collect()
+    }
+
     /// Kernel-side counters so far.
     pub fn counters(&self) -> Option<crate::kernel::loader::Counters> {
         self.tracer.as_ref().and_then(|t| t.counters().ok())
