@@ -32,9 +32,11 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "haproxy",
     "procps",
 ];
-/// What only the tests need (shellcheck: the kubectl plugin's lint).
+/// What only the tests need (shellcheck: the kubectl plugin's lint;
+/// prometheus: scrapes the agent in tests/tests/agent.rs).
 const TEST_PACKAGES: &[&str] = &[
     "chromium",
+    "prometheus",
     "tcpdump",
     "util-linux",
     "iputils-ping",

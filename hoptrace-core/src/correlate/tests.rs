@@ -937,19 +937,21 @@ mod throughput {
     }
 }
 
+/// One journey as an observer saw it: direction, conn_state, end-to-end
+/// ns, (segment, ns), pod netns, (drop reason, location).
+type Observed = (
+    Direction,
+    ConnState,
+    u64,
+    Vec<(String, u64)>,
+    Option<u32>,
+    Option<(String, String)>,
+);
+
 /// Collects what the correlator hands an observer.
 #[derive(Default)]
 struct Recorder {
-    journeys: std::sync::Mutex<
-        Vec<(
-            Direction,
-            ConnState,
-            u64,
-            Vec<(String, u64)>,
-            Option<u32>,
-            Option<(String, String)>,
-        )>,
-    >,
+    journeys: std::sync::Mutex<Vec<Observed>>,
 }
 
 impl JourneyObserver for Recorder {
