@@ -18,7 +18,7 @@ use std::{
 use aya::programs::{SchedClassifier, TcAttachType};
 use hoptrace_lab::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
 use nix::{sys::signal::Signal, unistd::Pid};
-use tests::hoptrace_bin;
+use tests::{hoptrace_bin, http_get};
 
 /// The node-side veth, inside the node namespace.
 const NODE_VETH: &str = "hlc0";
@@ -517,33 +517,6 @@ fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
     let second = cleanup(&node);
     assert!(second.contains("no hoptrace tc filters found"), "{second}");
     assert!(!second.contains("removed"), "{second}");
-}
-
-/// `GET path` on `addr`; the status code and the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[test]
