@@ -76,9 +76,12 @@ impl std::str::FromStr for LoadMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown load {s:?} (http-keep-alive, http-new-connection, udp)")
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("unknown load {s:?} (http-keep-alive, http-new-connection, udp)")
+            })
     }
 }
 
@@ -144,30 +147,12 @@ pub enum LoadError {
     BadPath(String),
 }
 
-/// Client-side latency summary and distribution, the report's `lab.client_latency`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClientLatency {
-    /// Median, µs.
-    pub p50_us: u64,
-    /// 90th percentile, µs.
-    pub p90_us: u64,
-    /// 99th percentile, µs.
-    pub p99_us: u64,
-    /// 99.9th percentile, µs.
-    pub p999_us: u64,
-    /// Largest latency seen, µs.
-    pub max_us: u64,
-    /// Mean, µs.
-    pub mean_us: f64,
-    /// Recorded buckets in ascending order as `(value_us, percentile, count)`:
-    /// `percentile` (0–100) is the share of samples at or below `value_us`,
-    /// `count` the samples in this bucket. Enough to draw a CDF.
-    pub histogram: Vec<(u64, f64, u64)>,
-}
+pub use hoptrace_core::report::ClientLatency;
 
-impl ClientLatency {
-    /// Summarises an HdrHistogram of µs values.
-    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+/// Summarises an HdrHistogram of µs values as the lab document's
+/// `client_latency` (percentiles, mean and the recorded buckets).
+pub fn client_latency(histogram: &Histogram<u64>) -> ClientLatency {
+    {
         let buckets = histogram
             .iter_recorded()
             .map(|bucket| {
@@ -186,7 +171,7 @@ impl ClientLatency {
                 histogram.value_at_quantile(quantile)
             }
         };
-        Self {
+        ClientLatency {
             p50_us: at(0.5),
             p90_us: at(0.9),
             p99_us: at(0.99),
@@ -304,7 +289,7 @@ pub async fn run_load(
         timeouts: total.timeouts,
         elapsed_s,
         achieved_rate: total.ok as f64 / spec.duration.as_secs_f64(),
-        client_latency: ClientLatency::from_histogram(&total.histogram),
+        client_latency: client_latency(&total.histogram),
         latency_histogram: total.histogram,
     })
 }
@@ -834,5 +819,21 @@ mod tests {
         let result = measure(LoadMode::HttpNewConnection, 4, 1000.0);
         assert_eq!(result.ok, result.scheduled, "{result:?}");
         assert!(result.achieved_rate >= 950.0, "{}", result.achieved_rate);
+    }
+
+    #[test]
+    fn client_latency_summarises_the_histogram() {
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        for us in [120, 180, 180, 950, 4000] {
+            histogram.record(us).unwrap();
+        }
+        let latency = client_latency(&histogram);
+        assert_eq!(latency.p50_us, 180);
+        assert_eq!(latency.max_us, 4001, "HDR rounds up within 3 digits");
+        assert!((latency.mean_us - 1086.0).abs() < 2.0, "{}", latency.mean_us);
+        assert_eq!(latency.histogram.iter().map(|b| b.2).sum::<u64>(), 5);
+        assert_eq!(latency.histogram.last().map(|b| b.1), Some(100.0));
+        let empty = client_latency(&Histogram::<u64>::new(3).unwrap());
+        assert_eq!((empty.p99_us, empty.max_us, empty.mean_us), (0, 0, 0.0));
     }
 }

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use hoptrace_core::{
     report::{
-        self, ClientLatency, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection,
+        self, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection,
         Report,
     },
     session::{Session, SessionError, SessionOptions},
@@ -361,7 +361,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         errors: load.errors,
         timeouts: load.timeouts,
         achieved_rate: load.achieved_rate,
-        client_latency: client_latency_section(&load.client_latency),
+        client_latency: load.client_latency.clone(),
     };
     Ok(LabRun {
         label: opts.datapath.to_string(),
@@ -385,18 +385,6 @@ fn load_section(spec: &LoadSpec) -> LabLoad {
     }
 }
 
-/// The `lab.client_latency` section of the load generator's summary.
-fn client_latency_section(latency: &loadgen::ClientLatency) -> ClientLatency {
-    ClientLatency {
-        p50_us: latency.p50_us,
-        p90_us: latency.p90_us,
-        p99_us: latency.p99_us,
-        p999_us: latency.p999_us,
-        max_us: latency.max_us,
-        mean_us: latency.mean_us,
-        histogram: latency.histogram.clone(),
-    }
-}
 
 /// Runs the load generator on a thread inside `ns` (its sockets live there).
 fn run_load_in(
@@ -593,15 +581,6 @@ mod tests {
         assert_eq!(
             serde_json::to_value(load_section(&spec)).unwrap(),
             serde_json::to_value(&spec).unwrap()
-        );
-        let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
-        for us in [120, 180, 180, 950, 4000] {
-            histogram.record(us).unwrap();
-        }
-        let latency = loadgen::ClientLatency::from_histogram(&histogram);
-        assert_eq!(
-            serde_json::to_value(client_latency_section(&latency)).unwrap(),
-            serde_json::to_value(&latency).unwrap()
         );
         for mode in LoadMode::ALL {
             assert_eq!(serde_json::to_value(mode).unwrap(), mode.to_string());

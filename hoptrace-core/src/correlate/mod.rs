@@ -139,18 +139,26 @@ struct SegmentTable {
 }
 
 impl SegmentTable {
-    /// The id of a pair already named by [`SegmentTable::id`].
-    fn cached(&self, a: HopSite, b: HopSite, same_device: bool) -> Option<u32> {
-        self.by_pair.get(&(a, b, same_device)).copied()
+    /// What names the segment between two consecutive hops: both sites
+    /// (hop and layer) and whether both hops are on the same device.
+    fn pair(a: &Hop, b: &Hop) -> (HopSite, HopSite, bool) {
+        let same_device = a.ifindex != 0 && a.ifindex == b.ifindex && a.netns_ino == b.netns_ino;
+        let site = |h: &Hop| HopSite {
+            point: h.point,
+            encap: Encap::from_u8(h.encap),
+        };
+        (site(a), site(b), same_device)
     }
 
-    fn id(
-        &mut self,
-        names: &mut Vec<SegmentName>,
-        a: HopSite,
-        b: HopSite,
-        same_device: bool,
-    ) -> u32 {
+    /// The id of a pair already named by [`SegmentTable::id`].
+    fn cached(&self, a: &Hop, b: &Hop) -> Option<u32> {
+        self.by_pair.get(&Self::pair(a, b)).copied()
+    }
+
+    /// The id of the segment between hops `a` and `b`, naming it (and
+    /// adding the name to `names`) on first sight.
+    fn id(&mut self, names: &mut Vec<SegmentName>, a: &Hop, b: &Hop) -> u32 {
+        let (a, b, same_device) = Self::pair(a, b);
         if let Some(&id) = self.by_pair.get(&(a, b, same_device)) {
             return id;
         }
@@ -499,7 +507,7 @@ impl Correlator {
             observe_journey(
                 observer.as_ref(),
                 &self.ledger,
-                &mut self.segments,
+                &self.segments,
                 &self.devices,
                 &j,
                 &mut self.scratch_observed,
@@ -555,12 +563,7 @@ fn record_journey(
     seen_segments.clear();
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let same_device = a.ifindex != 0 && a.ifindex == b.ifindex && a.netns_ino == b.netns_ino;
-        let site = |h: &Hop| HopSite {
-            point: h.point,
-            encap: Encap::from_u8(h.encap),
-        };
-        let segment = table.id(&mut ledger.segment_names, site(a), site(b), same_device);
+        let segment = table.id(&mut ledger.segment_names, a, b);
         let duration = b.ts_ns - a.ts_ns;
         let stat = ledger
             .segments
@@ -635,19 +638,7 @@ fn record_journey(
         segments: hops
             .windows(2)
             .map(|pair| {
-                let same_device = pair[0].ifindex != 0
-                    && pair[0].ifindex == pair[1].ifindex
-                    && pair[0].netns_ino == pair[1].netns_ino;
-                let site = |h: &Hop| HopSite {
-                    point: h.point,
-                    encap: Encap::from_u8(h.encap),
-                };
-                let id = table.id(
-                    &mut ledger.segment_names,
-                    site(&pair[0]),
-                    site(&pair[1]),
-                    same_device,
-                );
+                let id = table.id(&mut ledger.segment_names, &pair[0], &pair[1]);
                 let seg = &ledger.segment_names[id as usize];
                 ExemplarSegment {
                     segment: seg.name.clone(),
@@ -678,7 +669,7 @@ fn record_journey(
 fn observe_journey(
     observer: &dyn JourneyObserver,
     ledger: &Ledger,
-    table: &mut SegmentTable,
+    table: &SegmentTable,
     devices: &DeviceTable,
     j: &Journey,
     scratch: &mut Vec<(u32, u64)>,
@@ -691,13 +682,8 @@ fn observe_journey(
     let mut categories: Vec<(Category, u64)> = Vec::with_capacity(4);
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let same_device = a.ifindex != 0 && a.ifindex == b.ifindex && a.netns_ino == b.netns_ino;
-        let site = |h: &Hop| HopSite {
-            point: h.point,
-            encap: Encap::from_u8(h.encap),
-        };
         // Every pair was named by `record_journey`: a cache hit.
-        let Some(segment) = table.cached(site(a), site(b), same_device) else {
+        let Some(segment) = table.cached(a, b) else {
             continue;
         };
         let duration = b.ts_ns - a.ts_ns;
