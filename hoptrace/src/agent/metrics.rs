@@ -25,7 +25,7 @@ use hoptrace_core::{
 };
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet},
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder, NoLabelSet},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
@@ -125,14 +125,21 @@ impl Hist {
         self.count += 1;
     }
 
-    /// `(upper bound in s, count)` per bucket, `+Inf` last, for the encoder.
-    fn encoded(&self) -> Vec<(f64, u64)> {
-        BUCKETS_S
+    /// Writes the series: sum in seconds, count, and `(upper bound in s,
+    /// count)` per bucket with `+Inf` last.
+    fn encode(&self, mut series: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = BUCKETS_S
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.buckets)
-            .collect()
+            .collect();
+        series.encode_histogram::<NoLabelSet>(
+            self.sum_ns as f64 / 1e9,
+            self.count,
+            &buckets,
+            None,
+        )
     }
 }
 
@@ -373,12 +380,7 @@ impl Collector for AgentMetrics {
                 ],
                 &store.label_sets[label as usize],
             );
-            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                hist.sum_ns as f64 / 1e9,
-                hist.count,
-                &hist.encoded(),
-                None,
-            )?;
+            hist.encode(metric.encode_family(&labels)?)?;
         }
 
         let mut metric = encoder.encode_descriptor(
@@ -399,12 +401,7 @@ impl Collector for AgentMetrics {
                 ],
                 &store.label_sets[label as usize],
             );
-            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                hist.sum_ns as f64 / 1e9,
-                hist.count,
-                &hist.encoded(),
-                None,
-            )?;
+            hist.encode(metric.encode_family(&labels)?)?;
         }
 
         let none = PodLabelSet::default();
@@ -507,4 +504,154 @@ fn encode_process_metrics(encoder: &mut DescriptorEncoder<'_>) -> Result<(), std
         )?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::identity::{PodRef, ServiceRef};
+    use hoptrace_common::L3Headers;
+    use hoptrace_core::attribution::taxonomy::SegmentName;
+
+    /// Every address is a pod named after its last octet, in namespace
+    /// `ns-<last octet>`; 10.96.0.1 is the Service `default/kubernetes`.
+    #[derive(Debug)]
+    struct ByOctet;
+
+    impl Identity for ByOctet {
+        fn pod(&self, _netns: Option<u32>, ip: IpAddr) -> Option<PodRef> {
+            let IpAddr::V4(v4) = ip else { return None };
+            let last = v4.octets()[3];
+            Some(PodRef {
+                namespace: format!("ns-{last}"),
+                name: format!("pod-{last}"),
+            })
+        }
+
+        fn service(&self, ip: IpAddr) -> Option<ServiceRef> {
+            (ip == IpAddr::from([10, 96, 0, 1])).then(|| ServiceRef {
+                namespace: "default".into(),
+                name: "kubernetes".into(),
+            })
+        }
+    }
+
+    fn names() -> Vec<SegmentName> {
+        vec![
+            SegmentName {
+                name: "netfilter.prerouting.dnat".into(),
+                category: Category::KubeProxy,
+            },
+            SegmentName {
+                name: "tunnel.vxlan.encap".into(),
+                category: Category::Encapsulation,
+            },
+        ]
+    }
+
+    fn flow(src_last: u8) -> L3Headers {
+        let mut flow = L3Headers::zeroed();
+        flow.version = 4;
+        flow.saddr[..4].copy_from_slice(&[10, 244, 0, src_last]);
+        flow.daddr[..4].copy_from_slice(&[10, 96, 0, 1]);
+        flow
+    }
+
+    fn observe(metrics: &AgentMetrics, src_last: u8, dnat_ns: u64, drop: Option<(&str, &str)>) {
+        let names = names();
+        let flow = flow(src_last);
+        metrics.journey(&JourneySummary {
+            direction: Direction::Egress,
+            conn_state: ConnState::New,
+            end_to_end_ns: dnat_ns + 3_000,
+            segments: &[(0, dnat_ns), (1, 3_000)],
+            segment_names: &names,
+            categories: &[(Category::KubeProxy, dnat_ns), (Category::Encapsulation, 3_000)],
+            first_flow: &flow,
+            pod_netns: Some(42),
+            drop,
+        });
+    }
+
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn journeys_become_histograms_with_pod_and_service_labels() {
+        let metrics = Arc::new(AgentMetrics::new("n1".into(), PodLabels::Pod, Arc::new(ByOctet)));
+        observe(&metrics, 7, 48_600, None);
+        observe(&metrics, 7, 1_500, Some(("NETFILTER_DROP", "nf.forward.1")));
+        let text = metrics.encode_text().expect("encode");
+        let series = "segment=\"netfilter.prerouting.dnat\",category=\"kube-proxy\",direction=\"egress\",conn_state=\"new\",pod_namespace=\"ns-7\",pod=\"pod-7\",service=\"default/kubernetes\",node=\"n1\"}";
+        let bucket = |le: &str| {
+            sample(
+                &text,
+                &format!("hoptrace_segment_duration_seconds_bucket{{le=\"{le}\",{series}"),
+            )
+        };
+        // 1.5 µs falls in le=2.5 µs, 48.6 µs in le=50 µs: cumulative counts.
+        assert_eq!(bucket("0.000001"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.0000025"), Some(1.0), "{text}");
+        assert_eq!(bucket("0.000025"), Some(1.0), "{text}");
+        assert_eq!(bucket("0.00005"), Some(2.0), "{text}");
+        assert_eq!(bucket("+Inf"), Some(2.0), "{text}");
+        let sum = sample(
+            &text,
+            "hoptrace_segment_duration_seconds_sum{segment=\"netfilter.prerouting.dnat\"",
+        )
+        .expect("sum");
+        assert!((sum - 50.1e-6).abs() < 1e-12, "{sum}");
+        assert_eq!(
+            sample(&text, "hoptrace_drops_total{reason=\"NETFILTER_DROP\",location=\"nf.forward.1\",node=\"n1\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "hoptrace_journeys_total{direction=\"egress\",node=\"n1\"}"),
+            Some(2.0)
+        );
+        assert!(text.contains("# TYPE hoptrace_category_duration_seconds histogram"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn namespace_labels_only_and_the_label_sets_are_capped() {
+        let metrics = Arc::new(AgentMetrics::new(
+            "n1".into(),
+            PodLabels::Namespace,
+            Arc::new(ByOctet),
+        ));
+        for last in 0..=255u8 {
+            observe(&metrics, last, 1_000, None);
+        }
+        let text = metrics.encode_text().expect("encode");
+        assert!(!text.contains("pod=\""), "no pod label in namespace mode");
+        assert!(!text.contains("service=\""));
+        let namespaces = text
+            .lines()
+            .filter(|l| l.starts_with("hoptrace_segment_duration_seconds_count{segment=\"tunnel"))
+            .count();
+        assert_eq!(namespaces, 256);
+
+        let capped = AgentMetrics::new("n1".into(), PodLabels::Pod, Arc::new(ByOctet));
+        let mut store = capped.store.lock().expect("store");
+        for i in 0..MAX_LABEL_SETS {
+            store.label_id(PodLabelSet {
+                pod_namespace: format!("x{i}"),
+                ..PodLabelSet::default()
+            });
+        }
+        assert_eq!(store.label_sets.len(), MAX_LABEL_SETS);
+        assert_eq!(
+            store.label_id(PodLabelSet {
+                pod_namespace: "one-too-many".into(),
+                ..PodLabelSet::default()
+            }),
+            1,
+            "past the cap a new set counts as `other`"
+        );
+    }
 }
