@@ -27,7 +27,7 @@ const NODE_VETH: &str = "hlc0";
 /// what hoptrace discovers and attaches to). Both are deleted on drop.
 struct NodeWithPod {
     node: NetnsGuard,
-    _pod: NetnsGuard,
+    pod: NetnsGuard,
 }
 
 impl NodeWithPod {
@@ -61,7 +61,7 @@ impl NodeWithPod {
         ] {
             run_in(pod.name(), &argv).expect("pod side");
         }
-        Self { node, _pod: pod }
+        Self { node, pod }
     }
 
     fn netns_path(&self) -> &Path {
@@ -120,12 +120,7 @@ impl Traced {
     /// Starts `hoptrace agent --netns <node> --no-kubernetes --metrics-addr
     /// 127.0.0.1:0 --ready-file F <extra>` and waits until it is ready.
     fn start_agent(node: &NodeWithPod, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "agent",
-            "--no-kubernetes",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ];
+        let mut args = vec!["agent", "--no-kubernetes", "--metrics-addr", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         Self::start_command(node, &args)
     }
@@ -558,15 +553,36 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
     ] {
         assert!(metrics.contains(needle), "{needle} in /metrics:\n{metrics}");
     }
+    // Without the Kubernetes API, journeys are named after the pod's
+    // network namespace.
+    let pod_label = format!("pod_namespace=\"{}\"", node.pod.name());
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("hoptrace_segment_duration_seconds_count{") && l.contains(&pod_label)
+        ),
+        "{pod_label} on the segment series:\n{metrics}"
+    );
     let tc_hooks = metrics
         .lines()
         .find(|l| l.starts_with("hoptrace_hooks_attached{kind=\"tc\""))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
-    assert_eq!(tc_hooks, Some(2), "tc ingress and egress on the veth:\n{metrics}");
+    assert_eq!(
+        tc_hooks,
+        Some(2),
+        "tc ingress and egress on the veth:\n{metrics}"
+    );
     agent.signal(Signal::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", agent.stderr());
-    assert!(agent.stderr().contains("every hook detached"), "{}", agent.stderr());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.stderr().contains("every hook detached"),
+        "{}",
+        agent.stderr()
+    );
     assert_nothing_left(&node, &owned);
 }
 
