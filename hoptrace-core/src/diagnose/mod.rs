@@ -14,6 +14,8 @@
 mod drops;
 mod render;
 mod rules;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 

@@ -87,7 +87,8 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
     let measured = new_connection_cost(input.report, Category::KubeProxy);
     let iptables_many = rules
         .is_some_and(|r| r.mode == "iptables" && r.services >= IPTABLES_SERVICES_WARNING);
-    let ruleset = rules.filter(|r| r.mode != "none").map(|r| {
+    let rules = rules.filter(|r| matches!(r.mode.as_str(), "iptables" | "nftables"));
+    let ruleset = rules.map(|r| {
         if r.mode == "iptables" {
             format!(
                 "ruleset: iptables mode, {} services (KUBE-SVC chains), {} rules in nat KUBE-SERVICES, {} kube-proxy rules in all",
@@ -133,7 +134,7 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
     };
     let mode = rules.map_or("", |r| r.mode.as_str());
     let mut title = format!("kube-proxy adds {} µs to every new connection", fmt_us(mean));
-    if let Some(r) = rules.filter(|r| r.mode != "none") {
+    if let Some(r) = rules {
         title.push_str(&format!(" ({} services, {} mode)", r.services, r.mode));
     }
     let mut f = Finding::new("kube-proxy.rule-cost", severity, title)
@@ -147,7 +148,7 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
         fmt_us(p99),
         pct(share)
     ));
-    if let Some(r) = rules.filter(|r| r.mode != "none") {
+    if let Some(r) = rules {
         f = f
             .number("services", r.services as f64, "count")
             .number("service_rules", r.service_rules as f64, "count")

@@ -32,6 +32,9 @@ pub struct DiagnoseArgs {
     /// Diagnose the node whose network namespace is this path (e.g. /run/netns/NAME).
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Written once every hook is attached (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
 }
 
 /// Runs `hoptrace diagnose`; returns the exit code.
@@ -57,6 +60,9 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         session.attachments.netfilter_links,
         session.attachments.tracepoints.len(),
     );
+    if let Some(ready) = &args.ready_file {
+        std::fs::write(ready, b"ready\n").with_context(|| format!("write {}", ready.display()))?;
+    }
     stop::wait(args.duration, &stop);
     let node_name = match netns {
         Some(path) => path
