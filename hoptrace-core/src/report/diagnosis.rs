@@ -61,3 +61,21 @@ impl DiagnosisDocument {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample;
+
+    #[test]
+    fn a_diagnosis_reads_back_and_other_schemas_are_refused() {
+        let doc = sample::diagnosis();
+        let json = doc.to_json_pretty().unwrap();
+        assert_eq!(DiagnosisDocument::from_json(&json).unwrap(), doc);
+        let report = sample::report().to_json_pretty().unwrap();
+        assert!(matches!(
+            DiagnosisDocument::from_json(&report),
+            Err(DocumentError::Schema { .. })
+        ));
+    }
+}
