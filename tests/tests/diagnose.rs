@@ -22,7 +22,9 @@ use hoptrace_lab::{
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
 };
 use serde_json::Value;
-use tests::{can_run_with_kernel_programs, hoptrace_bin, http_requests_new_connection, sh, start_backend};
+use tests::{
+    can_run_with_kernel_programs, hoptrace_bin, http_requests_new_connection, sh, start_backend,
+};
 
 const TRACE: &str = "4s";
 
@@ -101,8 +103,14 @@ fn start_diagnose(ns: &str) -> Diagnose {
     let start = Instant::now();
     while !ready.exists() {
         let exited = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(exited.is_none(), "hoptrace diagnose exited early: {exited:?}");
-        assert!(start.elapsed() < Duration::from_secs(60), "not ready in 60 s");
+        assert!(
+            exited.is_none(),
+            "hoptrace diagnose exited early: {exited:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not ready in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     d
@@ -111,11 +119,16 @@ fn start_diagnose(ns: &str) -> Diagnose {
 /// Waits for the diagnosis; returns its exit code and document.
 fn finish(mut d: Diagnose) -> (i32, Value) {
     let child = d.child.take().expect("running");
-    let out = child.wait_with_output().expect("wait for hoptrace diagnose");
+    let out = child
+        .wait_with_output()
+        .expect("wait for hoptrace diagnose");
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for line in stdout.lines() {
-        assert!(line.chars().count() <= 100, "wider than 100 columns: {line}");
+        assert!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line}"
+        );
     }
     let code = out.status.code().expect("exit code");
     let doc: Value =
@@ -362,7 +375,9 @@ fn no_warning_or_critical(doc: &Value) {
 
 #[test]
 fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
-    if !can_run_with_kernel_programs("provoked_conditions_give_their_findings_and_a_healthy_lab_none") {
+    if !can_run_with_kernel_programs(
+        "provoked_conditions_give_their_findings_and_a_healthy_lab_none",
+    ) {
         return;
     }
     let prefix = format!("ht-d{}-", std::process::id() % 1000);
@@ -376,7 +391,11 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
     let node0 = lab.nodes()[0].clone();
     let node1 = lab.nodes()[backend.node_index].clone();
     let switch = spec(&prefix, 0).switch_netns();
-    assert_eq!(http_requests_new_connection(&client.netns, tcp, 3), 3, "warm-up");
+    assert_eq!(
+        http_requests_new_connection(&client.netns, tcp, 3),
+        3,
+        "warm-up"
+    );
 
     // Healthy: new connections and UDP through the ClusterIP.
     let d = start_diagnose(&node0.netns);
@@ -386,17 +405,44 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
     no_warning_or_critical(&doc);
     assert_eq!(code, 0);
     let kp = finding(&doc, "kube-proxy.rule-cost");
-    eprintln!("healthy: kube-proxy {} µs per new connection", number(kp, "mean_us"));
+    eprintln!(
+        "healthy: kube-proxy {} µs per new connection",
+        number(kp, "mean_us")
+    );
 
     // A tbf qdisc on node 0's uplink, overrun by a burst of UDP.
     {
-        run_in(&node0.netns, &["tc", "qdisc", "add", "dev", &node0.uplink_device, "root", "tbf", "rate", "8mbit", "burst", "10kb", "latency", "20ms"]);
-        let _undo = Undo(vec![in_ns(&node0.netns, &["tc", "qdisc", "del", "dev", &node0.uplink_device, "root"])]);
+        run_in(
+            &node0.netns,
+            &[
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &node0.uplink_device,
+                "root",
+                "tbf",
+                "rate",
+                "8mbit",
+                "burst",
+                "10kb",
+                "latency",
+                "20ms",
+            ],
+        );
+        let _undo = Undo(vec![in_ns(
+            &node0.netns,
+            &["tc", "qdisc", "del", "dev", &node0.uplink_device, "root"],
+        )]);
         let d = start_diagnose(&node0.netns);
         udp_burst(&client.netns, udp, 300, 1000, false);
         let (_, doc) = finish(d);
         let f = finding(&doc, "queueing.qdisc-delay");
-        eprintln!("tbf: qdisc p99 {} µs, mean {} µs", number(f, "p99_us"), number(f, "mean_us"));
+        eprintln!(
+            "tbf: qdisc p99 {} µs, mean {} µs",
+            number(f, "p99_us"),
+            number(f, "mean_us")
+        );
         assert_eq!(f["severity"], "warning");
         let f = finding(&doc, "queueing.qdisc-drops");
         eprintln!("tbf: {} qdisc drops", number(f, "drops"));
@@ -407,40 +453,102 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
     {
         let client_ip = format!("{}/32", client.ip);
         let tunnel = node1.tunnel_device.clone().expect("flannel.1");
-        let old_all = run_in(&node1.netns, &["sysctl", "-n", "net.ipv4.conf.all.rp_filter"]);
-        let old_dev = run_in(&node1.netns, &["sysctl", "-n", &format!("net.ipv4.conf.{tunnel}.rp_filter")]);
+        let old_all = run_in(
+            &node1.netns,
+            &["sysctl", "-n", "net.ipv4.conf.all.rp_filter"],
+        );
+        let old_dev = run_in(
+            &node1.netns,
+            &["sysctl", "-n", &format!("net.ipv4.conf.{tunnel}.rp_filter")],
+        );
         let _undo = Undo(vec![
-            in_ns(&node1.netns, &["sysctl", "-q", "-w", &format!("net.ipv4.conf.all.rp_filter={}", old_all.trim())]),
-            in_ns(&node1.netns, &["sysctl", "-q", "-w", &format!("net.ipv4.conf.{tunnel}.rp_filter={}", old_dev.trim())]),
+            in_ns(
+                &node1.netns,
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.ipv4.conf.all.rp_filter={}", old_all.trim()),
+                ],
+            ),
+            in_ns(
+                &node1.netns,
+                &[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.ipv4.conf.{tunnel}.rp_filter={}", old_dev.trim()),
+                ],
+            ),
             in_ns(&node1.netns, &["ip", "route", "del", &client_ip]),
         ]);
-        run_in(&node1.netns, &["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1", &format!("net.ipv4.conf.{tunnel}.rp_filter=1")]);
-        run_in(&node1.netns, &["ip", "route", "add", &client_ip, "dev", &node1.uplink_device]);
+        run_in(
+            &node1.netns,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.conf.all.rp_filter=1",
+                &format!("net.ipv4.conf.{tunnel}.rp_filter=1"),
+            ],
+        );
+        run_in(
+            &node1.netns,
+            &[
+                "ip",
+                "route",
+                "add",
+                &client_ip,
+                "dev",
+                &node1.uplink_device,
+            ],
+        );
         let d = start_diagnose(&node1.netns);
         udp_burst(&client.netns, udp, 20, 100, false);
         let (code, doc) = finish(d);
         let f = finding(&doc, "drops.rp-filter");
         eprintln!("rp_filter: {} drops", number(f, "drops"));
         assert_eq!(f["severity"], "critical");
-        assert!(f["examples"].as_array().is_some_and(|e| !e.is_empty()), "example flows");
+        assert!(
+            f["examples"].as_array().is_some_and(|e| !e.is_empty()),
+            "example flows"
+        );
         assert_eq!(code, 3, "critical → exit code 3");
     }
 
     // conntrack INVALID packets (SYN+FIN) dropped by KUBE-FORWARD on node 0.
     {
         let d = start_diagnose(&node0.netns);
-        syn_fin(&client.netns, client.ip, SocketAddrV4::new(backend.ip, 8080), 20);
+        syn_fin(
+            &client.netns,
+            client.ip,
+            SocketAddrV4::new(backend.ip, 8080),
+            20,
+        );
         let (_, doc) = finish(d);
         let f = finding(&doc, "drops.conntrack-invalid");
-        eprintln!("INVALID: {} drops, {} INVALID by conntrack", number(f, "drops"), number(f, "conntrack_invalid"));
+        eprintln!(
+            "INVALID: {} drops, {} INVALID by conntrack",
+            number(f, "drops"),
+            number(f, "conntrack_invalid")
+        );
         assert_eq!(f["severity"], "warning");
     }
 
     // Bad outer UDP checksums on the VXLAN port of node 1.
     {
         let tunnel = node1.tunnel_device.clone().expect("flannel.1");
-        let uplink_mac = mac(&run_in(&node1.netns, &["cat", &format!("/sys/class/net/{}/address", node1.uplink_device)]));
-        let vtep_mac = mac(&run_in(&node1.netns, &["cat", &format!("/sys/class/net/{tunnel}/address")]));
+        let uplink_mac = mac(&run_in(
+            &node1.netns,
+            &[
+                "cat",
+                &format!("/sys/class/net/{}/address", node1.uplink_device),
+            ],
+        ));
+        let vtep_mac = mac(&run_in(
+            &node1.netns,
+            &["cat", &format!("/sys/class/net/{tunnel}/address")],
+        ));
         let d = start_diagnose(&node1.netns);
         bad_vxlan(
             &switch,
@@ -469,11 +577,23 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
     {
         let tunnel = node0.tunnel_device.clone().expect("flannel.1");
         let _undo = Undo(vec![
-            in_ns(&node0.netns, &["ip", "link", "set", &node0.uplink_device, "mtu", "1500"]),
-            in_ns(&node0.netns, &["ip", "link", "set", &tunnel, "type", "vxlan", "df", "unset"]),
+            in_ns(
+                &node0.netns,
+                &["ip", "link", "set", &node0.uplink_device, "mtu", "1500"],
+            ),
+            in_ns(
+                &node0.netns,
+                &["ip", "link", "set", &tunnel, "type", "vxlan", "df", "unset"],
+            ),
         ]);
-        run_in(&node0.netns, &["ip", "link", "set", &node0.uplink_device, "mtu", "1400"]);
-        run_in(&node0.netns, &["ip", "link", "set", &tunnel, "type", "vxlan", "df", "set"]);
+        run_in(
+            &node0.netns,
+            &["ip", "link", "set", &node0.uplink_device, "mtu", "1400"],
+        );
+        run_in(
+            &node0.netns,
+            &["ip", "link", "set", &tunnel, "type", "vxlan", "df", "set"],
+        );
         let d = start_diagnose(&node0.netns);
         udp_burst(&client.netns, udp, 20, 1400, true);
         let (code, doc) = finish(d);
@@ -538,6 +658,11 @@ fn diagnose_without_root_exits_2() {
             eprintln!("SKIP: setpriv not available");
             return;
         };
-        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

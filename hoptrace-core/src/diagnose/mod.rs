@@ -113,7 +113,10 @@ impl Finding {
 
     /// The value of the number called `name`, if present.
     pub fn value(&self, name: &str) -> Option<f64> {
-        self.numbers.iter().find(|n| n.name == name).map(|n| n.value)
+        self.numbers
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.value)
     }
 }
 

@@ -70,7 +70,10 @@ pub fn render_findings(findings: &[Finding]) -> String {
                 wrap(
                     "  example:  ",
                     "            ",
-                    &format!("{} {} -> {} (encapsulation {})", x.proto, x.src, x.dst, x.encap)
+                    &format!(
+                        "{} {} -> {} (encapsulation {})",
+                        x.proto, x.src, x.dst, x.encap
+                    )
                 )
             );
         }

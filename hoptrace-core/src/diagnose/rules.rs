@@ -85,8 +85,8 @@ fn new_connection_cost(report: &Report, category: Category) -> Option<(f64, f64,
 fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
     let rules = input.config.map(|c| &c.kube_proxy);
     let measured = new_connection_cost(input.report, Category::KubeProxy);
-    let iptables_many = rules
-        .is_some_and(|r| r.mode == "iptables" && r.services >= IPTABLES_SERVICES_WARNING);
+    let iptables_many =
+        rules.is_some_and(|r| r.mode == "iptables" && r.services >= IPTABLES_SERVICES_WARNING);
     let rules = rules.filter(|r| matches!(r.mode.as_str(), "iptables" | "nftables"));
     let ruleset = rules.map(|r| {
         if r.mode == "iptables" {
@@ -121,7 +121,9 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
         f.evidence.extend(ruleset);
         f.evidence
             .push("no new connection crossed kube-proxy's chains during the trace".into());
-        f.cause = "iptables mode matches a connection's first packet against KUBE-SERVICES rule by rule.".into();
+        f.cause =
+            "iptables mode matches a connection's first packet against KUBE-SERVICES rule by rule."
+                .into();
         f.advice = advice_iptables.into();
         return Some(f);
     };
@@ -133,7 +135,10 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
         Severity::Info
     };
     let mode = rules.map_or("", |r| r.mode.as_str());
-    let mut title = format!("kube-proxy adds {} µs to every new connection", fmt_us(mean));
+    let mut title = format!(
+        "kube-proxy adds {} µs to every new connection",
+        fmt_us(mean)
+    );
     if let Some(r) = rules {
         title.push_str(&format!(" ({} services, {} mode)", r.services, r.mode));
     }
@@ -171,7 +176,9 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
             advice_iptables.into()
         };
     } else {
-        f.cause = "The nat and filter chains of kube-proxy run on the first packet of every connection.".into();
+        f.cause =
+            "The nat and filter chains of kube-proxy run on the first packet of every connection."
+                .into();
         f.advice = if severity == Severity::Info {
             "Nothing to change.".into()
         } else {
@@ -272,7 +279,8 @@ fn conntrack(input: &Input<'_>) -> Vec<Finding> {
                 c.count, c.max, c.invalid
             ));
         }
-        f.cause = "Connection tracking looks up (and for new flows creates) an entry per packet.".into();
+        f.cause =
+            "Connection tracking looks up (and for new flows creates) an entry per packet.".into();
         f.advice = "Nothing to change unless this dominates; NOTRACK in the raw table exempts traffic that needs no NAT or state.".into();
         out.push(f);
     }
@@ -297,7 +305,11 @@ fn mtu(input: &Input<'_>) -> Vec<Finding> {
         .sum();
     for tunnel in config.links.iter().filter(|l| l.overhead().is_some()) {
         let overhead = tunnel.overhead().unwrap_or(0);
-        let Some(under) = tunnel.underlay.as_deref().and_then(|u| link(&config.links, u)) else {
+        let Some(under) = tunnel
+            .underlay
+            .as_deref()
+            .and_then(|u| link(&config.links, u))
+        else {
             continue;
         };
         let needed = tunnel.mtu + overhead;
@@ -364,8 +376,10 @@ fn mtu(input: &Input<'_>) -> Vec<Finding> {
             )
             .number("pod_mtu", f64::from(pod.mtu), "bytes")
             .number("tunnel_mtu", f64::from(tunnel.mtu), "bytes");
-            f.evidence
-                .push(format!("{}: mtu {}; {}: mtu {}", pod.name, pod.mtu, tunnel.name, tunnel.mtu));
+            f.evidence.push(format!(
+                "{}: mtu {}; {}: mtu {}",
+                pod.name, pod.mtu, tunnel.name, tunnel.mtu
+            ));
             f.cause = "The CNI configured pods with a larger MTU than its tunnel.".into();
             f.advice = format!("Set the pods' MTU to {} or less.", tunnel.mtu);
             out.push(f);
@@ -388,7 +402,9 @@ fn mtu(input: &Input<'_>) -> Vec<Finding> {
             snmp.frag_creates, snmp.reasm_reqds, snmp.reasm_fails
         ));
         f.cause = "Packets larger than a path's MTU without DF (often tunnel packets whose outer header does not fit).".into();
-        f.advice = "Lower the pod/tunnel MTU so that inner packet + encapsulation fits the underlay.".into();
+        f.advice =
+            "Lower the pod/tunnel MTU so that inner packet + encapsulation fits the underlay."
+                .into();
         out.push(f);
     }
     out
@@ -534,7 +550,8 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
             format!("Reverse-path filtering dropped {n} packets"),
         )
         .number("drops", n as f64, "count");
-        f.evidence.push(format!("drop reason IP_RPFILTER: {}", locations(&rp)));
+        f.evidence
+            .push(format!("drop reason IP_RPFILTER: {}", locations(&rp)));
         if !strict.is_empty() {
             f.evidence
                 .push(format!("strict rp_filter (1) on: {}", strict.join(", ")));
@@ -556,7 +573,10 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
             format!("{n} packets dropped for lack of a route"),
         )
         .number("drops", n as f64, "count");
-        f.evidence.push(format!("drop reasons IP_NOROUTE/IP_INADDRERRORS/IP_OUTNOROUTES: {}", locations(&nr)));
+        f.evidence.push(format!(
+            "drop reasons IP_NOROUTE/IP_INADDRERRORS/IP_OUTNOROUTES: {}",
+            locations(&nr)
+        ));
         f.examples = examples(&nr);
         f.cause = "Traffic to an address no route covers (a pod CIDR of a node that left, a stale Service IP).".into();
         f.advice = "Check the routes to the example destinations (`ip route get <dst>`) and the CNI's routes to other nodes.".into();
@@ -598,7 +618,8 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
             f
         };
         f = f.number("drops", n as f64, "count");
-        f.evidence.insert(0, format!("drop reason NETFILTER_DROP: {}", locations(&nf)));
+        f.evidence
+            .insert(0, format!("drop reason NETFILTER_DROP: {}", locations(&nf)));
         f.examples = examples(&nf);
         out.push(f);
     }
@@ -621,7 +642,8 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
             format!("{n} packets dropped because a neighbour (ARP) entry failed"),
         )
         .number("drops", n as f64, "count");
-        f.evidence.push(format!("drop reasons NEIGH_*: {}", locations(&neigh)));
+        f.evidence
+            .push(format!("drop reasons NEIGH_*: {}", locations(&neigh)));
         f.examples = examples(&neigh);
         f.cause = "The next hop does not answer ARP/ND (a node or pod that is gone), or the neighbour table is full.".into();
         f.advice = "Check the next hop's reachability; raise net.ipv4.neigh.default.gc_thresh3 if the table is full.".into();
@@ -630,8 +652,10 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
 
     // Everything else, as information.
     let grouped = |r: &str| {
-        matches!(r, "IP_RPFILTER" | "NETFILTER_DROP" | "UDP_CSUM" | "QDISC_DROP")
-            || noroute_reasons.contains(&r)
+        matches!(
+            r,
+            "IP_RPFILTER" | "NETFILTER_DROP" | "UDP_CSUM" | "QDISC_DROP"
+        ) || noroute_reasons.contains(&r)
             || r.starts_with("NEIGH_")
     };
     let others: Vec<_> = input
@@ -645,7 +669,10 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
         let mut f = Finding::new(
             "drops.other",
             Severity::Info,
-            format!("{n} other packet drops, most {} ({})", others[0].reason, others[0].count),
+            format!(
+                "{n} other packet drops, most {} ({})",
+                others[0].reason, others[0].count
+            ),
         )
         .number("drops", n as f64, "count");
         f.evidence.push(
@@ -656,7 +683,13 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        f.examples = examples(&input.drops.iter().filter(|g| !grouped(&g.reason)).collect::<Vec<_>>());
+        f.examples = examples(
+            &input
+                .drops
+                .iter()
+                .filter(|g| !grouped(&g.reason))
+                .collect::<Vec<_>>(),
+        );
         f.cause = "Drops the kernel makes in normal operation (closed sockets, packets for other hosts, TCP housekeeping) or by reasons without a dedicated rule.".into();
         f.advice = "Usually nothing; look closer if one reason grows with traffic.".into();
         out.push(f);
@@ -672,7 +705,7 @@ fn queueing(input: &Input<'_>) -> Vec<Finding> {
         .iter()
         .filter(|s| s.segment == "qdisc" && s.stats.count > 0)
         .collect();
-    let qdiscs = input.counters.map(|c| c.qdiscs.as_slice()).unwrap_or(&[]);
+    let qdiscs = input.counters.map_or(&[][..], |c| c.qdiscs.as_slice());
     let busy: Vec<String> = qdiscs
         .iter()
         .filter(|q| q.overlimits > 0 || q.drops > 0 || q.backlog > 0)
@@ -724,7 +757,11 @@ fn queueing(input: &Input<'_>) -> Vec<Finding> {
         .iter()
         .find(|d| d.reason == "QDISC_DROP")
         .map_or(0, |d| d.count);
-    let n = dropping.iter().map(|q| q.drops).sum::<u64>().max(qdisc_drop_reason);
+    let n = dropping
+        .iter()
+        .map(|q| q.drops)
+        .sum::<u64>()
+        .max(qdisc_drop_reason);
     if n > 0 {
         let mut f = Finding::new(
             "queueing.qdisc-drops",
@@ -742,7 +779,8 @@ fn queueing(input: &Input<'_>) -> Vec<Finding> {
                 .filter(|g| g.reason == "QDISC_DROP")
                 .collect::<Vec<_>>(),
         );
-        f.cause = "The queue was full: more traffic than the qdisc's rate or the device can send.".into();
+        f.cause =
+            "The queue was full: more traffic than the qdisc's rate or the device can send.".into();
         f.advice = "Raise the shaper's rate or limit, or find the sender that exceeds it.".into();
         out.push(f);
     }
@@ -793,7 +831,10 @@ fn visibility(report: &Report) -> Vec<Finding> {
         let mut f = Finding::new(
             "visibility.missing-hooks",
             Severity::Info,
-            format!("hoptrace could not see everything on this kernel ({} caveats)", missing.len()),
+            format!(
+                "hoptrace could not see everything on this kernel ({} caveats)",
+                missing.len()
+            ),
         )
         .number("caveats", missing.len() as f64, "count");
         f.evidence = missing;

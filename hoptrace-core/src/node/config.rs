@@ -247,8 +247,8 @@ pub fn read_config() -> NodeConfig {
     let rp_filter = names
         .into_iter()
         .filter_map(|name| {
-            let text =
-                std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/rp_filter")).ok()?;
+            let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"))
+                .ok()?;
             Some(RpFilter {
                 name,
                 value: text.trim().parse().ok()?,
@@ -355,7 +355,13 @@ pub fn parse_iptables_save(text: &str) -> KubeProxyRules {
     let mut has_services_chain = false;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix('*') {
-            table = if name == "nat" { "nat" } else if name == "filter" { "filter" } else { "" };
+            table = if name == "nat" {
+                "nat"
+            } else if name == "filter" {
+                "filter"
+            } else {
+                ""
+            };
             continue;
         }
         if let Some(chain) = line.strip_prefix(':') {
@@ -431,7 +437,11 @@ pub fn parse_nft_kube_proxy(text: &str) -> KubeProxyRules {
 /// columns named by the header line).
 pub fn parse_conntrack_stat(text: &str) -> ConntrackStats {
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     let mut stats = ConntrackStats::default();
     for line in lines {
         for (name, value) in header.iter().zip(line.split_whitespace()) {

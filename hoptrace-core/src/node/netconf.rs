@@ -55,14 +55,13 @@ pub const OFFLOADS: [&str; 6] = [
 /// fails. A failed ethtool query only leaves `offloads_on` at `None`.
 pub fn links() -> Result<Vec<LinkConfig>, NetconfError> {
     let node = devices::discover()?;
-    let messages: Vec<LinkMessage> = with_rtnetlink(|handle| async move {
-        handle.link().get().execute().try_collect().await
-    })
-    .map_err(NetconfError::Socket)?
-    .map_err(|source| NetconfError::Netlink {
-        request: "RTM_GETLINK dump",
-        source,
-    })?;
+    let messages: Vec<LinkMessage> =
+        with_rtnetlink(|handle| async move { handle.link().get().execute().try_collect().await })
+            .map_err(NetconfError::Socket)?
+            .map_err(|source| NetconfError::Netlink {
+                request: "RTM_GETLINK dump",
+                source,
+            })?;
     let uplink = node
         .devices
         .iter()
@@ -73,7 +72,8 @@ pub fn links() -> Result<Vec<LinkConfig>, NetconfError> {
     for msg in &messages {
         let mut link = link_config(msg, &messages, uplink.as_deref());
         if let Some(dev) = node.devices.iter().find(|d| d.name == link.name) {
-            link.pod_veth = dev.kind == DeviceKind::Veth && dev.peer_netnsid.is_some() && !dev.uplink;
+            link.pod_veth =
+                dev.kind == DeviceKind::Veth && dev.peer_netnsid.is_some() && !dev.uplink;
         }
         link.offloads_on = offloads
             .iter()
@@ -117,7 +117,7 @@ pub fn link_config(msg: &LinkMessage, all: &[LinkMessage], uplink: Option<&str>)
             LinkInfo::Kind(k) => Some(k),
             _ => None,
         })
-        .map_or_else(|| "device".to_owned(), |k| k.to_string());
+        .map_or_else(|| "device".to_owned(), ToString::to_string);
     let mut link = LinkConfig {
         uplink: uplink == Some(name.as_str()),
         name,
@@ -158,10 +158,13 @@ pub fn link_config(msg: &LinkMessage, all: &[LinkMessage], uplink: Option<&str>)
     if link.overhead().is_some() && link.underlay.is_none() {
         link.underlay = uplink.map(str::to_owned);
     }
-    if matches!(infos.iter().find_map(|i| match i {
-        LinkInfo::Kind(k) => Some(k),
-        _ => None,
-    }), Some(InfoKind::Geneve)) && link.udp_port.is_none()
+    if matches!(
+        infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        }),
+        Some(InfoKind::Geneve)
+    ) && link.udp_port.is_none()
     {
         link.udp_port = Some(6081);
     }

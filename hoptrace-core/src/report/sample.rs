@@ -95,8 +95,8 @@ pub(crate) fn lab_document() -> LabDocument {
 pub(crate) fn diagnosis() -> super::DiagnosisDocument {
     use crate::diagnose::{DropGroup, Finding, Severity};
     use crate::node::config::{
-        ConntrackStats, KubeProxyRules, LinkConfig, NodeConfig, NodeCounters, QdiscStats,
-        RpFilter, SnmpCounters,
+        ConntrackStats, KubeProxyRules, LinkConfig, NodeConfig, NodeCounters, QdiscStats, RpFilter,
+        SnmpCounters,
     };
     let flow = crate::attribution::ledger::FlowInfo {
         proto: "udp".into(),

@@ -148,7 +148,7 @@ pub fn render_table(report: &Report) -> String {
         report.journeys
     );
 
-let _ = writeln!(out, "\n{}", render_categories(report));
+    let _ = writeln!(out, "\n{}", render_categories(report));
 
     // Segments are already sorted by category, then total time.
     let (new_nf, rest): (Vec<&SegmentRow>, Vec<&SegmentRow>) = report
@@ -246,7 +246,11 @@ mod tests {
         );
         assert!(!text.contains("Biggest contributor"));
         for l in text.lines() {
-            assert!(l.chars().count() <= 100, "{} columns: {l}", l.chars().count());
+            assert!(
+                l.chars().count() <= 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
         }
     }
 

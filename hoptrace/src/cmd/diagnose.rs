@@ -86,9 +86,18 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         node_name,
         report.duration_s,
         report.journeys,
-        findings.iter().filter(|f| f.severity == Severity::Critical).count(),
-        findings.iter().filter(|f| f.severity == Severity::Warning).count(),
-        findings.iter().filter(|f| f.severity == Severity::Info).count(),
+        findings
+            .iter()
+            .filter(|f| f.severity == Severity::Critical)
+            .count(),
+        findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .count(),
+        findings
+            .iter()
+            .filter(|f| f.severity == Severity::Info)
+            .count(),
     );
     print!("{}", diagnose::render_findings(&findings));
     println!("{}", report::render_categories(&report));
