@@ -459,7 +459,7 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
         );
         let old_dev = run_in(
             &node1.netns,
-            &["sysctl", "-n", &format!("net.ipv4.conf.{tunnel}.rp_filter")],
+            &["sysctl", "-n", &format!("net/ipv4/conf/{tunnel}/rp_filter")],
         );
         let _undo = Undo(vec![
             in_ns(
@@ -477,7 +477,7 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
                     "sysctl",
                     "-q",
                     "-w",
-                    &format!("net.ipv4.conf.{tunnel}.rp_filter={}", old_dev.trim()),
+                    &format!("net/ipv4/conf/{tunnel}/rp_filter={}", old_dev.trim()),
                 ],
             ),
             in_ns(&node1.netns, &["ip", "route", "del", &client_ip]),
@@ -489,7 +489,7 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
                 "-q",
                 "-w",
                 "net.ipv4.conf.all.rp_filter=1",
-                &format!("net.ipv4.conf.{tunnel}.rp_filter=1"),
+                &format!("net/ipv4/conf/{tunnel}/rp_filter=1"),
             ],
         );
         run_in(

@@ -28,6 +28,9 @@ pub mod thresholds {
     pub const QDISC_P99_WARNING_US: f64 = 1_000.0;
     /// … and critical, µs.
     pub const QDISC_P99_CRITICAL_US: f64 = 50_000.0;
+    /// New connections a kube-proxy finding needs before it says more
+    /// than `info`: one connection's time is not a measurement.
+    pub const KUBE_PROXY_MIN_CONNECTIONS: u64 = 5;
     /// Drops of one of the grouped reasons below which no finding is made
     /// (a single late packet of a closed connection is not a problem).
     pub const DROPS_MIN: u64 = 3;
@@ -45,6 +48,17 @@ fn fmt_us(us: f64) -> String {
 
 fn pct(fraction: f64) -> String {
     format!("{:.1}%", fraction * 100.0)
+}
+
+/// Drop reason names compare without case: the kernel's enum names are
+/// upper case, some kernels' BTF-derived tables give them in lower case.
+fn same(reason: &str, name: &str) -> bool {
+    reason.eq_ignore_ascii_case(name)
+}
+
+/// A neighbour-failure drop reason (`NEIGH_FAILED`, `NEIGH_QUEUEFULL`, ...).
+fn neighbour(reason: &str) -> bool {
+    reason.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("NEIGH_"))
 }
 
 /// Every rule's findings, unsorted.
@@ -127,9 +141,13 @@ fn kube_proxy(input: &Input<'_>) -> Option<Finding> {
         f.advice = advice_iptables.into();
         return Some(f);
     };
-    let severity = if mean >= KUBE_PROXY_CRITICAL_US {
+    let severity = if count < KUBE_PROXY_MIN_CONNECTIONS && !iptables_many {
+        Severity::Info
+    } else if count >= KUBE_PROXY_MIN_CONNECTIONS && mean >= KUBE_PROXY_CRITICAL_US {
         Severity::Critical
-    } else if mean >= KUBE_PROXY_WARNING_US || iptables_many {
+    } else if (count >= KUBE_PROXY_MIN_CONNECTIONS && mean >= KUBE_PROXY_WARNING_US)
+        || iptables_many
+    {
         Severity::Warning
     } else {
         Severity::Info
@@ -300,7 +318,7 @@ fn mtu(input: &Input<'_>) -> Vec<Finding> {
     let encap_drops: u64 = input
         .drops
         .iter()
-        .filter(|g| g.examples.iter().any(|e| e.encap != "none") && g.reason != "UDP_CSUM")
+        .filter(|g| g.examples.iter().any(|e| e.encap != "none") && !same(&g.reason, "UDP_CSUM"))
         .map(|g| g.count)
         .sum();
     for tunnel in config.links.iter().filter(|l| l.overhead().is_some()) {
@@ -423,7 +441,7 @@ fn tunnel_checksum(input: &Input<'_>) -> Option<Finding> {
     let groups: Vec<_> = input
         .drops
         .iter()
-        .filter(|g| g.reason == "UDP_CSUM")
+        .filter(|g| same(&g.reason, "UDP_CSUM"))
         .collect();
     let traced: u64 = groups
         .iter()
@@ -434,7 +452,7 @@ fn tunnel_checksum(input: &Input<'_>) -> Option<Finding> {
         .report
         .drops
         .iter()
-        .find(|d| d.reason == "UDP_CSUM")
+        .find(|d| same(&d.reason, "UDP_CSUM"))
         .map_or(0, |d| d.count);
     let counter = input.counters.map_or(0, |c| c.snmp.udp_in_csum_errors);
     if traced == 0 && (tunnels.is_empty() || counter == 0) {
@@ -518,7 +536,7 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
             .report
             .drops
             .iter()
-            .filter(|d| d.reason == reason)
+            .filter(|d| same(&d.reason, reason))
             .map(|d| d.count)
             .sum::<u64>()
     };
@@ -531,7 +549,7 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
     };
 
     // rp_filter.
-    let rp = take(&|g| g.reason == "IP_RPFILTER");
+    let rp = take(&|g| same(&g.reason, "IP_RPFILTER"));
     let n = counted(&rp, &["IP_RPFILTER"]);
     if n >= DROPS_MIN {
         let strict: Vec<String> = input
@@ -564,7 +582,7 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
 
     // No route.
     let noroute_reasons = ["IP_NOROUTE", "IP_INADDRERRORS", "IP_OUTNOROUTES"];
-    let nr = take(&|g| noroute_reasons.contains(&g.reason.as_str()));
+    let nr = take(&|g| noroute_reasons.iter().any(|r| same(&g.reason, r)));
     let n = counted(&nr, &noroute_reasons);
     if n >= DROPS_MIN {
         let mut f = Finding::new(
@@ -584,7 +602,7 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
     }
 
     // Netfilter drops: conntrack INVALID in kube-proxy's filter chains, or other rules.
-    let nf = take(&|g| g.reason == "NETFILTER_DROP");
+    let nf = take(&|g| same(&g.reason, "NETFILTER_DROP"));
     let n = counted(&nf, &["NETFILTER_DROP"]);
     if n >= DROPS_MIN {
         let invalid_rule = input
@@ -625,13 +643,13 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
     }
 
     // Neighbour failures.
-    let neigh = take(&|g| g.reason.starts_with("NEIGH_"));
+    let neigh = take(&|g| neighbour(&g.reason));
     let n = neigh.iter().map(|g| g.count).sum::<u64>().max(
         input
             .report
             .drops
             .iter()
-            .filter(|d| d.reason.starts_with("NEIGH_"))
+            .filter(|d| neighbour(&d.reason))
             .map(|d| d.count)
             .sum(),
     );
@@ -652,11 +670,11 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
 
     // Everything else, as information.
     let grouped = |r: &str| {
-        matches!(
-            r,
-            "IP_RPFILTER" | "NETFILTER_DROP" | "UDP_CSUM" | "QDISC_DROP"
-        ) || noroute_reasons.contains(&r)
-            || r.starts_with("NEIGH_")
+        ["IP_RPFILTER", "NETFILTER_DROP", "UDP_CSUM", "QDISC_DROP"]
+            .iter()
+            .chain(&noroute_reasons)
+            .any(|g| same(r, g))
+            || neighbour(r)
     };
     let others: Vec<_> = input
         .report
@@ -755,7 +773,7 @@ fn queueing(input: &Input<'_>) -> Vec<Finding> {
         .report
         .drops
         .iter()
-        .find(|d| d.reason == "QDISC_DROP")
+        .find(|d| same(&d.reason, "QDISC_DROP"))
         .map_or(0, |d| d.count);
     let n = dropping
         .iter()
@@ -776,7 +794,7 @@ fn queueing(input: &Input<'_>) -> Vec<Finding> {
             &input
                 .drops
                 .iter()
-                .filter(|g| g.reason == "QDISC_DROP")
+                .filter(|g| same(&g.reason, "QDISC_DROP"))
                 .collect::<Vec<_>>(),
         );
         f.cause =

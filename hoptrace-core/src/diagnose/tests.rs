@@ -435,3 +435,49 @@ fn rendering_fits_100_columns() {
         assert!(line.chars().count() <= WIDTH);
     }
 }
+
+#[test]
+fn one_new_connection_is_not_a_measurement() {
+    let mut report = report_with_kube_proxy(40.0);
+    for row in &mut report.categories {
+        if row.category == Category::KubeProxy {
+            row.stats = stats(1, 40.0, 40.0);
+        }
+    }
+    let config = iptables(10);
+    let findings = diagnose(&Input {
+        report: &report,
+        config: Some(&config),
+        counters: None,
+        drops: &[],
+    });
+    assert_eq!(
+        find(&findings, "kube-proxy.rule-cost").severity,
+        Severity::Info
+    );
+}
+
+#[test]
+fn drop_reasons_match_in_any_case() {
+    let mut report = sample::report();
+    report.drops = vec![
+        DropRow {
+            reason: "ip_rpfilter".into(),
+            count: 5,
+        },
+        DropRow {
+            reason: "neigh_failed".into(),
+            count: 5,
+        },
+    ];
+    let findings = diagnose(&Input::report_only(&report));
+    assert_eq!(
+        find(&findings, "drops.rp-filter").severity,
+        Severity::Critical
+    );
+    assert_eq!(
+        find(&findings, "drops.neighbour").severity,
+        Severity::Warning
+    );
+    assert!(findings.iter().all(|f| f.id != "drops.other"));
+}
