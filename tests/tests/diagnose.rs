@@ -617,6 +617,7 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
 }
 
 #[test]
+#[ignore = "iptables-nft-restore of 20,000 services took over 10 minutes per node on the 2-core CI VM; run with --ignored"]
 fn twenty_thousand_services_in_iptables_mode_are_critical() {
     if !can_run_with_kernel_programs("twenty_thousand_services_in_iptables_mode_are_critical") {
         return;
