@@ -8,8 +8,10 @@
 //!    events back in time order, stop.
 //! 4. [`correlate`]: follows each packet hop to hop (journeys).
 //! 5. [`attribution`]: the segment taxonomy and the ledger of histograms.
-//! 6. [`report`]: the typed documents (node report, lab document) and
-//!    their tables.
+//! 6. [`report`]: the typed documents (node report, lab document,
+//!    diagnosis) and their tables.
+//! 7. [`diagnose`]: findings from a report, the node's configuration and
+//!    its counters.
 //!
 //! No command line, no lab, no HTTP: those live in the `hoptrace` binary and
 //! the `hoptrace-lab` crate. `docs/architecture.md` follows one event
@@ -18,6 +20,7 @@
 
 pub mod attribution;
 pub mod correlate;
+pub mod diagnose;
 pub mod kernel;
 pub mod node;
 pub mod report;

@@ -200,12 +200,8 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .first()
         .ok_or_else(|| LabError::Other("the lab has no backend".into()))?
         .clone();
-    let http_port = service
-        .port(Protocol::Tcp)
-        .map_or(8080, |p| p.target_port);
-    let udp_port = service
-        .port(Protocol::Udp)
-        .map_or(5353, |p| p.target_port);
+    let http_port = service.port(Protocol::Tcp).map_or(8080, |p| p.target_port);
+    let udp_port = service.port(Protocol::Udp).map_or(5353, |p| p.target_port);
     let backend_ip = backend.ip;
     let _backend = servers::start_backend(
         &backend.netns,
@@ -329,7 +325,13 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         bar.set_message(format!("{} load", opts.datapath));
         bar
     });
-    let load = run_load_in(Arc::clone(&opts.stop), &client_ns, spec.clone(), target, progress.clone());
+    let load = run_load_in(
+        Arc::clone(&opts.stop),
+        &client_ns,
+        spec.clone(),
+        target,
+        progress.clone(),
+    );
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -340,13 +342,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
 
     let mut reports = Vec::new();
     for (name, session) in sessions {
-        let report =
-            report::finish(session, name.clone(), Value::Null).map_err(|source| {
-                LabError::Session {
-                    node: name.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let report = report::finish(session, name.clone(), Value::Null).map_err(|source| {
+            LabError::Session {
+                node: name.clone(),
+                source: Box::new(source),
+            }
+        })?;
         reports.push(report);
     }
     let lab_section = LabSection {
@@ -433,19 +434,18 @@ fn category_totals(run: &LabRun) -> Vec<(String, f64, u64)> {
 
 /// The human summary of one run.
 pub fn render_run(run: &LabRun) -> String {
-    use comfy_table::{Cell, Table, presets::UTF8_FULL_CONDENSED};
+    use comfy_table::Cell;
+    use hoptrace_core::report::styled_table;
     let mut out = String::new();
     let requests = run.load.ok.max(1) as f64;
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    let mut header = vec![Cell::new("category")];
+    let mut header = vec!["category".to_owned()];
     for report in &run.reports {
-        header.push(Cell::new(format!("{} p50 µs", report.node)));
-        header.push(Cell::new(format!("{} p99 µs", report.node)));
+        header.push(format!("{} p50 µs", report.node));
+        header.push(format!("{} p99 µs", report.node));
     }
-    header.push(Cell::new("µs per request (all nodes)"));
-    header.push(Cell::new("share"));
-    table.set_header(header);
+    header.push("µs per request (all nodes)".to_owned());
+    header.push("share".to_owned());
+    let mut table = styled_table(&header);
     let totals = category_totals(run);
     let attributed: f64 = totals.iter().map(|t| t.1).sum();
     for (category, total_us, _) in &totals {
@@ -497,9 +497,7 @@ pub fn render_run(run: &LabRun) -> String {
         }
     }
     segs.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let mut seg_table = Table::new();
-    seg_table.load_preset(UTF8_FULL_CONDENSED);
-    seg_table.set_header(vec![
+    let mut seg_table = styled_table(&[
         "segment",
         "category",
         "count",
@@ -529,11 +527,26 @@ pub fn render_run(run: &LabRun) -> String {
         attributed / requests,
         client.mean_us
     ));
-    if let Some((category, total, _)) = totals.first() {
-        out.push_str(&format!(
-            "Biggest contributor: {category}, {:.1} µs per request ({:.0}% of the attributed datapath time).\n",
-            total / requests,
-            100.0 * total / attributed.max(f64::MIN_POSITIVE)
+    // The closing sentence is the worst top finding over the run's nodes,
+    // in the words `hoptrace diagnose` and `trace` use.
+    let top = run
+        .reports
+        .iter()
+        .filter_map(|report| {
+            let findings = hoptrace_core::diagnose::diagnose(
+                &hoptrace_core::diagnose::Input::report_only(report),
+            );
+            let first = findings.into_iter().next()?;
+            Some((report.node.clone(), first))
+        })
+        .min_by_key(|(_, f)| f.severity);
+    if let Some((node, finding)) = top
+        && let Some(line) = hoptrace_core::diagnose::headline(std::slice::from_ref(&finding))
+    {
+        out.push_str(&hoptrace_core::diagnose::wrap(
+            "",
+            "",
+            &format!("{line} (node {node})"),
         ));
     }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();

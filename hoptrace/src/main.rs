@@ -32,6 +32,9 @@ enum Command {
     },
     /// Trace every packet crossing this node's datapath and attribute its latency.
     Trace(cmd::trace::TraceArgs),
+    /// Diagnose this node: trace, read its configuration and counters, and
+    /// say what is wrong and what to change (exit 3 when something is critical).
+    Diagnose(cmd::diagnose::DiagnoseArgs),
     /// Remove clsact tc filters left behind by a killed hoptrace (only hoptrace's own).
     Cleanup {
         /// Network namespace to clean (a /run/netns path); default: this one.
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Check { json } => cmd::check::run(json),
         Command::Cleanup { netns } => cmd::cleanup::run(netns.as_deref()),
         Command::Trace(args) => exit_code(cmd::trace::run(args)),
+        Command::Diagnose(args) => exit_code(cmd::diagnose::run(&args)),
         Command::Lab(args) => exit_code(cmd::lab::run(args)),
         Command::Agent(args) => exit_code(cmd::agent::run(&args)),
         Command::Compare(args) => exit_code(cmd::compare::run(&args)),

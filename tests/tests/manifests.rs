@@ -919,11 +919,11 @@ fn diagnosis_job_runs_the_one_shot_trace() {
     assert_eq!(
         strs(&c["args"]),
         [
-            "trace",
+            "diagnose",
             "--duration",
             "$(HOPTRACE_DURATION)",
             "--json",
-            "/out/report.json"
+            "/out/diagnosis.json"
         ]
     );
     let duration = c["env"]
@@ -934,8 +934,8 @@ fn diagnosis_job_runs_the_one_shot_trace() {
         .expect("HOPTRACE_DURATION");
     assert_eq!(duration["value"], "30s");
     assert!(
-        raw.contains("Switches to `diagnose"),
-        "the Job says it switches to `hoptrace diagnose` when that ships"
+        raw.contains("hoptrace.diagnosis.v1") && !raw.contains("Switches to"),
+        "the Job says what it writes, and no longer promises a switch"
     );
     // Not in the base.
     let base = parse_yaml(
@@ -1327,6 +1327,7 @@ fn kubectl_plugin_dry_run_renders_a_valid_job() {
     assert_eq!(spec["nodeName"], "worker-1.example");
     let c = &spec["containers"][0];
     assert_eq!(c["image"], "registry.example/hoptrace:0.1.0");
+    assert_eq!(c["args"][0], "diagnose", "the rendered Job runs the diagnosis");
     assert!(
         c["env"]
             .as_array()

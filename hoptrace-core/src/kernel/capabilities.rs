@@ -173,9 +173,8 @@ impl Capabilities {
 
     /// A table for terminals: item, yes/no, detail or reason; then notes and fidelity.
     pub fn render_table(&self) -> String {
-        let mut table = comfy_table::Table::new();
-        table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-        table.set_header(["capability", "available", "detail / reason"]);
+        let mut table =
+            crate::report::styled_table(&["capability", "available", "detail / reason"]);
         for c in &self.items {
             let text = match &c.reason {
                 Some(reason) => format!("{} — {reason}", c.detail),
@@ -190,11 +189,11 @@ impl Capabilities {
         let mut out = table.to_string();
         out.push('\n');
         for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
+            out.push_str(&crate::diagnose::wrap("note: ", "      ", note));
         }
         out.push_str("\nfidelity:\n");
         for line in self.fidelity() {
-            let _ = writeln!(out, "  {line}");
+            out.push_str(&crate::diagnose::wrap("  ", "    ", &line));
         }
         out
     }
@@ -762,6 +761,9 @@ mod tests {
         }
         assert!(table.contains("Operation not permitted"));
         assert!(table.contains("fidelity:"));
+        for line in table.lines() {
+            assert!(line.chars().count() <= 100, "{} columns: {line}", line.chars().count());
+        }
     }
 
     #[test]

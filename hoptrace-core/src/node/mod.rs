@@ -1,7 +1,9 @@
 //! The node: its network devices, their roles on the packet's route (pod
 //! veth, bridge, tunnel, uplink), and the pods' namespaces.
 
+pub mod config;
 pub mod devices;
+pub mod netconf;
 
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;

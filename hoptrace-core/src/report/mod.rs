@@ -6,12 +6,16 @@
 //!   ([`LAB_SCHEMA`]): runs of node reports with their `lab` section.
 //! - `table.rs`: the node report as terminal tables ([`render_table`]).
 //! - `assemble.rs`: from a finished session to its report ([`finish`]).
+//! - `diagnosis.rs`: the diagnosis document [`DiagnosisDocument`],
+//!   `hoptrace.diagnosis.v1` ([`DIAGNOSIS_SCHEMA`]): findings, node
+//!   configuration, counters, drops and the node report.
 //!
 //! [`Document`] reads either document by its `schema` field. Every field,
 //! unit and range is documented in `docs/report-schema.md`; a unit test
 //! checks that the document and these types list the same fields.
 
 mod assemble;
+mod diagnosis;
 mod lab;
 mod node;
 mod table;
@@ -22,12 +26,13 @@ pub(crate) mod sample;
 mod schema_doc;
 
 pub use assemble::{build_report, finish};
+pub use diagnosis::{DIAGNOSIS_SCHEMA, DiagnosisDocument};
 pub use lab::{ClientLatency, LAB_SCHEMA, LabDocument, LabLoad, LabRunDocument, LabSection};
 pub use node::{
     ALL, CategoryRow, DropRow, EndToEndRow, REPORT_SCHEMA, Report, ReportMeta, SegmentRow, Stats,
     segments_by_name,
 };
-pub use table::{biggest_contributor, render_table};
+pub use table::{biggest_contributor, render_categories, render_table, styled_table};
 
 /// Types of the node report defined next to the ledger that fills them.
 pub use crate::attribution::ledger::{

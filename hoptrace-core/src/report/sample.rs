@@ -90,3 +90,71 @@ pub(crate) fn lab_document() -> LabDocument {
         vec![report(), node_b],
     )])
 }
+
+/// A diagnosis document with every optional field and array filled.
+pub(crate) fn diagnosis() -> super::DiagnosisDocument {
+    use crate::diagnose::{DropGroup, Finding, Severity};
+    use crate::node::config::{
+        ConntrackStats, KubeProxyRules, LinkConfig, NodeConfig, NodeCounters, QdiscStats, RpFilter,
+        SnmpCounters,
+    };
+    let flow = crate::attribution::ledger::FlowInfo {
+        proto: "udp".into(),
+        src: "10.244.0.2:40000".into(),
+        dst: "10.96.0.10:53".into(),
+        encap: "vxlan".into(),
+    };
+    let mut finding = Finding::new("drops.rp-filter", Severity::Critical, "t".into())
+        .number("drops", 20.0, "count");
+    finding.evidence.push("e".into());
+    finding.cause = "c".into();
+    finding.advice = "a".into();
+    finding.examples.push(flow.clone());
+    let mut report = report();
+    report.lab = None;
+    super::DiagnosisDocument {
+        schema: super::DIAGNOSIS_SCHEMA.into(),
+        node: "node-a".into(),
+        started_at: "2025-01-01T00:00:00Z".into(),
+        findings: vec![finding],
+        node_config: NodeConfig {
+            kube_proxy: KubeProxyRules {
+                mode: "iptables".into(),
+                services: 1,
+                service_rules: 1,
+                rules: 5,
+                forward_drops_invalid: true,
+            },
+            links: vec![LinkConfig {
+                name: "flannel.1".into(),
+                kind: "vxlan".into(),
+                mtu: 1450,
+                uplink: false,
+                pod_veth: false,
+                underlay: Some("eth0".into()),
+                udp_port: Some(8472),
+                df: Some("unset".into()),
+                udp_csum: Some(false),
+                offloads_on: Some(vec!["tx-checksum-ip-generic".into()]),
+            }],
+            rp_filter: vec![RpFilter {
+                name: "all".into(),
+                value: 1,
+            }],
+            notes: vec!["n".into()],
+        },
+        counters: NodeCounters {
+            conntrack: ConntrackStats::default(),
+            snmp: SnmpCounters::default(),
+            qdiscs: vec![QdiscStats::default()],
+            notes: vec!["n".into()],
+        },
+        drop_groups: vec![DropGroup {
+            reason: "IP_RPFILTER".into(),
+            location: "nf.prerouting.101".into(),
+            count: 20,
+            examples: vec![flow],
+        }],
+        report,
+    }
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::{LAB_SCHEMA, REPORT_SCHEMA, sample};
+use super::{DIAGNOSIS_SCHEMA, LAB_SCHEMA, REPORT_SCHEMA, sample};
 
 const DOC: &str = include_str!("../../../docs/report-schema.md");
 
@@ -25,6 +25,7 @@ const OPAQUE: [(Doc, &str); 1] = [(Doc::Report, "capabilities")];
 enum Doc {
     Report,
     Lab,
+    Diagnosis,
 }
 
 /// One place for each field: node reports inside a lab document are node
@@ -34,6 +35,10 @@ fn canonical(doc: Doc, path: &str) -> (Doc, String) {
         Doc::Lab => match path.strip_prefix("runs[].nodes[].") {
             Some(rest) => canonical(Doc::Report, rest),
             None => (Doc::Lab, path.to_owned()),
+        },
+        Doc::Diagnosis => match path.strip_prefix("report.") {
+            Some(rest) => canonical(Doc::Report, rest),
+            None => (Doc::Diagnosis, path.to_owned()),
         },
         Doc::Report => match path.strip_prefix("lab.") {
             Some(rest) => (Doc::Lab, format!("runs[].lab.{rest}")),
@@ -92,6 +97,8 @@ fn documented() -> BTreeSet<(Doc, String)> {
                 Some(Doc::Report)
             } else if ids.contains(&LAB_SCHEMA) {
                 Some(Doc::Lab)
+            } else if ids.contains(&DIAGNOSIS_SCHEMA) {
+                Some(Doc::Diagnosis)
             } else {
                 None
             };
@@ -136,6 +143,10 @@ fn serialized() -> BTreeSet<(Doc, String)> {
     for (doc, value) in [
         (Doc::Report, serde_json::to_value(&report).expect("report")),
         (Doc::Lab, serde_json::to_value(&lab).expect("lab document")),
+        (
+            Doc::Diagnosis,
+            serde_json::to_value(sample::diagnosis()).expect("diagnosis document"),
+        ),
     ] {
         collect(doc, &value, "", &mut fields);
     }
@@ -171,6 +182,8 @@ fn the_doc_describes_both_documents() {
         (Doc::Report, "exemplars[].hops[].ts_ns"),
         (Doc::Lab, "runs[].nodes"),
         (Doc::Lab, "runs[].lab.client_latency.histogram"),
+        (Doc::Diagnosis, "findings[].numbers[].unit"),
+        (Doc::Diagnosis, "node_config.links[].offloads_on"),
     ] {
         assert!(
             documented.contains(&(doc, path.to_owned())),

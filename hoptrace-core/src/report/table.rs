@@ -1,10 +1,11 @@
 //! Terminal tables of the node report: categories, segments (with the
 //! netfilter rows of new connections apart), end to end, drops, notes and
-//! the biggest contributor in one sentence.
+//! the top finding in one sentence. Every table of hoptrace uses
+//! [`styled_table`]: one preset, at most 100 columns.
 
 use std::fmt::Write as _;
 
-use comfy_table::{Cell, CellAlignment, Table, presets};
+use comfy_table::{Cell, CellAlignment, ColumnConstraint, ContentArrangement, Table, presets};
 
 use crate::attribution::ledger::ConnState;
 use crate::attribution::taxonomy::Category;
@@ -57,10 +58,20 @@ fn fmt_share(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
 }
 
-fn new_table(header: &[&str]) -> Table {
+/// A table in hoptrace's one style (comfy-table's `UTF8_FULL_CONDENSED`)
+/// that wraps its cells to fit [`crate::diagnose::WIDTH`] (100) columns.
+pub fn styled_table<S: ToString>(header: &[S]) -> Table {
     let mut table = Table::new();
-    table.load_preset(presets::ASCII_FULL_CONDENSED);
-    table.set_header(header.iter().map(Cell::new));
+    table
+        .load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(crate::diagnose::WIDTH as u16);
+    table.set_header(header.iter().map(|h| Cell::new(h.to_string())));
+    table
+}
+
+fn new_table(header: &[&str]) -> Table {
+    let mut table = styled_table(header);
     for (i, _) in header.iter().enumerate().skip(1) {
         if let Some(col) = table.column_mut(i) {
             col.set_cell_alignment(CellAlignment::Right);
@@ -71,46 +82,36 @@ fn new_table(header: &[&str]) -> Table {
 
 fn segment_table(rows: &[&SegmentRow]) -> Table {
     let mut table = new_table(&[
-        "segment", "category", "dir", "conn", "count", "p50 µs", "p90 µs", "p99 µs", "max µs",
-        "share",
+        "segment", "dir", "conn", "count", "p50 µs", "p99 µs", "share",
     ]);
     for r in rows {
         table.add_row(vec![
             r.segment.clone(),
-            r.category.name().to_string(),
             r.direction.name().to_string(),
             r.conn_state.name().to_string(),
             r.stats.count.to_string(),
             fmt_us(r.stats.p50_us),
-            fmt_us(r.stats.p90_us),
             fmt_us(r.stats.p99_us),
-            fmt_us(r.stats.max_us),
             fmt_share(r.share),
         ]);
     }
-    for i in [1, 2, 3] {
+    for i in [1, 2] {
         if let Some(col) = table.column_mut(i) {
             col.set_cell_alignment(CellAlignment::Left);
+        }
+    }
+    // Names stay whole (they are searched for); the numbers' headers
+    // wrap to keep the table within 100 columns.
+    for i in 0..3 {
+        if let Some(col) = table.column_mut(i) {
+            col.set_constraint(ColumnConstraint::ContentWidth);
         }
     }
     table
 }
 
-/// Human-readable rendering: categories, segments (new-connection netfilter
-/// rows apart), end-to-end, drops, notes and the biggest contributor.
-pub fn render_table(report: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "hoptrace report ({}) node {} kernel {} started {} duration {:.1}s, {} journeys",
-        report.schema,
-        report.node,
-        report.kernel,
-        report.started_at,
-        report.duration_s,
-        report.journeys
-    );
-
+/// The per-category table (`all` rows) of a report, with its title.
+pub fn render_categories(report: &Report) -> String {
     let mut cats = new_table(&[
         "category", "count", "p50 µs", "p90 µs", "p99 µs", "max µs", "share",
     ]);
@@ -129,7 +130,25 @@ pub fn render_table(report: &Report) -> String {
             fmt_share(r.share),
         ]);
     }
-    let _ = writeln!(out, "\nCategories (per journey, all directions)\n{cats}");
+    format!("Categories (per journey, all directions)\n{cats}")
+}
+
+/// Human-readable rendering: categories, segments (new-connection netfilter
+/// rows apart), end-to-end, drops, notes and the biggest contributor.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hoptrace report ({})\nnode {} kernel {} started {} duration {:.1}s, {} journeys",
+        report.schema,
+        report.node,
+        report.kernel,
+        report.started_at,
+        report.duration_s,
+        report.journeys
+    );
+
+    let _ = writeln!(out, "\n{}", render_categories(report));
 
     // Segments are already sorted by category, then total time.
     let (new_nf, rest): (Vec<&SegmentRow>, Vec<&SegmentRow>) = report
@@ -178,10 +197,11 @@ pub fn render_table(report: &Report) -> String {
         report.lost_events, report.unparsed_packets, report.foreign_events
     );
     for note in &report.notes {
-        let _ = writeln!(out, "note: {note}");
+        out.push_str(&crate::diagnose::wrap("note: ", "      ", note));
     }
-    if let Some(line) = biggest_contributor(report) {
-        let _ = writeln!(out, "\n{line}");
+    let findings = crate::diagnose::diagnose(&crate::diagnose::Input::report_only(report));
+    if let Some(line) = crate::diagnose::headline(&findings) {
+        let _ = write!(out, "\n{}", crate::diagnose::wrap("", "", &line));
     }
     out
 }
@@ -218,7 +238,20 @@ mod tests {
         let line = biggest_contributor(&report).expect("a contributor");
         // cni: node A 2000+1500+400+400+500 = 4800, node B 500+300+200+500+3000 = 4500.
         assert!(line.contains("cni"), "{line}");
-        assert!(text.contains(&line));
+        let findings = crate::diagnose::diagnose(&crate::diagnose::Input::report_only(&report));
+        let top = crate::diagnose::headline(&findings).expect("a top finding");
+        assert!(
+            text.contains(&crate::diagnose::wrap("", "", &top)),
+            "closing sentence is the top finding: {top}"
+        );
+        assert!(!text.contains("Biggest contributor"));
+        for l in text.lines() {
+            assert!(
+                l.chars().count() <= 100,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod check;
 pub mod cleanup;
 pub mod compare;
+pub mod diagnose;
 pub mod lab;
 pub mod trace;
 
