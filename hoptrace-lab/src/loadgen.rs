@@ -830,7 +830,11 @@ mod tests {
         let latency = client_latency(&histogram);
         assert_eq!(latency.p50_us, 180);
         assert_eq!(latency.max_us, 4001, "HDR rounds up within 3 digits");
-        assert!((latency.mean_us - 1086.0).abs() < 2.0, "{}", latency.mean_us);
+        assert!(
+            (latency.mean_us - 1086.0).abs() < 2.0,
+            "{}",
+            latency.mean_us
+        );
         assert_eq!(latency.histogram.iter().map(|b| b.2).sum::<u64>(), 5);
         assert_eq!(latency.histogram.last().map(|b| b.1), Some(100.0));
         let empty = client_latency(&Histogram::<u64>::new(3).unwrap());

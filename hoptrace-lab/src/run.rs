@@ -17,10 +17,7 @@ use std::{
 use serde_json::Value;
 
 use hoptrace_core::{
-    report::{
-        self, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection,
-        Report,
-    },
+    report::{self, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection, Report},
     session::{Session, SessionError, SessionOptions},
 };
 
@@ -385,7 +382,6 @@ fn load_section(spec: &LoadSpec) -> LabLoad {
         udp_payload_len: spec.udp_payload_len as u64,
     }
 }
-
 
 /// Runs the load generator on a thread inside `ns` (its sockets live there).
 fn run_load_in(

@@ -1327,7 +1327,10 @@ fn kubectl_plugin_dry_run_renders_a_valid_job() {
     assert_eq!(spec["nodeName"], "worker-1.example");
     let c = &spec["containers"][0];
     assert_eq!(c["image"], "registry.example/hoptrace:0.1.0");
-    assert_eq!(c["args"][0], "diagnose", "the rendered Job runs the diagnosis");
+    assert_eq!(
+        c["args"][0], "diagnose",
+        "the rendered Job runs the diagnosis"
+    );
     assert!(
         c["env"]
             .as_array()

@@ -58,7 +58,9 @@ fn same(reason: &str, name: &str) -> bool {
 
 /// A neighbour-failure drop reason (`NEIGH_FAILED`, `NEIGH_QUEUEFULL`, ...).
 fn neighbour(reason: &str) -> bool {
-    reason.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("NEIGH_"))
+    reason
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("NEIGH_"))
 }
 
 /// Every rule's findings, unsorted.

@@ -762,7 +762,11 @@ mod tests {
         assert!(table.contains("Operation not permitted"));
         assert!(table.contains("fidelity:"));
         for line in table.lines() {
-            assert!(line.chars().count() <= 100, "{} columns: {line}", line.chars().count());
+            assert!(
+                line.chars().count() <= 100,
+                "{} columns: {line}",
+                line.chars().count()
+            );
         }
     }
 

@@ -134,12 +134,7 @@ impl Hist {
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.buckets)
             .collect();
-        series.encode_histogram::<NoLabelSet>(
-            self.sum_ns as f64 / 1e9,
-            self.count,
-            &buckets,
-            None,
-        )
+        series.encode_histogram::<NoLabelSet>(self.sum_ns as f64 / 1e9, self.count, &buckets, None)
     }
 }
 
@@ -251,7 +246,10 @@ impl AgentMetrics {
         };
         let pod = self.identity.pod(j.pod_netns, pod_ip);
         let mut set = PodLabelSet {
-            pod_namespace: pod.as_ref().map(|p| p.namespace.clone()).unwrap_or_default(),
+            pod_namespace: pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
             ..PodLabelSet::default()
         };
         if self.pod_labels == PodLabels::Pod {
@@ -450,7 +448,10 @@ impl Collector for AgentMetrics {
             &mut encoder,
             "hoptrace_events_lost",
             "Hop events the kernel could not write (ring buffer full)",
-            &[(node_only.clone(), gauges.events_lost.load(Ordering::Relaxed))],
+            &[(
+                node_only.clone(),
+                gauges.events_lost.load(Ordering::Relaxed),
+            )],
         )?;
         encode_counter(
             &mut encoder,
@@ -566,7 +567,10 @@ mod tests {
             end_to_end_ns: dnat_ns + 3_000,
             segments: &[(0, dnat_ns), (1, 3_000)],
             segment_names: &names,
-            categories: &[(Category::KubeProxy, dnat_ns), (Category::Encapsulation, 3_000)],
+            categories: &[
+                (Category::KubeProxy, dnat_ns),
+                (Category::Encapsulation, 3_000),
+            ],
             first_flow: &flow,
             pod_netns: Some(42),
             drop,
@@ -581,7 +585,11 @@ mod tests {
 
     #[test]
     fn journeys_become_histograms_with_pod_and_service_labels() {
-        let metrics = Arc::new(AgentMetrics::new("n1".into(), PodLabels::Pod, Arc::new(ByOctet)));
+        let metrics = Arc::new(AgentMetrics::new(
+            "n1".into(),
+            PodLabels::Pod,
+            Arc::new(ByOctet),
+        ));
         observe(&metrics, 7, 48_600, None);
         observe(&metrics, 7, 1_500, Some(("NETFILTER_DROP", "nf.forward.1")));
         let text = metrics.encode_text().expect("encode");
@@ -605,12 +613,18 @@ mod tests {
         .expect("sum");
         assert!((sum - 50.1e-6).abs() < 1e-12, "{sum}");
         assert_eq!(
-            sample(&text, "hoptrace_drops_total{reason=\"NETFILTER_DROP\",location=\"nf.forward.1\",node=\"n1\"}"),
+            sample(
+                &text,
+                "hoptrace_drops_total{reason=\"NETFILTER_DROP\",location=\"nf.forward.1\",node=\"n1\"}"
+            ),
             Some(1.0),
             "{text}"
         );
         assert_eq!(
-            sample(&text, "hoptrace_journeys_total{direction=\"egress\",node=\"n1\"}"),
+            sample(
+                &text,
+                "hoptrace_journeys_total{direction=\"egress\",node=\"n1\"}"
+            ),
             Some(2.0)
         );
         assert!(text.contains("# TYPE hoptrace_category_duration_seconds histogram"));

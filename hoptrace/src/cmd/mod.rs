@@ -24,4 +24,3 @@ where
             .unwrap_or_else(|_| unreachable!("every possible value parses"))
     })
 }
-
