@@ -17,7 +17,10 @@ use clap::Parser;
 use hoptrace_core::kernel::capabilities;
 
 #[derive(Parser)]
-#[command(name = "hoptrace-bench", about = "Measure what hoptrace's tracing costs")]
+#[command(
+    name = "hoptrace-bench",
+    about = "Measure what hoptrace's tracing costs"
+)]
 struct BenchArgs {
     /// Rounds of each kind (untraced, traced), alternating; medians are reported.
     #[arg(long, default_value_t = bench::MIN_ROUNDS)]

@@ -76,9 +76,12 @@ impl std::str::FromStr for LoadMode {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown load {s:?} (http-keep-alive, http-new-connection, udp)")
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!("unknown load {s:?} (http-keep-alive, http-new-connection, udp)")
+            })
     }
 }
 

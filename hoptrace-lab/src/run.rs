@@ -200,12 +200,8 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .first()
         .ok_or_else(|| LabError::Other("the lab has no backend".into()))?
         .clone();
-    let http_port = service
-        .port(Protocol::Tcp)
-        .map_or(8080, |p| p.target_port);
-    let udp_port = service
-        .port(Protocol::Udp)
-        .map_or(5353, |p| p.target_port);
+    let http_port = service.port(Protocol::Tcp).map_or(8080, |p| p.target_port);
+    let udp_port = service.port(Protocol::Udp).map_or(5353, |p| p.target_port);
     let backend_ip = backend.ip;
     let _backend = servers::start_backend(
         &backend.netns,
@@ -329,7 +325,13 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         bar.set_message(format!("{} load", opts.datapath));
         bar
     });
-    let load = run_load_in(Arc::clone(&opts.stop), &client_ns, spec.clone(), target, progress.clone());
+    let load = run_load_in(
+        Arc::clone(&opts.stop),
+        &client_ns,
+        spec.clone(),
+        target,
+        progress.clone(),
+    );
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -340,13 +342,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
 
     let mut reports = Vec::new();
     for (name, session) in sessions {
-        let report =
-            report::finish(session, name.clone(), Value::Null).map_err(|source| {
-                LabError::Session {
-                    node: name.clone(),
-                    source: Box::new(source),
-                }
-            })?;
+        let report = report::finish(session, name.clone(), Value::Null).map_err(|source| {
+            LabError::Session {
+                node: name.clone(),
+                source: Box::new(source),
+            }
+        })?;
         reports.push(report);
     }
     let lab_section = LabSection {

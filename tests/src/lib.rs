@@ -78,7 +78,9 @@ pub fn hoptrace_bin() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/debug/hoptrace")
         .canonicalize()
-        .expect("target/debug/hoptrace: run `cargo build -p hoptrace` first (or `cargo xtask test`)")
+        .expect(
+            "target/debug/hoptrace: run `cargo build -p hoptrace` first (or `cargo xtask test`)",
+        )
 }
 
 /// Starts the lab's HTTP (8080) and UDP (5353) backend inside `netns`,
@@ -125,8 +127,8 @@ pub fn http_requests_new_connection(netns: &str, target: std::net::SocketAddr, n
 /// `GET path` on `addr`; the status code and the body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).expect("connect");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
+        .expect("connect");
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .expect("timeout");
@@ -148,4 +150,3 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
-

@@ -57,7 +57,11 @@ impl Hoptrace {
             if let Ok(Some(status)) = me.child.child_mut().try_wait() {
                 panic!("hoptrace {args:?} exited ({status}): {}", me.stderr());
             }
-            assert!(Instant::now() < deadline, "not ready in 60 s: {}", me.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "not ready in 60 s: {}",
+                me.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         me
@@ -86,7 +90,11 @@ impl Hoptrace {
                 assert!(status.success(), "exit {status}: {}", self.stderr());
                 return;
             }
-            assert!(Instant::now() < deadline, "still running: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "still running: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -134,7 +142,10 @@ impl Prometheus {
             .expect("free port");
         let child = Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -267,7 +278,11 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     let target: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp").into();
     let client = lab.client_pod().netns.clone();
     let node = lab.nodes()[0].netns.clone();
-    assert_eq!(http_requests_new_connection(&client, target, 3), 3, "warm-up");
+    assert_eq!(
+        http_requests_new_connection(&client, target, 3),
+        3,
+        "warm-up"
+    );
 
     // The agent, scraped by Prometheus, while the client sends its requests.
     let mut agent = Hoptrace::start(
@@ -286,7 +301,10 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
         "hoptrace_segment_duration_seconds_count",
         "category=\"kube-proxy\"",
     );
-    assert!(agent_kube_proxy > 0.0, "kube-proxy segments in /metrics:\n{metrics}");
+    assert!(
+        agent_kube_proxy > 0.0,
+        "kube-proxy segments in /metrics:\n{metrics}"
+    );
     // Wait until Prometheus has scraped what the agent now says.
     let deadline = Instant::now() + Duration::from_secs(20);
     let kube_proxy = loop {
@@ -322,11 +340,11 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
         "VXLAN segments in Prometheus: {encapsulation:?}"
     );
     assert!(
-        p50.iter().any(|(labels, v)| labels
-            .get("segment")
-            .is_some_and(|s| s.ends_with(".dnat"))
-            && v.is_finite()
-            && *v > 0.0),
+        p50.iter().any(
+            |(labels, v)| labels.get("segment").is_some_and(|s| s.ends_with(".dnat"))
+                && v.is_finite()
+                && *v > 0.0
+        ),
         "histogram_quantile over the buckets gives a DNAT p50: {p50:?}"
     );
 
@@ -334,7 +352,10 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     let out = tempfile::tempdir().expect("temp dir");
     let report_path = out.path().join("report.json");
     let report_arg = report_path.to_str().expect("UTF-8 path");
-    let mut trace = Hoptrace::start(&["trace", "--duration", "120s", "--json", report_arg], &node);
+    let mut trace = Hoptrace::start(
+        &["trace", "--duration", "120s", "--json", report_arg],
+        &node,
+    );
     assert_eq!(
         http_requests_new_connection(&client, target, REQUESTS),
         REQUESTS

@@ -103,7 +103,10 @@ fn cleanup_removes_only_hoptrace_clsact_filters() {
     let removed = &report.removed[0];
     assert_eq!(removed.program, "hoptrace_probe_tc");
     assert_eq!(removed.ifname, "ht-cl0");
-    assert_eq!(removed.direction, hoptrace_core::kernel::cleanup::Direction::Ingress);
+    assert_eq!(
+        removed.direction,
+        hoptrace_core::kernel::cleanup::Direction::Ingress
+    );
     assert_eq!(
         report.kept, 1,
         "the foreign filter was seen and kept: {report}"

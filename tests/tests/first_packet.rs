@@ -5,9 +5,9 @@
 use std::{net::UdpSocket, os::fd::AsFd as _, time::Duration};
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use hoptrace_common::{HookKind, packet::IPPROTO_UDP};
 use hoptrace_core::kernel::loader::{LoadOptions, TcMode, Tracer};
 use hoptrace_lab::netns::NetnsGuard;
-use hoptrace_common::{HookKind, packet::IPPROTO_UDP};
 use tests::{can_run_as_root, in_fresh_netns, netns_exists, sh, sh_in};
 
 const DATAGRAMS: usize = 50;

@@ -267,7 +267,8 @@ fn name_clash_is_clear_and_touches_nothing() {
     }
     let prefix = prefix("x");
     let _guard = PrefixGuard(prefix.clone());
-    let existing = hoptrace_lab::netns::NetnsGuard::create(&format!("{prefix}n1")).expect("namespace");
+    let existing =
+        hoptrace_lab::netns::NetnsGuard::create(&format!("{prefix}n1")).expect("namespace");
     let dir = tempfile::tempdir().unwrap();
     let out = quick_lab(&prefix, &dir.path().join("x.json"), &[]);
     assert!(!out.status.success());

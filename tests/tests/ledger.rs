@@ -116,7 +116,10 @@ fn p50_new(report: &Report, segment: &str) -> Option<f64> {
 }
 
 fn dump(name: &str, report: &Report) {
-    eprintln!("==== {name}\n{}", hoptrace_core::report::render_table(report));
+    eprintln!(
+        "==== {name}\n{}",
+        hoptrace_core::report::render_table(report)
+    );
 }
 
 #[test]

@@ -120,12 +120,7 @@ impl Traced {
     /// Starts `hoptrace agent --netns <node> --no-kubernetes --metrics-addr
     /// 127.0.0.1:0 --ready-file F <extra>` and waits until it is ready.
     fn start_agent(node: &NodeWithPod, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "agent",
-            "--no-kubernetes",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ];
+        let mut args = vec!["agent", "--no-kubernetes", "--metrics-addr", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         Self::start_command(node, &args)
     }
@@ -562,11 +557,23 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
         .lines()
         .find(|l| l.starts_with("hoptrace_hooks_attached{kind=\"tc\""))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
-    assert_eq!(tc_hooks, Some(2), "tc ingress and egress on the veth:\n{metrics}");
+    assert_eq!(
+        tc_hooks,
+        Some(2),
+        "tc ingress and egress on the veth:\n{metrics}"
+    );
     agent.signal(Signal::SIGTERM);
     let status = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", agent.stderr());
-    assert!(agent.stderr().contains("every hook detached"), "{}", agent.stderr());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent.stderr().contains("every hook detached"),
+        "{}",
+        agent.stderr()
+    );
     assert_nothing_left(&node, &owned);
 }
 

@@ -12,11 +12,11 @@ use std::{
 };
 
 use aya::{EbpfLoader, maps::RingBuf};
+use hoptrace_common::{CtState, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
 use hoptrace_core::kernel::{
     netfilter::{NFPROTO_IPV4, default_plan, load_netfilter_programs},
     objects::{main_object, netfilter_object},
 };
-use hoptrace_common::{CtState, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
 
 /// Netfilter link ids (from `bpftool link list`) whose program is one of `prog_ids`.
 fn netfilter_links_of(prog_ids: &[u32]) -> Vec<u64> {

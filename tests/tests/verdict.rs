@@ -24,12 +24,12 @@ use aya::{
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
 };
+use hoptrace_common::Counter;
 use hoptrace_core::{
     kernel::{loader::TcMode, objects::fixture_object},
     session::{Session, SessionOptions},
 };
 use hoptrace_lab::netns::{NetnsGuard, run_in, with_netns};
-use hoptrace_common::Counter;
 use tests::{http_requests_new_connection, start_backend};
 
 const DATAGRAMS: usize = 200;

@@ -62,7 +62,10 @@ impl NetnsNames {
     /// Re-reads [`Self::DIR`]; a missing folder means no names.
     pub fn refresh(&self) {
         let names = read_netns_dir(Path::new(Self::DIR));
-        *self.by_inode.write().unwrap_or_else(PoisonError::into_inner) = names;
+        *self
+            .by_inode
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = names;
     }
 
     fn name(&self, inode: u32) -> Option<String> {
@@ -188,7 +191,10 @@ impl KubeIdentity {
     }
 
     fn set_pods(&self, pods: HashMap<IpAddr, PodRef>) {
-        self.maps.write().unwrap_or_else(PoisonError::into_inner).pods = pods;
+        self.maps
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pods = pods;
     }
 
     fn set_services(&self, services: HashMap<IpAddr, ServiceRef>) {
@@ -306,8 +312,14 @@ mod tests {
             namespace: "shop".into(),
             name: "web-7d9f".into(),
         };
-        assert_eq!(identity.pod(None, "10.244.1.7".parse().unwrap()), Some(web.clone()));
-        assert_eq!(identity.pod(None, "fd00:10:244:1::7".parse().unwrap()), Some(web));
+        assert_eq!(
+            identity.pod(None, "10.244.1.7".parse().unwrap()),
+            Some(web.clone())
+        );
+        assert_eq!(
+            identity.pod(None, "fd00:10:244:1::7".parse().unwrap()),
+            Some(web)
+        );
         assert_eq!(
             identity.pod(None, "192.168.1.10".parse().unwrap()),
             None,
@@ -317,8 +329,14 @@ mod tests {
             namespace: "shop".into(),
             name: "web".into(),
         };
-        assert_eq!(identity.service("10.96.12.34".parse().unwrap()), Some(svc.clone()));
-        assert_eq!(identity.service("fd00:10:96::1234".parse().unwrap()), Some(svc));
+        assert_eq!(
+            identity.service("10.96.12.34".parse().unwrap()),
+            Some(svc.clone())
+        );
+        assert_eq!(
+            identity.service("fd00:10:96::1234".parse().unwrap()),
+            Some(svc)
+        );
         assert_eq!(identity.service("10.244.1.7".parse().unwrap()), None);
 
         // A deleted pod disappears from the next rebuild.

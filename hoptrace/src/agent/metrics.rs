@@ -244,7 +244,10 @@ impl AgentMetrics {
         };
         let pod = self.identity.pod(j.pod_netns, pod_ip);
         let mut set = PodLabelSet {
-            pod_namespace: pod.as_ref().map(|p| p.namespace.clone()).unwrap_or_default(),
+            pod_namespace: pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
             ..PodLabelSet::default()
         };
         if self.pod_labels == PodLabels::Pod {
@@ -373,12 +376,14 @@ impl Collector for AgentMetrics {
                 ],
                 &store.label_sets[label as usize],
             );
-            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                hist.sum_ns as f64 / 1e9,
-                hist.count,
-                &hist.encoded(),
-                None,
-            )?;
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    hist.sum_ns as f64 / 1e9,
+                    hist.count,
+                    &hist.encoded(),
+                    None,
+                )?;
         }
 
         let mut metric = encoder.encode_descriptor(
@@ -399,12 +404,14 @@ impl Collector for AgentMetrics {
                 ],
                 &store.label_sets[label as usize],
             );
-            metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                hist.sum_ns as f64 / 1e9,
-                hist.count,
-                &hist.encoded(),
-                None,
-            )?;
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    hist.sum_ns as f64 / 1e9,
+                    hist.count,
+                    &hist.encoded(),
+                    None,
+                )?;
         }
 
         let none = PodLabelSet::default();
@@ -453,7 +460,10 @@ impl Collector for AgentMetrics {
             &mut encoder,
             "hoptrace_events_lost",
             "Hop events the kernel could not write (ring buffer full)",
-            &[(node_only.clone(), gauges.events_lost.load(Ordering::Relaxed))],
+            &[(
+                node_only.clone(),
+                gauges.events_lost.load(Ordering::Relaxed),
+            )],
         )?;
         encode_counter(
             &mut encoder,

@@ -90,7 +90,11 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         match runtime.block_on(kube::Client::try_default()) {
             Ok(client) => {
                 let identity = Arc::new(KubeIdentity::new(Arc::clone(&netns_names)));
-                runtime.spawn(watch_cluster(client, node_name.clone(), Arc::clone(&identity)));
+                runtime.spawn(watch_cluster(
+                    client,
+                    node_name.clone(),
+                    Arc::clone(&identity),
+                ));
                 notes.push(format!(
                     "names: Kubernetes API (pods of node {node_name}, services)"
                 ));
@@ -111,7 +115,11 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         identity,
     ));
     let readiness = Arc::new(Readiness::default());
-    runtime.spawn(serve(listener, Arc::clone(&metrics), Arc::clone(&readiness)));
+    runtime.spawn(serve(
+        listener,
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+    ));
 
     let mut opts = SessionOptions::new();
     opts.netns.clone_from(&args.netns);
@@ -150,8 +158,11 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
     eprintln!("hoptrace agent: serving http://{metrics_addr}/metrics; SIGTERM or Ctrl-C stops");
     readiness.set_ready(status.join("\n") + "\n");
     if let Some(ready) = &args.ready_file {
-        std::fs::write(ready, format!("ready\nmetrics http://{metrics_addr}/metrics\n"))
-            .with_context(|| format!("write {}", ready.display()))?;
+        std::fs::write(
+            ready,
+            format!("ready\nmetrics http://{metrics_addr}/metrics\n"),
+        )
+        .with_context(|| format!("write {}", ready.display()))?;
     }
 
     let mut last_refresh = Instant::now();

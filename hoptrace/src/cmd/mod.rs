@@ -23,4 +23,3 @@ where
             .unwrap_or_else(|_| unreachable!("every possible value parses"))
     })
 }
-
