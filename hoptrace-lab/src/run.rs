@@ -33,6 +33,16 @@ use crate::{
     topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
 };
 
+/// The ingress proxy the lab actually builds and drives: none for UDP load
+/// (every proxy is HTTP), whatever `--ingress` asked.
+pub fn effective_ingress(opts: &LabOptions) -> IngressKind {
+    if opts.load == LoadMode::Udp {
+        IngressKind::None
+    } else {
+        opts.ingress
+    }
+}
+
 /// Port of the built-in ingress proxy, nginx or haproxy in the proxy pod.
 pub const INGRESS_PORT: u16 = 8081;
 
@@ -142,7 +152,7 @@ pub fn lab_document(runs: &[LabRun]) -> LabDocument {
 
 /// Checks what a run needs before anything is built.
 pub fn preflight(opts: &LabOptions) -> Result<(), LabError> {
-    if let Some((tool, package)) = opts.ingress.external_tool()
+    if let Some((tool, package)) = effective_ingress(opts).external_tool()
         && ingress::find_tool(tool).is_none()
     {
         return Err(LabError::MissingTool {
@@ -177,12 +187,17 @@ pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
         services: opts.services,
     };
     eprintln!(
-        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {})",
+        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {}{})",
         opts.datapath,
         opts.nodes,
         spec.effective_kube_proxy(),
         opts.services,
-        opts.ingress
+        effective_ingress(opts),
+        if effective_ingress(opts) == opts.ingress {
+            ""
+        } else {
+            ": the UDP load goes straight to the service"
+        }
     );
     let lab = Lab::build(&spec)?;
     let result = run_on(&lab, opts);
@@ -233,7 +248,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         LoadMode::Udp => service_udp,
         _ => service_tcp,
     };
-    if opts.ingress != IngressKind::None && opts.load != LoadMode::Udp {
+    if effective_ingress(opts) != IngressKind::None {
         let pod =
             proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
@@ -355,7 +370,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         nodes: u32::from(opts.nodes),
         kube_proxy: lab.spec().effective_kube_proxy().to_string(),
         services: opts.services,
-        ingress: opts.ingress.to_string(),
+        ingress: effective_ingress(opts).to_string(),
         target: target.to_string(),
         load: load_section(&spec),
         requests_ok: load.ok,
@@ -579,6 +594,22 @@ pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> Result<(), LabErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--load udp` drives no proxy: the lab document must not claim one.
+    #[test]
+    fn udp_load_builds_no_ingress() {
+        let udp = LabOptions {
+            load: LoadMode::Udp,
+            ingress: IngressKind::Builtin,
+            ..LabOptions::default()
+        };
+        assert_eq!(effective_ingress(&udp), IngressKind::None);
+        let http = LabOptions {
+            ingress: IngressKind::Builtin,
+            ..LabOptions::default()
+        };
+        assert_eq!(effective_ingress(&http), IngressKind::Builtin);
+    }
 
     /// The typed `lab` section keeps the field names and values the lab's
     /// own types serialize to (what `hoptrace.lab.v1` held before it was typed).
