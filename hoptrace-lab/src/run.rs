@@ -376,6 +376,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         requests_ok: load.ok,
         errors: load.errors,
         timeouts: load.timeouts,
+        error_kinds: load.error_kinds,
         achieved_rate: load.achieved_rate,
         client_latency: client_latency_section(&load.client_latency),
     };
@@ -549,8 +550,8 @@ pub fn render_run(run: &LabRun) -> String {
 
     let client = &run.load.client_latency;
     out.push_str(&format!(
-        "Client: {} requests ok ({} errors, {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
-        run.load.ok, run.load.errors, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
+        "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
+        run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
     ));
     out.push_str(&format!(
         "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",
