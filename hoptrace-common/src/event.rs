@@ -132,21 +132,25 @@ pub enum Counter {
     Filtered = 4,
     /// Device tracepoint skipped: the device is timed by tc and has no qdisc.
     Redundant = 5,
+    /// Tracepoint skipped: the buffer is no network packet (netlink, unix
+    /// socket and other local buffers: no device, not IP).
+    NotPacket = 6,
 }
 
 /// Entries of the per-CPU `HOPTRACE_COUNTERS` array: one per [`Counter`],
-/// with room for two more without resizing the map.
+/// with room for one more without resizing the map.
 pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Self::Emitted,
         Self::RingFull,
         Self::Unparsed,
         Self::ReadError,
         Self::Filtered,
         Self::Redundant,
+        Self::NotPacket,
     ];
 
     /// Stable snake_case name, as reports print it.
@@ -158,6 +162,7 @@ impl Counter {
             Self::ReadError => "read_error",
             Self::Filtered => "filtered",
             Self::Redundant => "redundant",
+            Self::NotPacket => "not_packet",
         }
     }
 }

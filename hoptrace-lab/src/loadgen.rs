@@ -183,6 +183,10 @@ pub fn client_latency(histogram: &Histogram<u64>) -> ClientLatency {
     }
 }
 
+/// Failed requests by kind: reset, refused, short read, other (they add up
+/// to [`LoadResult::errors`]).
+pub type ErrorKinds = hoptrace_core::report::ClientErrorKinds;
+
 /// Outcome of one load run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadResult {
@@ -198,6 +202,8 @@ pub struct LoadResult {
     pub errors: u64,
     /// Requests that missed their deadline.
     pub timeouts: u64,
+    /// `errors` by kind.
+    pub error_kinds: ErrorKinds,
     /// Wall time from the first intended send to the last completion, s.
     pub elapsed_s: f64,
     /// Successful requests per second of the schedule's duration.
@@ -263,7 +269,10 @@ pub async fn run_load(
             joined = tasks.join_next() => match joined {
                 Some(Ok(tally)) => total.merge(&tally),
                 // A worker panicked: its requests count as errors.
-                Some(Err(_)) => total.errors += 1,
+                Some(Err(_)) => {
+                    total.errors += 1;
+                    total.kinds.other += 1;
+                }
                 None => break,
             },
             _ = ticker.tick() => {
@@ -279,7 +288,9 @@ pub async fn run_load(
     }
     // Requests of a panicked worker were never counted; account them as errors.
     let accounted = total.ok + total.errors + total.timeouts;
-    total.errors += scheduled.saturating_sub(accounted);
+    let unaccounted = scheduled.saturating_sub(accounted);
+    total.errors += unaccounted;
+    total.kinds.other += unaccounted;
     Ok(LoadResult {
         spec: spec.clone(),
         target,
@@ -287,6 +298,7 @@ pub async fn run_load(
         ok: total.ok,
         errors: total.errors,
         timeouts: total.timeouts,
+        error_kinds: total.kinds,
         elapsed_s,
         achieved_rate: total.ok as f64 / spec.duration.as_secs_f64(),
         client_latency: client_latency(&total.histogram),
@@ -308,6 +320,7 @@ struct Tally {
     ok: u64,
     errors: u64,
     timeouts: u64,
+    kinds: ErrorKinds,
 }
 
 impl Tally {
@@ -318,6 +331,7 @@ impl Tally {
             ok: 0,
             errors: 0,
             timeouts: 0,
+            kinds: ErrorKinds::default(),
         }
     }
 
@@ -327,6 +341,10 @@ impl Tally {
         self.ok += other.ok;
         self.errors += other.errors;
         self.timeouts += other.timeouts;
+        self.kinds.reset += other.kinds.reset;
+        self.kinds.refused += other.kinds.refused;
+        self.kinds.short_read += other.kinds.short_read;
+        self.kinds.other += other.kinds.other;
     }
 }
 
@@ -374,17 +392,58 @@ enum Channel {
 
 /// A request that failed before its deadline (connect error, reset, bad
 /// status, bad reply); the details do not matter to the count.
-struct RequestFailed;
+struct RequestFailed(FailKind);
+
+/// Why a request failed (timeouts are counted apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailKind {
+    Reset,
+    Refused,
+    ShortRead,
+    Other,
+}
+
+impl FailKind {
+    fn of_io(error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Self::Reset,
+            io::ErrorKind::UnexpectedEof => Self::ShortRead,
+            _ => Self::Other,
+        }
+    }
+}
 
 impl From<io::Error> for RequestFailed {
-    fn from(_: io::Error) -> Self {
-        RequestFailed
+    fn from(error: io::Error) -> Self {
+        RequestFailed(FailKind::of_io(&error))
     }
 }
 
 impl From<crate::servers::ClientError> for RequestFailed {
-    fn from(_: crate::servers::ClientError) -> Self {
-        RequestFailed
+    fn from(error: crate::servers::ClientError) -> Self {
+        use crate::servers::ClientError;
+        let kind = match &error {
+            ClientError::Io(e) => FailKind::of_io(e),
+            ClientError::Http(e) if e.is_incomplete_message() => FailKind::ShortRead,
+            ClientError::Http(e) => {
+                // hyper wraps the socket error: classify that.
+                let mut source = std::error::Error::source(e);
+                let mut kind = FailKind::Other;
+                while let Some(s) = source {
+                    if let Some(io) = s.downcast_ref::<io::Error>() {
+                        kind = FailKind::of_io(io);
+                        break;
+                    }
+                    source = s.source();
+                }
+                kind
+            }
+            ClientError::Body(_) => FailKind::ShortRead,
+        };
+        RequestFailed(kind)
     }
 }
 
@@ -420,9 +479,15 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
                     .saturating_record(latency_us.min(MAX_TRACKED_US));
                 tally.ok += 1;
             }
-            Some(Err(RequestFailed)) => {
+            Some(Err(RequestFailed(kind))) => {
                 channel = None;
                 tally.errors += 1;
+                match kind {
+                    FailKind::Reset => tally.kinds.reset += 1,
+                    FailKind::Refused => tally.kinds.refused += 1,
+                    FailKind::ShortRead => tally.kinds.short_read += 1,
+                    FailKind::Other => tally.kinds.other += 1,
+                }
             }
             None => {
                 // A late reply would desynchronise the connection: reopen it.
@@ -472,7 +537,7 @@ async fn request(
         *channel = Some(open(spec.mode, shared.target).await?);
     }
     let Some(open_channel) = channel.as_mut() else {
-        return Err(RequestFailed);
+        return Err(RequestFailed(FailKind::Other));
     };
     match open_channel {
         Channel::Http(connection) => {
@@ -485,7 +550,7 @@ async fn request(
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(RequestFailed)
+                Err(RequestFailed(FailKind::Other))
             }
         }
         Channel::Udp(socket) => {
@@ -501,7 +566,7 @@ async fn request(
                     return if received == len {
                         Ok(())
                     } else {
-                        Err(RequestFailed)
+                        Err(RequestFailed(FailKind::ShortRead))
                     };
                 }
             }
@@ -514,6 +579,29 @@ mod tests {
     use super::*;
     use crate::servers::{ServerStats, serve_udp_with};
     use crate::test_support::{LoopbackHttp, runtime, start_http};
+
+    /// Failed requests are counted by kind: a closed port refuses.
+    #[test]
+    fn errors_are_counted_by_kind() {
+        let rt = runtime();
+        // A port nothing listens on (bound, then closed).
+        let target = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let spec = LoadSpec {
+            mode: LoadMode::HttpNewConnection,
+            connections: 1,
+            rate: 50.0,
+            duration: Duration::from_millis(200),
+            ..LoadSpec::default()
+        };
+        let result = rt.block_on(run_load(&spec, target, None)).expect("load");
+        assert_eq!(result.ok, 0);
+        assert!(result.errors > 0, "{result:?}");
+        assert_eq!(result.error_kinds.refused, result.errors, "{result:?}");
+        let kinds = result.error_kinds;
+        assert_eq!(kinds.reset + kinds.short_read + kinds.other, 0);
+    }
 
     #[test]
     fn rejects_bad_specs() {

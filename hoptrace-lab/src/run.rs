@@ -30,6 +30,16 @@ use crate::{
     topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
 };
 
+/// The ingress proxy the lab actually builds and drives: none for UDP load
+/// (every proxy is HTTP), whatever `--ingress` asked.
+pub fn effective_ingress(opts: &LabOptions) -> IngressKind {
+    if opts.load == LoadMode::Udp {
+        IngressKind::None
+    } else {
+        opts.ingress
+    }
+}
+
 /// Port of the built-in ingress proxy, nginx or haproxy in the proxy pod.
 pub const INGRESS_PORT: u16 = 8081;
 
@@ -139,7 +149,7 @@ pub fn lab_document(runs: &[LabRun]) -> LabDocument {
 
 /// Checks what a run needs before anything is built.
 pub fn preflight(opts: &LabOptions) -> Result<(), LabError> {
-    if let Some((tool, package)) = opts.ingress.external_tool()
+    if let Some((tool, package)) = effective_ingress(opts).external_tool()
         && ingress::find_tool(tool).is_none()
     {
         return Err(LabError::MissingTool {
@@ -174,12 +184,17 @@ pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
         services: opts.services,
     };
     eprintln!(
-        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {})",
+        "hoptrace lab: building {} ({} nodes, kube-proxy {}, {} services, ingress {}{})",
         opts.datapath,
         opts.nodes,
         spec.effective_kube_proxy(),
         opts.services,
-        opts.ingress
+        effective_ingress(opts),
+        if effective_ingress(opts) == opts.ingress {
+            ""
+        } else {
+            ": the UDP load goes straight to the service"
+        }
     );
     let lab = Lab::build(&spec)?;
     let result = run_on(&lab, opts);
@@ -230,7 +245,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         LoadMode::Udp => service_udp,
         _ => service_tcp,
     };
-    if opts.ingress != IngressKind::None && opts.load != LoadMode::Udp {
+    if effective_ingress(opts) != IngressKind::None {
         let pod =
             proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
@@ -352,12 +367,13 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         nodes: u32::from(opts.nodes),
         kube_proxy: lab.spec().effective_kube_proxy().to_string(),
         services: opts.services,
-        ingress: opts.ingress.to_string(),
+        ingress: effective_ingress(opts).to_string(),
         target: target.to_string(),
         load: load_section(&spec),
         requests_ok: load.ok,
         errors: load.errors,
         timeouts: load.timeouts,
+        error_kinds: load.error_kinds,
         achieved_rate: load.achieved_rate,
         client_latency: load.client_latency.clone(),
     };
@@ -515,8 +531,8 @@ pub fn render_run(run: &LabRun) -> String {
 
     let client = &run.load.client_latency;
     out.push_str(&format!(
-        "Client: {} requests ok ({} errors, {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
-        run.load.ok, run.load.errors, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
+        "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
+        run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
     ));
     out.push_str(&format!(
         "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",
@@ -575,6 +591,22 @@ pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> Result<(), LabErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--load udp` drives no proxy: the lab document must not claim one.
+    #[test]
+    fn udp_load_builds_no_ingress() {
+        let udp = LabOptions {
+            load: LoadMode::Udp,
+            ingress: IngressKind::Builtin,
+            ..LabOptions::default()
+        };
+        assert_eq!(effective_ingress(&udp), IngressKind::None);
+        let http = LabOptions {
+            ingress: IngressKind::Builtin,
+            ..LabOptions::default()
+        };
+        assert_eq!(effective_ingress(&http), IngressKind::Builtin);
+    }
 
     /// The typed `lab` section keeps the field names and values the lab's
     /// own types serialize to (what `hoptrace.lab.v1` held before it was typed).

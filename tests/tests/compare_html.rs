@@ -114,6 +114,7 @@ fn synthetic_report(datapath: &str, scale: f64) -> Report {
             requests_ok: 1000,
             errors: 0,
             timeouts: 0,
+            error_kinds: Default::default(),
             achieved_rate: 2000.0,
             client_latency: ClientLatency {
                 p50_us: us(120.0),

@@ -137,7 +137,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "kernel-other",
         ],
     ),
-    ("conn_state", &["new", "established"]),
+    ("conn_state", &["new", "established", "untracked"]),
     ("direction", &["egress", "ingress", "local"]),
     ("kind", &["tc", "netfilter", "tracepoint"]),
 ];

@@ -41,8 +41,9 @@ impl Direction {
 
 /// Whether a journey's packet opened a connection. The conntrack state its
 /// netfilter hops reported decides (of the inner packet when the journey
-/// crossed a tunnel); without netfilter hops, a TCP SYN without ACK is
-/// `New` and everything else `Established`.
+/// crossed a tunnel); netfilter hops after conntrack without an entry make
+/// it `Untracked`; without netfilter hops, a TCP SYN without ACK is `New`
+/// and everything else `Established`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnState {
@@ -52,17 +53,22 @@ pub enum ConnState {
     /// Conntrack found an entry (established or related), or no netfilter
     /// hop saw the packet and it was not a TCP SYN.
     Established,
+    /// Netfilter hops after conntrack's priority saw the packet without a
+    /// conntrack entry: conntrack did not run in its namespace (no rule or
+    /// tool asked for it there) or the packet was marked `notrack`.
+    Untracked,
 }
 
 impl ConnState {
-    /// Both states, in report order.
-    pub const ALL: [ConnState; 2] = [Self::New, Self::Established];
+    /// Every state, in report order.
+    pub const ALL: [ConnState; 3] = [Self::New, Self::Established, Self::Untracked];
 
     /// Stable lower-case name, as reports and the JSON schema spell it.
     pub const fn name(self) -> &'static str {
         match self {
             Self::New => "new",
             Self::Established => "established",
+            Self::Untracked => "untracked",
         }
     }
 }

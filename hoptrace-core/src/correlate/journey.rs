@@ -2,7 +2,10 @@
 //! outer), and what the hops say about its direction and connection state.
 
 use hoptrace_common::packet::IPPROTO_TCP;
-use hoptrace_common::{CtState, Encap, HookKind, HopEvent, L3Headers};
+use hoptrace_common::{CtState, Encap, HookKind, HopEvent, L3Headers, NF_PRIORITY_SLOTS};
+
+/// Netfilter priority of conntrack (`NF_IP_PRI_CONNTRACK`).
+const NF_PRIORITY_CONNTRACK: i32 = -200;
 
 use crate::attribution::ledger::{ConnState, Direction};
 use crate::attribution::taxonomy::{DevStage, DeviceRole, HopPoint, Place, TcDirection};
@@ -62,6 +65,13 @@ pub(crate) struct Journey {
     pub(crate) saw_inner_netfilter: bool,
     /// A netfilter hop of the packet itself reported `CtState::New`.
     pub(crate) saw_inner_ct_new: bool,
+    /// Netfilter hops after conntrack's priority (of any layer, of the
+    /// packet itself): where an entry must be attached if conntrack ran.
+    pub(crate) ct_checked: bool,
+    pub(crate) inner_ct_checked: bool,
+    /// Such a hop found a conntrack entry (of any layer, of the packet itself).
+    pub(crate) ct_found: bool,
+    pub(crate) inner_ct_found: bool,
     /// Time and innermost headers of the earliest parsed event (before NAT).
     pub(crate) first_flow_ts: u64,
     pub(crate) first_flow: L3Headers,
@@ -78,6 +88,15 @@ pub(crate) struct Journey {
 }
 
 impl Journey {
+    /// Whether the newest hop (in arrival order) is a netfilter hop of
+    /// netfilter hook `nf_hook`.
+    pub(crate) fn follows_netfilter_hook(&self, nf_hook: u8) -> bool {
+        matches!(
+            self.hops.last(),
+            Some(Hop { point: HopPoint::Netfilter { hook, .. }, .. }) if *hook as u8 == nf_hook
+        )
+    }
+
     pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
         if let Some(hop) = hop {
             self.left_node |= hop.point.leaves_node();
@@ -92,8 +111,17 @@ impl Journey {
         match hook {
             HookKind::Netfilter => {
                 self.saw_netfilter = true;
-                let new = CtState::from_u8(ev.ct_state) == CtState::New;
+                let state = CtState::from_u8(ev.ct_state);
+                let new = state == CtState::New;
                 self.saw_ct_new |= new;
+                // After conntrack (priority -200) every packet it tracks
+                // carries an entry; before it, none has one yet.
+                let checked = NF_PRIORITY_SLOTS
+                    .get(usize::from(ev.nf_slot))
+                    .is_some_and(|&p| p > NF_PRIORITY_CONNTRACK);
+                let found = state != CtState::None;
+                self.ct_checked |= checked;
+                self.ct_found |= checked && found;
                 let encap = if parsed {
                     ev.packet.encap
                 } else {
@@ -102,6 +130,8 @@ impl Journey {
                 if encap == Encap::None as u8 {
                     self.saw_inner_netfilter = true;
                     self.saw_inner_ct_new |= new;
+                    self.inner_ct_checked |= checked;
+                    self.inner_ct_found |= checked && found;
                 }
             }
             HookKind::Drop => {
@@ -151,18 +181,23 @@ pub(crate) fn journey_direction(first: &Hop) -> Direction {
 }
 
 /// Connection state: the inner packet's conntrack verdict, else any
-/// layer's, else TCP flags (SYN without ACK is new).
+/// layer's (untracked when hops after conntrack saw no entry), else TCP
+/// flags (SYN without ACK is new).
 pub(crate) fn journey_conn_state(j: &Journey) -> ConnState {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     if j.saw_inner_netfilter {
-        if j.saw_inner_ct_new {
+        if j.inner_ct_checked && !j.inner_ct_found {
+            ConnState::Untracked
+        } else if j.saw_inner_ct_new {
             ConnState::New
         } else {
             ConnState::Established
         }
     } else if j.saw_netfilter {
-        if j.saw_ct_new {
+        if j.ct_checked && !j.ct_found {
+            ConnState::Untracked
+        } else if j.saw_ct_new {
             ConnState::New
         } else {
             ConnState::Established

@@ -132,7 +132,8 @@ impl DeviceTable {
 /// Interns segment names; caches the name of every (hop, hop) pair seen.
 #[derive(Default)]
 struct SegmentTable {
-    by_pair: FastMap<(HopSite, HopSite, bool), u32>,
+    /// (from, to, same device, untracked journey) -> segment id.
+    by_pair: FastMap<(HopSite, HopSite, bool, bool), u32>,
     by_name: HashMap<String, u32>,
     /// See [`NodeContext::kube_proxy_absent`].
     kube_proxy_absent: bool,
@@ -151,20 +152,26 @@ impl SegmentTable {
     }
 
     /// The id of a pair already named by [`SegmentTable::id`].
-    fn cached(&self, a: &Hop, b: &Hop) -> Option<u32> {
-        self.by_pair.get(&Self::pair(a, b)).copied()
+    fn cached(&self, a: &Hop, b: &Hop, untracked: bool) -> Option<u32> {
+        let (a, b, same_device) = Self::pair(a, b);
+        self.by_pair.get(&(a, b, same_device, untracked)).copied()
     }
 
     /// The id of the segment between hops `a` and `b`, naming it (and
-    /// adding the name to `names`) on first sight.
-    fn id(&mut self, names: &mut Vec<SegmentName>, a: &Hop, b: &Hop) -> u32 {
+    /// adding the name to `names`) on first sight. In an `untracked`
+    /// journey conntrack did not run: its band is named `untracked` and
+    /// counted as `netfilter-other`.
+    fn id(&mut self, names: &mut Vec<SegmentName>, a: &Hop, b: &Hop, untracked: bool) -> u32 {
         let (a, b, same_device) = Self::pair(a, b);
-        if let Some(&id) = self.by_pair.get(&(a, b, same_device)) {
+        if let Some(&id) = self.by_pair.get(&(a, b, same_device, untracked)) {
             return id;
         }
         let mut seg = classify(a, b, same_device);
         if self.kube_proxy_absent && seg.category == Category::KubeProxy {
             seg.category = Category::NetfilterOther;
+        }
+        if untracked {
+            untrack_segment(&mut seg);
         }
         let id = match self.by_name.get(&seg.name) {
             Some(&id) => id,
@@ -175,8 +182,30 @@ impl SegmentTable {
                 id
             }
         };
-        self.by_pair.insert((a, b, same_device), id);
+        self.by_pair.insert((a, b, same_device, untracked), id);
         id
+    }
+}
+
+/// Renames the conntrack band of a netfilter segment (`conntrack`, or
+/// `conntrack` among spanned bands) to `untracked`, in `netfilter-other`.
+fn untrack_segment(seg: &mut SegmentName) {
+    let Some(bands) = seg.name.strip_prefix("netfilter.") else {
+        return;
+    };
+    let Some((hook, bands)) = bands.split_once('.') else {
+        return;
+    };
+    if !bands.split('+').any(|b| b == "conntrack") {
+        return;
+    }
+    let renamed: Vec<&str> = bands
+        .split('+')
+        .map(|b| if b == "conntrack" { "untracked" } else { b })
+        .collect();
+    seg.name = format!("netfilter.{hook}.{}", renamed.join("+"));
+    if seg.category == Category::Conntrack {
+        seg.category = Category::NetfilterOther;
     }
 }
 
@@ -198,6 +227,9 @@ pub struct Correlator {
     scratch_segments: Vec<u32>,
     observer: Option<std::sync::Arc<dyn JourneyObserver>>,
     scratch_observed: Vec<(u32, u64)>,
+    /// Buffers of unparsed frames seen lately and the time of their latest
+    /// event, so that a frame is counted once however many hooks see it.
+    unparsed_seen: FastMap<u64, u64>,
 }
 
 const HOP_POOL_MAX: usize = 1024;
@@ -225,6 +257,35 @@ impl Correlator {
             scratch_segments: Vec::new(),
             observer: None,
             scratch_observed: Vec::new(),
+            unparsed_seen: FastMap::default(),
+        }
+    }
+
+    /// Counts an unparsed frame once: a buffer seen within the idle timeout
+    /// is the same frame at another hook.
+    fn count_unparsed(&mut self, ev: &HopEvent) {
+        let idle = self.opts.idle_timeout_ns;
+        let new_packet = match self.unparsed_seen.get_mut(&ev.skb_addr) {
+            Some(last) => {
+                let new = ev.ts_ns > last.saturating_add(idle);
+                *last = (*last).max(ev.ts_ns);
+                new
+            }
+            None => {
+                // Bounded like the journeys: forget everything at the cap
+                // (at worst a frame is counted twice).
+                if self.unparsed_seen.len() >= self.opts.max_in_flight.max(1) {
+                    self.unparsed_seen.clear();
+                }
+                self.unparsed_seen.insert(ev.skb_addr, ev.ts_ns);
+                true
+            }
+        };
+        if new_packet {
+            self.ledger.counters.unparsed_packets += 1;
+            if let Some(observer) = &self.observer {
+                observer.unparsed_packet();
+            }
         }
     }
 
@@ -302,10 +363,12 @@ impl Correlator {
         let status = ParseStatus::from_u8(ev.packet.status);
         let parsed = status == ParseStatus::Ok;
         if !parsed && status != ParseStatus::Skipped {
-            self.ledger.counters.unparsed_packets += 1;
-            if let Some(observer) = &self.observer {
-                observer.unparsed_packet();
-            }
+            // Not a packet hoptrace can follow: it neither starts nor
+            // extends a journey (its buffer address alone says nothing about
+            // which packet it is). Counted once per packet: the hops of one
+            // unparsed frame share a buffer within the idle timeout.
+            self.count_unparsed(ev);
+            return;
         }
         let hop = if hook == HookKind::Consume {
             None
@@ -330,7 +393,14 @@ impl Correlator {
 
         if let Some(&id) = self.by_skb.get(&ev.skb_addr) {
             if let Some(j) = self.journeys.get_mut(&id) {
-                let same_packet = fp.is_none_or(|fp| fp == j.fingerprint);
+                // A parsed hop proves its identity by its fingerprint; a
+                // header-only netfilter bracket by following a parsed hop
+                // of the same netfilter hook (the kernel runs one hook's
+                // programs back to back for one packet).
+                let same_packet = match fp {
+                    Some(fp) => fp == j.fingerprint,
+                    None => j.follows_netfilter_hook(ev.nf_hook),
+                };
                 // A buffer idle longer than the idle timeout carries a new
                 // packet (non-IP frames have no fingerprint to tell): one
                 // packet does not dwell that long between two hops of a node.
@@ -351,6 +421,11 @@ impl Correlator {
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
                 if same_packet && !stale && !returned && !after_end {
                     j.add(ev, hook, hop, parsed);
+                    return;
+                }
+                if fp.is_none() {
+                    // A header-only bracket that follows no parsed hop of
+                    // its hook: nothing says which packet it timed.
                     return;
                 }
                 if !same_packet && ev.ts_ns < j.first_ts {
@@ -424,6 +499,10 @@ impl Correlator {
             saw_ct_new: false,
             saw_inner_netfilter: false,
             saw_inner_ct_new: false,
+            ct_checked: false,
+            inner_ct_checked: false,
+            ct_found: false,
+            inner_ct_found: false,
             first_flow_ts: ev.ts_ns,
             first_flow: flow,
             last_flow_ts: ev.ts_ns,
@@ -447,6 +526,9 @@ impl Correlator {
     /// Finalizes journeys idle for longer than the idle timeout, and ended
     /// journeys older than the reorder window. `now_ns` is bpf ktime.
     pub fn flush_idle(&mut self, now_ns: u64) {
+        let idle = self.opts.idle_timeout_ns;
+        self.unparsed_seen
+            .retain(|_, last| now_ns.saturating_sub(*last) <= idle);
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
         for (id, j) in &self.journeys {
@@ -556,6 +638,7 @@ fn record_journey(
     }
     let direction = journey_direction(&hops[0]);
     let conn_state = journey_conn_state(j);
+    let untracked = conn_state == ConnState::Untracked;
     let hops = &j.hops;
     let e2e = hops[hops.len() - 1].ts_ns - hops[0].ts_ns;
     let mut category_ns = [0u64; Category::ALL.len()];
@@ -563,7 +646,7 @@ fn record_journey(
     seen_segments.clear();
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let segment = table.id(&mut ledger.segment_names, a, b);
+        let segment = table.id(&mut ledger.segment_names, a, b, untracked);
         let duration = b.ts_ns - a.ts_ns;
         let stat = ledger
             .segments
@@ -638,7 +721,7 @@ fn record_journey(
         segments: hops
             .windows(2)
             .map(|pair| {
-                let id = table.id(&mut ledger.segment_names, &pair[0], &pair[1]);
+                let id = table.id(&mut ledger.segment_names, &pair[0], &pair[1], untracked);
                 let seg = &ledger.segment_names[id as usize];
                 ExemplarSegment {
                     segment: seg.name.clone(),
@@ -679,11 +762,13 @@ fn observe_journey(
         return;
     }
     scratch.clear();
+    let conn_state = journey_conn_state(j);
+    let untracked = conn_state == ConnState::Untracked;
     let mut categories: Vec<(Category, u64)> = Vec::with_capacity(4);
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         // Every pair was named by `record_journey`: a cache hit.
-        let Some(segment) = table.cached(a, b) else {
+        let Some(segment) = table.cached(a, b, untracked) else {
             continue;
         };
         let duration = b.ts_ns - a.ts_ns;
@@ -707,7 +792,7 @@ fn observe_journey(
         .map(|(reason, location)| (reason.as_str(), location.as_str()));
     observer.journey(&JourneySummary {
         direction: journey_direction(&hops[0]),
-        conn_state: journey_conn_state(j),
+        conn_state,
         end_to_end_ns: hops[hops.len() - 1].ts_ns - hops[0].ts_ns,
         segments: scratch,
         segment_names: &ledger.segment_names,

@@ -784,29 +784,129 @@ fn drops_by_reason_and_drop_ends_a_journey() {
 }
 
 #[test]
-fn unparsed_events_are_counted_and_follow_known_buffers() {
+fn unparsed_events_never_join_a_journey() {
+    // A ping crosses the veth; then a netlink message reuses its buffer
+    // (no IP headers) and is read by a socket twice. Before the fix, those
+    // socket hops joined the ping's journey (`socket.delivery` segments of
+    // tens of ms).
     use HookKind::*;
     let p = tcp(ACK, 1, 1);
-    let mut bad = PacketMeta::zeroed();
-    bad.status = ParseStatus::Truncated as u8;
+    let mut not_ip = PacketMeta::zeroed();
+    not_ip.status = ParseStatus::NotIp as u8;
     let events = [
         ev(0, SKB, POD_A, IF_POD_ETH0, DevXmit, p),
-        ev(1_000, SKB, NODE, IF_VETH_A, DevReceive, bad),
+        ev(1_000, SKB, NODE, IF_VETH_A, DevReceive, p),
         ev(1_500, SKB, NODE, IF_VETH_A, TcIngress, p),
+        ev(2_000_000, SKB, NODE, 0, SocketDeliver, not_ip),
+        ev(9_000_000, SKB, NODE, 0, SocketDeliver, not_ip),
         // Unknown buffer, unparsed: counted only.
-        ev(2_000, 0x7000, NODE, IF_UPLINK, DevReceive, bad),
+        ev(9_500_000, 0x7000, NODE, IF_UPLINK, DevReceive, not_ip),
     ];
     let ledger = run(&events);
-    assert_eq!(ledger.counters.unparsed_packets, 2);
     assert_eq!(ledger.counters.journeys, 1);
+    let e2e = ledger
+        .end_to_end
+        .get(&(Direction::Egress, ConnState::Established))
+        .expect("the ping's journey");
+    assert_eq!(e2e.total_ns, 1_500, "nothing after the packet's last hop");
     assert!(
-        ledger
-            .segment("pod.veth.egress", Direction::Egress, ConnState::Established)
-            .is_some()
+        !ledger.segment_names_seen().contains(&"socket.delivery"),
+        "{:?}",
+        ledger.segment_names_seen()
     );
+    assert_eq!(ledger.counters.unparsed_packets, 2, "two frames, once each");
+}
+
+#[test]
+fn unparsed_frames_are_counted_once_per_packet() {
+    use HookKind::*;
+    let mut arp = PacketMeta::zeroed();
+    arp.status = ParseStatus::NotIp as u8;
+    let events = [
+        // One ARP request crossing a pod veth and the bridge: one frame.
+        ev(0, SKB, POD_A, IF_POD_ETH0, DevXmit, arp),
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, arp),
+        ev(2_000, SKB, NODE, IF_BRIDGE, DevReceive, arp),
+        // The same buffer long after the idle timeout: another frame.
+        ev(100_000_000, SKB, NODE, IF_VETH_A, TcIngress, arp),
+        // Another buffer.
+        ev(100_000_100, SKB + 0x100, NODE, IF_VETH_A, TcIngress, arp),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.unparsed_packets, 3);
+    assert_eq!(ledger.counters.journeys, 0);
+}
+
+#[test]
+fn a_skipped_bracket_joins_only_after_its_hook() {
+    use HookKind::*;
+    let p = tcp(ACK, 1, 1);
+    let mut skipped = PacketMeta::zeroed();
+    skipped.status = ParseStatus::Skipped as u8;
+    let events = [
+        ev(0, SKB, POD_A, IF_POD_ETH0, DevXmit, p),
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+        // No parsed prerouting hop before it: not this packet's.
+        nf(
+            5_000,
+            SKB,
+            NfHook::PreRouting,
+            -199,
+            CtState::Established,
+            skipped,
+        ),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 1);
+    assert_eq!(
+        ledger
+            .end_to_end
+            .get(&(Direction::Egress, ConnState::Established))
+            .map(|s| s.total_ns),
+        Some(1_000)
+    );
+}
+
+#[test]
+fn untracked_where_conntrack_did_not_run() {
+    use CtState::None as NoCt;
+    use NfHook::*;
+    let p = tcp(ACK, 1, 1);
+    let events = [
+        ev(0, SKB, NODE, IF_VETH_A, HookKind::TcIngress, p),
+        nf(1_000, SKB, PreRouting, -201, NoCt, p),
+        nf(1_300, SKB, PreRouting, -199, NoCt, p),
+        nf(1_600, SKB, PreRouting, -101, NoCt, p),
+        nf(1_700, SKB, PreRouting, -99, NoCt, p),
+    ];
+    let ledger = run(&events);
+    let seg = ledger
+        .segment(
+            "netfilter.prerouting.untracked",
+            Direction::Egress,
+            ConnState::Untracked,
+        )
+        .expect("the band where conntrack would run");
+    assert_eq!(seg.total_ns, 300);
+    let names = ledger.segment_names_seen();
+    assert!(!names.iter().any(|n| n.contains("conntrack")), "{names:?}");
+    let category = ledger
+        .segment_names
+        .iter()
+        .find(|n| n.name == "netfilter.prerouting.untracked")
+        .map(|n| n.category);
+    assert_eq!(category, Some(Category::NetfilterOther));
+    // With an entry after conntrack, the same hops are tracked.
+    let mut tracked = events;
+    tracked[2] = nf(1_300, SKB, PreRouting, -199, CtState::Established, p);
+    let ledger = run(&tracked);
     assert!(
         ledger
-            .segment("tc.ingress", Direction::Egress, ConnState::Established)
+            .segment(
+                "netfilter.prerouting.conntrack",
+                Direction::Egress,
+                ConnState::Established
+            )
             .is_some()
     );
 }

@@ -4,13 +4,18 @@
 //! process; clsact (`cls_bpf`) filters are not and survive a crash. This
 //! removes only BPF filters whose program name starts with [`OWN_PREFIX`] on
 //! the ingress/egress hooks of every device of one network namespace, and
-//! never touches any other filter or the clsact qdisc itself.
+//! only those whose owner is gone: a filter whose program a live process
+//! holds open belongs to a running hoptrace and is left alone
+//! ([`owner::programs_held_open`]). It never touches any other filter; a
+//! clsact qdisc is removed only when a hoptrace added it (marked under
+//! [`owner::RUN_DIR`]) and it holds no filter any more.
 
 use std::{
     fmt,
     path::{Path, PathBuf},
 };
 
+use crate::kernel::owner;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -111,19 +116,46 @@ pub struct RemovedFilter {
     pub prog_id: Option<u32>,
 }
 
+/// A hoptrace filter left alone because its owner is running.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveFilter {
+    /// The device's name.
+    pub ifname: String,
+    /// The hook the filter is on.
+    pub direction: Direction,
+    /// Program name as tc reports it.
+    pub program: String,
+    /// A process that holds the program open: the running hoptrace.
+    pub pid: u32,
+}
+
 /// What [`cleanup_tc_filters`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CleanupReport {
     /// The filters removed, in the order found.
     pub removed: Vec<RemovedFilter>,
+    /// hoptrace filters of a running hoptrace, left alone.
+    pub live: Vec<LiveFilter>,
+    /// Devices whose empty clsact qdisc (added by a hoptrace) was removed.
+    pub removed_qdiscs: Vec<String>,
     /// Filters seen and left alone (not ours).
     pub kept: usize,
 }
 
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.removed.is_empty() {
+        if self.removed.is_empty() && self.live.is_empty() {
             writeln!(f, "no hoptrace tc filters found")?;
+        }
+        for l in &self.live {
+            writeln!(
+                f,
+                "left {} filter `{}` on {}: it belongs to a running hoptrace (pid {})",
+                l.direction.name(),
+                l.program,
+                l.ifname,
+                l.pid
+            )?;
         }
         for r in &self.removed {
             write!(
@@ -140,6 +172,12 @@ impl fmt::Display for CleanupReport {
                 Some(id) => writeln!(f, " (program id {id})")?,
                 None => writeln!(f)?,
             }
+        }
+        for q in &self.removed_qdiscs {
+            writeln!(
+                f,
+                "removed the empty clsact qdisc hoptrace had added on {q}"
+            )?;
         }
         writeln!(f, "left {} other tc filter(s) untouched", self.kept)
     }
@@ -309,6 +347,13 @@ async fn cleanup_here(handle: rtnetlink::Handle) -> Result<CleanupReport, Cleanu
             source,
         })?;
     let mut report = CleanupReport::default();
+    let netns = crate::node::devices::own_netns_inode().ok();
+    // Programs a live process holds open: their filters have an owner.
+    let held = owner::programs_held_open();
+    // Forget the records of runs that are gone.
+    if let Some(netns) = netns {
+        let _ = owner::other_live_runs(netns);
+    }
     for link in links {
         let ifindex = link.header.index;
         let ifname = link
@@ -334,6 +379,15 @@ async fn cleanup_here(handle: rtnetlink::Handle) -> Result<CleanupReport, Cleanu
                     report.kept += 1;
                     continue;
                 };
+                if let Some(&pid) = prog_id.and_then(|id| held.get(&id)) {
+                    report.live.push(LiveFilter {
+                        ifname: ifname.clone(),
+                        direction,
+                        program,
+                        pid,
+                    });
+                    continue;
+                }
                 delete_filter(&handle, ifindex, direction, &filter)
                     .await
                     .map_err(|source| CleanupError::Netlink {
@@ -349,6 +403,24 @@ async fn cleanup_here(handle: rtnetlink::Handle) -> Result<CleanupReport, Cleanu
                     program,
                     prog_id,
                 });
+            }
+        }
+        // A qdisc a hoptrace added goes once it holds no filter.
+        if let Some(netns) = netns
+            && owner::clsact_added(netns, ifindex)
+        {
+            let mut empty = true;
+            for direction in [Direction::Ingress, Direction::Egress] {
+                match list_filters(&handle, ifindex, direction).await {
+                    Ok(filters) => {
+                        empty &= filters.iter().all(|f| u32::from(f.header.handle) == 0);
+                    }
+                    Err(_) => empty = false,
+                }
+            }
+            if empty && delete_clsact(&handle, ifindex).await.is_ok() {
+                owner::unmark_clsact(netns, ifindex);
+                report.removed_qdiscs.push(ifname.clone());
             }
         }
     }
@@ -443,6 +515,13 @@ mod tests {
                 program: "hoptrace_tc_egress".into(),
                 prog_id: Some(9),
             }],
+            live: vec![LiveFilter {
+                ifname: "veth2".into(),
+                direction: Direction::Ingress,
+                program: "hoptrace_tc_ingress".into(),
+                pid: 4242,
+            }],
+            removed_qdiscs: vec!["veth1".into()],
             kept: 2,
         };
         let text = report.to_string();
@@ -450,6 +529,10 @@ mod tests {
             "removed egress filter `hoptrace_tc_egress` on veth1 (ifindex 7) prio 49152"
         ));
         assert!(text.contains("left 2 other"));
+        assert!(text.contains(
+            "left ingress filter `hoptrace_tc_ingress` on veth2: it belongs to a running hoptrace (pid 4242)"
+        ));
+        assert!(text.contains("removed the empty clsact qdisc hoptrace had added on veth1"));
         assert!(
             CleanupReport::default()
                 .to_string()

@@ -20,7 +20,7 @@ use aya::{
 use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
 use netlink_packet_route::tc::TcMessage;
 
-use crate::kernel::{cleanup, objects};
+use crate::kernel::{cleanup, objects, owner};
 
 /// How tc programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -167,6 +167,11 @@ pub struct TcAttachment {
     pub direction: &'static str,
     /// tcx link or clsact filter.
     pub mode: TcMode,
+    /// tc priority (`pref`) of a clsact filter: the lowest one free on the
+    /// hook when it was attached (0 for tcx).
+    pub priority: u16,
+    /// Handle of a clsact filter (0 for tcx, or when it could not be read).
+    pub handle: u32,
 }
 
 /// The loaded main object and everything attached from it.
@@ -264,7 +269,12 @@ impl Tracer {
         if mode == TcMode::Clsact {
             self.clsact_netns = crate::node::devices::own_netns_inode().ok();
             match aya::programs::tc::qdisc_add_clsact(iface) {
-                Ok(()) => self.added_clsact.push(ifindex),
+                Ok(()) => {
+                    self.added_clsact.push(ifindex);
+                    if let Some(netns) = self.clsact_netns {
+                        owner::mark_clsact_added(netns, ifindex, iface);
+                    }
+                }
                 Err(aya::programs::tc::TcError::NetlinkError(err))
                     if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(source) => {
@@ -285,26 +295,48 @@ impl Tracer {
                 (_, true) => program::TC_EGRESS,
                 (_, false) => program::TC_EGRESS_L3,
             };
+            let hook = if attach == TcAttachType::Ingress {
+                cleanup::Direction::Ingress
+            } else {
+                cleanup::Direction::Egress
+            };
+            // The lowest free priority: before other filters where it can,
+            // never on a priority another filter (of another protocol) holds.
+            let priority = match mode {
+                TcMode::Tcx => 0,
+                TcMode::Clsact => free_priority(&used_priorities(ifindex, hook)),
+            };
             let options = match mode {
                 TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
-                // Priority 1: run before other filters of the chain.
                 TcMode::Clsact => TcAttachOptions::Netlink(NlOptions {
-                    priority: 1,
+                    priority,
                     ..Default::default()
                 }),
             };
             let prog = self.classifier(name)?;
+            let prog_id = prog
+                .fd()
+                .ok()
+                .and_then(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok());
             prog.attach_with_options(iface, attach, options)
                 .map_err(|source| LoaderError::TcAttach {
                     iface: iface.into(),
                     direction,
                     source,
                 })?;
+            let handle = match (mode, prog_id) {
+                (TcMode::Clsact, Some(id)) => own_filters(ifindex, hook, &[id])
+                    .first()
+                    .map_or(0, |f| u32::from(f.header.handle)),
+                _ => 0,
+            };
             self.tc.push(TcAttachment {
                 iface: iface.to_owned(),
                 ifindex,
                 direction,
                 mode,
+                priority,
+                handle,
             });
         }
         Ok(())
@@ -429,6 +461,36 @@ impl Tracer {
         Ok(EventReader { ring })
     }
 
+    /// Kernel ids of this tracer's loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, prog)| prog.fd().ok())
+            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
+            .collect()
+    }
+
+    /// The clsact filters of this tracer that are gone (another process,
+    /// e.g. `tc filter del` or a `hoptrace cleanup` that did not know the
+    /// owner, deleted them), as `iface/direction`. Call it in the namespace
+    /// the filters were attached in.
+    pub fn missing_filters(&self) -> Vec<String> {
+        let programs = self.program_ids();
+        self.tc
+            .iter()
+            .filter(|a| a.mode == TcMode::Clsact)
+            .filter(|a| {
+                let hook = if a.direction == "ingress" {
+                    cleanup::Direction::Ingress
+                } else {
+                    cleanup::Direction::Egress
+                };
+                own_filters(a.ifindex, hook, &programs).is_empty()
+            })
+            .map(|a| format!("{}/{}", a.iface, a.direction))
+            .collect()
+    }
+
     /// Sums the per-CPU counters.
     ///
     /// # Errors
@@ -486,11 +548,20 @@ impl Drop for Tracer {
             return;
         }
         let added = std::mem::take(&mut self.added_clsact);
+        let netns = self.clsact_netns;
         // Best effort: nothing to report to from a destructor, and whatever
         // is left behind is what `hoptrace cleanup` removes.
         let _ = cleanup::with_rtnetlink(|handle| async move {
             for ifindex in clsact_devices {
-                detach_clsact(&handle, ifindex, &own_programs, added.contains(&ifindex)).await;
+                // This tracer or an earlier, overlapping hoptrace added the
+                // qdisc: whoever leaves it empty removes it.
+                let ours = added.contains(&ifindex)
+                    || netns.is_some_and(|n| owner::clsact_added(n, ifindex));
+                if detach_clsact(&handle, ifindex, &own_programs, ours).await
+                    && let Some(netns) = netns
+                {
+                    owner::unmark_clsact(netns, ifindex);
+                }
             }
         });
     }
@@ -500,12 +571,13 @@ impl Drop for Tracer {
 /// `own_programs` (aya ignores a failed detach), then, when `remove_qdisc`
 /// (this tracer added the clsact qdisc) and neither hook holds a filter any
 /// more (another tool may have added one), the clsact qdisc itself.
+/// Returns whether the qdisc was removed.
 async fn detach_clsact(
     handle: &rtnetlink::Handle,
     ifindex: u32,
     own_programs: &[u32],
     remove_qdisc: bool,
-) {
+) -> bool {
     let mut empty = true;
     for direction in [cleanup::Direction::Ingress, cleanup::Direction::Egress] {
         let Ok(filters) = cleanup::list_filters(handle, ifindex, direction).await else {
@@ -526,9 +598,41 @@ async fn detach_clsact(
         }
         empty &= empty_without(&own, &others);
     }
-    if remove_qdisc && empty {
-        let _ = cleanup::delete_clsact(handle, ifindex).await;
-    }
+    remove_qdisc && empty && cleanup::delete_clsact(handle, ifindex).await.is_ok()
+}
+
+/// Priorities of the filters on one clsact hook (empty without clsact).
+fn used_priorities(ifindex: u32, hook: cleanup::Direction) -> Vec<u16> {
+    cleanup::with_rtnetlink(|handle| async move {
+        cleanup::list_filters(&handle, ifindex, hook)
+            .await
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+    .iter()
+    .map(|f| (f.header.info >> 16) as u16)
+    .collect()
+}
+
+/// The lowest tc priority (from 1) that no filter in `used` holds.
+fn free_priority(used: &[u16]) -> u16 {
+    (1..=u16::MAX)
+        .find(|p| !used.contains(p))
+        .unwrap_or(u16::MAX)
+}
+
+/// The filters on one clsact hook that run one of `programs`.
+fn own_filters(ifindex: u32, hook: cleanup::Direction, programs: &[u32]) -> Vec<TcMessage> {
+    let programs = programs.to_vec();
+    cleanup::with_rtnetlink(|handle| async move {
+        cleanup::list_filters(&handle, ifindex, hook)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| is_own_filter(f, &programs))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Whether a hook holds no filter once `own` are deleted: `others` (the rest
@@ -617,6 +721,13 @@ mod tests {
             ]));
         }
         msg
+    }
+
+    #[test]
+    fn the_lowest_free_priority_is_taken() {
+        assert_eq!(free_priority(&[]), 1);
+        assert_eq!(free_priority(&[1, 1, 2, 49152]), 3);
+        assert_eq!(free_priority(&[2, 3]), 1);
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod cleanup;
 pub mod loader;
 pub mod netfilter;
 pub mod objects;
+pub mod owner;
 pub mod sys;

@@ -192,7 +192,8 @@ pub struct NetfilterPrograms {
 
 /// Attached netfilter links; dropping this detaches all of them.
 pub struct NetfilterLinks {
-    links: Vec<(NetfilterPlacement, OwnedFd)>,
+    links: Vec<(NetfilterPlacement, i32, OwnedFd)>,
+    failed: Vec<NetfilterError>,
 }
 
 impl NetfilterLinks {
@@ -208,8 +209,76 @@ impl NetfilterLinks {
 
     /// Where each link is attached.
     pub fn placements(&self) -> impl Iterator<Item = &NetfilterPlacement> {
-        self.links.iter().map(|(p, _)| p)
+        self.links.iter().map(|(p, _, _)| p)
     }
+
+    /// Links made at another priority than their slot's, because another
+    /// BPF netfilter program held it: (placement, the priority taken).
+    pub fn moved(&self) -> impl Iterator<Item = (&NetfilterPlacement, i32)> {
+        self.links
+            .iter()
+            .filter(|(p, prio, _)| p.priority() != Some(*prio))
+            .map(|(p, prio, _)| (p, *prio))
+    }
+
+    /// Placements that could not be linked at all, with why.
+    pub fn failed(&self) -> &[NetfilterError] {
+        &self.failed
+    }
+}
+
+/// The kernel's own netfilter priorities (include/uapi/linux/netfilter_ipv4.h,
+/// the same for IPv6): a bracket moved to a free priority must not cross one.
+pub const KERNEL_PRIORITIES: [i32; 11] = [
+    -400, // conntrack defrag
+    -300, // raw
+    -225, // SELinux first
+    -200, // conntrack
+    -150, // mangle
+    -100, // nat (DNAT)
+    0,    // filter
+    50,   // security
+    100,  // nat (SNAT)
+    225,  // SELinux last
+    300,  // conntrack helper
+];
+
+/// How many other priorities a bracket tries when its own is taken.
+const MAX_PRIORITY_TRIES: usize = 24;
+
+/// Priorities to try, in order, for a bracket whose nominal priority
+/// `priority` another BPF netfilter program holds: the nearest ones first,
+/// alternately below and above, strictly between the kernel priorities
+/// around it and between the neighbouring brackets of the same hook
+/// (`hook_priorities`), so that it still brackets the same band.
+pub fn alternative_priorities(priority: i32, hook_priorities: &[i32]) -> Vec<i32> {
+    let bounds = KERNEL_PRIORITIES
+        .iter()
+        .chain(hook_priorities.iter().filter(|&&p| p != priority));
+    let low = bounds
+        .clone()
+        .copied()
+        .filter(|&p| p < priority)
+        .max()
+        .unwrap_or(i32::MIN + 1);
+    let high = bounds
+        .copied()
+        .filter(|&p| p > priority)
+        .min()
+        .unwrap_or(i32::MAX - 1);
+    let mut out = Vec::new();
+    for distance in 1..=MAX_PRIORITY_TRIES as i32 {
+        for candidate in [priority - distance, priority + distance] {
+            if candidate > low && candidate < high {
+                out.push(candidate);
+            }
+        }
+        if out.len() >= MAX_PRIORITY_TRIES {
+            break;
+        }
+    }
+    out.truncate(MAX_PRIORITY_TRIES);
+    out
 }
 
 /// File descriptor of a map of a loaded aya object, whatever its type.
@@ -387,36 +456,69 @@ pub fn load_netfilter_programs_with_maps(
 
 impl NetfilterPrograms {
     /// Attaches the programs at `plan`, in the calling thread's network
-    /// namespace. On error, links made so far are detached.
+    /// namespace. A priority that another BPF netfilter program holds
+    /// (`EBUSY`: another hoptrace, or any other tool) is replaced by the
+    /// nearest free one that brackets the same band
+    /// ([`alternative_priorities`]); every link that can be made is kept,
+    /// and those that cannot are listed in [`NetfilterLinks::failed`].
     ///
     /// # Errors
     ///
     /// [`NetfilterError::BadSlot`] for a placement outside
-    /// [`NF_PRIORITY_SLOTS`], [`NetfilterError::Attach`] when the kernel
-    /// refuses a link.
+    /// [`NF_PRIORITY_SLOTS`]; the first [`NetfilterError::Attach`] when no
+    /// link at all could be made (the kernel has no netfilter links).
     pub fn attach(&self, plan: &[NetfilterPlacement]) -> Result<NetfilterLinks, NetfilterError> {
         let mut links = Vec::with_capacity(plan.len());
+        let mut failed = Vec::new();
         for placement in plan {
             let priority = placement
                 .priority()
                 .ok_or(NetfilterError::BadSlot(placement.slot))?;
+            let hook_priorities: Vec<i32> = plan
+                .iter()
+                .filter(|p| p.pf == placement.pf && p.hook == placement.hook)
+                .filter_map(NetfilterPlacement::priority)
+                .collect();
             let prog = &self.programs[placement.slot as usize];
-            let link = sys::netfilter_link_create(
-                prog,
-                placement.pf.into(),
-                placement.hook as u32,
-                priority,
-            )
-            .map_err(|error| NetfilterError::Attach {
-                pf: placement.pf,
-                hook: placement.hook.name(),
-                slot: placement.slot,
-                priority,
-                error,
-            })?;
-            links.push((*placement, link));
+            let link = |priority: i32| {
+                sys::netfilter_link_create(
+                    prog,
+                    placement.pf.into(),
+                    placement.hook as u32,
+                    priority,
+                )
+            };
+            let mut result = link(priority).map(|fd| (priority, fd));
+            if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) {
+                for other in alternative_priorities(priority, &hook_priorities) {
+                    match link(other) {
+                        Ok(fd) => {
+                            result = Ok((other, fd));
+                            break;
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            match result {
+                Ok((taken, fd)) => links.push((*placement, taken, fd)),
+                Err(error) => failed.push(NetfilterError::Attach {
+                    pf: placement.pf,
+                    hook: placement.hook.name(),
+                    slot: placement.slot,
+                    priority,
+                    error,
+                }),
+            }
         }
-        Ok(NetfilterLinks { links })
+        if links.is_empty() && !failed.is_empty() {
+            return Err(failed.swap_remove(0));
+        }
+        Ok(NetfilterLinks { links, failed })
     }
 
     /// Kernel program ids of the nine slots (as `bpftool prog` shows them).
@@ -482,6 +584,37 @@ mod tests {
             .find(|p| p.hook == NfHook::PostRouting)
             .expect("postrouting");
         assert_eq!(NF_PRIORITY_SLOTS[p.slot as usize], 99);
+    }
+
+    #[test]
+    fn a_busy_priority_moves_within_its_band() {
+        // -201 brackets conntrack (-200) from below: it may move down to
+        // -224 (SELinux first sits at -225), never up past -200.
+        let hook = [-201, -199, -101, -99];
+        let alt = alternative_priorities(-201, &hook);
+        assert_eq!(&alt[..3], &[-202, -203, -204]);
+        assert!(alt.iter().all(|&p| p > -225 && p < -200), "{alt:?}");
+        // -99 and -1 share the band between DNAT (-100) and filter (0):
+        // they must not cross each other.
+        let out = [-201, -199, -101, -99, -1, 1];
+        let alt = alternative_priorities(-99, &out);
+        assert_eq!(&alt[..3], &[-98, -97, -96]);
+        let alt = alternative_priorities(-1, &out);
+        assert_eq!(&alt[..3], &[-2, -3, -4]);
+        assert!(alt.iter().all(|&p| p > -99 && p < 0), "{alt:?}");
+        // 99 and 101 bracket SNAT (100): each stays on its side.
+        let post = [99, 101];
+        assert!(
+            alternative_priorities(99, &post)
+                .iter()
+                .all(|&p| p > 50 && p < 100)
+        );
+        assert!(
+            alternative_priorities(101, &post)
+                .iter()
+                .all(|&p| p > 100 && p < 225)
+        );
+        assert!(alternative_priorities(101, &post).len() <= MAX_PRIORITY_TRIES);
     }
 
     #[test]

@@ -57,10 +57,28 @@ pub struct LabSection {
     pub errors: u64,
     /// Requests that missed their deadline.
     pub timeouts: u64,
+    /// Failed requests (`errors`) by kind.
+    #[serde(default)]
+    pub error_kinds: ClientErrorKinds,
     /// Successful requests per second of the schedule's duration.
     pub achieved_rate: f64,
     /// Latency the load generator saw, successful requests only.
     pub client_latency: ClientLatency,
+}
+
+/// Failed client requests by kind (`lab.error_kinds`); they add up to
+/// `errors` (timeouts are counted apart, in `timeouts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientErrorKinds {
+    /// The peer reset or aborted the connection (RST, broken pipe).
+    pub reset: u64,
+    /// The connection was refused (RST to the SYN, or ICMP unreachable).
+    pub refused: u64,
+    /// The reply ended early: the connection closed before a whole
+    /// response, or a short datagram.
+    pub short_read: u64,
+    /// Anything else: a bad status, a malformed reply, another socket error.
+    pub other: u64,
 }
 
 /// The load a lab run offered (`lab.load`).

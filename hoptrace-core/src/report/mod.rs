@@ -27,7 +27,9 @@ mod schema_doc;
 
 pub use assemble::{build_report, finish};
 pub use diagnosis::{DIAGNOSIS_SCHEMA, DiagnosisDocument};
-pub use lab::{ClientLatency, LAB_SCHEMA, LabDocument, LabLoad, LabRunDocument, LabSection};
+pub use lab::{
+    ClientErrorKinds, ClientLatency, LAB_SCHEMA, LabDocument, LabLoad, LabRunDocument, LabSection,
+};
 pub use node::{
     ALL, CategoryRow, DropRow, EndToEndRow, REPORT_SCHEMA, Report, ReportMeta, SegmentRow, Stats,
     segments_by_name,

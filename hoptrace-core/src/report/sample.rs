@@ -62,6 +62,7 @@ pub(crate) fn lab_section() -> LabSection {
         requests_ok: 1000,
         errors: 0,
         timeouts: 0,
+        error_kinds: super::lab::ClientErrorKinds::default(),
         achieved_rate: 100.0,
         client_latency: ClientLatency {
             p50_us: 210,

@@ -191,3 +191,25 @@ fn the_doc_describes_both_documents() {
         );
     }
 }
+
+#[test]
+fn every_conn_state_is_documented() {
+    use crate::attribution::ledger::ConnState;
+    let rows: Vec<&str> = DOC
+        .lines()
+        .filter(|l| l.starts_with("| `conn_state` |"))
+        .collect();
+    assert!(
+        !rows.is_empty(),
+        "no `conn_state` row in docs/report-schema.md"
+    );
+    for row in rows {
+        for state in ConnState::ALL {
+            assert!(
+                row.contains(&format!("`{}`", state.name())),
+                "docs/report-schema.md does not list conn_state `{}`: {row}",
+                state.name()
+            );
+        }
+    }
+}

@@ -177,7 +177,50 @@ fn attach_netfilter(
     ) {
         Ok((progs, links)) => {
             attachments.netfilter_links = links.len();
+            let family = |pf: u8| {
+                if pf == netfilter::NFPROTO_IPV6 {
+                    "ipv6"
+                } else {
+                    "ipv4"
+                }
+            };
+            let moved: Vec<String> = links
+                .moved()
+                .map(|(p, taken)| {
+                    format!(
+                        "{} {} {}->{taken}",
+                        family(p.pf),
+                        p.hook.name(),
+                        p.priority().unwrap_or_default()
+                    )
+                })
+                .collect();
+            if !moved.is_empty() {
+                attachments.notes.push(format!(
+                    "netfilter: {} bracket(s) took a nearby priority of the same band because another BPF netfilter program held theirs: {}",
+                    moved.len(),
+                    moved.join(", ")
+                ));
+            }
+            for failed in links.failed() {
+                attachments.notes.push(format!(
+                    "netfilter: no link for {}: the bands on either side of it are reported as one",
+                    error_chain(failed)
+                ));
+            }
             Ok(Some((progs, links)))
+        }
+        Err(err @ netfilter::NetfilterError::Attach { .. })
+            if std::error::Error::source(&err)
+                .and_then(|e| e.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EBUSY) =>
+        {
+            attachments.notes.push(format!(
+                "netfilter links: every priority near ours is held by other BPF netfilter programs ({}): netfilter time stays inside `routing`/`ip.receive`",
+                error_chain(&err)
+            ));
+            Ok(None)
         }
         Err(err) => {
             attachments.notes.push(format!(

@@ -34,6 +34,7 @@ use crate::{
         btf,
         loader::{LoaderError, TcAttachment, TcMode, Tracer},
         netfilter::{NetfilterLinks, NetfilterPrograms},
+        owner,
     },
     node::{
         NetnsError,
@@ -100,13 +101,19 @@ pub struct SessionOptions {
     pub observer: Option<Arc<dyn JourneyObserver>>,
 }
 
+/// Default size of the event ring buffer: 4 MiB holds about 24,000 events
+/// (176 bytes each), 5 ms of a 4.7 million events/s burst, since it is
+/// drained every 5 ms; its pages count in the process's resident memory
+/// once written (see docs/trace.md, "Memory").
+pub const DEFAULT_RING_BYTES: u32 = 4 * 1024 * 1024;
+
 impl SessionOptions {
-    /// Every hook, a 32 MiB ring buffer, no filter.
+    /// Every hook, a [`DEFAULT_RING_BYTES`] ring buffer, no filter.
     pub fn new() -> Self {
         Self {
             netfilter: true,
             tracepoints: true,
-            ring_bytes: 32 * 1024 * 1024,
+            ring_bytes: DEFAULT_RING_BYTES,
             ..Default::default()
         }
     }
@@ -137,6 +144,8 @@ pub struct Session {
     /// The node namespace: clsact filters are deleted over netlink by
     /// ifindex in the calling thread's namespace, so detaching happens there.
     netns: Option<PathBuf>,
+    /// This session's run record (removed on drop, after detaching).
+    _run: Option<owner::RunGuard>,
     /// The node's devices as discovered at start.
     pub node: NodeDevices,
     /// What was attached and what was not.
@@ -223,6 +232,11 @@ impl Session {
         let kernel_btf = aya::Btf::from_sys_fs().map_err(SessionError::KernelBtf)?;
         let netns = opts.netns.clone();
         let others = std::mem::take(&mut sharing.others);
+        // Say who owns what before attaching: a second hoptrace that starts
+        // at the same time sees this record.
+        let netns_ino = in_netns(netns.as_deref(), devices::own_netns_inode)??;
+        let other_runs = owner::other_live_runs(netns_ino);
+        let run = owner::RunGuard::register(netns_ino, Vec::new(), Vec::new()).ok();
         let attached = in_netns(netns.as_deref(), || {
             attach::attach_node(opts, layout, &kernel_btf, others)
         })??;
@@ -230,9 +244,38 @@ impl Session {
             mut tracer,
             netfilter: nf,
             node,
-            attachments,
+            mut attachments,
             tc_covered,
         } = attached;
+        if !other_runs.is_empty() {
+            let pids: Vec<String> = other_runs.iter().map(|r| r.pid.to_string()).collect();
+            attachments.notes.insert(
+                0,
+                format!(
+                    "another hoptrace is running on this node (pid {}): both trace every packet and each pays its own cost; this run took the netfilter and tc priorities next to the other's",
+                    pids.join(", ")
+                ),
+            );
+        }
+        if let Some(run) = &run {
+            let mut programs = tracer.program_ids();
+            if let Some((p, _)) = &nf {
+                programs.extend(p.program_ids().unwrap_or_default());
+            }
+            let filters = attachments
+                .tc
+                .iter()
+                .filter(|a| a.mode == TcMode::Clsact)
+                .map(|a| owner::FilterRecord {
+                    iface: a.iface.clone(),
+                    ifindex: a.ifindex,
+                    direction: a.direction.to_owned(),
+                    priority: a.priority,
+                    handle: a.handle,
+                })
+                .collect();
+            let _ = run.update(programs, filters);
+        }
         let reader = tracer.take_events()?;
         let ctx = node_context(&node, &drop_reasons);
         let mut correlator = Correlator::new(ctx, opts.correlator.clone());
@@ -259,6 +302,7 @@ impl Session {
             _nf_links: links,
             _nf_programs: progs,
             netns,
+            _run: run,
             node,
             attachments,
             tc_covered,
@@ -295,6 +339,16 @@ impl Session {
                 Some((id, name.to_owned()))
             })
             .collect()
+    }
+
+    /// Hooks of this session that another process removed while it ran
+    /// (clsact filters deleted by `tc` or by a cleanup), as
+    /// `iface/direction`: their hops are missing from the ledger.
+    pub fn lost_hooks(&self) -> Vec<String> {
+        let Some(tracer) = &self.tracer else {
+            return Vec::new();
+        };
+        in_netns(self.netns.as_deref(), || tracer.missing_filters()).unwrap_or_default()
     }
 
     /// Kernel-side counters so far.

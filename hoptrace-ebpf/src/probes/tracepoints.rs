@@ -4,7 +4,10 @@
 //! when `TraceConfig::filter_netns` is set.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
-use hoptrace_common::{Counter, HeaderWindow, HookKind};
+use hoptrace_common::{
+    Counter, HeaderWindow, HookKind,
+    packet::{ETH_P_IP, ETH_P_IPV6},
+};
 use hoptrace_ebpf::{
     emit,
     globals::{config, dispatch_only},
@@ -81,6 +84,15 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         count(Counter::Filtered);
         return;
     }
+    // A buffer without a device that is not IP is no network packet:
+    // netlink messages (every `ip link`), unix sockets and the like reach
+    // skb_copy_datagram_iovec and kfree_skb too. Their buffers reuse the
+    // addresses of traced packets, so they must not even be seen.
+    let protocol = skb.protocol();
+    if dev.is_null() && protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
+        count(Counter::NotPacket);
+        return;
+    }
     let ifindex = dev_ifindex(dev);
     let device_hop = matches!(
         hook,
@@ -105,5 +117,5 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     ev.drop_reason = drop_reason;
     let mut window = HeaderWindow::new();
     skb.network_window(&mut window);
-    emit::parse_and_submit(entry, &window, skb.protocol(), &cfg);
+    emit::parse_and_submit(entry, &window, protocol, &cfg);
 }

@@ -56,6 +56,10 @@ pub struct AgentArgs {
     /// (useful with `--metrics-addr 127.0.0.1:0`).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Size of the kernel's event ring buffer (e.g. 4MiB, 16MiB; a power of
+    /// two, at least 64KiB): larger survives longer bursts, costs memory.
+    #[arg(long, default_value = "4MiB", value_parser = crate::cmd::trace::parse_ring_size)]
+    ring_size: u32,
 }
 
 /// Runs the agent; returns the exit code (2 without privileges).
@@ -122,6 +126,7 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
     ));
 
     let mut opts = SessionOptions::new();
+    opts.ring_bytes = args.ring_size;
     opts.netns.clone_from(&args.netns);
     opts.tc_mode = args.tc_mode.as_deref().map(|m| match m {
         "clsact" => TcMode::Clsact,
@@ -166,6 +171,7 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
     }
 
     let mut last_refresh = Instant::now();
+    let mut lost_hooks: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         if let Some(counters) = session.counters() {
@@ -176,11 +182,27 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         if last_refresh.elapsed() >= NETNS_REFRESH {
             netns_names.refresh();
             last_refresh = Instant::now();
+            let lost = session.lost_hooks();
+            if !lost.is_empty() && lost != lost_hooks {
+                eprintln!(
+                    "hoptrace agent: hooks removed by another process: {}; their hops are missing",
+                    lost.join(" ")
+                );
+                readiness.set_not_ready(format!(
+                    "hooks removed by another process: {}\n",
+                    lost.join(" ")
+                ));
+                lost_hooks = lost;
+            }
         }
     }
     readiness.set_not_ready("stopping: detaching every hook\n".into());
     session.stop()?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     eprintln!("hoptrace agent: stopped; every hook detached");
-    Ok(0)
+    Ok(if lost_hooks.is_empty() {
+        0
+    } else {
+        crate::cmd::trace::EXIT_HOOKS_LOST
+    })
 }

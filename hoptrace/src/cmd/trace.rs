@@ -43,6 +43,39 @@ pub struct TraceArgs {
     /// Written once every hook is attached (for scripts and readiness probes).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Size of the kernel's event ring buffer (e.g. 4MiB, 16MiB; a power of
+    /// two, at least 64KiB): larger survives longer bursts, costs memory.
+    #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
+    ring_size: u32,
+}
+
+/// Exit code when hooks were removed by another process while tracing: the
+/// report is printed, but it misses their hops.
+pub const EXIT_HOOKS_LOST: i32 = 4;
+
+/// `--ring-size`: bytes with an optional KiB/MiB/GiB (or K/M/G) suffix; a
+/// power of two from 64 KiB to 1 GiB.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = number.saturating_mul(scale);
+    if !bytes.is_power_of_two() || !(64 << 10..=1 << 30).contains(&bytes) {
+        return Err(format!(
+            "{text:?}: the ring buffer size must be a power of two from 64KiB to 1GiB"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 /// Runs `hoptrace trace`; returns the exit code (2 without privileges).
@@ -54,6 +87,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let caps = capabilities::probe_all();
     let mut opts = SessionOptions::new();
+    opts.ring_bytes = args.ring_size;
     opts.netns.clone_from(&args.netns);
     opts.ifaces = args.ifaces;
     opts.config = session::flow_filter(args.ip, args.port);
@@ -62,7 +96,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         "clsact" => TcMode::Clsact,
         _ => TcMode::Tcx,
     });
-    let session = Session::start(&opts)?;
+    let mut session = Session::start(&opts)?;
     eprintln!(
         "hoptrace: tracing {} tc hooks, {} netfilter links, {} tracepoints for {}; Ctrl-C stops early",
         session.attachments.tc.len(),
@@ -77,6 +111,15 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         std::fs::write(ready, b"ready\n").with_context(|| format!("write {}", ready.display()))?;
     }
     stop::wait(args.duration, &stop);
+    let lost = session.lost_hooks();
+    if !lost.is_empty() {
+        let message = format!(
+            "hooks removed by another process while tracing: {}; their hops are missing from this report",
+            lost.join(" ")
+        );
+        eprintln!("hoptrace: {message}");
+        session.attachments.notes.push(message);
+    }
     let node = match &args.netns {
         Some(path) => path
             .file_name()
@@ -96,5 +139,22 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             .with_context(|| format!("write {}", path.display()))?;
         eprintln!("hoptrace: report written to {}", path.display());
     }
-    Ok(0)
+    Ok(if lost.is_empty() { 0 } else { EXIT_HOOKS_LOST })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ring_size;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_ring_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_ring_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_ring_size("262144"), Ok(256 << 10));
+        assert!(parse_ring_size("3MiB").is_err(), "not a power of two");
+        assert!(parse_ring_size("4KiB").is_err(), "too small");
+        assert!(parse_ring_size("2GiB").is_err(), "too large");
+        assert!(parse_ring_size("lots").is_err());
+    }
 }

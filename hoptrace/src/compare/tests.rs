@@ -78,6 +78,7 @@ fn lab_section(datapath: &str, scale: f64) -> LabSection {
         requests_ok: 1000,
         errors: 0,
         timeouts: 0,
+        error_kinds: Default::default(),
         achieved_rate: 100.0,
         client_latency: ClientLatency {
             p50_us: 200 * scale as u64,
