@@ -46,7 +46,18 @@ fn main() -> ExitCode {
     match run(&BenchArgs::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("hoptrace-bench: {err:#}");
+            // Each cause once: error messages here often repeat their source.
+            let mut text = String::new();
+            for cause in err.chain() {
+                let part = cause.to_string();
+                if !text.contains(&part) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&part);
+                }
+            }
+            eprintln!("hoptrace-bench: {text}");
             ExitCode::FAILURE
         }
     }

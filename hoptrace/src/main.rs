@@ -71,8 +71,46 @@ fn exit_code(result: anyhow::Result<i32>) -> i32 {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("hoptrace: {err:#}");
+            eprintln!("hoptrace: {}", one_line(&err));
             1
         }
+    }
+}
+
+/// The error and its causes on one line, each cause said once: many error
+/// types already include their source's text in their own message.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("load: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = std::io::Error::other("request rate must be positive, got 0");
+        let err = anyhow::Error::new(Outer(inner)).context("lab run");
+        assert_eq!(
+            one_line(&err),
+            "lab run: load: request rate must be positive, got 0"
+        );
+        let err = anyhow::anyhow!("disk full").context("write report.json");
+        assert_eq!(one_line(&err), "write report.json: disk full");
     }
 }

@@ -99,7 +99,37 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // `cargo run` set these for xtask itself; passed on, they change the
+    // fingerprints of build scripts (ring, rustls) and every switch between
+    // `cargo xtask ...` and a plain `cargo build` would rebuild them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_BIN_NAME"
+            || name.starts_with("CARGO_PKG_")
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else
+/// `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// Builds hoptrace (kernel programs included); returns the binary's path.
@@ -115,8 +145,7 @@ fn build_bin(name: &str, release: bool) -> Result<PathBuf> {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    Ok(workspace_root()
-        .join("target")
+    Ok(target_dir()
         .join(if release { "release" } else { "debug" })
         .join(name))
 }

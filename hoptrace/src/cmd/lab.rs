@@ -32,7 +32,7 @@ pub struct LabArgs {
     #[arg(long, value_delimiter = ',', value_parser = choice(&Datapath::ALL))]
     compare: Vec<Datapath>,
     /// Nodes (2 or 3).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
     nodes: u8,
     /// How services are programmed: iptables, nftables or none.
     #[arg(long, default_value = "iptables", value_parser = choice(&KubeProxyMode::ALL))]
@@ -53,13 +53,13 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// How long the load runs.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
     duration: Duration,
     /// Write the reports of every node (schema hoptrace.lab.v1) here.
     #[arg(long)]
     json: Option<PathBuf>,
     /// With --compare: also write an HTML page with charts.
-    #[arg(long)]
+    #[arg(long, requires = "compare")]
     html: Option<PathBuf>,
     /// Prefix of every namespace the lab creates.
     #[arg(long, default_value = "ht-lab-")]

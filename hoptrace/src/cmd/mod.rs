@@ -24,3 +24,13 @@ where
             .unwrap_or_else(|_| unreachable!("every possible value parses"))
     })
 }
+
+/// A duration such as `10s` or `2m`, more than zero (`0s` would attach
+/// every hook only to detach it at once).
+pub(crate) fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration.is_zero() {
+        return Err("must be more than zero (e.g. 10s)".into());
+    }
+    Ok(duration)
+}
