@@ -509,6 +509,14 @@ fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
             "{direction} after cleanup:\n{filters}"
         );
     }
+    // The clsact qdisc hoptrace added goes too: the veth is as before.
+    let qdiscs =
+        run_in(node.netns(), &["tc", "qdisc", "show", "dev", NODE_VETH]).expect("tc qdisc show");
+    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
+    assert!(
+        !qdiscs.contains("clsact"),
+        "clsact left after cleanup:\n{qdiscs}"
+    );
     let second = cleanup(&node);
     assert!(second.contains("no hoptrace tc filters found"), "{second}");
     assert!(!second.contains("removed"), "{second}");
