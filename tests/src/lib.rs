@@ -150,3 +150,104 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A `hoptrace` child started with `--netns PATH --ready-file F`, waited
+/// for (bounded) until every hook is attached; SIGKILLed on drop if still
+/// alive. Its stdout and stderr go to files in its own temp dir.
+pub struct HoptraceRun {
+    child: hoptrace_lab::netns::ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl HoptraceRun {
+    /// Runs `hoptrace <args> --netns <netns> --ready-file <dir>/ready`; a
+    /// `{dir}` in an argument becomes the run's temp dir (for `--json`).
+    pub fn start(args: &[&str], netns: &std::path::Path) -> Self {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ready = dir.path().join("ready");
+        let dir_text = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
+        let child = Command::new(hoptrace_bin())
+            .args(args.iter().map(|a| a.replace("{dir}", &dir_text)))
+            .arg("--netns")
+            .arg(netns)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("spawn hoptrace");
+        let mut run = Self {
+            child: hoptrace_lab::netns::ChildGuard::new(child),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() {
+            if let Ok(Some(status)) = run.child.child_mut().try_wait() {
+                panic!(
+                    "hoptrace {args:?} exited before ready ({status}): {}",
+                    run.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hoptrace {args:?}: no ready file after 60 s: {}",
+                run.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run
+    }
+
+    /// The run's temp dir (`{dir}` in the arguments).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"))
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("send signal");
+    }
+
+    /// Waits (bounded by `limit`) for the exit and returns its status.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.child_mut().try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hoptrace still running {limit:?} after the signal: {}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// The agent's `/metrics` address, from its ready file.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let ready = std::fs::read_to_string(self.dir.path().join("ready")).expect("ready file");
+        ready
+            .lines()
+            .find_map(|l| l.strip_prefix("metrics http://")?.strip_suffix("/metrics"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in the ready file: {ready:?}"))
+    }
+}

@@ -18,7 +18,7 @@ use hoptrace_lab::{
 };
 use serde_json::Value;
 use tests::{
-    can_run_with_kernel_programs, hoptrace_bin, http_get, http_requests_new_connection,
+    HoptraceRun, can_run_with_kernel_programs, http_get, http_requests_new_connection,
     start_backend,
 };
 
@@ -27,77 +27,16 @@ use tests::{
 const REQUESTS: usize = 100;
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 
-/// A hoptrace child started with `--ready-file`, killed on drop.
-struct Hoptrace {
-    child: ChildGuard,
-    dir: tempfile::TempDir,
+/// `hoptrace <args>` on the lab node `node_netns`, ready.
+fn start(args: &[&str], node_netns: &str) -> HoptraceRun {
+    HoptraceRun::start(args, &Path::new("/run/netns").join(node_netns))
 }
 
-impl Hoptrace {
-    fn start(args: &[&str], node_netns: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ready = dir.path().join("ready");
-        let child = Command::new(hoptrace_bin())
-            .args(args)
-            .arg("--netns")
-            .arg(Path::new("/run/netns").join(node_netns))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout"))
-            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"))
-            .spawn()
-            .expect("spawn hoptrace");
-        let mut me = Self {
-            child: ChildGuard::new(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
-            if let Ok(Some(status)) = me.child.child_mut().try_wait() {
-                panic!("hoptrace {args:?} exited ({status}): {}", me.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready in 60 s: {}",
-                me.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        me
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
-
-    fn metrics_addr(&self) -> SocketAddr {
-        let ready = std::fs::read_to_string(self.dir.path().join("ready")).expect("ready file");
-        ready
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics http://")?.strip_suffix("/metrics"))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics address in {ready:?}"))
-    }
-
-    /// Sends `signal` and waits (bounded) for a successful exit.
-    fn stop(&mut self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, signal).expect("signal");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.child_mut().try_wait().expect("wait") {
-                assert!(status.success(), "exit {status}: {}", self.stderr());
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running: {}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Sends `signal` and waits (bounded) for a successful exit.
+fn stop(run: &mut HoptraceRun, signal: nix::sys::signal::Signal) {
+    run.signal(signal);
+    let status = run.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status}: {}", run.stderr());
 }
 
 /// Percent-encodes a PromQL query for a URL.
@@ -285,7 +224,7 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     );
 
     // The agent, scraped by Prometheus, while the client sends its requests.
-    let mut agent = Hoptrace::start(
+    let mut agent = start(
         &["agent", "--no-kubernetes", "--metrics-addr", "127.0.0.1:0"],
         &node,
     );
@@ -329,7 +268,7 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     let p50 = prometheus.query(
         "histogram_quantile(0.5, sum by (le, segment) (hoptrace_segment_duration_seconds_bucket{category=\"kube-proxy\"}))",
     );
-    agent.stop(nix::sys::signal::Signal::SIGTERM);
+    stop(&mut agent, nix::sys::signal::Signal::SIGTERM);
 
     assert!(
         kube_proxy.keys().any(|s| s.ends_with(".dnat")),
@@ -352,7 +291,7 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     let out = tempfile::tempdir().expect("temp dir");
     let report_path = out.path().join("report.json");
     let report_arg = report_path.to_str().expect("UTF-8 path");
-    let mut trace = Hoptrace::start(
+    let mut trace = start(
         &["trace", "--duration", "120s", "--json", report_arg],
         &node,
     );
@@ -361,7 +300,7 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
         REQUESTS
     );
     std::thread::sleep(Duration::from_millis(500));
-    trace.stop(nix::sys::signal::Signal::SIGINT);
+    stop(&mut trace, nix::sys::signal::Signal::SIGINT);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).expect("trace --json report"))
             .expect("report JSON");

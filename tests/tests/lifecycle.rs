@@ -11,14 +11,14 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use hoptrace_lab::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
+use hoptrace_lab::netns::{NetnsGuard, run_in, with_netns};
 use nix::{sys::signal::Signal, unistd::Pid};
-use tests::{hoptrace_bin, http_get};
+use tests::{HoptraceRun as Traced, hoptrace_bin, http_get};
 
 /// The node-side veth, inside the node namespace.
 const NODE_VETH: &str = "hlc0";
@@ -102,110 +102,19 @@ impl NodeWithPod {
     }
 }
 
-/// A running `hoptrace trace` child; killed (SIGKILL) on drop if still alive.
-struct Traced {
-    child: ChildGuard,
-    dir: tempfile::TempDir,
+/// `hoptrace trace --netns <node> --duration 60s <extra>`, ready.
+fn start_trace(node: &NodeWithPod, extra: &[&str]) -> Traced {
+    let mut args = vec!["trace", "--duration", "60s"];
+    args.extend_from_slice(extra);
+    Traced::start(&args, node.netns_path())
 }
 
-impl Traced {
-    /// Starts `hoptrace trace --netns <node> --duration 60s --ready-file F
-    /// <extra>` and waits (bounded) until every hook is attached.
-    fn start(node: &NodeWithPod, extra: &[&str]) -> Self {
-        let mut args = vec!["trace", "--duration", "60s"];
-        args.extend_from_slice(extra);
-        Self::start_command(node, &args)
-    }
-
-    /// Starts `hoptrace agent --netns <node> --no-kubernetes --metrics-addr
-    /// 127.0.0.1:0 --ready-file F <extra>` and waits until it is ready.
-    fn start_agent(node: &NodeWithPod, extra: &[&str]) -> Self {
-        let mut args = vec!["agent", "--no-kubernetes", "--metrics-addr", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        Self::start_command(node, &args)
-    }
-
-    /// Starts `hoptrace <args> --netns <node> --ready-file F` and waits
-    /// (bounded) until every hook is attached.
-    fn start_command(node: &NodeWithPod, args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ready = dir.path().join("ready");
-        let stdout = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
-        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
-        let child = Command::new(hoptrace_bin())
-            .args(args)
-            .arg("--netns")
-            .arg(node.netns_path())
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn hoptrace trace");
-        let mut traced = Self {
-            child: ChildGuard::new(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
-            if let Ok(Some(status)) = traced.child.child_mut().try_wait() {
-                panic!(
-                    "hoptrace exited before ready ({status}): {}",
-                    traced.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no ready file after 60 s: {}",
-                traced.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        traced
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(self.pid(), signal).expect("send signal");
-    }
-
-    /// Waits (bounded) for the exit and returns its status.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let child: &mut Child = self.child.child_mut();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hoptrace still running {limit:?} after the signal"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
-    }
-
-    /// The agent's `/metrics` address, from its ready file.
-    fn metrics_addr(&self) -> std::net::SocketAddr {
-        let ready = std::fs::read_to_string(self.dir.path().join("ready")).expect("ready file");
-        ready
-            .lines()
-            .find_map(|l| l.strip_prefix("metrics http://")?.strip_suffix("/metrics"))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no metrics address in the ready file: {ready:?}"))
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
-    }
+/// `hoptrace agent --netns <node> --no-kubernetes --metrics-addr
+/// 127.0.0.1:0 <extra>`, ready.
+fn start_agent(node: &NodeWithPod, extra: &[&str]) -> Traced {
+    let mut args = vec!["agent", "--no-kubernetes", "--metrics-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Traced::start(&args, node.netns_path())
 }
 
 /// BPF objects a process holds open, from `/proc/PID/fdinfo`.
@@ -400,7 +309,7 @@ fn assert_nothing_left(node: &NodeWithPod, owned: &OwnedObjects) {
 
 fn stop_cleanly(tag: &str, signal: Signal, extra: &[&str]) {
     let node = NodeWithPod::build(tag);
-    let mut traced = Traced::start(&node, extra);
+    let mut traced = start_trace(&node, extra);
     let owned = assert_attached(&node, &traced, extra.contains(&"clsact"));
     // Some traffic through the traced veth, so the report has journeys.
     run_in(
@@ -476,7 +385,7 @@ fn sigkill_leaves_clsact_filters_that_cleanup_removes() {
         return;
     }
     let node = NodeWithPod::build("k");
-    let mut traced = Traced::start(&node, &["--tc-mode", "clsact"]);
+    let mut traced = start_trace(&node, &["--tc-mode", "clsact"]);
     assert_attached(&node, &traced, true);
     traced.signal(Signal::SIGKILL);
     let status = traced.wait_exit(Duration::from_secs(5));
@@ -529,7 +438,7 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
         return;
     }
     let node = NodeWithPod::build("a");
-    let mut agent = Traced::start_agent(&node, &[]);
+    let mut agent = start_agent(&node, &[]);
     let owned = assert_attached(&node, &agent, false);
     let addr = agent.metrics_addr();
     let (status, body) = http_get(addr, "/readyz");
@@ -605,7 +514,7 @@ fn a_hundred_agent_restarts_leave_nothing_attached() {
     let mut all = OwnedObjects::default();
     let started = Instant::now();
     for round in 0..100 {
-        let mut agent = Traced::start_agent(&node, &[]);
+        let mut agent = start_agent(&node, &[]);
         let owned = OwnedObjects::of(agent.pid());
         assert!(!owned.programs.is_empty(), "round {round}: no programs");
         all.programs.extend(owned.programs);

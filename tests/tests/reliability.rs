@@ -6,14 +6,14 @@
 
 use std::{
     path::Path,
-    process::{Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    process::{Command, ExitStatus},
+    time::Duration,
 };
 
-use hoptrace_lab::netns::{ChildGuard, NetnsGuard, run_in};
+use hoptrace_lab::netns::{NetnsGuard, run_in};
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::Value;
-use tests::hoptrace_bin;
+use tests::{HoptraceRun, hoptrace_bin};
 
 /// A node namespace with two pods, each behind a veth of its own (`hra`,
 /// `hrb`), routed by the node. IPv6 is off everywhere, so that the only
@@ -146,77 +146,34 @@ fn run_ok(ns: &str, argv: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A running `hoptrace trace`; SIGKILLed on drop if still alive.
-struct Trace {
-    child: ChildGuard,
-    dir: tempfile::TempDir,
-}
+/// A running `hoptrace trace` writing its report into its temp dir.
+struct Trace(HoptraceRun);
 
 impl Trace {
-    /// `hoptrace trace --netns NODE --duration 60s --ready-file F --json J
+    /// `hoptrace trace --netns NODE --duration 60s --json <dir>/report.json
     /// <extra>`, waiting (bounded) until every hook is attached.
     fn start(node: &Node, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let ready = dir.path().join("ready");
-        let child = Command::new(hoptrace_bin())
-            .args(["trace", "--duration", "60s"])
-            .args(extra)
-            .arg("--netns")
-            .arg(node.path())
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--json")
-            .arg(dir.path().join("report.json"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout")).expect("stdout"))
-            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"))
-            .spawn()
-            .expect("spawn hoptrace trace");
-        let mut trace = Self {
-            child: ChildGuard::new(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready.exists() {
-            if let Ok(Some(status)) = trace.child.child_mut().try_wait() {
-                panic!(
-                    "hoptrace exited before ready ({status}): {}",
-                    trace.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready after 60 s: {}",
-                trace.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        trace
+        let mut args = vec!["trace", "--duration", "60s", "--json", "{dir}/report.json"];
+        args.extend_from_slice(extra);
+        Self(HoptraceRun::start(&args, node.path()))
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
+    fn pid(&self) -> Pid {
+        self.0.pid()
     }
 
     /// SIGINT, then the exit status (bounded wait).
     fn stop(&mut self) -> ExitStatus {
-        nix::sys::signal::kill(Pid::from_raw(self.pid() as i32), Signal::SIGINT).expect("SIGINT");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.child_mut().try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running 20 s after SIGINT");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.signal(Signal::SIGINT);
+        self.0.wait_exit(Duration::from_secs(20))
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+        self.0.stderr()
     }
 
     fn report(&self) -> Value {
-        let text = std::fs::read_to_string(self.dir.path().join("report.json"))
+        let text = std::fs::read_to_string(self.0.dir().join("report.json"))
             .unwrap_or_else(|e| panic!("report.json: {e}\n{}", self.stderr()));
         serde_json::from_str(&text).expect("report JSON")
     }
