@@ -169,6 +169,9 @@ pub(crate) fn http1_server() -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
+        // A client that shuts down its write side after the request still
+        // gets the answer (hyper closes at read EOF otherwise, a race).
+        .half_close(true)
         .title_case_headers(true)
         .max_header_size(MAX_HEAD_BYTES);
     builder
