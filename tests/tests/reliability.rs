@@ -383,3 +383,51 @@ fn overlapping_clsact_runs_leave_no_qdisc() {
         assert!(!qdiscs.contains("clsact"), "{veth}: {qdiscs}");
     }
 }
+
+/// The agent's side of lost hooks: when another process removes its tc
+/// filters, `/readyz` fails and names them, `hoptrace_hooks_lost` counts
+/// them, and the agent exits 4 when stopped.
+#[test]
+fn the_agent_notices_lost_hooks() {
+    if !tests::can_run_with_kernel_programs("the_agent_notices_lost_hooks") {
+        return;
+    }
+    let node = Node::build("g");
+    let mut agent = HoptraceRun::start(
+        &[
+            "agent",
+            "--no-kubernetes",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--tc-mode",
+            "clsact",
+        ],
+        node.path(),
+    );
+    let addr = agent.metrics_addr();
+    let hooks_lost = || {
+        let (_, body) = tests::http_get(addr, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with("hoptrace_hooks_lost{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no hoptrace_hooks_lost in /metrics:\n{body}"))
+    };
+    assert_eq!(tests::http_get(addr, "/readyz").0, 200);
+    assert_eq!(hooks_lost(), 0);
+    // Someone removes the agent's ingress filter on one pod veth.
+    node.tc(&["filter", "del", "dev", "hra", "ingress"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = tests::http_get(addr, "/readyz");
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status, 503, "/readyz after the filter went: {body}");
+    assert!(body.contains("hra/ingress"), "{body}");
+    assert_eq!(hooks_lost(), 1);
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(4), "{}", agent.stderr());
+}
