@@ -569,6 +569,9 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
             number(f, "udp_csum_drops"),
             number(f, "udp_in_csum_errors")
         );
+        // The dropped packets are seen as the VXLAN packets they were
+        // (before, their flows said `encapsulation none` and this was 0).
+        assert!(number(f, "tunnel_drops") > 0.0, "{f}");
         assert_eq!(f["severity"], "critical");
         assert_eq!(code, 3);
     }

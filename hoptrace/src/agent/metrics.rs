@@ -584,6 +584,7 @@ mod tests {
                 (Category::Encapsulation, 3_000),
             ],
             first_flow: &flow,
+            encap: hoptrace_common::Encap::None,
             pod_netns: Some(42),
             drop,
         });
