@@ -26,6 +26,7 @@ use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction
 mod fingerprint;
 mod journey;
 mod observer;
+pub mod requests;
 #[cfg(test)]
 pub(crate) mod tests;
 
