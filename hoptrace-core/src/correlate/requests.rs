@@ -547,5 +547,58 @@ fn leg(out: &mut Vec<RequestSegment>, legs: &LegIndex, sender: &End, receiver: &
     }
 }
 
+/// A journey observer that keeps the journeys of TCP packets with payload
+/// as [`LegJourney`]s, for [`join`]. Shared by every session of a lab run.
+#[derive(Debug, Default)]
+pub struct LegRecorder {
+    journeys: std::sync::Mutex<Vec<LegJourney>>,
+}
+
+impl LegRecorder {
+    /// Every journey recorded so far (taken out).
+    pub fn take(&self) -> Vec<LegJourney> {
+        std::mem::take(&mut *self.journeys.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The kernel's delivery to a reading socket (docs/segments.md).
+const SOCKET_DELIVERY: &str = "socket.delivery";
+
+impl crate::correlate::JourneyObserver for LegRecorder {
+    fn journey(&self, j: &crate::correlate::JourneySummary<'_>) {
+        let f = j.first_flow;
+        if f.version != 4 || f.l4_proto != 6 || f.payload_len == 0 {
+            return;
+        }
+        let end_ns = j.start_ns + j.end_to_end_ns;
+        let mut categories: Vec<(Category, u64)> = Vec::new();
+        let mut arrival_ns = None;
+        let last = j.segments.len().saturating_sub(1);
+        for (i, (name, ns)) in j.named_segments().enumerate() {
+            if i == last && name.name == SOCKET_DELIVERY {
+                arrival_ns = Some(end_ns - ns);
+                continue;
+            }
+            match categories.iter_mut().find(|x| x.0 == name.category) {
+                Some(x) => x.1 += ns,
+                None => categories.push((name.category, ns)),
+            }
+        }
+        let endpoint = |addr: &[u8; 16], port: u16| ([addr[0], addr[1], addr[2], addr[3]], port);
+        let leg = LegJourney {
+            src: endpoint(&f.saddr, f.sport),
+            dst: endpoint(&f.daddr, f.dport),
+            start_ns: j.start_ns,
+            end_ns,
+            arrival_ns,
+            categories,
+        };
+        self.journeys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(leg);
+    }
+}
+
 #[cfg(test)]
 mod tests;
