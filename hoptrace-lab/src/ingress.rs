@@ -162,9 +162,53 @@ pub async fn serve_builtin_proxy(
     backend: SocketAddr,
     stop: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
+    serve_builtin_proxy_with(listener, backend, stop, Duration::ZERO, Arc::default()).await
+}
+
+/// Names the calling thread (`comm`, truncated to 15 bytes), so the
+/// request timeline tells the builtin proxy's thread from the lab's others.
+pub fn name_this_thread(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// What the builtin proxy measured of its own hold (`--proxy-delay`).
+#[derive(Debug, Default)]
+pub struct ProxyHold {
+    /// Requests held.
+    pub count: std::sync::atomic::AtomicU64,
+    /// Sum of the holds, ns (from before the timer to after it fired).
+    pub total_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ProxyHold {
+    /// Mean hold per request in µs, `None` before any request was held.
+    pub fn mean_us(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.count.load(Relaxed);
+        (count > 0).then(|| self.total_ns.load(Relaxed) as f64 / count as f64 / 1000.0)
+    }
+}
+
+/// [`serve_builtin_proxy`] that holds every request `delay` (a tokio
+/// timer: it rounds up to the timer's millisecond tick) after reading it
+/// and before forwarding it, and adds each hold it measured to `hold`.
+///
+/// # Errors
+/// As [`serve_builtin_proxy`].
+pub async fn serve_builtin_proxy_with(
+    listener: std::net::TcpListener,
+    backend: SocketAddr,
+    stop: impl Future<Output = ()>,
+    delay: Duration,
+    hold: Arc<ProxyHold>,
+) -> Result<(), IngressError> {
     let pool = Arc::new(BackendPool {
         backend,
         idle: Mutex::new(Vec::new()),
+        delay,
+        hold,
     });
     crate::servers::accept_connections(listener, stop, move |client| {
         let pool = Arc::clone(&pool);
@@ -218,6 +262,9 @@ impl Forward {
 struct BackendPool {
     backend: SocketAddr,
     idle: Mutex<Vec<ClientConnection>>,
+    /// Hold before forwarding (`--proxy-delay`); zero: none.
+    delay: Duration,
+    hold: Arc<ProxyHold>,
 }
 
 impl BackendPool {
@@ -242,6 +289,15 @@ impl BackendPool {
             headers,
             body,
         };
+        if !self.delay.is_zero() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let started = std::time::Instant::now();
+            tokio::time::sleep(self.delay).await;
+            self.hold.count.fetch_add(1, Relaxed);
+            self.hold
+                .total_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        }
         match self.exchange(&forward).await {
             Ok(reply) => {
                 let (mut parts, body) = reply.into_parts();
