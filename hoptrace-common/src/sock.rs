@@ -81,9 +81,15 @@ pub struct SockEvent {
     pub _pad: [u8; 7],
     /// `bpf_get_current_comm()`: the thread's name, NUL-padded.
     pub comm: [u8; 16],
+    /// For [`SockKind::Send`]: when the thread entered the write syscall
+    /// (`syscalls:sys_enter_write`, `_writev`, `_sendto`, `_sendmsg`), ns;
+    /// 0 when unknown (another syscall, or those tracepoints missing). The
+    /// send tracepoint fires at the end of `sendmsg`, after the packet may
+    /// already have crossed veths into the peer's socket.
+    pub entry_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 80);
 const _: () = assert!(core::mem::offset_of!(SockEvent, saddr) == 32);
 const _: () = assert!(core::mem::offset_of!(SockEvent, kind) == 46);
 const _: () = assert!(core::mem::offset_of!(SockEvent, comm) == 56);
@@ -107,6 +113,17 @@ impl SockEvent {
             new_state: 0,
             _pad: [0; 7],
             comm: [0; 16],
+            entry_ns: 0,
+        }
+    }
+
+    /// When the operation began: the syscall entry of a write when known,
+    /// else the tracepoint's own time.
+    pub const fn begin_ns(&self) -> u64 {
+        if self.entry_ns != 0 && self.entry_ns <= self.ts_ns {
+            self.entry_ns
+        } else {
+            self.ts_ns
         }
     }
 

@@ -59,16 +59,16 @@ pub fn requests_section(
             },
         );
     }
-    let attributed_ns: u64 = joined.requests.iter().map(|r| r.end_ns - r.start_ns).sum();
+    let attributed_ns: u64 = joined.requests.iter().map(|r| r.end_ns.saturating_sub(r.start_ns)).sum();
     let attributed_mean_us = attributed_ns as f64 / n.max(1) as f64 / 1000.0;
     let mut slowest: Vec<&Request> = joined.requests.iter().collect();
-    slowest.sort_by_key(|r| std::cmp::Reverse(r.end_ns - r.start_ns));
+    slowest.sort_by_key(|r| std::cmp::Reverse(r.end_ns.saturating_sub(r.start_ns)));
     let slowest = slowest
         .into_iter()
         .take(SLOWEST)
         .map(|r| RequestWaterfall {
             start_ns: r.start_ns,
-            total_us: (r.end_ns - r.start_ns) as f64 / 1000.0,
+            total_us: (r.end_ns.saturating_sub(r.start_ns)) as f64 / 1000.0,
             proxied: r.proxied,
             segments: r
                 .segments

@@ -236,7 +236,10 @@ impl End {
         while *cursor < self.messages.len() {
             let m = &self.messages[*cursor];
             *cursor += 1;
-            if m.dir == dir && m.first_ns >= after_ns {
+            // A read may return a little before the write's tracepoint
+            // fires when the write's start is not known: allow for it.
+            let slack = if dir == Dir::In { READ_SLACK_NS } else { 0 };
+            if m.dir == dir && m.first_ns + slack >= after_ns {
                 return Some(m.clone());
             }
         }
@@ -245,6 +248,10 @@ impl End {
 }
 
 const EPHEMERAL_MIN: u16 = 32768;
+
+/// How much earlier than the write's recorded time a peer's read may
+/// return and still be its read (writes timed at their end).
+const READ_SLACK_NS: u64 = 200_000;
 
 /// Joins socket events into requests. `events` need not be sorted.
 pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -> Joined {
@@ -306,11 +313,14 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
                     ends.len() - 1
                 });
                 let end = &mut ends[i];
+                // A write begins when its syscall did (the packet may
+                // reach the peer before the send tracepoint fires); a read
+                // counts when it returned.
                 match end.messages.last_mut() {
                     Some(m) if m.dir == dir => m.last_ns = e.ts_ns,
                     _ => end.messages.push(Message {
                         dir,
-                        first_ns: e.ts_ns,
+                        first_ns: if dir == Dir::Out { e.begin_ns() } else { e.ts_ns },
                         last_ns: e.ts_ns,
                         tid: e.tid(),
                     }),
@@ -415,36 +425,36 @@ fn join_one(
             queue.pop_front();
         }
         let (t2, u) = queue.pop_front()?;
-        if t2 - m1.last_ns > opts.window_ns {
+        if t2.saturating_sub(m1.last_ns) > opts.window_ns {
             return None;
         }
         let m2 = ends[u].take(Dir::Out, m1.last_ns)?;
         let connect = ends[u]
             .connect
             .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns)
-            .map_or(0, |(s, e)| e - s);
-        let hold = m2.first_ns - m1.last_ns;
-        push(&mut segments, segment::PROXY_REQUEST, Category::IngressProxy, m1.last_ns, hold - connect);
+            .map_or(0, |(s, e)| e.saturating_sub(s));
+        let hold = m2.first_ns.saturating_sub(m1.last_ns);
+        push(&mut segments, segment::PROXY_REQUEST, Category::IngressProxy, m1.last_ns, hold.saturating_sub(connect));
         if connect > 0 {
-            push(&mut segments, segment::PROXY_CONNECT, Category::IngressProxy, m1.last_ns + hold - connect, connect);
+            push(&mut segments, segment::PROXY_CONNECT, Category::IngressProxy, m1.last_ns + hold.saturating_sub(connect), connect);
         }
         let b = peers[u]?;
         let m3 = ends[b].take(Dir::In, m2.first_ns)?;
         leg(&mut segments, legs, &ends[u], &ends[b], m2.first_ns, m3.last_ns);
         let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
-        push(&mut segments, segment::APP_SERVICE, ends[b].role.category(), m3.last_ns, m4.first_ns - m3.last_ns);
+        push(&mut segments, segment::APP_SERVICE, ends[b].role.category(), m3.last_ns, m4.first_ns.saturating_sub(m3.last_ns));
         let m5 = ends[u].take(Dir::In, m4.first_ns)?;
         leg(&mut segments, legs, &ends[b], &ends[u], m4.first_ns, m5.last_ns);
         let m6 = ends[p].take(Dir::Out, m5.last_ns)?;
-        if m6.first_ns - m5.last_ns > opts.window_ns {
+        if m6.first_ns.saturating_sub(m5.last_ns) > opts.window_ns {
             return None;
         }
-        push(&mut segments, segment::PROXY_RESPONSE, Category::IngressProxy, m5.last_ns, m6.first_ns - m5.last_ns);
+        push(&mut segments, segment::PROXY_RESPONSE, Category::IngressProxy, m5.last_ns, m6.first_ns.saturating_sub(m5.last_ns));
         points.push(m6.first_ns);
         m_resp_out = m6;
     } else {
         let m4 = ends[p].take(Dir::Out, m1.last_ns)?;
-        push(&mut segments, segment::APP_SERVICE, ends[p].role.category(), m1.last_ns, m4.first_ns - m1.last_ns);
+        push(&mut segments, segment::APP_SERVICE, ends[p].role.category(), m1.last_ns, m4.first_ns.saturating_sub(m1.last_ns));
         m_resp_out = m4;
     }
     let m7 = ends[c].take(Dir::In, m_resp_out.first_ns)?;

@@ -32,6 +32,15 @@ pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
     ("hoptrace_inet_sock_set_state", "inet_sock_set_state"),
 ];
 
+/// Syscall-entry programs (`syscalls:` tracepoints) that time when a write
+/// began: without them a write's time is its end.
+pub const WRITE_ENTRY_PROGRAMS: [(&str, &str); 4] = [
+    ("hoptrace_sys_enter_write", "sys_enter_write"),
+    ("hoptrace_sys_enter_writev", "sys_enter_writev"),
+    ("hoptrace_sys_enter_sendto", "sys_enter_sendto"),
+    ("hoptrace_sys_enter_sendmsg", "sys_enter_sendmsg"),
+];
+
 const EVENTS_MAP: &str = "HOPTRACE_SOCK_EVENTS";
 const NETNS_MAP: &str = "HOPTRACE_SOCK_NETNS";
 const COUNTERS_MAP: &str = "HOPTRACE_SOCK_COUNTERS";
@@ -166,7 +175,26 @@ impl SockTracer {
                 )),
             }
         }
-        if attached.is_empty() {
+        for (name, tracepoint) in WRITE_ENTRY_PROGRAMS {
+            let result = (|| -> Result<(), String> {
+                let prog: &mut aya::programs::TracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("program {name} missing"))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                prog.load().map_err(|e| format!("load: {e}"))?;
+                prog.attach("syscalls", tracepoint)
+                    .map_err(|e| format!("attach: {e}"))?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => attached.push(tracepoint),
+                Err(why) => notes.push(format!(
+                    "request timeline: syscalls:{tracepoint} is not available ({why}); such writes are timed at their end"
+                )),
+            }
+        }
+        if !attached.iter().any(|t| t.starts_with("sock_")) {
             return Err(SockError::NothingAttached(notes.join("; ")));
         }
         let ring = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).ok_or(SockError::Map {

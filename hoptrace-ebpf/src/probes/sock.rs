@@ -8,9 +8,9 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use hoptrace_common::{SockEvent, SockKind, SockLayout};
 use hoptrace_ebpf::skb::BtfPtr;
@@ -37,6 +37,11 @@ pub static HOPTRACE_SOCK_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 10
 /// Network namespaces whose sockets are traced when `filter_netns` is set.
 #[map]
 pub static HOPTRACE_SOCK_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Per thread id: when it last entered a write syscall (write, writev,
+/// sendto, sendmsg), ns. Read by the send tracepoint of the same thread.
+#[map]
+pub static HOPTRACE_SOCK_WRITE_ENTRY: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// Per-CPU counters: 0 emitted, 1 ring full, 2 filtered (namespace), 3
 /// skipped (not IPv4 TCP, or an error/empty read or write).
@@ -67,6 +72,40 @@ pub fn hoptrace_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     let ret: u64 = ctx.arg(1);
     observe(sk as u64, SockKind::Recv, ret as i32, 0, 0);
     0
+}
+
+#[inline(always)]
+fn write_entry() -> u32 {
+    // The low 32 bits are the thread id.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a helper without arguments that touches no memory.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = HOPTRACE_SOCK_WRITE_ENTRY.insert(tid, now, 0);
+    0
+}
+
+/// A thread enters write(2).
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn hoptrace_sys_enter_write(_ctx: TracePointContext) -> u32 {
+    write_entry()
+}
+
+/// A thread enters writev(2).
+#[tracepoint(category = "syscalls", name = "sys_enter_writev")]
+pub fn hoptrace_sys_enter_writev(_ctx: TracePointContext) -> u32 {
+    write_entry()
+}
+
+/// A thread enters sendto(2) (and send(2)).
+#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
+pub fn hoptrace_sys_enter_sendto(_ctx: TracePointContext) -> u32 {
+    write_entry()
+}
+
+/// A thread enters sendmsg(2).
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn hoptrace_sys_enter_sendmsg(_ctx: TracePointContext) -> u32 {
+    write_entry()
 }
 
 /// The process wrote to a socket (`ret` bytes, or -errno).
@@ -122,7 +161,7 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
     let words = entry.as_mut_ptr() as *mut u64;
     let mut i = 0;
     while i < core::mem::size_of::<SockEvent>() / 8 {
-        // SAFETY: in bounds (72 bytes, 9 words); ring records are 8-aligned.
+        // SAFETY: in bounds (80 bytes, 10 words); ring records are 8-aligned.
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
@@ -144,6 +183,13 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
     ev.new_state = new_state;
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
+    }
+    if kind as u8 == SockKind::Send as u8 {
+        // SAFETY: the value is copied at once; a concurrent update of this
+        // thread's entry cannot happen (the thread is here).
+        if let Some(entry) = unsafe { HOPTRACE_SOCK_WRITE_ENTRY.get(ev.pid_tgid as u32) } {
+            ev.entry_ns = *entry;
+        }
     }
     count(0);
     entry.submit(BPF_RB_NO_WAKEUP as u64);
