@@ -443,7 +443,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 }
                 let _ = std::fs::write(path, text);
             }
-            let joined = requests::join(&capture.events, &journeys, &join_opts);
+            let mut joined = requests::join(&capture.events, &journeys, &join_opts);
+            let with_client =
+                requests::add_client_times(&mut joined.requests, &load.request_times);
             let mut notes = capture.notes;
             if capture.lost > 0 {
                 notes.push(format!(
@@ -451,7 +453,13 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                     capture.lost
                 ));
             }
-            let unjoined = joined.seen - joined.requests.len() as u64;
+            if with_client < joined.requests.len() {
+                notes.push(format!(
+                    "{} joined requests found no load-generator record (their client.wait and client.process are missing)",
+                    joined.requests.len() - with_client
+                ));
+            }
+            let unjoined = joined.seen.saturating_sub(joined.requests.len() as u64);
             if unjoined > 0 {
                 notes.push(format!(
                     "{unjoined} requests not joined (opened before tracing, cut at its end, or not one request per read and write)"

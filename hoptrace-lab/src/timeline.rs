@@ -214,7 +214,7 @@ pub fn sentence(requests: &LabRequests) -> String {
     all.push(dp);
     s.push_str(&all.join(", "));
     let rest = requests.client_mean_us - requests.attributed_mean_us;
-    if rest > 0.0 {
+    if rest > 0.01 * requests.client_mean_us {
         s.push_str(&format!(
             "; the load generator's own time before its write and after its read {}",
             human_us(rest)

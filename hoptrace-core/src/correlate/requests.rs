@@ -58,6 +58,49 @@ pub mod segment {
     pub const DATAPATH: &str = "datapath";
     /// The rest of a leg: the sender's stack and the wire between nodes.
     pub const STACK: &str = "stack";
+    /// A client that says when it meant to send (the lab's load
+    /// generator): its intended send time → its write began (its timer's
+    /// lateness, its own work, waiting for its connection).
+    pub const CLIENT_WAIT: &str = "client.wait";
+    /// Such a client's last read of the response → it had the whole
+    /// response (its own parsing and wake-up).
+    pub const CLIENT_PROCESS: &str = "client.process";
+}
+
+/// Extends joined requests with the client's own account of each:
+/// `(intended send, complete response)` in bpf ktime ns (the lab's load
+/// generator keeps them). Each request, in the order of its write, takes
+/// the oldest unused pair intended at or before its write that completed
+/// at or after its read, and gains `client.wait` and `client.process`
+/// segments (category `client`); its start and end become the client's.
+/// Returns how many requests were extended.
+pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize {
+    /// Candidates looked at per request (requests of other connections interleave).
+    const LOOKBACK: usize = 256;
+    let mut times: Vec<(u64, u64)> = times.to_vec();
+    times.sort_unstable();
+    let mut used = vec![false; times.len()];
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by_key(|&i| requests[i].start_ns);
+    let mut extended = 0;
+    for i in order {
+        let r = &mut requests[i];
+        let upto = times.partition_point(|t| t.0 <= r.start_ns);
+        // The oldest unused record that fits: the client writes in
+        // intended order, and a record no request took (a request not
+        // joined) soon completes too early to fit any later one.
+        let found = (upto.saturating_sub(LOOKBACK)..upto).find(|&k| !used[k] && times[k].1 >= r.end_ns);
+        let Some(k) = found else { continue };
+        used[k] = true;
+        let (intended, done) = times[k];
+        push(&mut r.segments, segment::CLIENT_WAIT, Category::Client, intended, r.start_ns - intended);
+        push(&mut r.segments, segment::CLIENT_PROCESS, Category::Client, r.end_ns, done - r.end_ns);
+        r.segments.sort_by_key(|s| s.start_ns);
+        r.start_ns = intended;
+        r.end_ns = done;
+        extended += 1;
+    }
+    extended
 }
 
 /// Which process a socket end belongs to.

@@ -205,3 +205,27 @@ fn proxy_names_match_truncated_comm() {
     assert!(o.is_proxy("nginx"));
     assert!(!o.is_proxy("nginx2"));
 }
+
+#[test]
+fn the_clients_own_times_extend_each_request_once() {
+    let mut events = proxied(1000, 40000, 50000, 100, 5);
+    events.extend(proxied(1050, 40001, 50001, 100, 5));
+    let events = with_states(events);
+    let mut joined = join(&events, &[], &opts());
+    assert_eq!(joined.requests.len(), 2);
+    // Intended 200 µs and 150 µs before the writes; complete 20 µs after the reads.
+    let times = [(800_000, 1_300_000), (900_000, 1_350_000), (100_000, 150_000)];
+    assert_eq!(add_client_times(&mut joined.requests, &times), 2);
+    let mut waits: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.segment_ns(segment::CLIENT_WAIT, Category::Client))
+        .collect();
+    waits.sort_unstable();
+    assert_eq!(waits, vec![150_000, 200_000]);
+    for r in &joined.requests {
+        let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+        assert_eq!(sum, r.end_ns - r.start_ns);
+        assert_eq!(r.segment_ns(segment::CLIENT_PROCESS, Category::Client), 20_000);
+    }
+}
