@@ -506,7 +506,9 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
                 let latency_us = (done - intended).as_micros().max(1) as u64;
                 let done_ns = monotonic_ns(done.into_std());
                 let latency_ns = (done - intended).as_nanos() as u64;
-                tally.times.push((done_ns.saturating_sub(latency_ns), done_ns));
+                tally
+                    .times
+                    .push((done_ns.saturating_sub(latency_ns), done_ns));
                 tally
                     .histogram
                     .saturating_record(latency_us.min(MAX_TRACKED_US));

@@ -436,13 +436,6 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             };
             join_opts.proxies.push(BUILTIN_PROXY_COMM.to_owned());
             let journeys = legs.take();
-            if let Ok(path) = std::env::var("HOPTRACE_TIMELINE_DUMP") {
-                let mut text = String::new();
-                for e in &capture.events {
-                    text.push_str(&format!("{} {} {} {:x} {:?}:{} {:?}:{} {} {} {} {}\n", e.ts_ns, e.kind, e.tid(), e.sk_addr, e.saddr, e.sport, e.daddr, e.dport, e.bytes, e.old_state, e.new_state, e.comm_str()));
-                }
-                let _ = std::fs::write(path, text);
-            }
             let mut joined = requests::join(&capture.events, &journeys, &join_opts);
             let with_client =
                 requests::add_client_times(&mut joined.requests, &load.request_times);

@@ -37,7 +37,11 @@ pub fn requests_section(
         for (c, ns) in r.category_ns() {
             per_category.entry(c).or_default().push(ns);
         }
-        for s in r.segments.iter().filter(|s| s.name == segment::SOCKET_QUEUE) {
+        for s in r
+            .segments
+            .iter()
+            .filter(|s| s.name == segment::SOCKET_QUEUE)
+        {
             *queue.entry(s.category).or_insert(0) += s.duration_ns;
         }
     }
@@ -59,7 +63,18 @@ pub fn requests_section(
             },
         );
     }
-    let attributed_ns: u64 = joined.requests.iter().map(|r| r.end_ns.saturating_sub(r.start_ns)).sum();
+    let attributed_ns: u64 = joined
+        .requests
+        .iter()
+        .map(|r| r.end_ns.saturating_sub(r.start_ns))
+        .sum();
+    let client_own_ns: u64 = joined
+        .requests
+        .iter()
+        .flat_map(|r| r.segments.iter())
+        .filter(|s| s.name == segment::CLIENT_WAIT || s.name == segment::CLIENT_PROCESS)
+        .map(|s| s.duration_ns)
+        .sum();
     let attributed_mean_us = attributed_ns as f64 / n.max(1) as f64 / 1000.0;
     let mut slowest: Vec<&Request> = joined.requests.iter().collect();
     slowest.sort_by_key(|r| std::cmp::Reverse(r.end_ns.saturating_sub(r.start_ns)));
@@ -99,6 +114,7 @@ pub fn requests_section(
         } else {
             0.0
         },
+        client_own_mean_us: client_own_ns as f64 / n.max(1) as f64 / 1000.0,
         categories,
         proxy_hold_mean_us,
         slowest,
@@ -181,11 +197,21 @@ pub fn sentence(requests: &LabRequests) -> String {
             && v.mean_us > 0.0
         {
             let mut s = format!("{label} {}", human_us(v.mean_us));
+            let mut of_which = Vec::new();
+            if c == Category::Client && requests.client_own_mean_us >= 1.0 {
+                of_which.push(format!(
+                    "its own timer and work {}",
+                    human_us(requests.client_own_mean_us)
+                ));
+            }
             if v.socket_queue_mean_us >= 0.005 * v.mean_us.max(1.0) {
-                s.push_str(&format!(
-                    " (of which waiting to be read {})",
+                of_which.push(format!(
+                    "waiting to be read {}",
                     human_us(v.socket_queue_mean_us)
                 ));
+            }
+            if !of_which.is_empty() {
+                s.push_str(&format!(" (of which {})", of_which.join(", ")));
             }
             parts.push((v.mean_us, s));
         }
@@ -208,7 +234,11 @@ pub fn sentence(requests: &LabRequests) -> String {
     if !named.is_empty() {
         dp.push_str(&format!(
             " ({})",
-            named.into_iter().map(|n| n.1).collect::<Vec<_>>().join(", ")
+            named
+                .into_iter()
+                .map(|n| n.1)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     all.push(dp);

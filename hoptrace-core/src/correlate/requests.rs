@@ -89,12 +89,25 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
         // The oldest unused record that fits: the client writes in
         // intended order, and a record no request took (a request not
         // joined) soon completes too early to fit any later one.
-        let found = (upto.saturating_sub(LOOKBACK)..upto).find(|&k| !used[k] && times[k].1 >= r.end_ns);
+        let found =
+            (upto.saturating_sub(LOOKBACK)..upto).find(|&k| !used[k] && times[k].1 >= r.end_ns);
         let Some(k) = found else { continue };
         used[k] = true;
         let (intended, done) = times[k];
-        push(&mut r.segments, segment::CLIENT_WAIT, Category::Client, intended, r.start_ns - intended);
-        push(&mut r.segments, segment::CLIENT_PROCESS, Category::Client, r.end_ns, done - r.end_ns);
+        push(
+            &mut r.segments,
+            segment::CLIENT_WAIT,
+            Category::Client,
+            intended,
+            r.start_ns - intended,
+        );
+        push(
+            &mut r.segments,
+            segment::CLIENT_PROCESS,
+            Category::Client,
+            r.end_ns,
+            done - r.end_ns,
+        );
         r.segments.sort_by_key(|s| s.start_ns);
         r.start_ns = intended;
         r.end_ns = done;
@@ -298,10 +311,7 @@ const READ_SLACK_NS: u64 = 200_000;
 
 /// Joins socket events into requests. `events` need not be sorted.
 pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -> Joined {
-    let mut events: Vec<&SockEvent> = events
-        .iter()
-        .filter(|e| e.family == 2)
-        .collect();
+    let mut events: Vec<&SockEvent> = events.iter().filter(|e| e.family == 2).collect();
     events.sort_by_key(|e| e.ts_ns);
 
     // Socket ends by (sk address, local, remote); connect times by sk.
@@ -327,7 +337,11 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
                 }
             }
             kind @ (SockKind::Recv | SockKind::Send) => {
-                let dir = if kind == SockKind::Recv { Dir::In } else { Dir::Out };
+                let dir = if kind == SockKind::Recv {
+                    Dir::In
+                } else {
+                    Dir::Out
+                };
                 let key = (e.sk_addr, local, remote);
                 let i = *index.entry(key).or_insert_with(|| {
                     let (active, connect) = known.get(&key).copied().unwrap_or_else(|| {
@@ -363,7 +377,11 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
                     Some(m) if m.dir == dir => m.last_ns = e.ts_ns,
                     _ => end.messages.push(Message {
                         dir,
-                        first_ns: if dir == Dir::Out { e.begin_ns() } else { e.ts_ns },
+                        first_ns: if dir == Dir::Out {
+                            e.begin_ns()
+                        } else {
+                            e.ts_ns
+                        },
                         last_ns: e.ts_ns,
                         tid: e.tid(),
                     }),
@@ -380,7 +398,10 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     let mut passive_by_port: HashMap<u16, Vec<usize>> = HashMap::new();
     for (i, end) in ends.iter().enumerate() {
         if !end.active {
-            passive_by_key.entry(end.active_endpoint()).or_default().push(i);
+            passive_by_key
+                .entry(end.active_endpoint())
+                .or_default()
+                .push(i);
             passive_by_port.entry(end.remote.1).or_default().push(i);
         }
     }
@@ -400,7 +421,13 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
             .min_by_key(|&p| first_ns(&ends[p]).abs_diff(start))
     };
     let peers: Vec<Option<usize>> = (0..ends.len())
-        .map(|i| if ends[i].active { peer_of(&ends, i) } else { None })
+        .map(|i| {
+            if ends[i].active {
+                peer_of(&ends, i)
+            } else {
+                None
+            }
+        })
         .collect();
     let mut peer_of_passive: HashMap<usize, usize> = HashMap::new();
     for (a, p) in peers.iter().enumerate() {
@@ -415,7 +442,10 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     for (i, end) in ends.iter().enumerate() {
         if end.role == Role::Proxy && end.active {
             for m in end.messages.iter().filter(|m| m.dir == Dir::Out) {
-                upstream_writes.entry(m.tid).or_default().push_back((m.first_ns, i));
+                upstream_writes
+                    .entry(m.tid)
+                    .or_default()
+                    .push_back((m.first_ns, i));
             }
         }
     }
@@ -458,7 +488,14 @@ fn join_one(
     let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     let mut segments = Vec::new();
     let mut points: Vec<u64> = vec![m0.first_ns];
-    leg(&mut segments, legs, &ends[c], &ends[p], m0.first_ns, m1.last_ns);
+    leg(
+        &mut segments,
+        legs,
+        &ends[c],
+        &ends[p],
+        m0.first_ns,
+        m1.last_ns,
+    );
     let proxied = ends[p].role == Role::Proxy;
     let m_resp_out;
     if proxied {
@@ -477,31 +514,82 @@ fn join_one(
             .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns)
             .map_or(0, |(s, e)| e.saturating_sub(s));
         let hold = m2.first_ns.saturating_sub(m1.last_ns);
-        push(&mut segments, segment::PROXY_REQUEST, Category::IngressProxy, m1.last_ns, hold.saturating_sub(connect));
+        push(
+            &mut segments,
+            segment::PROXY_REQUEST,
+            Category::IngressProxy,
+            m1.last_ns,
+            hold.saturating_sub(connect),
+        );
         if connect > 0 {
-            push(&mut segments, segment::PROXY_CONNECT, Category::IngressProxy, m1.last_ns + hold.saturating_sub(connect), connect);
+            push(
+                &mut segments,
+                segment::PROXY_CONNECT,
+                Category::IngressProxy,
+                m1.last_ns + hold.saturating_sub(connect),
+                connect,
+            );
         }
         let b = peers[u]?;
         let m3 = ends[b].take(Dir::In, m2.first_ns)?;
-        leg(&mut segments, legs, &ends[u], &ends[b], m2.first_ns, m3.last_ns);
+        leg(
+            &mut segments,
+            legs,
+            &ends[u],
+            &ends[b],
+            m2.first_ns,
+            m3.last_ns,
+        );
         let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
-        push(&mut segments, segment::APP_SERVICE, ends[b].role.category(), m3.last_ns, m4.first_ns.saturating_sub(m3.last_ns));
+        push(
+            &mut segments,
+            segment::APP_SERVICE,
+            ends[b].role.category(),
+            m3.last_ns,
+            m4.first_ns.saturating_sub(m3.last_ns),
+        );
         let m5 = ends[u].take(Dir::In, m4.first_ns)?;
-        leg(&mut segments, legs, &ends[b], &ends[u], m4.first_ns, m5.last_ns);
+        leg(
+            &mut segments,
+            legs,
+            &ends[b],
+            &ends[u],
+            m4.first_ns,
+            m5.last_ns,
+        );
         let m6 = ends[p].take(Dir::Out, m5.last_ns)?;
         if m6.first_ns.saturating_sub(m5.last_ns) > opts.window_ns {
             return None;
         }
-        push(&mut segments, segment::PROXY_RESPONSE, Category::IngressProxy, m5.last_ns, m6.first_ns.saturating_sub(m5.last_ns));
+        push(
+            &mut segments,
+            segment::PROXY_RESPONSE,
+            Category::IngressProxy,
+            m5.last_ns,
+            m6.first_ns.saturating_sub(m5.last_ns),
+        );
         points.push(m6.first_ns);
         m_resp_out = m6;
     } else {
         let m4 = ends[p].take(Dir::Out, m1.last_ns)?;
-        push(&mut segments, segment::APP_SERVICE, ends[p].role.category(), m1.last_ns, m4.first_ns.saturating_sub(m1.last_ns));
+        push(
+            &mut segments,
+            segment::APP_SERVICE,
+            ends[p].role.category(),
+            m1.last_ns,
+            m4.first_ns.saturating_sub(m1.last_ns),
+        );
         m_resp_out = m4;
     }
     let m7 = ends[c].take(Dir::In, m_resp_out.first_ns)?;
-    leg(&mut segments, legs, &ends[p], &ends[c], m_resp_out.first_ns, m7.last_ns);
+    leg(
+        &mut segments,
+        legs,
+        &ends[p],
+        &ends[c],
+        m_resp_out.first_ns,
+        m7.last_ns,
+    );
     segments.sort_by_key(|s| s.start_ns);
     Some(Request {
         start_ns: m0.first_ns,
@@ -511,7 +599,13 @@ fn join_one(
     })
 }
 
-fn push(out: &mut Vec<RequestSegment>, name: &'static str, category: Category, start_ns: u64, duration_ns: u64) {
+fn push(
+    out: &mut Vec<RequestSegment>,
+    name: &'static str,
+    category: Category,
+    start_ns: u64,
+    duration_ns: u64,
+) {
     out.push(RequestSegment {
         name,
         category,
@@ -539,7 +633,14 @@ impl<'a> LegIndex<'a> {
 
     /// Journeys of packets from `from` to `to` (or `to_alt`, the address
     /// before DNAT) that started and ended within `[from_ns - slack, to_ns]`.
-    fn within(&self, from: Endpoint, to: Endpoint, to_alt: Endpoint, from_ns: u64, to_ns: u64) -> Vec<&'a LegJourney> {
+    fn within(
+        &self,
+        from: Endpoint,
+        to: Endpoint,
+        to_alt: Endpoint,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> Vec<&'a LegJourney> {
         const SLACK_NS: u64 = 200_000;
         let Some(list) = self.by_src.get(&from) else {
             return Vec::new();
@@ -557,7 +658,14 @@ impl<'a> LegIndex<'a> {
 
 /// Splits the leg from `sender`'s write at `from_ns` to `receiver`'s read
 /// at `to_ns` into datapath, stack and `socket.queue` segments.
-fn leg(out: &mut Vec<RequestSegment>, legs: &LegIndex, sender: &End, receiver: &End, from_ns: u64, to_ns: u64) {
+fn leg(
+    out: &mut Vec<RequestSegment>,
+    legs: &LegIndex,
+    sender: &End,
+    receiver: &End,
+    from_ns: u64,
+    to_ns: u64,
+) {
     let total = to_ns.saturating_sub(from_ns);
     let journeys = legs.within(sender.local, receiver.local, sender.remote, from_ns, to_ns);
     let arrival = journeys.iter().filter_map(|j| j.arrival_ns).max();
@@ -596,7 +704,13 @@ fn leg(out: &mut Vec<RequestSegment>, legs: &LegIndex, sender: &End, receiver: &
         t += stack;
     }
     if queue > 0 || arrival.is_some() {
-        push(out, segment::SOCKET_QUEUE, receiver.role.category(), t, queue);
+        push(
+            out,
+            segment::SOCKET_QUEUE,
+            receiver.role.category(),
+            t,
+            queue,
+        );
     }
 }
 

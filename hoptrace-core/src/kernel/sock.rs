@@ -81,7 +81,10 @@ pub enum SockError {
 /// # Errors
 ///
 /// [`crate::kernel::btf::BtfError`] for the first member not found.
-pub fn sock_layout(btf: &Btf, filter_netns: bool) -> Result<SockLayout, crate::kernel::btf::BtfError> {
+pub fn sock_layout(
+    btf: &Btf,
+    filter_netns: bool,
+) -> Result<SockLayout, crate::kernel::btf::BtfError> {
     Ok(SockLayout {
         sk_daddr: btf.member_offset("sock", &["__sk_common", "skc_daddr"])?,
         sk_rcv_saddr: btf.member_offset("sock", &["__sk_common", "skc_rcv_saddr"])?,
@@ -207,8 +210,8 @@ impl SockTracer {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let thread = spawn_drain(ring, Arc::clone(&stop), Arc::clone(&events))
-            .map_err(SockError::Thread)?;
+        let thread =
+            spawn_drain(ring, Arc::clone(&stop), Arc::clone(&events)).map_err(SockError::Thread)?;
         Ok(Self {
             ebpf,
             stop,

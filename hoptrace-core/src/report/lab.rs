@@ -59,6 +59,10 @@ pub struct LabRequests {
     pub attributed_mean_us: f64,
     /// `attributed_mean_us / client_mean_us` (0 when no client latency).
     pub coverage: f64,
+    /// Of `attributed_mean_us`, what the load generator reported of itself
+    /// (`client.wait` + `client.process`: its timer's lateness and its own
+    /// work), µs; the rest hoptrace measured in the kernel.
+    pub client_own_mean_us: f64,
     /// Time per joined request by category name (every category a request
     /// crossed, summed over every node).
     pub categories: std::collections::BTreeMap<String, RequestCategory>,

@@ -86,7 +86,11 @@ pub(crate) fn lab_document() -> LabDocument {
     use super::lab::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment};
     let mut node_b = report();
     node_b.node = "node-b".into();
-    let mut run = LabRunDocument::new("flannel-vxlan".into(), lab_section(), vec![report(), node_b]);
+    let mut run = LabRunDocument::new(
+        "flannel-vxlan".into(),
+        lab_section(),
+        vec![report(), node_b],
+    );
     let category = RequestCategory {
         mean_us: 310.0,
         p50_us: 290.0,
@@ -102,7 +106,10 @@ pub(crate) fn lab_document() -> LabDocument {
         client_p99_us: 4000.0,
         attributed_mean_us: 1700.0,
         coverage: 0.96,
-        categories: [("ingress-proxy".to_owned(), category)].into_iter().collect(),
+        client_own_mean_us: 900.0,
+        categories: [("ingress-proxy".to_owned(), category)]
+            .into_iter()
+            .collect(),
         proxy_hold_mean_us: Some(2100.0),
         slowest: vec![RequestWaterfall {
             start_ns: 1_000_000,

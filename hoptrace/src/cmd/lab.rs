@@ -76,7 +76,11 @@ pub struct LabArgs {
     proxy_delay: Option<Duration>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
-    #[arg(long, value_delimiter = ',', default_value = "envoy,nginx,haproxy,traefik")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "envoy,nginx,haproxy,traefik"
+    )]
     proxy: Vec<String>,
 }
 

@@ -7,7 +7,15 @@ const PROXY: [u8; 4] = [10, 244, 1, 3];
 const BACKEND: [u8; 4] = [10, 244, 1, 2];
 const SERVICE: [u8; 4] = [10, 96, 0, 10];
 
-fn ev(kind: SockKind, ts_us: u64, sk: u64, local: Endpoint, remote: Endpoint, tid: u32, comm: &str) -> SockEvent {
+fn ev(
+    kind: SockKind,
+    ts_us: u64,
+    sk: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    tid: u32,
+    comm: &str,
+) -> SockEvent {
     let mut e = SockEvent::zeroed();
     e.ts_ns = ts_us * 1000;
     e.pid_tgid = (1u64 << 32) | u64::from(tid);
@@ -56,7 +64,15 @@ fn proxied(t: u64, cport: u16, uport: u16, hold: u64, ptid: u32) -> Vec<SockEven
         ev(Send, t + 30 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
         ev(Recv, t + 60 + hold, bsk, b, pu, 9, "hoptrace"),
         ev(Send, t + 110 + hold, bsk, b, pu, 9, "hoptrace"),
-        ev(Recv, t + 140 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
+        ev(
+            Recv,
+            t + 140 + hold,
+            pusk,
+            pu,
+            svc,
+            ptid,
+            BUILTIN_PROXY_COMM,
+        ),
         ev(Send, t + 150 + hold, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
         ev(Recv, t + 180 + hold, csk, c, pd, 7, "hoptrace-netns"),
     ]
@@ -72,8 +88,19 @@ fn with_states(mut events: Vec<SockEvent>) -> Vec<SockEvent> {
         if extra.iter().any(|x: &SockEvent| x.sk_addr == e.sk_addr) {
             continue;
         }
-        let old = if active { tcp_state::SYN_SENT } else { tcp_state::SYN_RECV };
-        extra.push(state(e.ts_ns / 1000 - 1, e.sk_addr, local, remote, old, tcp_state::ESTABLISHED));
+        let old = if active {
+            tcp_state::SYN_SENT
+        } else {
+            tcp_state::SYN_RECV
+        };
+        extra.push(state(
+            e.ts_ns / 1000 - 1,
+            e.sk_addr,
+            local,
+            remote,
+            old,
+            tcp_state::ESTABLISHED,
+        ));
     }
     events.extend(extra);
     events
@@ -90,9 +117,18 @@ fn a_proxied_request_is_one_chain_of_contiguous_segments() {
     let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
     assert_eq!(sum, r.end_ns - r.start_ns);
     assert_eq!(r.end_ns - r.start_ns, 2_180_000);
-    assert_eq!(r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy), 2_000_000);
-    assert_eq!(r.segment_ns(segment::PROXY_RESPONSE, Category::IngressProxy), 10_000);
-    assert_eq!(r.segment_ns(segment::APP_SERVICE, Category::Application), 50_000);
+    assert_eq!(
+        r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+        2_000_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::PROXY_RESPONSE, Category::IngressProxy),
+        10_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::APP_SERVICE, Category::Application),
+        50_000
+    );
     let cats = r.category_ns();
     assert_eq!(cats[&Category::IngressProxy], 2_010_000);
     assert_eq!(cats[&Category::KernelOther], 120_000);
@@ -109,7 +145,10 @@ fn concurrent_requests_on_one_proxy_thread_join_in_order() {
     assert_eq!(joined.seen, 2);
     assert_eq!(joined.requests.len(), 2);
     for r in &joined.requests {
-        assert_eq!(r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy), 500_000);
+        assert_eq!(
+            r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+            500_000
+        );
         assert_eq!(r.end_ns - r.start_ns, 680_000);
     }
 }
@@ -186,7 +225,10 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
     }];
     let joined = join(&events, &journeys, &opts());
     let r = &joined.requests[0];
-    assert_eq!(r.segment_ns(segment::SOCKET_QUEUE, Category::Application), 60_000);
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::Application),
+        60_000
+    );
     let cats = r.category_ns();
     assert_eq!(cats[&Category::KubeProxy], 10_000);
     assert_eq!(cats[&Category::Cni], 20_000);
@@ -214,7 +256,11 @@ fn the_clients_own_times_extend_each_request_once() {
     let mut joined = join(&events, &[], &opts());
     assert_eq!(joined.requests.len(), 2);
     // Intended 200 µs and 150 µs before the writes; complete 20 µs after the reads.
-    let times = [(800_000, 1_300_000), (900_000, 1_350_000), (100_000, 150_000)];
+    let times = [
+        (800_000, 1_300_000),
+        (900_000, 1_350_000),
+        (100_000, 150_000),
+    ];
     assert_eq!(add_client_times(&mut joined.requests, &times), 2);
     let mut waits: Vec<u64> = joined
         .requests
@@ -226,6 +272,9 @@ fn the_clients_own_times_extend_each_request_once() {
     for r in &joined.requests {
         let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
         assert_eq!(sum, r.end_ns - r.start_ns);
-        assert_eq!(r.segment_ns(segment::CLIENT_PROCESS, Category::Client), 20_000);
+        assert_eq!(
+            r.segment_ns(segment::CLIENT_PROCESS, Category::Client),
+            20_000
+        );
     }
 }
