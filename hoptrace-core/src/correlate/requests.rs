@@ -305,6 +305,9 @@ impl End {
 
 const EPHEMERAL_MIN: u16 = 32768;
 
+/// A socket end: kernel `struct sock` address, local and remote endpoint.
+type EndKey = (u64, Endpoint, Endpoint);
+
 /// How much earlier than the write's recorded time a peer's read may
 /// return and still be its read (writes timed at their end).
 const READ_SLACK_NS: u64 = 200_000;
@@ -316,9 +319,10 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
 
     // Socket ends by (sk address, local, remote); connect times by sk.
     let mut ends: Vec<End> = Vec::new();
-    let mut index: HashMap<(u64, Endpoint, Endpoint), usize> = HashMap::new();
+    let mut index: HashMap<EndKey, usize> = HashMap::new();
     let mut syn_sent: HashMap<u64, u64> = HashMap::new();
-    let mut known: HashMap<(u64, Endpoint, Endpoint), (bool, Option<(u64, u64)>)> = HashMap::new();
+    // Per socket end: whether it connected, and its connect's (start, end).
+    let mut known: HashMap<EndKey, (bool, Option<(u64, u64)>)> = HashMap::new();
     for e in &events {
         let local = (e.saddr, e.sport);
         let remote = (e.daddr, e.dport);
@@ -344,11 +348,11 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
                 };
                 let key = (e.sk_addr, local, remote);
                 let i = *index.entry(key).or_insert_with(|| {
-                    let (active, connect) = known.get(&key).copied().unwrap_or_else(|| {
+                    let (active, connect) = known.get(&key).copied().unwrap_or(
                         // Opened before tracing: the side with the
                         // ephemeral port connected.
-                        (local.1 >= EPHEMERAL_MIN && remote.1 < EPHEMERAL_MIN, None)
-                    });
+                        (local.1 >= EPHEMERAL_MIN && remote.1 < EPHEMERAL_MIN, None),
+                    );
                     let comm = e.comm_str();
                     let role = if opts.is_proxy(comm) {
                         Role::Proxy
@@ -487,7 +491,6 @@ fn join_one(
     let p = peers[c]?;
     let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     let mut segments = Vec::new();
-    let mut points: Vec<u64> = vec![m0.first_ns];
     leg(
         &mut segments,
         legs,
@@ -497,8 +500,7 @@ fn join_one(
         m1.last_ns,
     );
     let proxied = ends[p].role == Role::Proxy;
-    let m_resp_out;
-    if proxied {
+    let m_resp_out = if proxied {
         // Downstream read ↔ upstream write: same thread, in order.
         let queue = upstream_writes.get_mut(&m1.tid)?;
         while queue.front().is_some_and(|&(t, _)| t < m1.last_ns) {
@@ -568,8 +570,7 @@ fn join_one(
             m5.last_ns,
             m6.first_ns.saturating_sub(m5.last_ns),
         );
-        points.push(m6.first_ns);
-        m_resp_out = m6;
+        m6
     } else {
         let m4 = ends[p].take(Dir::Out, m1.last_ns)?;
         push(
@@ -579,8 +580,8 @@ fn join_one(
             m1.last_ns,
             m4.first_ns.saturating_sub(m1.last_ns),
         );
-        m_resp_out = m4;
-    }
+        m4
+    };
     let m7 = ends[c].take(Dir::In, m_resp_out.first_ns)?;
     leg(
         &mut segments,
@@ -724,7 +725,12 @@ pub struct LegRecorder {
 impl LegRecorder {
     /// Every journey recorded so far (taken out).
     pub fn take(&self) -> Vec<LegJourney> {
-        std::mem::take(&mut *self.journeys.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .journeys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -762,7 +768,7 @@ impl crate::correlate::JourneyObserver for LegRecorder {
         };
         self.journeys
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(leg);
     }
 }

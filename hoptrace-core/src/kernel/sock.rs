@@ -230,7 +230,12 @@ impl SockTracer {
             let _ = thread.join();
         }
         let lost = self.counter(1);
-        let events = std::mem::take(&mut *self.events.lock().unwrap_or_else(|e| e.into_inner()));
+        let events = std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         SockCapture {
             events,
             lost,
@@ -283,7 +288,7 @@ fn spawn_drain(
                 if !batch.is_empty() {
                     events
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .append(&mut batch);
                 }
                 if stopping {
