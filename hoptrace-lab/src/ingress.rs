@@ -106,6 +106,9 @@ pub enum IngressError {
     /// The kind runs no external process.
     #[error("ingress kind {0:?} is not an external proxy")]
     NotExternal(IngressKind),
+    /// `--proxy-delay` for a proxy that cannot hold requests.
+    #[error("--proxy-delay works with --ingress builtin or haproxy, not {0}")]
+    NoDelay(IngressKind),
     /// The temp dir or config file could not be written.
     #[error("cannot write the proxy config: {0}")]
     Config(#[source] io::Error),
@@ -429,6 +432,27 @@ impl ExternalProxy {
         listen: SocketAddr,
         backend: SocketAddr,
     ) -> Result<Self, IngressError> {
+        Self::prepare_with_delay(kind, listen, backend, Duration::ZERO)
+    }
+
+    /// [`ExternalProxy::prepare`] with a hold per request (`--proxy-delay`):
+    /// HAProxy runs a Lua `http-request` action that calls
+    /// `core.msleep(ms)` (whole milliseconds, at least 1); nginx has no
+    /// delay (its Debian build has no sleep without an extra module) and
+    /// fails with [`IngressError::NoDelay`].
+    ///
+    /// # Errors
+    /// As [`ExternalProxy::prepare`]; [`IngressError::NoDelay`] for nginx
+    /// with a delay.
+    pub fn prepare_with_delay(
+        kind: IngressKind,
+        listen: SocketAddr,
+        backend: SocketAddr,
+        delay: Duration,
+    ) -> Result<Self, IngressError> {
+        if !delay.is_zero() && kind != IngressKind::Haproxy {
+            return Err(IngressError::NoDelay(kind));
+        }
         let (tool, package) = kind
             .external_tool()
             .ok_or(IngressError::NotExternal(kind))?;
@@ -463,7 +487,21 @@ impl ExternalProxy {
                     config_path.display().to_string(),
                     "-db".to_owned(),
                 ];
-                (config_path, haproxy_config(listen, backend, dir_path), argv)
+                let mut config = haproxy_config(listen, backend, dir_path);
+                if !delay.is_zero() {
+                    let lua = dir_path.join("delay.lua");
+                    std::fs::write(&lua, haproxy_delay_lua(delay)).map_err(IngressError::Config)?;
+                    config = config
+                        .replace(
+                            "    nbthread 1\n",
+                            &format!("    nbthread 1\n    lua-load {}\n", lua.display()),
+                        )
+                        .replace(
+                            "    default_backend hoptrace_backend\n",
+                            "    http-request lua.hoptrace_delay\n    default_backend hoptrace_backend\n",
+                        );
+                }
+                (config_path, config, argv)
             }
         };
         std::fs::write(&config_path, config).map_err(IngressError::Config)?;
@@ -644,6 +682,20 @@ fn haproxy_addr(addr: SocketAddr) -> String {
 /// HAProxy config: HTTP mode, `listen` → `backend` with keep-alive and
 /// connection reuse, no logging, pid file in `dir`. Started with `-db`
 /// (foreground).
+/// The Lua action that holds every request `delay` (rounded up to whole
+/// milliseconds, at least 1) in HAProxy: `core.msleep` yields the task,
+/// so other requests go on meanwhile.
+pub fn haproxy_delay_lua(delay: Duration) -> String {
+    let ms = delay.as_micros().div_ceil(1000).max(1);
+    format!(
+        "-- Written by hoptrace for a lab ingress: hold every request {ms} ms.
+core.register_action(\"hoptrace_delay\", {{ \"http-req\" }}, function(txn)
+    core.msleep({ms})
+end)
+"
+    )
+}
+
 pub fn haproxy_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
     format!(
         "# Written by hoptrace for a lab ingress; removed with its temp dir.
@@ -728,6 +780,36 @@ mod tests {
         );
         assert!(v6.contains("listen [::1]:81 reuseport;"));
         assert!(v6.contains("server [fd00::2]:80;"));
+    }
+
+    #[test]
+    fn haproxy_delay_is_a_lua_action_in_whole_milliseconds() {
+        let lua = haproxy_delay_lua(Duration::from_micros(2500));
+        assert!(lua.contains("core.msleep(3)"), "{lua}");
+        assert!(lua.contains("register_action(\"hoptrace_delay\""));
+        let proxy = ExternalProxy::prepare_with_delay(
+            IngressKind::Haproxy,
+            free_port_addr(),
+            free_port_addr(),
+            Duration::from_millis(2),
+        );
+        if let Ok(proxy) = proxy {
+            let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+            assert!(config.contains("lua-load"), "{config}");
+            assert!(
+                config.contains("http-request lua.hoptrace_delay"),
+                "{config}"
+            );
+        }
+        assert!(matches!(
+            ExternalProxy::prepare_with_delay(
+                IngressKind::Nginx,
+                free_port_addr(),
+                free_port_addr(),
+                Duration::from_millis(2)
+            ),
+            Err(IngressError::NoDelay(IngressKind::Nginx))
+        ));
     }
 
     #[test]

@@ -290,7 +290,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 )?);
             }
             kind => {
-                let proxy = ingress::ExternalProxy::prepare(kind, listen, service_tcp)?;
+                let proxy = ingress::ExternalProxy::prepare_with_delay(
+                    kind,
+                    listen,
+                    service_tcp,
+                    opts.proxy_delay,
+                )?;
                 let process =
                     netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
                         let mut process = proxy.spawn()?;

@@ -70,8 +70,9 @@ pub struct LabArgs {
     /// Print every node's full ledger too.
     #[arg(long)]
     verbose: bool,
-    /// The builtin proxy holds each request this long before forwarding
-    /// it, and reports the hold it measured (needs --ingress builtin).
+    /// The ingress proxy holds each request this long before forwarding it:
+    /// builtin (a tokio timer; it reports the hold it measured) or haproxy
+    /// (Lua `core.msleep`, whole milliseconds).
     #[arg(long, value_parser = super::positive_duration)]
     proxy_delay: Option<Duration>,
     /// Thread names (comm) of proxies for the request timeline
@@ -108,9 +109,11 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(0);
     }
-    if args.proxy_delay.is_some() && args.ingress != IngressKind::Builtin {
+    if args.proxy_delay.is_some()
+        && !matches!(args.ingress, IngressKind::Builtin | IngressKind::Haproxy)
+    {
         eprintln!(
-            "hoptrace lab: --proxy-delay needs --ingress builtin (the proxy that holds requests)"
+            "hoptrace lab: --proxy-delay needs --ingress builtin or haproxy (the proxies that can hold requests)"
         );
         return Ok(2);
     }
