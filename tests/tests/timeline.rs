@@ -81,7 +81,12 @@ fn check_joined_and_covered(r: &Value, what: &str) {
     let joined = r["joined"].as_u64().unwrap();
     let rate = r["join_rate"].as_f64().unwrap();
     let coverage = r["coverage"].as_f64().unwrap();
-    eprintln!("{what}: joined {joined} of {count} ({rate:.4}), coverage {coverage:.3}");
+    let own = r["client_own_mean_us"].as_f64().unwrap();
+    let client = r["client_mean_us"].as_f64().unwrap();
+    eprintln!(
+        "{what}: joined {joined} of {count} ({rate:.4}), coverage {coverage:.3}, of the client's mean {client:.0} µs the load generator's own record {own:.0} µs ({:.3} measured by the hooks)",
+        coverage - own / client
+    );
     assert!(
         count >= 300,
         "{what}: the client sent {count} requests while traced"
@@ -151,4 +156,61 @@ fn without_ingress_there_is_no_proxy_time() {
     let slowest = r["slowest"].as_array().expect("waterfalls");
     assert!(!slowest.is_empty());
     assert!(slowest.iter().all(|w| w["proxied"] == false));
+}
+
+/// HAProxy (Debian) as the ingress: joined and covered with keep-alive
+/// and new connections, and a Lua `core.msleep(2)` hold per request shows
+/// as ingress-proxy time that grows with the client's mean (within 10 %).
+#[test]
+fn haproxy_ingress_is_joined_and_its_delay_is_ingress_proxy_time() {
+    if !can_run_as_root("haproxy_ingress_is_joined_and_its_delay_is_ingress_proxy_time") {
+        return;
+    }
+    if hoptrace_lab::ingress::find_tool("haproxy").is_none() {
+        eprintln!("skipped: haproxy is not installed (Debian package haproxy)");
+        return;
+    }
+    let new = lab_run(
+        "x",
+        &["--ingress", "haproxy", "--load", "http-new-connection"],
+    );
+    let r = requests(&new);
+    check_joined_and_covered(r, "haproxy, new connections");
+    assert!(mean(r, "ingress-proxy") > 0.0);
+    let base = lab_run("y", &["--ingress", "haproxy"]);
+    let held = lab_run("z", &["--ingress", "haproxy", "--proxy-delay", "2ms"]);
+    let (rb, rh) = (requests(&base), requests(&held));
+    check_joined_and_covered(rb, "haproxy");
+    check_joined_and_covered(rh, "haproxy + 2ms");
+    let proxy_growth = mean(rh, "ingress-proxy") - mean(rb, "ingress-proxy");
+    let client_growth =
+        rh["client_mean_us"].as_f64().unwrap() - rb["client_mean_us"].as_f64().unwrap();
+    eprintln!(
+        "haproxy: ingress-proxy growth {proxy_growth:.1} µs, client mean growth {client_growth:.1} µs"
+    );
+    assert!(
+        client_growth >= 2000.0,
+        "a 2 ms hold grows the client's mean: {client_growth}"
+    );
+    assert!(
+        (proxy_growth - client_growth).abs() <= 0.10 * client_growth,
+        "ingress-proxy growth {proxy_growth:.1} µs is not within 10% of the client's {client_growth:.1} µs"
+    );
+}
+
+/// nginx (Debian) as the ingress: its worker is known by its name and
+/// every request is joined through it.
+#[test]
+fn nginx_ingress_is_joined() {
+    if !can_run_as_root("nginx_ingress_is_joined") {
+        return;
+    }
+    if hoptrace_lab::ingress::find_tool("nginx").is_none() {
+        eprintln!("skipped: nginx is not installed (Debian package nginx-light)");
+        return;
+    }
+    let run = lab_run("g", &["--ingress", "nginx"]);
+    let r = requests(&run);
+    check_joined_and_covered(r, "nginx");
+    assert!(mean(r, "ingress-proxy") > 0.0);
 }
