@@ -9,7 +9,7 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use hoptrace_common::{SockEvent, SockKind, SockLayout};
@@ -38,10 +38,14 @@ pub static HOPTRACE_SOCK_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 10
 #[map]
 pub static HOPTRACE_SOCK_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Per thread id: when it last entered a write syscall (write, writev,
-/// sendto, sendmsg), ns. Read by the send tracepoint of the same thread.
+/// Per CPU: the thread that last entered a write syscall (write, writev,
+/// sendto, sendmsg) there and when, `[tid, ns]`. The send tracepoint of the
+/// same syscall runs on the same CPU unless the thread migrated meanwhile
+/// (then the thread ids differ and the write is timed at its end). A
+/// per-CPU slot costs far less than a hash update on every write of the
+/// machine.
 #[map]
-pub static HOPTRACE_SOCK_WRITE_ENTRY: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+pub static HOPTRACE_SOCK_WRITE_ENTRY: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters: 0 emitted, 1 ring full, 2 filtered (namespace), 3
 /// skipped (not IPv4 TCP, or an error/empty read or write).
@@ -78,9 +82,11 @@ pub fn hoptrace_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 fn write_entry() -> u32 {
     // The low 32 bits are the thread id.
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: a helper without arguments that touches no memory.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let _ = HOPTRACE_SOCK_WRITE_ENTRY.insert(tid, now, 0);
+    if let Some(slot) = HOPTRACE_SOCK_WRITE_ENTRY.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the run and
+        // written by no other CPU; a helper without arguments for the time.
+        unsafe { *slot = [u64::from(tid), bpf_ktime_get_ns()] };
+    }
     0
 }
 
@@ -185,10 +191,13 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
         ev.comm = comm;
     }
     if kind as u8 == SockKind::Send as u8 {
-        // SAFETY: the value is copied at once; a concurrent update of this
-        // thread's entry cannot happen (the thread is here).
-        if let Some(entry) = unsafe { HOPTRACE_SOCK_WRITE_ENTRY.get(ev.pid_tgid as u32) } {
-            ev.entry_ns = *entry;
+        if let Some(slot) = HOPTRACE_SOCK_WRITE_ENTRY.get_ptr(0) {
+            // SAFETY: this CPU's slot, valid for the run; only this CPU
+            // writes it and this program is not preempted by it.
+            let [tid, ts] = unsafe { *slot };
+            if tid == u64::from(ev.pid_tgid as u32) {
+                ev.entry_ns = ts;
+            }
         }
     }
     count(0);
