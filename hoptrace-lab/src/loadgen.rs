@@ -373,6 +373,7 @@ impl Tally {
         self.kinds.reset += other.kinds.reset;
         self.kinds.refused += other.kinds.refused;
         self.kinds.short_read += other.kinds.short_read;
+        self.kinds.bad_status += other.kinds.bad_status;
         self.kinds.other += other.kinds.other;
     }
 }
@@ -429,6 +430,7 @@ enum FailKind {
     Reset,
     Refused,
     ShortRead,
+    BadStatus,
     Other,
 }
 
@@ -521,6 +523,7 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
                     FailKind::Reset => tally.kinds.reset += 1,
                     FailKind::Refused => tally.kinds.refused += 1,
                     FailKind::ShortRead => tally.kinds.short_read += 1,
+                    FailKind::BadStatus => tally.kinds.bad_status += 1,
                     FailKind::Other => tally.kinds.other += 1,
                 }
             }
@@ -585,7 +588,7 @@ async fn request(
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(RequestFailed(FailKind::Other))
+                Err(RequestFailed(FailKind::BadStatus))
             }
         }
         Channel::Udp(socket) => {

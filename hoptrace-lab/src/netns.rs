@@ -103,7 +103,7 @@ pub type Result<T, E = NetnsError> = std::result::Result<T, E>;
 fn package_of(tool: &str) -> &'static str {
     match tool {
         "ip" | "bridge" | "tc" => "iproute2",
-        "iptables" | "iptables-restore" | "iptables-save" => "iptables",
+        "iptables" | "iptables-restore" | "iptables-save" | "iptables-legacy-restore" => "iptables",
         "nft" => "nftables",
         "sysctl" => "procps",
         "ping" => "iputils-ping",

@@ -230,12 +230,20 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .clone();
     let http_port = service.port(Protocol::Tcp).map_or(8080, |p| p.target_port);
     let udp_port = service.port(Protocol::Udp).map_or(5353, |p| p.target_port);
-    let backend_ip = backend.ip;
-    let _backend = servers::start_backend(
-        &backend.netns,
-        Some(SocketAddrV4::new(backend_ip, http_port).into()),
-        Some(SocketAddrV4::new(backend_ip, udp_port).into()),
-    )?;
+    // Every endpoint of the service serves: kube-proxy spreads new
+    // connections over all of them (with three nodes, one in two went to a
+    // pod with nothing listening and was refused).
+    let _backends = service
+        .backends
+        .iter()
+        .map(|b| {
+            servers::start_backend(
+                &b.netns,
+                Some(SocketAddrV4::new(b.ip, http_port).into()),
+                Some(SocketAddrV4::new(b.ip, udp_port).into()),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let service_tcp: SocketAddr = service
         .connect_addr(Protocol::Tcp)
         .ok_or_else(|| LabError::Other("no TCP service".into()))?
@@ -644,8 +652,8 @@ pub fn render_run(run: &LabRun) -> String {
 
     let client = &run.load.client_latency;
     out.push_str(&format!(
-        "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
-        run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
+        "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} bad status, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
+        run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.bad_status, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
     ));
     out.push_str(&format!(
         "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",

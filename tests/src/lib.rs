@@ -251,3 +251,96 @@ impl HoptraceRun {
             .unwrap_or_else(|| panic!("no metrics address in the ready file: {ready:?}"))
     }
 }
+
+/// A node namespace with two pods, each behind a veth of its own
+/// (`<veth>a`, `<veth>b`), routed by the node; pod `a` is `10.<net>.1.2`,
+/// pod `b` `10.<net>.2.2`. IPv6 is off and rp_filter off (0)
+/// everywhere, so that the only traffic is what a test sends and spoofed
+/// sources are forwarded. Removed on drop, also when a test panics.
+pub struct TwoPodNode {
+    node: hoptrace_lab::netns::NetnsGuard,
+    /// Pod `a`, the client side.
+    pub pod_a: hoptrace_lab::netns::NetnsGuard,
+    /// Pod `b`, the server side.
+    pub pod_b: hoptrace_lab::netns::NetnsGuard,
+    net: u8,
+}
+
+impl TwoPodNode {
+    /// Builds `ht-<tag><pid % 1000>{n,a,b}` with pods in `10.<net>.{1,2}.0/24`
+    /// and node-side veths `<veth>a`, `<veth>b`.
+    pub fn build(tag: &str, net: u8, veth: &str) -> Self {
+        use hoptrace_lab::netns::NetnsGuard;
+        let base = format!("ht-{tag}{}", std::process::id() % 1000);
+        let node = NetnsGuard::create(&format!("{base}n")).expect("node namespace");
+        let pod_a = NetnsGuard::create(&format!("{base}a")).expect("pod namespace");
+        let pod_b = NetnsGuard::create(&format!("{base}b")).expect("pod namespace");
+        for ns in [&node, &pod_a, &pod_b] {
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ] {
+                sh_in(ns, &["sysctl", "-qw", key]);
+            }
+        }
+        sh_in(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        for (side, pod, subnet) in [("a", &pod_a, 1), ("b", &pod_b, 2)] {
+            let dev = format!("{veth}{side}");
+            let gateway = format!("10.{net}.{subnet}.1");
+            let ns = pod.name();
+            sh_in(
+                &node,
+                &[
+                    "ip", "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                ],
+            );
+            sh_in(
+                &node,
+                &["ip", "addr", "add", &format!("{gateway}/24"), "dev", &dev],
+            );
+            sh_in(&node, &["ip", "link", "set", &dev, "up"]);
+            sh_in(
+                pod,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.{net}.{subnet}.2/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            sh_in(pod, &["ip", "link", "set", "eth0", "up"]);
+            sh_in(pod, &["ip", "link", "set", "lo", "up"]);
+            sh_in(pod, &["ip", "route", "add", "default", "via", &gateway]);
+        }
+        Self {
+            node,
+            pod_a,
+            pod_b,
+            net,
+        }
+    }
+
+    /// The node's namespace.
+    pub fn node(&self) -> &hoptrace_lab::netns::NetnsGuard {
+        &self.node
+    }
+
+    /// The node's namespace path (for `--netns`).
+    pub fn path(&self) -> &std::path::Path {
+        self.node.path()
+    }
+
+    /// The node's namespace name.
+    pub fn name(&self) -> &str {
+        self.node.name()
+    }
+
+    /// Pod `b`'s address.
+    pub fn pod_b_addr(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.net, 2, 2)
+    }
+}

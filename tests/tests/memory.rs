@@ -1,167 +1,75 @@
-//! Issue "Memory": the peak resident set (VmHWM) of `hoptrace trace` stays
-//! under 32 MiB on an idle node and under 64 MiB while 500,000 distinct
-//! flows (random source addresses and ports) cross a node for 20 s.
+//! Issue "Memory": the resident set of `hoptrace trace` on an idle node and
+//! while 500,000 distinct flows (random source addresses and ports) cross
+//! a node for 20 s: a peak (VmHWM) under 64 MiB, a small and flat
+//! anonymous part, and (not met, ignored) an idle peak under 32 MiB.
 //!
 //! The flood is UDP from a raw socket in a pod namespace, through the node
 //! (routed), to a second pod; nothing leaves the namespaces this test makes.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use hoptrace_lab::netns::{ChildGuard, NetnsGuard, run_in, with_netns};
+use hoptrace_lab::netns::with_netns;
 use nix::{sys::signal::Signal, unistd::Pid};
-use tests::hoptrace_bin;
+use tests::{HoptraceRun, TwoPodNode, sh_in};
 
 const MIB: u64 = 1024 * 1024;
 const FLOWS: u32 = 500_000;
 const FLOOD: Duration = Duration::from_secs(20);
 
-fn run_ok(ns: &str, argv: &[&str]) {
-    let out = run_in(ns, argv).unwrap_or_else(|e| panic!("{argv:?} in {ns}: {e}"));
-    assert!(
-        out.status.success(),
-        "{argv:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// node + pods `a` (10.96.1.2) and `b` (10.96.2.2), routed by the node.
-fn build(tag: &str) -> (NetnsGuard, NetnsGuard, NetnsGuard) {
-    let base = format!("ht-mem{}{tag}", std::process::id() % 1000);
-    let node = NetnsGuard::create(&format!("{base}n")).expect("node");
-    let a = NetnsGuard::create(&format!("{base}a")).expect("pod a");
-    let b = NetnsGuard::create(&format!("{base}b")).expect("pod b");
-    for ns in [&node, &a, &b] {
-        run_ok(
-            ns.name(),
-            &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-        );
-    }
-    run_ok(node.name(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    run_ok(
-        node.name(),
-        &["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
-    );
-    for (veth, pod, net) in [("hma", &a, 1), ("hmb", &b, 2)] {
-        run_ok(
-            node.name(),
-            &[
-                "ip",
-                "link",
-                "add",
-                veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pod.name(),
-            ],
-        );
-        run_ok(
-            node.name(),
-            &[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{veth}.rp_filter=0"),
-            ],
-        );
-        run_ok(
-            node.name(),
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.96.{net}.1/24"),
-                "dev",
-                veth,
-            ],
-        );
-        run_ok(node.name(), &["ip", "link", "set", veth, "up"]);
-        run_ok(
-            pod.name(),
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.96.{net}.2/24"),
-                "dev",
-                "eth0",
-            ],
-        );
-        run_ok(pod.name(), &["ip", "link", "set", "eth0", "up"]);
-        run_ok(
-            pod.name(),
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.96.{net}.1"),
-            ],
-        );
-    }
-    // Pod b answers nothing (no ICMP port unreachable storm back).
-    run_ok(
-        b.name(),
-        &["iptables", "-A", "INPUT", "-p", "udp", "-j", "DROP"],
-    );
-    (node, a, b)
-}
-
-/// `hoptrace trace` on `node`, ready; returns the child and its temp dir.
-fn start_trace(node: &Path) -> (ChildGuard, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ready = dir.path().join("ready");
-    let child = Command::new(hoptrace_bin())
-        .args(["trace", "--duration", "120s", "--netns"])
-        .arg(node)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"))
-        .spawn()
-        .expect("spawn hoptrace");
-    let mut child = ChildGuard::new(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready.exists() {
-        if let Ok(Some(status)) = child.child_mut().try_wait() {
-            panic!(
-                "hoptrace exited ({status}): {}",
-                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "not ready after 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, dir)
-}
-
-/// VmHWM (peak resident set) of a process, bytes.
-fn vm_hwm(pid: u32) -> u64 {
+/// A `kB` field of `/proc/PID/status` (`VmHWM`, `VmRSS`, `RssAnon`), bytes.
+fn status_bytes(pid: Pid, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
         * 1024
 }
 
-fn stop(mut child: ChildGuard) {
-    nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.child_mut().try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < deadline, "still running 30 s after SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
+/// What a run's memory was at one moment.
+#[derive(Debug)]
+struct Memory {
+    /// Peak resident set so far (`VmHWM`).
+    peak: u64,
+    /// Resident set now (`VmRSS`).
+    now: u64,
+    /// Anonymous part of it (heap and stacks; not the binary's pages or
+    /// the ring buffer's mapping).
+    anon: u64,
+}
+
+impl Memory {
+    fn of(pid: Pid) -> Self {
+        Self {
+            peak: status_bytes(pid, "VmHWM"),
+            now: status_bytes(pid, "VmRSS"),
+            anon: status_bytes(pid, "RssAnon"),
+        }
     }
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / MIB as f64;
+        write!(
+            f,
+            "peak {:.1} MiB, now {:.1} MiB (anonymous {:.1} MiB)",
+            mib(self.peak),
+            mib(self.now),
+            mib(self.anon)
+        )
+    }
+}
+
+/// SIGINT, and a clean exit within 30 s.
+fn stop(run: &mut HoptraceRun) {
+    run.signal(Signal::SIGINT);
+    let status = run.wait_exit(Duration::from_secs(30));
+    assert!(status.code().is_some(), "killed by a signal: {status}");
 }
 
 fn checksum(header: &[u8]) -> u16 {
@@ -177,18 +85,19 @@ fn checksum(header: &[u8]) -> u16 {
 
 /// Sends `flows` UDP packets, each of a distinct (source address, source
 /// port), spread evenly over `over`, from a raw socket in namespace `pod`.
-fn flood(pod: &str, flows: u32, over: Duration) -> u32 {
+fn flood(pod: &str, dst: std::net::Ipv4Addr, flows: u32, over: Duration) -> u32 {
     with_netns(pod, || {
         // SAFETY: plain socket(2); the descriptor is owned right away.
         let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
         assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        let octets = dst.octets();
         let dst = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: 0,
             sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([10, 96, 2, 2]),
+                s_addr: u32::from_ne_bytes(octets),
             },
             sin_zero: [0; 8],
         };
@@ -224,10 +133,10 @@ fn flood(pod: &str, flows: u32, over: Duration) -> u32 {
                 src[1],
                 src[2],
                 src[3],
-                10,
-                96,
-                2,
-                2,
+                octets[0],
+                octets[1],
+                octets[2],
+                octets[3],
             ]);
             let csum = checksum(&packet[..20]);
             packet[10..12].copy_from_slice(&csum.to_be_bytes());
@@ -261,40 +170,65 @@ fn flood(pod: &str, flows: u32, over: Duration) -> u32 {
     .expect("enter the pod")
 }
 
+/// Traces an idle two-pod node for 5 s, then the same node while pod `a`
+/// sends [`FLOWS`] distinct flows to pod `b` over [`FLOOD`]; returns the
+/// memory of each run just before it stops.
+fn idle_then_flood() -> (Memory, Memory) {
+    let node = TwoPodNode::build("mem", 96, "hm");
+    // Pod b answers nothing (no ICMP port unreachable storm back).
+    sh_in(
+        &node.pod_b,
+        &["iptables", "-A", "INPUT", "-p", "udp", "-j", "DROP"],
+    );
+    let args = ["trace", "--duration", "120s"];
+    let mut idle = HoptraceRun::start(&args, node.path());
+    std::thread::sleep(Duration::from_secs(5));
+    let idle_memory = Memory::of(idle.pid());
+    stop(&mut idle);
+    let mut busy = HoptraceRun::start(&args, node.path());
+    let sent = flood(node.pod_a.name(), node.pod_b_addr(), FLOWS, FLOOD);
+    std::thread::sleep(Duration::from_millis(500));
+    let busy_memory = Memory::of(busy.pid());
+    stop(&mut busy);
+    eprintln!("idle: {idle_memory}\n{sent} flows in {FLOOD:?}: {busy_memory}");
+    assert!(sent >= FLOWS * 99 / 100, "sent {sent} of {FLOWS}");
+    (idle_memory, busy_memory)
+}
+
+/// What start-up leaves behind is small, flows do not grow it, and the
+/// peak stays under 64 MiB with half a million distinct flows. The anonymous
+/// part is what the tracer's own state costs (the binary's pages depend on
+/// the build; a debug build maps ~20 MiB of them).
 #[test]
-#[ignore = "not met yet: peak RSS is ~92 MiB idle and under the flood (was ~148 MiB with the 32 MiB ring); run with --ignored"]
-fn peak_memory_idle_and_under_a_flood_of_distinct_flows() {
-    if !tests::can_run_with_kernel_programs("peak_memory_idle_and_under_a_flood_of_distinct_flows")
-    {
+fn memory_is_small_after_start_up_and_flat_under_a_flood_of_distinct_flows() {
+    if !tests::can_run_with_kernel_programs(
+        "memory_is_small_after_start_up_and_flat_under_a_flood_of_distinct_flows",
+    ) {
         return;
     }
-    let (node, pod_a, _pod_b) = build("f");
-    // Idle: 5 s of tracing with no traffic.
-    let (idle, _idle_dir) = start_trace(node.path());
-    std::thread::sleep(Duration::from_secs(5));
-    let idle_peak = vm_hwm(idle.id());
-    stop(idle);
-    // Flood: 500,000 distinct flows in 20 s.
-    let (busy, dir) = start_trace(node.path());
-    let sent = flood(pod_a.name(), FLOWS, FLOOD);
-    std::thread::sleep(Duration::from_millis(500));
-    let busy_peak = vm_hwm(busy.id());
-    stop(busy);
-    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    eprintln!(
-        "VmHWM idle {:.1} MiB, {sent} flows in {FLOOD:?}: {:.1} MiB",
-        idle_peak as f64 / MIB as f64,
-        busy_peak as f64 / MIB as f64
-    );
-    assert!(sent >= FLOWS * 99 / 100, "sent {sent} of {FLOWS}");
+    let (idle, busy) = idle_then_flood();
     assert!(
-        idle_peak <= 32 * MIB,
-        "idle peak RSS {:.1} MiB > 32 MiB",
-        idle_peak as f64 / MIB as f64
+        busy.peak <= 64 * MIB,
+        "peak RSS under {FLOWS} flows: {busy}"
     );
+    assert!(idle.anon <= 8 * MIB, "idle, after start-up: {idle}");
     assert!(
-        busy_peak <= 64 * MIB,
-        "peak RSS under {FLOWS} flows {:.1} MiB > 64 MiB\n{stderr}",
-        busy_peak as f64 / MIB as f64
+        busy.anon <= idle.anon + 16 * MIB,
+        "not flat: idle {idle}, under {FLOWS} flows {busy}"
     );
+}
+
+/// The issue's idle target: a peak of 32 MiB. Not met: aya 0.14's
+/// `EbpfLoader::new` parses the whole kernel BTF (~20 MiB of heap for
+/// 6.18's vmlinux) before anything can be loaded, and a tp_btf load needs
+/// a parsed copy again; hoptrace holds at most one at a time and returns
+/// the heap once attached, so the peak is start-up only.
+#[test]
+#[ignore = "not met: the start-up peak is aya's kernel BTF parse (~20 MiB); release build 41 MiB"]
+fn idle_peak_is_under_32_mib() {
+    if !tests::can_run_with_kernel_programs("idle_peak_is_under_32_mib") {
+        return;
+    }
+    let (idle, _) = idle_then_flood();
+    assert!(idle.peak <= 32 * MIB, "idle: {idle}");
 }

@@ -10,111 +10,31 @@ use std::{
     time::Duration,
 };
 
-use hoptrace_lab::netns::{NetnsGuard, run_in};
+use hoptrace_lab::netns::run_in;
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::Value;
-use tests::{HoptraceRun, hoptrace_bin};
+use tests::{HoptraceRun, TwoPodNode, hoptrace_bin};
 
-/// A node namespace with two pods, each behind a veth of its own (`hra`,
-/// `hrb`), routed by the node. IPv6 is off everywhere, so that the only
-/// traffic is what a test sends.
-struct Node {
-    node: NetnsGuard,
-    pod_a: NetnsGuard,
-    _pod_b: NetnsGuard,
-}
-
-const POD_B: &str = "10.97.2.2";
+/// The shared two-pod node (`tests::TwoPodNode`, veths `hra`/`hrb`, pods in
+/// 10.97.0.0/16) with the commands these tests run in it.
+struct Node(TwoPodNode);
 
 impl Node {
     fn build(tag: &str) -> Self {
-        let base = format!("ht-rel{}{tag}", std::process::id() % 1000);
-        let node = NetnsGuard::create(&format!("{base}n")).expect("node namespace");
-        let pod_a = NetnsGuard::create(&format!("{base}a")).expect("pod namespace");
-        let pod_b = NetnsGuard::create(&format!("{base}b")).expect("pod namespace");
-        for ns in [&node, &pod_a, &pod_b] {
-            run_ok(
-                ns.name(),
-                &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
-            );
-            run_ok(
-                ns.name(),
-                &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
-            );
-        }
-        run_ok(node.name(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        for (veth, pod, net) in [("hra", &pod_a, 1), ("hrb", &pod_b, 2)] {
-            run_ok(
-                node.name(),
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    veth,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    pod.name(),
-                ],
-            );
-            run_ok(
-                node.name(),
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("10.97.{net}.1/24"),
-                    "dev",
-                    veth,
-                ],
-            );
-            run_ok(node.name(), &["ip", "link", "set", veth, "up"]);
-            run_ok(
-                pod.name(),
-                &[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("10.97.{net}.2/24"),
-                    "dev",
-                    "eth0",
-                ],
-            );
-            run_ok(pod.name(), &["ip", "link", "set", "eth0", "up"]);
-            run_ok(pod.name(), &["ip", "link", "set", "lo", "up"]);
-            run_ok(
-                pod.name(),
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.97.{net}.1"),
-                ],
-            );
-        }
-        Self {
-            node,
-            pod_a,
-            _pod_b: pod_b,
-        }
+        Self(TwoPodNode::build(&format!("rel{tag}"), 97, "hr"))
     }
 
     fn path(&self) -> &Path {
-        self.node.path()
+        self.0.path()
     }
 
     fn name(&self) -> &str {
-        self.node.name()
+        self.0.name()
     }
 
     fn ping(&self, count: u32, interval: &str) {
         run_ok(
-            self.pod_a.name(),
+            self.0.pod_a.name(),
             &[
                 "ping",
                 "-q",
@@ -124,7 +44,7 @@ impl Node {
                 interval,
                 "-W",
                 "1",
-                POD_B,
+                &self.0.pod_b_addr().to_string(),
             ],
         );
     }
@@ -207,11 +127,12 @@ fn netlink_during_a_ping_makes_no_journey() {
     let node = Node::build("l");
     let mut trace = Trace::start(&node, &[]);
     let pinger = {
-        let pod = node.pod_a.name().to_owned();
+        let pod = node.0.pod_a.name().to_owned();
+        let target = node.0.pod_b_addr().to_string();
         std::thread::spawn(move || {
             run_ok(
                 &pod,
-                &["ping", "-q", "-c", "60", "-i", "0.05", "-W", "1", POD_B],
+                &["ping", "-q", "-c", "60", "-i", "0.05", "-W", "1", &target],
             )
         })
     };
@@ -461,4 +382,52 @@ fn overlapping_clsact_runs_leave_no_qdisc() {
         let qdiscs = node.tc(&["qdisc", "show", "dev", veth]);
         assert!(!qdiscs.contains("clsact"), "{veth}: {qdiscs}");
     }
+}
+
+/// The agent's side of lost hooks: when another process removes its tc
+/// filters, `/readyz` fails and names them, `hoptrace_hooks_lost` counts
+/// them, and the agent exits 4 when stopped.
+#[test]
+fn the_agent_notices_lost_hooks() {
+    if !tests::can_run_with_kernel_programs("the_agent_notices_lost_hooks") {
+        return;
+    }
+    let node = Node::build("g");
+    let mut agent = HoptraceRun::start(
+        &[
+            "agent",
+            "--no-kubernetes",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--tc-mode",
+            "clsact",
+        ],
+        node.path(),
+    );
+    let addr = agent.metrics_addr();
+    let hooks_lost = || {
+        let (_, body) = tests::http_get(addr, "/metrics");
+        body.lines()
+            .find(|l| l.starts_with("hoptrace_hooks_lost{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no hoptrace_hooks_lost in /metrics:\n{body}"))
+    };
+    assert_eq!(tests::http_get(addr, "/readyz").0, 200);
+    assert_eq!(hooks_lost(), 0);
+    // Someone removes the agent's ingress filter on one pod veth.
+    node.tc(&["filter", "del", "dev", "hra", "ingress"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = tests::http_get(addr, "/readyz");
+        if status != 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(status, 503, "/readyz after the filter went: {body}");
+    assert!(body.contains("hra/ingress"), "{body}");
+    assert_eq!(hooks_lost(), 1);
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(4), "{}", agent.stderr());
 }

@@ -800,6 +800,7 @@ fn observe_journey(
         segment_names: &ledger.segment_names,
         categories: &categories,
         first_flow: &j.first_flow,
+        encap: j.encap,
         pod_netns,
         drop,
     });

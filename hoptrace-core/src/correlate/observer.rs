@@ -2,7 +2,7 @@
 //! node agent's Prometheus histograms), without waiting for the ledger at
 //! the end of a session.
 
-use hoptrace_common::L3Headers;
+use hoptrace_common::{Encap, L3Headers};
 
 use crate::attribution::{
     ledger::{ConnState, Direction},
@@ -34,6 +34,10 @@ pub struct JourneySummary<'a> {
     /// Headers of the journey's first parsed event (the innermost layer):
     /// the addresses before DNAT for a request from a pod.
     pub first_flow: &'a L3Headers,
+    /// The tunnel the packet was carried in on this node, from any hop
+    /// that saw an outer header (a packet dropped before decapsulation
+    /// still has it); [`Encap::None`] for a packet never encapsulated.
+    pub encap: Encap,
     /// Network namespace inode of the pod the journey left (egress) or
     /// reached (ingress), when one of its hops was in a pod.
     pub pod_netns: Option<u32>,

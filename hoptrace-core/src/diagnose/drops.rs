@@ -102,19 +102,24 @@ impl JourneyObserver for DropObserver {
             return;
         };
         self.record(reason, location, || {
-            // The journey's encapsulation, from its tunnel segments.
-            let encap = journey
-                .named_segments()
-                .find(|(s, _)| s.category == Category::Encapsulation)
-                .map_or(Encap::None, |(s, _)| {
-                    if s.name.contains("vxlan") {
-                        Encap::Vxlan
-                    } else if s.name.contains("geneve") {
-                        Encap::Geneve
-                    } else {
-                        Encap::IpIp
-                    }
-                });
+            // The journey's encapsulation: seen on an outer header, or
+            // (a journey whose events lost it) from its tunnel segments.
+            let encap = if journey.encap == Encap::None {
+                journey
+                    .named_segments()
+                    .find(|(s, _)| s.category == Category::Encapsulation)
+                    .map_or(Encap::None, |(s, _)| {
+                        if s.name.contains("vxlan") {
+                            Encap::Vxlan
+                        } else if s.name.contains("geneve") {
+                            Encap::Geneve
+                        } else {
+                            Encap::IpIp
+                        }
+                    })
+            } else {
+                journey.encap
+            };
             FlowInfo::from_headers(journey.first_flow, encap)
         });
     }

@@ -10,7 +10,7 @@
 use std::{ffi::CString, fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     programs::{
         BtfTracePoint, FEntry, KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
         TracePoint,
@@ -394,7 +394,7 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, String> {
 fn probe_tc() -> Result<(ProbeResult, ProbeResult), String> {
     let object = probe_object().map_err(|e| e.to_string())?;
     in_throwaway_netns(move || {
-        let mut ebpf = match Ebpf::load(object) {
+        let mut ebpf = match EbpfLoader::new().load(object) {
             Ok(e) => e,
             Err(e) => return (Err(error_chain(&e)), Err(error_chain(&e))),
         };
@@ -507,13 +507,17 @@ fn probe_tracing(notes: &mut Vec<String>) -> Vec<Capability> {
         Ok(o) => o,
         Err(e) => return fail_all(e.to_string()),
     };
+    // `EbpfLoader::new` parses the kernel BTF itself and frees it when the
+    // loader is dropped; parse our own copy (for tp_btf and fentry) only
+    // after that, so two ~15 MB copies never coexist. (`Ebpf::load` would
+    // hold two at once.)
+    let mut ebpf = match EbpfLoader::new().load(object) {
+        Ok(e) => e,
+        Err(e) => return fail_all(error_chain(&e)),
+    };
     let btf = match aya::Btf::from_sys_fs() {
         Ok(b) => b,
         Err(e) => return fail_all(format!("kernel BTF: {e}")),
-    };
-    let mut ebpf = match Ebpf::load(object) {
-        Ok(e) => e,
-        Err(e) => return fail_all(error_chain(&e)),
     };
     let tracefs = ensure_tracefs();
     if let Ok(Some(note)) = &tracefs {

@@ -323,25 +323,37 @@ fn run(argv: &[&str]) -> Result<String, String> {
 }
 
 fn read_kube_proxy(notes: &mut Vec<String>) -> KubeProxyRules {
-    // iptables-save prints every table of the backend in use (nf_tables
-    // or legacy, whichever the `iptables` alternative points to).
-    let iptables = match run(&["iptables-save"]) {
-        Ok(text) => Some(parse_iptables_save(&text)),
-        Err(e) => {
-            notes.push(format!("iptables rules: {e}"));
-            None
+    // `iptables-save` prints the tables of the backend the `iptables`
+    // alternative points to (nf_tables on Debian); kube-proxy writes to the
+    // backend that already holds rules (the iptables-wrappers convention),
+    // which may be the other one: read the legacy (x_tables) one too.
+    let mut first_error = None;
+    for save in ["iptables-save", "iptables-legacy-save"] {
+        match run(&[save]) {
+            Ok(text) => {
+                let rules = parse_iptables_save(&text);
+                if rules.mode == "iptables" {
+                    return rules;
+                }
+            }
+            // A node without the legacy tools is normal: say only why
+            // `iptables-save` failed.
+            Err(e) if save == "iptables-save" => first_error = Some(e),
+            Err(_) => {}
         }
-    };
-    if let Some(rules) = iptables.filter(|r| r.mode == "iptables") {
-        return rules;
     }
     match run(&["nft", "list", "table", "ip", "kube-proxy"]) {
         Ok(text) => parse_nft_kube_proxy(&text),
         // No such table: no kube-proxy in nftables mode either.
-        Err(_) => KubeProxyRules {
-            mode: "none".into(),
-            ..KubeProxyRules::default()
-        },
+        Err(_) => {
+            if let Some(e) = first_error {
+                notes.push(format!("iptables rules: {e}"));
+            }
+            KubeProxyRules {
+                mode: "none".into(),
+                ..KubeProxyRules::default()
+            }
+        }
     }
 }
 

@@ -378,19 +378,23 @@ fn pods_behind(
     pods
 }
 
-/// Does this namespace carry kube-proxy's rules? Asks iptables for the nat
+/// Does this namespace carry kube-proxy's rules? Asks iptables (the
+/// backend the `iptables` alternative points to, then the legacy x_tables
+/// one: kube-proxy writes to whichever already holds rules) for the nat
 /// KUBE-SERVICES chain (one rule is enough) and nft for its table. Missing
 /// tools count as "no". These stay subprocesses: the rules are read through
-/// the iptables and nft tools (xtables or nf_tables, whichever backend the
-/// node uses), not through rtnetlink.
+/// the iptables and nft tools, not through rtnetlink.
 pub fn kube_proxy_present() -> bool {
-    let iptables = Command::new("iptables")
-        .args(["-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    iptables
+    let has_services_chain = |tool: &str| {
+        Command::new(tool)
+            .args(["-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    has_services_chain("iptables")
+        || has_services_chain("iptables-legacy")
         || Command::new("nft")
             .args(["list", "tables"])
             .output()

@@ -159,7 +159,11 @@ pub struct ClientErrorKinds {
     /// The reply ended early: the connection closed before a whole
     /// response, or a short datagram.
     pub short_read: u64,
-    /// Anything else: a bad status, a malformed reply, another socket error.
+    /// The server or the ingress proxy answered with a status other than
+    /// 2xx (a proxy says 502 when its upstream refused or reset).
+    #[serde(default)]
+    pub bad_status: u64,
+    /// Anything else: a malformed reply, another socket error.
     pub other: u64,
 }
 

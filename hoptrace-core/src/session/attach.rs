@@ -40,7 +40,6 @@ pub(super) struct Attached {
 pub(super) fn attach_node(
     opts: &SessionOptions,
     layout: KernelLayout,
-    kernel_btf: &aya::Btf,
     others: OtherNodes,
 ) -> Result<Attached, SessionError> {
     let node = devices::discover()?;
@@ -74,7 +73,14 @@ pub(super) fn attach_node(
     // back with the driver's.
     let qdisc = others.qdisc || node.devices.iter().any(|d| !d.noqueue);
     if opts.tracepoints {
-        match tracer.attach_tracepoints(kernel_btf, qdisc, false) {
+        // aya's parsed kernel BTF takes ~15 MB of heap: parse it only now,
+        // after `Tracer::load` freed the loader's own copy, and drop it as
+        // soon as the tracepoints are attached, so the two never coexist
+        // (the peak resident set is what a DaemonSet's limit sees).
+        let attached = aya::Btf::from_sys_fs()
+            .map_err(SessionError::KernelBtf)
+            .and_then(|btf| Ok(tracer.attach_tracepoints(&btf, qdisc, false)?));
+        match attached {
             Ok(()) if !qdisc => attachments.notes.push(
                 "net:net_dev_queue not attached: every device of the node is noqueue, so no packet waits in a qdisc".into(),
             ),

@@ -229,7 +229,6 @@ impl Session {
         }
         let layout = btf::kernel_layout()?;
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
-        let kernel_btf = aya::Btf::from_sys_fs().map_err(SessionError::KernelBtf)?;
         let netns = opts.netns.clone();
         let others = std::mem::take(&mut sharing.others);
         // Say who owns what before attaching: a second hoptrace that starts
@@ -238,7 +237,7 @@ impl Session {
         let other_runs = owner::other_live_runs(netns_ino);
         let run = owner::RunGuard::register(netns_ino, Vec::new(), Vec::new()).ok();
         let attached = in_netns(netns.as_deref(), || {
-            attach::attach_node(opts, layout, &kernel_btf, others)
+            attach::attach_node(opts, layout, others)
         })??;
         let attach::Attached {
             mut tracer,
@@ -277,6 +276,7 @@ impl Session {
             let _ = run.update(programs, filters);
         }
         let reader = tracer.take_events()?;
+        return_startup_heap();
         let ctx = node_context(&node, &drop_reasons);
         let mut correlator = Correlator::new(ctx, opts.correlator.clone());
         if let Some(observer) = &opts.observer {
@@ -434,4 +434,20 @@ pub fn flow_filter(ip: Option<IpNet>, port: Option<u16>) -> TraceConfig {
         cfg.match_port = port;
     }
     cfg
+}
+
+/// Gives the heap that start-up freed back to the kernel.
+///
+/// Loading and attaching parse the kernel's BTF (aya keeps ~20 MB of
+/// parsed types while a loader or a tp_btf load runs); glibc keeps freed
+/// memory mapped until the top of the heap is free. A node agent is judged
+/// by its resident set for hours, not by its first second: `malloc_trim`
+/// returns every free page (glibc `malloc/malloc.c`, `malloc_trim(0)`).
+fn return_startup_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of glibc's own heap; it
+    // touches no memory the program still holds.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

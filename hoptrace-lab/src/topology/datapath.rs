@@ -39,6 +39,7 @@ pub(super) fn check_tools(spec: &LabSpec) -> Result<(), TopologyError> {
     }
     match spec.effective_kube_proxy() {
         KubeProxyMode::Iptables => tools.push("iptables-restore"),
+        KubeProxyMode::IptablesLegacy => tools.push("iptables-legacy-restore"),
         KubeProxyMode::Nftables => tools.push("nft"),
         KubeProxyMode::None => {}
     }
@@ -526,6 +527,10 @@ pub(super) fn install_service_rules(lab: &Lab) -> Result<(), TopologyError> {
         KubeProxyMode::None => return Ok(()),
         KubeProxyMode::Iptables => (
             &["iptables-restore", "-w", "5", "--noflush"],
+            kubeproxy::iptables_restore_input(&lab.service_set()),
+        ),
+        KubeProxyMode::IptablesLegacy => (
+            &["iptables-legacy-restore", "-w", "5", "--noflush"],
             kubeproxy::iptables_restore_input(&lab.service_set()),
         ),
         KubeProxyMode::Nftables => (

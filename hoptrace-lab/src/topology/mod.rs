@@ -136,8 +136,14 @@ impl FromStr for Datapath {
 /// How kube-proxy implements services in the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KubeProxyMode {
-    /// `iptables` mode: KUBE-SERVICES/KUBE-SVC-*/KUBE-SEP-* via iptables-restore.
+    /// `iptables` mode: KUBE-SERVICES/KUBE-SVC-*/KUBE-SEP-* via iptables-restore
+    /// (the nf_tables backend, Debian's default `iptables`).
     Iptables,
+    /// `iptables` mode on the legacy (x_tables) backend, as on nodes whose
+    /// `iptables` alternative is `iptables-legacy`: the same rules via
+    /// `iptables-legacy-restore`. It loads 20,000 services in about 4 s here,
+    /// where the nf_tables backend takes over 10 minutes per node.
+    IptablesLegacy,
     /// `nftables` mode: table `ip kube-proxy` via `nft -f`.
     Nftables,
     /// No service rules (clients connect to backends directly).
@@ -146,8 +152,9 @@ pub enum KubeProxyMode {
 
 impl KubeProxyMode {
     /// Every mode.
-    pub const ALL: [KubeProxyMode; 3] = [
+    pub const ALL: [KubeProxyMode; 4] = [
         KubeProxyMode::Iptables,
+        KubeProxyMode::IptablesLegacy,
         KubeProxyMode::Nftables,
         KubeProxyMode::None,
     ];
@@ -156,6 +163,7 @@ impl KubeProxyMode {
     pub fn as_str(self) -> &'static str {
         match self {
             KubeProxyMode::Iptables => "iptables",
+            KubeProxyMode::IptablesLegacy => "iptables-legacy",
             KubeProxyMode::Nftables => "nftables",
             KubeProxyMode::None => "none",
         }

@@ -204,6 +204,8 @@ pub struct SessionGauges {
     pub hooks_netfilter: AtomicU64,
     /// Tracepoints attached.
     pub hooks_tracepoint: AtomicU64,
+    /// tc hooks another process removed since the agent attached them.
+    pub hooks_lost: AtomicU64,
 }
 
 /// The agent's metrics: fed by the correlator, read by the scraper.
@@ -474,6 +476,16 @@ impl Collector for AgentMetrics {
             ConstGauge::new(i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
                 .encode(metric.encode_family(&labels)?)?;
         }
+        drop(metric);
+        let lost = i64::try_from(gauges.hooks_lost.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        let mut metric = encoder.encode_descriptor(
+            "hoptrace_hooks_lost",
+            "tc hooks another process removed since the agent attached them (their hops are missing; /readyz fails)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(lost).encode(metric.encode_family(&series_labels(node, &[], &none))?)?;
+        drop(metric);
         encode_process_metrics(&mut encoder)
     }
 }
@@ -573,6 +585,7 @@ mod tests {
                 (Category::Encapsulation, 3_000),
             ],
             first_flow: &flow,
+            encap: hoptrace_common::Encap::None,
             pod_netns: Some(42),
             drop,
         });

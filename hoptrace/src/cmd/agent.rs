@@ -183,6 +183,9 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
             netns_names.refresh();
             last_refresh = Instant::now();
             let lost = session.lost_hooks();
+            gauges
+                .hooks_lost
+                .store(lost.len() as u64, Ordering::Relaxed);
             if !lost.is_empty() && lost != lost_hooks {
                 eprintln!(
                     "hoptrace agent: hooks removed by another process: {}; their hops are missing",
