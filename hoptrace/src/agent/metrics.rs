@@ -476,7 +476,6 @@ impl Collector for AgentMetrics {
             ConstGauge::new(i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX))
                 .encode(metric.encode_family(&labels)?)?;
         }
-        drop(metric);
         let lost = i64::try_from(gauges.hooks_lost.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
         let mut metric = encoder.encode_descriptor(
             "hoptrace_hooks_lost",
@@ -485,7 +484,6 @@ impl Collector for AgentMetrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(lost).encode(metric.encode_family(&series_labels(node, &[], &none))?)?;
-        drop(metric);
         encode_process_metrics(&mut encoder)
     }
 }
