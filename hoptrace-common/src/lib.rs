@@ -10,6 +10,7 @@ pub mod config;
 pub mod event;
 pub mod hook;
 pub mod packet;
+pub mod sock;
 
 pub use config::{KernelLayout, TraceConfig};
 
@@ -25,3 +26,4 @@ pub use hook::{CtState, HookKind, NF_PRIORITY_SLOTS, NfHook};
 pub use packet::{
     Encap, HEADER_WINDOW, HeaderWindow, L3Headers, PacketBytes, PacketMeta, ParseStatus,
 };
+pub use sock::{SockEvent, SockKind, SockLayout};

@@ -106,6 +106,9 @@ pub enum IngressError {
     /// The kind runs no external process.
     #[error("ingress kind {0:?} is not an external proxy")]
     NotExternal(IngressKind),
+    /// `--proxy-delay` for a proxy that cannot hold requests.
+    #[error("--proxy-delay works with --ingress builtin or haproxy, not {0}")]
+    NoDelay(IngressKind),
     /// The temp dir or config file could not be written.
     #[error("cannot write the proxy config: {0}")]
     Config(#[source] io::Error),
@@ -162,9 +165,53 @@ pub async fn serve_builtin_proxy(
     backend: SocketAddr,
     stop: impl Future<Output = ()>,
 ) -> Result<(), IngressError> {
+    serve_builtin_proxy_with(listener, backend, stop, Duration::ZERO, Arc::default()).await
+}
+
+/// Names the calling thread (`comm`, truncated to 15 bytes), so the
+/// request timeline tells the builtin proxy's thread from the lab's others.
+pub fn name_this_thread(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// What the builtin proxy measured of its own hold (`--proxy-delay`).
+#[derive(Debug, Default)]
+pub struct ProxyHold {
+    /// Requests held.
+    pub count: std::sync::atomic::AtomicU64,
+    /// Sum of the holds, ns (from before the timer to after it fired).
+    pub total_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ProxyHold {
+    /// Mean hold per request in µs, `None` before any request was held.
+    pub fn mean_us(&self) -> Option<f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.count.load(Relaxed);
+        (count > 0).then(|| self.total_ns.load(Relaxed) as f64 / count as f64 / 1000.0)
+    }
+}
+
+/// [`serve_builtin_proxy`] that holds every request `delay` (a tokio
+/// timer: it rounds up to the timer's millisecond tick) after reading it
+/// and before forwarding it, and adds each hold it measured to `hold`.
+///
+/// # Errors
+/// As [`serve_builtin_proxy`].
+pub async fn serve_builtin_proxy_with(
+    listener: std::net::TcpListener,
+    backend: SocketAddr,
+    stop: impl Future<Output = ()>,
+    delay: Duration,
+    hold: Arc<ProxyHold>,
+) -> Result<(), IngressError> {
     let pool = Arc::new(BackendPool {
         backend,
         idle: Mutex::new(Vec::new()),
+        delay,
+        hold,
     });
     crate::servers::accept_connections(listener, stop, move |client| {
         let pool = Arc::clone(&pool);
@@ -218,6 +265,9 @@ impl Forward {
 struct BackendPool {
     backend: SocketAddr,
     idle: Mutex<Vec<ClientConnection>>,
+    /// Hold before forwarding (`--proxy-delay`); zero: none.
+    delay: Duration,
+    hold: Arc<ProxyHold>,
 }
 
 impl BackendPool {
@@ -242,6 +292,15 @@ impl BackendPool {
             headers,
             body,
         };
+        if !self.delay.is_zero() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let started = std::time::Instant::now();
+            tokio::time::sleep(self.delay).await;
+            self.hold.count.fetch_add(1, Relaxed);
+            self.hold
+                .total_ns
+                .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        }
         match self.exchange(&forward).await {
             Ok(reply) => {
                 let (mut parts, body) = reply.into_parts();
@@ -373,6 +432,27 @@ impl ExternalProxy {
         listen: SocketAddr,
         backend: SocketAddr,
     ) -> Result<Self, IngressError> {
+        Self::prepare_with_delay(kind, listen, backend, Duration::ZERO)
+    }
+
+    /// [`ExternalProxy::prepare`] with a hold per request (`--proxy-delay`):
+    /// HAProxy runs a Lua `http-request` action that calls
+    /// `core.msleep(ms)` (whole milliseconds, at least 1); nginx has no
+    /// delay (its Debian build has no sleep without an extra module) and
+    /// fails with [`IngressError::NoDelay`].
+    ///
+    /// # Errors
+    /// As [`ExternalProxy::prepare`]; [`IngressError::NoDelay`] for nginx
+    /// with a delay.
+    pub fn prepare_with_delay(
+        kind: IngressKind,
+        listen: SocketAddr,
+        backend: SocketAddr,
+        delay: Duration,
+    ) -> Result<Self, IngressError> {
+        if !delay.is_zero() && kind != IngressKind::Haproxy {
+            return Err(IngressError::NoDelay(kind));
+        }
         let (tool, package) = kind
             .external_tool()
             .ok_or(IngressError::NotExternal(kind))?;
@@ -407,7 +487,21 @@ impl ExternalProxy {
                     config_path.display().to_string(),
                     "-db".to_owned(),
                 ];
-                (config_path, haproxy_config(listen, backend, dir_path), argv)
+                let mut config = haproxy_config(listen, backend, dir_path);
+                if !delay.is_zero() {
+                    let lua = dir_path.join("delay.lua");
+                    std::fs::write(&lua, haproxy_delay_lua(delay)).map_err(IngressError::Config)?;
+                    config = config
+                        .replace(
+                            "    nbthread 1\n",
+                            &format!("    nbthread 1\n    lua-load {}\n", lua.display()),
+                        )
+                        .replace(
+                            "    default_backend hoptrace_backend\n",
+                            "    http-request lua.hoptrace_delay\n    default_backend hoptrace_backend\n",
+                        );
+                }
+                (config_path, config, argv)
             }
         };
         std::fs::write(&config_path, config).map_err(IngressError::Config)?;
@@ -588,6 +682,20 @@ fn haproxy_addr(addr: SocketAddr) -> String {
 /// HAProxy config: HTTP mode, `listen` → `backend` with keep-alive and
 /// connection reuse, no logging, pid file in `dir`. Started with `-db`
 /// (foreground).
+/// The Lua action that holds every request `delay` (rounded up to whole
+/// milliseconds, at least 1) in HAProxy: `core.msleep` yields the task,
+/// so other requests go on meanwhile.
+pub fn haproxy_delay_lua(delay: Duration) -> String {
+    let ms = delay.as_micros().div_ceil(1000).max(1);
+    format!(
+        "-- Written by hoptrace for a lab ingress: hold every request {ms} ms.
+core.register_action(\"hoptrace_delay\", {{ \"http-req\" }}, function(txn)
+    core.msleep({ms})
+end)
+"
+    )
+}
+
 pub fn haproxy_config(listen: SocketAddr, backend: SocketAddr, dir: &Path) -> String {
     format!(
         "# Written by hoptrace for a lab ingress; removed with its temp dir.
@@ -672,6 +780,36 @@ mod tests {
         );
         assert!(v6.contains("listen [::1]:81 reuseport;"));
         assert!(v6.contains("server [fd00::2]:80;"));
+    }
+
+    #[test]
+    fn haproxy_delay_is_a_lua_action_in_whole_milliseconds() {
+        let lua = haproxy_delay_lua(Duration::from_micros(2500));
+        assert!(lua.contains("core.msleep(3)"), "{lua}");
+        assert!(lua.contains("register_action(\"hoptrace_delay\""));
+        let proxy = ExternalProxy::prepare_with_delay(
+            IngressKind::Haproxy,
+            free_port_addr(),
+            free_port_addr(),
+            Duration::from_millis(2),
+        );
+        if let Ok(proxy) = proxy {
+            let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+            assert!(config.contains("lua-load"), "{config}");
+            assert!(
+                config.contains("http-request lua.hoptrace_delay"),
+                "{config}"
+            );
+        }
+        assert!(matches!(
+            ExternalProxy::prepare_with_delay(
+                IngressKind::Nginx,
+                free_port_addr(),
+                free_port_addr(),
+                Duration::from_millis(2)
+            ),
+            Err(IngressError::NoDelay(IngressKind::Nginx))
+        ));
     }
 
     #[test]

@@ -213,6 +213,30 @@ pub struct LoadResult {
     /// The raw histogram (µs), e.g. to merge runs; not serialised.
     #[serde(skip)]
     pub latency_histogram: Histogram<u64>,
+    /// Every successful request's intended send time and completion as
+    /// CLOCK_MONOTONIC ns (the clock of the kernel programs' timestamps),
+    /// so the lab can join them to the request timeline; not serialised.
+    #[serde(skip)]
+    pub request_times: Vec<(u64, u64)>,
+}
+
+/// `instant` as CLOCK_MONOTONIC ns (what `bpf_ktime_get_ns` reads):
+/// std's `Instant` is CLOCK_MONOTONIC on Linux, read here beside a raw
+/// `clock_gettime` to place it.
+fn monotonic_ns(instant: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let raw = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    if instant <= now {
+        raw.saturating_sub((now - instant).as_nanos() as u64)
+    } else {
+        raw + (instant - now).as_nanos() as u64
+    }
 }
 
 /// Offers `spec`'s load to `target` and returns what the client saw.
@@ -303,6 +327,7 @@ pub async fn run_load(
         achieved_rate: total.ok as f64 / spec.duration.as_secs_f64(),
         client_latency: client_latency(&total.histogram),
         latency_histogram: total.histogram,
+        request_times: total.times,
     })
 }
 
@@ -317,6 +342,8 @@ struct Shared {
 
 struct Tally {
     histogram: Histogram<u64>,
+    /// (intended, completed) of each successful request, CLOCK_MONOTONIC ns.
+    times: Vec<(u64, u64)>,
     ok: u64,
     errors: u64,
     timeouts: u64,
@@ -328,6 +355,7 @@ impl Tally {
         Self {
             histogram: Histogram::new_with_bounds(1, MAX_TRACKED_US, 3)
                 .expect("constant histogram bounds are valid"),
+            times: Vec::new(),
             ok: 0,
             errors: 0,
             timeouts: 0,
@@ -338,6 +366,7 @@ impl Tally {
     fn merge(&mut self, other: &Tally) {
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.histogram.add(&other.histogram);
+        self.times.extend_from_slice(&other.times);
         self.ok += other.ok;
         self.errors += other.errors;
         self.timeouts += other.timeouts;
@@ -475,7 +504,13 @@ async fn worker(shared: Arc<Shared>, first: u64, stride: u64) -> Tally {
         };
         match outcome {
             Some(Ok(())) => {
-                let latency_us = intended.elapsed().as_micros().max(1) as u64;
+                let done = Instant::now();
+                let latency_us = (done - intended).as_micros().max(1) as u64;
+                let done_ns = monotonic_ns(done.into_std());
+                let latency_ns = (done - intended).as_nanos() as u64;
+                tally
+                    .times
+                    .push((done_ns.saturating_sub(latency_ns), done_ns));
                 tally
                     .histogram
                     .saturating_record(latency_us.min(MAX_TRACKED_US));

@@ -17,7 +17,11 @@ use std::{
 use serde_json::Value;
 
 use hoptrace_core::{
-    report::{self, DocumentError, LabDocument, LabLoad, LabRunDocument, LabSection, Report},
+    correlate::requests::{self, BUILTIN_PROXY_COMM, DEFAULT_PROXIES, JoinOptions, LegRecorder},
+    kernel::sock::SockTracer,
+    report::{
+        self, DocumentError, LabDocument, LabLoad, LabRequests, LabRunDocument, LabSection, Report,
+    },
     session::{Session, SessionError, SessionOptions},
 };
 
@@ -97,6 +101,11 @@ pub struct LabOptions {
     pub progress: bool,
     /// Set (by a signal handler) to stop the run early; the lab is torn down.
     pub stop: Arc<AtomicBool>,
+    /// `--proxy-delay`: the builtin proxy holds each request this long.
+    pub proxy_delay: Duration,
+    /// `--proxy`: thread names of proxies for the request timeline (the
+    /// lab adds its builtin proxy's own).
+    pub proxies: Vec<String>,
 }
 
 impl Default for LabOptions {
@@ -114,6 +123,8 @@ impl Default for LabOptions {
             prefix: "ht-lab-".into(),
             progress: true,
             stop: Arc::new(AtomicBool::new(false)),
+            proxy_delay: Duration::ZERO,
+            proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
 }
@@ -128,6 +139,8 @@ pub struct LabRun {
     pub reports: Vec<Report>,
     /// What the load generator saw.
     pub load: LoadResult,
+    /// The request timeline (HTTP loads with the socket tracepoints).
+    pub requests: Option<LabRequests>,
 }
 
 impl LabRun {
@@ -138,7 +151,10 @@ impl LabRun {
 
     /// This run's entry of the `hoptrace.lab.v1` document.
     pub fn document(&self) -> LabRunDocument {
-        LabRunDocument::new(self.label.clone(), self.lab.clone(), self.reports.clone())
+        let mut run =
+            LabRunDocument::new(self.label.clone(), self.lab.clone(), self.reports.clone());
+        run.requests = self.requests.clone();
+        run
     }
 }
 
@@ -248,6 +264,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         })
         .cloned();
     let mut _proxy_task = None;
+    let proxy_hold = Arc::new(ingress::ProxyHold::default());
     let mut _proxy_process = None;
     let mut target = match opts.load {
         LoadMode::Udp => service_udp,
@@ -259,17 +276,34 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
         match opts.ingress {
             IngressKind::Builtin => {
+                let delay = opts.proxy_delay;
+                let hold = Arc::clone(&proxy_hold);
                 _proxy_task = Some(NetnsTask::spawn(
                     pod.netns.clone(),
                     move || std::net::TcpListener::bind(listen),
-                    move |listener, stop| async move {
-                        let _ = ingress::serve_builtin_proxy(listener, service_tcp, stopped(stop))
+                    move |listener, stop| {
+                        // The request timeline knows the proxy by its thread name.
+                        ingress::name_this_thread(BUILTIN_PROXY_COMM);
+                        async move {
+                            let _ = ingress::serve_builtin_proxy_with(
+                                listener,
+                                service_tcp,
+                                stopped(stop),
+                                delay,
+                                hold,
+                            )
                             .await;
+                        }
                     },
                 )?);
             }
             kind => {
-                let proxy = ingress::ExternalProxy::prepare(kind, listen, service_tcp)?;
+                let proxy = ingress::ExternalProxy::prepare_with_delay(
+                    kind,
+                    listen,
+                    service_tcp,
+                    opts.proxy_delay,
+                )?;
                 let process =
                     netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
                         let mut process = proxy.spawn()?;
@@ -302,12 +336,17 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     // Trace every node: tc and netfilter per node, one set of tracepoints
     // for the lab's one kernel (as one session per node would have on a
     // real cluster).
+    let timeline = opts.load != LoadMode::Udp;
+    let legs = Arc::new(LegRecorder::default());
     let node_options: Vec<SessionOptions> = lab
         .nodes()
         .iter()
         .map(|node| {
             let mut session_opts = SessionOptions::new();
             session_opts.netns = Some(netns::netns_path(&node.netns));
+            if timeline {
+                session_opts.observer = Some(Arc::clone(&legs) as _);
+            }
             session_opts
         })
         .collect();
@@ -327,6 +366,19 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .zip(started)
         .collect();
 
+    // The request timeline: socket reads and writes of the lab's namespaces.
+    let mut timeline_notes = Vec::new();
+    let sock_tracer = if timeline {
+        match SockTracer::start(&lab_netns_inodes(lab)) {
+            Ok(tracer) => Some(tracer),
+            Err(e) => {
+                timeline_notes.push(format!("request timeline unavailable: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let spec = LoadSpec {
         mode: opts.load,
         connections: opts.connections,
@@ -355,6 +407,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
+    let sock_capture = sock_tracer.map(SockTracer::stop);
     if opts.stop.load(Ordering::Relaxed) {
         return Err(LabError::Interrupted);
     }
@@ -385,12 +438,72 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         achieved_rate: load.achieved_rate,
         client_latency: load.client_latency.clone(),
     };
+    let requests = if timeline {
+        for note in &timeline_notes {
+            eprintln!("hoptrace lab: {note}");
+        }
+        sock_capture.map(|capture| {
+            let mut join_opts = JoinOptions {
+                proxies: opts.proxies.clone(),
+                ..JoinOptions::default()
+            };
+            join_opts.proxies.push(BUILTIN_PROXY_COMM.to_owned());
+            let journeys = legs.take();
+            let mut joined = requests::join(&capture.events, &journeys, &join_opts);
+            let with_client =
+                requests::add_client_times(&mut joined.requests, &load.request_times);
+            let mut notes = capture.notes;
+            if capture.lost > 0 {
+                notes.push(format!(
+                    "{} socket events were lost (ring buffer full): some requests are not joined",
+                    capture.lost
+                ));
+            }
+            if with_client < joined.requests.len() {
+                notes.push(format!(
+                    "{} joined requests found no load-generator record (their client.wait and client.process are missing)",
+                    joined.requests.len() - with_client
+                ));
+            }
+            let unjoined = joined.seen.saturating_sub(joined.requests.len() as u64);
+            if unjoined > 0 {
+                notes.push(format!(
+                    "{unjoined} requests not joined (opened before tracing, cut at its end, or not one request per read and write)"
+                ));
+            }
+            let hold = (opts.ingress == IngressKind::Builtin && !opts.proxy_delay.is_zero())
+                .then(|| proxy_hold.mean_us())
+                .flatten();
+            let client = &load.client_latency;
+            crate::timeline::requests_section(
+                &joined,
+                (client.mean_us, client.p50_us as f64, client.p99_us as f64),
+                hold,
+                notes,
+            )
+        })
+    } else {
+        None
+    };
     Ok(LabRun {
         label: opts.datapath.to_string(),
         lab: lab_section,
         reports,
         load,
+        requests,
     })
+}
+
+/// Inodes of every namespace of the lab (nodes and pods).
+fn lab_netns_inodes(lab: &Lab) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    lab.nodes()
+        .iter()
+        .map(|n| &n.netns)
+        .chain(lab.pods().iter().map(|p| &p.netns))
+        .filter_map(|ns| std::fs::metadata(netns::netns_path(ns)).ok())
+        .map(|m| m.ino() as u32)
+        .collect()
 }
 
 /// The `lab.load` section: the load generator's spec under its own field
@@ -568,6 +681,9 @@ pub fn render_run(run: &LabRun) -> String {
             "",
             &format!("{line} (node {node})"),
         ));
+    }
+    if let Some(requests) = &run.requests {
+        out.push_str(&crate::timeline::render(requests));
     }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
     if lost > 0 {

@@ -92,6 +92,7 @@ fn probes_match_this_kernel_and_leave_nothing() {
         "tracepoint",
         "tp_btf",
         "raw_tracepoint",
+        "sock_tracepoints",
     ] {
         assert!(
             caps.has(name),

@@ -24,15 +24,25 @@ pub enum Category {
     Conntrack,
     /// Other netfilter bands (raw, mangle, unnamed gaps).
     NetfilterOther,
-    /// Ingress proxies (reserved; no rule produces it yet).
+    /// The ingress proxy's own time: reading a request and writing it
+    /// upstream (`proxy.request`), the response back (`proxy.response`), a
+    /// new upstream connection (`proxy.connect`), and bytes waiting in its
+    /// sockets (`socket.queue`). Only the request timeline produces it.
     IngressProxy,
+    /// The backend application: read the request → wrote the response
+    /// (`app.service`), and bytes waiting in its socket (`socket.queue`).
+    /// Only the request timeline produces it.
+    Application,
+    /// The client's own stack and its socket (`socket.queue` of the
+    /// response at the client). Only the request timeline produces it.
+    Client,
     /// Everything else the kernel does (IP receive/output, tc, qdisc, socket).
     KernelOther,
 }
 
 impl Category {
     /// Every category, in report order (and in [`Category::index`] order).
-    pub const ALL: [Category; 7] = [
+    pub const ALL: [Category; 9] = [
         Self::Cni,
         Self::Encapsulation,
         Self::KubeProxy,
@@ -40,6 +50,8 @@ impl Category {
         Self::NetfilterOther,
         Self::IngressProxy,
         Self::KernelOther,
+        Self::Application,
+        Self::Client,
     ];
 
     /// Stable name used in reports.
@@ -52,12 +64,31 @@ impl Category {
             Self::NetfilterOther => "netfilter-other",
             Self::IngressProxy => "ingress-proxy",
             Self::KernelOther => "kernel-other",
+            Self::Application => "application",
+            Self::Client => "client",
         }
     }
 
     /// Position in [`Category::ALL`].
     pub const fn index(self) -> usize {
-        self as usize
+        match self {
+            Self::Cni => 0,
+            Self::Encapsulation => 1,
+            Self::KubeProxy => 2,
+            Self::Conntrack => 3,
+            Self::NetfilterOther => 4,
+            Self::IngressProxy => 5,
+            Self::KernelOther => 6,
+            Self::Application => 7,
+            Self::Client => 8,
+        }
+    }
+
+    /// Whether the category is the datapath's (kernel hops of packets), as
+    /// opposed to a process's own time (`ingress-proxy`, `application`,
+    /// `client`) that only the request timeline measures.
+    pub const fn is_datapath(self) -> bool {
+        !matches!(self, Self::IngressProxy | Self::Application | Self::Client)
     }
 }
 

@@ -26,6 +26,7 @@ use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction
 mod fingerprint;
 mod journey;
 mod observer;
+pub mod requests;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -794,6 +795,7 @@ fn observe_journey(
         direction: journey_direction(&hops[0]),
         conn_state,
         end_to_end_ns: hops[hops.len() - 1].ts_ns - hops[0].ts_ns,
+        start_ns: hops[0].ts_ns,
         segments: scratch,
         segment_names: &ledger.segment_names,
         categories: &categories,

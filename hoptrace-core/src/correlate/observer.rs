@@ -20,6 +20,9 @@ pub struct JourneySummary<'a> {
     pub conn_state: ConnState,
     /// First to last hop on this node, ns.
     pub end_to_end_ns: u64,
+    /// Time of the first hop, ns (bpf ktime, CLOCK_MONOTONIC): places the
+    /// journey on the request timeline.
+    pub start_ns: u64,
     /// `(segment id, duration in ns)` in hop order; a segment that repeats
     /// within the journey appears once per occurrence.
     pub segments: &'a [(u32, u64)],

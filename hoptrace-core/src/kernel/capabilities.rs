@@ -45,7 +45,7 @@ pub struct Capabilities {
 }
 
 /// Every item name, in report order.
-pub const ITEMS: [&str; 15] = [
+pub const ITEMS: [&str; 16] = [
     "btf",
     "ring_buffer",
     "tcx",
@@ -61,6 +61,7 @@ pub const ITEMS: [&str; 15] = [
     "tunnel_ipip",
     "tunnel_geneve",
     "bpf_stats",
+    "sock_tracepoints",
 ];
 
 /// `hoptrace` needs root.
@@ -163,6 +164,11 @@ impl Capabilities {
                 tunnels.join("/")
             ));
         }
+        lines.push(line(
+            self.has("sock_tracepoints"),
+            "request timeline (socket reads and writes: ingress proxy, application and client time per request)",
+            "request timeline hooks missing (sock:* tracepoints need Linux 6.3): the lab reports no requests section",
+        ));
         lines.push(line(
             self.has("bpf_stats"),
             "per-program run time (kernel.bpf_stats_enabled) can measure hoptrace's own overhead",
@@ -648,7 +654,25 @@ pub fn probe_all() -> Capabilities {
         probe_bpf_stats(),
         "write kernel.bpf_stats_enabled",
     ));
+    caps.items.push(item(
+        "sock_tracepoints",
+        probe_sock_tracepoints(),
+        "load and attach the request timeline's hooks (tp_btf sock_recv_length, sock_send_length, inet_sock_set_state; syscalls:sys_enter_write/writev/sendto/sendmsg)",
+    ));
     caps
+}
+
+/// Starts the request timeline's socket tracer for no namespace (its
+/// programs attach, and filter every event out), then stops it.
+fn probe_sock_tracepoints() -> Result<String, String> {
+    // Inode 1 is no network namespace: every event is filtered out.
+    let tracer = crate::kernel::sock::SockTracer::start(&[1]).map_err(|e| error_chain(&e))?;
+    let capture = tracer.stop();
+    if capture.notes.is_empty() {
+        Ok(format!("attached {}", capture.attached.join(", ")))
+    } else {
+        Err(capture.notes.join("; "))
+    }
 }
 
 impl Capabilities {

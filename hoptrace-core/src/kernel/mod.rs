@@ -8,4 +8,5 @@ pub mod loader;
 pub mod netfilter;
 pub mod objects;
 pub mod owner;
+pub mod sock;
 pub mod sys;

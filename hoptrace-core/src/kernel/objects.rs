@@ -17,6 +17,8 @@ mod embedded {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-probe"));
     pub static FIXTURE: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/test-fixtures"));
+    pub static SOCK: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hoptrace-sock"));
 }
 
 #[cfg(hoptrace_no_ebpf)]
@@ -25,6 +27,7 @@ mod embedded {
     pub static NETFILTER: &[u8] = &[];
     pub static PROBE: &[u8] = &[];
     pub static FIXTURE: &[u8] = &[];
+    pub static SOCK: &[u8] = &[];
 }
 
 fn present(bytes: &'static [u8]) -> Result<&'static [u8], NoKernelObjects> {
@@ -72,4 +75,13 @@ pub fn probe_object() -> Result<&'static [u8], NoKernelObjects> {
 /// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
 pub fn fixture_object() -> Result<&'static [u8], NoKernelObjects> {
     present(embedded::FIXTURE)
+}
+
+/// Socket programs of the request timeline (loaded by [`crate::kernel::sock`]).
+///
+/// # Errors
+///
+/// [`NoKernelObjects`] when the binary was built with `AYA_BUILD_SKIP=1`.
+pub fn sock_object() -> Result<&'static [u8], NoKernelObjects> {
+    present(embedded::SOCK)
 }

@@ -31,6 +31,88 @@ pub struct LabRunDocument {
     pub lab: LabSection,
     /// One node report per lab node, each with this run's `lab` section.
     pub nodes: Vec<Report>,
+    /// The request timeline of the run (HTTP loads with the socket
+    /// tracepoints available); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<LabRequests>,
+}
+
+/// The request timeline of a lab run (`runs[].requests`): every request
+/// the client sent while traced, joined from its write to its read of the
+/// response across every node, the proxy and the application.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabRequests {
+    /// Requests the client sent while traced (request messages seen).
+    pub count: u64,
+    /// Requests joined end to end.
+    pub joined: u64,
+    /// `joined / count` (0..=1; 0 when `count` is 0).
+    pub join_rate: f64,
+    /// Mean client latency the load generator measured, µs.
+    pub client_mean_us: f64,
+    /// Median client latency, µs.
+    pub client_p50_us: f64,
+    /// 99th percentile client latency, µs.
+    pub client_p99_us: f64,
+    /// Mean time per joined request that the timeline names (client's
+    /// write to its read of the whole response), µs.
+    pub attributed_mean_us: f64,
+    /// `attributed_mean_us / client_mean_us` (0 when no client latency).
+    pub coverage: f64,
+    /// Of `attributed_mean_us`, what the load generator reported of itself
+    /// (`client.wait` + `client.process`: its timer's lateness and its own
+    /// work), µs; the rest hoptrace measured in the kernel.
+    pub client_own_mean_us: f64,
+    /// Time per joined request by category name (every category a request
+    /// crossed, summed over every node).
+    pub categories: std::collections::BTreeMap<String, RequestCategory>,
+    /// Mean hold per request the lab's builtin proxy measured itself
+    /// (`--proxy-delay`), µs; absent without a builtin proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_hold_mean_us: Option<f64>,
+    /// The slowest joined requests (at most 5), slowest first.
+    pub slowest: Vec<RequestWaterfall>,
+    /// Caveats: hooks missing, events lost, what was not joined.
+    pub notes: Vec<String>,
+}
+
+/// One category's time per request (`runs[].requests.categories.*`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestCategory {
+    /// Mean over joined requests (0 for those that did not cross it), µs.
+    pub mean_us: f64,
+    /// Median, µs.
+    pub p50_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Mean of the category's `socket.queue` segments per request, µs.
+    pub socket_queue_mean_us: f64,
+}
+
+/// One request as a waterfall (`runs[].requests.slowest[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestWaterfall {
+    /// The client's write of the request, bpf ktime ns.
+    pub start_ns: u64,
+    /// Client write to its read of the whole response, µs.
+    pub total_us: f64,
+    /// Whether the request went through the proxy.
+    pub proxied: bool,
+    /// Contiguous segments in time order.
+    pub segments: Vec<WaterfallSegment>,
+}
+
+/// One segment of a waterfall (`runs[].requests.slowest[].segments[]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaterfallSegment {
+    /// Segment name (docs/segments.md, "Requests").
+    pub segment: String,
+    /// Category name.
+    pub category: String,
+    /// Start, bpf ktime ns.
+    pub start_ns: u64,
+    /// Duration, µs.
+    pub duration_us: f64,
 }
 
 /// What a lab run was and what its client saw: the `lab` section of a lab
@@ -154,7 +236,12 @@ impl LabRunDocument {
                 report
             })
             .collect();
-        Self { label, lab, nodes }
+        Self {
+            label,
+            lab,
+            nodes,
+            requests: None,
+        }
     }
 }
 

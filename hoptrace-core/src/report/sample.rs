@@ -83,13 +83,48 @@ pub(crate) fn lab_section() -> LabSection {
 
 /// A lab document of one run with two nodes.
 pub(crate) fn lab_document() -> LabDocument {
+    use super::lab::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment};
     let mut node_b = report();
     node_b.node = "node-b".into();
-    LabDocument::new(vec![LabRunDocument::new(
+    let mut run = LabRunDocument::new(
         "flannel-vxlan".into(),
         lab_section(),
         vec![report(), node_b],
-    )])
+    );
+    let category = RequestCategory {
+        mean_us: 310.0,
+        p50_us: 290.0,
+        p99_us: 700.0,
+        socket_queue_mean_us: 250.0,
+    };
+    run.requests = Some(LabRequests {
+        count: 1000,
+        joined: 998,
+        join_rate: 0.998,
+        client_mean_us: 1770.0,
+        client_p50_us: 1600.0,
+        client_p99_us: 4000.0,
+        attributed_mean_us: 1700.0,
+        coverage: 0.96,
+        client_own_mean_us: 900.0,
+        categories: [("ingress-proxy".to_owned(), category)]
+            .into_iter()
+            .collect(),
+        proxy_hold_mean_us: Some(2100.0),
+        slowest: vec![RequestWaterfall {
+            start_ns: 1_000_000,
+            total_us: 5000.0,
+            proxied: true,
+            segments: vec![WaterfallSegment {
+                segment: "proxy.request".into(),
+                category: "ingress-proxy".into(),
+                start_ns: 1_000_000,
+                duration_us: 5000.0,
+            }],
+        }],
+        notes: vec!["request timeline: example".into()],
+    });
+    LabDocument::new(vec![run])
 }
 
 /// A diagnosis document with every optional field and array filled.

@@ -34,7 +34,19 @@ fn canonical(doc: Doc, path: &str) -> (Doc, String) {
     match doc {
         Doc::Lab => match path.strip_prefix("runs[].nodes[].") {
             Some(rest) => canonical(Doc::Report, rest),
-            None => (Doc::Lab, path.to_owned()),
+            // `categories` is keyed by category name: one entry stands for all.
+            None => match path.strip_prefix("runs[].requests.categories.") {
+                Some(rest) => {
+                    let field = rest.split_once('.').map_or("", |(_, f)| f);
+                    let key = if field.is_empty() {
+                        "runs[].requests.categories".to_owned()
+                    } else {
+                        format!("runs[].requests.categories.*.{field}")
+                    };
+                    (Doc::Lab, key)
+                }
+                None => (Doc::Lab, path.to_owned()),
+            },
         },
         Doc::Diagnosis => match path.strip_prefix("report.") {
             Some(rest) => canonical(Doc::Report, rest),

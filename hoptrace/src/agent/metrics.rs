@@ -575,6 +575,7 @@ mod tests {
             direction: Direction::Egress,
             conn_state: ConnState::New,
             end_to_end_ns: dnat_ns + 3_000,
+            start_ns: 0,
             segments: &[(0, dnat_ns), (1, 3_000)],
             segment_names: &names,
             categories: &[

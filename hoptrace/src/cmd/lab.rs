@@ -70,6 +70,19 @@ pub struct LabArgs {
     /// Print every node's full ledger too.
     #[arg(long)]
     verbose: bool,
+    /// The ingress proxy holds each request this long before forwarding it:
+    /// builtin (a tokio timer; it reports the hold it measured) or haproxy
+    /// (Lua `core.msleep`, whole milliseconds).
+    #[arg(long, value_parser = super::positive_duration)]
+    proxy_delay: Option<Duration>,
+    /// Thread names (comm) of proxies for the request timeline
+    /// (comma-separated); the lab's builtin proxy is always one.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "envoy,nginx,haproxy,traefik"
+    )]
+    proxy: Vec<String>,
 }
 
 /// A comparison of several runs (through `hoptrace compare`'s logic), from
@@ -96,6 +109,14 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(0);
     }
+    if args.proxy_delay.is_some()
+        && !matches!(args.ingress, IngressKind::Builtin | IngressKind::Haproxy)
+    {
+        eprintln!(
+            "hoptrace lab: --proxy-delay needs --ingress builtin or haproxy (the proxies that can hold requests)"
+        );
+        return Ok(2);
+    }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let datapaths = if args.compare.is_empty() {
         vec![args.datapath]
@@ -117,6 +138,8 @@ pub fn run(args: LabArgs) -> Result<i32> {
             prefix: args.prefix.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             stop: std::sync::Arc::clone(&stop),
+            proxy_delay: args.proxy_delay.unwrap_or_default(),
+            proxies: args.proxy.clone(),
         };
         match lab::run_once(&opts) {
             Ok(run) => {

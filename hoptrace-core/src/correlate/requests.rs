@@ -1,0 +1,777 @@
+//! The request timeline: socket reads and writes ([`SockEvent`]) joined
+//! into requests, each a chain of segments from the client's write to its
+//! read of the response, through the ingress proxy and the application.
+//!
+//! How a request is joined (HTTP/1.1, one request at a time per
+//! connection, as keep-alive and new-connection loads send them):
+//! 1. Consecutive reads (or writes) of one socket end are one *message*.
+//! 2. The two ends of a TCP connection are paired by the active end's
+//!    address (`ip:port` of the side that connected), which DNAT leaves
+//!    alone: the passive end sees it as its remote address.
+//! 3. A client's request message is followed, in order, by the first unread
+//!    message on the peer end. When that end belongs to a proxy, the
+//!    proxy's next write on an upstream connection *by the same thread*,
+//!    in order and within [`JoinOptions::window_ns`], is the forwarded
+//!    request (downstream read ↔ upstream write joined by thread and
+//!    order). The upstream peer (the application) answers on its end, the
+//!    proxy reads the answer and writes it downstream, the client reads it.
+//!
+//! What cannot be joined: HTTP/2 (several requests multiplexed on one
+//! connection break the one-message-per-request order), a proxy that hands
+//! a request to another thread between read and write (a different thread
+//! id), pipelined HTTP/1.1, and connections that were open before tracing
+//! began and never carried a full request while traced. Unjoined requests
+//! are counted (`seen` minus `joined`).
+//!
+//! Each leg between two processes (a write, then the peer's read) is split
+//! with the journeys of its packets ([`LegJourney`], from the journey
+//! observer): `socket.queue` is from the moment the packet reached the
+//! receiving socket (the last hop before `socket.pod`) to the read, in the
+//! category of the process that reads; the journeys' own categories are
+//! the datapath; what is left of the leg (the sender's stack, the wire
+//! between nodes) is `kernel-other`.
+
+use std::collections::{HashMap, VecDeque};
+
+use hoptrace_common::{SockEvent, SockKind, sock::tcp_state};
+
+use crate::attribution::taxonomy::Category;
+
+/// An IPv4 endpoint: address (network order bytes) and port (host order).
+pub type Endpoint = ([u8; 4], u16);
+
+/// Segment names of the request timeline (docs/segments.md).
+pub mod segment {
+    /// Bytes wait in the receiving socket until the process reads them.
+    pub const SOCKET_QUEUE: &str = "socket.queue";
+    /// The proxy read the request from downstream → wrote it upstream.
+    pub const PROXY_REQUEST: &str = "proxy.request";
+    /// The proxy read the response from upstream → wrote it downstream.
+    pub const PROXY_RESPONSE: &str = "proxy.response";
+    /// A new upstream connection's setup (SYN sent → established), within
+    /// the proxy's handling of a request.
+    pub const PROXY_CONNECT: &str = "proxy.connect";
+    /// The application read the request → wrote the response.
+    pub const APP_SERVICE: &str = "app.service";
+    /// Datapath time of a leg, named by its category (the journeys' own
+    /// segments are in the node ledger).
+    pub const DATAPATH: &str = "datapath";
+    /// The rest of a leg: the sender's stack and the wire between nodes.
+    pub const STACK: &str = "stack";
+    /// A client that says when it meant to send (the lab's load
+    /// generator): its intended send time → its write began (its timer's
+    /// lateness, its own work, waiting for its connection).
+    pub const CLIENT_WAIT: &str = "client.wait";
+    /// Such a client's last read of the response → it had the whole
+    /// response (its own parsing and wake-up).
+    pub const CLIENT_PROCESS: &str = "client.process";
+}
+
+/// Extends joined requests with the client's own account of each:
+/// `(intended send, complete response)` in bpf ktime ns (the lab's load
+/// generator keeps them). Each request, in the order of its write, takes
+/// the oldest unused pair intended at or before its write that completed
+/// at or after its read, and gains `client.wait` and `client.process`
+/// segments (category `client`); its start and end become the client's.
+/// Returns how many requests were extended.
+pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize {
+    /// Candidates looked at per request (requests of other connections interleave).
+    const LOOKBACK: usize = 256;
+    let mut times: Vec<(u64, u64)> = times.to_vec();
+    times.sort_unstable();
+    let mut used = vec![false; times.len()];
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by_key(|&i| requests[i].start_ns);
+    let mut extended = 0;
+    for i in order {
+        let r = &mut requests[i];
+        let upto = times.partition_point(|t| t.0 <= r.start_ns);
+        // The oldest unused record that fits: the client writes in
+        // intended order, and a record no request took (a request not
+        // joined) soon completes too early to fit any later one.
+        let found =
+            (upto.saturating_sub(LOOKBACK)..upto).find(|&k| !used[k] && times[k].1 >= r.end_ns);
+        let Some(k) = found else { continue };
+        used[k] = true;
+        let (intended, done) = times[k];
+        push(
+            &mut r.segments,
+            segment::CLIENT_WAIT,
+            Category::Client,
+            intended,
+            r.start_ns - intended,
+        );
+        push(
+            &mut r.segments,
+            segment::CLIENT_PROCESS,
+            Category::Client,
+            r.end_ns,
+            done - r.end_ns,
+        );
+        r.segments.sort_by_key(|s| s.start_ns);
+        r.start_ns = intended;
+        r.end_ns = done;
+        extended += 1;
+    }
+    extended
+}
+
+/// Which process a socket end belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Connects and sends requests (not a proxy).
+    Client,
+    /// A process named in [`JoinOptions::proxies`].
+    Proxy,
+    /// Accepts connections and answers (not a proxy).
+    Application,
+}
+
+impl Role {
+    /// The category of this process's own time.
+    pub const fn category(self) -> Category {
+        match self {
+            Self::Client => Category::Client,
+            Self::Proxy => Category::IngressProxy,
+            Self::Application => Category::Application,
+        }
+    }
+}
+
+/// Settings of the join.
+#[derive(Clone, Debug)]
+pub struct JoinOptions {
+    /// Thread names (`comm`, at most 15 bytes) of proxies.
+    pub proxies: Vec<String>,
+    /// Longest a proxy may hold a request between its downstream read and
+    /// its upstream write (or a response between its reads and writes), ns.
+    pub window_ns: u64,
+}
+
+/// Thread names of the proxies hoptrace knows by default; the lab adds
+/// its builtin proxy's ([`BUILTIN_PROXY_COMM`]).
+pub const DEFAULT_PROXIES: [&str; 4] = ["envoy", "nginx", "haproxy", "traefik"];
+
+/// The thread name of the lab's builtin proxy.
+pub const BUILTIN_PROXY_COMM: &str = "ht-lab-proxy";
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        Self {
+            proxies: DEFAULT_PROXIES.iter().map(|s| (*s).to_owned()).collect(),
+            window_ns: 1_000_000_000,
+        }
+    }
+}
+
+impl JoinOptions {
+    fn is_proxy(&self, comm: &str) -> bool {
+        // comm is truncated to 15 bytes by the kernel.
+        self.proxies.iter().any(|p| {
+            let p = &p.as_bytes()[..p.len().min(15)];
+            comm.as_bytes() == p || (p.len() == 15 && comm.as_bytes().starts_with(p))
+        })
+    }
+}
+
+/// A finished packet journey, as the request timeline needs it: the flow
+/// of its first parsed headers and when it started, reached its socket
+/// and ended, with its datapath time per category. Only journeys that
+/// carry payload are of use.
+#[derive(Clone, Debug)]
+pub struct LegJourney {
+    /// Source of the first parsed headers (innermost layer).
+    pub src: Endpoint,
+    /// Destination of the first parsed headers (before DNAT).
+    pub dst: Endpoint,
+    /// First hop, ns (bpf ktime).
+    pub start_ns: u64,
+    /// Last hop, ns.
+    pub end_ns: u64,
+    /// When the packet reached the reading socket (the hop before
+    /// `socket.pod`/`socket.node`), when the journey ended in a delivery.
+    pub arrival_ns: Option<u64>,
+    /// Datapath time per category in ns, without `socket.delivery`.
+    pub categories: Vec<(Category, u64)>,
+}
+
+/// One segment of one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestSegment {
+    /// Segment name ([`segment`]).
+    pub name: &'static str,
+    /// Its category.
+    pub category: Category,
+    /// Start, ns (bpf ktime).
+    pub start_ns: u64,
+    /// Duration, ns.
+    pub duration_ns: u64,
+}
+
+/// One joined request: the client's write to its read of the whole
+/// response, as contiguous segments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// The client's first write of the request, ns.
+    pub start_ns: u64,
+    /// The client's last read of the response, ns.
+    pub end_ns: u64,
+    /// Whether it went through a proxy.
+    pub proxied: bool,
+    /// Segments in time order; durations sum to `end_ns - start_ns`.
+    pub segments: Vec<RequestSegment>,
+}
+
+impl Request {
+    /// Time per category in ns.
+    pub fn category_ns(&self) -> HashMap<Category, u64> {
+        let mut out = HashMap::new();
+        for s in &self.segments {
+            *out.entry(s.category).or_insert(0) += s.duration_ns;
+        }
+        out
+    }
+
+    /// Total of the named segment in ns (e.g. `socket.queue` of one category).
+    pub fn segment_ns(&self, name: &str, category: Category) -> u64 {
+        self.segments
+            .iter()
+            .filter(|s| s.name == name && s.category == category)
+            .map(|s| s.duration_ns)
+            .sum()
+    }
+}
+
+/// The outcome of a join.
+#[derive(Clone, Debug, Default)]
+pub struct Joined {
+    /// Requests the clients sent (request messages on client ends).
+    pub seen: u64,
+    /// Those joined end to end.
+    pub requests: Vec<Request>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+#[derive(Clone, Debug)]
+struct Message {
+    dir: Dir,
+    first_ns: u64,
+    last_ns: u64,
+    tid: u32,
+}
+
+#[derive(Debug)]
+struct End {
+    local: Endpoint,
+    remote: Endpoint,
+    role: Role,
+    active: bool,
+    connect: Option<(u64, u64)>,
+    messages: Vec<Message>,
+    /// Next unconsumed In / Out message (index into `messages`).
+    next_in: usize,
+    next_out: usize,
+}
+
+impl End {
+    fn active_endpoint(&self) -> Endpoint {
+        if self.active { self.local } else { self.remote }
+    }
+
+    /// The first message in `dir` at or after `after_ns`, from the cursor on; consumes it.
+    fn take(&mut self, dir: Dir, after_ns: u64) -> Option<Message> {
+        let cursor = match dir {
+            Dir::In => &mut self.next_in,
+            Dir::Out => &mut self.next_out,
+        };
+        while *cursor < self.messages.len() {
+            let m = &self.messages[*cursor];
+            *cursor += 1;
+            // A read may return a little before the write's tracepoint
+            // fires when the write's start is not known: allow for it.
+            let slack = if dir == Dir::In { READ_SLACK_NS } else { 0 };
+            if m.dir == dir && m.first_ns + slack >= after_ns {
+                return Some(m.clone());
+            }
+        }
+        None
+    }
+}
+
+const EPHEMERAL_MIN: u16 = 32768;
+
+/// A socket end: kernel `struct sock` address, local and remote endpoint.
+type EndKey = (u64, Endpoint, Endpoint);
+
+/// How much earlier than the write's recorded time a peer's read may
+/// return and still be its read (writes timed at their end).
+const READ_SLACK_NS: u64 = 200_000;
+
+/// Joins socket events into requests. `events` need not be sorted.
+pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -> Joined {
+    let mut events: Vec<&SockEvent> = events.iter().filter(|e| e.family == 2).collect();
+    events.sort_by_key(|e| e.ts_ns);
+
+    // Socket ends by (sk address, local, remote); connect times by sk.
+    let mut ends: Vec<End> = Vec::new();
+    let mut index: HashMap<EndKey, usize> = HashMap::new();
+    let mut syn_sent: HashMap<u64, u64> = HashMap::new();
+    // Per socket end: whether it connected, and its connect's (start, end).
+    let mut known: HashMap<EndKey, (bool, Option<(u64, u64)>)> = HashMap::new();
+    for e in &events {
+        let local = (e.saddr, e.sport);
+        let remote = (e.daddr, e.dport);
+        match SockKind::from_u8(e.kind) {
+            SockKind::State => {
+                if e.new_state == tcp_state::SYN_SENT {
+                    syn_sent.insert(e.sk_addr, e.ts_ns);
+                } else if e.new_state == tcp_state::ESTABLISHED {
+                    let key = (e.sk_addr, local, remote);
+                    if e.old_state == tcp_state::SYN_SENT {
+                        let connect = syn_sent.remove(&e.sk_addr).map(|s| (s, e.ts_ns));
+                        known.insert(key, (true, connect));
+                    } else if e.old_state == tcp_state::SYN_RECV {
+                        known.insert(key, (false, None));
+                    }
+                }
+            }
+            kind @ (SockKind::Recv | SockKind::Send) => {
+                let dir = if kind == SockKind::Recv {
+                    Dir::In
+                } else {
+                    Dir::Out
+                };
+                let key = (e.sk_addr, local, remote);
+                let i = *index.entry(key).or_insert_with(|| {
+                    let (active, connect) = known.get(&key).copied().unwrap_or(
+                        // Opened before tracing: the side with the
+                        // ephemeral port connected.
+                        (local.1 >= EPHEMERAL_MIN && remote.1 < EPHEMERAL_MIN, None),
+                    );
+                    let comm = e.comm_str();
+                    let role = if opts.is_proxy(comm) {
+                        Role::Proxy
+                    } else if active {
+                        Role::Client
+                    } else {
+                        Role::Application
+                    };
+                    ends.push(End {
+                        local,
+                        remote,
+                        role,
+                        active,
+                        connect,
+                        messages: Vec::new(),
+                        next_in: 0,
+                        next_out: 0,
+                    });
+                    ends.len() - 1
+                });
+                let end = &mut ends[i];
+                // A write begins when its syscall did (the packet may
+                // reach the peer before the send tracepoint fires); a read
+                // counts when it returned.
+                match end.messages.last_mut() {
+                    Some(m) if m.dir == dir => m.last_ns = e.ts_ns,
+                    _ => end.messages.push(Message {
+                        dir,
+                        first_ns: if dir == Dir::Out {
+                            e.begin_ns()
+                        } else {
+                            e.ts_ns
+                        },
+                        last_ns: e.ts_ns,
+                        tid: e.tid(),
+                    }),
+                }
+            }
+            SockKind::Unknown => {}
+        }
+    }
+
+    // Pair the ends of each connection by the active endpoint; several
+    // connections over time may reuse it: each passive end pairs with the
+    // active end that was open closest before it.
+    let mut passive_by_key: HashMap<Endpoint, Vec<usize>> = HashMap::new();
+    let mut passive_by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, end) in ends.iter().enumerate() {
+        if !end.active {
+            passive_by_key
+                .entry(end.active_endpoint())
+                .or_default()
+                .push(i);
+            passive_by_port.entry(end.remote.1).or_default().push(i);
+        }
+    }
+    let first_ns = |e: &End| e.messages.first().map_or(0, |m| m.first_ns);
+    let peer_of = |ends: &[End], i: usize| -> Option<usize> {
+        let end = &ends[i];
+        let key = end.active_endpoint();
+        let candidates = passive_by_key
+            .get(&key)
+            .or_else(|| passive_by_port.get(&key.1))?;
+        let start = first_ns(end);
+        // The passive end whose first message is closest after ours.
+        candidates
+            .iter()
+            .copied()
+            .filter(|&p| first_ns(&ends[p]) + 1_000_000 >= start)
+            .min_by_key(|&p| first_ns(&ends[p]).abs_diff(start))
+    };
+    let peers: Vec<Option<usize>> = (0..ends.len())
+        .map(|i| {
+            if ends[i].active {
+                peer_of(&ends, i)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut peer_of_passive: HashMap<usize, usize> = HashMap::new();
+    for (a, p) in peers.iter().enumerate() {
+        if let Some(p) = p {
+            peer_of_passive.insert(*p, a);
+        }
+    }
+
+    // Per proxy thread: its upstream write messages, in time order, for
+    // the join by thread and order.
+    let mut upstream_writes: HashMap<u32, VecDeque<(u64, usize)>> = HashMap::new();
+    for (i, end) in ends.iter().enumerate() {
+        if end.role == Role::Proxy && end.active {
+            for m in end.messages.iter().filter(|m| m.dir == Dir::Out) {
+                upstream_writes
+                    .entry(m.tid)
+                    .or_default()
+                    .push_back((m.first_ns, i));
+            }
+        }
+    }
+    for q in upstream_writes.values_mut() {
+        q.make_contiguous().sort_by_key(|x| x.0);
+    }
+
+    let legs = LegIndex::new(journeys);
+    let mut out = Joined::default();
+    let clients: Vec<usize> = (0..ends.len())
+        .filter(|&i| ends[i].active && ends[i].role == Role::Client)
+        .collect();
+    // Requests in time order over all clients, so FIFO joins see them in order.
+    let mut starts: Vec<(u64, usize)> = Vec::new();
+    for &c in &clients {
+        for m in ends[c].messages.iter().filter(|m| m.dir == Dir::Out) {
+            starts.push((m.first_ns, c));
+        }
+    }
+    starts.sort_unstable();
+    for (_, c) in starts {
+        out.seen += 1;
+        if let Some(r) = join_one(&mut ends, c, &peers, &mut upstream_writes, &legs, opts) {
+            out.requests.push(r);
+        }
+    }
+    out
+}
+
+fn join_one(
+    ends: &mut [End],
+    c: usize,
+    peers: &[Option<usize>],
+    upstream_writes: &mut HashMap<u32, VecDeque<(u64, usize)>>,
+    legs: &LegIndex,
+    opts: &JoinOptions,
+) -> Option<Request> {
+    let m0 = ends[c].take(Dir::Out, 0)?;
+    let p = peers[c]?;
+    let m1 = ends[p].take(Dir::In, m0.first_ns)?;
+    let mut segments = Vec::new();
+    leg(
+        &mut segments,
+        legs,
+        &ends[c],
+        &ends[p],
+        m0.first_ns,
+        m1.last_ns,
+    );
+    let proxied = ends[p].role == Role::Proxy;
+    let m_resp_out = if proxied {
+        // Downstream read ↔ upstream write: same thread, in order.
+        let queue = upstream_writes.get_mut(&m1.tid)?;
+        while queue.front().is_some_and(|&(t, _)| t < m1.last_ns) {
+            queue.pop_front();
+        }
+        let (t2, u) = queue.pop_front()?;
+        if t2.saturating_sub(m1.last_ns) > opts.window_ns {
+            return None;
+        }
+        let m2 = ends[u].take(Dir::Out, m1.last_ns)?;
+        let connect = ends[u]
+            .connect
+            .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns)
+            .map_or(0, |(s, e)| e.saturating_sub(s));
+        let hold = m2.first_ns.saturating_sub(m1.last_ns);
+        push(
+            &mut segments,
+            segment::PROXY_REQUEST,
+            Category::IngressProxy,
+            m1.last_ns,
+            hold.saturating_sub(connect),
+        );
+        if connect > 0 {
+            push(
+                &mut segments,
+                segment::PROXY_CONNECT,
+                Category::IngressProxy,
+                m1.last_ns + hold.saturating_sub(connect),
+                connect,
+            );
+        }
+        let b = peers[u]?;
+        let m3 = ends[b].take(Dir::In, m2.first_ns)?;
+        leg(
+            &mut segments,
+            legs,
+            &ends[u],
+            &ends[b],
+            m2.first_ns,
+            m3.last_ns,
+        );
+        let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
+        push(
+            &mut segments,
+            segment::APP_SERVICE,
+            ends[b].role.category(),
+            m3.last_ns,
+            m4.first_ns.saturating_sub(m3.last_ns),
+        );
+        let m5 = ends[u].take(Dir::In, m4.first_ns)?;
+        leg(
+            &mut segments,
+            legs,
+            &ends[b],
+            &ends[u],
+            m4.first_ns,
+            m5.last_ns,
+        );
+        let m6 = ends[p].take(Dir::Out, m5.last_ns)?;
+        if m6.first_ns.saturating_sub(m5.last_ns) > opts.window_ns {
+            return None;
+        }
+        push(
+            &mut segments,
+            segment::PROXY_RESPONSE,
+            Category::IngressProxy,
+            m5.last_ns,
+            m6.first_ns.saturating_sub(m5.last_ns),
+        );
+        m6
+    } else {
+        let m4 = ends[p].take(Dir::Out, m1.last_ns)?;
+        push(
+            &mut segments,
+            segment::APP_SERVICE,
+            ends[p].role.category(),
+            m1.last_ns,
+            m4.first_ns.saturating_sub(m1.last_ns),
+        );
+        m4
+    };
+    let m7 = ends[c].take(Dir::In, m_resp_out.first_ns)?;
+    leg(
+        &mut segments,
+        legs,
+        &ends[p],
+        &ends[c],
+        m_resp_out.first_ns,
+        m7.last_ns,
+    );
+    segments.sort_by_key(|s| s.start_ns);
+    Some(Request {
+        start_ns: m0.first_ns,
+        end_ns: m7.last_ns,
+        proxied,
+        segments,
+    })
+}
+
+fn push(
+    out: &mut Vec<RequestSegment>,
+    name: &'static str,
+    category: Category,
+    start_ns: u64,
+    duration_ns: u64,
+) {
+    out.push(RequestSegment {
+        name,
+        category,
+        start_ns,
+        duration_ns,
+    });
+}
+
+/// Journeys by the flow's source endpoint.
+struct LegIndex<'a> {
+    by_src: HashMap<Endpoint, Vec<&'a LegJourney>>,
+}
+
+impl<'a> LegIndex<'a> {
+    fn new(journeys: &'a [LegJourney]) -> Self {
+        let mut by_src: HashMap<Endpoint, Vec<&LegJourney>> = HashMap::new();
+        for j in journeys {
+            by_src.entry(j.src).or_default().push(j);
+        }
+        for v in by_src.values_mut() {
+            v.sort_by_key(|j| j.start_ns);
+        }
+        Self { by_src }
+    }
+
+    /// Journeys of packets from `from` to `to` (or `to_alt`, the address
+    /// before DNAT) that started and ended within `[from_ns - slack, to_ns]`.
+    fn within(
+        &self,
+        from: Endpoint,
+        to: Endpoint,
+        to_alt: Endpoint,
+        from_ns: u64,
+        to_ns: u64,
+    ) -> Vec<&'a LegJourney> {
+        const SLACK_NS: u64 = 200_000;
+        let Some(list) = self.by_src.get(&from) else {
+            return Vec::new();
+        };
+        let lo = from_ns.saturating_sub(SLACK_NS);
+        let first = list.partition_point(|j| j.start_ns < lo);
+        list[first..]
+            .iter()
+            .take_while(|j| j.start_ns <= to_ns)
+            .filter(|j| j.end_ns <= to_ns && (j.dst == to || j.dst == to_alt))
+            .copied()
+            .collect()
+    }
+}
+
+/// Splits the leg from `sender`'s write at `from_ns` to `receiver`'s read
+/// at `to_ns` into datapath, stack and `socket.queue` segments.
+fn leg(
+    out: &mut Vec<RequestSegment>,
+    legs: &LegIndex,
+    sender: &End,
+    receiver: &End,
+    from_ns: u64,
+    to_ns: u64,
+) {
+    let total = to_ns.saturating_sub(from_ns);
+    let journeys = legs.within(sender.local, receiver.local, sender.remote, from_ns, to_ns);
+    let arrival = journeys.iter().filter_map(|j| j.arrival_ns).max();
+    let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
+    let mut by_cat: Vec<(Category, u64)> = Vec::new();
+    for j in &journeys {
+        for &(c, ns) in &j.categories {
+            match by_cat.iter_mut().find(|x| x.0 == c) {
+                Some(x) => x.1 += ns,
+                None => by_cat.push((c, ns)),
+            }
+        }
+    }
+    let datapath: u64 = by_cat.iter().map(|x| x.1).sum();
+    let room = total - queue;
+    // Part of the datapath can run inside the sender's write (before the
+    // send tracepoint fires): scale it into the room the leg has.
+    let scale = if datapath > room && datapath > 0 {
+        room as f64 / datapath as f64
+    } else {
+        1.0
+    };
+    let mut t = from_ns;
+    let mut used = 0;
+    by_cat.sort_by_key(|x| x.0.index());
+    for (c, ns) in by_cat {
+        let d = ((ns as f64) * scale) as u64;
+        let d = d.min(room - used);
+        push(out, segment::DATAPATH, c, t, d);
+        t += d;
+        used += d;
+    }
+    let stack = room - used;
+    if stack > 0 {
+        push(out, segment::STACK, Category::KernelOther, t, stack);
+        t += stack;
+    }
+    if queue > 0 || arrival.is_some() {
+        push(
+            out,
+            segment::SOCKET_QUEUE,
+            receiver.role.category(),
+            t,
+            queue,
+        );
+    }
+}
+
+/// A journey observer that keeps the journeys of TCP packets with payload
+/// as [`LegJourney`]s, for [`join`]. Shared by every session of a lab run.
+#[derive(Debug, Default)]
+pub struct LegRecorder {
+    journeys: std::sync::Mutex<Vec<LegJourney>>,
+}
+
+impl LegRecorder {
+    /// Every journey recorded so far (taken out).
+    pub fn take(&self) -> Vec<LegJourney> {
+        std::mem::take(
+            &mut *self
+                .journeys
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// The kernel's delivery to a reading socket (docs/segments.md).
+const SOCKET_DELIVERY: &str = "socket.delivery";
+
+impl crate::correlate::JourneyObserver for LegRecorder {
+    fn journey(&self, j: &crate::correlate::JourneySummary<'_>) {
+        let f = j.first_flow;
+        if f.version != 4 || f.l4_proto != 6 || f.payload_len == 0 {
+            return;
+        }
+        let end_ns = j.start_ns + j.end_to_end_ns;
+        let mut categories: Vec<(Category, u64)> = Vec::new();
+        let mut arrival_ns = None;
+        let last = j.segments.len().saturating_sub(1);
+        for (i, (name, ns)) in j.named_segments().enumerate() {
+            if i == last && name.name == SOCKET_DELIVERY {
+                arrival_ns = Some(end_ns - ns);
+                continue;
+            }
+            match categories.iter_mut().find(|x| x.0 == name.category) {
+                Some(x) => x.1 += ns,
+                None => categories.push((name.category, ns)),
+            }
+        }
+        let endpoint = |addr: &[u8; 16], port: u16| ([addr[0], addr[1], addr[2], addr[3]], port);
+        let leg = LegJourney {
+            src: endpoint(&f.saddr, f.sport),
+            dst: endpoint(&f.daddr, f.dport),
+            start_ns: j.start_ns,
+            end_ns,
+            arrival_ns,
+            categories,
+        };
+        self.journeys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(leg);
+    }
+}
+
+#[cfg(test)]
+mod tests;

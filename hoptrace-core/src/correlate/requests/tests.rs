@@ -1,0 +1,280 @@
+use hoptrace_common::{SockEvent, SockKind, sock::tcp_state};
+
+use super::*;
+
+const CLIENT: [u8; 4] = [10, 244, 0, 2];
+const PROXY: [u8; 4] = [10, 244, 1, 3];
+const BACKEND: [u8; 4] = [10, 244, 1, 2];
+const SERVICE: [u8; 4] = [10, 96, 0, 10];
+
+fn ev(
+    kind: SockKind,
+    ts_us: u64,
+    sk: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    tid: u32,
+    comm: &str,
+) -> SockEvent {
+    let mut e = SockEvent::zeroed();
+    e.ts_ns = ts_us * 1000;
+    e.pid_tgid = (1u64 << 32) | u64::from(tid);
+    e.sk_addr = sk;
+    e.family = 2;
+    e.kind = kind as u8;
+    e.bytes = if kind == SockKind::State { 0 } else { 100 };
+    e.saddr = local.0;
+    e.sport = local.1;
+    e.daddr = remote.0;
+    e.dport = remote.1;
+    e.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    e
+}
+
+fn state(ts_us: u64, sk: u64, local: Endpoint, remote: Endpoint, old: u8, new: u8) -> SockEvent {
+    let mut e = ev(SockKind::State, ts_us, sk, local, remote, 0, "swapper");
+    e.old_state = old;
+    e.new_state = new;
+    e
+}
+
+fn opts() -> JoinOptions {
+    let mut o = JoinOptions::default();
+    o.proxies.push(BUILTIN_PROXY_COMM.into());
+    o
+}
+
+/// One proxied request at `t` µs on client port `cport` and proxy
+/// upstream port `uport`, with the proxy holding it `hold` µs; the
+/// backend serves in 50 µs; every leg takes 30 µs.
+fn proxied(t: u64, cport: u16, uport: u16, hold: u64, ptid: u32) -> Vec<SockEvent> {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, cport);
+    let pd = (PROXY, 8081);
+    let pu = (PROXY, uport);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let csk = 0x1000 + u64::from(cport);
+    let pdsk = 0x2000 + u64::from(cport);
+    let pusk = 0x3000 + u64::from(uport);
+    let bsk = 0x4000 + u64::from(uport);
+    vec![
+        ev(Send, t, csk, c, pd, 7, "hoptrace-netns"),
+        ev(Recv, t + 30, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
+        ev(Send, t + 30 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
+        ev(Recv, t + 60 + hold, bsk, b, pu, 9, "hoptrace"),
+        ev(Send, t + 110 + hold, bsk, b, pu, 9, "hoptrace"),
+        ev(
+            Recv,
+            t + 140 + hold,
+            pusk,
+            pu,
+            svc,
+            ptid,
+            BUILTIN_PROXY_COMM,
+        ),
+        ev(Send, t + 150 + hold, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
+        ev(Recv, t + 180 + hold, csk, c, pd, 7, "hoptrace-netns"),
+    ]
+}
+
+fn with_states(mut events: Vec<SockEvent>) -> Vec<SockEvent> {
+    // Every end learns its side from its state change.
+    let mut extra = Vec::new();
+    for e in &events {
+        let local = (e.saddr, e.sport);
+        let remote = (e.daddr, e.dport);
+        let active = local.1 >= 32768;
+        if extra.iter().any(|x: &SockEvent| x.sk_addr == e.sk_addr) {
+            continue;
+        }
+        let old = if active {
+            tcp_state::SYN_SENT
+        } else {
+            tcp_state::SYN_RECV
+        };
+        extra.push(state(
+            e.ts_ns / 1000 - 1,
+            e.sk_addr,
+            local,
+            remote,
+            old,
+            tcp_state::ESTABLISHED,
+        ));
+    }
+    events.extend(extra);
+    events
+}
+
+#[test]
+fn a_proxied_request_is_one_chain_of_contiguous_segments() {
+    let events = proxied(1000, 40000, 50000, 2000, 5);
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.seen, 1);
+    assert_eq!(joined.requests.len(), 1);
+    let r = &joined.requests[0];
+    assert!(r.proxied);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+    assert_eq!(r.end_ns - r.start_ns, 2_180_000);
+    assert_eq!(
+        r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+        2_000_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::PROXY_RESPONSE, Category::IngressProxy),
+        10_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::APP_SERVICE, Category::Application),
+        50_000
+    );
+    let cats = r.category_ns();
+    assert_eq!(cats[&Category::IngressProxy], 2_010_000);
+    assert_eq!(cats[&Category::KernelOther], 120_000);
+}
+
+#[test]
+fn concurrent_requests_on_one_proxy_thread_join_in_order() {
+    // Two connections, one proxy thread; the second request arrives while
+    // the first is held.
+    let mut events = proxied(1000, 40000, 50000, 500, 5);
+    events.extend(proxied(1100, 40001, 50001, 500, 5));
+    let events = with_states(events);
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.seen, 2);
+    assert_eq!(joined.requests.len(), 2);
+    for r in &joined.requests {
+        assert_eq!(
+            r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+            500_000
+        );
+        assert_eq!(r.end_ns - r.start_ns, 680_000);
+    }
+}
+
+#[test]
+fn keep_alive_requests_on_one_connection_join_each() {
+    let mut events = proxied(1000, 40000, 50000, 100, 5);
+    events.extend(proxied(5000, 40000, 50000, 300, 5));
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.seen, 2);
+    let holds: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy))
+        .collect();
+    assert_eq!(holds, vec![100_000, 300_000]);
+}
+
+#[test]
+fn a_hand_off_to_another_thread_is_not_joined() {
+    let mut events = proxied(1000, 40000, 50000, 100, 5);
+    // The upstream write (and the rest) happen on thread 6.
+    for e in events.iter_mut().skip(2) {
+        if e.comm_str() == BUILTIN_PROXY_COMM {
+            e.pid_tgid = (1 << 32) | 6;
+        }
+    }
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.seen, 1);
+    assert!(joined.requests.is_empty());
+}
+
+#[test]
+fn without_proxy_the_application_serves_directly() {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let events = vec![
+        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 130, 2, b, c, 9, "hoptrace"),
+        ev(Send, 200, 2, b, c, 9, "hoptrace"),
+        ev(Recv, 240, 1, c, svc, 7, "hoptrace-netns"),
+    ];
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.requests.len(), 1);
+    let r = &joined.requests[0];
+    assert!(!r.proxied);
+    let cats = r.category_ns();
+    assert!(!cats.contains_key(&Category::IngressProxy));
+    assert_eq!(cats[&Category::Application], 70_000);
+}
+
+#[test]
+fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let events = vec![
+        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 200, 2, b, c, 9, "hoptrace"),
+        ev(Send, 300, 2, b, c, 9, "hoptrace"),
+        ev(Recv, 400, 1, c, svc, 7, "hoptrace-netns"),
+    ];
+    // The request's packet: 30 µs of datapath, at the socket at 140 µs.
+    let journeys = vec![LegJourney {
+        src: c,
+        dst: svc,
+        start_ns: 105_000,
+        end_ns: 195_000,
+        arrival_ns: Some(140_000),
+        categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
+    }];
+    let joined = join(&events, &journeys, &opts());
+    let r = &joined.requests[0];
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::Application),
+        60_000
+    );
+    let cats = r.category_ns();
+    assert_eq!(cats[&Category::KubeProxy], 10_000);
+    assert_eq!(cats[&Category::Cni], 20_000);
+    // 100 µs leg = 30 datapath + 60 queue + 10 stack; the response leg
+    // (no journey) is all stack.
+    assert_eq!(cats[&Category::KernelOther], 10_000 + 100_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, 300_000);
+}
+
+#[test]
+fn proxy_names_match_truncated_comm() {
+    let mut o = JoinOptions::default();
+    o.proxies.push("a-very-long-proxy-name".into());
+    assert!(o.is_proxy("a-very-long-pro"));
+    assert!(o.is_proxy("nginx"));
+    assert!(!o.is_proxy("nginx2"));
+}
+
+#[test]
+fn the_clients_own_times_extend_each_request_once() {
+    let mut events = proxied(1000, 40000, 50000, 100, 5);
+    events.extend(proxied(1050, 40001, 50001, 100, 5));
+    let events = with_states(events);
+    let mut joined = join(&events, &[], &opts());
+    assert_eq!(joined.requests.len(), 2);
+    // Intended 200 µs and 150 µs before the writes; complete 20 µs after the reads.
+    let times = [
+        (800_000, 1_300_000),
+        (900_000, 1_350_000),
+        (100_000, 150_000),
+    ];
+    assert_eq!(add_client_times(&mut joined.requests, &times), 2);
+    let mut waits: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.segment_ns(segment::CLIENT_WAIT, Category::Client))
+        .collect();
+    waits.sort_unstable();
+    assert_eq!(waits, vec![150_000, 200_000]);
+    for r in &joined.requests {
+        let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+        assert_eq!(sum, r.end_ns - r.start_ns);
+        assert_eq!(
+            r.segment_ns(segment::CLIENT_PROCESS, Category::Client),
+            20_000
+        );
+    }
+}

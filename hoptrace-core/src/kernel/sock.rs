@@ -1,0 +1,300 @@
+//! Loads and runs the socket programs of the request timeline
+//! (`hoptrace-sock` object: `sock:sock_recv_length`, `sock:sock_send_length`,
+//! `sock:inet_sock_set_state` as tp_btf). The object has its own ring
+//! buffer; a [`SockTracer`] drains it on its own thread every 5 ms and
+//! keeps every event until [`SockTracer::stop`].
+//!
+//! Hooks are probed by trying: a tracepoint this kernel lacks (the sock
+//! ones need Linux 6.3) is left out and named in [`SockCapture::notes`].
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+};
+use hoptrace_common::{SockEvent, SockLayout};
+
+use crate::kernel::{btf::Btf, objects};
+
+/// The programs of the socket object and the tracepoint each attaches to.
+pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
+    ("hoptrace_sock_recv_length", "sock_recv_length"),
+    ("hoptrace_sock_send_length", "sock_send_length"),
+    ("hoptrace_inet_sock_set_state", "inet_sock_set_state"),
+];
+
+/// Syscall-entry programs (`syscalls:` tracepoints) that time when a write
+/// began: without them a write's time is its end.
+pub const WRITE_ENTRY_PROGRAMS: [(&str, &str); 4] = [
+    ("hoptrace_sys_enter_write", "sys_enter_write"),
+    ("hoptrace_sys_enter_writev", "sys_enter_writev"),
+    ("hoptrace_sys_enter_sendto", "sys_enter_sendto"),
+    ("hoptrace_sys_enter_sendmsg", "sys_enter_sendmsg"),
+];
+
+const EVENTS_MAP: &str = "HOPTRACE_SOCK_EVENTS";
+const NETNS_MAP: &str = "HOPTRACE_SOCK_NETNS";
+const COUNTERS_MAP: &str = "HOPTRACE_SOCK_COUNTERS";
+
+/// Why the socket tracer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SockError {
+    /// This build carries no kernel objects.
+    #[error(transparent)]
+    NoObjects(#[from] objects::NoKernelObjects),
+    /// The kernel's BTF is missing or lacks a `struct sock` member.
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] crate::kernel::btf::BtfError),
+    /// aya could not read the kernel's BTF for tp_btf programs.
+    #[error("kernel BTF for tp_btf: {0}")]
+    AyaBtf(#[from] aya::BtfError),
+    /// aya or the kernel rejected the object.
+    #[error("loading the socket object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A map of the object is missing or cannot be used.
+    #[error("socket object map {name}: {detail}")]
+    Map {
+        /// The map's name.
+        name: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No socket tracepoint could be attached; the notes say why.
+    #[error("no socket tracepoint attached: {0}")]
+    NothingAttached(String),
+    /// The drain thread could not be spawned.
+    #[error("cannot spawn the socket drain thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The offsets the socket programs need, from BTF.
+///
+/// # Errors
+///
+/// [`crate::kernel::btf::BtfError`] for the first member not found.
+pub fn sock_layout(
+    btf: &Btf,
+    filter_netns: bool,
+) -> Result<SockLayout, crate::kernel::btf::BtfError> {
+    Ok(SockLayout {
+        sk_daddr: btf.member_offset("sock", &["__sk_common", "skc_daddr"])?,
+        sk_rcv_saddr: btf.member_offset("sock", &["__sk_common", "skc_rcv_saddr"])?,
+        sk_dport: btf.member_offset("sock", &["__sk_common", "skc_dport"])?,
+        sk_num: btf.member_offset("sock", &["__sk_common", "skc_num"])?,
+        sk_family: btf.member_offset("sock", &["__sk_common", "skc_family"])?,
+        sk_net: btf.member_offset("sock", &["__sk_common", "skc_net", "net"])?,
+        net_ns_inum: btf.member_offset("net", &["ns", "inum"])?,
+        sk_protocol: btf.member_offset("sock", &["sk_protocol"])?,
+        filter_netns: u32::from(filter_netns),
+        valid: 1,
+    })
+}
+
+/// What a stopped [`SockTracer`] collected.
+#[derive(Debug, Default)]
+pub struct SockCapture {
+    /// Every event, in the order drained (not necessarily time order
+    /// across CPUs: sort by `ts_ns`).
+    pub events: Vec<SockEvent>,
+    /// Events the ring buffer had no room for.
+    pub lost: u64,
+    /// Hooks that could not be attached, one line each.
+    pub notes: Vec<String>,
+    /// The tracepoints attached.
+    pub attached: Vec<&'static str>,
+}
+
+/// The running socket programs and their drain thread. Dropping it
+/// detaches everything (the aya object owns the links).
+pub struct SockTracer {
+    ebpf: aya::Ebpf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    events: Arc<Mutex<Vec<SockEvent>>>,
+    notes: Vec<String>,
+    attached: Vec<&'static str>,
+}
+
+impl SockTracer {
+    /// Loads the socket object, attaches every socket tracepoint this
+    /// kernel has, and starts draining. With `netns` non-empty, only
+    /// sockets of those network namespaces (inode numbers) are traced.
+    ///
+    /// # Errors
+    ///
+    /// [`SockError`]: no objects in this build, BTF, load, maps, or no
+    /// tracepoint at all could be attached.
+    pub fn start(netns: &[u32]) -> Result<Self, SockError> {
+        let object = objects::sock_object()?;
+        let layout = sock_layout(&Btf::vmlinux()?, !netns.is_empty())?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("HOPTRACE_SOCK_LAYOUT", &layout, true)
+            .load(object)?;
+        {
+            let map = ebpf.map_mut(NETNS_MAP).ok_or(SockError::Map {
+                name: NETNS_MAP,
+                detail: "missing".into(),
+            })?;
+            let mut map: BpfHashMap<_, u32, u8> =
+                BpfHashMap::try_from(map).map_err(|e| SockError::Map {
+                    name: NETNS_MAP,
+                    detail: e.to_string(),
+                })?;
+            for ino in netns {
+                map.insert(ino, 1, 0).map_err(|e| SockError::Map {
+                    name: NETNS_MAP,
+                    detail: e.to_string(),
+                })?;
+            }
+        }
+        let kernel_btf = aya::Btf::from_sys_fs()?;
+        let mut notes = Vec::new();
+        let mut attached = Vec::new();
+        for (name, tracepoint) in SOCK_PROGRAMS {
+            let result = (|| -> Result<(), String> {
+                let prog: &mut BtfTracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("program {name} missing"))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                prog.load(tracepoint, &kernel_btf)
+                    .map_err(|e| format!("load: {e}"))?;
+                prog.attach().map_err(|e| format!("attach: {e}"))?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => attached.push(tracepoint),
+                Err(why) => notes.push(format!(
+                    "request timeline: tp_btf sock:{tracepoint} is not available ({why}); its part of the timeline is missing"
+                )),
+            }
+        }
+        for (name, tracepoint) in WRITE_ENTRY_PROGRAMS {
+            let result = (|| -> Result<(), String> {
+                let prog: &mut aya::programs::TracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("program {name} missing"))?
+                    .try_into()
+                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+                prog.load().map_err(|e| format!("load: {e}"))?;
+                prog.attach("syscalls", tracepoint)
+                    .map_err(|e| format!("attach: {e}"))?;
+                Ok(())
+            })();
+            match result {
+                Ok(()) => attached.push(tracepoint),
+                Err(why) => notes.push(format!(
+                    "request timeline: syscalls:{tracepoint} is not available ({why}); such writes are timed at their end"
+                )),
+            }
+        }
+        if !attached.iter().any(|t| t.starts_with("sock_")) {
+            return Err(SockError::NothingAttached(notes.join("; ")));
+        }
+        let ring = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).ok_or(SockError::Map {
+            name: EVENTS_MAP,
+            detail: "missing".into(),
+        })?)
+        .map_err(|e| SockError::Map {
+            name: EVENTS_MAP,
+            detail: e.to_string(),
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let thread =
+            spawn_drain(ring, Arc::clone(&stop), Arc::clone(&events)).map_err(SockError::Thread)?;
+        Ok(Self {
+            ebpf,
+            stop,
+            thread: Some(thread),
+            events,
+            notes,
+            attached,
+        })
+    }
+
+    /// Stops draining (after one last pass), detaches, and returns every
+    /// event.
+    pub fn stop(mut self) -> SockCapture {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let lost = self.counter(1);
+        let events = std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        SockCapture {
+            events,
+            lost,
+            notes: std::mem::take(&mut self.notes),
+            attached: std::mem::take(&mut self.attached),
+        }
+    }
+
+    fn counter(&self, slot: u32) -> u64 {
+        let Some(map) = self.ebpf.map(COUNTERS_MAP) else {
+            return 0;
+        };
+        let Ok(array) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        array.get(&slot, 0).map_or(0, |v| v.iter().sum())
+    }
+}
+
+impl Drop for SockTracer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn_drain(
+    mut ring: RingBuf<MapData>,
+    stop: Arc<AtomicBool>,
+    events: Arc<Mutex<Vec<SockEvent>>>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("hoptrace-sock".into())
+        .spawn(move || {
+            let mut batch = Vec::new();
+            loop {
+                let stopping = stop.load(Ordering::Relaxed);
+                while let Some(item) = ring.next() {
+                    if item.len() >= std::mem::size_of::<SockEvent>() {
+                        // SAFETY: `SockEvent` is a plain repr(C) Pod written
+                        // by the socket programs; read_unaligned copes with
+                        // any alignment.
+                        batch.push(unsafe {
+                            std::ptr::read_unaligned(item.as_ptr().cast::<SockEvent>())
+                        });
+                    }
+                }
+                if !batch.is_empty() {
+                    events
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .append(&mut batch);
+                }
+                if stopping {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+}

@@ -1,0 +1,334 @@
+//! The lab's request timeline: joins the socket events of a run into
+//! requests (`hoptrace_core::correlate::requests`), sums them into the
+//! run's `requests` section, and says where the time per request goes.
+
+use std::collections::BTreeMap;
+
+use hoptrace_core::{
+    attribution::taxonomy::Category,
+    correlate::requests::{Joined, Request, segment},
+    report::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment},
+};
+
+/// How many of the slowest requests the document keeps as waterfalls.
+pub const SLOWEST: usize = 5;
+
+/// Percentile `p` (0..=100) of sorted values, nearest rank.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The `requests` section of a run from its joined requests and the load
+/// generator's latency (mean, p50, p99 in µs).
+pub fn requests_section(
+    joined: &Joined,
+    client: (f64, f64, f64),
+    proxy_hold_mean_us: Option<f64>,
+    notes: Vec<String>,
+) -> LabRequests {
+    let n = joined.requests.len();
+    let mut per_category: BTreeMap<Category, Vec<u64>> = BTreeMap::new();
+    let mut queue: BTreeMap<Category, u64> = BTreeMap::new();
+    for r in &joined.requests {
+        for (c, ns) in r.category_ns() {
+            per_category.entry(c).or_default().push(ns);
+        }
+        for s in r
+            .segments
+            .iter()
+            .filter(|s| s.name == segment::SOCKET_QUEUE)
+        {
+            *queue.entry(s.category).or_insert(0) += s.duration_ns;
+        }
+    }
+    let mut categories = BTreeMap::new();
+    for (c, mut values) in per_category {
+        // Requests that did not cross the category count as 0.
+        values.resize(n, 0);
+        values.sort_unstable();
+        let sum: u64 = values.iter().sum();
+        categories.insert(
+            c.name().to_owned(),
+            RequestCategory {
+                mean_us: sum as f64 / n.max(1) as f64 / 1000.0,
+                p50_us: percentile(&values, 50.0) as f64 / 1000.0,
+                p99_us: percentile(&values, 99.0) as f64 / 1000.0,
+                socket_queue_mean_us: queue.get(&c).copied().unwrap_or(0) as f64
+                    / n.max(1) as f64
+                    / 1000.0,
+            },
+        );
+    }
+    let attributed_ns: u64 = joined
+        .requests
+        .iter()
+        .map(|r| r.end_ns.saturating_sub(r.start_ns))
+        .sum();
+    let client_own_ns: u64 = joined
+        .requests
+        .iter()
+        .flat_map(|r| r.segments.iter())
+        .filter(|s| s.name == segment::CLIENT_WAIT || s.name == segment::CLIENT_PROCESS)
+        .map(|s| s.duration_ns)
+        .sum();
+    let attributed_mean_us = attributed_ns as f64 / n.max(1) as f64 / 1000.0;
+    let mut slowest: Vec<&Request> = joined.requests.iter().collect();
+    slowest.sort_by_key(|r| std::cmp::Reverse(r.end_ns.saturating_sub(r.start_ns)));
+    let slowest = slowest
+        .into_iter()
+        .take(SLOWEST)
+        .map(|r| RequestWaterfall {
+            start_ns: r.start_ns,
+            total_us: (r.end_ns.saturating_sub(r.start_ns)) as f64 / 1000.0,
+            proxied: r.proxied,
+            segments: r
+                .segments
+                .iter()
+                .map(|s| WaterfallSegment {
+                    segment: s.name.to_owned(),
+                    category: s.category.name().to_owned(),
+                    start_ns: s.start_ns,
+                    duration_us: s.duration_ns as f64 / 1000.0,
+                })
+                .collect(),
+        })
+        .collect();
+    LabRequests {
+        count: joined.seen,
+        joined: n as u64,
+        join_rate: if joined.seen == 0 {
+            0.0
+        } else {
+            n as f64 / joined.seen as f64
+        },
+        client_mean_us: client.0,
+        client_p50_us: client.1,
+        client_p99_us: client.2,
+        attributed_mean_us,
+        coverage: if client.0 > 0.0 {
+            attributed_mean_us / client.0
+        } else {
+            0.0
+        },
+        client_own_mean_us: client_own_ns as f64 / n.max(1) as f64 / 1000.0,
+        categories,
+        proxy_hold_mean_us,
+        slowest,
+        notes,
+    }
+}
+
+/// A duration in µs as people read it: `35 µs`, `1.20 ms`.
+pub fn human_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// The terminal table (µs per request and share of the client's mean by
+/// category) and the one sentence of where the time goes.
+pub fn render(requests: &LabRequests) -> String {
+    use hoptrace_core::report::styled_table;
+    let mut out = String::new();
+    let mut table = styled_table(&[
+        "category",
+        "µs per request",
+        "p50 µs",
+        "p99 µs",
+        "waiting to be read µs",
+        "share of client mean",
+    ]);
+    let mut rows: Vec<(&String, &RequestCategory)> = requests.categories.iter().collect();
+    rows.sort_by(|a, b| b.1.mean_us.total_cmp(&a.1.mean_us));
+    for (name, c) in &rows {
+        table.add_row(vec![
+            (*name).clone(),
+            format!("{:.1}", c.mean_us),
+            format!("{:.1}", c.p50_us),
+            format!("{:.1}", c.p99_us),
+            format!("{:.1}", c.socket_queue_mean_us),
+            format!(
+                "{:.1}%",
+                100.0 * c.mean_us / requests.client_mean_us.max(f64::MIN_POSITIVE)
+            ),
+        ]);
+    }
+    out.push_str(&format!(
+        "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)\n{table}\n",
+        requests.joined,
+        requests.count,
+        100.0 * requests.join_rate,
+        100.0 * requests.coverage,
+        requests.client_mean_us
+    ));
+    out.push_str(&sentence(requests));
+    out.push('\n');
+    if let Some(hold) = requests.proxy_hold_mean_us {
+        out.push_str(&format!(
+            "The builtin proxy measured its own hold: {} per request.\n",
+            human_us(hold)
+        ));
+    }
+    for note in &requests.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    out
+}
+
+/// "of 1.77 ms per request: application 1.20 ms, ingress proxy 0.31 ms (of
+/// which waiting to be read 0.25 ms), datapath 0.26 ms (kube-proxy 35 µs,
+/// encapsulation 21 µs)": processes first, largest first, then the
+/// datapath with its named categories.
+pub fn sentence(requests: &LabRequests) -> String {
+    let get = |c: Category| requests.categories.get(c.name());
+    let mut parts: Vec<(f64, String)> = Vec::new();
+    for (c, label) in [
+        (Category::Application, "application"),
+        (Category::IngressProxy, "ingress proxy"),
+        (Category::Client, "client"),
+    ] {
+        if let Some(v) = get(c)
+            && v.mean_us > 0.0
+        {
+            let mut s = format!("{label} {}", human_us(v.mean_us));
+            let mut of_which = Vec::new();
+            if c == Category::Client && requests.client_own_mean_us >= 1.0 {
+                of_which.push(format!(
+                    "its own timer and work {}",
+                    human_us(requests.client_own_mean_us)
+                ));
+            }
+            if v.socket_queue_mean_us >= 0.005 * v.mean_us.max(1.0) {
+                of_which.push(format!(
+                    "waiting to be read {}",
+                    human_us(v.socket_queue_mean_us)
+                ));
+            }
+            if !of_which.is_empty() {
+                s.push_str(&format!(" (of which {})", of_which.join(", ")));
+            }
+            parts.push((v.mean_us, s));
+        }
+    }
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut datapath = 0.0;
+    let mut named: Vec<(f64, String)> = Vec::new();
+    for c in Category::ALL.into_iter().filter(|c| c.is_datapath()) {
+        if let Some(v) = get(c) {
+            datapath += v.mean_us;
+            if c != Category::KernelOther && v.mean_us >= 1.0 {
+                named.push((v.mean_us, format!("{} {}", c.name(), human_us(v.mean_us))));
+            }
+        }
+    }
+    named.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut s = format!("Of {} per request: ", human_us(requests.client_mean_us));
+    let mut all: Vec<String> = parts.into_iter().map(|p| p.1).collect();
+    let mut dp = format!("datapath {}", human_us(datapath));
+    if !named.is_empty() {
+        dp.push_str(&format!(
+            " ({})",
+            named
+                .into_iter()
+                .map(|n| n.1)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    all.push(dp);
+    s.push_str(&all.join(", "));
+    let rest = requests.client_mean_us - requests.attributed_mean_us;
+    if rest > 0.01 * requests.client_mean_us {
+        s.push_str(&format!(
+            "; the load generator's own time before its write and after its read {}",
+            human_us(rest)
+        ));
+    }
+    s.push('.');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hoptrace_core::correlate::requests::{RequestSegment, segment};
+
+    fn request(start: u64, parts: &[(&'static str, Category, u64)]) -> Request {
+        let mut t = start;
+        let mut segments = Vec::new();
+        for &(name, category, ns) in parts {
+            segments.push(RequestSegment {
+                name,
+                category,
+                start_ns: t,
+                duration_ns: ns,
+            });
+            t += ns;
+        }
+        Request {
+            start_ns: start,
+            end_ns: t,
+            proxied: true,
+            segments,
+        }
+    }
+
+    #[test]
+    fn section_sums_categories_per_request_and_the_sentence_names_them() {
+        let a = request(
+            0,
+            &[
+                (segment::PROXY_REQUEST, Category::IngressProxy, 60_000),
+                (segment::SOCKET_QUEUE, Category::IngressProxy, 250_000),
+                (segment::APP_SERVICE, Category::Application, 1_200_000),
+                (segment::DATAPATH, Category::KubeProxy, 35_000),
+                (segment::DATAPATH, Category::Encapsulation, 21_000),
+                (segment::STACK, Category::KernelOther, 204_000),
+            ],
+        );
+        let joined = Joined {
+            seen: 2,
+            requests: vec![a.clone(), a],
+        };
+        let section = requests_section(&joined, (1770.0, 1700.0, 2000.0), None, Vec::new());
+        assert_eq!(section.joined, 2);
+        assert!((section.join_rate - 1.0).abs() < 1e-9);
+        assert!((section.attributed_mean_us - 1770.0).abs() < 1e-9);
+        assert!((section.coverage - 1.0).abs() < 1e-9);
+        let proxy = &section.categories["ingress-proxy"];
+        assert!((proxy.mean_us - 310.0).abs() < 1e-9);
+        assert!((proxy.socket_queue_mean_us - 250.0).abs() < 1e-9);
+        let s = sentence(&section);
+        assert_eq!(
+            s,
+            "Of 1.77 ms per request: application 1.20 ms, ingress proxy 310 µs (of which waiting to be read 250 µs), datapath 260 µs (kube-proxy 35 µs, encapsulation 21 µs)."
+        );
+    }
+
+    #[test]
+    fn a_category_a_request_did_not_cross_counts_as_zero() {
+        let a = request(0, &[(segment::APP_SERVICE, Category::Application, 100_000)]);
+        let b = request(
+            0,
+            &[
+                (segment::APP_SERVICE, Category::Application, 100_000),
+                (segment::PROXY_REQUEST, Category::IngressProxy, 300_000),
+            ],
+        );
+        let joined = Joined {
+            seen: 3,
+            requests: vec![a, b],
+        };
+        let section = requests_section(&joined, (500.0, 0.0, 0.0), Some(300.0), Vec::new());
+        assert!((section.categories["ingress-proxy"].mean_us - 150.0).abs() < 1e-9);
+        assert!((section.categories["ingress-proxy"].p50_us - 0.0).abs() < 1e-9);
+        assert!((section.join_rate - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(section.slowest[0].total_us, 400.0);
+    }
+}

@@ -1,0 +1,225 @@
+//! Issue 10, the request timeline: the lab joins every HTTP request from
+//! the client's write to its read through the ingress proxy and the
+//! application, and names the proxy's and the application's own time.
+//! Runs the real binary (`hoptrace lab`), as a user would; every run uses
+//! its own namespace prefix and leaves nothing behind.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+use tests::{can_run_as_root, hoptrace_bin};
+
+/// Removes anything a failed run left, whatever happens in the test.
+struct PrefixGuard(String);
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        let _ = hoptrace_lab::topology::cleanup(&self.0);
+    }
+}
+
+/// Runs `hoptrace lab` (2 keep-alive connections or workers, 100
+/// requests/s for 4 s: bounded traffic inside the lab's namespaces) and
+/// returns `runs[0]` of its JSON.
+fn lab_run(tag: &str, extra: &[&str]) -> Value {
+    let prefix = format!("ht-tl{tag}{}-", std::process::id() % 1000);
+    let _guard = PrefixGuard(prefix.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("lab.json");
+    let mut args = vec![
+        "lab",
+        "--duration",
+        "4s",
+        "--rate",
+        "100",
+        "--connections",
+        "2",
+        "--services",
+        "10",
+        "--prefix",
+        &prefix,
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(hoptrace_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hoptrace lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "hoptrace {args:?}: {}\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "hoptrace lab failed");
+    assert!(
+        stdout.contains("per request: "),
+        "the lab prints where the time per request goes"
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&json)).unwrap())
+        .expect("lab json");
+    doc["runs"][0].clone()
+}
+
+fn requests(run: &Value) -> &Value {
+    let r = &run["requests"];
+    assert!(r.is_object(), "the run has a request timeline: {run:#}");
+    r
+}
+
+fn mean(r: &Value, category: &str) -> f64 {
+    r["categories"][category]["mean_us"].as_f64().unwrap_or(0.0)
+}
+
+/// Growth of ingress-proxy time against growth of the client's latency,
+/// `held` against `base`: both the client's mean (what the load generator
+/// measured from its intended send time) and the client's mean from its
+/// write to its read (that mean less what the load generator recorded of
+/// itself: its millisecond timer's lateness, which on a loaded machine
+/// wanders by several hundred µs between runs and has nothing to do with
+/// the proxy). The proxy's growth must be within 10 % of the latter, and
+/// the client's mean must have grown by the hold.
+fn check_growth(what: &str, rb: &Value, rh: &Value) {
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap();
+    let proxy_growth = mean(rh, "ingress-proxy") - mean(rb, "ingress-proxy");
+    let client_growth = f(rh, "client_mean_us") - f(rb, "client_mean_us");
+    let write_to_read_growth = (f(rh, "client_mean_us") - f(rh, "client_own_mean_us"))
+        - (f(rb, "client_mean_us") - f(rb, "client_own_mean_us"));
+    eprintln!(
+        "{what}: ingress-proxy growth {proxy_growth:.1} µs; client mean growth {client_growth:.1} µs ({:.1}%), from its write to its read {write_to_read_growth:.1} µs ({:.1}%)",
+        100.0 * (proxy_growth - client_growth) / client_growth,
+        100.0 * (proxy_growth - write_to_read_growth) / write_to_read_growth
+    );
+    assert!(
+        client_growth >= 2000.0,
+        "{what}: a 2 ms hold grows the client's mean by 2 ms or more: {client_growth}"
+    );
+    assert!(
+        (proxy_growth - write_to_read_growth).abs() <= 0.10 * write_to_read_growth,
+        "{what}: ingress-proxy growth {proxy_growth:.1} µs is not within 10% of the client's write-to-read growth {write_to_read_growth:.1} µs"
+    );
+}
+
+fn check_joined_and_covered(r: &Value, what: &str) {
+    let count = r["count"].as_u64().unwrap();
+    let joined = r["joined"].as_u64().unwrap();
+    let rate = r["join_rate"].as_f64().unwrap();
+    let coverage = r["coverage"].as_f64().unwrap();
+    let own = r["client_own_mean_us"].as_f64().unwrap();
+    let client = r["client_mean_us"].as_f64().unwrap();
+    eprintln!(
+        "{what}: joined {joined} of {count} ({rate:.4}), coverage {coverage:.3}, of the client's mean {client:.0} µs the load generator's own record {own:.0} µs ({:.3} measured by the hooks)",
+        coverage - own / client
+    );
+    assert!(
+        count >= 300,
+        "{what}: the client sent {count} requests while traced"
+    );
+    assert!(rate >= 0.99, "{what}: join rate {rate} < 0.99");
+    assert!(coverage >= 0.90, "{what}: coverage {coverage} < 0.90");
+    assert!(mean(r, "application") > 0.0, "{what}: application measured");
+}
+
+/// `--proxy-delay 2ms` against the same run without: the ingress proxy's
+/// time per request grows by what the client's latency grows (within 10 %,
+/// see `check_growth`), and the proxy's own measure of its hold is in the
+/// document.
+#[test]
+fn proxy_delay_shows_as_ingress_proxy_time() {
+    if !can_run_as_root("proxy_delay_shows_as_ingress_proxy_time") {
+        return;
+    }
+    let base = lab_run("b", &["--ingress", "builtin"]);
+    let held = lab_run("h", &["--ingress", "builtin", "--proxy-delay", "2ms"]);
+    let (rb, rh) = (requests(&base), requests(&held));
+    check_joined_and_covered(rb, "builtin");
+    check_joined_and_covered(rh, "builtin + 2ms");
+    check_growth("builtin", rb, rh);
+    let hold = rh["proxy_hold_mean_us"]
+        .as_f64()
+        .expect("the proxy reports its hold");
+    eprintln!("hold measured by the builtin proxy {hold:.1} µs");
+    assert!(hold >= 2000.0, "a 2 ms hold is at least 2 ms: {hold}");
+    assert!(rb.get("proxy_hold_mean_us").is_none() || rb["proxy_hold_mean_us"].is_null());
+}
+
+/// Builtin ingress with a new connection per request: still joined, still
+/// covered, and the proxy's time is there.
+#[test]
+fn new_connections_are_joined_and_covered() {
+    if !can_run_as_root("new_connections_are_joined_and_covered") {
+        return;
+    }
+    let run = lab_run(
+        "n",
+        &["--ingress", "builtin", "--load", "http-new-connection"],
+    );
+    let r = requests(&run);
+    check_joined_and_covered(r, "builtin, new connections");
+    assert!(mean(r, "ingress-proxy") > 0.0);
+}
+
+/// Without an ingress proxy: no ingress-proxy time, the application is
+/// still measured, every request joined.
+#[test]
+fn without_ingress_there_is_no_proxy_time() {
+    if !can_run_as_root("without_ingress_there_is_no_proxy_time") {
+        return;
+    }
+    let run = lab_run("i", &["--ingress", "none"]);
+    let r = requests(&run);
+    check_joined_and_covered(r, "no ingress");
+    assert_eq!(mean(r, "ingress-proxy"), 0.0, "no proxy, no proxy time");
+    let slowest = r["slowest"].as_array().expect("waterfalls");
+    assert!(!slowest.is_empty());
+    assert!(slowest.iter().all(|w| w["proxied"] == false));
+}
+
+/// HAProxy (Debian) as the ingress: joined and covered with keep-alive
+/// and new connections, and a Lua `core.msleep(2)` hold per request shows
+/// as ingress-proxy time that grows with the client's mean (within 10 %).
+#[test]
+fn haproxy_ingress_is_joined_and_its_delay_is_ingress_proxy_time() {
+    if !can_run_as_root("haproxy_ingress_is_joined_and_its_delay_is_ingress_proxy_time") {
+        return;
+    }
+    if hoptrace_lab::ingress::find_tool("haproxy").is_none() {
+        eprintln!("skipped: haproxy is not installed (Debian package haproxy)");
+        return;
+    }
+    let new = lab_run(
+        "x",
+        &["--ingress", "haproxy", "--load", "http-new-connection"],
+    );
+    let r = requests(&new);
+    check_joined_and_covered(r, "haproxy, new connections");
+    assert!(mean(r, "ingress-proxy") > 0.0);
+    let base = lab_run("y", &["--ingress", "haproxy"]);
+    let held = lab_run("z", &["--ingress", "haproxy", "--proxy-delay", "2ms"]);
+    let (rb, rh) = (requests(&base), requests(&held));
+    check_joined_and_covered(rb, "haproxy");
+    check_joined_and_covered(rh, "haproxy + 2ms");
+    check_growth("haproxy", rb, rh);
+}
+
+/// nginx (Debian) as the ingress: its worker is known by its name and
+/// every request is joined through it.
+#[test]
+fn nginx_ingress_is_joined() {
+    if !can_run_as_root("nginx_ingress_is_joined") {
+        return;
+    }
+    if hoptrace_lab::ingress::find_tool("nginx").is_none() {
+        eprintln!("skipped: nginx is not installed (Debian package nginx-light)");
+        return;
+    }
+    let run = lab_run("g", &["--ingress", "nginx"]);
+    let r = requests(&run);
+    check_joined_and_covered(r, "nginx");
+    assert!(mean(r, "ingress-proxy") > 0.0);
+}
