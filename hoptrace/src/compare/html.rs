@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use plotters::drawing::DrawingAreaErrorKind;
 use plotters::prelude::*;
 
-use super::{Comparison, CompareError, InputReport, Section, baseline_label, sections, verdict};
+use super::{CompareError, Comparison, InputReport, Section, baseline_label, sections, verdict};
 
 /// Colours of the columns, distinct and readable on white; column `i` has
 /// `PALETTE[i % 10]` everywhere.

@@ -29,7 +29,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use comfy_table::{Cell, CellAlignment};
-use hoptrace_core::report::{Document, DocumentError, LabRequests, LabSection, Report, styled_table};
+use hoptrace_core::report::{
+    Document, DocumentError, LabRequests, LabSection, Report, styled_table,
+};
 
 /// Errors of `hoptrace compare`.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +209,13 @@ fn file_label(path: &Path) -> String {
 /// ingress only when they differ between the lab columns; a trace report by
 /// its file name. Repeated labels get ` (2)`, ` (3)`...
 pub fn default_labels(inputs: &mut [InputReport]) {
-    let parts = |lab: &LabSection| [lab.datapath.clone(), lab.kube_proxy.clone(), lab.ingress.clone()];
+    let parts = |lab: &LabSection| {
+        [
+            lab.datapath.clone(),
+            lab.kube_proxy.clone(),
+            lab.ingress.clone(),
+        ]
+    };
     let labs: Vec<[String; 3]> = inputs
         .iter()
         .filter_map(|input| input.lab.as_ref().map(parts))
@@ -397,7 +405,10 @@ fn value_header(comparison: &Comparison, keys: &[&str], value: &str) -> Vec<Head
 
 /// Value cells of one row: each column's value (formatted by `show`) and,
 /// after the first, its delta to the first.
-fn value_cells(values: &[Option<f64>], show: impl Fn(usize, Option<f64>) -> String) -> Vec<TableCell> {
+fn value_cells(
+    values: &[Option<f64>],
+    show: impl Fn(usize, Option<f64>) -> String,
+) -> Vec<TableCell> {
     let base = values.first().copied().flatten();
     let mut cells = Vec::new();
     for (index, value) in values.iter().enumerate() {
@@ -412,7 +423,14 @@ fn value_cells(values: &[Option<f64>], show: impl Fn(usize, Option<f64>) -> Stri
 /// The inputs: one row per column.
 fn inputs_section(comparison: &Comparison) -> Section {
     let header = [
-        "column", "source", "nodes", "datapath", "kube-proxy", "ingress", "load", "requests ok",
+        "column",
+        "source",
+        "nodes",
+        "datapath",
+        "kube-proxy",
+        "ingress",
+        "load",
+        "requests ok",
     ]
     .into_iter()
     .map(|text| Header {
@@ -431,9 +449,13 @@ fn inputs_section(comparison: &Comparison) -> Section {
         .inputs
         .iter()
         .map(|input| {
+            let file = input.source.file_name().map_or_else(
+                || input.source.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
             let source = match input.run {
-                Some(run) => format!("{} run {run}", input.source.display()),
-                None => input.source.display().to_string(),
+                Some(run) => format!("{file} run {run}"),
+                None => file,
             };
             let nodes = input
                 .nodes
@@ -517,9 +539,11 @@ fn categories_section(comparison: &Comparison, table: &CategoryTable) -> Section
 
 /// Client latency (load generator), else the busiest node's end to end.
 fn latency_section(comparison: &Comparison) -> Option<Section> {
-    if comparison.inputs.iter().all(|input| {
-        input.client_latency().is_none() && input.busiest_end_to_end().is_none()
-    }) {
+    if comparison
+        .inputs
+        .iter()
+        .all(|input| input.client_latency().is_none() && input.busiest_end_to_end().is_none())
+    {
         return None;
     }
     type Pick = fn(&hoptrace_core::report::Stats) -> f64;
@@ -570,7 +594,11 @@ fn latency_section(comparison: &Comparison) -> Option<Section> {
 
 /// The request timeline's join figures, when some column has one.
 fn timeline_section(comparison: &Comparison) -> Option<Section> {
-    if comparison.inputs.iter().all(|input| input.requests.is_none()) {
+    if comparison
+        .inputs
+        .iter()
+        .all(|input| input.requests.is_none())
+    {
         return None;
     }
     type Pick = fn(&LabRequests) -> String;
@@ -590,10 +618,16 @@ fn timeline_section(comparison: &Comparison) -> Option<Section> {
         text: "request timeline".to_owned(),
         column: None,
     })
-    .chain(comparison.labels().into_iter().enumerate().map(|(index, label)| Header {
-        text: label.to_owned(),
-        column: Some(index),
-    }))
+    .chain(
+        comparison
+            .labels()
+            .into_iter()
+            .enumerate()
+            .map(|(index, label)| Header {
+                text: label.to_owned(),
+                column: Some(index),
+            }),
+    )
     .collect();
     let rows = measures
         .into_iter()
@@ -621,7 +655,10 @@ fn segments_section(comparison: &Comparison, table: &SegmentTable) -> Section {
         .zip(&table.values)
         .map(|((segment, category), values)| {
             let values: Vec<Option<f64>> = values.iter().copied().map(Some).collect();
-            let mut row = vec![TableCell::key(segment.clone()), TableCell::key(category.clone())];
+            let mut row = vec![
+                TableCell::key(segment.clone()),
+                TableCell::key(category.clone()),
+            ];
             row.extend(value_cells(&values, |_, v| format_us(v)));
             row
         })

@@ -242,9 +242,8 @@ fn ordered<K: Clone + Ord>(per_column: &[BTreeMap<K, f64>]) -> (Vec<K>, Vec<Vec<
 impl Comparison {
     /// The basis every column can be compared on (see [`Basis`]).
     pub fn basis(&self) -> Basis {
-        let all = |f: &dyn Fn(&InputReport) -> bool| {
-            !self.inputs.is_empty() && self.inputs.iter().all(f)
-        };
+        let all =
+            |f: &dyn Fn(&InputReport) -> bool| !self.inputs.is_empty() && self.inputs.iter().all(f);
         if all(&|input| input.requests.as_ref().is_some_and(|r| r.joined > 0)) {
             Basis::Timeline
         } else if all(&|input| input.requests_ok().is_some()) {
