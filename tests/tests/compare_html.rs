@@ -302,13 +302,20 @@ fn compare_of_lab_runs_has_one_column_per_run() {
         .find(|line| line.contains("category") && line.contains("vxlan overlay"))
         .expect("category table header");
     assert_eq!(header.matches("vxlan overlay").count(), 1, "{header}");
-    assert_eq!(header.matches("bgp routed").count(), 2, "value and Δ: {header}");
+    assert_eq!(
+        header.matches("bgp routed").count(),
+        2,
+        "value and Δ: {header}"
+    );
     assert!(!stdout.contains("/lab-node"), "per-node columns: {stdout}");
     let ingress = stdout
         .lines()
         .find(|line| line.starts_with("│ ingress-proxy"))
         .expect("ingress-proxy row");
-    assert!(ingress.contains("310 (18%)") && ingress.contains("-250"), "{ingress}");
+    assert!(
+        ingress.contains("310 (18%)") && ingress.contains("-250"),
+        "{ingress}"
+    );
     // A wrong number of labels is one line naming the columns.
     let wrong = std::process::Command::new(tests::hoptrace_bin())
         .arg("compare")
@@ -322,7 +329,9 @@ fn compare_of_lab_runs_has_one_column_per_run() {
     assert!(stderr.contains("flannel-vxlan, calico-bgp"), "{stderr}");
 
     let html = std::fs::read_to_string(&page).expect("page");
-    let chart = html.find("Time per request by category (mean µs)").expect("chart");
+    let chart = html
+        .find("Time per request by category (mean µs)")
+        .expect("chart");
     let latency = html.find("Client latency CDF").expect("latency chart");
     assert!(chart < latency, "the per-request chart comes first");
     tests::browser::assert_page_renders(

@@ -426,9 +426,7 @@ fn inputs_section(comparison: &Comparison) -> Section {
         "column",
         "source",
         "nodes",
-        "datapath",
-        "kube-proxy",
-        "ingress",
+        "datapath / kube-proxy / ingress",
         "load",
         "requests ok",
     ]
@@ -470,17 +468,20 @@ fn inputs_section(comparison: &Comparison) -> Section {
             ];
             match &input.lab {
                 Some(lab) => row.extend([
-                    TableCell::key(dash(&lab.datapath)),
-                    TableCell::key(dash(&lab.kube_proxy)),
-                    TableCell::key(dash(&lab.ingress)),
                     TableCell::key(format!(
-                        "{} {}/s x {} conns, {}s",
+                        "{} / {} / {}",
+                        dash(&lab.datapath),
+                        dash(&lab.kube_proxy),
+                        dash(&lab.ingress)
+                    )),
+                    TableCell::key(format!(
+                        "{} {}/s, {} conns, {}s",
                         lab.load.mode, lab.load.rate, lab.load.connections, lab.load.duration
                     )),
                     TableCell::number(lab.requests_ok.to_string()),
                 ]),
                 None => {
-                    row.extend(std::iter::repeat_n(TableCell::key("-"), 5));
+                    row.extend(std::iter::repeat_n(TableCell::key("-"), 3));
                 }
             }
             row
