@@ -1,14 +1,16 @@
-//! Renders a `hoptrace compare --html` page (the real binary) from two
-//! synthetic (valid, typed) reports, opens it
-//! in headless Chromium and checks that it renders: no console errors, a
-//! screenshot of the right size that is not blank and shows coloured bars.
-//! Skips with a printed reason when Chromium is not installed.
+//! Renders `hoptrace compare --html` pages (the real binary) from synthetic
+//! (valid, typed) node reports and lab documents, opens them in headless
+//! Chromium and checks that they render: no console errors, the verdict and
+//! the per-request chart first, a screenshot of the right size that is not
+//! blank and shows coloured bars. Skips with a printed reason when Chromium
+//! is not installed.
 
 use std::path::{Path, PathBuf};
 
 use hoptrace_core::report::{
-    Category, CategoryRow, ClientLatency, ConnState, Direction, EndToEndRow, LabLoad, LabSection,
-    LedgerCounters, REPORT_SCHEMA, Report, SegmentRow, Stats,
+    Category, CategoryRow, ClientLatency, ConnState, Direction, EndToEndRow, LabDocument, LabLoad,
+    LabRequests, LabRunDocument, LabSection, LedgerCounters, REPORT_SCHEMA, Report,
+    RequestCategory, SegmentRow, Stats,
 };
 
 /// Statistics of 5000 values around `p50` µs.
@@ -167,13 +169,182 @@ fn compare_page_renders_in_headless_chromium() {
         .map(|entry| entry.expect("entry").path())
         .collect();
     assert_eq!(written.len(), 3, "page plus two SVG charts: {written:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("Verdict: cilium is "), "{stdout}");
     if let Ok(keep) = std::env::var("HOPTRACE_KEEP_HTML") {
         for file in &written {
             let _ = std::fs::copy(file, Path::new(&keep).join(file.file_name().expect("name")));
         }
     }
 
-    tests::browser::assert_page_renders(&page, &["cilium", "iptables"], 2);
+    tests::browser::assert_page_renders(
+        &page,
+        &[
+            "cilium",
+            "iptables",
+            "Time per request by category",
+            "Client latency CDF",
+        ],
+        2,
+    );
+}
+
+/// A request timeline for a run: `(category, mean µs per request)`.
+fn requests(client_mean_us: f64, categories: &[(&str, f64)]) -> LabRequests {
+    LabRequests {
+        count: 2000,
+        joined: 1990,
+        join_rate: 0.995,
+        client_mean_us,
+        client_p50_us: client_mean_us * 0.9,
+        client_p99_us: client_mean_us * 3.0,
+        attributed_mean_us: categories.iter().map(|c| c.1).sum(),
+        coverage: 0.95,
+        client_own_mean_us: 20.0,
+        categories: categories
+            .iter()
+            .map(|(name, mean_us)| {
+                (
+                    (*name).to_owned(),
+                    RequestCategory {
+                        mean_us: *mean_us,
+                        p50_us: *mean_us * 0.9,
+                        p99_us: *mean_us * 3.0,
+                        socket_queue_mean_us: 0.0,
+                    },
+                )
+            })
+            .collect(),
+        proxy_hold_mean_us: None,
+        slowest: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+/// A lab document of two runs of two nodes each, with request timelines,
+/// compared with `--label`: one column per run (never node against node),
+/// the verdict on top and the per-request categories as the first chart.
+#[test]
+fn compare_of_lab_runs_has_one_column_per_run() {
+    if !tests::browser::chromium_available() {
+        println!("skipping: /usr/bin/chromium not installed (apt-get install -y chromium)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |datapath: &str, scale: f64, requests_of_run: LabRequests| {
+        let mut nodes = vec![
+            synthetic_report(datapath, scale),
+            synthetic_report(datapath, scale),
+        ];
+        nodes[1].node = "lab-node-2".into();
+        let lab = nodes[0].lab.clone().expect("lab section");
+        let mut run = LabRunDocument::new(datapath.into(), lab, nodes);
+        run.requests = Some(requests_of_run);
+        run
+    };
+    let document = LabDocument::new(vec![
+        run(
+            "flannel-vxlan",
+            1.0,
+            requests(
+                1770.0,
+                &[
+                    ("application", 1200.0),
+                    ("ingress-proxy", 310.0),
+                    ("encapsulation", 21.0),
+                    ("kube-proxy", 35.0),
+                    ("kernel-other", 150.0),
+                ],
+            ),
+        ),
+        run(
+            "calico-bgp",
+            0.8,
+            requests(
+                1360.0,
+                &[
+                    ("application", 1200.0),
+                    ("ingress-proxy", 60.0),
+                    ("kube-proxy", 35.0),
+                    ("kernel-other", 40.0),
+                ],
+            ),
+        ),
+    ]);
+    let input = dir.path().join("lab.json");
+    std::fs::write(&input, document.to_json_pretty().expect("json")).expect("write");
+    let page = dir.path().join("runs.html");
+    let out = std::process::Command::new(tests::hoptrace_bin())
+        .arg("compare")
+        .arg(&input)
+        .args(["--label", "vxlan overlay", "--label", "bgp routed"])
+        .arg("--html")
+        .arg(&page)
+        .output()
+        .expect("run hoptrace compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "hoptrace compare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+    assert!(
+        stdout.starts_with(
+            "Verdict: bgp routed is 0.41 ms per request faster than vxlan overlay: ingress-proxy −0.25 ms"
+        ),
+        "{stdout}"
+    );
+    // The first table's header names each run once: two value columns and
+    // one delta, no per-node columns.
+    let header = stdout
+        .lines()
+        .find(|line| line.contains("category") && line.contains("vxlan overlay"))
+        .expect("category table header");
+    assert_eq!(header.matches("vxlan overlay").count(), 1, "{header}");
+    assert_eq!(
+        header.matches("bgp routed").count(),
+        2,
+        "value and Δ: {header}"
+    );
+    assert!(!stdout.contains("/lab-node"), "per-node columns: {stdout}");
+    let ingress = stdout
+        .lines()
+        .find(|line| line.starts_with("│ ingress-proxy"))
+        .expect("ingress-proxy row");
+    assert!(
+        ingress.contains("310 (18%)") && ingress.contains("-250"),
+        "{ingress}"
+    );
+    // A wrong number of labels is one line naming the columns.
+    let wrong = std::process::Command::new(tests::hoptrace_bin())
+        .arg("compare")
+        .arg(&input)
+        .args(["--label", "only one"])
+        .output()
+        .expect("run hoptrace compare");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("flannel-vxlan, calico-bgp"), "{stderr}");
+
+    let html = std::fs::read_to_string(&page).expect("page");
+    let chart = html
+        .find("Time per request by category (mean µs)")
+        .expect("chart");
+    let latency = html.find("Client latency CDF").expect("latency chart");
+    assert!(chart < latency, "the per-request chart comes first");
+    tests::browser::assert_page_renders(
+        &page,
+        &[
+            "bgp routed is 0.41 ms per request faster than vxlan overlay",
+            "Time per request by category",
+            "ingress-proxy",
+            "application",
+            "Request timeline",
+        ],
+        2,
+    );
 }
 
 /// Files that are not hoptrace documents are refused by the real binary

@@ -1,28 +1,37 @@
-//! `hoptrace compare`: side-by-side latency of several reports.
+//! `hoptrace compare`: runs side by side, one column per run.
 //!
 //! Inputs are node reports (`hoptrace.report.v1`, with or without a `lab`
-//! section) or lab documents (`hoptrace.lab.v1`, one input per node report
-//! of every run), read through the typed schema of
-//! [`hoptrace_core::report`]: anything else is refused with the file's name
-//! and what was expected.
+//! section: one column each) or lab documents (`hoptrace.lab.v1`: one
+//! column per `runs[]` entry, its nodes summed), read through the typed
+//! schema of [`hoptrace_core::report`]: anything else is refused with the
+//! file's name and what was expected.
 //!
-//! Output is a text table per category, per segment and end to end (p50 and
-//! p99 of each input, and the difference to the first input); a row missing
-//! from an input shows `-`. `html.rs` adds a self-contained HTML page with SVG
-//! charts (no scripts, no external URLs).
+//! Output (`render_table`): a one-line verdict (`verdict.rs`), the inputs,
+//! the time per request by category (from the request timeline when every
+//! run has one, else from the node reports summed over each run's nodes;
+//! `summary.rs`), the client latency, the request timeline's join figures
+//! and the time per request by segment; every value column after the first
+//! has its difference to the first. `html.rs` writes the same as a
+//! self-contained HTML page with SVG charts (no scripts, no external URLs).
 
 mod html;
+mod summary;
 #[cfg(test)]
 mod tests;
+mod verdict;
 
 pub use html::write_html;
+pub use summary::{Basis, CategoryTable, SegmentTable};
+pub use verdict::verdict;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use hoptrace_core::report::{ALL, ClientLatency, Document, DocumentError, Report, Stats};
+use comfy_table::{Cell, CellAlignment};
+use hoptrace_core::report::{
+    Document, DocumentError, LabRequests, LabSection, Report, styled_table,
+};
 
 /// Errors of `hoptrace compare`.
 #[derive(Debug, thiserror::Error)]
@@ -48,11 +57,23 @@ pub enum CompareError {
         #[source]
         source: DocumentError,
     },
-    /// A lab document without any node report.
-    #[error("{path} contains no report (no runs[].nodes[])")]
+    /// A lab document without any run.
+    #[error("{path} contains no run (no runs[])")]
     EmptyLab {
         /// File.
         path: PathBuf,
+    },
+    /// `--label` given, but not once per column.
+    #[error(
+        "{given} --label given for {columns} columns (one per lab run or report, in order): {names}"
+    )]
+    Labels {
+        /// Labels given.
+        given: usize,
+        /// Columns read.
+        columns: usize,
+        /// The columns' default labels, comma-separated.
+        names: String,
     },
     /// Writing the HTML page or an SVG failed.
     #[error("cannot write {path}")]
@@ -74,149 +95,42 @@ pub enum CompareError {
     },
 }
 
-/// Identity of a table row: a segment or category name split by direction
-/// and connection state.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RowKey {
-    /// Segment name (segment rows), category (category rows) or `end-to-end`.
-    pub name: String,
-    /// Category of a segment row; `None` on other rows.
-    pub category: Option<String>,
-    /// `egress`, `ingress`, `local` or `all`.
-    pub direction: String,
-    /// `new`, `established` or `all`.
-    pub conn_state: String,
-}
-
-/// One compared report.
+/// One column of the comparison: a lab run (every node report of it) or
+/// one node report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InputReport {
-    /// Column label: `lab.datapath`, the run label or the file name.
+    /// Column label: `--label`, else the run's datapath (plus its
+    /// kube-proxy mode and ingress where those differ between columns),
+    /// else the file name.
     pub label: String,
     /// File it came from.
     pub source: PathBuf,
-    /// The report.
-    pub report: Report,
+    /// 1-based position in the lab document's `runs[]`; `None` for a node
+    /// report.
+    pub run: Option<usize>,
+    /// The run's node reports (one for a node report).
+    pub nodes: Vec<Report>,
+    /// The run's settings and client results, when it is a lab run.
+    pub lab: Option<LabSection>,
+    /// The run's request timeline, when it has one.
+    pub requests: Option<LabRequests>,
 }
 
-impl InputReport {
-    /// `end_to_end[]`, each row named `end-to-end`.
-    pub fn end_to_end_rows(&self) -> Vec<(RowKey, &Stats)> {
-        self.report
-            .end_to_end
-            .iter()
-            .map(|row| {
-                let key = RowKey {
-                    name: "end-to-end".to_owned(),
-                    category: None,
-                    direction: row.direction.clone(),
-                    conn_state: row.conn_state.clone(),
-                };
-                (key, &row.stats)
-            })
-            .collect()
-    }
-
-    /// `categories[]`, named by category.
-    pub fn category_rows(&self) -> Vec<(RowKey, &Stats)> {
-        self.report
-            .categories
-            .iter()
-            .map(|row| {
-                let key = RowKey {
-                    name: row.category.name().to_owned(),
-                    category: None,
-                    direction: row.direction.clone(),
-                    conn_state: row.conn_state.clone(),
-                };
-                (key, &row.stats)
-            })
-            .collect()
-    }
-
-    /// `segments[]`, named by segment, with their category.
-    pub fn segment_rows(&self) -> Vec<(RowKey, &Stats)> {
-        self.report
-            .segments
-            .iter()
-            .map(|row| {
-                let key = RowKey {
-                    name: row.segment.clone(),
-                    category: Some(row.category.name().to_owned()),
-                    direction: row.direction.name().to_owned(),
-                    conn_state: row.conn_state.name().to_owned(),
-                };
-                (key, &row.stats)
-            })
-            .collect()
-    }
-
-    /// `lab.client_latency`, when the report has a `lab` section.
-    pub fn client_latency(&self) -> Option<&ClientLatency> {
-        self.report.lab.as_ref().map(|lab| &lab.client_latency)
-    }
-
-    /// The overall end-to-end row: direction and conn_state `all`, else the
-    /// row with the most samples.
-    pub fn overall_end_to_end(&self) -> Option<&Stats> {
-        preferred_row(
-            self.report
-                .end_to_end
-                .iter()
-                .map(|row| (row.direction.as_str(), row.conn_state.as_str(), &row.stats)),
-        )
-    }
-
-    /// p50 per category name, one row per name: the `all`/`all` row when there
-    /// is one, else the row with the most samples. Order of first appearance.
-    pub fn category_p50(&self) -> Vec<(String, f64)> {
-        let mut names: Vec<&str> = Vec::new();
-        for row in &self.report.categories {
-            if !names.contains(&row.category.name()) {
-                names.push(row.category.name());
-            }
-        }
-        names
-            .into_iter()
-            .filter_map(|name| {
-                let rows = self
-                    .report
-                    .categories
-                    .iter()
-                    .filter(|row| row.category.name() == name)
-                    .map(|row| (row.direction.as_str(), row.conn_state.as_str(), &row.stats));
-                Some((name.to_owned(), preferred_row(rows)?.p50_us))
-            })
-            .collect()
-    }
-}
-
-/// Of `(direction, conn_state, stats)` rows: the `all`/`all` one, else the
-/// one with the most samples.
-fn preferred_row<'a>(
-    rows: impl Iterator<Item = (&'a str, &'a str, &'a Stats)> + Clone,
-) -> Option<&'a Stats> {
-    rows.clone()
-        .find(|(direction, conn_state, _)| *direction == ALL && *conn_state == ALL)
-        .or_else(|| rows.max_by_key(|(_, _, stats)| stats.count))
-        .map(|(_, _, stats)| stats)
-}
-
-/// Reports to compare, the first one being the baseline.
+/// Columns to compare, the first one being the baseline of every delta.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Comparison {
-    /// Inputs in command-line order (a lab document contributes one per node).
+    /// Columns in command-line order (a lab document contributes one per run).
     pub inputs: Vec<InputReport>,
 }
 
 /// Reads every file in `paths` (node reports or lab documents) into a
-/// [`Comparison`].
+/// [`Comparison`] with default labels.
 ///
 /// # Errors
 /// [`CompareError::NoInputs`] without paths, [`CompareError::Read`] when a
 /// file cannot be read, [`CompareError::Document`] when it is not a
 /// hoptrace document and [`CompareError::EmptyLab`] for a lab document
-/// without node reports.
+/// without runs.
 pub fn compare(paths: &[PathBuf]) -> Result<Comparison, CompareError> {
     if paths.is_empty() {
         return Err(CompareError::NoInputs);
@@ -233,69 +147,129 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison, CompareError> {
         })?;
         inputs.extend(inputs_from_document(document, path)?);
     }
-    make_labels_unique(&mut inputs);
+    default_labels(&mut inputs);
     Ok(Comparison { inputs })
 }
 
-/// Turns one document into its inputs: a node report is one input, a lab
-/// document one per node report of every run. `path` names the source.
+/// Turns one document into its columns: a node report is one column, a
+/// lab document one per run (all its nodes). `path` names the source.
+/// Labels are the defaults among these columns.
 ///
 /// # Errors
-/// [`CompareError::EmptyLab`] for a lab document without node reports.
+/// [`CompareError::EmptyLab`] for a lab document without runs.
 pub fn inputs_from_document(
     document: Document,
     path: &Path,
 ) -> Result<Vec<InputReport>, CompareError> {
-    let file_label = path.file_stem().map_or_else(
+    let mut inputs = match document {
+        Document::Lab(lab) => lab
+            .runs
+            .into_iter()
+            .enumerate()
+            .map(|(index, run)| InputReport {
+                label: String::new(),
+                source: path.to_owned(),
+                run: Some(index + 1),
+                nodes: run.nodes,
+                lab: Some(run.lab),
+                requests: run.requests,
+            })
+            .collect(),
+        Document::Report(report) => {
+            let report = *report;
+            vec![InputReport {
+                label: String::new(),
+                source: path.to_owned(),
+                run: None,
+                lab: report.lab.clone(),
+                nodes: vec![report],
+                requests: None,
+            }]
+        }
+    };
+    if inputs.is_empty() {
+        return Err(CompareError::EmptyLab {
+            path: path.to_owned(),
+        });
+    }
+    default_labels(&mut inputs);
+    Ok(inputs)
+}
+
+/// The file name without extension, or the whole path.
+fn file_label(path: &Path) -> String {
+    path.file_stem().map_or_else(
         || path.display().to_string(),
         |stem| stem.to_string_lossy().into_owned(),
-    );
-    match document {
-        Document::Lab(lab) => {
-            let mut inputs = Vec::new();
-            for (run_index, run) in lab.runs.into_iter().enumerate() {
-                let run_label = if run.label.is_empty() {
-                    format!("{file_label}#{}", run_index + 1)
-                } else {
-                    run.label
-                };
-                let several = run.nodes.len() > 1;
-                for (node_index, report) in run.nodes.into_iter().enumerate() {
-                    let label = if several {
-                        let node_name = if report.node.is_empty() {
-                            format!("node{}", node_index + 1)
-                        } else {
-                            report.node.clone()
-                        };
-                        format!("{run_label}/{node_name}")
-                    } else {
-                        run_label.clone()
-                    };
-                    inputs.push(InputReport {
-                        label,
-                        source: path.to_owned(),
-                        report,
-                    });
-                }
-            }
-            if inputs.is_empty() {
-                return Err(CompareError::EmptyLab {
-                    path: path.to_owned(),
-                });
-            }
-            Ok(inputs)
+    )
+}
+
+/// Default labels: a lab run (or a report with a `lab` section) is named
+/// `datapath/kube-proxy/ingress`, keeping the kube-proxy mode and the
+/// ingress only when they differ between the lab columns; a trace report by
+/// its file name. Repeated labels get ` (2)`, ` (3)`...
+pub fn default_labels(inputs: &mut [InputReport]) {
+    let parts = |lab: &LabSection| {
+        [
+            lab.datapath.clone(),
+            lab.kube_proxy.clone(),
+            lab.ingress.clone(),
+        ]
+    };
+    let labs: Vec<[String; 3]> = inputs
+        .iter()
+        .filter_map(|input| input.lab.as_ref().map(parts))
+        .collect();
+    let varies: Vec<bool> = (0..3)
+        .map(|i| i == 0 || labs.iter().any(|p| p[i] != labs[0][i]))
+        .collect();
+    for input in inputs.iter_mut() {
+        input.label = match &input.lab {
+            Some(lab) if !lab.datapath.is_empty() => parts(lab)
+                .into_iter()
+                .zip(&varies)
+                .filter(|(_, keep)| **keep)
+                .map(|(part, _)| part)
+                .collect::<Vec<_>>()
+                .join("/"),
+            _ => file_label(&input.source),
+        };
+    }
+    make_labels_unique(inputs);
+}
+
+impl Comparison {
+    /// Names the columns by `labels` (`--label`), one per column in order.
+    ///
+    /// # Errors
+    /// [`CompareError::Labels`] when `labels` does not have one entry per
+    /// column.
+    pub fn set_labels(&mut self, labels: &[String]) -> Result<(), CompareError> {
+        if labels.len() != self.inputs.len() {
+            return Err(CompareError::Labels {
+                given: labels.len(),
+                columns: self.inputs.len(),
+                names: self
+                    .inputs
+                    .iter()
+                    .map(|input| input.label.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
-        Document::Report(report) => {
-            let label = report
-                .lab
-                .as_ref()
-                .map_or(file_label, |lab| lab.datapath.clone());
-            Ok(vec![InputReport {
-                label,
-                source: path.to_owned(),
-                report: *report,
-            }])
+        for (input, label) in self.inputs.iter_mut().zip(labels) {
+            input.label.clone_from(label);
         }
+        make_labels_unique(&mut self.inputs);
+        Ok(())
+    }
+
+    /// Labels of the columns, in order.
+    pub fn labels(&self) -> Vec<&str> {
+        self.inputs
+            .iter()
+            .map(|input| input.label.as_str())
+            .collect()
     }
 }
 
@@ -347,168 +321,121 @@ pub fn format_delta(delta: Option<(f64, Option<f64>)>) -> String {
     }
 }
 
-/// Rows of one section across all inputs: the union of keys in order of
-/// first appearance, with each input's statistics (or `None`).
-fn section_rows<'a>(
-    comparison: &'a Comparison,
-    select: impl Fn(&'a InputReport) -> Vec<(RowKey, &'a Stats)>,
-) -> Vec<(RowKey, Vec<Option<&'a Stats>>)> {
-    let per_input: Vec<Vec<(RowKey, &Stats)>> = comparison.inputs.iter().map(select).collect();
-    let mut keys: Vec<&RowKey> = Vec::new();
-    let mut seen = HashSet::new();
-    for (key, _) in per_input.iter().flatten() {
-        if seen.insert(key) {
-            keys.push(key);
+/// One cell of a section: its text, whether it is a number (right-aligned)
+/// and, for deltas, its sign (-1 faster, 1 slower, 0 otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TableCell {
+    pub(crate) text: String,
+    pub(crate) numeric: bool,
+    pub(crate) sign: i8,
+}
+
+impl TableCell {
+    fn key(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            numeric: false,
+            sign: 0,
         }
     }
-    keys.into_iter()
-        .map(|key| {
-            let stats = per_input
-                .iter()
-                .map(|rows| rows.iter().find(|(k, _)| k == key).map(|(_, stats)| *stats))
-                .collect();
-            (key.clone(), stats)
+
+    fn number(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            numeric: true,
+            sign: 0,
+        }
+    }
+
+    fn delta(base: Option<f64>, value: Option<f64>) -> Self {
+        let d = delta(base, value);
+        let sign = match d {
+            Some((diff, _)) if diff > 0.0 => 1,
+            Some((diff, _)) if diff < 0.0 => -1,
+            _ => 0,
+        };
+        Self {
+            text: format_delta(d),
+            numeric: true,
+            sign,
+        }
+    }
+}
+
+/// A column header: its text and the column it belongs to (for its colour
+/// in the HTML page).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Header {
+    pub(crate) text: String,
+    pub(crate) column: Option<usize>,
+}
+
+/// One table of the comparison, rendered as text and as HTML.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Section {
+    pub(crate) title: String,
+    pub(crate) header: Vec<Header>,
+    pub(crate) rows: Vec<Vec<TableCell>>,
+}
+
+/// Header of `keys` then, per column, its value header and (after the
+/// first) its delta header.
+fn value_header(comparison: &Comparison, keys: &[&str], value: &str) -> Vec<Header> {
+    let mut header: Vec<Header> = keys
+        .iter()
+        .map(|key| Header {
+            text: (*key).to_owned(),
+            column: None,
         })
-        .collect()
-}
-
-/// One comparison section (end to end, categories, segments) as rows of cells.
-struct Section {
-    title: &'static str,
-    header: Vec<String>,
-    /// Each cell with its delta sign (for colouring): -1 faster, 1 slower.
-    rows: Vec<Vec<(String, i8)>>,
-}
-
-impl Section {
-    /// Columns before the first value column (`p50 ...`).
-    fn key_columns(&self) -> usize {
-        self.header
-            .iter()
-            .take_while(|h| !h.starts_with("p50"))
-            .count()
-    }
-}
-
-fn sections(comparison: &Comparison) -> Vec<Section> {
-    let labels: Vec<&str> = comparison
-        .inputs
-        .iter()
-        .map(|input| input.label.as_str())
         .collect();
-    let value_header = |key_columns: &[&str]| {
-        let mut header: Vec<String> = key_columns.iter().map(|c| (*c).to_owned()).collect();
-        for (index, label) in labels.iter().enumerate() {
-            header.push(format!("p50 µs\n{label}"));
-            header.push(format!("p99 µs\n{label}"));
-            if index > 0 {
-                header.push(format!("Δp50\n{label}"));
-                header.push(format!("Δp99\n{label}"));
-            }
+    for (index, label) in comparison.labels().into_iter().enumerate() {
+        header.push(Header {
+            text: format!("{label}\n{value}"),
+            column: Some(index),
+        });
+        if index > 0 {
+            header.push(Header {
+                text: format!("Δ {label}"),
+                column: Some(index),
+            });
         }
-        header
-    };
-    let value_cells = |stats: &[Option<&Stats>]| {
-        let base = stats.first().copied().flatten();
-        let mut cells = Vec::new();
-        for (index, stat) in stats.iter().enumerate() {
-            let p50 = stat.map(|s| s.p50_us);
-            let p99 = stat.map(|s| s.p99_us);
-            cells.push((format_us(p50), 0));
-            cells.push((format_us(p99), 0));
-            if index > 0 {
-                for (base_value, value) in
-                    [(base.map(|s| s.p50_us), p50), (base.map(|s| s.p99_us), p99)]
-                {
-                    let d = delta(base_value, value);
-                    let sign = d.map_or(0, |(diff, _)| {
-                        if diff > 0.0 {
-                            1
-                        } else if diff < 0.0 {
-                            -1
-                        } else {
-                            0
-                        }
-                    });
-                    cells.push((format_delta(d), sign));
-                }
-            }
-        }
-        cells
-    };
-    let key_cells = |key: &RowKey, with_category: bool| {
-        let mut cells = vec![(key.name.clone(), 0)];
-        if with_category {
-            cells.push((key.category.clone().unwrap_or_else(|| "-".to_owned()), 0));
-        }
-        cells.push((key.direction.clone(), 0));
-        cells.push((key.conn_state.clone(), 0));
-        cells
-    };
-
-    let mut end_to_end = Section {
-        title: "End to end",
-        header: value_header(&["measure", "dir", "conn"]),
-        rows: Vec::new(),
-    };
-    for (key, stats) in section_rows(comparison, InputReport::end_to_end_rows) {
-        let mut row = key_cells(&key, false);
-        row.extend(value_cells(&stats));
-        end_to_end.rows.push(row);
     }
-    let client: Vec<Option<Stats>> = comparison
-        .inputs
-        .iter()
-        .map(|input| input.client_latency().map(ClientLatency::stats))
-        .collect();
-    if client.iter().any(Option::is_some) {
-        let stats: Vec<Option<&Stats>> = client.iter().map(Option::as_ref).collect();
-        let mut row = vec![
-            ("client (load generator)".to_owned(), 0),
-            ("-".to_owned(), 0),
-            ("-".to_owned(), 0),
-        ];
-        row.extend(value_cells(&stats));
-        end_to_end.rows.push(row);
-    }
-
-    let mut categories = Section {
-        title: "Per category",
-        header: value_header(&["category", "dir", "conn"]),
-        rows: Vec::new(),
-    };
-    for (key, stats) in section_rows(comparison, InputReport::category_rows) {
-        let mut row = key_cells(&key, false);
-        row.extend(value_cells(&stats));
-        categories.rows.push(row);
-    }
-
-    let mut segments = Section {
-        title: "Per segment",
-        header: value_header(&["segment", "category", "dir", "conn"]),
-        rows: Vec::new(),
-    };
-    for (key, stats) in section_rows(comparison, InputReport::segment_rows) {
-        let mut row = key_cells(&key, true);
-        row.extend(value_cells(&stats));
-        segments.rows.push(row);
-    }
-    vec![end_to_end, categories, segments]
+    header
 }
 
-fn inputs_overview(comparison: &Comparison) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let header = vec![
-        "label",
-        "file",
-        "node",
-        "kernel",
-        "started",
-        "duration s",
-        "datapath",
-        "kube-proxy",
-        "services",
-        "ingress",
-    ];
+/// Value cells of one row: each column's value (formatted by `show`) and,
+/// after the first, its delta to the first.
+fn value_cells(
+    values: &[Option<f64>],
+    show: impl Fn(usize, Option<f64>) -> String,
+) -> Vec<TableCell> {
+    let base = values.first().copied().flatten();
+    let mut cells = Vec::new();
+    for (index, value) in values.iter().enumerate() {
+        cells.push(TableCell::number(show(index, *value)));
+        if index > 0 {
+            cells.push(TableCell::delta(base, *value));
+        }
+    }
+    cells
+}
+
+/// The inputs: one row per column.
+fn inputs_section(comparison: &Comparison) -> Section {
+    let header = [
+        "column",
+        "source",
+        "nodes",
+        "datapath / kube-proxy / ingress",
+        "load",
+        "requests ok",
+    ]
+    .into_iter()
+    .map(|text| Header {
+        text: text.to_owned(),
+        column: None,
+    })
+    .collect();
     let dash = |value: &str| {
         if value.is_empty() {
             "-".to_owned()
@@ -520,69 +447,282 @@ fn inputs_overview(comparison: &Comparison) -> (Vec<&'static str>, Vec<Vec<Strin
         .inputs
         .iter()
         .map(|input| {
-            let report = &input.report;
+            let file = input.source.file_name().map_or_else(
+                || input.source.display().to_string(),
+                |name| name.to_string_lossy().into_owned(),
+            );
+            let source = match input.run {
+                Some(run) => format!("{file} run {run}"),
+                None => file,
+            };
+            let nodes = input
+                .nodes
+                .iter()
+                .map(|node| dash(&node.node))
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut row = vec![
-                input.label.clone(),
-                input.source.display().to_string(),
-                dash(&report.node),
-                dash(&report.kernel),
-                dash(&report.started_at),
-                format!("{:.1}", report.duration_s),
+                TableCell::key(input.label.clone()),
+                TableCell::key(source),
+                TableCell::key(nodes),
             ];
-            match &report.lab {
+            match &input.lab {
                 Some(lab) => row.extend([
-                    dash(&lab.datapath),
-                    dash(&lab.kube_proxy),
-                    lab.services.to_string(),
-                    dash(&lab.ingress),
+                    TableCell::key(format!(
+                        "{} / {} / {}",
+                        dash(&lab.datapath),
+                        dash(&lab.kube_proxy),
+                        dash(&lab.ingress)
+                    )),
+                    TableCell::key(format!(
+                        "{} {}/s, {} conns, {}s",
+                        lab.load.mode, lab.load.rate, lab.load.connections, lab.load.duration
+                    )),
+                    TableCell::number(lab.requests_ok.to_string()),
                 ]),
-                None => row.extend(std::iter::repeat_n("-".to_owned(), 4)),
+                None => {
+                    row.extend(std::iter::repeat_n(TableCell::key("-"), 3));
+                }
             }
             row
         })
         .collect();
-    (header, rows)
+    Section {
+        title: "Inputs (one column per lab run or trace report, summed over its nodes)".to_owned(),
+        header,
+        rows,
+    }
 }
 
-/// The comparison as text tables (inputs, end to end, categories, segments).
+/// Time per request by category: µs and share of the client's mean.
+fn categories_section(comparison: &Comparison, table: &CategoryTable) -> Section {
+    let unit = table.basis.unit();
+    let share = |column: usize, value: Option<f64>| match (value, table.totals[column]) {
+        (Some(v), Some(total)) if total > 0.0 => {
+            format!("{} ({:.0}%)", format_us(Some(v)), 100.0 * v / total)
+        }
+        (value, _) => format_us(value),
+    };
+    let mut rows: Vec<Vec<TableCell>> = table
+        .categories
+        .iter()
+        .zip(&table.values)
+        .map(|(name, values)| {
+            let values: Vec<Option<f64>> = values.iter().copied().map(Some).collect();
+            let mut row = vec![TableCell::key(name.clone())];
+            row.extend(value_cells(&values, share));
+            row
+        })
+        .collect();
+    let columns = comparison.inputs.len();
+    let attributed: Vec<Option<f64>> = (0..columns).map(|c| Some(table.attributed(c))).collect();
+    let mut row = vec![TableCell::key("all categories")];
+    row.extend(value_cells(&attributed, share));
+    rows.push(row);
+    if table.totals.iter().any(Option::is_some) {
+        let whole = match table.basis {
+            Basis::LedgerPerJourney => "end-to-end (sum over nodes)",
+            _ => "client mean latency",
+        };
+        let mut row = vec![TableCell::key(whole)];
+        row.extend(value_cells(&table.totals, |_, v| format_us(v)));
+        rows.push(row);
+    }
+    Section {
+        title: format!(
+            "Time per {unit} by category, µs (share of the client's mean), from {}",
+            table.basis.source()
+        ),
+        header: value_header(comparison, &["category"], &format!("µs per {unit}")),
+        rows,
+    }
+}
+
+/// Client latency (load generator), else the busiest node's end to end.
+fn latency_section(comparison: &Comparison) -> Option<Section> {
+    if comparison
+        .inputs
+        .iter()
+        .all(|input| input.client_latency().is_none() && input.busiest_end_to_end().is_none())
+    {
+        return None;
+    }
+    type Pick = fn(&hoptrace_core::report::Stats) -> f64;
+    let measures: [(&str, Pick); 5] = [
+        ("p50", |s| s.p50_us),
+        ("p90", |s| s.p90_us),
+        ("p99", |s| s.p99_us),
+        ("max", |s| s.max_us),
+        ("mean", |s| s.mean_us),
+    ];
+    let stats: Vec<Option<hoptrace_core::report::Stats>> = comparison
+        .inputs
+        .iter()
+        .map(|input| match input.client_latency() {
+            Some(latency) => Some(latency.stats()),
+            None => input.busiest_end_to_end().cloned(),
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (name, pick) in measures {
+        let values: Vec<Option<f64>> = stats.iter().map(|s| s.as_ref().map(pick)).collect();
+        let mut row = vec![TableCell::key(name)];
+        row.extend(value_cells(&values, |_, v| format_us(v)));
+        rows.push(row);
+    }
+    let mut row = vec![TableCell::key("measured by")];
+    for (index, input) in comparison.inputs.iter().enumerate() {
+        let by = if input.client_latency().is_some() {
+            "load generator"
+        } else if input.busiest_end_to_end().is_some() {
+            "node end to end"
+        } else {
+            "-"
+        };
+        row.push(TableCell::key(by));
+        if index > 0 {
+            row.push(TableCell::key(""));
+        }
+    }
+    rows.push(row);
+    Some(Section {
+        title: "Latency, µs (the load generator's; a trace report's first to last hop on its node)"
+            .to_owned(),
+        header: value_header(comparison, &["measure"], "µs"),
+        rows,
+    })
+}
+
+/// The request timeline's join figures, when some column has one.
+fn timeline_section(comparison: &Comparison) -> Option<Section> {
+    if comparison
+        .inputs
+        .iter()
+        .all(|input| input.requests.is_none())
+    {
+        return None;
+    }
+    type Pick = fn(&LabRequests) -> String;
+    let measures: [(&str, Pick); 5] = [
+        ("requests seen", |r| r.count.to_string()),
+        ("joined", |r| r.joined.to_string()),
+        ("join rate", |r| format!("{:.1}%", 100.0 * r.join_rate)),
+        ("coverage of the client's mean", |r| {
+            format!("{:.0}%", 100.0 * r.coverage)
+        }),
+        ("builtin proxy's own hold", |r| {
+            r.proxy_hold_mean_us
+                .map_or_else(|| "-".to_owned(), |hold| format!("{hold:.0} µs"))
+        }),
+    ];
+    let header = std::iter::once(Header {
+        text: "request timeline".to_owned(),
+        column: None,
+    })
+    .chain(
+        comparison
+            .labels()
+            .into_iter()
+            .enumerate()
+            .map(|(index, label)| Header {
+                text: label.to_owned(),
+                column: Some(index),
+            }),
+    )
+    .collect();
+    let rows = measures
+        .into_iter()
+        .map(|(name, pick)| {
+            std::iter::once(TableCell::key(name))
+                .chain(comparison.inputs.iter().map(|input| {
+                    TableCell::number(input.requests.as_ref().map_or_else(|| "-".to_owned(), pick))
+                }))
+                .collect()
+        })
+        .collect();
+    Some(Section {
+        title: "Request timeline".to_owned(),
+        header,
+        rows,
+    })
+}
+
+/// Time per request by segment (node reports, summed over nodes).
+fn segments_section(comparison: &Comparison, table: &SegmentTable) -> Section {
+    let unit = table.basis.unit();
+    let rows = table
+        .segments
+        .iter()
+        .zip(&table.values)
+        .map(|((segment, category), values)| {
+            let values: Vec<Option<f64>> = values.iter().copied().map(Some).collect();
+            let mut row = vec![
+                TableCell::key(segment.clone()),
+                TableCell::key(category.clone()),
+            ];
+            row.extend(value_cells(&values, |_, v| format_us(v)));
+            row
+        })
+        .collect();
+    Section {
+        title: format!(
+            "Time per {unit} by segment, µs (node reports: every node, direction and state)"
+        ),
+        header: value_header(
+            comparison,
+            &["segment", "category"],
+            &format!("µs per {unit}"),
+        ),
+        rows,
+    }
+}
+
+/// Every table of the comparison, in page order.
+pub(crate) fn sections(comparison: &Comparison) -> Vec<Section> {
+    let categories = comparison.category_table();
+    let mut out = vec![
+        categories_section(comparison, &categories),
+        inputs_section(comparison),
+    ];
+    out.extend(latency_section(comparison));
+    out.extend(timeline_section(comparison));
+    out.push(segments_section(comparison, &comparison.segment_table()));
+    out
+}
+
+/// The comparison as text: the verdict, then every table wrapped to 100
+/// columns.
 pub fn render_table(comparison: &Comparison) -> String {
     let mut out = String::new();
-    let (header, rows) = inputs_overview(comparison);
-    let mut table = Table::new();
-    table
-        .load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(header);
-    for row in rows {
-        table.add_row(row);
-    }
     let _ = writeln!(
         out,
-        "Inputs (deltas are against {}):\n{table}\n",
+        "{}",
+        hoptrace_core::diagnose::wrap("Verdict: ", "  ", &verdict(comparison)).trim_end()
+    );
+    let _ = writeln!(
+        out,
+        "Deltas are against {} (the first column).\n",
         baseline_label(comparison)
     );
     for section in sections(comparison) {
-        let mut table = Table::new();
-        table
-            .load_preset(UTF8_FULL_CONDENSED)
-            .set_content_arrangement(ContentArrangement::Disabled)
-            .set_header(section.header.clone());
-        let key_columns = section.key_columns();
+        if section.rows.is_empty() {
+            let _ = writeln!(out, "{}: no data\n", section.title);
+            continue;
+        }
+        let header: Vec<&str> = section.header.iter().map(|h| h.text.as_str()).collect();
+        let mut table = styled_table(&header);
         for row in &section.rows {
-            table.add_row(row.iter().enumerate().map(|(index, (cell, _))| {
-                let cell = Cell::new(cell);
-                if index >= key_columns {
-                    cell.set_alignment(CellAlignment::Right)
+            table.add_row(row.iter().map(|cell| {
+                let c = Cell::new(&cell.text);
+                if cell.numeric {
+                    c.set_alignment(CellAlignment::Right)
                 } else {
-                    cell
+                    c
                 }
             }));
         }
-        if section.rows.is_empty() {
-            let _ = writeln!(out, "{}: no data\n", section.title);
-        } else {
-            let _ = writeln!(out, "{}:\n{table}\n", section.title);
-        }
+        let title = hoptrace_core::diagnose::wrap("", "", &format!("{}:", section.title));
+        let _ = writeln!(out, "{}\n{table}\n", title.trim_end());
     }
     out
 }

@@ -1,0 +1,131 @@
+//! The one-line verdict on top of `hoptrace compare`: which column is
+//! faster per request, by how much, and which categories make the
+//! difference, e.g. "calico-bgp is 0.41 ms per request faster than
+//! flannel-vxlan: encapsulation −0.25 ms, kube-proxy −0.10 ms".
+
+use super::Comparison;
+use super::summary::CategoryTable;
+
+/// Categories named in the verdict, at most.
+const NAMED: usize = 3;
+
+/// A duration in µs for a sentence: `0.41 ms` from 100 µs up, else
+/// `35 µs` (one decimal below 10 µs).
+pub fn human_us(us: f64) -> String {
+    let magnitude = us.abs();
+    if magnitude >= 100.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else if magnitude >= 10.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+/// A signed duration: `+35 µs`, `−0.25 ms` (with a minus sign, U+2212).
+pub fn signed_us(us: f64) -> String {
+    let text = human_us(us.abs());
+    if us < 0.0 {
+        format!("−{text}")
+    } else {
+        format!("+{text}")
+    }
+}
+
+/// Whole time per unit of `column`: its total, else the sum of its
+/// categories.
+fn whole(table: &CategoryTable, column: usize) -> f64 {
+    table.totals[column].unwrap_or_else(|| table.attributed(column))
+}
+
+/// The verdict for `comparison` (see the module docs). With more than two
+/// columns it compares the fastest with the slowest; with one it says what
+/// that column's time is made of.
+pub fn verdict(comparison: &Comparison) -> String {
+    let table = comparison.category_table();
+    let labels: Vec<&str> = comparison
+        .inputs
+        .iter()
+        .map(|input| input.label.as_str())
+        .collect();
+    let unit = table.basis.unit();
+    match labels.len() {
+        0 => return "nothing to compare".to_owned(),
+        1 => {
+            let mut text = format!("{}: {} per {unit}", labels[0], human_us(whole(&table, 0)));
+            if let Some(first) = table.categories.first() {
+                text.push_str(&format!(
+                    ", most of it {first} {}",
+                    human_us(table.values[0][0])
+                ));
+            }
+            text.push_str(" (one column: nothing to compare)");
+            return text;
+        }
+        _ => {}
+    }
+    let wholes: Vec<f64> = (0..labels.len()).map(|c| whole(&table, c)).collect();
+    let fast = (0..labels.len())
+        .min_by(|a, b| wholes[*a].total_cmp(&wholes[*b]))
+        .unwrap_or(0);
+    let slow = (0..labels.len())
+        .max_by(|a, b| wholes[*a].total_cmp(&wholes[*b]))
+        .unwrap_or(0);
+    let diff = wholes[slow] - wholes[fast];
+    let of_n = if labels.len() > 2 {
+        format!(" (fastest and slowest of {})", labels.len())
+    } else {
+        String::new()
+    };
+    if fast == slow || diff < 1.0_f64.max(0.01 * wholes[slow]) {
+        return format!(
+            "{} and {} are within {} per {unit} of each other{of_n}",
+            labels[fast],
+            labels[slow],
+            human_us(diff)
+        );
+    }
+    // Per category: the fast column minus the slow one, largest first.
+    let mut deltas: Vec<(&str, f64)> = table
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            (
+                name.as_str(),
+                table.values[index][fast] - table.values[index][slow],
+            )
+        })
+        .filter(|(_, delta)| delta.abs() >= 1.0_f64.max(0.05 * diff))
+        .collect();
+    deltas.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    deltas.truncate(NAMED);
+    let mut text = format!(
+        "{} is {} per {unit} faster than {}",
+        labels[fast],
+        human_us(diff),
+        labels[slow]
+    );
+    if deltas.is_empty() {
+        text.push_str(": no category differs by more than 5% of that");
+    } else {
+        let named: Vec<String> = deltas
+            .iter()
+            .map(|(name, delta)| format!("{name} {}", signed_us(*delta)))
+            .collect();
+        text.push_str(": ");
+        text.push_str(&named.join(", "));
+    }
+    // What the categories do not explain (the client's own stack and
+    // scheduling outside the timeline, or hooks a run lacked).
+    let explained = table.attributed(slow) - table.attributed(fast);
+    let rest = diff - explained;
+    if table.totals[fast].is_some() && table.totals[slow].is_some() && rest.abs() >= 0.1 * diff {
+        text.push_str(&format!(
+            "; {} of the difference is outside the measured categories",
+            signed_us(-rest)
+        ));
+    }
+    text.push_str(&of_n);
+    text
+}
