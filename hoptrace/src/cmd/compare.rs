@@ -13,7 +13,7 @@ pub struct CompareArgs {
     #[arg(required = true)]
     reports: Vec<PathBuf>,
     /// Also write a self-contained HTML page with charts (and SVG files beside it).
-    #[arg(long)]
+    #[arg(long, value_parser = super::output_file)]
     html: Option<PathBuf>,
 }
 
