@@ -243,8 +243,10 @@ pub struct Exemplar {
 pub struct Ledger {
     /// Interned segment names; [`SegmentKey::segment`] indexes this.
     pub segment_names: Vec<SegmentName>,
-    /// One row per segment, direction and state: one value per crossing
-    /// (a journey that crosses a segment twice records it twice).
+    /// One row per segment, direction and state: one value per journey
+    /// (a journey that crosses a segment twice records the sum once). The
+    /// state of a segment between two netfilter hops of an outer
+    /// (encapsulating) packet is that outer pass's own.
     pub segments: HashMap<SegmentKey, Stat>,
     /// One value per journey and category: the sum of the journey's
     /// segments of that category.

@@ -178,9 +178,9 @@ pub fn node_a_journey(
         ("tc.egress", KernelOther, 100),
         ("qdisc", KernelOther, 200),
         ("tunnel.vxlan.encap", Encapsulation, 700),
-        ("netfilter.output.dnat", KubeProxy, 100),
+        ("netfilter.outer.output.dnat", KubeProxy, 100),
         ("routing.output", Cni, 500),
-        ("netfilter.postrouting.snat", KubeProxy, 100),
+        ("netfilter.outer.postrouting.snat", KubeProxy, 100),
         ("ip.output", KernelOther, 300),
         ("tc.egress", KernelOther, 100),
         ("qdisc", KernelOther, 300),
@@ -316,9 +316,9 @@ pub fn node_b_journey(t0: u64, skb: u64) -> (Vec<HopEvent>, Vec<(&'static str, C
     let segments = vec![
         ("tc.ingress", KernelOther, 200),
         ("ip.receive", KernelOther, 800),
-        ("netfilter.prerouting.conntrack", Conntrack, 300),
+        ("netfilter.outer.prerouting.conntrack", Conntrack, 300),
         ("routing", Cni, 500),
-        ("netfilter.input.filter", KubeProxy, 200),
+        ("netfilter.outer.input.filter", KubeProxy, 200),
         ("tunnel.vxlan.decap", Encapsulation, 1_000),
         ("tc.ingress", KernelOther, 100),
         ("ip.receive", KernelOther, 400),
@@ -521,7 +521,21 @@ fn skipped_brackets_follow_their_layer_and_are_not_unparsed() {
         names.contains(&"netfilter.prerouting.conntrack"),
         "{names:?}"
     );
-    assert!(names.contains(&"netfilter.output.conntrack"), "{names:?}");
+    // The outer packet's pass has names of its own and its own state: the
+    // journey is established, the outer pass (ctinfo NEW, no status read) new.
+    assert!(
+        names.contains(&"netfilter.outer.output.conntrack"),
+        "{names:?}"
+    );
+    assert!(
+        ledger
+            .segment(
+                "netfilter.outer.output.conntrack",
+                Direction::Local,
+                ConnState::New
+            )
+            .is_some()
+    );
     // A skipped bracket of an unknown buffer starts nothing.
     let ledger = run(&events[1..2]);
     assert_eq!(ledger.counters.journeys, 0);
@@ -1126,5 +1140,140 @@ fn the_observer_gets_the_drop_reason_and_location() {
         seen[0].5,
         Some(("NETFILTER_DROP".to_owned(), "veth.rx".to_owned())),
         "reason from the kernel's names, location = the hop before the drop"
+    );
+}
+
+/// `ct_state` of a netfilter event whose program read the entry's status.
+fn with_status(mut e: HopEvent, unconfirmed: bool) -> HopEvent {
+    e.ct_state |= hoptrace_common::CT_STATUS_KNOWN;
+    if unconfirmed {
+        e.ct_state |= hoptrace_common::CT_UNCONFIRMED;
+    }
+    e
+}
+
+#[test]
+fn each_pass_has_the_conn_state_of_its_own_conntrack_entry() {
+    // Node A of an overlay, an established inner packet whose outer VXLAN
+    // flow is new (a new source port): the outer pass created its entry
+    // (unconfirmed) and walked the nat chains. Its segments are
+    // `netfilter.outer.*`, in state `new`; the inner ones `established`.
+    use CtState::{Established, New};
+    use HookKind::*;
+    use NfHook::*;
+    let inner = dnat(tcp(ACK, 77, 3));
+    let outer = vxlan(inner);
+    let events = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, inner),
+        with_status(nf(2_000, SKB, PreRouting, -101, Established, inner), false),
+        with_status(nf(2_500, SKB, PreRouting, -99, Established, inner), false),
+        ev(3_000, SKB, NODE, IF_VXLAN, TcEgress, inner),
+        // Outer: ctinfo says NEW, and the entry is unconfirmed.
+        with_status(nf(4_000, SKB, LocalOut, -101, New, outer), true),
+        with_status(nf(304_000, SKB, LocalOut, -99, New, outer), true),
+        ev(305_000, SKB, NODE, IF_UPLINK, TcEgress, outer),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 1, "{:?}", ledger.counters);
+    let inner_dnat = ledger
+        .segment(
+            "netfilter.prerouting.dnat",
+            Direction::Egress,
+            ConnState::Established,
+        )
+        .expect("inner dnat, established");
+    assert_eq!(inner_dnat.total_ns, 500);
+    let outer_dnat = ledger
+        .segment("netfilter.outer.output.dnat", Direction::Egress, ConnState::New)
+        .expect("outer dnat, new: its own pass created the entry");
+    assert_eq!(outer_dnat.total_ns, 300_000);
+    assert!(
+        ledger
+            .segment("netfilter.output.dnat", Direction::Egress, ConnState::New)
+            .is_none()
+    );
+    // The same outer flow later: ctinfo still says NEW (an overlay's outer
+    // flow never sees a reply), but the entry is confirmed: established.
+    let events2: Vec<HopEvent> = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, inner),
+        with_status(nf(2_000, SKB, PreRouting, -101, Established, inner), false),
+        with_status(nf(2_500, SKB, PreRouting, -99, Established, inner), false),
+        ev(3_000, SKB, NODE, IF_VXLAN, TcEgress, inner),
+        with_status(nf(4_000, SKB, LocalOut, -101, New, outer), false),
+        with_status(nf(4_500, SKB, LocalOut, -99, New, outer), false),
+        ev(5_000, SKB, NODE, IF_UPLINK, TcEgress, outer),
+    ]
+    .to_vec();
+    let ledger = run(&events2);
+    assert!(
+        ledger
+            .segment(
+                "netfilter.outer.output.dnat",
+                Direction::Egress,
+                ConnState::Established
+            )
+            .is_some(),
+        "a confirmed entry is not new, whatever ctinfo says"
+    );
+}
+
+#[test]
+fn a_segment_that_repeats_in_a_journey_counts_once_summed() {
+    // Two passes through one band in one journey (the packet loops through
+    // prerouting twice, e.g. hairpin): one value, the sum, as categories.
+    use CtState::Established;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(ACK, 9, 3);
+    let events = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+        nf(2_000, SKB, PreRouting, -101, Established, p),
+        nf(2_700, SKB, PreRouting, -99, Established, p),
+        nf(3_000, SKB, PreRouting, -101, Established, p),
+        nf(3_300, SKB, PreRouting, -99, Established, p),
+        ev(4_000, SKB, NODE, IF_VETH_A, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    let dnat = ledger
+        .segment(
+            "netfilter.prerouting.dnat",
+            Direction::Egress,
+            ConnState::Established,
+        )
+        .expect("dnat row");
+    assert_eq!(dnat.hist.len(), 1, "one value per journey");
+    assert_eq!(dnat.total_ns, 1_000, "both crossings summed");
+    let kube = &ledger.categories[&(Category::KubeProxy, Direction::Egress, ConnState::Established)];
+    assert_eq!(kube.total_ns, dnat.total_ns);
+    assert_eq!(kube.hist.len(), 1);
+}
+
+#[test]
+fn a_second_receive_from_the_wire_on_one_device_is_another_packet() {
+    // A retransmission (same fingerprint) in the recycled buffer of its
+    // first copy, 30 ms later, within the idle timeout: before, one
+    // journey with a 30 ms `uplink.ingress..uplink.ingress` segment.
+    use CtState::Established;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(ACK, 5, 3);
+    // The first copy's only hop is its receive (the rest of its way was
+    // not traced: another namespace's hooks, a filtered flow).
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(31_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(32_000, SKB, PreRouting, -201, CtState::None, p),
+        nf(32_300, SKB, PreRouting, -199, Established, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.buffer_reuses, 1);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
     );
 }

@@ -103,7 +103,8 @@ pub struct SegmentRow {
     pub direction: Direction,
     /// Whether the journeys' packets opened a connection.
     pub conn_state: ConnState,
-    /// One value per crossing, µs (flattened into the row).
+    /// One value per journey (the sum of the segment's occurrences in it),
+    /// µs (flattened into the row).
     #[serde(flatten)]
     pub stats: Stats,
     /// Sum of this segment's time / sum of the end-to-end time of the

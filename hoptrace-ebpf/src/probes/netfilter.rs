@@ -119,5 +119,6 @@ fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cf
     h.netns_ino = cfg.node_netns_ino;
     h.ifindex = dev_ifindex(skb.dev());
     h.skb_len = skb.len();
-    h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+    let nfct = skb.nfct();
+    h.ct_state = CtState::from_nfct(nfct) as u8 | Skb::ct_flags(nfct);
 }
