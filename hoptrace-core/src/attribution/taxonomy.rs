@@ -397,10 +397,6 @@ pub const fn encap_name(encap: Encap) -> &'static str {
     }
 }
 
-fn netfilter_band_segment(hook: NfHook, from_slot: u8, to_slot: u8) -> Option<SegmentName> {
-    netfilter_layer_band_segment(hook, from_slot, to_slot, false)
-}
-
 /// `netfilter.<hook>.<bands>`, or `netfilter.outer.<hook>.<bands>` for the
 /// pass of an encapsulating outer packet (its own conntrack entry, its own
 /// walk of the nat chains).
@@ -724,13 +720,13 @@ mod tests {
     #[test]
     fn spanned_bands_of_one_category_keep_it() {
         // No two adjacent kube-proxy bands exist, so check the rule directly.
-        let seg = netfilter_band_segment(NfHook::LocalOut, 3, 4).expect("band");
+        let seg = netfilter_layer_band_segment(NfHook::LocalOut, 3, 4, false).expect("band");
         assert_eq!(seg.category, Category::KubeProxy);
-        let seg = netfilter_band_segment(NfHook::LocalOut, 3, 6).expect("bands");
+        let seg = netfilter_layer_band_segment(NfHook::LocalOut, 3, 6, false).expect("bands");
         assert_eq!(seg.name, "netfilter.output.dnat+other+filter");
         assert_eq!(seg.category, Category::NetfilterOther);
-        assert!(netfilter_band_segment(NfHook::LocalOut, 4, 4).is_none());
-        assert!(netfilter_band_segment(NfHook::LocalOut, 5, 3).is_none());
+        assert!(netfilter_layer_band_segment(NfHook::LocalOut, 4, 4, false).is_none());
+        assert!(netfilter_layer_band_segment(NfHook::LocalOut, 5, 3, false).is_none());
     }
 
     #[test]

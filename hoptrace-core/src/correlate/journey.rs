@@ -4,7 +4,7 @@
 use hoptrace_common::packet::IPPROTO_TCP;
 use hoptrace_common::{
     CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, Encap, HookKind, HopEvent, L3Headers,
-    NF_PRIORITY_SLOTS,
+    NF_PRIORITY_SLOTS, NfHook,
 };
 
 /// Netfilter priority of conntrack (`NF_IP_PRI_CONNTRACK`).
@@ -146,13 +146,49 @@ impl Journey {
         )
     }
 
-    /// Whether the journey already has a hop at `hop`'s point on its
-    /// device: a packet from the wire is received once per device, so a
-    /// second receive there is another packet in a recycled buffer.
+    /// Whether the journey already has a hop at `hop`'s device hook (tc
+    /// or device tracepoint, same device, same layer): a packet crosses a
+    /// hook of a device once, so a second crossing is another packet in a
+    /// recycled buffer (a retransmission, or the node's own IPv6 DAD or
+    /// MLD message after the same one it received).
     pub(crate) fn has_hop_at(&self, hop: &Hop) -> bool {
-        self.hops.iter().any(|h| {
-            h.point == hop.point && h.ifindex == hop.ifindex && h.netns_ino == hop.netns_ino
-        })
+        matches!(hop.point, HopPoint::Tc { .. } | HopPoint::Device { .. })
+            && self.hops.iter().any(|h| {
+                h.point == hop.point
+                    && h.ifindex == hop.ifindex
+                    && h.netns_ino == hop.netns_ino
+                    && h.encap == hop.encap
+            })
+    }
+
+    /// A packet received from the wire for a link-local multicast group
+    /// (IPv4 224.0.0.0/24, IPv6 ff02::/16): no node forwards it, so one
+    /// that leaves the node afterwards is the node's own (same fingerprint
+    /// in a recycled buffer, as IPv6 DAD neighbour solicitations have).
+    pub(crate) fn link_local_multicast_received(&self) -> bool {
+        let received = self
+            .hops
+            .first()
+            .is_some_and(|h| h.point.is_wire_receive() || h.point.enters_node());
+        let link_local = match self.first_flow.dst_addr() {
+            std::net::IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
+            std::net::IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
+        };
+        received && link_local
+    }
+
+    /// Whether `hop` is the OUTPUT hook of a bare (not encapsulated)
+    /// packet while the journey's bare packet already crossed PREROUTING:
+    /// LOCAL_OUT sees only locally generated packets, so this is another
+    /// packet in a recycled buffer (a node's own MLD report after one it
+    /// received, with the same fingerprint). Encapsulation does go from
+    /// PREROUTING to OUTPUT, as the outer packet, and stays one journey.
+    pub(crate) fn local_out_after_prerouting(&self, hop: &Hop) -> bool {
+        let bare_nf = |h: &Hop, want: NfHook| {
+            h.encap == Encap::None as u8
+                && matches!(h.point, HopPoint::Netfilter { hook, .. } if hook == want)
+        };
+        bare_nf(hop, NfHook::LocalOut) && self.hops.iter().any(|h| bare_nf(h, NfHook::PreRouting))
     }
 
     pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {

@@ -423,7 +423,9 @@ impl Correlator {
                             || (j.on_wire && !h.point.may_follow_uplink())
                             || (j.in_pod && !h.point.may_follow_pod_handoff())
                             || (!j.only_receives && h.point.arrives_on_uplink())
-                            || (h.point.is_wire_receive() && j.has_hop_at(h))
+                            || j.has_hop_at(h)
+                            || (h.point.leaves_node() && j.link_local_multicast_received())
+                            || j.local_out_after_prerouting(h)
                     });
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
                 if same_packet && !stale && !returned && !after_end {

@@ -1277,3 +1277,58 @@ fn a_second_receive_from_the_wire_on_one_device_is_another_packet() {
         ledger.segment_names_seen()
     );
 }
+
+#[test]
+fn output_after_prerouting_of_a_bare_packet_is_another_packet() {
+    // A received packet, then the node's own packet with the same
+    // fingerprint in the recycled buffer 8 ms later (IPv6 MLD reports):
+    // before, one journey with an 8 ms `nf.prerouting.-99..nf.output.-201`.
+    use HookKind::*;
+    use NfHook::*;
+    let mut p = PacketMeta::zeroed();
+    p.outer = l3([192, 168, 0, 9], 0, [224, 0, 0, 22], 0, 2);
+    p.outer.payload_len = 40;
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(2_000, SKB, PreRouting, -101, CtState::None, p),
+        nf(2_300, SKB, PreRouting, -99, CtState::None, p),
+        nf(10_000_000, SKB, LocalOut, -201, CtState::None, p),
+        nf(10_000_300, SKB, LocalOut, -199, CtState::None, p),
+        ev(10_001_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("prerouting.-99..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+    // The outer packet of an overlay does go from PREROUTING to OUTPUT.
+    let (events, _) = node_a_journey(0, SKB, 100);
+    assert_eq!(run(&events).counters.journeys, 1);
+}
+
+#[test]
+fn the_nodes_own_dad_message_after_a_received_one_is_another_packet() {
+    // IPv6 DAD neighbour solicitations from :: to a solicited-node group
+    // share a fingerprint: one received from the other node, the node's
+    // own sent 30 ms later in the recycled buffer. Before: one journey
+    // with `uplink.ingress..uplink.egress`, then `uplink.egress..uplink.egress`.
+    use HookKind::*;
+    let mut p = PacketMeta::zeroed();
+    p.outer.version = 6;
+    p.outer.daddr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xb8, 0x82, 0x72];
+    p.outer.l4_proto = 58;
+    p.outer.payload_len = 24;
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(30_000_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+        ev(60_000_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 3, "{:?}", ledger.counters);
+    assert!(ledger.segments.is_empty(), "{:?}", ledger.segment_names_seen());
+}
