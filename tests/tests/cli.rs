@@ -91,14 +91,26 @@ fn refused_with(prefix: &[&str], args: &[&str], expect: &[&str]) -> String {
 
 #[test]
 fn trace_refuses_bad_input() {
-    refused(&["trace", "--duration", "0s"], &["--duration", "more than zero"]);
+    refused(
+        &["trace", "--duration", "0s"],
+        &["--duration", "more than zero"],
+    );
     refused(&["trace", "--port", "0"], &["--port", "0"]);
-    refused(&["trace", "--ip", "10.0.0.0/99"], &["--ip", "too long", "/32"]);
+    refused(
+        &["trace", "--ip", "10.0.0.0/99"],
+        &["--ip", "too long", "/32"],
+    );
     refused(&["trace", "--ip", "10.0.0/8"], &["--ip"]);
     // --json into a missing directory: refused before tracing (a 60 s
     // trace that failed at the end would take 60 s).
     refused(
-        &["trace", "--duration", "60s", "--json", "/nonexistent-dir/r.json"],
+        &[
+            "trace",
+            "--duration",
+            "60s",
+            "--json",
+            "/nonexistent-dir/r.json",
+        ],
         &["--json", "does not exist"],
     );
     refused(
@@ -126,7 +138,10 @@ fn lab_refuses_bad_input_before_building() {
     for (args, expect) in [
         (vec!["--rate", "0"], vec!["--rate", "more than zero"]),
         (vec!["--rate=-5"], vec!["--rate", "more than zero"]),
-        (vec!["--duration", "0s"], vec!["--duration", "more than zero"]),
+        (
+            vec!["--duration", "0s"],
+            vec!["--duration", "more than zero"],
+        ),
         (vec!["--nodes", "7"], vec!["--nodes", "7"]),
         (vec!["--connections", "0"], vec!["--connections"]),
         (
@@ -150,16 +165,16 @@ fn compare_refuses_files_that_are_not_hoptrace_documents() {
     for (name, content) in [
         ("hello.json", r#"{"hello":"world"}"#),
         ("array.json", "[1,2,3]"),
-        ("check.json", r#"{"items":[{"name":"btf","available":true}]}"#),
+        (
+            "check.json",
+            r#"{"items":[{"name":"btf","available":true}]}"#,
+        ),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
         refused(&["compare", path.to_str().unwrap()], &[name]);
     }
-    refused(
-        &["compare", "/nonexistent-dir/a.json"],
-        &["a.json"],
-    );
+    refused(&["compare", "/nonexistent-dir/a.json"], &["a.json"]);
 }
 
 #[test]
@@ -175,10 +190,17 @@ fn privileges_are_checked_by_capability() {
     // effective set. The uid is 0, the error names CAP_BPF and only it.
     let no_bpf = ["setpriv", "--bounding-set", "-bpf,-sys_admin"];
     let line = refused_with(&no_bpf, &["trace", "--duration", "1s"], &["CAP_BPF"]);
-    assert!(!line.contains("CAP_PERFMON") && !line.contains("CAP_NET_ADMIN"), "{line}");
+    assert!(
+        !line.contains("CAP_PERFMON") && !line.contains("CAP_NET_ADMIN"),
+        "{line}"
+    );
     refused_with(&no_bpf, &["check"], &["CAP_BPF"]);
     let no_net_admin = ["setpriv", "--bounding-set", "-net_admin"];
-    let line = refused_with(&no_net_admin, &["lab", "--duration", "1s"], &["CAP_NET_ADMIN"]);
+    let line = refused_with(
+        &no_net_admin,
+        &["lab", "--duration", "1s"],
+        &["CAP_NET_ADMIN"],
+    );
     assert!(!line.contains("CAP_BPF"), "{line}");
     // Entering a namespace needs CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are
     // still there).

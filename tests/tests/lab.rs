@@ -114,10 +114,16 @@ fn kube_proxy_us_per_request(run: &Value) -> f64 {
         .expect("nodes")
         .iter()
         .flat_map(|n| n["categories"].as_array().cloned().unwrap_or_default())
-        .filter(|c| c["category"] == "kube-proxy" && c["direction"] == "all" && c["conn_state"] == "all")
+        .filter(|c| {
+            c["category"] == "kube-proxy" && c["direction"] == "all" && c["conn_state"] == "all"
+        })
         .map(|c| c["total_us"].as_f64().unwrap_or(0.0))
         .sum();
-    total / run["lab"]["requests_ok"].as_f64().expect("requests_ok").max(1.0)
+    total
+        / run["lab"]["requests_ok"]
+            .as_f64()
+            .expect("requests_ok")
+            .max(1.0)
 }
 
 fn quick_lab(prefix: &str, json: &Path, extra: &[&str]) -> Output {
@@ -191,7 +197,10 @@ fn every_datapath_carries_traffic_and_leaves_nothing() {
         // (br_netfilter's bridge, 6.18's tc egress before the queue,
         // recycled buffers) hold under 1% of the attributed time.
         let (share, unnamed) = unnamed_share(run);
-        eprintln!("{datapath}: unnamed segments {:.3}% {unnamed:?}", 100.0 * share);
+        eprintln!(
+            "{datapath}: unnamed segments {:.3}% {unnamed:?}",
+            100.0 * share
+        );
         assert!(
             share < 0.01,
             "{datapath}: unnamed segments hold {:.2}% of the attributed time: {unnamed:?}",
@@ -232,7 +241,11 @@ fn kube_proxy_none_shows_no_kube_proxy_category() {
     );
     assert!(out.status.success());
     let page = std::fs::read_to_string(&html).expect("the page of one run");
-    assert!(page.contains("calico-bgp") && page.contains("<svg"), "{}", &page[..page.len().min(300)]);
+    assert!(
+        page.contains("calico-bgp") && page.contains("<svg"),
+        "{}",
+        &page[..page.len().min(300)]
+    );
     let runs = read_runs(&json);
     assert_eq!(category_count(&runs[0], "kube-proxy"), 0);
     // Without kube-proxy's rules nothing asks for conntrack in the node
@@ -289,7 +302,11 @@ fn ten_thousand_services_raise_kube_proxy_per_request_by_the_client_rise() {
         let run = &read_runs(&json)[0];
         p50.push(category_p50_new(run, "kube-proxy"));
         kube.push(kube_proxy_us_per_request(run));
-        client.push(run["lab"]["client_latency"]["mean_us"].as_f64().expect("client mean"));
+        client.push(
+            run["lab"]["client_latency"]["mean_us"]
+                .as_f64()
+                .expect("client mean"),
+        );
     }
     let kube_rise = kube[1] - kube[0];
     let client_rise = client[1] - client[0];
@@ -302,7 +319,10 @@ fn ten_thousand_services_raise_kube_proxy_per_request_by_the_client_rise() {
         p50[1] > p50[0] * 2.0,
         "10,000 services must raise kube-proxy's p50 clearly: {p50:?}"
     );
-    assert!(client_rise > 200.0, "the client must see the services: {client:?}");
+    assert!(
+        client_rise > 200.0,
+        "the client must see the services: {client:?}"
+    );
     assert!(
         (kube_rise / client_rise - 1.0).abs() <= 0.3,
         "kube-proxy per request rose {kube_rise:.1} µs, the client's mean {client_rise:.1} µs"

@@ -935,7 +935,11 @@ mod tests {
             seg,
             SegmentName::new("netfilter.forward.filter", Category::KubeProxy)
         );
-        let seg = classify(site(nf(NfHook::LocalOut, -101)), site(HopPoint::Drop), false);
+        let seg = classify(
+            site(nf(NfHook::LocalOut, -101)),
+            site(HopPoint::Drop),
+            false,
+        );
         assert_eq!(seg.name, "netfilter.output.dnat");
     }
 

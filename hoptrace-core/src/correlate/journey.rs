@@ -27,6 +27,8 @@ pub(crate) struct Hop {
     pub(crate) ifindex: u32,
     /// [`Encap`] as u8, or [`ENCAP_UNKNOWN`].
     pub(crate) encap: u8,
+    /// `skb->len` at the hook, bytes.
+    pub(crate) len: u32,
 }
 
 /// One packet in flight through the node, from its first hop until it is
@@ -126,8 +128,7 @@ impl NetfilterPass {
         }
         Some(if self.checked && !self.found {
             ConnState::Untracked
-        } else if (self.status_known && self.unconfirmed)
-            || (!self.status_known && self.ctinfo_new)
+        } else if (self.status_known && self.unconfirmed) || (!self.status_known && self.ctinfo_new)
         {
             ConnState::New
         } else {

@@ -14,16 +14,14 @@ use hoptrace_common::{
 use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
 
 pub use crate::attribution::ledger::{
-    ConnState, Direction, Exemplar, ExemplarHop, ExemplarSegment, FlowInfo, Ledger, LedgerCounters,
-    SegmentKey, Stat,
+    ConnState, DROP_RECORDS_PER_GROUP, Direction, DropGroupRecords, DropRecord, Exemplar,
+    ExemplarHop, ExemplarSegment, FlowInfo, IcmpInfo, Ledger, LedgerCounters, SegmentKey, Stat,
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
 };
 use crate::node::{DeviceRole, NodeContext};
-use journey::{
-    ENCAP_UNKNOWN, Hop, Journey, NetfilterPass, journey_conn_state, journey_direction,
-};
+use journey::{ENCAP_UNKNOWN, Hop, Journey, NetfilterPass, journey_conn_state, journey_direction};
 
 mod fingerprint;
 mod journey;
@@ -230,7 +228,7 @@ pub struct Correlator {
     segments: SegmentTable,
     hop_pool: Vec<Vec<Hop>>,
     scratch_ids: Vec<u64>,
-    scratch_segments: Vec<(u32, ConnState, u64)>,
+    scratch_segments: Vec<(u32, ConnState, u64, u32)>,
     observer: Option<std::sync::Arc<dyn JourneyObserver>>,
     scratch_observed: Vec<(u32, u64)>,
     /// Buffers of unparsed frames seen lately and the time of their latest
@@ -388,6 +386,7 @@ impl Correlator {
                 point,
                 netns_ino: ev.netns_ino,
                 ifindex: ev.ifindex,
+                len: ev.skb_len,
                 encap: if parsed {
                     ev.packet.encap
                 } else {
@@ -627,9 +626,8 @@ impl PassStates {
     /// a segment between two netfilter hops of the outer packet, else the
     /// journey's.
     fn of_segment(self, a: &Hop, b: &Hop) -> ConnState {
-        let outer = |h: &Hop| {
-            matches!(h.point, HopPoint::Netfilter { .. }) && h.encap != Encap::None as u8
-        };
+        let outer =
+            |h: &Hop| matches!(h.point, HopPoint::Netfilter { .. }) && h.encap != Encap::None as u8;
         if outer(a) && outer(b) {
             self.outer
         } else {
@@ -643,7 +641,7 @@ fn record_journey(
     table: &mut SegmentTable,
     devices: &DeviceTable,
     j: &mut Journey,
-    seen_segments: &mut Vec<(u32, ConnState, u64)>,
+    seen_segments: &mut Vec<(u32, ConnState, u64, u32)>,
     max_exemplars: usize,
 ) {
     ledger.counters.journeys += 1;
@@ -668,6 +666,10 @@ fn record_journey(
             prev = h.encap;
         }
     }
+    if let Some(reason) = j.drop_reason {
+        record_drop(ledger, devices, j, reason);
+    }
+    let hops = &j.hops;
     if hops.len() < 2 {
         ledger.counters.single_hop_journeys += 1;
         return;
@@ -694,16 +696,16 @@ fn record_journey(
         let duration = b.ts_ns - a.ts_ns;
         match seen_segments
             .iter_mut()
-            .find(|(s, st, _)| *s == segment && *st == state)
+            .find(|(s, st, _, _)| *s == segment && *st == state)
         {
-            Some((_, _, ns)) => *ns += duration,
-            None => seen_segments.push((segment, state, duration)),
+            Some((_, _, ns, _)) => *ns += duration,
+            None => seen_segments.push((segment, state, duration, a.len)),
         }
         let category = ledger.segment_names[segment as usize].category.index();
         category_ns[category] += duration;
         category_seen[category] = true;
     }
-    for &(segment, state, ns) in seen_segments.iter() {
+    for &(segment, state, ns, len) in seen_segments.iter() {
         let stat = ledger
             .segments
             .entry(SegmentKey {
@@ -713,6 +715,7 @@ fn record_journey(
             })
             .or_insert_with(Stat::new);
         stat.record(ns);
+        stat.record_len(len);
         stat.e2e_ns += u128::from(e2e);
     }
     for category in Category::ALL {
@@ -795,6 +798,39 @@ fn record_journey(
             .rposition(|e| e.direction == direction)
     {
         ledger.exemplars.remove(fastest);
+    }
+}
+
+/// Counts a dropped journey under its (reason, location) and lists it
+/// while the group has fewer than [`DROP_RECORDS_PER_GROUP`].
+fn record_drop(ledger: &mut Ledger, devices: &DeviceTable, j: &Journey, reason: u32) {
+    let drop = j.hops.iter().rev().find(|h| h.point == HopPoint::Drop);
+    let location = j
+        .hops
+        .iter()
+        .rev()
+        .find(|h| h.point != HopPoint::Drop)
+        .map_or_else(|| "unknown".to_owned(), |h| h.point.name());
+    let reason = devices.drop_reason_name(reason);
+    let group = ledger
+        .drop_records
+        .entry((reason.clone(), location.clone()))
+        .or_insert_with(|| DropGroupRecords {
+            reason,
+            location,
+            count: 0,
+            omitted: 0,
+            records: Vec::new(),
+        });
+    group.count += 1;
+    if group.records.len() < DROP_RECORDS_PER_GROUP {
+        group.records.push(DropRecord {
+            flow: FlowInfo::from_headers(&j.first_flow, j.encap),
+            len_bytes: drop.map_or(0, |h| h.len),
+            ts_ns: drop.map_or(j.last_ts, |h| h.ts_ns),
+        });
+    } else {
+        group.omitted += 1;
     }
 }
 

@@ -1184,7 +1184,11 @@ fn each_pass_has_the_conn_state_of_its_own_conntrack_entry() {
         .expect("inner dnat, established");
     assert_eq!(inner_dnat.total_ns, 500);
     let outer_dnat = ledger
-        .segment("netfilter.outer.output.dnat", Direction::Egress, ConnState::New)
+        .segment(
+            "netfilter.outer.output.dnat",
+            Direction::Egress,
+            ConnState::New,
+        )
         .expect("outer dnat, new: its own pass created the entry");
     assert_eq!(outer_dnat.total_ns, 300_000);
     assert!(
@@ -1243,7 +1247,11 @@ fn a_segment_that_repeats_in_a_journey_counts_once_summed() {
         .expect("dnat row");
     assert_eq!(dnat.hist.len(), 1, "one value per journey");
     assert_eq!(dnat.total_ns, 1_000, "both crossings summed");
-    let kube = &ledger.categories[&(Category::KubeProxy, Direction::Egress, ConnState::Established)];
+    let kube = &ledger.categories[&(
+        Category::KubeProxy,
+        Direction::Egress,
+        ConnState::Established,
+    )];
     assert_eq!(kube.total_ns, dnat.total_ns);
     assert_eq!(kube.hist.len(), 1);
 }
@@ -1320,7 +1328,9 @@ fn the_nodes_own_dad_message_after_a_received_one_is_another_packet() {
     use HookKind::*;
     let mut p = PacketMeta::zeroed();
     p.outer.version = 6;
-    p.outer.daddr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xb8, 0x82, 0x72];
+    p.outer.daddr = [
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xb8, 0x82, 0x72,
+    ];
     p.outer.l4_proto = 58;
     p.outer.payload_len = 24;
     let events = [
@@ -1330,5 +1340,94 @@ fn the_nodes_own_dad_message_after_a_received_one_is_another_packet() {
     ];
     let ledger = run(&events);
     assert_eq!(ledger.counters.journeys, 3, "{:?}", ledger.counters);
-    assert!(ledger.segments.is_empty(), "{:?}", ledger.segment_names_seen());
+    assert!(
+        ledger.segments.is_empty(),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
+
+#[test]
+fn every_drop_is_recorded_with_its_flow_bounded_per_reason_and_location() {
+    use HookKind::*;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    // 150 ICMP "fragmentation needed" (MTU 1450) dropped in the filter
+    // band of FORWARD, 5 TCP packets dropped on the pod veth.
+    for i in 0..150u64 {
+        let mut p = tcp(ACK, 1, 1000 + i as u16);
+        p.outer.l4_proto = hoptrace_common::packet::IPPROTO_ICMP;
+        p.outer.tcp_flags = 3;
+        p.outer.icmp_code = 4;
+        p.outer.dport = 1450;
+        let skb = SKB + 0x1000 * i;
+        let t = 1_000_000 * i;
+        let mut drop = ev(t + 2_000, skb, NODE, 0, Drop, p);
+        drop.drop_reason = 6;
+        drop.skb_len = 576;
+        for e in [
+            ev(t, skb, NODE, IF_UPLINK, TcIngress, p),
+            nf(t + 1_000, skb, NfHook::Forward, -1, CtState::Established, p),
+            drop,
+        ] {
+            c.push(&e);
+        }
+    }
+    for i in 0..5u64 {
+        let p = tcp(ACK, 7, 1 + i as u16);
+        let skb = 0x5000_0000 + 0x1000 * i;
+        let t = 500_000_000 + 1_000_000 * i;
+        let mut drop = ev(t + 1_000, skb, NODE, IF_VETH_A, Drop, p);
+        drop.drop_reason = 2;
+        drop.skb_len = 1500;
+        c.push(&ev(t, skb, NODE, IF_VETH_A, TcIngress, p));
+        c.push(&drop);
+    }
+    let ledger = c.finish();
+    let icmp = &ledger.drop_records[&("NETFILTER_DROP".to_owned(), "nf.forward.-1".to_owned())];
+    assert_eq!(
+        (icmp.count, icmp.omitted, icmp.records.len()),
+        (150, 50, 100)
+    );
+    let first = &icmp.records[0];
+    assert_eq!(first.len_bytes, 576);
+    assert_eq!(first.flow.proto, "icmp");
+    let info = first.flow.icmp.as_ref().expect("icmp info");
+    assert_eq!(
+        (info.kind, info.code, info.name.as_str(), info.mtu),
+        (3, 4, "fragmentation-needed", Some(1450))
+    );
+    let tcp_drops = &ledger.drop_records[&("NOT_SPECIFIED".to_owned(), "veth.ingress".to_owned())];
+    assert_eq!((tcp_drops.count, tcp_drops.omitted), (5, 0));
+    assert_eq!(tcp_drops.records[4].flow.dst, "10.96.0.10:80");
+    assert!(tcp_drops.records[0].flow.icmp.is_none());
+    // The drop in kube-proxy's filter band is kube-proxy's time.
+    let seg = ledger
+        .segment_names
+        .iter()
+        .find(|s| s.name == "netfilter.forward.filter")
+        .expect("named");
+    assert_eq!(seg.category, Category::KubeProxy);
+}
+
+#[test]
+fn segment_rows_keep_packet_lengths() {
+    use HookKind::*;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    for (i, len) in [100u32, 1500, 9000].into_iter().enumerate() {
+        let p = tcp(ACK, 3, 10 + i as u16);
+        let skb = SKB + 0x1000 * i as u64;
+        let t = 1_000_000 * (i as u64 + 1);
+        let mut a = ev(t, skb, NODE, IF_UPLINK, DevReceive, p);
+        a.skb_len = len;
+        let b = ev(t + 500, skb, NODE, IF_UPLINK, TcIngress, p);
+        c.push(&a);
+        c.push(&b);
+    }
+    let ledger = c.finish();
+    let row = ledger
+        .segment("tc.ingress", Direction::Ingress, ConnState::Established)
+        .expect("tc.ingress row");
+    assert_eq!(row.len_hist.len(), 3);
+    assert_eq!(row.len_hist.value_at_quantile(0.5), 1500);
+    assert!(row.len_hist.max() >= 9000 && row.len_hist.max() < 9100);
 }

@@ -886,7 +886,10 @@ mod tests {
         assert!(l.net_ns_inum > 0 && l.net_ns_inum < 1024);
         assert!(l.sk_net > 0 && l.sk_net < 256);
         assert!(l.nf_state_net > l.nf_state_pf);
-        assert!(l.nf_conn_status > 0 && l.nf_conn_status < 512, "nf_conn.status");
+        assert!(
+            l.nf_conn_status > 0 && l.nf_conn_status < 512,
+            "nf_conn.status"
+        );
         let reasons = btf.drop_reason_names().expect("drop reasons");
         assert!(reasons.values().any(|n| n == "no_socket"), "{reasons:?}");
         assert!(btf.func_id("bpf_cast_to_kern_ctx").is_ok());

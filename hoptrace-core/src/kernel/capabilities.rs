@@ -785,7 +785,7 @@ mod tests {
 
     #[test]
     fn privileges_are_checked_by_capability_and_named() {
-        use ::caps::{CapsHashSet, Capability as C};
+        use ::caps::{Capability as C, CapsHashSet};
         let set = |list: &[C]| list.iter().copied().collect::<CapsHashSet>();
         let all = [
             Privilege::Bpf,
@@ -796,7 +796,12 @@ mod tests {
         assert!(
             missing_privileges(
                 &all,
-                &set(&[C::CAP_BPF, C::CAP_PERFMON, C::CAP_NET_ADMIN, C::CAP_SYS_ADMIN])
+                &set(&[
+                    C::CAP_BPF,
+                    C::CAP_PERFMON,
+                    C::CAP_NET_ADMIN,
+                    C::CAP_SYS_ADMIN
+                ])
             )
             .is_empty()
         );
@@ -805,7 +810,10 @@ mod tests {
         let missing = missing_privileges(&TRACING, &set(&[C::CAP_PERFMON, C::CAP_NET_ADMIN]));
         assert_eq!(missing, vec![Privilege::Bpf]);
         let text = PrivilegeError::Missing(missing).to_string();
-        assert!(text.contains("CAP_BPF") && !text.contains("CAP_PERFMON"), "{text}");
+        assert!(
+            text.contains("CAP_BPF") && !text.contains("CAP_PERFMON"),
+            "{text}"
+        );
         assert_eq!(
             missing_privileges(&all, &set(&[C::CAP_BPF, C::CAP_PERFMON])),
             vec![Privilege::NetAdmin, Privilege::SysAdmin]

@@ -120,6 +120,9 @@ mod tests {
         let err = output_file(missing.to_str().unwrap()).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
         assert!(output_file(dir.path().to_str().unwrap()).is_err());
-        assert!(output_file("r.json").is_ok(), "the current directory exists");
+        assert!(
+            output_file("r.json").is_ok(),
+            "the current directory exists"
+        );
     }
 }
