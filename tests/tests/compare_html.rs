@@ -93,6 +93,7 @@ fn synthetic_report(datapath: &str, scale: f64) -> Report {
         exemplars: Vec::new(),
         drops: Vec::new(),
         drop_records: Vec::new(),
+        icmp: Vec::new(),
         lost_events: 0,
         unparsed_packets: 0,
         foreign_events: 0,

@@ -295,6 +295,22 @@ pub struct DropRecord {
     pub ts_ns: u64,
 }
 
+/// ICMP journeys of one type and code in one direction (`icmp[]`), so that
+/// a "fragmentation needed" is visible as such however fast it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpCount {
+    /// `icmp` or `icmpv6`.
+    pub proto: String,
+    /// Type, code, name and the MTU announced by the latest message of
+    /// this kind (as in `flow.icmp`).
+    #[serde(flatten)]
+    pub icmp: IcmpInfo,
+    /// Which way the journeys crossed the node.
+    pub direction: Direction,
+    /// Journeys (ICMP messages) of this kind.
+    pub count: u64,
+}
+
 /// Dropped packets listed per (reason, location) in [`Ledger::drop_records`].
 pub const DROP_RECORDS_PER_GROUP: usize = 100;
 
@@ -374,6 +390,8 @@ pub struct Ledger {
     /// Every dropped journey by (reason, location): counted, and the first
     /// [`DROP_RECORDS_PER_GROUP`] of each listed with flow and length.
     pub drop_records: BTreeMap<(String, String), DropGroupRecords>,
+    /// ICMP journeys by (protocol, type, code, direction).
+    pub icmp: BTreeMap<(u8, u8, u8, Direction), IcmpCount>,
     /// Events and journeys that did not make it into the histograms.
     pub counters: LedgerCounters,
 }
@@ -388,6 +406,7 @@ impl Ledger {
             exemplars: Vec::new(),
             drops: BTreeMap::new(),
             drop_records: BTreeMap::new(),
+            icmp: BTreeMap::new(),
             counters: LedgerCounters::default(),
         }
     }

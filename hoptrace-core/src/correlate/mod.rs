@@ -15,7 +15,8 @@ use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
 
 pub use crate::attribution::ledger::{
     ConnState, DROP_RECORDS_PER_GROUP, Direction, DropGroupRecords, DropRecord, Exemplar,
-    ExemplarHop, ExemplarSegment, FlowInfo, IcmpInfo, Ledger, LedgerCounters, SegmentKey, Stat,
+    ExemplarHop, ExemplarSegment, FlowInfo, IcmpCount, IcmpInfo, Ledger, LedgerCounters,
+    SegmentKey, Stat,
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
@@ -675,6 +676,20 @@ fn record_journey(
         return;
     }
     let direction = journey_direction(&hops[0]);
+    if let Some(icmp) = IcmpInfo::from_headers(&j.first_flow) {
+        let proto = j.first_flow.l4_proto;
+        let row = ledger
+            .icmp
+            .entry((proto, icmp.kind, icmp.code, direction))
+            .or_insert_with(|| IcmpCount {
+                proto: FlowInfo::from_headers(&j.first_flow, Encap::None).proto,
+                icmp: icmp.clone(),
+                direction,
+                count: 0,
+            });
+        row.count += 1;
+        row.icmp.mtu = icmp.mtu.or(row.icmp.mtu);
+    }
     let states = PassStates::of(j);
     let conn_state = states.inner;
     let hops = &j.hops;

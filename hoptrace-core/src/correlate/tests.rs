@@ -1400,6 +1400,16 @@ fn every_drop_is_recorded_with_its_flow_bounded_per_reason_and_location() {
     assert_eq!((tcp_drops.count, tcp_drops.omitted), (5, 0));
     assert_eq!(tcp_drops.records[4].flow.dst, "10.96.0.10:80");
     assert!(tcp_drops.records[0].flow.icmp.is_none());
+    // Every ICMP journey is counted by type and code, fast or not.
+    let frag = &ledger.icmp[&(
+        hoptrace_common::packet::IPPROTO_ICMP,
+        3,
+        4,
+        Direction::Ingress,
+    )];
+    assert_eq!(frag.count, 150);
+    assert_eq!(frag.icmp.name, "fragmentation-needed");
+    assert_eq!(frag.icmp.mtu, Some(1450));
     // The drop in kube-proxy's filter band is kube-proxy's time.
     let seg = ledger
         .segment_names

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::attribution::ledger::{
-    ConnState, Direction, DropGroupRecords, Exemplar, Ledger, LedgerCounters, Stat,
+    ConnState, Direction, DropGroupRecords, Exemplar, IcmpCount, Ledger, LedgerCounters, Stat,
 };
 use crate::attribution::taxonomy::Category;
 
@@ -191,6 +191,10 @@ pub struct Report {
     /// each group listing its first 100 packets (flow, length).
     #[serde(default)]
     pub drop_records: Vec<DropGroupRecords>,
+    /// ICMP and ICMPv6 journeys by type, code and direction, most frequent
+    /// first.
+    #[serde(default)]
+    pub icmp: Vec<IcmpCount>,
     /// Events lost in the kernel (ring buffer full).
     pub lost_events: u64,
     /// Events whose headers did not parse.
@@ -307,6 +311,9 @@ impl Report {
                 .then_with(|| a.location.cmp(&b.location))
         });
 
+        let mut icmp: Vec<IcmpCount> = ledger.icmp.into_values().collect();
+        icmp.sort_by(|a, b| b.count.cmp(&a.count));
+
         let c = &ledger.counters;
         let mut notes = meta.notes;
         if c.evicted_journeys > 0 {
@@ -342,6 +349,7 @@ impl Report {
             exemplars: ledger.exemplars,
             drops,
             drop_records,
+            icmp,
             lost_events: meta.lost_events,
             unparsed_packets: c.unparsed_packets,
             foreign_events: c.foreign_events,

@@ -50,6 +50,7 @@ fn empty_report() -> Report {
         exemplars: Vec::new(),
         drops: Vec::new(),
         drop_records: Vec::new(),
+        icmp: Vec::new(),
         lost_events: 0,
         unparsed_packets: 0,
         foreign_events: 0,
