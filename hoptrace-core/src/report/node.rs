@@ -312,7 +312,7 @@ impl Report {
         });
 
         let mut icmp: Vec<IcmpCount> = ledger.icmp.into_values().collect();
-        icmp.sort_by(|a, b| b.count.cmp(&a.count));
+        icmp.sort_by_key(|row| std::cmp::Reverse(row.count));
 
         let c = &ledger.counters;
         let mut notes = meta.notes;
