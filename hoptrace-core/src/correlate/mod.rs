@@ -239,6 +239,11 @@ pub struct Correlator {
 
 const HOP_POOL_MAX: usize = 1024;
 
+/// Longest gap between the receive hooks of one frame from the wire (a
+/// bond's or VLAN's lower device, the upper device, its tc ingress), ns:
+/// they run back to back in one softirq, microseconds apart.
+const RECEIVE_CHAIN_NS: u64 = 1_000_000;
+
 impl Correlator {
     /// A correlator for one node.
     pub fn new(ctx: NodeContext, opts: CorrelatorOptions) -> Self {
@@ -424,6 +429,12 @@ impl Correlator {
                             || (j.in_pod && !h.point.may_follow_pod_handoff())
                             || (!j.only_receives && h.point.arrives_on_uplink())
                             || j.has_hop_at(h)
+                            // A frame's receive hooks (lower device, upper
+                            // device, tc) run back to back in one softirq:
+                            // a receive long after the others is another frame.
+                            || (j.only_receives
+                                && h.point.is_wire_receive()
+                                && ev.ts_ns > j.last_ts.saturating_add(RECEIVE_CHAIN_NS))
                             || (h.point.leaves_node() && j.link_local_multicast_received())
                             || j.local_out_after_prerouting(h)
                     });

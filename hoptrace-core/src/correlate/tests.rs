@@ -1441,3 +1441,37 @@ fn segment_rows_keep_packet_lengths() {
     assert_eq!(row.len_hist.value_at_quantile(0.5), 1500);
     assert!(row.len_hist.max() >= 9000 && row.len_hist.max() < 9100);
 }
+
+#[test]
+fn a_receive_long_after_a_lower_device_receive_is_another_frame() {
+    // cilium-like: a frame received on cilium_host (role Other), then 16 ms
+    // later a frame with the same fingerprint from the wire in the same
+    // buffer. Before: one journey with `dev.ingress..uplink.ingress`.
+    use HookKind::*;
+    let p = tcp(ACK, 11, 4);
+    let mut ctx = ctx();
+    ctx.devices.push(crate::node::DeviceInfo {
+        netns_ino: NODE,
+        ifindex: 77,
+        name: "cilium_host".into(),
+        role: DeviceRole::Other,
+    });
+    let mut c = Correlator::new(ctx, CorrelatorOptions::default());
+    for e in [
+        ev(1_000, SKB, NODE, 77, TcIngress, p),
+        ev(16_000_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(16_001_000, SKB, NfHook::PreRouting, -201, CtState::None, p),
+    ] {
+        c.push(&e);
+    }
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
