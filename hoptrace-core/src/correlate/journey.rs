@@ -162,6 +162,18 @@ impl Journey {
             })
     }
 
+    /// Whether `hop` hands the packet to a pod (egress on a pod veth) other
+    /// than the one the journey already handed it to: a packet is handed to
+    /// one pod; the flood copies of a bridge are clones in buffers of their
+    /// own, so this is another packet in a recycled buffer.
+    pub(crate) fn hands_to_another_pod(&self, hop: &Hop) -> bool {
+        self.in_pod
+            && hop.point.hands_to_pod()
+            && self.hops.iter().any(|h| {
+                h.point.hands_to_pod() && (h.ifindex != hop.ifindex || h.netns_ino != hop.netns_ino)
+            })
+    }
+
     /// A packet received from the wire for a link-local multicast group
     /// (IPv4 224.0.0.0/24, IPv6 ff02::/16): no node forwards it, so one
     /// that leaves the node afterwards is the node's own (same fingerprint

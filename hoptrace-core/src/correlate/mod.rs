@@ -429,6 +429,7 @@ impl Correlator {
                             || (j.in_pod && !h.point.may_follow_pod_handoff())
                             || (!j.only_receives && h.point.arrives_on_uplink())
                             || j.has_hop_at(h)
+                            || j.hands_to_another_pod(h)
                             // A frame's receive hooks (lower device, upper
                             // device, tc) run back to back in one softirq:
                             // a receive long after the others is another frame.

@@ -1475,3 +1475,27 @@ fn a_receive_long_after_a_lower_device_receive_is_another_frame() {
         ledger.segment_names_seen()
     );
 }
+
+#[test]
+fn a_packet_handed_to_one_pod_is_not_handed_to_another() {
+    // flannel-host-gw: a packet to pod A's veth, then 28 ms later a packet
+    // with the same fingerprint in the same buffer to pod B's veth. Before:
+    // one journey with `veth.egress..veth.egress`.
+    use HookKind::*;
+    let p = tcp(ACK, 12, 5);
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(3_000, SKB, NODE, IF_VETH_A, TcEgress, p),
+        ev(28_000_000, SKB, NODE, IF_VETH_B, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
