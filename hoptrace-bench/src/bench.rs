@@ -69,8 +69,8 @@ const HTTP_PORT: u16 = 8080;
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("hoptrace bench needs root (it builds network namespaces and loads BPF programs)")]
-    NotRoot,
+    #[error("hoptrace bench: {0}")]
+    Privileges(#[from] hoptrace_core::kernel::capabilities::PrivilegeError),
     #[error("invalid benchmark options: {0}")]
     InvalidOptions(String),
     #[error("required tool `{tool}` was not found; install the Debian package `{package}`")]
@@ -872,9 +872,7 @@ pub struct BenchResult {
 /// Runs the benchmark; `progress` gets one line per step.
 pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchResult, BenchError> {
     opts.validate()?;
-    if !nix::unistd::geteuid().is_root() {
-        return Err(BenchError::NotRoot);
-    }
+    hoptrace_core::kernel::capabilities::require_tracing(true)?;
     for (tool, package) in [("iperf3", "iperf3"), ("ss", "iproute2")] {
         netns::find_tool(tool).map_err(|_| BenchError::MissingTool { tool, package })?;
     }

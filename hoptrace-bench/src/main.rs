@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &BenchArgs) -> Result<u8> {
-    if let Err(err) = capabilities::require_root() {
+    if let Err(err) = capabilities::require_tracing(true) {
         eprintln!("hoptrace-bench: {err}");
         return Ok(2);
     }

@@ -40,9 +40,16 @@ pub struct KernelLayout {
     pub nf_state_net: u32,
     /// 1 when every field above was found.
     pub valid: u32,
+    /// `nf_conn.status` (unsigned long, `IPS_*` bits); 0 when the kernel's
+    /// BTF has no `struct nf_conn` (conntrack built as a module whose BTF
+    /// is not read): the netfilter programs then leave
+    /// [`crate::CT_STATUS_KNOWN`] unset. Optional, so not part of `valid`.
+    pub nf_conn_status: u32,
+    /// Explicit tail padding to 72 bytes; always 0.
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 72);
 
 /// Tracing options.
 #[repr(C)]

@@ -127,6 +127,16 @@ pub enum CtState {
     Related = 3,
 }
 
+/// Flag in [`crate::HopHeader::ct_state`]: the netfilter program read the
+/// conntrack entry's `status` ([`CT_UNCONFIRMED`] is meaningful).
+pub const CT_STATUS_KNOWN: u8 = 0x40;
+/// Flag in [`crate::HopHeader::ct_state`]: the packet's conntrack entry is
+/// not confirmed yet (`IPS_CONFIRMED` clear): this pass created it, so the
+/// nat chains run for it. Only with [`CT_STATUS_KNOWN`].
+pub const CT_UNCONFIRMED: u8 = 0x80;
+/// `IPS_CONFIRMED_BIT` of include/uapi/linux/netfilter/nf_conntrack_common.h.
+pub const IPS_CONFIRMED: u64 = 1 << 3;
+
 impl CtState {
     /// Decodes the low three bits of `skb->_nfct` (enum ip_conntrack_info).
     pub const fn from_nfct(nfct: u64) -> Self {
@@ -141,10 +151,11 @@ impl CtState {
         }
     }
 
-    /// Decodes [`crate::HopHeader::ct_state`]; unknown values become
-    /// [`CtState::None`].
+    /// Decodes [`crate::HopHeader::ct_state`] (without the
+    /// [`CT_STATUS_KNOWN`] and [`CT_UNCONFIRMED`] flags); unknown values
+    /// become [`CtState::None`].
     pub const fn from_u8(v: u8) -> Self {
-        match v {
+        match v & !(CT_STATUS_KNOWN | CT_UNCONFIRMED) {
             1 => Self::New,
             2 => Self::Established,
             3 => Self::Related,

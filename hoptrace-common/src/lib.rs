@@ -22,7 +22,9 @@ pub const fn device_key(netns_ino: u32, ifindex: u32) -> u64 {
     ((netns_ino as u64) << 32) | ifindex as u64
 }
 pub use event::{COUNTER_SLOTS, Counter, HOP_HEADER_BYTES, HopEvent, HopHeader};
-pub use hook::{CtState, HookKind, NF_PRIORITY_SLOTS, NfHook};
+pub use hook::{
+    CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, HookKind, IPS_CONFIRMED, NF_PRIORITY_SLOTS, NfHook,
+};
 pub use packet::{
     Encap, HEADER_WINDOW, HeaderWindow, L3Headers, PacketBytes, PacketMeta, ParseStatus,
 };

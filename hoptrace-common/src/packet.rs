@@ -212,8 +212,10 @@ pub struct L3Headers {
     /// First 8 bytes of the transport payload (UDP, ICMP); all zero when the
     /// payload is shorter than 8 bytes or lies outside the header window.
     pub payload_head: [u8; 8],
+    /// ICMP/ICMPv6 code (with the type in `tcp_flags`); 0 for other protocols.
+    pub icmp_code: u8,
     /// Explicit tail padding to 64 bytes; always 0.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<L3Headers>() == 64);
@@ -235,7 +237,8 @@ impl L3Headers {
             tcp_flags: 0,
             fragment: 0,
             payload_head: [0; 8],
-            _pad: [0; 4],
+            icmp_code: 0,
+            _pad: [0; 3],
         }
     }
 
@@ -506,6 +509,7 @@ fn parse_ip_layer<P: PacketBytes>(
                 return Err(ParseStatus::Truncated);
             }
             hdr.tcp_flags = icmp[0];
+            hdr.icmp_code = icmp[1];
             hdr.sport = be16(icmp[4], icmp[5]);
             hdr.dport = be16(icmp[6], icmp[7]);
             hdr.payload_len = ip_payload_len.saturating_sub(8) as u16;

@@ -21,6 +21,8 @@ pub static HOPTRACE_LAYOUT: KernelLayout = KernelLayout {
     nf_state_pf: 0,
     nf_state_net: 0,
     valid: 0,
+    nf_conn_status: 0,
+    _pad: 0,
 };
 
 /// Tracing options.

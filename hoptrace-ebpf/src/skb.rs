@@ -81,6 +81,32 @@ impl Skb {
         self.0.load(global!(HOPTRACE_LAYOUT.skb_nfct))
     }
 
+    /// Conntrack flags of [`hoptrace_common::HopHeader::ct_state`]:
+    /// [`hoptrace_common::CT_STATUS_KNOWN`], with
+    /// [`hoptrace_common::CT_UNCONFIRMED`] when the entry is not confirmed
+    /// (this pass created it); 0 without an entry or a known offset.
+    #[inline(always)]
+    pub fn ct_flags(nfct: u64) -> u8 {
+        let off = global!(HOPTRACE_LAYOUT.nf_conn_status);
+        let ct = nfct & !7;
+        if ct == 0 || off == 0 {
+            return 0;
+        }
+        // `_nfct` is a plain integer to the verifier, not a typed pointer:
+        // read the entry's status with the fault-tolerant helper.
+        // SAFETY: `bpf_probe_read_kernel` never faults; an unreadable
+        // address is an error return, counted as unknown.
+        match unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel((ct + u64::from(off)) as *const u64)
+        } {
+            Ok(status) if status & hoptrace_common::IPS_CONFIRMED == 0 => {
+                hoptrace_common::CT_STATUS_KNOWN | hoptrace_common::CT_UNCONFIRMED
+            }
+            Ok(_) => hoptrace_common::CT_STATUS_KNOWN,
+            Err(_) => 0,
+        }
+    }
+
     /// Ethertype (host order) from `skb->protocol`.
     #[inline(always)]
     pub fn protocol(self) -> u16 {

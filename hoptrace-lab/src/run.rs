@@ -546,11 +546,19 @@ fn run_load_in(
     })?
 }
 
-/// Sum of a category's time over every node's report.
-fn category_totals(run: &LabRun) -> Vec<(String, f64, u64)> {
+/// Sum of a category's time over every node's report: each node's
+/// `all`/`all` row (one value per journey, the journey's time in the
+/// category), so that `total / requests` is the time per request and the
+/// categories add up to the attributed datapath time.
+pub fn category_totals(reports: &[Report]) -> Vec<(String, f64, u64)> {
     let mut totals: Vec<(String, f64, u64)> = Vec::new();
-    for report in &run.reports {
-        for row in &report.categories {
+    for report in reports {
+        let all = hoptrace_core::report::ALL;
+        for row in report
+            .categories
+            .iter()
+            .filter(|r| r.direction == all && r.conn_state == all)
+        {
             let name = row.category.name().to_string();
             match totals.iter_mut().find(|t| t.0 == name) {
                 Some(t) => {
@@ -579,7 +587,7 @@ pub fn render_run(run: &LabRun) -> String {
     header.push("µs per request (all nodes)".to_owned());
     header.push("share".to_owned());
     let mut table = styled_table(&header);
-    let totals = category_totals(run);
+    let totals = category_totals(&run.reports);
     let attributed: f64 = totals.iter().map(|t| t.1).sum();
     for (category, total_us, _) in &totals {
         let mut row = vec![Cell::new(category)];
@@ -715,6 +723,48 @@ pub fn write_json(runs: &[LabRun], path: &std::path::Path) -> Result<(), LabErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per-request figures add up: each node's `all`/`all` row counts once,
+    /// not again with its per-direction rows.
+    #[test]
+    fn category_totals_take_each_journey_once() {
+        use hoptrace_core::report::{ALL, Category, CategoryRow, Stats};
+        let row = |direction: &str, conn_state: &str, total_us: f64, count: u64| CategoryRow {
+            category: Category::KubeProxy,
+            direction: direction.into(),
+            conn_state: conn_state.into(),
+            stats: Stats {
+                count,
+                p50_us: 0.0,
+                p90_us: 0.0,
+                p99_us: 0.0,
+                max_us: 0.0,
+                mean_us: total_us / count as f64,
+                total_us,
+            },
+            share: 0.0,
+        };
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "schema": "hoptrace.report.v1", "node": "n", "kernel": "k",
+            "started_at": "", "duration_s": 1.0, "capabilities": null,
+            "journeys": 3, "segments": [], "categories": [], "end_to_end": [],
+            "exemplars": [], "drops": [], "lost_events": 0, "unparsed_packets": 0,
+            "foreign_events": 0, "counters": serde_json::to_value(
+                hoptrace_core::report::LedgerCounters::default()).unwrap(),
+            "notes": []
+        }))
+        .expect("a minimal report");
+        let mut a = report.clone();
+        a.categories = vec![
+            row(ALL, ALL, 30.0, 3),
+            row("egress", "new", 10.0, 1),
+            row("ingress", "established", 20.0, 2),
+        ];
+        let mut b = report;
+        b.categories = vec![row(ALL, ALL, 5.0, 1), row("egress", "new", 5.0, 1)];
+        let totals = category_totals(&[a, b]);
+        assert_eq!(totals, vec![("kube-proxy".to_owned(), 35.0, 4)]);
+    }
 
     /// `--load udp` drives no proxy: the lab document must not claim one.
     #[test]

@@ -54,7 +54,14 @@ enum Command {
 
 fn main() -> ExitCode {
     one_malloc_arena();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            eprintln!("hoptrace: {}", usage_error_line(&err.render().to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let code = match cli.command {
         Command::Check { json } => cmd::check::run(json),
         Command::Cleanup { netns } => cmd::cleanup::run(netns.as_deref()),
@@ -83,6 +90,19 @@ fn one_malloc_arena() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+}
+
+/// clap's usage error on one line: its first paragraph (without the
+/// `error: ` prefix and the "try --help" tip), lines joined.
+fn usage_error_line(rendered: &str) -> String {
+    let first = rendered.split("\n\n").next().unwrap_or(rendered);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Prints an error once, with its chain of causes, and maps it to exit code 1.
@@ -131,5 +151,21 @@ mod tests {
         );
         let err = anyhow::anyhow!("disk full").context("write report.json");
         assert_eq!(one_line(&err), "write report.json: disk full");
+    }
+
+    #[test]
+    fn usage_errors_take_one_line() {
+        use clap::Parser as _;
+        let err = super::Cli::try_parse_from(["hoptrace", "trace", "--port", "0"])
+            .err()
+            .expect("port 0 is refused");
+        let line = super::usage_error_line(&err.render().to_string());
+        assert!(line.contains("--port") && !line.contains('\n'), "{line}");
+        assert!(!line.contains("--help"), "{line}");
+        let err = super::Cli::try_parse_from(["hoptrace", "compare"])
+            .err()
+            .expect("compare needs files");
+        let line = super::usage_error_line(&err.render().to_string());
+        assert!(line.contains("REPORTS") && !line.contains('\n'), "{line}");
     }
 }

@@ -44,6 +44,8 @@ fn synthetic_report(datapath: &str, scale: f64) -> Report {
         conn_state: ConnState::Established,
         stats: stats(p50 * scale),
         share: 0.1,
+        len_p50_bytes: 100,
+        len_max_bytes: 1500,
     };
     let histogram: Vec<(u64, f64, u64)> = (1..=40)
         .map(|i| {
@@ -92,6 +94,8 @@ fn synthetic_report(datapath: &str, scale: f64) -> Report {
         }],
         exemplars: Vec::new(),
         drops: Vec::new(),
+        drop_records: Vec::new(),
+        icmp: Vec::new(),
         lost_events: 0,
         unparsed_packets: 0,
         foreign_events: 0,

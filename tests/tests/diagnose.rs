@@ -533,6 +533,46 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
             number(f, "conntrack_invalid")
         );
         assert_eq!(f["severity"], "warning");
+        // Issue 9: every drop is in the report with its flow and length,
+        // not only slow exemplars; the drop in kube-proxy's filter band
+        // (KUBE-FORWARD) is kube-proxy's time, not an unnamed segment.
+        let report = &doc["report"];
+        let to_backend = format!("{}:8080", backend.ip);
+        let group = report["drop_records"]
+            .as_array()
+            .expect("drop_records")
+            .iter()
+            .find(|g| {
+                g["location"] == "nf.forward.-1"
+                    && g["records"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["flow"]["dst"] == to_backend.as_str()))
+            })
+            .unwrap_or_else(|| {
+                panic!("no drop group at nf.forward.-1: {}", report["drop_records"])
+            });
+        let records = group["records"].as_array().expect("records");
+        let ours: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["flow"]["dst"] == to_backend.as_str())
+            .collect();
+        assert_eq!(ours.len(), 20, "every SYN+FIN drop listed: {group}");
+        for r in &ours {
+            assert_eq!(r["flow"]["proto"], "tcp");
+            assert_eq!(r["len_bytes"], 40, "IPv4 + TCP headers: {r}");
+        }
+        let segments = report["segments"].as_array().expect("segments");
+        assert!(
+            segments
+                .iter()
+                .all(|s| s["segment"] != "nf.forward.-1..drop"),
+            "the filter-band drop has a name"
+        );
+        assert!(
+            segments.iter().any(
+                |s| s["segment"] == "netfilter.forward.filter" && s["category"] == "kube-proxy"
+            )
+        );
     }
 
     // Bad outer UDP checksums on the VXLAN port of node 1.
@@ -614,6 +654,23 @@ fn provoked_conditions_give_their_findings_and_a_healthy_lab_none() {
             number(f, "frag_fails") + number(f, "encapsulated_drops") > 0.0,
             "the oversized packets were seen failing"
         );
+        // Issue 9: the node's ICMP "fragmentation needed" to the client is
+        // visible as such, with the MTU it announces.
+        let icmp = doc["report"]["icmp"].as_array().expect("icmp");
+        if number(f, "icmp_dest_unreach_sent") > 0.0 {
+            let frag = icmp
+                .iter()
+                .find(|m| m["name"] == "fragmentation-needed")
+                .unwrap_or_else(|| panic!("no fragmentation-needed in {icmp:?}"));
+            assert_eq!(
+                (frag["type"].as_u64(), frag["code"].as_u64()),
+                (Some(3), Some(4))
+            );
+            assert!(
+                frag["mtu"].as_u64().is_some_and(|m| m > 1000 && m < 1450),
+                "{frag}"
+            );
+        }
         assert_eq!(code, 3);
     }
     lab.teardown().expect("teardown");

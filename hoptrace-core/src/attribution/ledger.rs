@@ -80,6 +80,10 @@ pub struct Stat {
     pub hist: Histogram<u64>,
     /// Sum of all recorded durations, ns.
     pub total_ns: u128,
+    /// Packet lengths (`skb->len` at the row's first hop, bytes; 3
+    /// significant digits), for segment rows; empty for categories and end
+    /// to end.
+    pub len_hist: Histogram<u64>,
     /// Sum of the end-to-end time of the journeys that contributed to this
     /// row (each journey once), ns. `total_ns / e2e_ns` is the row's share.
     pub e2e_ns: u128,
@@ -90,6 +94,9 @@ impl Stat {
         Self {
             hist: Histogram::new(2).expect("2 significant digits is a valid histogram precision"),
             total_ns: 0,
+            // 3 digits: lengths up to 2047 bytes are exact.
+            len_hist: Histogram::new(3)
+                .expect("3 significant digits is a valid histogram precision"),
             e2e_ns: 0,
         }
     }
@@ -102,10 +109,19 @@ impl Stat {
         self.total_ns += u128::from(ns);
     }
 
+    pub(crate) fn record_len(&mut self, bytes: u32) {
+        // Auto-resizing: `record` grows the range (`saturating_record` would
+        // clamp to the initial one).
+        if self.len_hist.record(u64::from(bytes)).is_err() {
+            self.len_hist.saturating_record(u64::from(bytes));
+        }
+    }
+
     /// Adds another row's data (for `all` rows).
     pub fn merge(&mut self, other: &Stat) {
         // Both histograms auto-resize, so adding cannot fail on range.
         let _ = self.hist.add(&other.hist);
+        let _ = self.len_hist.add(&other.len_hist);
         self.total_ns += other.total_ns;
         self.e2e_ns += other.e2e_ns;
     }
@@ -162,6 +178,67 @@ pub struct FlowInfo {
     pub dst: String,
     /// Encapsulation seen on the journey: `none`, `vxlan`, `geneve`, `ipip`.
     pub encap: String,
+    /// ICMP/ICMPv6 type, code, well-known name and MTU; absent for other
+    /// protocols.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpInfo>,
+}
+
+/// What an ICMP or ICMPv6 message is (`flow.icmp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpInfo {
+    /// ICMP type (RFC 792 / RFC 4443).
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// ICMP code.
+    pub code: u8,
+    /// Well-known name of the type and code (`echo-request`,
+    /// `fragmentation-needed`, `packet-too-big`, ...); `other` otherwise.
+    pub name: String,
+    /// The MTU a "fragmentation needed" (IPv4 3/4) or "packet too big"
+    /// (ICMPv6 2) message announces, bytes; absent for other messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+impl IcmpInfo {
+    /// The ICMP part of headers `h` (type in `tcp_flags`, code, the 4 bytes
+    /// after the checksum in `sport`/`dport`); `None` for other protocols.
+    pub fn from_headers(h: &L3Headers) -> Option<Self> {
+        let v6 = match h.l4_proto {
+            IPPROTO_ICMP => false,
+            IPPROTO_ICMPV6 => true,
+            _ => return None,
+        };
+        let (kind, code) = (h.tcp_flags, h.icmp_code);
+        let name = match (v6, kind, code) {
+            (false, 0, _) | (true, 129, _) => "echo-reply",
+            (false, 8, _) | (true, 128, _) => "echo-request",
+            (false, 3, 4) => "fragmentation-needed",
+            (false, 3, 3) | (true, 1, 4) => "port-unreachable",
+            (false, 3, 1) | (true, 1, 3) => "host-unreachable",
+            (false, 3, _) | (true, 1, _) => "destination-unreachable",
+            (true, 2, _) => "packet-too-big",
+            (false, 11, _) | (true, 3, _) => "time-exceeded",
+            (true, 133, _) => "router-solicitation",
+            (true, 134, _) => "router-advertisement",
+            (true, 143, _) => "mld-report",
+            (true, 135, _) => "neighbor-solicitation",
+            (true, 136, _) => "neighbor-advertisement",
+            _ => "other",
+        };
+        let mtu = match (v6, kind, code) {
+            (false, 3, 4) => Some(u32::from(h.dport)),
+            (true, 2, _) => Some(u32::from(h.sport) << 16 | u32::from(h.dport)),
+            _ => None,
+        };
+        Some(Self {
+            kind,
+            code,
+            name: name.to_owned(),
+            mtu,
+        })
+    }
 }
 
 impl FlowInfo {
@@ -185,9 +262,60 @@ impl FlowInfo {
             src: with_port(h.src_addr(), h.sport),
             dst: with_port(h.dst_addr(), h.dport),
             encap: encap_name(encap).to_string(),
+            icmp: IcmpInfo::from_headers(h),
         }
     }
 }
+
+/// Drops of one kernel drop reason at one location (`drop_records[]`), with
+/// the first [`DROP_RECORDS_PER_GROUP`] dropped packets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropGroupRecords {
+    /// Kernel drop reason name, as in `drops[]`.
+    pub reason: String,
+    /// The journey's last hop before the drop (`nf.forward.-1`); `unknown`
+    /// when the drop was the packet's only hop.
+    pub location: String,
+    /// Dropped journeys of this reason and location.
+    pub count: u64,
+    /// Dropped journeys beyond the first [`DROP_RECORDS_PER_GROUP`], not
+    /// listed (`count - records.len()`).
+    pub omitted: u64,
+    /// The first dropped packets, in the order their journeys ended.
+    pub records: Vec<DropRecord>,
+}
+
+/// One dropped packet (`drop_records[].records[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRecord {
+    /// Innermost 5-tuple at the journey's first hop (before NAT), with the
+    /// ICMP type and code for ICMP.
+    pub flow: FlowInfo,
+    /// `skb->len` at the drop, bytes (from the network header on, outer
+    /// headers included when the packet was encapsulated).
+    pub len_bytes: u32,
+    /// bpf ktime (CLOCK_MONOTONIC) of the drop, ns.
+    pub ts_ns: u64,
+}
+
+/// ICMP journeys of one type and code in one direction (`icmp[]`), so that
+/// a "fragmentation needed" is visible as such however fast it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpCount {
+    /// `icmp` or `icmpv6`.
+    pub proto: String,
+    /// Type, code, name and the MTU announced by the latest message of
+    /// this kind (as in `flow.icmp`).
+    #[serde(flatten)]
+    pub icmp: IcmpInfo,
+    /// Which way the journeys crossed the node.
+    pub direction: Direction,
+    /// Journeys (ICMP messages) of this kind.
+    pub count: u64,
+}
+
+/// Dropped packets listed per (reason, location) in [`Ledger::drop_records`].
+pub const DROP_RECORDS_PER_GROUP: usize = 100;
 
 /// One hop of an exemplar journey.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -243,8 +371,10 @@ pub struct Exemplar {
 pub struct Ledger {
     /// Interned segment names; [`SegmentKey::segment`] indexes this.
     pub segment_names: Vec<SegmentName>,
-    /// One row per segment, direction and state: one value per crossing
-    /// (a journey that crosses a segment twice records it twice).
+    /// One row per segment, direction and state: one value per journey
+    /// (a journey that crosses a segment twice records the sum once). The
+    /// state of a segment between two netfilter hops of an outer
+    /// (encapsulating) packet is that outer pass's own.
     pub segments: HashMap<SegmentKey, Stat>,
     /// One value per journey and category: the sum of the journey's
     /// segments of that category.
@@ -260,6 +390,11 @@ pub struct Ledger {
     /// spells it, without `SKB_DROP_REASON_` and in lower case (`no_socket`);
     /// `reason_<n>` for a value the BTF does not name.
     pub drops: BTreeMap<String, u64>,
+    /// Every dropped journey by (reason, location): counted, and the first
+    /// [`DROP_RECORDS_PER_GROUP`] of each listed with flow and length.
+    pub drop_records: BTreeMap<(String, String), DropGroupRecords>,
+    /// ICMP journeys by (protocol, type, code, direction).
+    pub icmp: BTreeMap<(u8, u8, u8, Direction), IcmpCount>,
     /// Events and journeys that did not make it into the histograms.
     pub counters: LedgerCounters,
 }
@@ -273,6 +408,8 @@ impl Ledger {
             end_to_end: HashMap::new(),
             exemplars: Vec::new(),
             drops: BTreeMap::new(),
+            drop_records: BTreeMap::new(),
+            icmp: BTreeMap::new(),
             counters: LedgerCounters::default(),
         }
     }

@@ -413,6 +413,11 @@ pub const NF_BANDS: [(&str, Category); 8] = [
 
 const _: () = assert!(NF_BANDS.len() + 1 == NF_PRIORITY_SLOTS.len());
 
+/// Slots that open a band hoptrace brackets on both sides in its default
+/// plan (-201 conntrack, -101 dnat, -1 filter, 99 snat): a drop right after
+/// one of them happened inside that band.
+const DROP_BANDS: [u8; 4] = [1, 3, 5, 7];
+
 /// Tunnel kind name used in `tunnel.<kind>.encap|decap`.
 pub const fn encap_name(encap: Encap) -> &'static str {
     match encap {
@@ -423,13 +428,22 @@ pub const fn encap_name(encap: Encap) -> &'static str {
     }
 }
 
-fn netfilter_band_segment(hook: NfHook, from_slot: u8, to_slot: u8) -> Option<SegmentName> {
+/// `netfilter.<hook>.<bands>`, or `netfilter.outer.<hook>.<bands>` for the
+/// pass of an encapsulating outer packet (its own conntrack entry, its own
+/// walk of the nat chains).
+fn netfilter_layer_band_segment(
+    hook: NfHook,
+    from_slot: u8,
+    to_slot: u8,
+    outer: bool,
+) -> Option<SegmentName> {
     let (from, to) = (from_slot as usize, to_slot as usize);
     if from >= to || to > NF_BANDS.len() {
         return None;
     }
     let bands = &NF_BANDS[from..to];
-    let mut name = format!("netfilter.{}.", hook.name());
+    let layer = if outer { "outer." } else { "" };
+    let mut name = format!("netfilter.{layer}{}.", hook.name());
     for (i, (band, _)) in bands.iter().enumerate() {
         if i > 0 {
             name.push('+');
@@ -472,10 +486,43 @@ pub fn classify(a: HopSite, b: HopSite, same_device: bool) -> SegmentName {
         return SegmentName::new("socket.delivery", Category::KernelOther);
     }
     match (a.point, b.point) {
+        // 3a. A drop inside a band that hoptrace brackets on both sides (a
+        //     drop after the band's opening slot: the closing one did not
+        //     see the packet): the band's time, in its category (a drop by
+        //     kube-proxy's KUBE-FORWARD is kube-proxy's).
+        (Netfilter { hook, slot }, HopPoint::Drop) if DROP_BANDS.contains(&slot) => {
+            let outer = a.encap != Encap::None;
+            if let Some(seg) = netfilter_layer_band_segment(hook, slot, slot + 1, outer) {
+                return seg;
+            }
+        }
+        // 3b. br_netfilter (bridge-nf-call-iptables=1): the bridge runs
+        //     PREROUTING on a frame it received on a port before the
+        //     frame reaches the bridge device: both pieces are the bridge's.
+        (
+            Netfilter {
+                hook: NfHook::PreRouting,
+                ..
+            },
+            p,
+        ) if p.receive_on(|r| r == DeviceRole::Bridge) => {
+            return SegmentName::new("bridge", Category::Cni);
+        }
+        (
+            p,
+            Netfilter {
+                hook: NfHook::PreRouting,
+                ..
+            },
+        ) if !same_device && p.receive_on(|r| r == DeviceRole::PodVethHost) => {
+            return SegmentName::new("bridge", Category::Cni);
+        }
         // 3. Netfilter to netfilter.
         (Netfilter { hook: h1, slot: s1 }, Netfilter { hook: h2, slot: s2 }) => {
             if h1 == h2 {
-                if let Some(seg) = netfilter_band_segment(h1, s1, s2) {
+                // Both hops in the outer packet: the outer pass's own names.
+                let outer = a.encap != Encap::None && b.encap != Encap::None;
+                if let Some(seg) = netfilter_layer_band_segment(h1, s1, s2, outer) {
                     return seg;
                 }
             } else if h1 == NfHook::PreRouting && matches!(h2, NfHook::LocalIn | NfHook::Forward) {
@@ -508,7 +555,11 @@ pub fn classify(a: HopSite, b: HopSite, same_device: bool) -> SegmentName {
     // 6. Two hooks of one device.
     if same_device {
         match (a.point, b.point) {
-            (Device { stage: Queue, .. }, Tc { dir: Egress, .. }) => {
+            // Older kernels run net_dev_queue before tc egress, 6.18 after
+            // it (sch_handle_egress comes first in __dev_queue_xmit):
+            // either way the time between them is the tc egress stage.
+            (Device { stage: Queue, .. }, Tc { dir: Egress, .. })
+            | (Tc { dir: Egress, .. }, Device { stage: Queue, .. }) => {
                 return SegmentName::new("tc.egress", Category::KernelOther);
             }
             (Tc { dir: Egress, .. } | Device { stage: Queue, .. }, Device { stage: Xmit, .. }) => {
@@ -700,13 +751,13 @@ mod tests {
     #[test]
     fn spanned_bands_of_one_category_keep_it() {
         // No two adjacent kube-proxy bands exist, so check the rule directly.
-        let seg = netfilter_band_segment(NfHook::LocalOut, 3, 4).expect("band");
+        let seg = netfilter_layer_band_segment(NfHook::LocalOut, 3, 4, false).expect("band");
         assert_eq!(seg.category, Category::KubeProxy);
-        let seg = netfilter_band_segment(NfHook::LocalOut, 3, 6).expect("bands");
+        let seg = netfilter_layer_band_segment(NfHook::LocalOut, 3, 6, false).expect("bands");
         assert_eq!(seg.name, "netfilter.output.dnat+other+filter");
         assert_eq!(seg.category, Category::NetfilterOther);
-        assert!(netfilter_band_segment(NfHook::LocalOut, 4, 4).is_none());
-        assert!(netfilter_band_segment(NfHook::LocalOut, 5, 3).is_none());
+        assert!(netfilter_layer_band_segment(NfHook::LocalOut, 4, 4, false).is_none());
+        assert!(netfilter_layer_band_segment(NfHook::LocalOut, 5, 3, false).is_none());
     }
 
     #[test]
@@ -857,7 +908,8 @@ mod tests {
             classify(outer_in, inner_rx, false).name,
             "tunnel.geneve.decap"
         );
-        // Netfilter time of the outer packet keeps netfilter names.
+        // Netfilter time of the outer packet has names of its own, in the
+        // same categories.
         let o1 = HopSite {
             point: nf(NfHook::LocalOut, -101),
             encap: Encap::Vxlan,
@@ -866,7 +918,10 @@ mod tests {
             point: nf(NfHook::LocalOut, -99),
             encap: Encap::Vxlan,
         };
-        assert_eq!(classify(o1, o2, true).name, "netfilter.output.dnat");
+        assert_eq!(
+            classify(o1, o2, true),
+            SegmentName::new("netfilter.outer.output.dnat", Category::KubeProxy)
+        );
         let sock = site(HopPoint::Socket { in_pod: true });
         let rx = site(HopPoint::Device {
             place: Place::Pod,
@@ -876,11 +931,56 @@ mod tests {
     }
 
     #[test]
-    fn fallback_names_both_hops() {
+    fn what_real_nodes_do_has_names() {
+        use DeviceRole::*;
+        // br_netfilter: PREROUTING at the bridge, before cni0's tc hook.
+        let seg = classify(
+            site(nf(NfHook::PreRouting, -99)),
+            site(tc(Bridge, TcDirection::Ingress)),
+            false,
+        );
+        assert_eq!(seg, SegmentName::new("bridge", Category::Cni));
+        let seg = classify(
+            site(tc(PodVethHost, TcDirection::Ingress)),
+            site(nf(NfHook::PreRouting, -201)),
+            false,
+        );
+        assert_eq!(seg, SegmentName::new("bridge", Category::Cni));
+        // A routed CNI: prerouting on the veth itself is IP receive.
+        let seg = classify(
+            site(tc(PodVethHost, TcDirection::Ingress)),
+            site(nf(NfHook::PreRouting, -201)),
+            true,
+        );
+        assert_eq!(seg.name, "ip.receive");
+        // 6.18: tc egress before net_dev_queue.
+        let seg = classify(
+            site(tc(Uplink, TcDirection::Egress)),
+            site(dev(Uplink, DevStage::Queue)),
+            true,
+        );
+        assert_eq!(seg, SegmentName::new("tc.egress", Category::KernelOther));
+        // A drop in the filter band (KUBE-FORWARD drops ctstate INVALID).
         let seg = classify(site(nf(NfHook::Forward, -1)), site(HopPoint::Drop), false);
         assert_eq!(
             seg,
-            SegmentName::new("nf.forward.-1..drop", Category::KernelOther)
+            SegmentName::new("netfilter.forward.filter", Category::KubeProxy)
+        );
+        let seg = classify(
+            site(nf(NfHook::LocalOut, -101)),
+            site(HopPoint::Drop),
+            false,
+        );
+        assert_eq!(seg.name, "netfilter.output.dnat");
+    }
+
+    #[test]
+    fn fallback_names_both_hops() {
+        // After a band's closing slot the drop could be anywhere later.
+        let seg = classify(site(nf(NfHook::Forward, 1)), site(HopPoint::Drop), false);
+        assert_eq!(
+            seg,
+            SegmentName::new("nf.forward.1..drop", Category::KernelOther)
         );
     }
 

@@ -2,7 +2,10 @@
 //! outer), and what the hops say about its direction and connection state.
 
 use hoptrace_common::packet::IPPROTO_TCP;
-use hoptrace_common::{CtState, Encap, HookKind, HopEvent, L3Headers, NF_PRIORITY_SLOTS};
+use hoptrace_common::{
+    CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, Encap, HookKind, HopEvent, L3Headers,
+    NF_PRIORITY_SLOTS, NfHook,
+};
 
 /// Netfilter priority of conntrack (`NF_IP_PRI_CONNTRACK`).
 const NF_PRIORITY_CONNTRACK: i32 = -200;
@@ -24,6 +27,8 @@ pub(crate) struct Hop {
     pub(crate) ifindex: u32,
     /// [`Encap`] as u8, or [`ENCAP_UNKNOWN`].
     pub(crate) encap: u8,
+    /// `skb->len` at the hook, bytes.
+    pub(crate) len: u32,
 }
 
 /// One packet in flight through the node, from its first hop until it is
@@ -55,23 +60,11 @@ pub(crate) struct Journey {
     pub(crate) only_pod_sends: bool,
     /// The node handed the packet to a pod: only pod-side hops can follow.
     pub(crate) in_pod: bool,
-    /// A netfilter hop was seen, of any layer.
-    pub(crate) saw_netfilter: bool,
-    /// A netfilter hop of any layer reported `CtState::New`.
-    pub(crate) saw_ct_new: bool,
-    /// Netfilter hops of the packet itself, not of its encapsulating outer
-    /// packet: an overlay's outer UDP flow never sees a reply on its own
-    /// tuple, so conntrack keeps calling it NEW; the inner verdict decides.
-    pub(crate) saw_inner_netfilter: bool,
-    /// A netfilter hop of the packet itself reported `CtState::New`.
-    pub(crate) saw_inner_ct_new: bool,
-    /// Netfilter hops after conntrack's priority (of any layer, of the
-    /// packet itself): where an entry must be attached if conntrack ran.
-    pub(crate) ct_checked: bool,
-    pub(crate) inner_ct_checked: bool,
-    /// Such a hop found a conntrack entry (of any layer, of the packet itself).
-    pub(crate) ct_found: bool,
-    pub(crate) inner_ct_found: bool,
+    /// What the netfilter hops of the packet itself said about conntrack.
+    pub(crate) inner_pass: NetfilterPass,
+    /// What the netfilter hops of its encapsulating outer packet said: a
+    /// pass of its own, with its own conntrack entry.
+    pub(crate) outer_pass: NetfilterPass,
     /// Time and innermost headers of the earliest parsed event (before NAT).
     pub(crate) first_flow_ts: u64,
     pub(crate) first_flow: L3Headers,
@@ -87,6 +80,63 @@ pub(crate) struct Journey {
     pub(crate) drop_reason: Option<u32>,
 }
 
+/// One layer's netfilter pass (the packet itself, or its outer packet):
+/// what its conntrack entry said at the hops after conntrack.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NetfilterPass {
+    /// A netfilter hop of this layer was seen.
+    pub(crate) seen: bool,
+    /// A hop after conntrack's priority (-200) saw it: where an entry must
+    /// be attached if conntrack ran.
+    pub(crate) checked: bool,
+    /// Such a hop found a conntrack entry.
+    pub(crate) found: bool,
+    /// A hop reported ctinfo `IP_CT_NEW` (no reply seen on the entry yet).
+    pub(crate) ctinfo_new: bool,
+    /// A hop read the entry's status ([`CT_STATUS_KNOWN`]).
+    pub(crate) status_known: bool,
+    /// A hop found the entry unconfirmed: this pass created it.
+    pub(crate) unconfirmed: bool,
+}
+
+impl NetfilterPass {
+    fn add(&mut self, slot: u8, ct_state: u8) {
+        self.seen = true;
+        // After conntrack (priority -200) every packet it tracks carries an
+        // entry; before it, none has one yet.
+        let checked = NF_PRIORITY_SLOTS
+            .get(usize::from(slot))
+            .is_some_and(|&p| p > NF_PRIORITY_CONNTRACK);
+        let state = CtState::from_u8(ct_state);
+        self.checked |= checked;
+        self.found |= checked && state != CtState::None;
+        self.ctinfo_new |= state == CtState::New;
+        if ct_state & CT_STATUS_KNOWN != 0 {
+            self.status_known = true;
+            self.unconfirmed |= ct_state & CT_UNCONFIRMED != 0;
+        }
+    }
+
+    /// This pass's connection state, `None` without netfilter hops:
+    /// `untracked` when hops after conntrack found no entry; `new` when
+    /// this pass created its entry (unconfirmed: the nat chains ran), or,
+    /// where the kernel gave no entry status, when ctinfo said NEW;
+    /// `established` otherwise.
+    pub(crate) fn conn_state(&self) -> Option<ConnState> {
+        if !self.seen {
+            return None;
+        }
+        Some(if self.checked && !self.found {
+            ConnState::Untracked
+        } else if (self.status_known && self.unconfirmed) || (!self.status_known && self.ctinfo_new)
+        {
+            ConnState::New
+        } else {
+            ConnState::Established
+        })
+    }
+}
+
 impl Journey {
     /// Whether the newest hop (in arrival order) is a netfilter hop of
     /// netfilter hook `nf_hook`.
@@ -95,6 +145,63 @@ impl Journey {
             self.hops.last(),
             Some(Hop { point: HopPoint::Netfilter { hook, .. }, .. }) if *hook as u8 == nf_hook
         )
+    }
+
+    /// Whether the journey already has a hop at `hop`'s device hook (tc
+    /// or device tracepoint, same device, same layer): a packet crosses a
+    /// hook of a device once, so a second crossing is another packet in a
+    /// recycled buffer (a retransmission, or the node's own IPv6 DAD or
+    /// MLD message after the same one it received).
+    pub(crate) fn has_hop_at(&self, hop: &Hop) -> bool {
+        matches!(hop.point, HopPoint::Tc { .. } | HopPoint::Device { .. })
+            && self.hops.iter().any(|h| {
+                h.point == hop.point
+                    && h.ifindex == hop.ifindex
+                    && h.netns_ino == hop.netns_ino
+                    && h.encap == hop.encap
+            })
+    }
+
+    /// Whether `hop` hands the packet to a pod (egress on a pod veth) other
+    /// than the one the journey already handed it to: a packet is handed to
+    /// one pod; the flood copies of a bridge are clones in buffers of their
+    /// own, so this is another packet in a recycled buffer.
+    pub(crate) fn hands_to_another_pod(&self, hop: &Hop) -> bool {
+        self.in_pod
+            && hop.point.hands_to_pod()
+            && self.hops.iter().any(|h| {
+                h.point.hands_to_pod() && (h.ifindex != hop.ifindex || h.netns_ino != hop.netns_ino)
+            })
+    }
+
+    /// A packet received from the wire for a link-local multicast group
+    /// (IPv4 224.0.0.0/24, IPv6 ff02::/16): no node forwards it, so one
+    /// that leaves the node afterwards is the node's own (same fingerprint
+    /// in a recycled buffer, as IPv6 DAD neighbour solicitations have).
+    pub(crate) fn link_local_multicast_received(&self) -> bool {
+        let received = self
+            .hops
+            .first()
+            .is_some_and(|h| h.point.is_wire_receive() || h.point.enters_node());
+        let link_local = match self.first_flow.dst_addr() {
+            std::net::IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
+            std::net::IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
+        };
+        received && link_local
+    }
+
+    /// Whether `hop` is the OUTPUT hook of a bare (not encapsulated)
+    /// packet while the journey's bare packet already crossed PREROUTING:
+    /// LOCAL_OUT sees only locally generated packets, so this is another
+    /// packet in a recycled buffer (a node's own MLD report after one it
+    /// received, with the same fingerprint). Encapsulation does go from
+    /// PREROUTING to OUTPUT, as the outer packet, and stays one journey.
+    pub(crate) fn local_out_after_prerouting(&self, hop: &Hop) -> bool {
+        let bare_nf = |h: &Hop, want: NfHook| {
+            h.encap == Encap::None as u8
+                && matches!(h.point, HopPoint::Netfilter { hook, .. } if hook == want)
+        };
+        bare_nf(hop, NfHook::LocalOut) && self.hops.iter().any(|h| bare_nf(h, NfHook::PreRouting))
     }
 
     pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
@@ -110,29 +217,17 @@ impl Journey {
         self.last_ts = self.last_ts.max(ev.ts_ns);
         match hook {
             HookKind::Netfilter => {
-                self.saw_netfilter = true;
-                let state = CtState::from_u8(ev.ct_state);
-                let new = state == CtState::New;
-                self.saw_ct_new |= new;
-                // After conntrack (priority -200) every packet it tracks
-                // carries an entry; before it, none has one yet.
-                let checked = NF_PRIORITY_SLOTS
-                    .get(usize::from(ev.nf_slot))
-                    .is_some_and(|&p| p > NF_PRIORITY_CONNTRACK);
-                let found = state != CtState::None;
-                self.ct_checked |= checked;
-                self.ct_found |= checked && found;
                 let encap = if parsed {
                     ev.packet.encap
                 } else {
                     self.layer_encap
                 };
-                if encap == Encap::None as u8 {
-                    self.saw_inner_netfilter = true;
-                    self.saw_inner_ct_new |= new;
-                    self.inner_ct_checked |= checked;
-                    self.inner_ct_found |= checked && found;
-                }
+                let pass = if encap == Encap::None as u8 {
+                    &mut self.inner_pass
+                } else {
+                    &mut self.outer_pass
+                };
+                pass.add(ev.nf_slot, ev.ct_state);
             }
             HookKind::Drop => {
                 self.ended = true;
@@ -180,28 +275,16 @@ pub(crate) fn journey_direction(first: &Hop) -> Direction {
     }
 }
 
-/// Connection state: the inner packet's conntrack verdict, else any
-/// layer's (untracked when hops after conntrack saw no entry), else TCP
-/// flags (SYN without ACK is new).
+/// Connection state: the inner packet's own netfilter pass, else the
+/// outer packet's (see [`NetfilterPass::conn_state`]), else TCP flags (SYN
+/// without ACK is new).
 pub(crate) fn journey_conn_state(j: &Journey) -> ConnState {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
-    if j.saw_inner_netfilter {
-        if j.inner_ct_checked && !j.inner_ct_found {
-            ConnState::Untracked
-        } else if j.saw_inner_ct_new {
-            ConnState::New
-        } else {
-            ConnState::Established
-        }
-    } else if j.saw_netfilter {
-        if j.ct_checked && !j.ct_found {
-            ConnState::Untracked
-        } else if j.saw_ct_new {
-            ConnState::New
-        } else {
-            ConnState::Established
-        }
+    if let Some(state) = j.inner_pass.conn_state() {
+        state
+    } else if let Some(state) = j.outer_pass.conn_state() {
+        state
     } else if j.first_flow.l4_proto == IPPROTO_TCP
         && j.first_flow.tcp_flags & SYN != 0
         && j.first_flow.tcp_flags & ACK == 0

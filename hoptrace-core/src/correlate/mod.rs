@@ -14,14 +14,15 @@ use hoptrace_common::{
 use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
 
 pub use crate::attribution::ledger::{
-    ConnState, Direction, Exemplar, ExemplarHop, ExemplarSegment, FlowInfo, Ledger, LedgerCounters,
+    ConnState, DROP_RECORDS_PER_GROUP, Direction, DropGroupRecords, DropRecord, Exemplar,
+    ExemplarHop, ExemplarSegment, FlowInfo, IcmpCount, IcmpInfo, Ledger, LedgerCounters,
     SegmentKey, Stat,
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
 };
 use crate::node::{DeviceRole, NodeContext};
-use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction};
+use journey::{ENCAP_UNKNOWN, Hop, Journey, NetfilterPass, journey_conn_state, journey_direction};
 
 mod fingerprint;
 mod journey;
@@ -191,7 +192,11 @@ impl SegmentTable {
 /// Renames the conntrack band of a netfilter segment (`conntrack`, or
 /// `conntrack` among spanned bands) to `untracked`, in `netfilter-other`.
 fn untrack_segment(seg: &mut SegmentName) {
-    let Some(bands) = seg.name.strip_prefix("netfilter.") else {
+    let (prefix, bands) = if let Some(rest) = seg.name.strip_prefix("netfilter.outer.") {
+        ("netfilter.outer.", rest)
+    } else if let Some(rest) = seg.name.strip_prefix("netfilter.") {
+        ("netfilter.", rest)
+    } else {
         return;
     };
     let Some((hook, bands)) = bands.split_once('.') else {
@@ -204,7 +209,7 @@ fn untrack_segment(seg: &mut SegmentName) {
         .split('+')
         .map(|b| if b == "conntrack" { "untracked" } else { b })
         .collect();
-    seg.name = format!("netfilter.{hook}.{}", renamed.join("+"));
+    seg.name = format!("{prefix}{hook}.{}", renamed.join("+"));
     if seg.category == Category::Conntrack {
         seg.category = Category::NetfilterOther;
     }
@@ -225,7 +230,7 @@ pub struct Correlator {
     segments: SegmentTable,
     hop_pool: Vec<Vec<Hop>>,
     scratch_ids: Vec<u64>,
-    scratch_segments: Vec<u32>,
+    scratch_segments: Vec<(u32, ConnState, u64, u32)>,
     observer: Option<std::sync::Arc<dyn JourneyObserver>>,
     scratch_observed: Vec<(u32, u64)>,
     /// Buffers of unparsed frames seen lately and the time of their latest
@@ -234,6 +239,11 @@ pub struct Correlator {
 }
 
 const HOP_POOL_MAX: usize = 1024;
+
+/// Longest gap between the receive hooks of one frame from the wire (a
+/// bond's or VLAN's lower device, the upper device, its tc ingress), ns:
+/// they run back to back in one softirq, microseconds apart.
+const RECEIVE_CHAIN_NS: u64 = 1_000_000;
 
 impl Correlator {
     /// A correlator for one node.
@@ -383,6 +393,7 @@ impl Correlator {
                 point,
                 netns_ino: ev.netns_ino,
                 ifindex: ev.ifindex,
+                len: ev.skb_len,
                 encap: if parsed {
                     ev.packet.encap
                 } else {
@@ -418,6 +429,16 @@ impl Correlator {
                             || (j.on_wire && !h.point.may_follow_uplink())
                             || (j.in_pod && !h.point.may_follow_pod_handoff())
                             || (!j.only_receives && h.point.arrives_on_uplink())
+                            || j.has_hop_at(h)
+                            || j.hands_to_another_pod(h)
+                            // A frame's receive hooks (lower device, upper
+                            // device, tc) run back to back in one softirq:
+                            // a receive long after the others is another frame.
+                            || (j.only_receives
+                                && h.point.is_wire_receive()
+                                && ev.ts_ns > j.last_ts.saturating_add(RECEIVE_CHAIN_NS))
+                            || (h.point.leaves_node() && j.link_local_multicast_received())
+                            || j.local_out_after_prerouting(h)
                     });
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
                 if same_packet && !stale && !returned && !after_end {
@@ -496,14 +517,8 @@ impl Correlator {
             only_receives: true,
             only_pod_sends: true,
             in_pod: false,
-            saw_netfilter: false,
-            saw_ct_new: false,
-            saw_inner_netfilter: false,
-            saw_inner_ct_new: false,
-            ct_checked: false,
-            inner_ct_checked: false,
-            ct_found: false,
-            inner_ct_found: false,
+            inner_pass: NetfilterPass::default(),
+            outer_pass: NetfilterPass::default(),
             first_flow_ts: ev.ts_ns,
             first_flow: flow,
             last_flow_ts: ev.ts_ns,
@@ -603,12 +618,44 @@ impl Correlator {
     }
 }
 
+/// The connection states of a journey's two netfilter passes: the packet
+/// itself (the journey's state) and its outer packet (its own pass, with
+/// its own conntrack entry), each with "untracked" as a flag for naming.
+#[derive(Clone, Copy)]
+struct PassStates {
+    inner: ConnState,
+    outer: ConnState,
+}
+
+impl PassStates {
+    fn of(j: &Journey) -> Self {
+        let inner = journey_conn_state(j);
+        Self {
+            inner,
+            outer: j.outer_pass.conn_state().unwrap_or(inner),
+        }
+    }
+
+    /// The state of the pass a segment belongs to: the outer packet's for
+    /// a segment between two netfilter hops of the outer packet, else the
+    /// journey's.
+    fn of_segment(self, a: &Hop, b: &Hop) -> ConnState {
+        let outer =
+            |h: &Hop| matches!(h.point, HopPoint::Netfilter { .. }) && h.encap != Encap::None as u8;
+        if outer(a) && outer(b) {
+            self.outer
+        } else {
+            self.inner
+        }
+    }
+}
+
 fn record_journey(
     ledger: &mut Ledger,
     table: &mut SegmentTable,
     devices: &DeviceTable,
     j: &mut Journey,
-    seen_segments: &mut Vec<u32>,
+    seen_segments: &mut Vec<(u32, ConnState, u64, u32)>,
     max_exemplars: usize,
 ) {
     ledger.counters.journeys += 1;
@@ -633,38 +680,71 @@ fn record_journey(
             prev = h.encap;
         }
     }
+    if let Some(reason) = j.drop_reason {
+        record_drop(ledger, devices, j, reason);
+    }
+    let hops = &j.hops;
     if hops.len() < 2 {
         ledger.counters.single_hop_journeys += 1;
         return;
     }
     let direction = journey_direction(&hops[0]);
-    let conn_state = journey_conn_state(j);
-    let untracked = conn_state == ConnState::Untracked;
+    if let Some(icmp) = IcmpInfo::from_headers(&j.first_flow) {
+        let proto = j.first_flow.l4_proto;
+        let row = ledger
+            .icmp
+            .entry((proto, icmp.kind, icmp.code, direction))
+            .or_insert_with(|| IcmpCount {
+                proto: FlowInfo::from_headers(&j.first_flow, Encap::None).proto,
+                icmp: icmp.clone(),
+                direction,
+                count: 0,
+            });
+        row.count += 1;
+        row.icmp.mtu = icmp.mtu.or(row.icmp.mtu);
+    }
+    let states = PassStates::of(j);
+    let conn_state = states.inner;
     let hops = &j.hops;
     let e2e = hops[hops.len() - 1].ts_ns - hops[0].ts_ns;
     let mut category_ns = [0u64; Category::ALL.len()];
     let mut category_seen = [false; Category::ALL.len()];
+    // One value per journey and segment row: a segment that repeats within
+    // the journey (two passes through one band) is summed, as categories are.
     seen_segments.clear();
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        let segment = table.id(&mut ledger.segment_names, a, b, untracked);
+        let state = states.of_segment(a, b);
+        let segment = table.id(
+            &mut ledger.segment_names,
+            a,
+            b,
+            state == ConnState::Untracked,
+        );
         let duration = b.ts_ns - a.ts_ns;
+        match seen_segments
+            .iter_mut()
+            .find(|(s, st, _, _)| *s == segment && *st == state)
+        {
+            Some((_, _, ns, _)) => *ns += duration,
+            None => seen_segments.push((segment, state, duration, a.len)),
+        }
+        let category = ledger.segment_names[segment as usize].category.index();
+        category_ns[category] += duration;
+        category_seen[category] = true;
+    }
+    for &(segment, state, ns, len) in seen_segments.iter() {
         let stat = ledger
             .segments
             .entry(SegmentKey {
                 segment,
                 direction,
-                conn_state,
+                conn_state: state,
             })
             .or_insert_with(Stat::new);
-        stat.record(duration);
-        if !seen_segments.contains(&segment) {
-            seen_segments.push(segment);
-            stat.e2e_ns += u128::from(e2e);
-        }
-        let category = ledger.segment_names[segment as usize].category.index();
-        category_ns[category] += duration;
-        category_seen[category] = true;
+        stat.record(ns);
+        stat.record_len(len);
+        stat.e2e_ns += u128::from(e2e);
     }
     for category in Category::ALL {
         if category_seen[category.index()] {
@@ -722,6 +802,7 @@ fn record_journey(
         segments: hops
             .windows(2)
             .map(|pair| {
+                let untracked = states.of_segment(&pair[0], &pair[1]) == ConnState::Untracked;
                 let id = table.id(&mut ledger.segment_names, &pair[0], &pair[1], untracked);
                 let seg = &ledger.segment_names[id as usize];
                 ExemplarSegment {
@@ -748,6 +829,39 @@ fn record_journey(
     }
 }
 
+/// Counts a dropped journey under its (reason, location) and lists it
+/// while the group has fewer than [`DROP_RECORDS_PER_GROUP`].
+fn record_drop(ledger: &mut Ledger, devices: &DeviceTable, j: &Journey, reason: u32) {
+    let drop = j.hops.iter().rev().find(|h| h.point == HopPoint::Drop);
+    let location = j
+        .hops
+        .iter()
+        .rev()
+        .find(|h| h.point != HopPoint::Drop)
+        .map_or_else(|| "unknown".to_owned(), |h| h.point.name());
+    let reason = devices.drop_reason_name(reason);
+    let group = ledger
+        .drop_records
+        .entry((reason.clone(), location.clone()))
+        .or_insert_with(|| DropGroupRecords {
+            reason,
+            location,
+            count: 0,
+            omitted: 0,
+            records: Vec::new(),
+        });
+    group.count += 1;
+    if group.records.len() < DROP_RECORDS_PER_GROUP {
+        group.records.push(DropRecord {
+            flow: FlowInfo::from_headers(&j.first_flow, j.encap),
+            len_bytes: drop.map_or(0, |h| h.len),
+            ts_ns: drop.map_or(j.last_ts, |h| h.ts_ns),
+        });
+    } else {
+        group.omitted += 1;
+    }
+}
+
 /// Hands a journey that [`record_journey`] has just recorded (hops sorted,
 /// segments named) to the observer.
 fn observe_journey(
@@ -763,17 +877,21 @@ fn observe_journey(
         return;
     }
     scratch.clear();
-    let conn_state = journey_conn_state(j);
-    let untracked = conn_state == ConnState::Untracked;
+    let states = PassStates::of(j);
+    let conn_state = states.inner;
     let mut categories: Vec<(Category, u64)> = Vec::with_capacity(4);
     for pair in hops.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
+        let untracked = states.of_segment(a, b) == ConnState::Untracked;
         // Every pair was named by `record_journey`: a cache hit.
         let Some(segment) = table.cached(a, b, untracked) else {
             continue;
         };
         let duration = b.ts_ns - a.ts_ns;
-        scratch.push((segment, duration));
+        match scratch.iter_mut().find(|(s, _)| *s == segment) {
+            Some((_, ns)) => *ns += duration,
+            None => scratch.push((segment, duration)),
+        }
         let category = ledger.segment_names[segment as usize].category;
         match categories.iter_mut().find(|(c, _)| *c == category) {
             Some((_, ns)) => *ns += duration,

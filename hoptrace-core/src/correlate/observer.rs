@@ -23,8 +23,9 @@ pub struct JourneySummary<'a> {
     /// Time of the first hop, ns (bpf ktime, CLOCK_MONOTONIC): places the
     /// journey on the request timeline.
     pub start_ns: u64,
-    /// `(segment id, duration in ns)` in hop order; a segment that repeats
-    /// within the journey appears once per occurrence.
+    /// `(segment id, duration in ns)` in order of first occurrence; a
+    /// segment that repeats within the journey appears once, its
+    /// occurrences summed (as in the ledger).
     pub segments: &'a [(u32, u64)],
     /// Names and categories of segment ids (index = id).
     pub segment_names: &'a [SegmentName],

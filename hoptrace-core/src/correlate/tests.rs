@@ -178,9 +178,9 @@ pub fn node_a_journey(
         ("tc.egress", KernelOther, 100),
         ("qdisc", KernelOther, 200),
         ("tunnel.vxlan.encap", Encapsulation, 700),
-        ("netfilter.output.dnat", KubeProxy, 100),
+        ("netfilter.outer.output.dnat", KubeProxy, 100),
         ("routing.output", Cni, 500),
-        ("netfilter.postrouting.snat", KubeProxy, 100),
+        ("netfilter.outer.postrouting.snat", KubeProxy, 100),
         ("ip.output", KernelOther, 300),
         ("tc.egress", KernelOther, 100),
         ("qdisc", KernelOther, 300),
@@ -316,9 +316,9 @@ pub fn node_b_journey(t0: u64, skb: u64) -> (Vec<HopEvent>, Vec<(&'static str, C
     let segments = vec![
         ("tc.ingress", KernelOther, 200),
         ("ip.receive", KernelOther, 800),
-        ("netfilter.prerouting.conntrack", Conntrack, 300),
+        ("netfilter.outer.prerouting.conntrack", Conntrack, 300),
         ("routing", Cni, 500),
-        ("netfilter.input.filter", KubeProxy, 200),
+        ("netfilter.outer.input.filter", KubeProxy, 200),
         ("tunnel.vxlan.decap", Encapsulation, 1_000),
         ("tc.ingress", KernelOther, 100),
         ("ip.receive", KernelOther, 400),
@@ -521,7 +521,21 @@ fn skipped_brackets_follow_their_layer_and_are_not_unparsed() {
         names.contains(&"netfilter.prerouting.conntrack"),
         "{names:?}"
     );
-    assert!(names.contains(&"netfilter.output.conntrack"), "{names:?}");
+    // The outer packet's pass has names of its own and its own state: the
+    // journey is established, the outer pass (ctinfo NEW, no status read) new.
+    assert!(
+        names.contains(&"netfilter.outer.output.conntrack"),
+        "{names:?}"
+    );
+    assert!(
+        ledger
+            .segment(
+                "netfilter.outer.output.conntrack",
+                Direction::Local,
+                ConnState::New
+            )
+            .is_some()
+    );
     // A skipped bracket of an unknown buffer starts nothing.
     let ledger = run(&events[1..2]);
     assert_eq!(ledger.counters.journeys, 0);
@@ -1126,5 +1140,362 @@ fn the_observer_gets_the_drop_reason_and_location() {
         seen[0].5,
         Some(("NETFILTER_DROP".to_owned(), "veth.rx".to_owned())),
         "reason from the kernel's names, location = the hop before the drop"
+    );
+}
+
+/// `ct_state` of a netfilter event whose program read the entry's status.
+fn with_status(mut e: HopEvent, unconfirmed: bool) -> HopEvent {
+    e.ct_state |= hoptrace_common::CT_STATUS_KNOWN;
+    if unconfirmed {
+        e.ct_state |= hoptrace_common::CT_UNCONFIRMED;
+    }
+    e
+}
+
+#[test]
+fn each_pass_has_the_conn_state_of_its_own_conntrack_entry() {
+    // Node A of an overlay, an established inner packet whose outer VXLAN
+    // flow is new (a new source port): the outer pass created its entry
+    // (unconfirmed) and walked the nat chains. Its segments are
+    // `netfilter.outer.*`, in state `new`; the inner ones `established`.
+    use CtState::{Established, New};
+    use HookKind::*;
+    use NfHook::*;
+    let inner = dnat(tcp(ACK, 77, 3));
+    let outer = vxlan(inner);
+    let events = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, inner),
+        with_status(nf(2_000, SKB, PreRouting, -101, Established, inner), false),
+        with_status(nf(2_500, SKB, PreRouting, -99, Established, inner), false),
+        ev(3_000, SKB, NODE, IF_VXLAN, TcEgress, inner),
+        // Outer: ctinfo says NEW, and the entry is unconfirmed.
+        with_status(nf(4_000, SKB, LocalOut, -101, New, outer), true),
+        with_status(nf(304_000, SKB, LocalOut, -99, New, outer), true),
+        ev(305_000, SKB, NODE, IF_UPLINK, TcEgress, outer),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 1, "{:?}", ledger.counters);
+    let inner_dnat = ledger
+        .segment(
+            "netfilter.prerouting.dnat",
+            Direction::Egress,
+            ConnState::Established,
+        )
+        .expect("inner dnat, established");
+    assert_eq!(inner_dnat.total_ns, 500);
+    let outer_dnat = ledger
+        .segment(
+            "netfilter.outer.output.dnat",
+            Direction::Egress,
+            ConnState::New,
+        )
+        .expect("outer dnat, new: its own pass created the entry");
+    assert_eq!(outer_dnat.total_ns, 300_000);
+    assert!(
+        ledger
+            .segment("netfilter.output.dnat", Direction::Egress, ConnState::New)
+            .is_none()
+    );
+    // The same outer flow later: ctinfo still says NEW (an overlay's outer
+    // flow never sees a reply), but the entry is confirmed: established.
+    let events2: Vec<HopEvent> = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, inner),
+        with_status(nf(2_000, SKB, PreRouting, -101, Established, inner), false),
+        with_status(nf(2_500, SKB, PreRouting, -99, Established, inner), false),
+        ev(3_000, SKB, NODE, IF_VXLAN, TcEgress, inner),
+        with_status(nf(4_000, SKB, LocalOut, -101, New, outer), false),
+        with_status(nf(4_500, SKB, LocalOut, -99, New, outer), false),
+        ev(5_000, SKB, NODE, IF_UPLINK, TcEgress, outer),
+    ]
+    .to_vec();
+    let ledger = run(&events2);
+    assert!(
+        ledger
+            .segment(
+                "netfilter.outer.output.dnat",
+                Direction::Egress,
+                ConnState::Established
+            )
+            .is_some(),
+        "a confirmed entry is not new, whatever ctinfo says"
+    );
+}
+
+#[test]
+fn a_segment_that_repeats_in_a_journey_counts_once_summed() {
+    // Two passes through one band in one journey (the packet loops through
+    // prerouting twice, e.g. hairpin): one value, the sum, as categories.
+    use CtState::Established;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(ACK, 9, 3);
+    let events = [
+        ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+        nf(2_000, SKB, PreRouting, -101, Established, p),
+        nf(2_700, SKB, PreRouting, -99, Established, p),
+        nf(3_000, SKB, PreRouting, -101, Established, p),
+        nf(3_300, SKB, PreRouting, -99, Established, p),
+        ev(4_000, SKB, NODE, IF_VETH_A, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    let dnat = ledger
+        .segment(
+            "netfilter.prerouting.dnat",
+            Direction::Egress,
+            ConnState::Established,
+        )
+        .expect("dnat row");
+    assert_eq!(dnat.hist.len(), 1, "one value per journey");
+    assert_eq!(dnat.total_ns, 1_000, "both crossings summed");
+    let kube = &ledger.categories[&(
+        Category::KubeProxy,
+        Direction::Egress,
+        ConnState::Established,
+    )];
+    assert_eq!(kube.total_ns, dnat.total_ns);
+    assert_eq!(kube.hist.len(), 1);
+}
+
+#[test]
+fn a_second_receive_from_the_wire_on_one_device_is_another_packet() {
+    // A retransmission (same fingerprint) in the recycled buffer of its
+    // first copy, 30 ms later, within the idle timeout: before, one
+    // journey with a 30 ms `uplink.ingress..uplink.ingress` segment.
+    use CtState::Established;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(ACK, 5, 3);
+    // The first copy's only hop is its receive (the rest of its way was
+    // not traced: another namespace's hooks, a filtered flow).
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(31_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(32_000, SKB, PreRouting, -201, CtState::None, p),
+        nf(32_300, SKB, PreRouting, -199, Established, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.buffer_reuses, 1);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
+
+#[test]
+fn output_after_prerouting_of_a_bare_packet_is_another_packet() {
+    // A received packet, then the node's own packet with the same
+    // fingerprint in the recycled buffer 8 ms later (IPv6 MLD reports):
+    // before, one journey with an 8 ms `nf.prerouting.-99..nf.output.-201`.
+    use HookKind::*;
+    use NfHook::*;
+    let mut p = PacketMeta::zeroed();
+    p.outer = l3([192, 168, 0, 9], 0, [224, 0, 0, 22], 0, 2);
+    p.outer.payload_len = 40;
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(2_000, SKB, PreRouting, -101, CtState::None, p),
+        nf(2_300, SKB, PreRouting, -99, CtState::None, p),
+        nf(10_000_000, SKB, LocalOut, -201, CtState::None, p),
+        nf(10_000_300, SKB, LocalOut, -199, CtState::None, p),
+        ev(10_001_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("prerouting.-99..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+    // The outer packet of an overlay does go from PREROUTING to OUTPUT.
+    let (events, _) = node_a_journey(0, SKB, 100);
+    assert_eq!(run(&events).counters.journeys, 1);
+}
+
+#[test]
+fn the_nodes_own_dad_message_after_a_received_one_is_another_packet() {
+    // IPv6 DAD neighbour solicitations from :: to a solicited-node group
+    // share a fingerprint: one received from the other node, the node's
+    // own sent 30 ms later in the recycled buffer. Before: one journey
+    // with `uplink.ingress..uplink.egress`, then `uplink.egress..uplink.egress`.
+    use HookKind::*;
+    let mut p = PacketMeta::zeroed();
+    p.outer.version = 6;
+    p.outer.daddr = [
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xb8, 0x82, 0x72,
+    ];
+    p.outer.l4_proto = 58;
+    p.outer.payload_len = 24;
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(30_000_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+        ev(60_000_000, SKB, NODE, IF_UPLINK, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 3, "{:?}", ledger.counters);
+    assert!(
+        ledger.segments.is_empty(),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
+
+#[test]
+fn every_drop_is_recorded_with_its_flow_bounded_per_reason_and_location() {
+    use HookKind::*;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    // 150 ICMP "fragmentation needed" (MTU 1450) dropped in the filter
+    // band of FORWARD, 5 TCP packets dropped on the pod veth.
+    for i in 0..150u64 {
+        let mut p = tcp(ACK, 1, 1000 + i as u16);
+        p.outer.l4_proto = hoptrace_common::packet::IPPROTO_ICMP;
+        p.outer.tcp_flags = 3;
+        p.outer.icmp_code = 4;
+        p.outer.dport = 1450;
+        let skb = SKB + 0x1000 * i;
+        let t = 1_000_000 * i;
+        let mut drop = ev(t + 2_000, skb, NODE, 0, Drop, p);
+        drop.drop_reason = 6;
+        drop.skb_len = 576;
+        for e in [
+            ev(t, skb, NODE, IF_UPLINK, TcIngress, p),
+            nf(t + 1_000, skb, NfHook::Forward, -1, CtState::Established, p),
+            drop,
+        ] {
+            c.push(&e);
+        }
+    }
+    for i in 0..5u64 {
+        let p = tcp(ACK, 7, 1 + i as u16);
+        let skb = 0x5000_0000 + 0x1000 * i;
+        let t = 500_000_000 + 1_000_000 * i;
+        let mut drop = ev(t + 1_000, skb, NODE, IF_VETH_A, Drop, p);
+        drop.drop_reason = 2;
+        drop.skb_len = 1500;
+        c.push(&ev(t, skb, NODE, IF_VETH_A, TcIngress, p));
+        c.push(&drop);
+    }
+    let ledger = c.finish();
+    let icmp = &ledger.drop_records[&("NETFILTER_DROP".to_owned(), "nf.forward.-1".to_owned())];
+    assert_eq!(
+        (icmp.count, icmp.omitted, icmp.records.len()),
+        (150, 50, 100)
+    );
+    let first = &icmp.records[0];
+    assert_eq!(first.len_bytes, 576);
+    assert_eq!(first.flow.proto, "icmp");
+    let info = first.flow.icmp.as_ref().expect("icmp info");
+    assert_eq!(
+        (info.kind, info.code, info.name.as_str(), info.mtu),
+        (3, 4, "fragmentation-needed", Some(1450))
+    );
+    let tcp_drops = &ledger.drop_records[&("NOT_SPECIFIED".to_owned(), "veth.ingress".to_owned())];
+    assert_eq!((tcp_drops.count, tcp_drops.omitted), (5, 0));
+    assert_eq!(tcp_drops.records[4].flow.dst, "10.96.0.10:80");
+    assert!(tcp_drops.records[0].flow.icmp.is_none());
+    // Every ICMP journey is counted by type and code, fast or not.
+    let frag = &ledger.icmp[&(
+        hoptrace_common::packet::IPPROTO_ICMP,
+        3,
+        4,
+        Direction::Ingress,
+    )];
+    assert_eq!(frag.count, 150);
+    assert_eq!(frag.icmp.name, "fragmentation-needed");
+    assert_eq!(frag.icmp.mtu, Some(1450));
+    // The drop in kube-proxy's filter band is kube-proxy's time.
+    let seg = ledger
+        .segment_names
+        .iter()
+        .find(|s| s.name == "netfilter.forward.filter")
+        .expect("named");
+    assert_eq!(seg.category, Category::KubeProxy);
+}
+
+#[test]
+fn segment_rows_keep_packet_lengths() {
+    use HookKind::*;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    for (i, len) in [100u32, 1500, 9000].into_iter().enumerate() {
+        let p = tcp(ACK, 3, 10 + i as u16);
+        let skb = SKB + 0x1000 * i as u64;
+        let t = 1_000_000 * (i as u64 + 1);
+        let mut a = ev(t, skb, NODE, IF_UPLINK, DevReceive, p);
+        a.skb_len = len;
+        let b = ev(t + 500, skb, NODE, IF_UPLINK, TcIngress, p);
+        c.push(&a);
+        c.push(&b);
+    }
+    let ledger = c.finish();
+    let row = ledger
+        .segment("tc.ingress", Direction::Ingress, ConnState::Established)
+        .expect("tc.ingress row");
+    assert_eq!(row.len_hist.len(), 3);
+    assert_eq!(row.len_hist.value_at_quantile(0.5), 1500);
+    assert!(row.len_hist.max() >= 9000 && row.len_hist.max() < 9100);
+}
+
+#[test]
+fn a_receive_long_after_a_lower_device_receive_is_another_frame() {
+    // cilium-like: a frame received on cilium_host (role Other), then 16 ms
+    // later a frame with the same fingerprint from the wire in the same
+    // buffer. Before: one journey with `dev.ingress..uplink.ingress`.
+    use HookKind::*;
+    let p = tcp(ACK, 11, 4);
+    let mut ctx = ctx();
+    ctx.devices.push(crate::node::DeviceInfo {
+        netns_ino: NODE,
+        ifindex: 77,
+        name: "cilium_host".into(),
+        role: DeviceRole::Other,
+    });
+    let mut c = Correlator::new(ctx, CorrelatorOptions::default());
+    for e in [
+        ev(1_000, SKB, NODE, 77, TcIngress, p),
+        ev(16_000_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        nf(16_001_000, SKB, NfHook::PreRouting, -201, CtState::None, p),
+    ] {
+        c.push(&e);
+    }
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
+    );
+}
+
+#[test]
+fn a_packet_handed_to_one_pod_is_not_handed_to_another() {
+    // flannel-host-gw: a packet to pod A's veth, then 28 ms later a packet
+    // with the same fingerprint in the same buffer to pod B's veth. Before:
+    // one journey with `veth.egress..veth.egress`.
+    use HookKind::*;
+    let p = tcp(ACK, 12, 5);
+    let events = [
+        ev(1_000, SKB, NODE, IF_UPLINK, TcIngress, p),
+        ev(3_000, SKB, NODE, IF_VETH_A, TcEgress, p),
+        ev(28_000_000, SKB, NODE, IF_VETH_B, TcEgress, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert!(
+        ledger
+            .segment_names_seen()
+            .iter()
+            .all(|n| !n.contains("..")),
+        "{:?}",
+        ledger.segment_names_seen()
     );
 }

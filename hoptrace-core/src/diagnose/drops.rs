@@ -135,6 +135,7 @@ mod tests {
             src: format!("10.0.0.1:{n}"),
             dst: "10.0.0.2:53".into(),
             encap: "none".into(),
+            icmp: None,
         }
     }
 

@@ -231,6 +231,7 @@ fn group(reason: &str, location: &str, count: u64, encap: &str) -> DropGroup {
             src: "10.244.0.2:40000".into(),
             dst: "10.244.1.2:5353".into(),
             encap: encap.into(),
+            icmp: None,
         }],
     }
 }
@@ -343,6 +344,8 @@ fn queueing_rules() {
         conn_state: ConnState::Established,
         stats: stats(100, 800.0, 12_000.0),
         share: 0.5,
+        len_p50_bytes: 1500,
+        len_max_bytes: 1500,
     });
     let counters = NodeCounters {
         qdiscs: vec![QdiscStats {

@@ -432,6 +432,9 @@ impl Btf {
             nf_state_pf: self.member_offset("nf_hook_state", &["pf"])?,
             nf_state_net: self.member_offset("nf_hook_state", &["net"])?,
             valid: 1,
+            // Optional: 0 tells the programs that the entry's status is unknown.
+            nf_conn_status: self.member_offset("nf_conn", &["status"]).unwrap_or(0),
+            _pad: 0,
         })
     }
 
@@ -744,6 +747,12 @@ mod tests {
                 ("net", net_ptr, 8 * 32, 0),
             ],
         );
+        b.composite(
+            KIND_STRUCT,
+            "nf_conn",
+            256,
+            &[("status", u64_t, 8 * 128, 0)],
+        );
         b.enumeration(
             "skb_drop_reason",
             &[
@@ -782,6 +791,7 @@ mod tests {
         assert_eq!(layout.nf_state_hook, 0);
         assert_eq!(layout.nf_state_pf, 1);
         assert_eq!(layout.nf_state_net, 32);
+        assert_eq!(layout.nf_conn_status, 128);
         assert_eq!(layout.valid, 1);
     }
 
@@ -876,6 +886,10 @@ mod tests {
         assert!(l.net_ns_inum > 0 && l.net_ns_inum < 1024);
         assert!(l.sk_net > 0 && l.sk_net < 256);
         assert!(l.nf_state_net > l.nf_state_pf);
+        assert!(
+            l.nf_conn_status > 0 && l.nf_conn_status < 512,
+            "nf_conn.status"
+        );
         let reasons = btf.drop_reason_names().expect("drop reasons");
         assert!(reasons.values().any(|n| n == "no_socket"), "{reasons:?}");
         assert!(btf.func_id("bpf_cast_to_kern_ctx").is_ok());

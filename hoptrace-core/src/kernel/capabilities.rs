@@ -64,22 +64,125 @@ pub const ITEMS: [&str; 16] = [
     "sock_tracepoints",
 ];
 
-/// `hoptrace` needs root.
-#[derive(Debug, thiserror::Error)]
-#[error("hoptrace needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN): run it as root")]
-pub struct NotRoot;
+/// A privilege hoptrace needs, checked in the effective capability set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// Load BPF programs and maps (`CAP_BPF`, or `CAP_SYS_ADMIN` as the kernel also accepts).
+    Bpf,
+    /// Tracepoints and kernel pointers (`CAP_PERFMON`, or `CAP_SYS_ADMIN`).
+    Perfmon,
+    /// tc/tcx attachments, netfilter links, devices (`CAP_NET_ADMIN`).
+    NetAdmin,
+    /// `setns`/`unshare` into network namespaces (`CAP_SYS_ADMIN`).
+    SysAdmin,
+}
 
-/// Fails unless the effective user is root.
+impl Privilege {
+    /// The capability's name as `capabilities(7)` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bpf => "CAP_BPF",
+            Self::Perfmon => "CAP_PERFMON",
+            Self::NetAdmin => "CAP_NET_ADMIN",
+            Self::SysAdmin => "CAP_SYS_ADMIN",
+        }
+    }
+
+    /// What hoptrace does with it.
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Self::Bpf => "load BPF programs and maps",
+            Self::Perfmon => "attach tracepoints and read kernel pointers",
+            Self::NetAdmin => "attach tc and netfilter hooks",
+            Self::SysAdmin => "enter network namespaces",
+        }
+    }
+
+    /// Whether `effective` grants it: the kernel accepts CAP_SYS_ADMIN in
+    /// place of CAP_BPF and CAP_PERFMON (`bpf_capable`, `perfmon_capable`),
+    /// which is also all there is before Linux 5.8.
+    fn granted_by(self, effective: &caps::CapsHashSet) -> bool {
+        use caps::Capability as C;
+        let has = |c: C| effective.contains(&c);
+        match self {
+            Self::Bpf => has(C::CAP_BPF) || has(C::CAP_SYS_ADMIN),
+            Self::Perfmon => has(C::CAP_PERFMON) || has(C::CAP_SYS_ADMIN),
+            Self::NetAdmin => has(C::CAP_NET_ADMIN),
+            Self::SysAdmin => has(C::CAP_SYS_ADMIN),
+        }
+    }
+}
+
+/// What every tracing command needs: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN.
+pub const TRACING: [Privilege; 3] = [Privilege::Bpf, Privilege::Perfmon, Privilege::NetAdmin];
+
+/// The effective capability set lacks privileges hoptrace needs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PrivilegeError {
+    /// These are missing (in the order asked).
+    #[error("missing {}: run as root or grant {}", describe(.0), names(.0))]
+    Missing(Vec<Privilege>),
+    /// The capability sets could not be read.
+    #[error("cannot read this process's capabilities: {0}")]
+    Unreadable(String),
+}
+
+fn describe(missing: &[Privilege]) -> String {
+    missing
+        .iter()
+        .map(|p| format!("{} (to {})", p.name(), p.purpose()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn names(missing: &[Privilege]) -> String {
+    let names: Vec<_> = missing.iter().map(|p| p.name()).collect();
+    if names.len() == 1 {
+        "it".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The privileges of `needed` that `effective` lacks, in order.
+pub fn missing_privileges(needed: &[Privilege], effective: &caps::CapsHashSet) -> Vec<Privilege> {
+    needed
+        .iter()
+        .copied()
+        .filter(|p| !p.granted_by(effective))
+        .collect()
+}
+
+/// Fails unless this process's effective capabilities hold every
+/// privilege of `needed` (by capability, not by uid: a uid-0 process
+/// without CAP_BPF fails, a non-root one with the capabilities passes).
 ///
 /// # Errors
 ///
-/// [`NotRoot`] when the effective uid is not 0.
-pub fn require_root() -> Result<(), NotRoot> {
-    if nix::unistd::Uid::effective().is_root() {
+/// [`PrivilegeError::Missing`] naming each missing capability;
+/// [`PrivilegeError::Unreadable`] when `capget` fails.
+pub fn require(needed: &[Privilege]) -> Result<(), PrivilegeError> {
+    let effective = caps::read(None, caps::CapSet::Effective)
+        .map_err(|e| PrivilegeError::Unreadable(e.to_string()))?;
+    let missing = missing_privileges(needed, &effective);
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(NotRoot)
+        Err(PrivilegeError::Missing(missing))
     }
+}
+
+/// [`TRACING`], plus CAP_SYS_ADMIN when `enters_namespaces`.
+///
+/// # Errors
+///
+/// As [`require`].
+pub fn require_tracing(enters_namespaces: bool) -> Result<(), PrivilegeError> {
+    let mut needed = TRACING.to_vec();
+    if enters_namespaces {
+        needed.push(Privilege::SysAdmin);
+    }
+    require(&needed)
 }
 
 impl Capabilities {
@@ -706,6 +809,43 @@ mod tests {
                 .collect(),
             notes: vec!["mounted tracefs".into()],
         }
+    }
+
+    #[test]
+    fn privileges_are_checked_by_capability_and_named() {
+        use ::caps::{Capability as C, CapsHashSet};
+        let set = |list: &[C]| list.iter().copied().collect::<CapsHashSet>();
+        let all = [
+            Privilege::Bpf,
+            Privilege::Perfmon,
+            Privilege::NetAdmin,
+            Privilege::SysAdmin,
+        ];
+        assert!(
+            missing_privileges(
+                &all,
+                &set(&[
+                    C::CAP_BPF,
+                    C::CAP_PERFMON,
+                    C::CAP_NET_ADMIN,
+                    C::CAP_SYS_ADMIN
+                ])
+            )
+            .is_empty()
+        );
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as in the kernel.
+        assert!(missing_privileges(&all, &set(&[C::CAP_SYS_ADMIN, C::CAP_NET_ADMIN])).is_empty());
+        let missing = missing_privileges(&TRACING, &set(&[C::CAP_PERFMON, C::CAP_NET_ADMIN]));
+        assert_eq!(missing, vec![Privilege::Bpf]);
+        let text = PrivilegeError::Missing(missing).to_string();
+        assert!(
+            text.contains("CAP_BPF") && !text.contains("CAP_PERFMON"),
+            "{text}"
+        );
+        assert_eq!(
+            missing_privileges(&all, &set(&[C::CAP_BPF, C::CAP_PERFMON])),
+            vec![Privilege::NetAdmin, Privilege::SysAdmin]
+        );
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //!
 //! The node is the network namespace hoptrace runs in; its pods are the
 //! namespaces at the far ends of its veths. Devices are classified by kind
-//! (veth, bridge, vxlan, geneve, ipip, ...) whatever their name, and the
-//! uplink is the device of the default route.
+//! (veth, bridge, vxlan, geneve, ipip, ...) whatever their name. An uplink
+//! is a device that faces the network: the device of the default route, the
+//! underlay of a VXLAN device (its `dev`, or the device holding its `local`
+//! address), or the device of a route through a gateway (a route to another
+//! node's pod CIDR, as flannel host-gw and Calico BGP install), so that a
+//! node without a default route still has one.
 //!
 //! Links, routes and namespace ids are read over rtnetlink (`RTM_GETLINK`,
 //! `RTM_GETROUTE`, `RTM_GETNSID`) from a socket made on the calling thread, so
@@ -15,7 +19,11 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path, proc
 
 use futures_util::TryStreamExt as _;
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
+    address::{AddressAttribute, AddressMessage},
+    link::{
+        InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
+        LinkMessage,
+    },
     route::{RouteAttribute, RouteHeader, RouteMessage},
 };
 
@@ -154,6 +162,7 @@ pub fn own_netns_inode() -> Result<u32, DeviceError> {
 struct Dumps {
     links: Vec<LinkMessage>,
     routes: Vec<RouteMessage>,
+    addresses: Vec<AddressMessage>,
     /// Names under /run/netns with the id this namespace gave them, if any.
     netns: Vec<(String, Option<i32>)>,
 }
@@ -182,6 +191,16 @@ async fn dump(handle: rtnetlink::Handle, names: Vec<String>) -> Result<Dumps, De
             request: "RTM_GETROUTE dump",
             source,
         })?;
+    let addresses = handle
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|source| DeviceError::Netlink {
+            request: "RTM_GETADDR dump",
+            source,
+        })?;
     let mut netns = Vec::with_capacity(names.len());
     for name in names {
         // A namespace without an id here (or one that vanished meanwhile)
@@ -198,6 +217,7 @@ async fn dump(handle: rtnetlink::Handle, names: Vec<String>) -> Result<Dumps, De
     Ok(Dumps {
         links,
         routes,
+        addresses,
         netns,
     })
 }
@@ -230,7 +250,7 @@ fn named_netns() -> Result<Vec<String>, DeviceError> {
 pub fn discover() -> Result<NodeDevices, DeviceError> {
     let names = named_netns()?;
     let dumps = with_rtnetlink(|handle| dump(handle, names)).map_err(DeviceError::Socket)??;
-    let uplinks = default_route_devices(&dumps.routes);
+    let uplinks = uplink_devices(&dumps.links, &dumps.routes, &dumps.addresses);
     let devices = devices_from_links(&dumps.links, &uplinks);
     let by_id: HashMap<i32, &str> = dumps
         .netns
@@ -248,6 +268,111 @@ pub fn discover() -> Result<NodeDevices, DeviceError> {
         devices,
         pods,
     })
+}
+
+/// Devices that face the network: those of the default routes, and, among
+/// Ethernet-like devices (not bridges, tunnels, loopback or pod veths),
+/// those that carry a tunnel's underlay ([`underlay_devices`]) or a route
+/// through a gateway ([`gateway_route_devices`]).
+fn uplink_devices(
+    links: &[LinkMessage],
+    routes: &[RouteMessage],
+    addresses: &[AddressMessage],
+) -> Vec<u32> {
+    let mut uplinks = default_route_devices(routes);
+    let facing = |index: u32| {
+        links.iter().any(|l| {
+            l.header.index == index
+                && match classify(link_kind(l), l.header.link_layer_type) {
+                    DeviceKind::Ethernet => true,
+                    // A namespace lab's uplink is a veth; a pod's is not
+                    // under a gateway route or a tunnel.
+                    DeviceKind::Veth => true,
+                    _ => false,
+                }
+        })
+    };
+    for index in underlay_devices(links, addresses)
+        .into_iter()
+        .chain(gateway_route_devices(routes))
+    {
+        if facing(index) && !uplinks.contains(&index) {
+            uplinks.push(index);
+        }
+    }
+    uplinks
+}
+
+/// Devices under the node's VXLAN devices: the `dev` a VXLAN device was
+/// created on (`IFLA_VXLAN_LINK`), or the device that holds its `local`
+/// address.
+fn underlay_devices(links: &[LinkMessage], addresses: &[AddressMessage]) -> Vec<u32> {
+    let owner = |ip: std::net::IpAddr| {
+        addresses.iter().find_map(|a| {
+            a.attributes
+                .iter()
+                .any(|attr| {
+                    matches!(attr, AddressAttribute::Local(x) | AddressAttribute::Address(x) if *x == ip)
+                })
+                .then_some(a.header.index)
+        })
+    };
+    let mut out = Vec::new();
+    for link in links {
+        let vxlan = link
+            .attributes
+            .iter()
+            .filter_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => Some(infos),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|info| match info {
+                LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+                _ => None,
+            });
+        let Some(data) = vxlan else { continue };
+        for attr in data {
+            let index = match attr {
+                InfoVxlan::Link(index) if *index != 0 => Some(*index),
+                InfoVxlan::Local(ip) => owner((*ip).into()),
+                InfoVxlan::Local6(ip) => owner((*ip).into()),
+                _ => None,
+            };
+            out.extend(index);
+        }
+    }
+    out
+}
+
+/// Output devices of main-table routes that go through a gateway (`via`):
+/// routes to other networks, such as another node's pod CIDR.
+fn gateway_route_devices(routes: &[RouteMessage]) -> Vec<u32> {
+    routes
+        .iter()
+        .filter(|r| {
+            r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+        })
+        .filter(|r| route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN))
+        .filter_map(|r| {
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(ifindex) => Some(*ifindex),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
 }
 
 /// Output devices (ifindexes) of the IPv4 default routes of the main table,
@@ -591,6 +716,68 @@ mod tests {
                 vec![LinkAttribute::Controller(99)],
             ),
         ]
+    }
+
+    #[test]
+    fn uplinks_without_a_default_route() {
+        // No default route: eth1 carries flannel.1's underlay (its `local`
+        // address), eth2 a route to another node's pod CIDR via a gateway,
+        // eth3 is the `dev` of a second VXLAN device. A gateway route
+        // through the bridge or a tunnel does not make those uplinks.
+        use LinkLayerType::{Ether, Loopback};
+        use std::net::Ipv4Addr;
+        let vxlan = |index: u32, name: &str, data: Vec<InfoVxlan>| {
+            let mut l = link(index, name, None, Ether, true, vec![]);
+            l.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(data)),
+            ]));
+            let mut bytes = vec![0; l.buffer_len()];
+            l.emit(&mut bytes);
+            LinkMessage::parse(bytes.as_slice()).expect("parse emitted vxlan")
+        };
+        let links = vec![
+            link(1, "lo", None, Loopback, true, vec![]),
+            link(2, "eth1", None, Ether, true, vec![]),
+            link(3, "eth2", None, Ether, true, vec![]),
+            link(4, "eth3", None, Ether, true, vec![]),
+            link(5, "cni0", Some(InfoKind::Bridge), Ether, true, vec![]),
+            link(9, "eth9", None, Ether, true, vec![]),
+            vxlan(
+                6,
+                "flannel.1",
+                vec![InfoVxlan::Local(Ipv4Addr::new(192, 168, 7, 1))],
+            ),
+            vxlan(7, "vx2", vec![InfoVxlan::Link(4)]),
+        ];
+        let mut addr = AddressMessage::default();
+        addr.header.index = 2;
+        addr.attributes.push(AddressAttribute::Local(
+            Ipv4Addr::new(192, 168, 7, 1).into(),
+        ));
+        let via = |oif: u32| {
+            let mut r = route(24, RouteHeader::RT_TABLE_MAIN, Some(oif));
+            r.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                    192, 168, 8, 2,
+                ))));
+            r
+        };
+        let routes = [
+            via(3),
+            via(5),
+            via(6),
+            route(24, RouteHeader::RT_TABLE_MAIN, Some(9)),
+        ];
+        let mut uplinks = uplink_devices(&links, &routes, &[addr]);
+        uplinks.sort_unstable();
+        assert_eq!(uplinks, [2, 3, 4], "eth1, eth2, eth3");
+        let devices = devices_from_links(&links, &uplinks);
+        let role =
+            |name: &str| crate::node::role_of(devices.iter().find(|d| d.name == name).expect(name));
+        assert_eq!(role("eth1"), crate::node::DeviceRole::Uplink);
+        assert_eq!(role("flannel.1"), crate::node::DeviceRole::Vxlan);
+        assert_eq!(role("eth9"), crate::node::DeviceRole::Other);
     }
 
     #[test]

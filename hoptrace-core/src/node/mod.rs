@@ -141,7 +141,7 @@ pub fn in_netns<T: Send>(
     })
 }
 
-fn role_of(dev: &devices::Device) -> DeviceRole {
+pub(crate) fn role_of(dev: &devices::Device) -> DeviceRole {
     match dev.kind {
         _ if dev.uplink => DeviceRole::Uplink,
         DeviceKind::Veth if dev.peer_netnsid.is_some() => DeviceRole::PodVethHost,

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::ledger::{ConnState, Direction, Exemplar, Ledger, LedgerCounters, Stat};
+use crate::attribution::ledger::{
+    ConnState, Direction, DropGroupRecords, Exemplar, IcmpCount, Ledger, LedgerCounters, Stat,
+};
 use crate::attribution::taxonomy::Category;
 
 use super::{DocumentError, LabSection, read_document};
@@ -103,12 +105,20 @@ pub struct SegmentRow {
     pub direction: Direction,
     /// Whether the journeys' packets opened a connection.
     pub conn_state: ConnState,
-    /// One value per crossing, µs (flattened into the row).
+    /// One value per journey (the sum of the segment's occurrences in it),
+    /// µs (flattened into the row).
     #[serde(flatten)]
     pub stats: Stats,
     /// Sum of this segment's time / sum of the end-to-end time of the
     /// journeys that crossed it, a fraction in 0..=1.
     pub share: f64,
+    /// Median packet length at the segment's first hop (`skb->len`, from
+    /// the network header on), bytes.
+    #[serde(default)]
+    pub len_p50_bytes: u64,
+    /// Largest packet length at the segment's first hop, bytes.
+    #[serde(default)]
+    pub len_max_bytes: u64,
 }
 
 /// One category, per direction and connection state, or `all` (`categories[]`).
@@ -177,6 +187,14 @@ pub struct Report {
     pub exemplars: Vec<Exemplar>,
     /// Drop events by reason, most frequent first.
     pub drops: Vec<DropRow>,
+    /// Every dropped journey by reason and location, most frequent first,
+    /// each group listing its first 100 packets (flow, length).
+    #[serde(default)]
+    pub drop_records: Vec<DropGroupRecords>,
+    /// ICMP and ICMPv6 journeys by type, code and direction, most frequent
+    /// first.
+    #[serde(default)]
+    pub icmp: Vec<IcmpCount>,
     /// Events lost in the kernel (ring buffer full).
     pub lost_events: u64,
     /// Events whose headers did not parse.
@@ -208,6 +226,8 @@ impl Report {
                     conn_state: key.conn_state,
                     stats: Stats::from_stat(stat),
                     share: share(stat),
+                    len_p50_bytes: stat.len_hist.value_at_quantile(0.5),
+                    len_max_bytes: stat.len_hist.max(),
                 }
             })
             .collect();
@@ -283,6 +303,17 @@ impl Report {
             .collect();
         drops.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.reason.cmp(&b.reason)));
 
+        let mut drop_records: Vec<DropGroupRecords> = ledger.drop_records.into_values().collect();
+        drop_records.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.reason.cmp(&b.reason))
+                .then_with(|| a.location.cmp(&b.location))
+        });
+
+        let mut icmp: Vec<IcmpCount> = ledger.icmp.into_values().collect();
+        icmp.sort_by_key(|row| std::cmp::Reverse(row.count));
+
         let c = &ledger.counters;
         let mut notes = meta.notes;
         if c.evicted_journeys > 0 {
@@ -317,6 +348,8 @@ impl Report {
             end_to_end,
             exemplars: ledger.exemplars,
             drops,
+            drop_records,
+            icmp,
             lost_events: meta.lost_events,
             unparsed_packets: c.unparsed_packets,
             foreign_events: c.foreign_events,

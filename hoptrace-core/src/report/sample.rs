@@ -24,6 +24,35 @@ pub(crate) fn ledger() -> Ledger {
     c.finish()
 }
 
+/// [`ledger`] plus an ICMP "fragmentation needed" (3/4, MTU 1450) from the
+/// network, dropped: an exemplar and a drop record with `flow.icmp`.
+pub(crate) fn ledger_with_icmp() -> Ledger {
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    let (a, _) = node_a_journey(0, SKB, 100);
+    let (b, _) = node_b_journey(1_000_000, SKB + 0x1000);
+    for e in a.iter().chain(b.iter()) {
+        c.push(e);
+    }
+    let mut icmp = b[0];
+    icmp.skb_addr = 0xa000;
+    icmp.ts_ns = 2_000_000;
+    icmp.skb_len = 576;
+    icmp.packet = hoptrace_common::PacketMeta::zeroed();
+    icmp.packet.outer = b[0].packet.outer;
+    icmp.packet.outer.l4_proto = hoptrace_common::packet::IPPROTO_ICMP;
+    icmp.packet.outer.tcp_flags = 3;
+    icmp.packet.outer.icmp_code = 4;
+    icmp.packet.outer.dport = 1450;
+    icmp.packet.outer.ip_id = 777;
+    c.push(&icmp);
+    let mut icmp_drop = icmp;
+    icmp_drop.ts_ns += 3_000;
+    icmp_drop.hook = hoptrace_common::HookKind::Drop as u8;
+    icmp_drop.drop_reason = 6;
+    c.push(&icmp_drop);
+    c.finish()
+}
+
 pub(crate) fn meta() -> ReportMeta {
     ReportMeta {
         node: "node-a".into(),
@@ -39,6 +68,11 @@ pub(crate) fn meta() -> ReportMeta {
 /// A node report without a `lab` section, as `hoptrace trace` writes it.
 pub(crate) fn report() -> Report {
     Report::from_ledger(ledger(), meta())
+}
+
+/// [`report`] with every optional part, `flow.icmp` included.
+pub(crate) fn full_report() -> Report {
+    Report::from_ledger(ledger_with_icmp(), meta())
 }
 
 /// A `lab` section with every field set.
@@ -84,12 +118,12 @@ pub(crate) fn lab_section() -> LabSection {
 /// A lab document of one run with two nodes.
 pub(crate) fn lab_document() -> LabDocument {
     use super::lab::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment};
-    let mut node_b = report();
+    let mut node_b = full_report();
     node_b.node = "node-b".into();
     let mut run = LabRunDocument::new(
         "flannel-vxlan".into(),
         lab_section(),
-        vec![report(), node_b],
+        vec![full_report(), node_b],
     );
     let category = RequestCategory {
         mean_us: 310.0,
@@ -139,6 +173,7 @@ pub(crate) fn diagnosis() -> super::DiagnosisDocument {
         src: "10.244.0.2:40000".into(),
         dst: "10.96.0.10:53".into(),
         encap: "vxlan".into(),
+        icmp: None,
     };
     let mut finding = Finding::new("drops.rp-filter", Severity::Critical, "t".into())
         .number("drops", 20.0, "count");
@@ -146,7 +181,7 @@ pub(crate) fn diagnosis() -> super::DiagnosisDocument {
     finding.cause = "c".into();
     finding.advice = "a".into();
     finding.examples.push(flow.clone());
-    let mut report = report();
+    let mut report = full_report();
     report.lab = None;
     super::DiagnosisDocument {
         schema: super::DIAGNOSIS_SCHEMA.into(),

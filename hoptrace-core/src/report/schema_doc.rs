@@ -148,7 +148,7 @@ fn documented() -> BTreeSet<(Doc, String)> {
 
 /// The `(document, field path)` pairs of fully populated documents.
 fn serialized() -> BTreeSet<(Doc, String)> {
-    let mut report = sample::report();
+    let mut report = sample::full_report();
     report.lab = Some(sample::lab_section());
     let lab = sample::lab_document();
     let mut fields = BTreeSet::new();

@@ -191,6 +191,31 @@ pub fn render_table(report: &Report) -> String {
         }
         let _ = writeln!(out, "\nDrops\n{drops}");
     }
+    if !report.drop_records.is_empty() {
+        let mut groups = new_table(&["drop reason", "location", "count", "first dropped packet"]);
+        for g in report.drop_records.iter().take(12) {
+            let first = g.records.first().map_or_else(String::new, |r| {
+                let icmp = r.flow.icmp.as_ref().map_or_else(String::new, |i| {
+                    let mtu = i.mtu.map_or_else(String::new, |m| format!(" mtu {m}"));
+                    format!(" ({} {}/{}{mtu})", i.name, i.kind, i.code)
+                });
+                format!(
+                    "{} {} -> {}{icmp}, {} bytes",
+                    r.flow.proto, r.flow.src, r.flow.dst, r.len_bytes
+                )
+            });
+            groups.add_row(vec![
+                g.reason.clone(),
+                g.location.clone(),
+                g.count.to_string(),
+                first,
+            ]);
+        }
+        let _ = writeln!(
+            out,
+            "Dropped packets by reason and location (every flow in the JSON report)\n{groups}"
+        );
+    }
     let _ = writeln!(
         out,
         "\nlost events {}, unparsed packets {}, foreign events {}",
@@ -213,6 +238,19 @@ mod tests {
     use crate::correlate::{Correlator, CorrelatorOptions};
     use crate::report::ReportMeta;
     use crate::report::sample::{ledger, meta};
+
+    #[test]
+    fn table_names_dropped_packets_and_icmp() {
+        let report = crate::report::sample::full_report();
+        let text = render_table(&report);
+        assert!(
+            text.contains("Dropped packets by reason and location"),
+            "{text}"
+        );
+        assert!(text.contains("fragmentation-needed 3/4"), "{text}");
+        assert!(text.contains("mtu 1450"), "{text}");
+        assert!(text.contains("576 bytes"), "{text}");
+    }
 
     #[test]
     fn table_shows_categories_segments_and_contributor() {

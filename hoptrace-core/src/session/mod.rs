@@ -47,9 +47,9 @@ use drain::{Feed, OtherNodes, Sharing, TracepointRoute};
 /// Why a session could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// Not privileged enough to load BPF programs.
-    #[error("hoptrace needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)")]
-    NotRoot,
+    /// Not privileged enough to load BPF programs (names the missing capabilities).
+    #[error(transparent)]
+    Privileges(#[from] crate::kernel::capabilities::PrivilegeError),
     /// The node's network namespace could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -224,9 +224,7 @@ impl Session {
     }
 
     fn start_sharing(opts: &SessionOptions, mut sharing: Sharing) -> Result<Self, SessionError> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(SessionError::NotRoot);
-        }
+        crate::kernel::capabilities::require_tracing(opts.netns.is_some())?;
         let layout = btf::kernel_layout()?;
         let drop_reasons = btf::drop_reason_names().unwrap_or_default();
         let netns = opts.netns.clone();

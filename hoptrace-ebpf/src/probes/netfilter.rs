@@ -80,6 +80,7 @@ fn observe(ctx: *mut c_void, slot: u8) {
             nf_hook,
             nf_pf,
             &cfg,
+            false,
         );
         emit::submit_header(entry);
         return;
@@ -95,6 +96,7 @@ fn observe(ctx: *mut c_void, slot: u8) {
         nf_hook,
         nf_pf,
         &cfg,
+        true,
     );
     let ethertype = if nf_pf == NFPROTO_IPV6 {
         ETH_P_IPV6
@@ -106,8 +108,19 @@ fn observe(ctx: *mut c_void, slot: u8) {
     emit::parse_and_submit(entry, &window, ethertype, &cfg);
 }
 
+/// `ct_status`: also read the conntrack entry's status (one helper call),
+/// done by the parsing brackets only (the first of each hook and the one
+/// after each NAT band), which is where a pass's entry is seen.
 #[inline(always)]
-fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cfg: &TraceConfig) {
+fn fill_header(
+    h: &mut HopHeader,
+    skb: Skb,
+    slot: u8,
+    nf_hook: u8,
+    nf_pf: u8,
+    cfg: &TraceConfig,
+    ct_status: bool,
+) {
     // SAFETY: a helper without arguments that touches no memory.
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
     h.skb_addr = skb.addr();
@@ -119,5 +132,9 @@ fn fill_header(h: &mut HopHeader, skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, cf
     h.netns_ino = cfg.node_netns_ino;
     h.ifindex = dev_ifindex(skb.dev());
     h.skb_len = skb.len();
-    h.ct_state = CtState::from_nfct(skb.nfct()) as u8;
+    let nfct = skb.nfct();
+    h.ct_state = CtState::from_nfct(nfct) as u8;
+    if ct_status {
+        h.ct_state |= Skb::ct_flags(nfct);
+    }
 }

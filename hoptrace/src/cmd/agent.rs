@@ -54,7 +54,7 @@ pub struct AgentArgs {
     tc_mode: Option<String>,
     /// Written once every hook is attached: `ready` and the metrics URL
     /// (useful with `--metrics-addr 127.0.0.1:0`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cmd::output_file)]
     ready_file: Option<PathBuf>,
     /// Size of the kernel's event ring buffer (e.g. 4MiB, 16MiB; a power of
     /// two, at least 64KiB): larger survives longer bursts, costs memory.
@@ -64,7 +64,7 @@ pub struct AgentArgs {
 
 /// Runs the agent; returns the exit code (2 without privileges).
 pub fn run(args: &AgentArgs) -> Result<i32> {
-    if let Err(err) = capabilities::require_root() {
+    if let Err(err) = capabilities::require_tracing(true) {
         eprintln!("hoptrace agent: {err}");
         return Ok(2);
     }

@@ -5,7 +5,7 @@ use hoptrace_core::kernel::capabilities;
 /// Prints the probe's table (or JSON) and returns the exit code: 0 when
 /// hoptrace can trace here, 1 when it cannot, 2 without privileges.
 pub fn run(json: bool) -> i32 {
-    if let Err(e) = capabilities::require_root() {
+    if let Err(e) = capabilities::require_tracing(true) {
         eprintln!("hoptrace check: {e}");
         return 2;
     }

@@ -7,7 +7,7 @@ use hoptrace_core::kernel::{capabilities, cleanup};
 
 /// Prints what was removed; returns 0, 1 on error, 2 without privileges.
 pub fn run(netns: Option<&Path>) -> i32 {
-    if let Err(e) = capabilities::require_root() {
+    if let Err(e) = capabilities::require_tracing(netns.is_some()) {
         eprintln!("hoptrace cleanup: {e}");
         return 2;
     }

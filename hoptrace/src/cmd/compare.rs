@@ -19,7 +19,7 @@ pub struct CompareArgs {
     #[arg(long = "label", value_name = "NAME")]
     labels: Vec<String>,
     /// Also write a self-contained HTML page with charts (and SVG files beside it).
-    #[arg(long)]
+    #[arg(long, value_parser = super::output_file)]
     html: Option<PathBuf>,
 }
 

@@ -26,20 +26,20 @@ pub struct DiagnoseArgs {
     /// How long to trace (e.g. 30s, 2m); Ctrl-C stops earlier with the diagnosis.
     #[arg(long, default_value = "30s", value_parser = super::positive_duration)]
     duration: Duration,
-    /// Write the `hoptrace.diagnosis.v1` JSON document here.
-    #[arg(long)]
+    /// Write the `hoptrace.diagnosis.v1` JSON document here (the directory must exist).
+    #[arg(long, value_parser = super::output_file)]
     json: Option<PathBuf>,
     /// Diagnose the node whose network namespace is this path (e.g. /run/netns/NAME).
     #[arg(long)]
     netns: Option<PathBuf>,
     /// Written once every hook is attached (for scripts and tests).
-    #[arg(long)]
+    #[arg(long, value_parser = super::output_file)]
     ready_file: Option<PathBuf>,
 }
 
 /// Runs `hoptrace diagnose`; returns the exit code.
 pub fn run(args: &DiagnoseArgs) -> Result<i32> {
-    if let Err(err) = capabilities::require_root() {
+    if let Err(err) = capabilities::require_tracing(args.netns.is_some()) {
         eprintln!("hoptrace diagnose: {err}");
         return Ok(2);
     }

@@ -47,19 +47,19 @@ pub struct LabArgs {
     #[arg(long, default_value = "http-keep-alive", value_parser = choice(&LoadMode::ALL))]
     load: LoadMode,
     /// Requests per second (fixed rate, no coordinated omission).
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value = "500", value_parser = super::positive_rate)]
     rate: f64,
     /// Connections (keep-alive) or requests in flight (other modes).
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
     /// How long the load runs.
     #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
     duration: Duration,
     /// Write the reports of every node (schema hoptrace.lab.v1) here.
-    #[arg(long)]
+    #[arg(long, value_parser = super::output_file)]
     json: Option<PathBuf>,
-    /// With --compare: also write an HTML page with charts.
-    #[arg(long, requires = "compare")]
+    /// Also write an HTML page with charts (one column per datapath run).
+    #[arg(long, value_parser = super::output_file)]
     html: Option<PathBuf>,
     /// Prefix of every namespace the lab creates.
     #[arg(long, default_value = "ht-lab-")]
@@ -96,7 +96,7 @@ fn compare_runs(runs: &[LabRun]) -> Result<compare::Comparison, compare::Compare
 /// Runs `hoptrace lab`; returns the exit code (2 without privileges, 130
 /// when interrupted).
 pub fn run(args: LabArgs) -> Result<i32> {
-    if let Err(err) = capabilities::require_root() {
+    if let Err(err) = capabilities::require_tracing(true) {
         eprintln!("hoptrace lab: {err}");
         return Ok(2);
     }
@@ -117,6 +117,13 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(2);
     }
+    if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
+        anyhow::bail!(
+            "--rate {} for --duration {} gives no request to send",
+            args.rate,
+            humantime::format_duration(args.duration)
+        );
+    }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let datapaths = if args.compare.is_empty() {
         vec![args.datapath]
@@ -133,7 +140,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             ingress: args.ingress,
             load: args.load,
             rate: args.rate,
-            connections: args.connections,
+            connections: usize::from(args.connections),
             duration: args.duration,
             prefix: args.prefix.clone(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -168,9 +175,11 @@ pub fn run(args: LabArgs) -> Result<i32> {
     if runs.is_empty() {
         anyhow::bail!("no datapath could be built on this machine");
     }
-    if runs.len() > 1 {
+    if runs.len() > 1 || args.html.is_some() {
         let comparison = compare_runs(&runs)?;
-        println!("{}", compare::render_table(&comparison));
+        if runs.len() > 1 {
+            println!("{}", compare::render_table(&comparison));
+        }
         if let Some(path) = &args.html {
             for file in compare::write_html(&comparison, path)? {
                 eprintln!("hoptrace: wrote {}", file.display());

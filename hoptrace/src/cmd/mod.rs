@@ -34,3 +34,95 @@ pub(crate) fn positive_duration(text: &str) -> Result<std::time::Duration, Strin
     }
     Ok(duration)
 }
+
+/// A file to write at the end of a run (`--json`, `--html`,
+/// `--ready-file`): its directory must exist now, so that a typo is
+/// reported before anything is attached or built, not after the trace.
+pub(crate) fn output_file(text: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(text);
+    if text.is_empty() || text.ends_with('/') {
+        return Err("needs a file name".into());
+    }
+    if path.is_dir() {
+        return Err("is a directory; give a file name".into());
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(_) => Err(format!("{} is not a directory", dir.display())),
+        Err(_) => Err(format!("directory {} does not exist", dir.display())),
+    }
+}
+
+/// `--ip`: a network such as `10.96.0.0/12`, or one address (`10.0.0.5`
+/// is `10.0.0.5/32`, an IPv6 address `/128`).
+pub(crate) fn flow_net(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(addr));
+    }
+    if let Some((addr, prefix)) = text.split_once('/') {
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("prefix length {prefix:?} is not a number from 0 to {max}"))?;
+        return ipnet::IpNet::new(addr, prefix)
+            .map_err(|_| format!("prefix length /{prefix} is too long (at most /{max})"));
+    }
+    Err(format!(
+        "{text:?} is not an IP address or network (e.g. 10.96.0.0/12)"
+    ))
+}
+
+/// A finite request rate above zero (requests per second).
+pub(crate) fn positive_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err("must be more than zero requests per second".into());
+    }
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{flow_net, output_file, positive_duration, positive_rate};
+
+    #[test]
+    fn bad_input_is_refused_with_its_cause() {
+        assert_eq!(flow_net("10.0.0.5").unwrap().to_string(), "10.0.0.5/32");
+        assert_eq!(flow_net("fd00::1").unwrap().to_string(), "fd00::1/128");
+        assert_eq!(
+            flow_net("10.96.0.0/12").unwrap().to_string(),
+            "10.96.0.0/12"
+        );
+        let err = flow_net("10.0.0.0/99").unwrap_err();
+        assert!(err.contains("too long") && err.contains("/32"), "{err}");
+        assert!(flow_net("10.0.0/8").is_err());
+        assert!(flow_net("fd00::/129").unwrap_err().contains("/128"));
+        assert!(positive_rate("0").is_err());
+        assert!(positive_rate("-3").is_err());
+        assert!(positive_rate("NaN").is_err());
+        assert_eq!(positive_rate("2.5"), Ok(2.5));
+        assert!(positive_duration("0s").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("r.json");
+        assert!(output_file(ok.to_str().unwrap()).is_ok());
+        let missing = dir.path().join("nope/r.json");
+        let err = output_file(missing.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(output_file(dir.path().to_str().unwrap()).is_err());
+        assert!(
+            output_file("r.json").is_ok(),
+            "the current directory exists"
+        );
+    }
+}

@@ -22,14 +22,15 @@ pub struct TraceArgs {
     /// (pod veths, bridges, tunnels, the uplink).
     #[arg(long = "iface")]
     ifaces: Vec<String>,
-    /// Keep only packets from or to this network (outer or inner header).
-    #[arg(long)]
+    /// Keep only packets from or to this network (outer or inner header);
+    /// a bare address is a /32 (/128).
+    #[arg(long, value_parser = super::flow_net)]
     ip: Option<ipnet::IpNet>,
-    /// Keep only packets with this TCP/UDP source or destination port.
-    #[arg(long)]
+    /// Keep only packets with this TCP/UDP source or destination port (1-65535).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
-    /// Write the `hoptrace.report.v1` JSON report here.
-    #[arg(long)]
+    /// Write the `hoptrace.report.v1` JSON report here (the directory must exist).
+    #[arg(long, value_parser = super::output_file)]
     json: Option<PathBuf>,
     /// Trace the node whose network namespace is this path (e.g. /run/netns/NAME).
     #[arg(long)]
@@ -41,7 +42,7 @@ pub struct TraceArgs {
     #[arg(long)]
     no_netfilter: bool,
     /// Written once every hook is attached (for scripts and readiness probes).
-    #[arg(long)]
+    #[arg(long, value_parser = super::output_file)]
     ready_file: Option<PathBuf>,
     /// Size of the kernel's event ring buffer (e.g. 4MiB, 16MiB; a power of
     /// two, at least 64KiB): larger survives longer bursts, costs memory.
@@ -80,7 +81,7 @@ pub fn parse_ring_size(text: &str) -> Result<u32, String> {
 
 /// Runs `hoptrace trace`; returns the exit code (2 without privileges).
 pub fn run(args: TraceArgs) -> Result<i32> {
-    if let Err(err) = capabilities::require_root() {
+    if let Err(err) = capabilities::require_tracing(args.netns.is_some()) {
         eprintln!("hoptrace trace: {err}");
         return Ok(2);
     }

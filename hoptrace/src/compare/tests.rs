@@ -52,6 +52,8 @@ fn empty_report() -> Report {
         end_to_end: Vec::new(),
         exemplars: Vec::new(),
         drops: Vec::new(),
+        drop_records: Vec::new(),
+        icmp: Vec::new(),
         lost_events: 0,
         unparsed_packets: 0,
         foreign_events: 0,
@@ -115,6 +117,8 @@ fn report(datapath: Option<&str>, scale: f64) -> Report {
                 conn_state: ConnState::Established,
                 stats: stats(1000, 10.0 * scale, 15.0, 40.0 * scale, 90.0, 12.0),
                 share: 0.1,
+                len_p50_bytes: 100,
+                len_max_bytes: 1500,
             },
             SegmentRow {
                 segment: "netfilter.prerouting.dnat".to_owned(),
@@ -130,6 +134,8 @@ fn report(datapath: Option<&str>, scale: f64) -> Report {
                     35.0,
                 ),
                 share: 0.2,
+                len_p50_bytes: 100,
+                len_max_bytes: 1500,
             },
         ],
         categories: vec![
@@ -231,6 +237,8 @@ fn node(name: &str, totals: &[(Category, f64)]) -> Report {
                     ..stats(100, 1.0, 1.0, 1.0, 1.0, 1.0)
                 },
                 share: 0.1,
+                len_p50_bytes: 100,
+                len_max_bytes: 1500,
             })
             .collect(),
         end_to_end: vec![EndToEndRow {

@@ -1,0 +1,216 @@
+//! Issue 9, "a CLI that refuses bad input before it starts": each bad
+//! input gives one line on stderr, a non-zero exit, quickly (before any
+//! hook is attached or namespace built), and leaves nothing behind.
+//! Privileges are checked by capability: a root process without CAP_BPF
+//! (or CAP_SYS_ADMIN where namespaces are entered) is refused by name.
+//! Runs the real binary, as a user would; the capability cases need root
+//! (to drop a capability from a root process with `setpriv`).
+
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use tests::{can_run_as_root, hoptrace_bin};
+
+/// Network namespaces and links present now (to check that nothing was left).
+fn system_state() -> (Vec<String>, usize) {
+    let netns = std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            let mut names: Vec<_> = dir
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        })
+        .unwrap_or_default();
+    let links = std::fs::read_dir("/sys/class/net").map_or(0, Iterator::count);
+    (netns, links)
+}
+
+fn run(prefix: &[&str], args: &[&str]) -> (Output, Duration) {
+    let start = Instant::now();
+    let (program, pre) = match prefix.split_first() {
+        Some((p, rest)) => (std::path::PathBuf::from(p), rest.to_vec()),
+        None => (hoptrace_bin(), vec![]),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&pre);
+    if !prefix.is_empty() {
+        cmd.arg(hoptrace_bin());
+    }
+    let out = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hoptrace");
+    let took = start.elapsed();
+    eprintln!(
+        "hoptrace {args:?}: {} in {took:?}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, took)
+}
+
+/// Runs `args` and checks the refusal: non-zero exit, one stderr line
+/// containing every `expect`, under 3 s, nothing left behind.
+fn refused(args: &[&str], expect: &[&str]) -> String {
+    refused_with(&[], args, expect)
+}
+
+fn refused_with(prefix: &[&str], args: &[&str], expect: &[&str]) -> String {
+    let before = system_state();
+    let (out, took) = run(prefix, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert!(!out.status.success(), "{args:?} must fail");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: one line of error, got {stderr:?}"
+    );
+    for word in expect {
+        assert!(
+            stderr.contains(word),
+            "{args:?}: {stderr:?} must say {word:?}"
+        );
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "{args:?} took {took:?}: refused before starting?"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?} printed a report: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(system_state(), before, "{args:?} left something behind");
+    stderr
+}
+
+#[test]
+fn trace_refuses_bad_input() {
+    refused(
+        &["trace", "--duration", "0s"],
+        &["--duration", "more than zero"],
+    );
+    refused(&["trace", "--port", "0"], &["--port", "0"]);
+    refused(
+        &["trace", "--ip", "10.0.0.0/99"],
+        &["--ip", "too long", "/32"],
+    );
+    refused(&["trace", "--ip", "10.0.0/8"], &["--ip"]);
+    // --json into a missing directory: refused before tracing (a 60 s
+    // trace that failed at the end would take 60 s).
+    refused(
+        &[
+            "trace",
+            "--duration",
+            "60s",
+            "--json",
+            "/nonexistent-dir/r.json",
+        ],
+        &["--json", "does not exist"],
+    );
+    refused(
+        &["diagnose", "--json", "/nonexistent-dir/d.json"],
+        &["--json", "does not exist"],
+    );
+    // A bare address is accepted (as /32): the error is about --json, the
+    // argument after it, not about --ip.
+    let line = refused(
+        &[
+            "trace",
+            "--ip",
+            "10.0.0.5",
+            "--json",
+            "/nonexistent-dir/r.json",
+        ],
+        &["--json"],
+    );
+    assert!(!line.contains("--ip"), "{line}");
+}
+
+#[test]
+fn lab_refuses_bad_input_before_building() {
+    let prefix = format!("ht-cli{}-", std::process::id() % 1000);
+    for (args, expect) in [
+        (vec!["--rate", "0"], vec!["--rate", "more than zero"]),
+        (vec!["--rate=-5"], vec!["--rate", "more than zero"]),
+        (
+            vec!["--duration", "0s"],
+            vec!["--duration", "more than zero"],
+        ),
+        (vec!["--nodes", "7"], vec!["--nodes", "7"]),
+        (vec!["--connections", "0"], vec!["--connections"]),
+        (
+            vec!["--json", "/nonexistent-dir/lab.json"],
+            vec!["--json", "does not exist"],
+        ),
+        (
+            vec!["--rate", "0.5", "--duration", "1s"],
+            vec!["no request"],
+        ),
+    ] {
+        let mut full = vec!["lab", "--prefix", prefix.as_str()];
+        full.extend(args);
+        refused(&full, &expect);
+    }
+}
+
+#[test]
+fn compare_refuses_files_that_are_not_hoptrace_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in [
+        ("hello.json", r#"{"hello":"world"}"#),
+        ("array.json", "[1,2,3]"),
+        (
+            "check.json",
+            r#"{"items":[{"name":"btf","available":true}]}"#,
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        refused(&["compare", path.to_str().unwrap()], &[name]);
+    }
+    refused(&["compare", "/nonexistent-dir/a.json"], &["a.json"]);
+}
+
+#[test]
+fn privileges_are_checked_by_capability() {
+    if !can_run_as_root("privileges_are_checked_by_capability") {
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP privileges_are_checked_by_capability: no setpriv (util-linux)");
+        return;
+    }
+    // Root without CAP_BPF in its bounding set: exec leaves it out of the
+    // effective set. The uid is 0, the error names CAP_BPF and only it.
+    let no_bpf = ["setpriv", "--bounding-set", "-bpf,-sys_admin"];
+    let line = refused_with(&no_bpf, &["trace", "--duration", "1s"], &["CAP_BPF"]);
+    assert!(
+        !line.contains("CAP_PERFMON") && !line.contains("CAP_NET_ADMIN"),
+        "{line}"
+    );
+    refused_with(&no_bpf, &["check"], &["CAP_BPF"]);
+    let no_net_admin = ["setpriv", "--bounding-set", "-net_admin"];
+    let line = refused_with(
+        &no_net_admin,
+        &["lab", "--duration", "1s"],
+        &["CAP_NET_ADMIN"],
+    );
+    assert!(!line.contains("CAP_BPF"), "{line}");
+    // Entering a namespace needs CAP_SYS_ADMIN (CAP_BPF and CAP_PERFMON are
+    // still there).
+    let no_sys_admin = ["setpriv", "--bounding-set", "-sys_admin"];
+    let line = refused_with(
+        &no_sys_admin,
+        &["trace", "--duration", "1s", "--netns", "/run/netns/none"],
+        &["CAP_SYS_ADMIN"],
+    );
+    assert!(!line.contains("CAP_BPF"), "{line}");
+    let status = |prefix: &[&str], args: &[&str]| run(prefix, args).0.status.code();
+    assert_eq!(status(&no_bpf, &["agent"]), Some(2));
+}
