@@ -148,6 +148,10 @@ pub struct LedgerCounters {
     pub buffer_reuses: u64,
     /// Events that joined a journey by fingerprint under a new skb address.
     pub rebinds: u64,
+    /// Journeys followed but not reported: their first parsed hop did not
+    /// match `--ip`/`--port` and their connection was not a reported one.
+    #[serde(default)]
+    pub filtered_journeys: u64,
 }
 
 /// The 5-tuple of a flow, formatted.

@@ -29,6 +29,11 @@ pub(crate) struct Hop {
 /// One packet in flight through the node, from its first hop until it is
 /// finalized (idle, ended, evicted or its buffer reused).
 pub(crate) struct Journey {
+    /// Reported: no filter, or the first parsed hop matched it (decided
+    /// once, at the start).
+    pub(crate) keep: bool,
+    /// The 5-tuple last remembered for the filter (NAT changes it).
+    pub(crate) followed_key: Option<super::filter::FlowKey>,
     /// [`super::fingerprint`] of the innermost headers at the first hop.
     pub(crate) fingerprint: u64,
     /// The skb address the journey started with.

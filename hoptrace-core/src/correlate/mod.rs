@@ -23,12 +23,15 @@ use crate::attribution::taxonomy::{
 use crate::node::{DeviceRole, NodeContext};
 use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction};
 
+mod filter;
 mod fingerprint;
 mod journey;
 mod observer;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use filter::FlowFilter;
+use filter::{FlowKey, FollowedFlows};
 pub use fingerprint::fingerprint;
 pub use observer::{JourneyObserver, JourneySummary};
 
@@ -48,6 +51,9 @@ pub struct CorrelatorOptions {
     pub max_in_flight: usize,
     /// How many of the slowest journeys are kept with every hop.
     pub exemplars: usize,
+    /// `--ip`/`--port`: only journeys whose first parsed hop matches, and
+    /// the rest of their connections, are reported ([`FlowFilter`]).
+    pub filter: Option<FlowFilter>,
 }
 
 impl Default for CorrelatorOptions {
@@ -58,6 +64,7 @@ impl Default for CorrelatorOptions {
             rebind_window_ns: 2_000_000,
             max_in_flight: 65_536,
             exemplars: 5,
+            filter: None,
         }
     }
 }
@@ -230,6 +237,8 @@ pub struct Correlator {
     /// Buffers of unparsed frames seen lately and the time of their latest
     /// event, so that a frame is counted once however many hooks see it.
     unparsed_seen: FastMap<u64, u64>,
+    /// 5-tuples of reported connections (only with a filter).
+    followed: FollowedFlows,
 }
 
 const HOP_POOL_MAX: usize = 1024;
@@ -258,6 +267,7 @@ impl Correlator {
             observer: None,
             scratch_observed: Vec::new(),
             unparsed_seen: FastMap::default(),
+            followed: FollowedFlows::default(),
         }
     }
 
@@ -357,7 +367,8 @@ impl Correlator {
             self.ledger.counters.foreign_events += 1;
             return;
         };
-        if hook == HookKind::Drop {
+        if hook == HookKind::Drop && self.opts.filter.is_none() {
+            // With a filter, a drop counts when it ends a reported journey.
             *self.drops.entry(ev.drop_reason).or_insert(0) += 1;
         }
         let status = ParseStatus::from_u8(ev.packet.status);
@@ -421,6 +432,9 @@ impl Correlator {
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
                 if same_packet && !stale && !returned && !after_end {
                     j.add(ev, hook, hop, parsed);
+                    if parsed && j.keep && self.opts.filter.is_some() {
+                        follow(&mut self.followed, j, ev, self.opts.max_in_flight);
+                    }
                     return;
                 }
                 if fp.is_none() {
@@ -448,6 +462,9 @@ impl Correlator {
             // A copy lives on after the original was freed.
             j.ended = false;
             j.add(ev, hook, hop, parsed);
+            if j.keep && self.opts.filter.is_some() {
+                follow(&mut self.followed, j, ev, self.opts.max_in_flight);
+            }
             self.by_skb.insert(ev.skb_addr, id);
             self.ledger.counters.rebinds += 1;
             return;
@@ -482,7 +499,15 @@ impl Correlator {
         let mut hops = self.hop_pool.pop().unwrap_or_default();
         hops.clear();
         let flow = *ev.packet.flow();
+        // The filter is decided here, once, from the first parsed hop: it
+        // matches, or it belongs to a connection already reported.
+        let keep =
+            self.opts.filter.as_ref().is_none_or(|f| {
+                f.matches(&ev.packet) || self.followed.contains(&FlowKey::of(&flow))
+            });
         let mut j = Journey {
+            keep,
+            followed_key: None,
             fingerprint: fp,
             addr: ev.skb_addr,
             extra_addrs: Vec::new(),
@@ -512,6 +537,9 @@ impl Correlator {
             drop_reason: None,
         };
         j.add(ev, hook, Some(hop), true);
+        if keep && self.opts.filter.is_some() {
+            follow(&mut self.followed, &mut j, ev, self.opts.max_in_flight);
+        }
         self.journeys.insert(id, j);
         self.by_skb.insert(ev.skb_addr, id);
         self.by_fingerprint.insert(fp, id);
@@ -529,6 +557,7 @@ impl Correlator {
         let idle = self.opts.idle_timeout_ns;
         self.unparsed_seen
             .retain(|_, last| now_ns.saturating_sub(*last) <= idle);
+        self.followed.expire(now_ns, false);
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
         for (id, j) in &self.journeys {
@@ -577,6 +606,16 @@ impl Correlator {
         if self.by_fingerprint.get(&j.fingerprint) == Some(&id) {
             self.by_fingerprint.remove(&j.fingerprint);
         }
+        if !j.keep {
+            self.ledger.counters.filtered_journeys += 1;
+            self.recycle(j);
+            return;
+        }
+        if self.opts.filter.is_some()
+            && let Some(reason) = j.drop_reason
+        {
+            *self.drops.entry(reason).or_insert(0) += 1;
+        }
         record_journey(
             &mut self.ledger,
             &mut self.segments,
@@ -595,10 +634,26 @@ impl Correlator {
                 &mut self.scratch_observed,
             );
         }
+        self.recycle(j);
+    }
+
+    /// Keeps a finalized journey's hop buffer for the next one.
+    fn recycle(&mut self, mut j: Journey) {
         if self.hop_pool.len() < HOP_POOL_MAX {
             j.hops.clear();
             self.hop_pool.push(j.hops);
         }
+    }
+}
+
+/// Remembers the 5-tuple of a reported journey's parsed hop `ev` (and its
+/// reverse) when NAT changed it since the last one: the connection's other
+/// packets, before or after NAT, are then reported too.
+fn follow(followed: &mut FollowedFlows, j: &mut Journey, ev: &HopEvent, cap: usize) {
+    let key = FlowKey::of(ev.packet.flow());
+    if j.followed_key != Some(key) {
+        followed.follow(key, ev.ts_ns, cap);
+        j.followed_key = Some(key);
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use hoptrace_core::{
     kernel::{capabilities, loader::TcMode},
     node, report,
-    session::{self, Session, SessionOptions},
+    session::{Session, SessionOptions},
 };
 
 use crate::stop;
@@ -90,7 +90,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     opts.ring_bytes = args.ring_size;
     opts.netns.clone_from(&args.netns);
     opts.ifaces = args.ifaces;
-    opts.config = session::flow_filter(args.ip, args.port);
+    // Decided per journey in userspace, never per event in the kernel: a
+    // journey is followed whole through NAT (docs/trace.md).
+    opts.correlator.filter = hoptrace_core::correlate::FlowFilter::new(args.ip, args.port);
     opts.netfilter = !args.no_netfilter;
     opts.tc_mode = args.tc_mode.as_deref().map(|m| match m {
         "clsact" => TcMode::Clsact,
