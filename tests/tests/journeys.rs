@@ -152,3 +152,248 @@ fn filter_follows_the_connection_through_dnat() {
         "direct connections leaked into the report: {egress_new} new encaps"
     );
 }
+
+/// One journey as the observer saw it, owned.
+#[derive(Clone, Debug)]
+struct Seen {
+    direction: String,
+    conn_state: String,
+    /// (segment, category, ns) in hop order.
+    segments: Vec<(String, String, u64)>,
+    /// (reason, location).
+    drop: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<Seen>>);
+
+impl hoptrace_core::correlate::JourneyObserver for Collect {
+    fn journey(&self, j: &hoptrace_core::correlate::JourneySummary<'_>) {
+        let seen = Seen {
+            direction: j.direction.name().to_owned(),
+            conn_state: j.conn_state.name().to_owned(),
+            segments: j
+                .named_segments()
+                .map(|(s, ns)| (s.name.clone(), s.category.name().to_owned(), ns))
+                .collect(),
+            drop: j.drop.map(|(r, l)| (r.to_owned(), l.to_owned())),
+        };
+        self.0.lock().unwrap().push(seen);
+    }
+}
+
+/// Sends `n` identical UDP datagrams (unconnected socket: IP ID 0, so one
+/// fingerprint) from inside `netns` to `to`, back to back.
+fn identical_datagrams(netns: &str, to: SocketAddr, n: usize) {
+    hoptrace_lab::netns::with_netns(netns, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..n {
+            let _ = sock.send_to(b"hoptrace identical datagram", to);
+        }
+    })
+    .expect("enter pod netns");
+}
+
+fn in_node(netns: &str, argv: &[&str]) {
+    let mut full = vec!["ip", "netns", "exec", netns];
+    full.extend_from_slice(argv);
+    tests::sh(&full);
+}
+
+/// Sends `n` identical UDP datagrams (unconnected sockets: IP ID 0, so one
+/// fingerprint) from inside `netns` to `to`, alternately from two threads
+/// pinned to CPUs 0 and 1, 200 µs apart: consecutive datagrams live in
+/// buffers of different CPUs (the slab is per CPU), so an identical packet
+/// in another buffer follows each dropped one.
+fn identical_datagrams_two_cpus(netns: &str, to: SocketAddr, n: usize) {
+    use std::time::{Duration, Instant};
+    let socks = hoptrace_lab::netns::with_netns(netns, || {
+        [0, 1].map(|_| std::net::UdpSocket::bind("0.0.0.0:0").expect("bind"))
+    })
+    .expect("enter pod netns");
+    let start = Instant::now() + Duration::from_millis(20);
+    std::thread::scope(|s| {
+        for (cpu, sock) in socks.iter().enumerate() {
+            s.spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).expect("cpu set");
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .expect("pin thread");
+                for k in (cpu..n).step_by(2) {
+                    let at = start + Duration::from_micros(200 * k as u64);
+                    while Instant::now() < at {
+                        std::hint::spin_loop();
+                    }
+                    let _ = sock.send_to(b"hoptrace identical datagram", to);
+                }
+            });
+        }
+    });
+}
+
+/// A pod sends identical datagrams that the node's filter table drops, from
+/// two CPUs: each is its own journey that ends at the drop (location
+/// `nf.forward.-1`, egress, new), and no hop follows a drop (before:
+/// `drop..pod.xmit`, the next identical datagram joined the dropped one).
+#[test]
+fn a_dropped_packet_takes_no_further_hop() {
+    if !can_run_as_root("a_dropped_packet_takes_no_further_hop") {
+        return;
+    }
+    const DATAGRAMS: usize = 40;
+    let prefix = format!("ht-jd{}-", std::process::id() % 1000);
+    let lab = Lab::build(&spec(&prefix)).expect("build lab");
+    let node = lab.nodes()[0].netns.clone();
+    let client = lab.client_pod().netns.clone();
+    in_node(
+        &node,
+        &[
+            "iptables",
+            "-I",
+            "FORWARD",
+            "-d",
+            "10.77.0.99",
+            "-p",
+            "udp",
+            "-j",
+            "DROP",
+        ],
+    );
+    let observer = std::sync::Arc::new(Collect::default());
+    let mut opts = session_options(&node);
+    opts.observer = Some(observer.clone());
+    let session = Session::start(&opts).expect("session");
+    identical_datagrams_two_cpus(
+        &client,
+        SocketAddr::from(([10, 77, 0, 99], 9999)),
+        DATAGRAMS,
+    );
+    // Broadcasts on the pod subnet: the bridge floods copies (clones) to
+    // the other pod and to the node, and nobody listens: each copy is
+    // dropped, the first drop must not take the other copy's hops.
+    let (net, len) = lab.nodes()[0].pod_cidr;
+    assert_eq!(len, 24, "a /24 pod CIDR");
+    let o = net.octets();
+    let broadcast = SocketAddr::from(([o[0], o[1], o[2], 255], 9998));
+    hoptrace_lab::netns::with_netns(&client, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_broadcast(true).expect("SO_BROADCAST");
+        for i in 0..30 {
+            sock.send_to(format!("hoptrace broadcast {i}").as_bytes(), broadcast)
+                .expect("broadcast");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    })
+    .expect("enter pod netns");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = report::finish(session, "node-a".into(), serde_json::Value::Null).expect("finish");
+    lab.teardown().expect("teardown");
+    dump("node A, dropped datagrams and broadcasts", &r);
+    let seen = observer.0.lock().unwrap().clone();
+    let after_drop: Vec<&str> = r
+        .segments
+        .iter()
+        .map(|s| s.segment.as_str())
+        .filter(|s| s.starts_with("drop.."))
+        .collect();
+    assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
+    let dropped: Vec<&Seen> = seen
+        .iter()
+        .filter(|j| {
+            j.drop.as_ref().is_some_and(|(reason, location)| {
+                reason.eq_ignore_ascii_case("netfilter_drop") && location == "nf.forward.-1"
+            })
+        })
+        .collect();
+    assert!(
+        dropped.len() >= DATAGRAMS * 9 / 10,
+        "{} of {DATAGRAMS} journeys end at the filter drop: {:?}",
+        dropped.len(),
+        seen.iter().map(|j| &j.drop).collect::<Vec<_>>()
+    );
+    for j in &dropped {
+        assert_eq!(j.direction, "egress", "{j:?}");
+        assert_eq!(j.conn_state, "new", "{j:?}");
+        let (last, category, _) = j.segments.last().expect("segments");
+        assert!(last.ends_with("drop"), "the drop is the last hop: {j:?}");
+        assert_eq!(category, "kernel-other", "{j:?}");
+        // One packet: it crossed the pod's veth once.
+        let veth = j
+            .segments
+            .iter()
+            .filter(|(s, _, _)| s == "pod.veth.egress")
+            .count();
+        assert!(veth <= 1, "two packets joined: {j:?}");
+    }
+}
+
+/// A pod sends one datagram to an on-link address nobody answers: it waits
+/// after POSTROUTING while the node resolves the neighbour (over the 50 ms
+/// idle timeout), then is dropped. One journey: the wait is `ip.output`
+/// (kernel-other), egress, new, and the drop's location is the last
+/// POSTROUTING hop.
+#[test]
+fn a_packet_waiting_for_its_neighbour_keeps_its_journey() {
+    if !can_run_as_root("a_packet_waiting_for_its_neighbour_keeps_its_journey") {
+        return;
+    }
+    let prefix = format!("ht-jn{}-", std::process::id() % 1000);
+    let lab = Lab::build(&spec(&prefix)).expect("build lab");
+    let node_info = lab.nodes()[0].clone();
+    let node = node_info.netns.clone();
+    let uplink = node_info.uplink_device.clone();
+    let client = lab.client_pod().netns.clone();
+    in_node(
+        &node,
+        &["ip", "route", "add", "10.77.1.0/24", "dev", &uplink],
+    );
+    for (key, value) in [("mcast_solicit", "1"), ("retrans_time_ms", "400")] {
+        in_node(
+            &node,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.neigh.{uplink}.{key}={value}"),
+            ],
+        );
+    }
+    let observer = std::sync::Arc::new(Collect::default());
+    let mut opts = session_options(&node);
+    opts.observer = Some(observer.clone());
+    let session = Session::start(&opts).expect("session");
+    identical_datagrams(&client, SocketAddr::from(([10, 77, 1, 99], 9999)), 1);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r = report::finish(session, "node-a".into(), serde_json::Value::Null).expect("finish");
+    lab.teardown().expect("teardown");
+    dump("node A, unresolved neighbour", &r);
+    let seen = observer.0.lock().unwrap().clone();
+    // New veths also carry IPv6 autoconfiguration, dropped here and there:
+    // only the neighbour's drop is ours.
+    let waited: Vec<&Seen> = seen
+        .iter()
+        .filter(|j| {
+            j.drop
+                .as_ref()
+                .is_some_and(|(reason, _)| reason.to_ascii_lowercase().starts_with("neigh"))
+        })
+        .collect();
+    assert_eq!(waited.len(), 1, "one journey ends in the drop: {seen:#?}");
+    let j = waited[0];
+    let (reason, location) = j.drop.clone().unwrap();
+    assert!(reason.to_ascii_lowercase().starts_with("neigh"), "{reason}");
+    assert!(location.starts_with("nf.postrouting."), "{location}");
+    assert_eq!(j.direction, "egress", "{j:?}");
+    assert_eq!(j.conn_state, "new", "{j:?}");
+    assert!(
+        j.segments.iter().any(|(s, _, _)| s == "pod.veth.egress"),
+        "the journey starts in the pod: {j:?}"
+    );
+    let (last, category, wait_ns) = j.segments.last().expect("segments").clone();
+    assert_eq!(last, "ip.output", "{j:?}");
+    assert_eq!(category, "kernel-other");
+    assert!(
+        wait_ns > 300_000_000,
+        "the neighbour wait (about 400 ms) is in the journey: {wait_ns} ns"
+    );
+    assert!(r.counters.queued_journeys >= 1);
+}

@@ -152,6 +152,16 @@ pub struct LedgerCounters {
     /// match `--ip`/`--port` and their connection was not a reported one.
     #[serde(default)]
     pub filtered_journeys: u64,
+    /// Journeys that waited in a kernel queue (neighbour resolution, IP
+    /// reassembly, a qdisc) longer than the idle timeout between two hops
+    /// and were kept whole.
+    #[serde(default)]
+    pub queued_journeys: u64,
+    /// Events of a drop older than the newest hop of the journey that owns
+    /// the buffer: the drop of the packet that used the buffer before (or
+    /// of a copy), never the end of this journey.
+    #[serde(default)]
+    pub stale_drops: u64,
 }
 
 /// The 5-tuple of a flow, formatted.

@@ -472,6 +472,21 @@ pub fn classify(a: HopSite, b: HopSite, same_device: bool) -> SegmentName {
         ) => {
             return SegmentName::new("ip.output", Category::KernelOther);
         }
+        // 5b. Dropped while waiting: after POSTROUTING (neighbour
+        // resolution) in IP output, after entering a device's transmit
+        // path in its qdisc.
+        (
+            Netfilter {
+                hook: NfHook::PostRouting,
+                ..
+            },
+            HopPoint::Drop,
+        ) => {
+            return SegmentName::new("ip.output", Category::KernelOther);
+        }
+        (Tc { dir: Egress, .. } | Device { stage: Queue, .. }, HopPoint::Drop) => {
+            return SegmentName::new("qdisc", Category::KernelOther);
+        }
         _ => {}
     }
     // 6. Two hooks of one device.

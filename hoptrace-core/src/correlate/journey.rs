@@ -24,6 +24,10 @@ pub(crate) struct Hop {
     pub(crate) ifindex: u32,
     /// [`Encap`] as u8, or [`ENCAP_UNKNOWN`].
     pub(crate) encap: u8,
+    /// The packet may wait in a kernel queue after this hop (neighbour
+    /// resolution after POSTROUTING, a qdisc, IP reassembly): the journey
+    /// is then kept for the queue timeout, not the idle timeout.
+    pub(crate) waits: bool,
 }
 
 /// One packet in flight through the node, from its first hop until it is
@@ -90,6 +94,11 @@ pub(crate) struct Journey {
     pub(crate) layer_encap: u8,
     /// `enum skb_drop_reason` of the drop that ended the journey.
     pub(crate) drop_reason: Option<u32>,
+    /// Time of the newest hop (consume events excluded), ns.
+    pub(crate) last_hop_ts: u64,
+    /// The newest hop may be followed by a wait in a kernel queue
+    /// ([`Hop::waits`]).
+    pub(crate) waiting: bool,
 }
 
 impl Journey {
@@ -104,6 +113,10 @@ impl Journey {
 
     pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
         if let Some(hop) = hop {
+            if hop.ts_ns >= self.last_hop_ts {
+                self.last_hop_ts = hop.ts_ns;
+                self.waiting = hop.waits;
+            }
             self.left_node |= hop.point.leaves_node();
             self.on_wire |= hop.point.hands_to_uplink();
             self.only_receives &= hop.point.is_wire_receive();

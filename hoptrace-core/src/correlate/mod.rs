@@ -41,6 +41,12 @@ pub struct CorrelatorOptions {
     /// A journey without a new hop for this long is finalized by
     /// [`Correlator::flush_idle`].
     pub idle_timeout_ns: u64,
+    /// The same for a journey whose newest hop may be followed by a wait in
+    /// a kernel queue (after POSTROUTING: neighbour resolution; before a
+    /// qdisc; before IP reassembly): longer than the kernel keeps a packet
+    /// there (reassembly: `ipfrag_time`, 30 s; an unresolved neighbour:
+    /// about 3 s), so the wait and a drop at its end stay in the journey.
+    pub queue_timeout_ns: u64,
     /// A journey that ended (drop or consume) waits this long for events that
     /// other CPUs delivered late before it is finalized.
     pub reorder_window_ns: u64,
@@ -60,6 +66,7 @@ impl Default for CorrelatorOptions {
     fn default() -> Self {
         Self {
             idle_timeout_ns: 50_000_000,
+            queue_timeout_ns: 60_000_000_000,
             reorder_window_ns: 5_000_000,
             rebind_window_ns: 2_000_000,
             max_in_flight: 65_536,
@@ -69,11 +76,26 @@ impl Default for CorrelatorOptions {
     }
 }
 
+impl CorrelatorOptions {
+    /// How long `j` may go without a hop before it is finalized: the queue
+    /// timeout when its newest hop may be followed by a kernel queue, else
+    /// the idle timeout.
+    fn limit(&self, j: &Journey) -> u64 {
+        if j.waiting {
+            self.queue_timeout_ns.max(self.idle_timeout_ns)
+        } else {
+            self.idle_timeout_ns
+        }
+    }
+}
+
 /// Devices and namespaces of the node context, indexed for per-event lookups.
 struct DeviceTable {
     node_netns_ino: u32,
     pod_netns: FastSet<u32>,
     devices: FastMap<u64, (DeviceRole, String)>,
+    /// Devices with a qdisc ([`device_key`]).
+    queueing: FastSet<u64>,
     drop_reasons: HashMap<u32, String>,
 }
 
@@ -81,7 +103,11 @@ impl DeviceTable {
     fn new(ctx: NodeContext) -> Self {
         let mut pod_netns = FastSet::default();
         let mut devices = FastMap::default();
+        let mut queueing = FastSet::default();
         for d in ctx.devices {
+            if d.queues {
+                queueing.insert(device_key(d.netns_ino, d.ifindex));
+            }
             if d.netns_ino != ctx.node_netns_ino {
                 pod_netns.insert(d.netns_ino);
             }
@@ -91,6 +117,7 @@ impl DeviceTable {
             node_netns_ino: ctx.node_netns_ino,
             pod_netns,
             devices,
+            queueing,
             drop_reasons: ctx.drop_reasons,
         }
     }
@@ -120,6 +147,12 @@ impl DeviceTable {
         self.devices
             .get(&device_key(netns_ino, ifindex))
             .map_or(DeviceRole::Other, |(role, _)| *role)
+    }
+
+    /// Whether the device has a qdisc (a packet may wait in it).
+    #[inline]
+    fn queues(&self, netns_ino: u32, ifindex: u32) -> bool {
+        self.queueing.contains(&device_key(netns_ino, ifindex))
     }
 
     fn name(&self, netns_ino: u32, ifindex: u32) -> Option<String> {
@@ -355,6 +388,30 @@ impl Correlator {
         })
     }
 
+    /// Whether the packet may wait in a kernel queue right after this hop:
+    /// after POSTROUTING (the neighbour's address being resolved), entering
+    /// or in front of the qdisc of a device that has one, or as an IP
+    /// fragment before conntrack's defragmentation (the first netfilter
+    /// slot).
+    fn may_wait(&self, point: HopPoint, ev: &HopEvent, parsed: bool) -> bool {
+        match point {
+            HopPoint::Netfilter {
+                hook: NfHook::PostRouting,
+                ..
+            } => true,
+            HopPoint::Netfilter { slot: 0, .. } => parsed && ev.packet.flow().fragment != 0,
+            HopPoint::Device {
+                stage: DevStage::Queue,
+                ..
+            }
+            | HopPoint::Tc {
+                dir: TcDirection::Egress,
+                ..
+            } => self.devices.queues(ev.netns_ino, ev.ifindex),
+            _ => false,
+        }
+    }
+
     /// Adds one event. Events may arrive slightly out of time order (one
     /// ring buffer fed by many CPUs).
     pub fn push(&mut self, ev: &HopEvent) {
@@ -390,6 +447,7 @@ impl Correlator {
             };
             Some(Hop {
                 ts_ns: ev.ts_ns,
+                waits: self.may_wait(point, ev, parsed),
                 point,
                 netns_ino: ev.netns_ino,
                 ifindex: ev.ifindex,
@@ -414,8 +472,16 @@ impl Correlator {
                 };
                 // A buffer idle longer than the idle timeout carries a new
                 // packet (non-IP frames have no fingerprint to tell): one
-                // packet does not dwell that long between two hops of a node.
-                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.idle_timeout_ns);
+                // packet does not dwell that long between two hops of a
+                // node, unless it waits in a kernel queue.
+                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.limit(j));
+                // A drop older than the journey's newest hop is not its end:
+                // it freed the packet that used the buffer before (or a
+                // copy of this one).
+                if hook == HookKind::Drop && ev.ts_ns < j.last_hop_ts && !stale {
+                    self.ledger.counters.stale_drops += 1;
+                    return;
+                }
                 // A packet that left through the uplink or a tunnel does not
                 // come back in the same buffer, nor does one from the wire
                 // arrive in the middle of a journey: such a hop is another
@@ -457,9 +523,12 @@ impl Correlator {
             && let Some(&id) = self.by_fingerprint.get(&fp)
             && let Some(j) = self.journeys.get_mut(&id)
             && ev.ts_ns.abs_diff(j.last_ts) <= self.opts.rebind_window_ns
+            // A dropped packet takes no further hop: an identical one
+            // (same fingerprint) in another buffer is another packet.
+            && j.drop_reason.is_none()
         {
             j.extra_addrs.push(ev.skb_addr);
-            // A copy lives on after the original was freed.
+            // A copy lives on after the original was consumed.
             j.ended = false;
             j.add(ev, hook, hop, parsed);
             if j.keep && self.opts.filter.is_some() {
@@ -535,6 +604,8 @@ impl Correlator {
             encap: Encap::None,
             layer_encap: ev.packet.encap,
             drop_reason: None,
+            last_hop_ts: 0,
+            waiting: false,
         };
         j.add(ev, hook, Some(hop), true);
         if keep && self.opts.filter.is_some() {
@@ -564,7 +635,7 @@ impl Correlator {
             let limit = if j.ended {
                 self.opts.reorder_window_ns
             } else {
-                self.opts.idle_timeout_ns
+                self.opts.limit(j)
             };
             if now_ns.saturating_sub(j.last_ts) > limit {
                 ids.push(*id);
@@ -622,7 +693,7 @@ impl Correlator {
             &self.devices,
             &mut j,
             &mut self.scratch_segments,
-            self.opts.exemplars,
+            &self.opts,
         );
         if let Some(observer) = &self.observer {
             observe_journey(
@@ -663,8 +734,9 @@ fn record_journey(
     devices: &DeviceTable,
     j: &mut Journey,
     seen_segments: &mut Vec<u32>,
-    max_exemplars: usize,
+    opts: &CorrelatorOptions,
 ) {
+    let max_exemplars = opts.exemplars;
     ledger.counters.journeys += 1;
     let hops = &mut j.hops;
     // Stable: equal timestamps keep arrival order.
@@ -687,9 +759,20 @@ fn record_journey(
             prev = h.encap;
         }
     }
+    // A dropped packet takes no further hop: anything after the first drop
+    // is another packet's.
+    if let Some(first_drop) = hops.iter().position(|h| h.point == HopPoint::Drop) {
+        hops.truncate(first_drop + 1);
+    }
     if hops.len() < 2 {
         ledger.counters.single_hop_journeys += 1;
         return;
+    }
+    if hops
+        .windows(2)
+        .any(|w| w[1].ts_ns - w[0].ts_ns > opts.idle_timeout_ns)
+    {
+        ledger.counters.queued_journeys += 1;
     }
     let direction = journey_direction(&hops[0]);
     let conn_state = journey_conn_state(j);

@@ -27,6 +27,7 @@ pub fn ctx() -> NodeContext {
         ifindex,
         name: name.to_string(),
         role,
+        queues: role == DeviceRole::Uplink,
     };
     NodeContext {
         node_netns_ino: NODE,
@@ -967,6 +968,7 @@ fn new_devices_via_update_context() {
         ifindex: IF_POD_ETH0,
         name: "eth0".into(),
         role: DeviceRole::PodInterface,
+        queues: false,
     });
     c.update_context(with_c);
     c.push(&ev(10, SKB + 0x1000, POD_C, IF_POD_ETH0, DevXmit, p));
@@ -1127,4 +1129,93 @@ fn the_observer_gets_the_drop_reason_and_location() {
         Some(("NETFILTER_DROP".to_owned(), "veth.rx".to_owned())),
         "reason from the kernel's names, location = the hop before the drop"
     );
+}
+
+/// Issue 9: a packet that waits for its neighbour after POSTROUTING keeps
+/// its journey over seconds, through idle flushes; the drop that ends the
+/// wait is its last hop, the wait is `ip.output`.
+#[test]
+fn a_packet_waiting_for_its_neighbour_keeps_its_journey() {
+    use CtState::New;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(SYN, 1, 1);
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p));
+    c.push(&nf(2_000, SKB, Forward, 1, New, p));
+    c.push(&nf(3_000, SKB, PostRouting, 101, New, p));
+    // One second, then three, of event time without a hop.
+    c.flush_idle(1_000_000_000);
+    c.flush_idle(3_000_000_000);
+    assert_eq!(c.in_flight(), 1, "the waiting journey is kept");
+    let mut drop = ev(3_000_003_000, SKB, NODE, IF_UPLINK, Drop, p);
+    drop.drop_reason = 2;
+    c.push(&drop);
+    let ledger = c.finish();
+    let wait = ledger
+        .segment("ip.output", Direction::Egress, ConnState::New)
+        .expect("the wait is ip.output");
+    assert_eq!(wait.hist.len(), 1);
+    assert_eq!(ledger.counters.queued_journeys, 1);
+    assert_eq!(ledger.counters.journeys, 1);
+    assert!(
+        ledger.segment_names.iter().all(|s| !s.name.contains("..")),
+        "{:?}",
+        ledger.segment_names
+    );
+}
+
+/// Without a queue in front, 50 ms without a hop still ends a journey.
+#[test]
+fn a_journey_not_in_a_queue_still_goes_idle() {
+    use HookKind::*;
+    let p = tcp(ACK, 1, 1);
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p));
+    c.push(&nf(2_000, SKB, NfHook::PreRouting, -201, CtState::None, p));
+    c.flush_idle(1_000_000_000);
+    assert_eq!(c.in_flight(), 0);
+}
+
+/// Issue 9: a dropped packet takes no further hop. An identical packet
+/// (same fingerprint: unconnected UDP, IP ID 0) sent right after, in
+/// another buffer, starts its own journey; a drop older than a journey's
+/// newest hop (the buffer's previous packet) does not end it.
+#[test]
+fn a_dropped_journey_takes_no_further_hop() {
+    use HookKind::*;
+    use NfHook::*;
+    let mut p = tcp(ACK, 1, 0);
+    p.outer.l4_proto = IPPROTO_UDP;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    let mut drop = ev(3_000, SKB, NODE, 0, Drop, p);
+    drop.drop_reason = 6;
+    c.push(&ev(1_000, SKB, POD_A, IF_POD_ETH0, DevXmit, p));
+    c.push(&nf(2_000, SKB, Forward, -1, CtState::New, p));
+    c.push(&drop);
+    // The next datagram, 100 µs later, in another buffer.
+    c.push(&ev(100_000, SKB + 0x100, POD_A, IF_POD_ETH0, DevXmit, p));
+    c.push(&nf(101_000, SKB + 0x100, Forward, -1, CtState::New, p));
+    // A drop of the buffer's previous user, delivered late.
+    let mut late = ev(50_000, SKB + 0x100, NODE, 0, Drop, p);
+    late.drop_reason = 6;
+    c.push(&late);
+    let mut drop2 = ev(102_000, SKB + 0x100, NODE, 0, Drop, p);
+    drop2.drop_reason = 6;
+    c.push(&drop2);
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.stale_drops, 1);
+    assert!(
+        ledger
+            .segment_names
+            .iter()
+            .all(|s| !s.name.starts_with("drop..")),
+        "{:?}",
+        ledger.segment_names
+    );
+    let to_drop = ledger
+        .segment("nf.forward.-1..drop", Direction::Egress, ConnState::New)
+        .expect("both end at the drop");
+    assert_eq!(to_drop.hist.len(), 2);
 }
