@@ -162,6 +162,8 @@ struct Seen {
     segments: Vec<(String, String, u64)>,
     /// (reason, location).
     drop: Option<(String, String)>,
+    /// Protocol and ports of the first parsed hop.
+    flow: (u8, u16, u16),
 }
 
 #[derive(Default)]
@@ -177,6 +179,11 @@ impl hoptrace_core::correlate::JourneyObserver for Collect {
                 .map(|(s, ns)| (s.name.clone(), s.category.name().to_owned(), ns))
                 .collect(),
             drop: j.drop.map(|(r, l)| (r.to_owned(), l.to_owned())),
+            flow: (
+                j.first_flow.l4_proto,
+                j.first_flow.sport,
+                j.first_flow.dport,
+            ),
         };
         self.0.lock().unwrap().push(seen);
     }
@@ -396,4 +403,88 @@ fn a_packet_waiting_for_its_neighbour_keeps_its_journey() {
         "the neighbour wait (about 400 ms) is in the journey: {wait_ns} ns"
     );
     assert!(r.counters.queued_journeys >= 1);
+}
+
+/// A pod sends 3000-byte UDP datagrams to the ClusterIP: its veth (MTU
+/// below 3000) carries each in fragments, conntrack reassembles them at
+/// PREROUTING on the node before DNAT, and the tunnel sends it on in
+/// fragments again. Each datagram is one egress journey from its first
+/// fragment's first hop, with `ip.reassembly` (kernel-other) before DNAT;
+/// no fragment is a journey of its own, no reassembled packet is `local`.
+#[test]
+fn fragments_and_reassembly_are_one_journey() {
+    if !can_run_as_root("fragments_and_reassembly_are_one_journey") {
+        return;
+    }
+    const DATAGRAMS: usize = 5;
+    let prefix = format!("ht-jr{}-", std::process::id() % 1000);
+    let lab = Lab::build(&spec(&prefix)).expect("build lab");
+    let service = lab.service();
+    let backend = &service.backends[0];
+    let _server = start_backend(&backend.netns);
+    let target: SocketAddr = service
+        .connect_addr(Protocol::Udp)
+        .expect("udp service")
+        .into();
+    let node = lab.nodes()[0].netns.clone();
+    let client = lab.client_pod().netns.clone();
+    let observer = std::sync::Arc::new(Collect::default());
+    let mut opts = session_options(&node);
+    opts.observer = Some(observer.clone());
+    let session = Session::start(&opts).expect("session");
+    hoptrace_lab::netns::with_netns(&client, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for i in 0..DATAGRAMS {
+            let mut payload = vec![b'x'; 3000];
+            payload[..8].copy_from_slice(format!("frag{i:04}").as_bytes());
+            sock.send_to(&payload, target).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .expect("enter pod netns");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = report::finish(session, "node-a".into(), serde_json::Value::Null).expect("finish");
+    lab.teardown().expect("teardown");
+    dump("node A, fragmented datagrams", &r);
+    let seen = observer.0.lock().unwrap().clone();
+    let ours: Vec<&Seen> = seen
+        .iter()
+        .filter(|j| j.flow.0 == 17 && (j.flow.2 == target.port() || j.flow == (17, 0, 0)))
+        .collect();
+    for j in &ours {
+        eprintln!("{j:?}");
+    }
+    let reassembled: Vec<&&Seen> = ours
+        .iter()
+        .filter(|j| j.segments.iter().any(|(s, _, _)| s == "ip.reassembly"))
+        .collect();
+    assert_eq!(
+        reassembled.len(),
+        DATAGRAMS,
+        "one journey with ip.reassembly per datagram"
+    );
+    for j in &reassembled {
+        assert_eq!(j.direction, "egress", "{j:?}");
+        let names: Vec<&str> = j.segments.iter().map(|(s, _, _)| s.as_str()).collect();
+        let reasm = names.iter().position(|s| *s == "ip.reassembly").unwrap();
+        let dnat = names
+            .iter()
+            .position(|s| *s == "netfilter.prerouting.dnat")
+            .expect("DNAT in the journey");
+        assert!(reasm < dnat, "reassembly before DNAT: {names:?}");
+        assert!(names.contains(&"tunnel.vxlan.encap"), "{names:?}");
+        assert!(
+            names.first().is_some_and(|s| s.starts_with("pod.veth")),
+            "starts in the pod: {names:?}"
+        );
+        let (_, category, _) = &j.segments[reasm];
+        assert_eq!(category, "kernel-other");
+    }
+    assert!(
+        reassembled.iter().any(|j| j.conn_state == "new"),
+        "the first datagram is new"
+    );
+    // Nothing else of these datagrams: no fragment alone, nothing local.
+    assert_eq!(ours.len(), DATAGRAMS, "{ours:#?}");
+    assert!(r.counters.fragments_merged >= DATAGRAMS as u64);
 }

@@ -162,6 +162,11 @@ pub struct LedgerCounters {
     /// of a copy), never the end of this journey.
     #[serde(default)]
     pub stale_drops: u64,
+    /// Journeys of non-first IP fragments merged into the journey of their
+    /// datagram at reassembly, and fragments of a reassembled datagram sent
+    /// on (refragmented) that are part of its journey.
+    #[serde(default)]
+    pub fragments_merged: u64,
 }
 
 /// The 5-tuple of a flow, formatted.

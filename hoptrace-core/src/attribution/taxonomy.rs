@@ -414,6 +414,14 @@ fn netfilter_band_segment(hook: NfHook, from_slot: u8, to_slot: u8) -> Option<Se
     Some(SegmentName { name, category })
 }
 
+/// The segment that ends at the first hop of a datagram reassembled from
+/// IP fragments (conntrack's defragmentation, or local delivery), whatever
+/// the hops: the wait for the other fragments and the reassembly
+/// (`ip.reassembly`, kernel-other).
+pub fn reassembly_segment() -> SegmentName {
+    SegmentName::new("ip.reassembly", Category::KernelOther)
+}
+
 /// Names the segment from hop `a` to the next observed hop `b` of the same
 /// packet. `same_device` says whether both hops were on the same device
 /// (same namespace and ifindex). The rules are tried in the order documented

@@ -28,6 +28,9 @@ pub(crate) struct Hop {
     /// resolution after POSTROUTING, a qdisc, IP reassembly): the journey
     /// is then kept for the queue timeout, not the idle timeout.
     pub(crate) waits: bool,
+    /// The first hop of a datagram reassembled from fragments: the segment
+    /// that ends here is `ip.reassembly`.
+    pub(crate) reassembled: bool,
 }
 
 /// One packet in flight through the node, from its first hop until it is
@@ -38,6 +41,11 @@ pub(crate) struct Journey {
     pub(crate) keep: bool,
     /// The 5-tuple last remembered for the filter (NAT changes it).
     pub(crate) followed_key: Option<super::filter::FlowKey>,
+    /// [`hoptrace_common::L3Headers::fragment`] of the newest parsed event.
+    pub(crate) fragment: u8,
+    /// Reassembly key of a fragment's (or a reassembled datagram's)
+    /// journey, with the addresses of its newest parsed event.
+    pub(crate) frag_key: Option<super::FragKey>,
     /// [`super::fingerprint`] of the innermost headers at the first hop.
     pub(crate) fingerprint: u64,
     /// The skb address the journey started with.
@@ -165,6 +173,7 @@ impl Journey {
                 self.first_flow = *ev.packet.flow();
             }
             if ev.ts_ns >= self.last_flow_ts {
+                self.fragment = ev.packet.flow().fragment;
                 self.last_flow_ts = ev.ts_ns;
                 self.last_flow = *ev.packet.flow();
                 self.layer_encap = ev.packet.encap;

@@ -19,6 +19,7 @@ pub use crate::attribution::ledger::{
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
+    reassembly_segment,
 };
 use crate::node::{DeviceRole, NodeContext};
 use journey::{ENCAP_UNKNOWN, Hop, Journey, journey_conn_state, journey_direction};
@@ -172,8 +173,9 @@ impl DeviceTable {
 /// Interns segment names; caches the name of every (hop, hop) pair seen.
 #[derive(Default)]
 struct SegmentTable {
-    /// (from, to, same device, untracked journey) -> segment id.
-    by_pair: FastMap<(HopSite, HopSite, bool, bool), u32>,
+    /// (from, to, same device, untracked journey, `to` is the first hop of
+    /// a reassembled packet) -> segment id.
+    by_pair: FastMap<(HopSite, HopSite, bool, bool, bool), u32>,
     by_name: HashMap<String, u32>,
     /// See [`NodeContext::kube_proxy_absent`].
     kube_proxy_absent: bool,
@@ -193,20 +195,33 @@ impl SegmentTable {
 
     /// The id of a pair already named by [`SegmentTable::id`].
     fn cached(&self, a: &Hop, b: &Hop, untracked: bool) -> Option<u32> {
+        let reassembled = b.reassembled;
         let (a, b, same_device) = Self::pair(a, b);
-        self.by_pair.get(&(a, b, same_device, untracked)).copied()
+        self.by_pair
+            .get(&(a, b, same_device, untracked, reassembled))
+            .copied()
     }
 
     /// The id of the segment between hops `a` and `b`, naming it (and
     /// adding the name to `names`) on first sight. In an `untracked`
     /// journey conntrack did not run: its band is named `untracked` and
-    /// counted as `netfilter-other`.
+    /// counted as `netfilter-other`. The segment that ends at the first hop
+    /// of a reassembled packet is `ip.reassembly`: the wait for the other
+    /// fragments and the reassembly.
     fn id(&mut self, names: &mut Vec<SegmentName>, a: &Hop, b: &Hop, untracked: bool) -> u32 {
+        let reassembled = b.reassembled;
         let (a, b, same_device) = Self::pair(a, b);
-        if let Some(&id) = self.by_pair.get(&(a, b, same_device, untracked)) {
+        if let Some(&id) = self
+            .by_pair
+            .get(&(a, b, same_device, untracked, reassembled))
+        {
             return id;
         }
-        let mut seg = classify(a, b, same_device);
+        let mut seg = if reassembled {
+            reassembly_segment()
+        } else {
+            classify(a, b, same_device)
+        };
         if self.kube_proxy_absent && seg.category == Category::KubeProxy {
             seg.category = Category::NetfilterOther;
         }
@@ -222,7 +237,8 @@ impl SegmentTable {
                 id
             }
         };
-        self.by_pair.insert((a, b, same_device, untracked), id);
+        self.by_pair
+            .insert((a, b, same_device, untracked, reassembled), id);
         id
     }
 }
@@ -272,6 +288,43 @@ pub struct Correlator {
     unparsed_seen: FastMap<u64, u64>,
     /// 5-tuples of reported connections (only with a filter).
     followed: FollowedFlows,
+    /// IP datagrams in fragments: their journeys by reassembly key.
+    fragments: FastMap<FragKey, FragGroup>,
+}
+
+/// What identifies the fragments of one IP datagram (RFC 791): addresses,
+/// protocol and IP ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FragKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    ip_id: u16,
+    proto: u8,
+}
+
+impl FragKey {
+    fn of(h: &hoptrace_common::L3Headers) -> Self {
+        Self {
+            saddr: h.saddr,
+            daddr: h.daddr,
+            ip_id: h.ip_id,
+            proto: h.l4_proto,
+        }
+    }
+}
+
+/// The journeys of one fragmented datagram on this node.
+#[derive(Default)]
+struct FragGroup {
+    /// The journey of the first fragment, then of the reassembled packet.
+    main: Option<u64>,
+    /// Journeys of the other fragments, merged into `main` at reassembly.
+    others: Vec<u64>,
+    /// The datagram was reassembled: fragments of it seen later are the
+    /// copies the node makes to send it on (refragmentation).
+    reassembled: bool,
+    /// Newest event time of the group, ns.
+    last_ts: u64,
 }
 
 const HOP_POOL_MAX: usize = 1024;
@@ -301,6 +354,7 @@ impl Correlator {
             scratch_observed: Vec::new(),
             unparsed_seen: FastMap::default(),
             followed: FollowedFlows::default(),
+            fragments: FastMap::default(),
         }
     }
 
@@ -447,6 +501,7 @@ impl Correlator {
             };
             Some(Hop {
                 ts_ns: ev.ts_ns,
+                reassembled: false,
                 waits: self.may_wait(point, ev, parsed),
                 point,
                 netns_ino: ev.netns_ino,
@@ -496,8 +551,40 @@ impl Correlator {
                             || (!j.only_receives && h.point.arrives_on_uplink())
                     });
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
+                // The buffer of a fragment now holds the reassembled
+                // datagram: it continues the first fragment's journey.
+                let reassembly = parsed
+                    && !stale
+                    && j.fragment != 0
+                    && ev.packet.flow().fragment == 0
+                    && j.frag_key == Some(FragKey::of(ev.packet.flow()));
+                if reassembly {
+                    let hop = hop.map(|mut h| {
+                        h.reassembled = true;
+                        h
+                    });
+                    self.reassemble(id, ev, hook, hop);
+                    return;
+                }
                 if same_packet && !stale && !returned && !after_end {
                     j.add(ev, hook, hop, parsed);
+                    if parsed && j.frag_key.is_some() {
+                        let (ts, key) = (ev.ts_ns, FragKey::of(ev.packet.flow()));
+                        if j.frag_key != Some(key) {
+                            // NAT changed the datagram's addresses: its
+                            // later fragments carry the new ones.
+                            j.frag_key = Some(key);
+                            self.fragments.insert(
+                                key,
+                                FragGroup {
+                                    main: Some(id),
+                                    others: Vec::new(),
+                                    reassembled: true,
+                                    last_ts: ts,
+                                },
+                            );
+                        }
+                    }
                     if parsed && j.keep && self.opts.filter.is_some() {
                         follow(&mut self.followed, j, ev, self.opts.max_in_flight);
                     }
@@ -546,7 +633,81 @@ impl Correlator {
         if hook == HookKind::Drop {
             return;
         }
+        let flow = ev.packet.flow();
+        if flow.fragment == hoptrace_common::packet::FRAGMENT_LATER
+            && let Some(group) = self.fragments.get_mut(&FragKey::of(flow))
+            && group.reassembled
+        {
+            // A later fragment of a datagram this node reassembled: one of
+            // the copies it sends the datagram on in (refragmentation),
+            // part of the datagram's journey, timed by its first fragment.
+            group.last_ts = group.last_ts.max(ev.ts_ns);
+            self.ledger.counters.fragments_merged += 1;
+            return;
+        }
         self.start(ev, fp, hop, hook);
+    }
+
+    /// The datagram of fragment journey `id` was reassembled in its buffer
+    /// (event `ev`): the reassembled packet continues the first fragment's
+    /// journey (or this one when that was not seen), the other fragments'
+    /// journeys are merged into it (not reported on their own).
+    fn reassemble(&mut self, id: u64, ev: &HopEvent, hook: HookKind, hop: Option<Hop>) {
+        let key = FragKey::of(ev.packet.flow());
+        let group = self.fragments.remove(&key).unwrap_or_default();
+        let main = group
+            .main
+            .filter(|m| *m != id && self.journeys.contains_key(m))
+            .unwrap_or(id);
+        for other in group.others.iter().copied().chain(std::iter::once(id)) {
+            if other != main {
+                self.absorb(other);
+            }
+        }
+        let fp = fingerprint(&ev.packet);
+        let Some(j) = self.journeys.get_mut(&main) else {
+            return;
+        };
+        j.add(ev, hook, hop, true);
+        j.fragment = 0;
+        if j.addr != ev.skb_addr && !j.extra_addrs.contains(&ev.skb_addr) {
+            j.extra_addrs.push(ev.skb_addr);
+        }
+        if j.fingerprint != fp {
+            if self.by_fingerprint.get(&j.fingerprint) == Some(&main) {
+                self.by_fingerprint.remove(&j.fingerprint);
+            }
+            j.fingerprint = fp;
+        }
+        self.by_fingerprint.insert(fp, main);
+        self.by_skb.insert(ev.skb_addr, main);
+        self.fragments.insert(
+            key,
+            FragGroup {
+                main: Some(main),
+                others: Vec::new(),
+                reassembled: true,
+                last_ts: ev.ts_ns,
+            },
+        );
+    }
+
+    /// Drops fragment journey `id` into the journey of its datagram: not
+    /// reported on its own, its buffer forgotten.
+    fn absorb(&mut self, id: u64) {
+        let Some(j) = self.journeys.remove(&id) else {
+            return;
+        };
+        for addr in std::iter::once(j.addr).chain(j.extra_addrs.iter().copied()) {
+            if self.by_skb.get(&addr) == Some(&id) {
+                self.by_skb.remove(&addr);
+            }
+        }
+        if self.by_fingerprint.get(&j.fingerprint) == Some(&id) {
+            self.by_fingerprint.remove(&j.fingerprint);
+        }
+        self.ledger.counters.fragments_merged += 1;
+        self.recycle(j);
     }
 
     fn start(&mut self, ev: &HopEvent, fp: u64, hop: Hop, hook: HookKind) {
@@ -577,6 +738,8 @@ impl Correlator {
         let mut j = Journey {
             keep,
             followed_key: None,
+            fragment: flow.fragment,
+            frag_key: None,
             fingerprint: fp,
             addr: ev.skb_addr,
             extra_addrs: Vec::new(),
@@ -611,6 +774,27 @@ impl Correlator {
         if keep && self.opts.filter.is_some() {
             follow(&mut self.followed, &mut j, ev, self.opts.max_in_flight);
         }
+        let fragment = flow.fragment;
+        if fragment != 0 {
+            let key = FragKey::of(&flow);
+            j.frag_key = Some(key);
+            let group = self.fragments.entry(key).or_default();
+            group.last_ts = group.last_ts.max(ev.ts_ns);
+            if fragment == hoptrace_common::packet::FRAGMENT_FIRST && group.main.is_none() {
+                group.main = Some(id);
+            } else {
+                group.others.push(id);
+            }
+            if self.fragments.len() > self.opts.max_in_flight.max(1) {
+                let journeys = &self.journeys;
+                self.fragments.retain(|_, g| {
+                    g.main
+                        .iter()
+                        .chain(g.others.iter())
+                        .any(|m| journeys.contains_key(m))
+                });
+            }
+        }
         self.journeys.insert(id, j);
         self.by_skb.insert(ev.skb_addr, id);
         self.by_fingerprint.insert(fp, id);
@@ -629,6 +813,16 @@ impl Correlator {
         self.unparsed_seen
             .retain(|_, last| now_ns.saturating_sub(*last) <= idle);
         self.followed.expire(now_ns, false);
+        // A datagram's group lives while one of its journeys does, and a
+        // reassembled one a second longer (its refragmented copies).
+        let journeys = &self.journeys;
+        self.fragments.retain(|_, g| {
+            now_ns.saturating_sub(g.last_ts) <= 1_000_000_000
+                || g.main
+                    .iter()
+                    .chain(g.others.iter())
+                    .any(|m| journeys.contains_key(m))
+        });
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
         for (id, j) in &self.journeys {

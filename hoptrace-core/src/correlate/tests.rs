@@ -1219,3 +1219,70 @@ fn a_dropped_journey_takes_no_further_hop() {
         .expect("both end at the drop");
     assert_eq!(to_drop.hist.len(), 2);
 }
+
+/// Issue 9: a datagram in two fragments from pod A, reassembled by
+/// conntrack at PREROUTING in the second fragment's buffer, DNATed: one
+/// egress journey from the first fragment's first hop, `ip.reassembly`
+/// between the first fragment's last hop and the reassembled packet's
+/// first, and the second fragment's journey merged into it.
+#[test]
+fn fragments_and_their_reassembled_datagram_are_one_journey() {
+    use CtState::{New, None as NoCt};
+    use HookKind::*;
+    use NfHook::*;
+    use hoptrace_common::packet::{FRAGMENT_FIRST, FRAGMENT_LATER};
+    let mut whole = PacketMeta::zeroed();
+    whole.outer = l3([10, 244, 0, 5], 40000, [10, 96, 0, 10], 53, IPPROTO_UDP);
+    whole.outer.ip_id = 77;
+    whole.outer.payload_len = 3000;
+    whole.outer.payload_head = *b"datagram";
+    let mut first = whole;
+    first.outer.fragment = FRAGMENT_FIRST;
+    let mut later = whole;
+    later.outer.fragment = FRAGMENT_LATER;
+    later.outer.sport = 0;
+    later.outer.dport = 0;
+    later.outer.payload_len = 1560;
+    later.outer.payload_head = [0; 8];
+    let skb2 = SKB + 0x800;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, first));
+    c.push(&nf(2_000, SKB, PreRouting, -401, NoCt, first));
+    c.push(&ev(3_000, skb2, NODE, IF_VETH_A, TcIngress, later));
+    c.push(&nf(4_000, skb2, PreRouting, -401, NoCt, later));
+    // The idle timeout passes for neither: both wait for reassembly.
+    c.flush_idle(200_000_000);
+    assert_eq!(c.in_flight(), 2);
+    let t = 200_000_000;
+    c.push(&nf(t + 70_000, skb2, PreRouting, -201, NoCt, whole));
+    c.push(&nf(t + 70_500, skb2, PreRouting, -199, New, whole));
+    c.push(&nf(t + 70_600, skb2, PreRouting, -101, New, whole));
+    c.push(&nf(t + 72_600, skb2, PreRouting, -99, New, dnat(whole)));
+    c.push(&nf(t + 73_000, skb2, Forward, -1, New, dnat(whole)));
+    c.push(&nf(t + 74_000, skb2, PostRouting, 101, New, dnat(whole)));
+    // Sent on in two fragments again: the first continues the journey,
+    // the later one (the first fragment's buffer) is a copy of it.
+    let mut out_first = dnat(whole);
+    out_first.outer.fragment = FRAGMENT_FIRST;
+    let mut out_later = dnat(later);
+    out_later.outer.dport = 0;
+    c.push(&ev(t + 75_000, skb2, NODE, IF_VXLAN, TcEgress, out_first));
+    c.push(&ev(t + 75_200, SKB, NODE, IF_VXLAN, TcEgress, out_later));
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 1, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.fragments_merged, 2);
+    let reasm = ledger
+        .segment("ip.reassembly", Direction::Egress, ConnState::New)
+        .expect("ip.reassembly, egress, new");
+    assert_eq!(reasm.total_ns, u128::from(t + 70_000 - 2_000));
+    let e2e = ledger
+        .end_to_end
+        .get(&(Direction::Egress, ConnState::New))
+        .expect("one egress journey");
+    assert_eq!(e2e.hist.len(), 1);
+    assert!(
+        ledger.segment_names.iter().all(|s| !s.name.contains("..")),
+        "{:?}",
+        ledger.segment_names
+    );
+}
