@@ -10,6 +10,7 @@
 //! - [`loadgen`]: the fixed-rate load generator (no coordinated omission).
 //! - [`run`]: one lab run, from build to teardown, and its document.
 
+pub mod accuracy;
 pub mod ingress;
 pub mod kubeproxy;
 pub mod loadgen;
