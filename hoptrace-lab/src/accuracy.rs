@@ -71,9 +71,12 @@ impl Cause {
         opts.services = 0;
         opts.ingress = crate::ingress::IngressKind::None;
         match self {
+            // A connection per request; enough in flight that a slower
+            // connection setup never holds the generator behind its
+            // schedule (which the client's latency would include).
             Self::KubeProxyServices { .. } => {
                 opts.load = LoadMode::HttpNewConnection;
-                opts.connections = 1;
+                opts.connections = 32;
             }
             // The offered load (about 156-byte frames, 250 kbit/s at 200
             // requests/s) exceeds the tbf rate (230 kbit/s by default): its

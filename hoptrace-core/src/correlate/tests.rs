@@ -1286,3 +1286,61 @@ fn fragments_and_their_reassembled_datagram_are_one_journey() {
         ledger.segment_names
     );
 }
+
+/// Issue 9: `--ip 10.96.0.0/12` is decided once per journey from its first
+/// parsed hop: the request keeps its hops after DNAT, the reply (backend
+/// to pod, no ClusterIP until the reverse NAT) is reported as the rest of
+/// the connection, an unrelated journey is followed but not reported.
+#[test]
+fn the_filter_follows_the_connection_through_nat() {
+    use CtState::New;
+    use HookKind::*;
+    use NfHook::*;
+    let opts = CorrelatorOptions {
+        filter: FlowFilter::new(Some("10.96.0.0/12".parse().unwrap()), None),
+        ..CorrelatorOptions::default()
+    };
+    let mut c = Correlator::new(ctx(), opts);
+    let syn = tcp(SYN, 1, 1);
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, syn));
+    c.push(&nf(2_000, SKB, PreRouting, -101, New, syn));
+    c.push(&nf(3_000, SKB, PreRouting, -99, New, dnat(syn)));
+    c.push(&nf(4_000, SKB, Forward, -1, New, dnat(syn)));
+    // The reply from the backend, before the reverse NAT.
+    let mut reply = PacketMeta::zeroed();
+    reply.outer = l3([10, 244, 1, 7], 8080, [10, 244, 0, 5], 40000, IPPROTO_TCP);
+    reply.outer.tcp_flags = SYN | ACK;
+    reply.outer.ip_id = 9;
+    let skb2 = SKB + 0x1000;
+    c.push(&ev(100_000, skb2, NODE, IF_UPLINK, TcIngress, reply));
+    c.push(&nf(
+        101_000,
+        skb2,
+        PreRouting,
+        -201,
+        CtState::Established,
+        reply,
+    ));
+    // Unrelated: pod A to another pod, never a ClusterIP.
+    let mut other = PacketMeta::zeroed();
+    other.outer = l3([10, 244, 0, 5], 41000, [10, 244, 0, 9], 22, IPPROTO_TCP);
+    other.outer.ip_id = 5;
+    let skb3 = SKB + 0x2000;
+    c.push(&ev(200_000, skb3, NODE, IF_VETH_A, TcIngress, other));
+    c.push(&nf(201_000, skb3, PreRouting, -201, New, other));
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.filtered_journeys, 1);
+    assert!(
+        ledger
+            .segment("routing", Direction::Egress, ConnState::New)
+            .is_some(),
+        "the request keeps its hops after DNAT"
+    );
+    assert!(
+        ledger
+            .segment("ip.receive", Direction::Ingress, ConnState::Established)
+            .is_some(),
+        "the reply is reported, ingress"
+    );
+}

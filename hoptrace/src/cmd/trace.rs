@@ -22,10 +22,13 @@ pub struct TraceArgs {
     /// (pod veths, bridges, tunnels, the uplink).
     #[arg(long = "iface")]
     ifaces: Vec<String>,
-    /// Keep only packets from or to this network (outer or inner header).
+    /// Report only journeys whose first packet is from or to this network
+    /// (outer or inner header), and the rest of their connections, through
+    /// NAT.
     #[arg(long)]
     ip: Option<ipnet::IpNet>,
-    /// Keep only packets with this TCP/UDP source or destination port.
+    /// Report only journeys whose first packet has this TCP/UDP source or
+    /// destination port, and the rest of their connections, through NAT.
     #[arg(long)]
     port: Option<u16>,
     /// Write the `hoptrace.report.v1` JSON report here.
