@@ -129,6 +129,42 @@ impl Cause {
         }
     }
 
+    /// hoptrace's time of this cause's category per request in `run`, µs,
+    /// split by the journeys' direction and connection state
+    /// (`direction/conn_state`); empty for the underlay, which no node
+    /// sees.
+    fn split_per_request(self, run: &LabRun) -> Vec<(String, f64)> {
+        let requests = run.lab.requests_ok.max(1) as f64;
+        let mut split: Vec<(String, f64)> = Vec::new();
+        let mut add = |key: String, us: f64| match split.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, total)) => *total += us / requests,
+            None => split.push((key, us / requests)),
+        };
+        for report in &run.reports {
+            match self {
+                Self::KubeProxyServices { .. } => {
+                    for c in per_journey_rows(report).filter(|c| c.category.name() == "kube-proxy")
+                    {
+                        add(
+                            format!("{}/{}", c.direction, c.conn_state),
+                            c.stats.total_us,
+                        );
+                    }
+                }
+                Self::UplinkQdisc { .. } => {
+                    for s in report.segments.iter().filter(|s| s.segment == "qdisc") {
+                        add(
+                            format!("{}/{}", s.direction.name(), s.conn_state.name()),
+                            s.stats.total_us,
+                        );
+                    }
+                }
+                Self::Underlay { .. } => {}
+            }
+        }
+        split
+    }
+
     /// hoptrace's time of this cause's category per request in `run`, µs.
     fn attributed_per_request(self, run: &LabRun) -> f64 {
         let requests = run.lab.requests_ok.max(1) as f64;
@@ -136,7 +172,7 @@ impl Cause {
             Self::KubeProxyServices { .. } => run
                 .reports
                 .iter()
-                .flat_map(|r| &r.categories)
+                .flat_map(per_journey_rows)
                 .filter(|c| c.category.name() == "kube-proxy")
                 .map(|c| c.stats.total_us)
                 .sum(),
@@ -151,7 +187,7 @@ impl Cause {
                 let nodes: f64 = run
                     .reports
                     .iter()
-                    .flat_map(|r| &r.categories)
+                    .flat_map(per_journey_rows)
                     .map(|c| c.stats.total_us)
                     .sum();
                 return run.lab.client_latency.mean_us - nodes / requests;
@@ -159,6 +195,30 @@ impl Cause {
         };
         total / requests
     }
+}
+
+/// A report's category rows of one direction and connection state each
+/// (not the `all` rows that sum them).
+fn per_journey_rows(
+    report: &hoptrace_core::report::Report,
+) -> impl Iterator<Item = &hoptrace_core::report::CategoryRow> {
+    report.categories.iter().filter(|c| {
+        c.direction != hoptrace_core::report::ALL && c.conn_state != hoptrace_core::report::ALL
+    })
+}
+
+/// Every segment's time per request in `run` over both nodes, µs.
+fn segments_per_request(run: &LabRun) -> Vec<(String, f64)> {
+    let requests = run.lab.requests_ok.max(1) as f64;
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for s in run.reports.iter().flat_map(|r| &r.segments) {
+        let us = s.stats.total_us / requests;
+        match out.iter_mut().find(|(k, _)| *k == s.segment) {
+            Some((_, total)) => *total += us,
+            None => out.push((s.segment.clone(), us)),
+        }
+    }
+    out
 }
 
 /// One cause measured against its baseline.
@@ -175,6 +235,12 @@ pub struct CaseResult {
     /// hoptrace's per-request time of the cause's category, µs: baseline,
     /// with the cause.
     pub attributed_us: (f64, f64),
+    /// Growth of the attributed time per request by the journeys'
+    /// `direction/conn_state`, µs, largest first.
+    pub split_growth_us: Vec<(String, f64)>,
+    /// The five segments (any category) whose time per request grew most,
+    /// µs: where the growth went, whatever its category.
+    pub top_segments_us: Vec<(String, f64)>,
 }
 
 impl CaseResult {
@@ -214,7 +280,29 @@ pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError>
         opts.services = services;
     }
     let with_cause = run_once_prepared(&opts, |lab| cause.inject(lab))?;
+    let before = cause.split_per_request(&baseline);
+    let mut split_growth_us: Vec<(String, f64)> = cause
+        .split_per_request(&with_cause)
+        .into_iter()
+        .map(|(key, us)| {
+            let base = before.iter().find(|(k, _)| *k == key).map_or(0.0, |b| b.1);
+            (key, us - base)
+        })
+        .collect();
+    split_growth_us.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let before = segments_per_request(&baseline);
+    let mut top_segments_us: Vec<(String, f64)> = segments_per_request(&with_cause)
+        .into_iter()
+        .map(|(name, us)| {
+            let base = before.iter().find(|(k, _)| *k == name).map_or(0.0, |b| b.1);
+            (name, us - base)
+        })
+        .collect();
+    top_segments_us.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top_segments_us.truncate(5);
     Ok(CaseResult {
+        top_segments_us,
+        split_growth_us,
         cause,
         load: opts.load.to_string(),
         requests: (baseline.lab.requests_ok, with_cause.lab.requests_ok),
@@ -276,6 +364,24 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
             r.ratio(),
         ));
     }
+    out.push_str("\nAttributed growth by the journeys' direction/conn_state, µs per request:\n\n");
+    for r in results.iter().filter(|r| !r.split_growth_us.is_empty()) {
+        let parts: Vec<String> = r
+            .split_growth_us
+            .iter()
+            .map(|(key, us)| format!("{key} {us:.1}"))
+            .collect();
+        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
+    }
+    out.push_str("\nSegments (any category) whose time per request grew most, µs:\n\n");
+    for r in results {
+        let parts: Vec<String> = r
+            .top_segments_us
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
+    }
     out
 }
 
@@ -291,6 +397,8 @@ mod tests {
             requests: (1000, 900),
             client_mean_us: (200.0, 1200.0),
             attributed_us: (1.0, 951.0),
+            split_growth_us: vec![("egress/new".into(), 950.0)],
+            top_segments_us: vec![("qdisc".into(), 950.0)],
         };
         assert!((r.client_growth_us() - 1000.0).abs() < 1e-9);
         assert!((r.ratio() - 0.95).abs() < 1e-9);
@@ -305,6 +413,8 @@ mod tests {
                 requests: (1, 1),
                 client_mean_us: (0.0, 0.0),
                 attributed_us: (0.0, 0.0),
+                split_growth_us: Vec::new(),
+                top_segments_us: Vec::new(),
             }
         };
         assert!(flat.ratio().is_nan());

@@ -35,8 +35,10 @@ impl FlowFilter {
         if ip.is_none() && port.is_none() {
             return None;
         }
-        let mut cfg = TraceConfig::default();
-        cfg.filter_flow = 1;
+        let mut cfg = TraceConfig {
+            filter_flow: 1,
+            ..TraceConfig::default()
+        };
         if let Some(net) = ip {
             cfg.match_prefix_len = net.prefix_len();
             match net.network() {
