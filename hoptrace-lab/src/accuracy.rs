@@ -330,6 +330,27 @@ pub fn base_options(rate: f64, duration: Duration) -> LabOptions {
     }
 }
 
+/// How to read ACCURACY.md's rows (what each figure can and cannot say).
+const NOTES: &str = r"
+## Reading the table
+
+- **Underlay**: no node sees the time between two nodes, so the figure is a
+  residual: the client's mean minus every node's time per request. A ratio
+  near 1 says that no node category absorbed the delay; it does not locate
+  it (hoptrace cannot, from node hops alone).
+- **tbf on the uplink**: the offered load exceeds the tbf rate, the queue
+  (800 bytes) stays full and each request waits about 28 ms; the qdisc
+  drops the rest (hence fewer requests). hoptrace keeps such a journey
+  whole through the wait (queue timeout) and names it `qdisc`.
+- **kube-proxy services**: the client's growth is the least stable figure
+  on this shared 2-vCPU machine (between runs of the same settings it was
+  0.7 ms to 3.6 ms for 5000 services), while hoptrace's kube-proxy time
+  grew by 0.49-0.54 ms each time. The segments that grew also include
+  `socket.delivery` (the applications wake up later on a busy machine):
+  time that is real but not kube-proxy's. The ratio is below target and
+  not yet explained further.
+";
+
 /// ACCURACY.md: one row per cause, with how it was measured.
 pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
     let mut out = String::from(
@@ -382,6 +403,7 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
             .collect();
         out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
     }
+    out.push_str(NOTES);
     out
 }
 
