@@ -207,7 +207,10 @@ pub struct L3Headers {
     pub l4_proto: u8,
     /// TCP flags; ICMP type.
     pub tcp_flags: u8,
-    /// 1 when this is a non-first IPv4 fragment (no transport header).
+    /// IPv4 fragmentation: 0 for a whole packet, [`FRAGMENT_LATER`] for a
+    /// non-first fragment (no transport header), [`FRAGMENT_FIRST`] for the
+    /// first fragment (offset 0, more fragments follow; its transport
+    /// header is parsed, its payload length is the whole datagram's).
     pub fragment: u8,
     /// First 8 bytes of the transport payload (UDP, ICMP); all zero when the
     /// payload is shorter than 8 bytes or lies outside the header window.
@@ -452,9 +455,11 @@ fn parse_ip_layer<P: PacketBytes>(
         hdr.l4_proto = ip[9];
         hdr.saddr[..4].copy_from_slice(&ip[12..16]);
         hdr.daddr[..4].copy_from_slice(&ip[16..20]);
-        let frag_off = be16(ip[6], ip[7]) & 0x1fff;
-        if frag_off != 0 {
-            hdr.fragment = 1;
+        let frag = be16(ip[6], ip[7]);
+        if frag & 0x1fff != 0 {
+            hdr.fragment = FRAGMENT_LATER;
+        } else if frag & 0x2000 != 0 {
+            hdr.fragment = FRAGMENT_FIRST;
         }
         // GSO super-packets may carry total_len 0; keep what is known.
         ip_payload_len = total_len.saturating_sub(ihl);
@@ -475,7 +480,7 @@ fn parse_ip_layer<P: PacketBytes>(
         ip_payload_len = be16(ip[4], ip[5]) as u32;
         l4_off = off + 40;
     }
-    if hdr.fragment != 0 {
+    if hdr.fragment == FRAGMENT_LATER {
         return Ok(l4_off);
     }
     match hdr.l4_proto {
@@ -529,6 +534,11 @@ fn load_payload_head<P: PacketBytes>(src: &P, off: u32, hdr: &mut L3Headers) {
         }
     }
 }
+
+/// [`L3Headers::fragment`] of a non-first IPv4 fragment.
+pub const FRAGMENT_LATER: u8 = 1;
+/// [`L3Headers::fragment`] of the first IPv4 fragment (offset 0, MF set).
+pub const FRAGMENT_FIRST: u8 = 2;
 
 /// Does the packet match the `--ip/--port` filter of `cfg`? Checks the
 /// innermost and the outer layer, so an encapsulated flow is kept whole.

@@ -9,7 +9,10 @@
 //! - [`servers`], [`ingress`]: the HTTP/UDP backends and the ingress proxies.
 //! - [`loadgen`]: the fixed-rate load generator (no coordinated omission).
 //! - [`run`]: one lab run, from build to teardown, and its document.
+//! - [`accuracy`]: known causes injected into the lab against a run without
+//!   them (`cargo xtask accuracy`).
 
+pub mod accuracy;
 pub mod ingress;
 pub mod kubeproxy;
 pub mod loadgen;

@@ -190,6 +190,16 @@ pub fn preflight(opts: &LabOptions) -> Result<(), LabError> {
 
 /// Runs one lab: build, serve, trace every node, load, report, tear down.
 pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
+    run_once_prepared(opts, |_| Ok(()))
+}
+
+/// Like [`run_once`], with `prepare` run on the built lab before its
+/// servers start and tracing begins (`cargo xtask accuracy` injects a known
+/// cause there); the lab is torn down whatever `prepare` returns.
+pub fn run_once_prepared(
+    opts: &LabOptions,
+    prepare: impl FnOnce(&Lab) -> Result<(), LabError>,
+) -> Result<LabRun, LabError> {
     preflight(opts)?;
     let spec = LabSpec {
         prefix: opts.prefix.clone(),
@@ -213,7 +223,7 @@ pub fn run_once(opts: &LabOptions) -> Result<LabRun, LabError> {
         }
     );
     let lab = Lab::build(&spec)?;
-    let result = run_on(&lab, opts);
+    let result = prepare(&lab).and_then(|()| run_on(&lab, opts));
     // Servers and sessions are gone by now; the namespaces go last.
     let teardown = lab.teardown();
     let run = result?;

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | test | demo | bench | fuzz`.
+//! Developer tasks: `cargo xtask setup | build | test | demo | bench | accuracy | fuzz`.
 //!
 //! Every task that needs tools runs `setup` first, which installs only what
 //! is missing (idempotent: a few seconds when everything is present).
@@ -52,6 +52,14 @@ enum Task {
         #[arg(long)]
         write: bool,
     },
+    /// Measure how right the attribution is: inject known causes into the
+    /// lab, each against a run without it, and write ACCURACY.md. Not part
+    /// of `test` (it takes minutes and compares latencies).
+    Accuracy {
+        /// Arguments for `hoptrace-accuracy` (e.g. `--case qdisc --duration 5s`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly) for a
     /// while; installs cargo-fuzz when missing. Not part of `test`.
     Fuzz {
@@ -76,6 +84,14 @@ fn main() -> Result<()> {
             setup::run(setup::Profile::Lab, false)?;
             let bin = build_bin("hoptrace-bench", true)?;
             bench::run(&bin, rounds, seconds, write)
+        }
+        Task::Accuracy { args } => {
+            setup::run(setup::Profile::Lab, false)?;
+            let bin = build_bin_of("hoptrace-bench", "hoptrace-accuracy", true)?;
+            run(Command::new(bin)
+                .args(["--write", "ACCURACY.md"])
+                .args(args)
+                .current_dir(workspace_root()))
         }
         Task::Fuzz { seconds } => fuzz(seconds),
     }
@@ -139,8 +155,13 @@ fn build(release: bool) -> Result<PathBuf> {
 
 /// Builds the binary `name` (of the package of the same name); returns its path.
 fn build_bin(name: &str, release: bool) -> Result<PathBuf> {
+    build_bin_of(name, name, release)
+}
+
+/// Builds the binary `name` of package `package`; returns its path.
+fn build_bin_of(package: &str, name: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args(["build", "-p", name, "--bin", name]);
+    cmd.args(["build", "-p", package, "--bin", name]);
     if release {
         cmd.arg("--release");
     }

@@ -164,6 +164,25 @@ pub struct LedgerCounters {
     pub buffer_reuses: u64,
     /// Events that joined a journey by fingerprint under a new skb address.
     pub rebinds: u64,
+    /// Journeys followed but not reported: their first parsed hop did not
+    /// match `--ip`/`--port` and their connection was not a reported one.
+    #[serde(default)]
+    pub filtered_journeys: u64,
+    /// Journeys that waited in a kernel queue (neighbour resolution, IP
+    /// reassembly, a qdisc) longer than the idle timeout between two hops
+    /// and were kept whole.
+    #[serde(default)]
+    pub queued_journeys: u64,
+    /// Events of a drop older than the newest hop of the journey that owns
+    /// the buffer: the drop of the packet that used the buffer before (or
+    /// of a copy), never the end of this journey.
+    #[serde(default)]
+    pub stale_drops: u64,
+    /// Journeys of non-first IP fragments merged into the journey of their
+    /// datagram at reassembly, and fragments of a reassembled datagram sent
+    /// on (refragmented) that are part of its journey.
+    #[serde(default)]
+    pub fragments_merged: u64,
 }
 
 /// The 5-tuple of a flow, formatted.

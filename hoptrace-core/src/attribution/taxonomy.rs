@@ -459,6 +459,14 @@ fn netfilter_layer_band_segment(
     Some(SegmentName { name, category })
 }
 
+/// The segment that ends at the first hop of a datagram reassembled from
+/// IP fragments (conntrack's defragmentation, or local delivery), whatever
+/// the hops: the wait for the other fragments and the reassembly
+/// (`ip.reassembly`, kernel-other).
+pub fn reassembly_segment() -> SegmentName {
+    SegmentName::new("ip.reassembly", Category::KernelOther)
+}
+
 /// Names the segment from hop `a` to the next observed hop `b` of the same
 /// packet. `same_device` says whether both hops were on the same device
 /// (same namespace and ifindex). The rules are tried in the order documented
@@ -549,6 +557,21 @@ pub fn classify(a: HopSite, b: HopSite, same_device: bool) -> SegmentName {
             },
         ) => {
             return SegmentName::new("ip.output", Category::KernelOther);
+        }
+        // 5b. Dropped while waiting: after POSTROUTING (neighbour
+        // resolution) in IP output, after entering a device's transmit
+        // path in its qdisc.
+        (
+            Netfilter {
+                hook: NfHook::PostRouting,
+                ..
+            },
+            HopPoint::Drop,
+        ) => {
+            return SegmentName::new("ip.output", Category::KernelOther);
+        }
+        (Tc { dir: Egress, .. } | Device { stage: Queue, .. }, HopPoint::Drop) => {
+            return SegmentName::new("qdisc", Category::KernelOther);
         }
         _ => {}
     }

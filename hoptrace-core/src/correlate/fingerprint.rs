@@ -9,7 +9,10 @@ use hoptrace_common::PacketMeta;
 /// seq/ack, payload length and payload head; and the addresses of IPv6
 /// packets that NAT never rewrites (a link-local source or a link-scope
 /// multicast destination: MLD reports, router and neighbour solicitations
-/// of different hosts are otherwise alike, and IPv6 has no IP ID).
+/// of different hosts are otherwise alike, and IPv6 has no IP ID); and
+/// whether it is a non-first fragment. A first fragment has the fingerprint of the datagram it starts (same transport
+/// header, IP ID and payload head): the reassembled packet continues its
+/// journey.
 pub fn fingerprint(packet: &PacketMeta) -> u64 {
     let f = packet.flow();
     let mut h = rustc_hash::FxHasher::default();
@@ -19,7 +22,7 @@ pub fn fingerprint(packet: &PacketMeta) -> u64 {
             | (u64::from(f.tcp_flags) << 16)
             | (u64::from(f.ip_id) << 24)
             | (u64::from(f.payload_len) << 40)
-            | (u64::from(f.fragment) << 56),
+            | (u64::from(f.fragment == hoptrace_common::packet::FRAGMENT_LATER) << 56),
     );
     h.write_u64((u64::from(f.tcp_seq) << 32) | u64::from(f.tcp_ack));
     h.write_u64(u64::from_le_bytes(f.payload_head));

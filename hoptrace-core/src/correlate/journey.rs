@@ -29,11 +29,28 @@ pub(crate) struct Hop {
     pub(crate) encap: u8,
     /// `skb->len` at the hook, bytes.
     pub(crate) len: u32,
+    /// The packet may wait in a kernel queue after this hop (neighbour
+    /// resolution after POSTROUTING, a qdisc, IP reassembly): the journey
+    /// is then kept for the queue timeout, not the idle timeout.
+    pub(crate) waits: bool,
+    /// The first hop of a datagram reassembled from fragments: the segment
+    /// that ends here is `ip.reassembly`.
+    pub(crate) reassembled: bool,
 }
 
 /// One packet in flight through the node, from its first hop until it is
 /// finalized (idle, ended, evicted or its buffer reused).
 pub(crate) struct Journey {
+    /// Reported: no filter, or the first parsed hop matched it (decided
+    /// once, at the start).
+    pub(crate) keep: bool,
+    /// The 5-tuple last remembered for the filter (NAT changes it).
+    pub(crate) followed_key: Option<super::filter::FlowKey>,
+    /// [`hoptrace_common::L3Headers::fragment`] of the newest parsed event.
+    pub(crate) fragment: u8,
+    /// Reassembly key of a fragment's (or a reassembled datagram's)
+    /// journey, with the addresses of its newest parsed event.
+    pub(crate) frag_key: Option<super::FragKey>,
     /// [`super::fingerprint`] of the innermost headers at the first hop.
     pub(crate) fingerprint: u64,
     /// The skb address the journey started with.
@@ -78,6 +95,11 @@ pub(crate) struct Journey {
     pub(crate) layer_encap: u8,
     /// `enum skb_drop_reason` of the drop that ended the journey.
     pub(crate) drop_reason: Option<u32>,
+    /// Time of the newest hop (consume events excluded), ns.
+    pub(crate) last_hop_ts: u64,
+    /// The newest hop may be followed by a wait in a kernel queue
+    /// ([`Hop::waits`]).
+    pub(crate) waiting: bool,
 }
 
 /// One layer's netfilter pass (the packet itself, or its outer packet):
@@ -206,6 +228,10 @@ impl Journey {
 
     pub(crate) fn add(&mut self, ev: &HopEvent, hook: HookKind, hop: Option<Hop>, parsed: bool) {
         if let Some(hop) = hop {
+            if hop.ts_ns >= self.last_hop_ts {
+                self.last_hop_ts = hop.ts_ns;
+                self.waiting = hop.waits;
+            }
             self.left_node |= hop.point.leaves_node();
             self.on_wire |= hop.point.hands_to_uplink();
             self.only_receives &= hop.point.is_wire_receive();
@@ -242,6 +268,7 @@ impl Journey {
                 self.first_flow = *ev.packet.flow();
             }
             if ev.ts_ns >= self.last_flow_ts {
+                self.fragment = ev.packet.flow().fragment;
                 self.last_flow_ts = ev.ts_ns;
                 self.last_flow = *ev.packet.flow();
                 self.layer_encap = ev.packet.encap;

@@ -20,10 +20,12 @@ pub use crate::attribution::ledger::{
 };
 use crate::attribution::taxonomy::{
     Category, DevStage, HopPoint, HopSite, Place, SegmentName, TcDirection, classify,
+    reassembly_segment,
 };
 use crate::node::{DeviceRole, NodeContext};
 use journey::{ENCAP_UNKNOWN, Hop, Journey, NetfilterPass, journey_conn_state, journey_direction};
 
+mod filter;
 mod fingerprint;
 mod journey;
 mod observer;
@@ -31,6 +33,8 @@ pub mod requests;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use filter::FlowFilter;
+use filter::{FlowKey, FollowedFlows};
 pub use fingerprint::fingerprint;
 pub use observer::{JourneyObserver, JourneySummary};
 
@@ -40,6 +44,12 @@ pub struct CorrelatorOptions {
     /// A journey without a new hop for this long is finalized by
     /// [`Correlator::flush_idle`].
     pub idle_timeout_ns: u64,
+    /// The same for a journey whose newest hop may be followed by a wait in
+    /// a kernel queue (after POSTROUTING: neighbour resolution; before a
+    /// qdisc; before IP reassembly): longer than the kernel keeps a packet
+    /// there (reassembly: `ipfrag_time`, 30 s; an unresolved neighbour:
+    /// about 3 s), so the wait and a drop at its end stay in the journey.
+    pub queue_timeout_ns: u64,
     /// A journey that ended (drop or consume) waits this long for events that
     /// other CPUs delivered late before it is finalized.
     pub reorder_window_ns: u64,
@@ -50,16 +60,34 @@ pub struct CorrelatorOptions {
     pub max_in_flight: usize,
     /// How many of the slowest journeys are kept with every hop.
     pub exemplars: usize,
+    /// `--ip`/`--port`: only journeys whose first parsed hop matches, and
+    /// the rest of their connections, are reported ([`FlowFilter`]).
+    pub filter: Option<FlowFilter>,
 }
 
 impl Default for CorrelatorOptions {
     fn default() -> Self {
         Self {
             idle_timeout_ns: 50_000_000,
+            queue_timeout_ns: 60_000_000_000,
             reorder_window_ns: 5_000_000,
             rebind_window_ns: 2_000_000,
             max_in_flight: 65_536,
             exemplars: 5,
+            filter: None,
+        }
+    }
+}
+
+impl CorrelatorOptions {
+    /// How long `j` may go without a hop before it is finalized: the queue
+    /// timeout when its newest hop may be followed by a kernel queue, else
+    /// the idle timeout.
+    fn limit(&self, j: &Journey) -> u64 {
+        if j.waiting {
+            self.queue_timeout_ns.max(self.idle_timeout_ns)
+        } else {
+            self.idle_timeout_ns
         }
     }
 }
@@ -69,6 +97,8 @@ struct DeviceTable {
     node_netns_ino: u32,
     pod_netns: FastSet<u32>,
     devices: FastMap<u64, (DeviceRole, String)>,
+    /// Devices with a qdisc ([`device_key`]).
+    queueing: FastSet<u64>,
     drop_reasons: HashMap<u32, String>,
 }
 
@@ -76,7 +106,11 @@ impl DeviceTable {
     fn new(ctx: NodeContext) -> Self {
         let mut pod_netns = FastSet::default();
         let mut devices = FastMap::default();
+        let mut queueing = FastSet::default();
         for d in ctx.devices {
+            if d.queues {
+                queueing.insert(device_key(d.netns_ino, d.ifindex));
+            }
             if d.netns_ino != ctx.node_netns_ino {
                 pod_netns.insert(d.netns_ino);
             }
@@ -86,6 +120,7 @@ impl DeviceTable {
             node_netns_ino: ctx.node_netns_ino,
             pod_netns,
             devices,
+            queueing,
             drop_reasons: ctx.drop_reasons,
         }
     }
@@ -117,6 +152,12 @@ impl DeviceTable {
             .map_or(DeviceRole::Other, |(role, _)| *role)
     }
 
+    /// Whether the device has a qdisc (a packet may wait in it).
+    #[inline]
+    fn queues(&self, netns_ino: u32, ifindex: u32) -> bool {
+        self.queueing.contains(&device_key(netns_ino, ifindex))
+    }
+
     fn name(&self, netns_ino: u32, ifindex: u32) -> Option<String> {
         self.devices
             .get(&device_key(netns_ino, ifindex))
@@ -134,8 +175,9 @@ impl DeviceTable {
 /// Interns segment names; caches the name of every (hop, hop) pair seen.
 #[derive(Default)]
 struct SegmentTable {
-    /// (from, to, same device, untracked journey) -> segment id.
-    by_pair: FastMap<(HopSite, HopSite, bool, bool), u32>,
+    /// (from, to, same device, untracked journey, `to` is the first hop of
+    /// a reassembled packet) -> segment id.
+    by_pair: FastMap<(HopSite, HopSite, bool, bool, bool), u32>,
     by_name: HashMap<String, u32>,
     /// See [`NodeContext::kube_proxy_absent`].
     kube_proxy_absent: bool,
@@ -155,20 +197,33 @@ impl SegmentTable {
 
     /// The id of a pair already named by [`SegmentTable::id`].
     fn cached(&self, a: &Hop, b: &Hop, untracked: bool) -> Option<u32> {
+        let reassembled = b.reassembled;
         let (a, b, same_device) = Self::pair(a, b);
-        self.by_pair.get(&(a, b, same_device, untracked)).copied()
+        self.by_pair
+            .get(&(a, b, same_device, untracked, reassembled))
+            .copied()
     }
 
     /// The id of the segment between hops `a` and `b`, naming it (and
     /// adding the name to `names`) on first sight. In an `untracked`
     /// journey conntrack did not run: its band is named `untracked` and
-    /// counted as `netfilter-other`.
+    /// counted as `netfilter-other`. The segment that ends at the first hop
+    /// of a reassembled packet is `ip.reassembly`: the wait for the other
+    /// fragments and the reassembly.
     fn id(&mut self, names: &mut Vec<SegmentName>, a: &Hop, b: &Hop, untracked: bool) -> u32 {
+        let reassembled = b.reassembled;
         let (a, b, same_device) = Self::pair(a, b);
-        if let Some(&id) = self.by_pair.get(&(a, b, same_device, untracked)) {
+        if let Some(&id) = self
+            .by_pair
+            .get(&(a, b, same_device, untracked, reassembled))
+        {
             return id;
         }
-        let mut seg = classify(a, b, same_device);
+        let mut seg = if reassembled {
+            reassembly_segment()
+        } else {
+            classify(a, b, same_device)
+        };
         if self.kube_proxy_absent && seg.category == Category::KubeProxy {
             seg.category = Category::NetfilterOther;
         }
@@ -184,7 +239,8 @@ impl SegmentTable {
                 id
             }
         };
-        self.by_pair.insert((a, b, same_device, untracked), id);
+        self.by_pair
+            .insert((a, b, same_device, untracked, reassembled), id);
         id
     }
 }
@@ -236,6 +292,45 @@ pub struct Correlator {
     /// Buffers of unparsed frames seen lately and the time of their latest
     /// event, so that a frame is counted once however many hooks see it.
     unparsed_seen: FastMap<u64, u64>,
+    /// 5-tuples of reported connections (only with a filter).
+    followed: FollowedFlows,
+    /// IP datagrams in fragments: their journeys by reassembly key.
+    fragments: FastMap<FragKey, FragGroup>,
+}
+
+/// What identifies the fragments of one IP datagram (RFC 791): addresses,
+/// protocol and IP ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FragKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    ip_id: u16,
+    proto: u8,
+}
+
+impl FragKey {
+    fn of(h: &hoptrace_common::L3Headers) -> Self {
+        Self {
+            saddr: h.saddr,
+            daddr: h.daddr,
+            ip_id: h.ip_id,
+            proto: h.l4_proto,
+        }
+    }
+}
+
+/// The journeys of one fragmented datagram on this node.
+#[derive(Default)]
+struct FragGroup {
+    /// The journey of the first fragment, then of the reassembled packet.
+    main: Option<u64>,
+    /// Journeys of the other fragments, merged into `main` at reassembly.
+    others: Vec<u64>,
+    /// The datagram was reassembled: fragments of it seen later are the
+    /// copies the node makes to send it on (refragmentation).
+    reassembled: bool,
+    /// Newest event time of the group, ns.
+    last_ts: u64,
 }
 
 const HOP_POOL_MAX: usize = 1024;
@@ -269,6 +364,8 @@ impl Correlator {
             observer: None,
             scratch_observed: Vec::new(),
             unparsed_seen: FastMap::default(),
+            followed: FollowedFlows::default(),
+            fragments: FastMap::default(),
         }
     }
 
@@ -356,6 +453,30 @@ impl Correlator {
         })
     }
 
+    /// Whether the packet may wait in a kernel queue right after this hop:
+    /// after POSTROUTING (the neighbour's address being resolved), entering
+    /// or in front of the qdisc of a device that has one, or as an IP
+    /// fragment before conntrack's defragmentation (the first netfilter
+    /// slot).
+    fn may_wait(&self, point: HopPoint, ev: &HopEvent, parsed: bool) -> bool {
+        match point {
+            HopPoint::Netfilter {
+                hook: NfHook::PostRouting,
+                ..
+            } => true,
+            HopPoint::Netfilter { slot: 0, .. } => parsed && ev.packet.flow().fragment != 0,
+            HopPoint::Device {
+                stage: DevStage::Queue,
+                ..
+            }
+            | HopPoint::Tc {
+                dir: TcDirection::Egress,
+                ..
+            } => self.devices.queues(ev.netns_ino, ev.ifindex),
+            _ => false,
+        }
+    }
+
     /// Adds one event. Events may arrive slightly out of time order (one
     /// ring buffer fed by many CPUs).
     pub fn push(&mut self, ev: &HopEvent) {
@@ -368,7 +489,8 @@ impl Correlator {
             self.ledger.counters.foreign_events += 1;
             return;
         };
-        if hook == HookKind::Drop {
+        if hook == HookKind::Drop && self.opts.filter.is_none() {
+            // With a filter, a drop counts when it ends a reported journey.
             *self.drops.entry(ev.drop_reason).or_insert(0) += 1;
         }
         let status = ParseStatus::from_u8(ev.packet.status);
@@ -390,6 +512,8 @@ impl Correlator {
             };
             Some(Hop {
                 ts_ns: ev.ts_ns,
+                reassembled: false,
+                waits: self.may_wait(point, ev, parsed),
                 point,
                 netns_ino: ev.netns_ino,
                 ifindex: ev.ifindex,
@@ -415,8 +539,16 @@ impl Correlator {
                 };
                 // A buffer idle longer than the idle timeout carries a new
                 // packet (non-IP frames have no fingerprint to tell): one
-                // packet does not dwell that long between two hops of a node.
-                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.idle_timeout_ns);
+                // packet does not dwell that long between two hops of a
+                // node, unless it waits in a kernel queue.
+                let stale = ev.ts_ns > j.last_ts.saturating_add(self.opts.limit(j));
+                // A drop older than the journey's newest hop is not its end:
+                // it freed the packet that used the buffer before (or a
+                // copy of this one).
+                if hook == HookKind::Drop && ev.ts_ns < j.last_hop_ts && !stale {
+                    self.ledger.counters.stale_drops += 1;
+                    return;
+                }
                 // A packet that left through the uplink or a tunnel does not
                 // come back in the same buffer, nor does one from the wire
                 // arrive in the middle of a journey: such a hop is another
@@ -441,8 +573,43 @@ impl Correlator {
                             || j.local_out_after_prerouting(h)
                     });
                 let after_end = j.ended && ev.ts_ns > j.last_ts;
+                // The buffer of a fragment now holds the reassembled
+                // datagram: it continues the first fragment's journey.
+                let reassembly = parsed
+                    && !stale
+                    && j.fragment != 0
+                    && ev.packet.flow().fragment == 0
+                    && j.frag_key == Some(FragKey::of(ev.packet.flow()));
+                if reassembly {
+                    let hop = hop.map(|mut h| {
+                        h.reassembled = true;
+                        h
+                    });
+                    self.reassemble(id, ev, hook, hop);
+                    return;
+                }
                 if same_packet && !stale && !returned && !after_end {
                     j.add(ev, hook, hop, parsed);
+                    if parsed && j.frag_key.is_some() {
+                        let (ts, key) = (ev.ts_ns, FragKey::of(ev.packet.flow()));
+                        if j.frag_key != Some(key) {
+                            // NAT changed the datagram's addresses: its
+                            // later fragments carry the new ones.
+                            j.frag_key = Some(key);
+                            self.fragments.insert(
+                                key,
+                                FragGroup {
+                                    main: Some(id),
+                                    others: Vec::new(),
+                                    reassembled: true,
+                                    last_ts: ts,
+                                },
+                            );
+                        }
+                    }
+                    if parsed && j.keep && self.opts.filter.is_some() {
+                        follow(&mut self.followed, j, ev, self.opts.max_in_flight);
+                    }
                     return;
                 }
                 if fp.is_none() {
@@ -465,11 +632,17 @@ impl Correlator {
             && let Some(&id) = self.by_fingerprint.get(&fp)
             && let Some(j) = self.journeys.get_mut(&id)
             && ev.ts_ns.abs_diff(j.last_ts) <= self.opts.rebind_window_ns
+            // A dropped packet takes no further hop: an identical one
+            // (same fingerprint) in another buffer is another packet.
+            && j.drop_reason.is_none()
         {
             j.extra_addrs.push(ev.skb_addr);
-            // A copy lives on after the original was freed.
+            // A copy lives on after the original was consumed.
             j.ended = false;
             j.add(ev, hook, hop, parsed);
+            if j.keep && self.opts.filter.is_some() {
+                follow(&mut self.followed, j, ev, self.opts.max_in_flight);
+            }
             self.by_skb.insert(ev.skb_addr, id);
             self.ledger.counters.rebinds += 1;
             return;
@@ -482,7 +655,81 @@ impl Correlator {
         if hook == HookKind::Drop {
             return;
         }
+        let flow = ev.packet.flow();
+        if flow.fragment == hoptrace_common::packet::FRAGMENT_LATER
+            && let Some(group) = self.fragments.get_mut(&FragKey::of(flow))
+            && group.reassembled
+        {
+            // A later fragment of a datagram this node reassembled: one of
+            // the copies it sends the datagram on in (refragmentation),
+            // part of the datagram's journey, timed by its first fragment.
+            group.last_ts = group.last_ts.max(ev.ts_ns);
+            self.ledger.counters.fragments_merged += 1;
+            return;
+        }
         self.start(ev, fp, hop, hook);
+    }
+
+    /// The datagram of fragment journey `id` was reassembled in its buffer
+    /// (event `ev`): the reassembled packet continues the first fragment's
+    /// journey (or this one when that was not seen), the other fragments'
+    /// journeys are merged into it (not reported on their own).
+    fn reassemble(&mut self, id: u64, ev: &HopEvent, hook: HookKind, hop: Option<Hop>) {
+        let key = FragKey::of(ev.packet.flow());
+        let group = self.fragments.remove(&key).unwrap_or_default();
+        let main = group
+            .main
+            .filter(|m| *m != id && self.journeys.contains_key(m))
+            .unwrap_or(id);
+        for other in group.others.iter().copied().chain(std::iter::once(id)) {
+            if other != main {
+                self.absorb(other);
+            }
+        }
+        let fp = fingerprint(&ev.packet);
+        let Some(j) = self.journeys.get_mut(&main) else {
+            return;
+        };
+        j.add(ev, hook, hop, true);
+        j.fragment = 0;
+        if j.addr != ev.skb_addr && !j.extra_addrs.contains(&ev.skb_addr) {
+            j.extra_addrs.push(ev.skb_addr);
+        }
+        if j.fingerprint != fp {
+            if self.by_fingerprint.get(&j.fingerprint) == Some(&main) {
+                self.by_fingerprint.remove(&j.fingerprint);
+            }
+            j.fingerprint = fp;
+        }
+        self.by_fingerprint.insert(fp, main);
+        self.by_skb.insert(ev.skb_addr, main);
+        self.fragments.insert(
+            key,
+            FragGroup {
+                main: Some(main),
+                others: Vec::new(),
+                reassembled: true,
+                last_ts: ev.ts_ns,
+            },
+        );
+    }
+
+    /// Drops fragment journey `id` into the journey of its datagram: not
+    /// reported on its own, its buffer forgotten.
+    fn absorb(&mut self, id: u64) {
+        let Some(j) = self.journeys.remove(&id) else {
+            return;
+        };
+        for addr in std::iter::once(j.addr).chain(j.extra_addrs.iter().copied()) {
+            if self.by_skb.get(&addr) == Some(&id) {
+                self.by_skb.remove(&addr);
+            }
+        }
+        if self.by_fingerprint.get(&j.fingerprint) == Some(&id) {
+            self.by_fingerprint.remove(&j.fingerprint);
+        }
+        self.ledger.counters.fragments_merged += 1;
+        self.recycle(j);
     }
 
     fn start(&mut self, ev: &HopEvent, fp: u64, hop: Hop, hook: HookKind) {
@@ -504,7 +751,17 @@ impl Correlator {
         let mut hops = self.hop_pool.pop().unwrap_or_default();
         hops.clear();
         let flow = *ev.packet.flow();
+        // The filter is decided here, once, from the first parsed hop: it
+        // matches, or it belongs to a connection already reported.
+        let keep =
+            self.opts.filter.as_ref().is_none_or(|f| {
+                f.matches(&ev.packet) || self.followed.contains(&FlowKey::of(&flow))
+            });
         let mut j = Journey {
+            keep,
+            followed_key: None,
+            fragment: flow.fragment,
+            frag_key: None,
             fingerprint: fp,
             addr: ev.skb_addr,
             extra_addrs: Vec::new(),
@@ -526,8 +783,34 @@ impl Correlator {
             encap: Encap::None,
             layer_encap: ev.packet.encap,
             drop_reason: None,
+            last_hop_ts: 0,
+            waiting: false,
         };
         j.add(ev, hook, Some(hop), true);
+        if keep && self.opts.filter.is_some() {
+            follow(&mut self.followed, &mut j, ev, self.opts.max_in_flight);
+        }
+        let fragment = flow.fragment;
+        if fragment != 0 {
+            let key = FragKey::of(&flow);
+            j.frag_key = Some(key);
+            let group = self.fragments.entry(key).or_default();
+            group.last_ts = group.last_ts.max(ev.ts_ns);
+            if fragment == hoptrace_common::packet::FRAGMENT_FIRST && group.main.is_none() {
+                group.main = Some(id);
+            } else {
+                group.others.push(id);
+            }
+            if self.fragments.len() > self.opts.max_in_flight.max(1) {
+                let journeys = &self.journeys;
+                self.fragments.retain(|_, g| {
+                    g.main
+                        .iter()
+                        .chain(g.others.iter())
+                        .any(|m| journeys.contains_key(m))
+                });
+            }
+        }
         self.journeys.insert(id, j);
         self.by_skb.insert(ev.skb_addr, id);
         self.by_fingerprint.insert(fp, id);
@@ -545,13 +828,24 @@ impl Correlator {
         let idle = self.opts.idle_timeout_ns;
         self.unparsed_seen
             .retain(|_, last| now_ns.saturating_sub(*last) <= idle);
+        self.followed.expire(now_ns, false);
+        // A datagram's group lives while one of its journeys does, and a
+        // reassembled one a second longer (its refragmented copies).
+        let journeys = &self.journeys;
+        self.fragments.retain(|_, g| {
+            now_ns.saturating_sub(g.last_ts) <= 1_000_000_000
+                || g.main
+                    .iter()
+                    .chain(g.others.iter())
+                    .any(|m| journeys.contains_key(m))
+        });
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
         for (id, j) in &self.journeys {
             let limit = if j.ended {
                 self.opts.reorder_window_ns
             } else {
-                self.opts.idle_timeout_ns
+                self.opts.limit(j)
             };
             if now_ns.saturating_sub(j.last_ts) > limit {
                 ids.push(*id);
@@ -593,13 +887,23 @@ impl Correlator {
         if self.by_fingerprint.get(&j.fingerprint) == Some(&id) {
             self.by_fingerprint.remove(&j.fingerprint);
         }
+        if !j.keep {
+            self.ledger.counters.filtered_journeys += 1;
+            self.recycle(j);
+            return;
+        }
+        if self.opts.filter.is_some()
+            && let Some(reason) = j.drop_reason
+        {
+            *self.drops.entry(reason).or_insert(0) += 1;
+        }
         record_journey(
             &mut self.ledger,
             &mut self.segments,
             &self.devices,
             &mut j,
             &mut self.scratch_segments,
-            self.opts.exemplars,
+            &self.opts,
         );
         if let Some(observer) = &self.observer {
             observe_journey(
@@ -611,6 +915,11 @@ impl Correlator {
                 &mut self.scratch_observed,
             );
         }
+        self.recycle(j);
+    }
+
+    /// Keeps a finalized journey's hop buffer for the next one.
+    fn recycle(&mut self, mut j: Journey) {
         if self.hop_pool.len() < HOP_POOL_MAX {
             j.hops.clear();
             self.hop_pool.push(j.hops);
@@ -650,14 +959,26 @@ impl PassStates {
     }
 }
 
+/// Remembers the 5-tuple of a reported journey's parsed hop `ev` (and its
+/// reverse) when NAT changed it since the last one: the connection's other
+/// packets, before or after NAT, are then reported too.
+fn follow(followed: &mut FollowedFlows, j: &mut Journey, ev: &HopEvent, cap: usize) {
+    let key = FlowKey::of(ev.packet.flow());
+    if j.followed_key != Some(key) {
+        followed.follow(key, ev.ts_ns, cap);
+        j.followed_key = Some(key);
+    }
+}
+
 fn record_journey(
     ledger: &mut Ledger,
     table: &mut SegmentTable,
     devices: &DeviceTable,
     j: &mut Journey,
     seen_segments: &mut Vec<(u32, ConnState, u64, u32)>,
-    max_exemplars: usize,
+    opts: &CorrelatorOptions,
 ) {
+    let max_exemplars = opts.exemplars;
     ledger.counters.journeys += 1;
     let hops = &mut j.hops;
     // Stable: equal timestamps keep arrival order.
@@ -680,6 +1001,11 @@ fn record_journey(
             prev = h.encap;
         }
     }
+    // A dropped packet takes no further hop: anything after the first drop
+    // is another packet's.
+    if let Some(first_drop) = hops.iter().position(|h| h.point == HopPoint::Drop) {
+        hops.truncate(first_drop + 1);
+    }
     if let Some(reason) = j.drop_reason {
         record_drop(ledger, devices, j, reason);
     }
@@ -687,6 +1013,12 @@ fn record_journey(
     if hops.len() < 2 {
         ledger.counters.single_hop_journeys += 1;
         return;
+    }
+    if hops
+        .windows(2)
+        .any(|w| w[1].ts_ns - w[0].ts_ns > opts.idle_timeout_ns)
+    {
+        ledger.counters.queued_journeys += 1;
     }
     let direction = journey_direction(&hops[0]);
     if let Some(icmp) = IcmpInfo::from_headers(&j.first_flow) {

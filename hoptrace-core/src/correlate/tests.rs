@@ -27,6 +27,7 @@ pub fn ctx() -> NodeContext {
         ifindex,
         name: name.to_string(),
         role,
+        queues: role == DeviceRole::Uplink,
     };
     NodeContext {
         node_netns_ino: NODE,
@@ -981,6 +982,7 @@ fn new_devices_via_update_context() {
         ifindex: IF_POD_ETH0,
         name: "eth0".into(),
         role: DeviceRole::PodInterface,
+        queues: false,
     });
     c.update_context(with_c);
     c.push(&ev(10, SKB + 0x1000, POD_C, IF_POD_ETH0, DevXmit, p));
@@ -1455,6 +1457,7 @@ fn a_receive_long_after_a_lower_device_receive_is_another_frame() {
         ifindex: 77,
         name: "cilium_host".into(),
         role: DeviceRole::Other,
+        queues: false,
     });
     let mut c = Correlator::new(ctx, CorrelatorOptions::default());
     for e in [
@@ -1497,5 +1500,220 @@ fn a_packet_handed_to_one_pod_is_not_handed_to_another() {
             .all(|n| !n.contains("..")),
         "{:?}",
         ledger.segment_names_seen()
+    );
+}
+
+/// Issue 9: a packet that waits for its neighbour after POSTROUTING keeps
+/// its journey over seconds, through idle flushes; the drop that ends the
+/// wait is its last hop, the wait is `ip.output`.
+#[test]
+fn a_packet_waiting_for_its_neighbour_keeps_its_journey() {
+    use CtState::New;
+    use HookKind::*;
+    use NfHook::*;
+    let p = tcp(SYN, 1, 1);
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p));
+    c.push(&nf(2_000, SKB, Forward, 1, New, p));
+    c.push(&nf(3_000, SKB, PostRouting, 101, New, p));
+    // One second, then three, of event time without a hop.
+    c.flush_idle(1_000_000_000);
+    c.flush_idle(3_000_000_000);
+    assert_eq!(c.in_flight(), 1, "the waiting journey is kept");
+    let mut drop = ev(3_000_003_000, SKB, NODE, IF_UPLINK, Drop, p);
+    drop.drop_reason = 2;
+    c.push(&drop);
+    let ledger = c.finish();
+    let wait = ledger
+        .segment("ip.output", Direction::Egress, ConnState::New)
+        .expect("the wait is ip.output");
+    assert_eq!(wait.hist.len(), 1);
+    assert_eq!(ledger.counters.queued_journeys, 1);
+    assert_eq!(ledger.counters.journeys, 1);
+    assert!(
+        ledger.segment_names.iter().all(|s| !s.name.contains("..")),
+        "{:?}",
+        ledger.segment_names
+    );
+}
+
+/// Without a queue in front, 50 ms without a hop still ends a journey.
+#[test]
+fn a_journey_not_in_a_queue_still_goes_idle() {
+    use HookKind::*;
+    let p = tcp(ACK, 1, 1);
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, p));
+    c.push(&nf(2_000, SKB, NfHook::PreRouting, -201, CtState::None, p));
+    c.flush_idle(1_000_000_000);
+    assert_eq!(c.in_flight(), 0);
+}
+
+/// Issue 9: a dropped packet takes no further hop. An identical packet
+/// (same fingerprint: unconnected UDP, IP ID 0) sent right after, in
+/// another buffer, starts its own journey; a drop older than a journey's
+/// newest hop (the buffer's previous packet) does not end it.
+#[test]
+fn a_dropped_journey_takes_no_further_hop() {
+    use HookKind::*;
+    use NfHook::*;
+    let mut p = tcp(ACK, 1, 0);
+    p.outer.l4_proto = IPPROTO_UDP;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    let mut drop = ev(3_000, SKB, NODE, 0, Drop, p);
+    drop.drop_reason = 6;
+    c.push(&ev(1_000, SKB, POD_A, IF_POD_ETH0, DevXmit, p));
+    c.push(&nf(2_000, SKB, Forward, -1, CtState::New, p));
+    c.push(&drop);
+    // The next datagram, 100 µs later, in another buffer.
+    c.push(&ev(100_000, SKB + 0x100, POD_A, IF_POD_ETH0, DevXmit, p));
+    c.push(&nf(101_000, SKB + 0x100, Forward, -1, CtState::New, p));
+    // A drop of the buffer's previous user, delivered late.
+    let mut late = ev(50_000, SKB + 0x100, NODE, 0, Drop, p);
+    late.drop_reason = 6;
+    c.push(&late);
+    let mut drop2 = ev(102_000, SKB + 0x100, NODE, 0, Drop, p);
+    drop2.drop_reason = 6;
+    c.push(&drop2);
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.stale_drops, 1);
+    assert!(
+        ledger
+            .segment_names
+            .iter()
+            .all(|s| !s.name.starts_with("drop..")),
+        "{:?}",
+        ledger.segment_names
+    );
+    // A drop inside the filter band is that band's time (issue 9).
+    let to_drop = ledger
+        .segment("netfilter.forward.filter", Direction::Egress, ConnState::New)
+        .expect("both end at the drop");
+    assert_eq!(to_drop.hist.len(), 2);
+}
+
+/// Issue 9: a datagram in two fragments from pod A, reassembled by
+/// conntrack at PREROUTING in the second fragment's buffer, DNATed: one
+/// egress journey from the first fragment's first hop, `ip.reassembly`
+/// between the first fragment's last hop and the reassembled packet's
+/// first, and the second fragment's journey merged into it.
+#[test]
+fn fragments_and_their_reassembled_datagram_are_one_journey() {
+    use CtState::{New, None as NoCt};
+    use HookKind::*;
+    use NfHook::*;
+    use hoptrace_common::packet::{FRAGMENT_FIRST, FRAGMENT_LATER};
+    let mut whole = PacketMeta::zeroed();
+    whole.outer = l3([10, 244, 0, 5], 40000, [10, 96, 0, 10], 53, IPPROTO_UDP);
+    whole.outer.ip_id = 77;
+    whole.outer.payload_len = 3000;
+    whole.outer.payload_head = *b"datagram";
+    let mut first = whole;
+    first.outer.fragment = FRAGMENT_FIRST;
+    let mut later = whole;
+    later.outer.fragment = FRAGMENT_LATER;
+    later.outer.sport = 0;
+    later.outer.dport = 0;
+    later.outer.payload_len = 1560;
+    later.outer.payload_head = [0; 8];
+    let skb2 = SKB + 0x800;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, first));
+    c.push(&nf(2_000, SKB, PreRouting, -401, NoCt, first));
+    c.push(&ev(3_000, skb2, NODE, IF_VETH_A, TcIngress, later));
+    c.push(&nf(4_000, skb2, PreRouting, -401, NoCt, later));
+    // The idle timeout passes for neither: both wait for reassembly.
+    c.flush_idle(200_000_000);
+    assert_eq!(c.in_flight(), 2);
+    let t = 200_000_000;
+    c.push(&nf(t + 70_000, skb2, PreRouting, -201, NoCt, whole));
+    c.push(&nf(t + 70_500, skb2, PreRouting, -199, New, whole));
+    c.push(&nf(t + 70_600, skb2, PreRouting, -101, New, whole));
+    c.push(&nf(t + 72_600, skb2, PreRouting, -99, New, dnat(whole)));
+    c.push(&nf(t + 73_000, skb2, Forward, -1, New, dnat(whole)));
+    c.push(&nf(t + 74_000, skb2, PostRouting, 101, New, dnat(whole)));
+    // Sent on in two fragments again: the first continues the journey,
+    // the later one (the first fragment's buffer) is a copy of it.
+    let mut out_first = dnat(whole);
+    out_first.outer.fragment = FRAGMENT_FIRST;
+    let mut out_later = dnat(later);
+    out_later.outer.dport = 0;
+    c.push(&ev(t + 75_000, skb2, NODE, IF_VXLAN, TcEgress, out_first));
+    c.push(&ev(t + 75_200, SKB, NODE, IF_VXLAN, TcEgress, out_later));
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 1, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.fragments_merged, 2);
+    let reasm = ledger
+        .segment("ip.reassembly", Direction::Egress, ConnState::New)
+        .expect("ip.reassembly, egress, new");
+    assert_eq!(reasm.total_ns, u128::from(t + 70_000 - 2_000));
+    let e2e = ledger
+        .end_to_end
+        .get(&(Direction::Egress, ConnState::New))
+        .expect("one egress journey");
+    assert_eq!(e2e.hist.len(), 1);
+    assert!(
+        ledger.segment_names.iter().all(|s| !s.name.contains("..")),
+        "{:?}",
+        ledger.segment_names
+    );
+}
+
+/// Issue 9: `--ip 10.96.0.0/12` is decided once per journey from its first
+/// parsed hop: the request keeps its hops after DNAT, the reply (backend
+/// to pod, no ClusterIP until the reverse NAT) is reported as the rest of
+/// the connection, an unrelated journey is followed but not reported.
+#[test]
+fn the_filter_follows_the_connection_through_nat() {
+    use CtState::New;
+    use HookKind::*;
+    use NfHook::*;
+    let opts = CorrelatorOptions {
+        filter: FlowFilter::new(Some("10.96.0.0/12".parse().unwrap()), None),
+        ..CorrelatorOptions::default()
+    };
+    let mut c = Correlator::new(ctx(), opts);
+    let syn = tcp(SYN, 1, 1);
+    c.push(&ev(1_000, SKB, NODE, IF_VETH_A, TcIngress, syn));
+    c.push(&nf(2_000, SKB, PreRouting, -101, New, syn));
+    c.push(&nf(3_000, SKB, PreRouting, -99, New, dnat(syn)));
+    c.push(&nf(4_000, SKB, Forward, -1, New, dnat(syn)));
+    // The reply from the backend, before the reverse NAT.
+    let mut reply = PacketMeta::zeroed();
+    reply.outer = l3([10, 244, 1, 7], 8080, [10, 244, 0, 5], 40000, IPPROTO_TCP);
+    reply.outer.tcp_flags = SYN | ACK;
+    reply.outer.ip_id = 9;
+    let skb2 = SKB + 0x1000;
+    c.push(&ev(100_000, skb2, NODE, IF_UPLINK, TcIngress, reply));
+    c.push(&nf(
+        101_000,
+        skb2,
+        PreRouting,
+        -201,
+        CtState::Established,
+        reply,
+    ));
+    // Unrelated: pod A to another pod, never a ClusterIP.
+    let mut other = PacketMeta::zeroed();
+    other.outer = l3([10, 244, 0, 5], 41000, [10, 244, 0, 9], 22, IPPROTO_TCP);
+    other.outer.ip_id = 5;
+    let skb3 = SKB + 0x2000;
+    c.push(&ev(200_000, skb3, NODE, IF_VETH_A, TcIngress, other));
+    c.push(&nf(201_000, skb3, PreRouting, -201, New, other));
+    let ledger = c.finish();
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.filtered_journeys, 1);
+    assert!(
+        ledger
+            .segment("routing", Direction::Egress, ConnState::New)
+            .is_some(),
+        "the request keeps its hops after DNAT"
+    );
+    assert!(
+        ledger
+            .segment("ip.receive", Direction::Ingress, ConnState::Established)
+            .is_some(),
+        "the reply is reported, ingress"
     );
 }

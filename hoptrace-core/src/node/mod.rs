@@ -88,6 +88,9 @@ pub struct DeviceInfo {
     pub name: String,
     /// What the device is for on the packet's route.
     pub role: DeviceRole,
+    /// The device has a qdisc (not `noqueue`): a packet may wait between
+    /// entering its transmit path and the driver.
+    pub queues: bool,
 }
 
 /// What the correlator knows about the node: filled by device discovery and
@@ -170,6 +173,7 @@ pub fn node_context(
             ifindex: d.ifindex,
             name: d.name.clone(),
             role: role_of(d),
+            queues: !d.noqueue,
         })
         .collect();
     for pod in &node.pods {
@@ -184,6 +188,7 @@ pub fn node_context(
                 } else {
                     DeviceRole::PodInterface
                 },
+                queues: !d.noqueue,
             }));
         }
     }

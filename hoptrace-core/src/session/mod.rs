@@ -6,7 +6,6 @@
 //! entered that namespace; the resulting file descriptors work from anywhere.
 
 use std::{
-    net::IpAddr,
     os::fd::AsFd as _,
     path::PathBuf,
     sync::{
@@ -19,7 +18,6 @@ use std::{
 };
 
 use hoptrace_common::{Counter, TraceConfig};
-use ipnet::IpNet;
 
 mod attach;
 mod drain;
@@ -409,31 +407,6 @@ pub fn monotonic_ns() -> u64 {
 pub fn lost_events(counters: &crate::kernel::loader::Counters) -> u64 {
     counters.get(Counter::RingFull)
 }
-
-/// Kernel-side flow filter from `--ip` and `--port`.
-pub fn flow_filter(ip: Option<IpNet>, port: Option<u16>) -> TraceConfig {
-    let mut cfg = TraceConfig::default();
-    if let Some(net) = ip {
-        cfg.filter_flow = 1;
-        cfg.match_prefix_len = net.prefix_len();
-        match net.network() {
-            IpAddr::V4(a) => {
-                cfg.match_family = 4;
-                cfg.match_addr[..4].copy_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                cfg.match_family = 6;
-                cfg.match_addr = a.octets();
-            }
-        }
-    }
-    if let Some(port) = port {
-        cfg.filter_flow = 1;
-        cfg.match_port = port;
-    }
-    cfg
-}
-
 /// Gives the heap that start-up freed back to the kernel.
 ///
 /// Loading and attaching parse the kernel's BTF (aya keeps ~20 MB of

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use hoptrace_core::{
     kernel::{capabilities, loader::TcMode},
     node, report,
-    session::{self, Session, SessionOptions},
+    session::{Session, SessionOptions},
 };
 
 use crate::stop;
@@ -22,11 +22,14 @@ pub struct TraceArgs {
     /// (pod veths, bridges, tunnels, the uplink).
     #[arg(long = "iface")]
     ifaces: Vec<String>,
-    /// Keep only packets from or to this network (outer or inner header);
-    /// a bare address is a /32 (/128).
+    /// Report only journeys whose first packet is from or to this network
+    /// (outer or inner header; a bare address is a /32 or /128), and the
+    /// rest of their connections, through NAT.
     #[arg(long, value_parser = super::flow_net)]
     ip: Option<ipnet::IpNet>,
-    /// Keep only packets with this TCP/UDP source or destination port (1-65535).
+    /// Report only journeys whose first packet has this TCP/UDP source or
+    /// destination port (1-65535), and the rest of their connections,
+    /// through NAT.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Write the `hoptrace.report.v1` JSON report here (the directory must exist).
@@ -91,7 +94,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     opts.ring_bytes = args.ring_size;
     opts.netns.clone_from(&args.netns);
     opts.ifaces = args.ifaces;
-    opts.config = session::flow_filter(args.ip, args.port);
+    // Decided per journey in userspace, never per event in the kernel: a
+    // journey is followed whole through NAT (docs/trace.md).
+    opts.correlator.filter = hoptrace_core::correlate::FlowFilter::new(args.ip, args.port);
     opts.netfilter = !args.no_netfilter;
     opts.tc_mode = args.tc_mode.as_deref().map(|m| match m {
         "clsact" => TcMode::Clsact,

@@ -1,0 +1,105 @@
+//! `hoptrace-accuracy`: injects known causes into the built-in lab, each
+//! against a run without it, and prints (or writes, ACCURACY.md) the
+//! client-observed growth next to the growth hoptrace attributes to the
+//! cause's category. Run by `cargo xtask accuracy`; not shipped. The cases
+//! live in `hoptrace_lab::accuracy`.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, ValueEnum};
+use hoptrace_lab::accuracy::{self, Cause};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Case {
+    /// Extra kube-proxy services, a new TCP connection per request.
+    KubeProxy,
+    /// A tbf qdisc on node 0's uplink.
+    Qdisc,
+    /// A tbf qdisc on the underlay toward node 1.
+    Underlay,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "hoptrace-accuracy",
+    about = "Measure how right hoptrace's attribution is against injected causes"
+)]
+struct Args {
+    /// Cases to run (repeat the flag); every case when absent.
+    #[arg(long = "case", value_enum)]
+    cases: Vec<Case>,
+    /// Requests per second offered in every run.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Length of each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Extra services of the kube-proxy case.
+    #[arg(long, default_value_t = 5000)]
+    services: u32,
+    /// tbf rate of the qdisc and underlay cases, kbit/s: below the offered
+    /// load, so that the tbf queue stays full.
+    #[arg(long, default_value_t = 230)]
+    tbf_kbit: u32,
+    /// Also write the results as Markdown (ACCURACY.md) here.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("hoptrace-accuracy: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    let cases = if args.cases.is_empty() {
+        vec![Case::KubeProxy, Case::Qdisc, Case::Underlay]
+    } else {
+        args.cases.clone()
+    };
+    let base = accuracy::base_options(args.rate, args.duration);
+    let mut results = Vec::new();
+    for case in cases {
+        let cause = match case {
+            Case::KubeProxy => Cause::KubeProxyServices {
+                services: args.services,
+            },
+            Case::Qdisc => Cause::UplinkQdisc {
+                rate_kbit: args.tbf_kbit,
+            },
+            Case::Underlay => Cause::Underlay {
+                rate_kbit: args.tbf_kbit,
+            },
+        };
+        eprintln!("hoptrace-accuracy: {}", cause.name());
+        let result =
+            accuracy::run_case(cause, &base).with_context(|| format!("case {}", cause.name()))?;
+        eprintln!(
+            "hoptrace-accuracy: client growth {:.1} µs, attributed growth {:.1} µs, ratio {:.2}",
+            result.client_growth_us(),
+            result.attributed_growth_us(),
+            result.ratio()
+        );
+        results.push(result);
+    }
+    let context = format!(
+        "Measured {} on kernel {}, {} CPUs; {} requests/s offered for {} per run.",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        hoptrace_core::node::kernel_release(),
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        args.rate,
+        humantime::format_duration(args.duration),
+    );
+    let md = accuracy::render_markdown(&results, &context);
+    print!("{md}");
+    if let Some(path) = &args.write {
+        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
