@@ -321,9 +321,14 @@ fn a_dropped_packet_takes_no_further_hop() {
     for j in &dropped {
         assert_eq!(j.direction, "egress", "{j:?}");
         assert_eq!(j.conn_state, "new", "{j:?}");
+        // The drop is the last hop: the segment that ends at it is the
+        // band it happened in (KUBE-FORWARD's filter band: kube-proxy).
         let (last, category, _) = j.segments.last().expect("segments");
-        assert!(last.ends_with("drop"), "the drop is the last hop: {j:?}");
-        assert_eq!(category, "kernel-other", "{j:?}");
+        assert_eq!(
+            last, "netfilter.forward.filter",
+            "the drop is the last hop: {j:?}"
+        );
+        assert_eq!(category, "kube-proxy", "{j:?}");
         // One packet: it crossed the pod's veth once.
         let veth = j
             .segments

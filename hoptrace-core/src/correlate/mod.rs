@@ -561,7 +561,11 @@ impl Correlator {
                             || (j.on_wire && !h.point.may_follow_uplink())
                             || (j.in_pod && !h.point.may_follow_pod_handoff())
                             || (!j.only_receives && h.point.arrives_on_uplink())
-                            || j.has_hop_at(h)
+                            // Fragments of one datagram cross the same
+                            // hooks each (and its copies refragmented on
+                            // the way out): one journey, not a recycled
+                            // buffer.
+                            || (j.frag_key.is_none() && j.has_hop_at(h))
                             || j.hands_to_another_pod(h)
                             // A frame's receive hooks (lower device, upper
                             // device, tc) run back to back in one softirq:

@@ -1588,7 +1588,11 @@ fn a_dropped_journey_takes_no_further_hop() {
     );
     // A drop inside the filter band is that band's time (issue 9).
     let to_drop = ledger
-        .segment("netfilter.forward.filter", Direction::Egress, ConnState::New)
+        .segment(
+            "netfilter.forward.filter",
+            Direction::Egress,
+            ConnState::New,
+        )
         .expect("both end at the drop");
     assert_eq!(to_drop.hist.len(), 2);
 }
