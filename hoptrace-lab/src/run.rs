@@ -478,7 +478,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             let unjoined = joined.seen.saturating_sub(joined.requests.len() as u64);
             if unjoined > 0 {
                 notes.push(format!(
-                    "{unjoined} requests not joined (opened before tracing, cut at its end, or not one request per read and write)"
+                    "{unjoined} request(s) not joined (opened before tracing, cut at its end, or not one request per read and write)"
                 ));
             }
             let hold = (opts.ingress == IngressKind::Builtin && !opts.proxy_delay.is_zero())

@@ -34,7 +34,7 @@ pub struct LabArgs {
     /// Nodes (2 or 3).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
     nodes: u8,
-    /// How services are programmed: iptables, nftables or none.
+    /// How services are programmed: iptables, iptables-legacy (the same rules through the legacy backend), nftables or none.
     #[arg(long, default_value = "iptables", value_parser = choice(&KubeProxyMode::ALL))]
     kube_proxy: KubeProxyMode,
     /// Extra (non-matching) services in front of the lab's own.
@@ -118,11 +118,13 @@ pub fn run(args: LabArgs) -> Result<i32> {
         return Ok(2);
     }
     if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
-        anyhow::bail!(
-            "--rate {} for --duration {} gives no request to send",
+        // A usage error: exit 2, as clap's and the other refusals.
+        eprintln!(
+            "hoptrace: --rate {} for --duration {} gives no request to send",
             args.rate,
             humantime::format_duration(args.duration)
         );
+        return Ok(2);
     }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let datapaths = if args.compare.is_empty() {
