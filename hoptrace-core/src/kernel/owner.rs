@@ -113,9 +113,13 @@ impl RunGuard {
     fn write(&self, record: &RunRecord) -> io::Result<()> {
         let text = serde_json::to_vec(record).map_err(io::Error::other)?;
         // Write and rename: a reader never sees half a record.
+        // A failed write (a full disk) leaves no half-written file behind.
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        std::fs::rename(&tmp, &self.path)
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
