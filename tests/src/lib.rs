@@ -344,3 +344,13 @@ impl TwoPodNode {
         std::net::Ipv4Addr::new(10, self.net, 2, 2)
     }
 }
+
+/// Removes every namespace of a lab prefix when dropped (`hoptrace lab`
+/// runs started by a test), whatever happens in the test.
+pub struct PrefixGuard(pub String);
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        let _ = hoptrace_lab::topology::cleanup(&self.0);
+    }
+}

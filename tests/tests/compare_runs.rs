@@ -10,16 +10,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use tests::{can_run_as_root, hoptrace_bin};
-
-/// Removes anything a failed run left, whatever happens in the test.
-struct PrefixGuard(String);
-
-impl Drop for PrefixGuard {
-    fn drop(&mut self) {
-        let _ = hoptrace_lab::topology::cleanup(&self.0);
-    }
-}
+use tests::{PrefixGuard, can_run_as_root, hoptrace_bin};
 
 fn hoptrace(args: &[&str]) -> Output {
     let out = Command::new(hoptrace_bin())

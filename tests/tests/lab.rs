@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tests::{can_run_as_root, hoptrace_bin};
+use tests::{PrefixGuard, can_run_as_root, hoptrace_bin};
 
 fn prefix(tag: &str) -> String {
     format!("ht-{tag}{}-", std::process::id() % 1000)
@@ -25,15 +25,6 @@ fn leftovers(prefix: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Removes anything a failed run left, whatever happens in the test.
-struct PrefixGuard(String);
-
-impl Drop for PrefixGuard {
-    fn drop(&mut self) {
-        let _ = hoptrace_lab::topology::cleanup(&self.0);
-    }
 }
 
 fn lab(args: &[&str]) -> Output {
