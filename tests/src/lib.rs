@@ -72,15 +72,7 @@ pub fn netns_exists(name: &str) -> bool {
 
 /// The hoptrace binary under test (set by `cargo xtask test`), or the debug build.
 pub fn hoptrace_bin() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("HOPTRACE_BIN") {
-        return path.into();
-    }
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/debug/hoptrace")
-        .canonicalize()
-        .expect(
-            "target/debug/hoptrace: run `cargo build -p hoptrace` first (or `cargo xtask test`)",
-        )
+    built_bin("HOPTRACE_BIN", "debug", "cargo build -p hoptrace")
 }
 
 /// The release build of hoptrace, what users run (memory figures depend on
@@ -92,13 +84,25 @@ pub fn hoptrace_bin() -> std::path::PathBuf {
 ///
 /// Neither exists: build it with `cargo xtask build --release`.
 pub fn hoptrace_release_bin() -> std::path::PathBuf {
-    if let Ok(path) = std::env::var("HOPTRACE_RELEASE_BIN") {
+    built_bin(
+        "HOPTRACE_RELEASE_BIN",
+        "release",
+        "cargo xtask build --release",
+    )
+}
+
+/// The path in `env`, else `target/<profile>/hoptrace`; panics with `how`
+/// to build it when neither exists.
+fn built_bin(env: &str, profile: &str, how: &str) -> std::path::PathBuf {
+    if let Ok(path) = std::env::var(env) {
         return path.into();
     }
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/release/hoptrace")
+        .join(format!("../target/{profile}/hoptrace"))
         .canonicalize()
-        .expect("target/release/hoptrace: run `cargo xtask build --release` first (or `cargo xtask test`)")
+        .unwrap_or_else(|e| {
+            panic!("target/{profile}/hoptrace: {e}; run `{how}` first (or `cargo xtask test`)")
+        })
 }
 
 /// Starts the lab's HTTP (8080) and UDP (5353) backend inside `netns`,

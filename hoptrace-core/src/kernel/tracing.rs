@@ -239,19 +239,28 @@ pub fn attach(
 ///
 /// Re-raises a panic of `f`.
 pub fn without_kernel_btf<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|scope| {
-        match std::thread::Builder::new()
+    let mut f = Some(f);
+    let spawned = std::thread::scope(|scope| {
+        let f = &mut f;
+        std::thread::Builder::new()
             .name("ht-load".into())
-            .spawn_scoped(scope, || {
+            .spawn_scoped(scope, move || {
                 let _ = hide_kernel_btf();
-                f()
-            }) {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(_) => unreachable!("a thread that could not start cannot have consumed `f`"),
-        }
-    })
+                f.take().map(|f| f())
+            })
+            .ok()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+    });
+    // No thread (out of threads): load here, with aya's parse.
+    match (spawned.flatten(), f) {
+        (Some(result), _) => result,
+        (None, Some(f)) => f(),
+        (None, None) => unreachable!("the thread took `f` and returned its result"),
+    }
 }
 
 /// On the calling thread only: a private mount namespace (unshare(2) with
