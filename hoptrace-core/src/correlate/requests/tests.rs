@@ -222,6 +222,7 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
         end_ns: 195_000,
         arrival_ns: Some(140_000),
         categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
+        handshake: false,
     }];
     let joined = join(&events, &journeys, &opts());
     let r = &joined.requests[0];
@@ -277,4 +278,67 @@ fn the_clients_own_times_extend_each_request_once() {
             20_000
         );
     }
+}
+
+/// A request on a new connection starts when the client's connect began:
+/// the SYN's and SYN-ACK's datapath (kube-proxy's walk of a new
+/// connection) is in the request's categories, the rest of the connect is
+/// `client.connect`, and the handshake packets stay out of the request's
+/// own legs (the SYN starts within the legs' slack of the write).
+#[test]
+fn a_new_connections_handshake_is_part_of_its_first_request() {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let events = vec![
+        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
+        state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
+        state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 200, 2, b, c, 9, "hoptrace"),
+        ev(Send, 300, 2, b, c, 9, "hoptrace"),
+        ev(Recv, 400, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Send, 500, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 600, 2, b, c, 9, "hoptrace"),
+        ev(Send, 700, 2, b, c, 9, "hoptrace"),
+        ev(Recv, 800, 1, c, svc, 7, "hoptrace-netns"),
+    ];
+    let syn = LegJourney {
+        src: c,
+        dst: svc,
+        start_ns: 52_000,
+        end_ns: 62_000,
+        arrival_ns: None,
+        categories: vec![(Category::KubeProxy, 8_000), (Category::Cni, 2_000)],
+        handshake: true,
+    };
+    let syn_ack = LegJourney {
+        src: b,
+        dst: c,
+        start_ns: 70_000,
+        end_ns: 85_000,
+        categories: vec![(Category::KubeProxy, 5_000), (Category::Cni, 3_000)],
+        ..syn.clone()
+    };
+    let joined = join(&events, &[syn, syn_ack], &opts());
+    assert_eq!(joined.requests.len(), 2);
+    let r = &joined.requests[0];
+    assert_eq!(r.start_ns, 50_000, "the request starts at the connect");
+    let cats = r.category_ns();
+    assert_eq!(cats[&Category::KubeProxy], 13_000);
+    assert_eq!(cats[&Category::Cni], 5_000);
+    assert_eq!(
+        r.segment_ns(segment::CLIENT_CONNECT, Category::Client),
+        50_000 - 18_000
+    );
+    // The request's own legs (no journey of their own) are all stack.
+    assert_eq!(cats[&Category::KernelOther], 200_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+    // The second request on the same connection has no connect.
+    let second = &joined.requests[1];
+    assert_eq!(second.start_ns, 500_000);
+    assert!(!second.category_ns().contains_key(&Category::KubeProxy));
+    assert_eq!(second.segment_ns(segment::CLIENT_CONNECT, Category::Client), 0);
 }

@@ -1,10 +1,11 @@
-//! The lab's request timeline: joins the socket events of a run into
-//! requests (`hoptrace_core::correlate::requests`), sums them into the
-//! run's `requests` section, and says where the time per request goes.
+//! The request timeline as a document section: joined requests
+//! ([`crate::correlate::requests`]) summed into a `requests` section (a lab
+//! run's, or a node report's from `hoptrace trace`), its terminal table,
+//! and the sentence that says where the time per request goes.
 
 use std::collections::BTreeMap;
 
-use hoptrace_core::{
+use crate::{
     attribution::taxonomy::Category,
     correlate::requests::{Joined, Request, segment},
     report::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment},
@@ -134,7 +135,7 @@ pub fn human_us(us: f64) -> String {
 /// The terminal table (µs per request and share of the client's mean by
 /// category) and the one sentence of where the time goes.
 pub fn render(requests: &LabRequests) -> String {
-    use hoptrace_core::report::styled_table;
+    use crate::report::styled_table;
     let mut out = String::new();
     let mut table = styled_table(&[
         "category",
@@ -257,7 +258,7 @@ pub fn sentence(requests: &LabRequests) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hoptrace_core::correlate::requests::{RequestSegment, segment};
+    use crate::correlate::requests::{RequestSegment, segment};
 
     fn request(start: u64, parts: &[(&'static str, Category, u64)]) -> Request {
         let mut t = start;
