@@ -18,6 +18,10 @@ enum Case {
     Qdisc,
     /// A tbf qdisc on the underlay toward node 1.
     Underlay,
+    /// `--proxy-delay` in the builtin ingress proxy.
+    ProxyDelay,
+    /// `--proxy-delay` in HAProxy (Lua `core.msleep`).
+    ProxyDelayHaproxy,
 }
 
 #[derive(Parser)]
@@ -42,6 +46,9 @@ struct Args {
     /// load, so that the tbf queue stays full.
     #[arg(long, default_value_t = 230)]
     tbf_kbit: u32,
+    /// The ingress proxy's hold of the proxy-delay cases, ms.
+    #[arg(long, default_value_t = 2)]
+    proxy_delay_ms: u32,
     /// Also write the results as Markdown (ACCURACY.md) here.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -59,7 +66,13 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let cases = if args.cases.is_empty() {
-        vec![Case::KubeProxy, Case::Qdisc, Case::Underlay]
+        vec![
+            Case::KubeProxy,
+            Case::Qdisc,
+            Case::Underlay,
+            Case::ProxyDelay,
+            Case::ProxyDelayHaproxy,
+        ]
     } else {
         args.cases.clone()
     };
@@ -75,6 +88,14 @@ fn run(args: &Args) -> Result<()> {
             },
             Case::Underlay => Cause::Underlay {
                 rate_kbit: args.tbf_kbit,
+            },
+            Case::ProxyDelay => Cause::ProxyDelay {
+                ms: args.proxy_delay_ms,
+                ingress: hoptrace_lab::ingress::IngressKind::Builtin,
+            },
+            Case::ProxyDelayHaproxy => Cause::ProxyDelay {
+                ms: args.proxy_delay_ms,
+                ingress: hoptrace_lab::ingress::IngressKind::Haproxy,
             },
         };
         eprintln!("hoptrace-accuracy: {}", cause.name());

@@ -42,6 +42,14 @@ pub enum Cause {
         /// tbf rate, kbit/s.
         rate_kbit: u32,
     },
+    /// The ingress proxy holds every request (`--proxy-delay`): the
+    /// request timeline's `ingress-proxy` category.
+    ProxyDelay {
+        /// The hold, ms.
+        ms: u32,
+        /// The proxy: builtin or HAProxy (the ones that can hold).
+        ingress: crate::ingress::IngressKind,
+    },
 }
 
 impl Cause {
@@ -53,6 +61,7 @@ impl Cause {
             Self::Underlay { rate_kbit } => {
                 format!("tbf {rate_kbit} kbit/s on the underlay toward node 1")
             }
+            Self::ProxyDelay { ms, ingress } => format!("--proxy-delay {ms}ms, {ingress} ingress"),
         }
     }
 
@@ -62,6 +71,7 @@ impl Cause {
             Self::KubeProxyServices { .. } => "category kube-proxy",
             Self::UplinkQdisc { .. } => "segment qdisc (kernel-other)",
             Self::Underlay { .. } => "outside the nodes (client time minus every node's time)",
+            Self::ProxyDelay { .. } => "category ingress-proxy (request timeline)",
         }
     }
 
@@ -88,8 +98,34 @@ impl Cause {
                 opts.load = LoadMode::Udp;
                 opts.connections = 512;
             }
+            // Keep-alive through the proxy; enough connections that a held
+            // request never holds the generator behind its schedule.
+            Self::ProxyDelay { ingress, .. } => {
+                opts.load = LoadMode::HttpKeepAlive;
+                opts.ingress = ingress;
+                opts.connections = 8;
+            }
         }
         opts
+    }
+
+    /// Whether the ground truth is the client's mean less the load
+    /// generator's record of itself (HTTP loads with a request timeline):
+    /// its timer's lateness before it connects or writes wanders by
+    /// milliseconds between runs on a busy machine and is no cause's.
+    fn truth_without_client_own(self) -> bool {
+        matches!(self, Self::KubeProxyServices { .. } | Self::ProxyDelay { .. })
+    }
+
+    /// The ground truth of `run`: the client's mean latency, µs, less the
+    /// load generator's own record where [`Self::truth_without_client_own`].
+    fn client_truth_us(self, run: &LabRun) -> f64 {
+        let own = if self.truth_without_client_own() {
+            run.requests.as_ref().map_or(0.0, |r| r.client_own_mean_us)
+        } else {
+            0.0
+        };
+        run.lab.client_latency.mean_us - own
     }
 
     /// Injects the cause into a built lab.
@@ -117,7 +153,7 @@ impl Cause {
             .map_err(|e| LabError::Other(format!("tbf on {ns}/{dev}: {e}")))
         };
         match self {
-            Self::KubeProxyServices { .. } => Ok(()),
+            Self::KubeProxyServices { .. } | Self::ProxyDelay { .. } => Ok(()),
             Self::UplinkQdisc { rate_kbit } => {
                 let node = &lab.nodes()[0];
                 tbf(&node.netns, &node.uplink_device, rate_kbit)
@@ -159,8 +195,17 @@ impl Cause {
                         );
                     }
                 }
-                Self::Underlay { .. } => {}
+                Self::Underlay { .. } | Self::ProxyDelay { .. } => {}
             }
+        }
+        if let (Self::ProxyDelay { .. }, Some(requests)) = (self, &run.requests)
+            && let Some(c) = requests.categories.get("ingress-proxy")
+        {
+            split.push(("socket.queue".into(), c.socket_queue_mean_us));
+            split.push((
+                "proxy's own (request, response, connect)".into(),
+                c.mean_us - c.socket_queue_mean_us,
+            ));
         }
         split
     }
@@ -191,6 +236,13 @@ impl Cause {
                     .map(|c| c.stats.total_us)
                     .sum();
                 return run.lab.client_latency.mean_us - nodes / requests;
+            }
+            Self::ProxyDelay { .. } => {
+                return run
+                    .requests
+                    .as_ref()
+                    .and_then(|r| r.categories.get("ingress-proxy"))
+                    .map_or(0.0, |c| c.mean_us);
             }
         };
         total / requests
@@ -276,6 +328,9 @@ impl CaseResult {
 pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError> {
     let mut opts = cause.options(base);
     let baseline = run_once_prepared(&opts, |_| Ok(()))?;
+    if let Cause::ProxyDelay { ms, .. } = cause {
+        opts.proxy_delay = Duration::from_millis(u64::from(ms));
+    }
     if let Cause::KubeProxyServices { services } = cause {
         opts.services = services;
     }
@@ -307,8 +362,8 @@ pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError>
         load: opts.load.to_string(),
         requests: (baseline.lab.requests_ok, with_cause.lab.requests_ok),
         client_mean_us: (
-            baseline.lab.client_latency.mean_us,
-            with_cause.lab.client_latency.mean_us,
+            cause.client_truth_us(&baseline),
+            cause.client_truth_us(&with_cause),
         ),
         attributed_us: (
             cause.attributed_per_request(&baseline),
@@ -358,7 +413,10 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
          Written by `cargo xtask accuracy`. Each cause is injected into the \
          built-in lab (two flannel-style nodes, VXLAN, iptables kube-proxy) and \
          run against the same lab without it. *Client growth* is the growth of \
-         the client's mean request latency (ground truth); *attributed growth* \
+         the client's mean request latency (ground truth; for the HTTP cases \
+         the mean less the load generator's own record of itself, its timer's \
+         lateness before it connects or writes and its parsing after its last \
+         read, which belongs to no cause); *attributed growth* \
          is the growth of the time hoptrace puts in the cause's category, \
          summed over every journey of both nodes and divided by the requests \
          answered. The target is a ratio within 0.9-1.1.\n\n",

@@ -708,25 +708,33 @@ pub fn render_run(run: &LabRun) -> String {
     ));
     // The closing sentence is the worst top finding over the run's nodes,
     // in the words `hoptrace diagnose` and `trace` use.
+    // The request timeline's findings (the ingress proxy) come first
+    // among equal severities: they are about the whole request.
     let top = run
-        .reports
+        .requests
         .iter()
-        .filter_map(|report| {
+        .filter_map(|requests| {
+            let first = hoptrace_core::diagnose::diagnose_requests(requests)
+                .into_iter()
+                .next()?;
+            Some((None, first))
+        })
+        .chain(run.reports.iter().filter_map(|report| {
             let findings = hoptrace_core::diagnose::diagnose(
                 &hoptrace_core::diagnose::Input::report_only(report),
             );
             let first = findings.into_iter().next()?;
-            Some((report.node.clone(), first))
-        })
+            Some((Some(report.node.clone()), first))
+        }))
         .min_by_key(|(_, f)| f.severity);
     if let Some((node, finding)) = top
         && let Some(line) = hoptrace_core::diagnose::headline(std::slice::from_ref(&finding))
     {
-        out.push_str(&hoptrace_core::diagnose::wrap(
-            "",
-            "",
-            &format!("{line} (node {node})"),
-        ));
+        let line = match node {
+            Some(node) => format!("{line} (node {node})"),
+            None => format!("{line} (request timeline)"),
+        };
+        out.push_str(&hoptrace_core::diagnose::wrap("", "", &line));
     }
     if let Some(requests) = &run.requests {
         out.push_str(&hoptrace_core::report::timeline::render(requests));
