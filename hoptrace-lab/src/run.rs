@@ -653,6 +653,7 @@ pub fn render_run(run: &LabRun) -> String {
         )));
         table.add_row(row);
     }
+    hoptrace_core::report::keep_name_words(&mut table);
     out.push_str(&format!("\n== {} ==\nCategories (per journey on each node; per request summed over nodes)\n{table}\n", run.label));
 
     // Top segments by total time over all nodes.
@@ -694,6 +695,7 @@ pub fn render_run(run: &LabRun) -> String {
             format!("{:.2}", total / requests),
         ]);
     }
+    hoptrace_core::report::keep_name_words(&mut seg_table);
     out.push_str(&format!("Top segments\n{seg_table}\n"));
 
     let client = &run.load.client_latency;

@@ -160,6 +160,7 @@ pub fn render(requests: &LabRequests) -> String {
             ),
         ]);
     }
+    crate::report::keep_name_words(&mut table);
     out.push_str(&format!(
         "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)\n{table}\n",
         requests.joined,
