@@ -293,6 +293,26 @@ pub struct CaseResult {
     /// The five segments (any category) whose time per request grew most,
     /// µs: where the growth went, whatever its category.
     pub top_segments_us: Vec<(String, f64)>,
+    /// Ratios of every repeat of this case, in run order (empty for a
+    /// single run).
+    pub repeat_ratios: Vec<f64>,
+}
+
+/// Of several runs of one case, the one with the median ratio (the lower
+/// middle one of an even count), carrying every run's ratio.
+///
+/// # Panics
+/// When `runs` is empty.
+pub fn median_run(runs: Vec<CaseResult>) -> CaseResult {
+    let ratios: Vec<f64> = runs.iter().map(CaseResult::ratio).collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+    let pick = order[(order.len() - 1) / 2];
+    let mut result = runs.into_iter().nth(pick).expect("at least one run");
+    if ratios.len() > 1 {
+        result.repeat_ratios = ratios;
+    }
+    result
 }
 
 impl CaseResult {
@@ -356,6 +376,7 @@ pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError>
     top_segments_us.sort_by(|a, b| b.1.total_cmp(&a.1));
     top_segments_us.truncate(5);
     Ok(CaseResult {
+        repeat_ratios: Vec::new(),
         top_segments_us,
         split_growth_us,
         cause,
@@ -443,6 +464,13 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
             r.ratio(),
         ));
     }
+    if results.iter().any(|r| !r.repeat_ratios.is_empty()) {
+        out.push_str("\nRatios of every run, in run order:\n\n");
+        for r in results.iter().filter(|r| !r.repeat_ratios.is_empty()) {
+            let parts: Vec<String> = r.repeat_ratios.iter().map(|x| format!("{x:.2}")).collect();
+            out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
+        }
+    }
     out.push_str("\nAttributed growth by the journeys' direction/conn_state, µs per request:\n\n");
     for r in results.iter().filter(|r| !r.split_growth_us.is_empty()) {
         let parts: Vec<String> = r
@@ -479,7 +507,15 @@ mod tests {
             attributed_us: (1.0, 951.0),
             split_growth_us: vec![("egress/new".into(), 950.0)],
             top_segments_us: vec![("qdisc".into(), 950.0)],
+            repeat_ratios: Vec::new(),
         };
+        let mut other = r.clone();
+        other.attributed_us = (1.0, 501.0);
+        let mut third = r.clone();
+        third.attributed_us = (1.0, 1201.0);
+        let median = median_run(vec![third, r.clone(), other]);
+        assert!((median.ratio() - 0.95).abs() < 1e-9);
+        assert_eq!(median.repeat_ratios.len(), 3);
         assert!((r.client_growth_us() - 1000.0).abs() < 1e-9);
         assert!((r.ratio() - 0.95).abs() < 1e-9);
         let md = render_markdown(&[r], "context");
@@ -495,6 +531,7 @@ mod tests {
                 attributed_us: (0.0, 0.0),
                 split_growth_us: Vec::new(),
                 top_segments_us: Vec::new(),
+                repeat_ratios: Vec::new(),
             }
         };
         assert!(flat.ratio().is_nan());

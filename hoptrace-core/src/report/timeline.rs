@@ -23,6 +23,24 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Mean, p50 and p99 of the joined requests' own durations (first event
+/// to the client's last read), µs: the client's latency where no load
+/// generator measured it (`hoptrace trace`).
+pub fn joined_latency(joined: &Joined) -> (f64, f64, f64) {
+    let mut ns: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.end_ns.saturating_sub(r.start_ns))
+        .collect();
+    ns.sort_unstable();
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64 / 1000.0;
+    (
+        mean,
+        percentile(&ns, 50.0) as f64 / 1000.0,
+        percentile(&ns, 99.0) as f64 / 1000.0,
+    )
+}
+
 /// The `requests` section of a run from its joined requests and the load
 /// generator's latency (mean, p50, p99 in µs).
 pub fn requests_section(
