@@ -218,8 +218,10 @@ fn nginx_ingress_is_joined() {
 }
 
 /// Issue 10's saturated proxy and issue 13's finding: the builtin proxy
-/// pinned to one CPU (`--proxy-cpus 1`), 64 keep-alive connections, 2,500
-/// requests/s (it kept up with 2,000/s here, debug build): its requests
+/// pinned to one CPU (`--proxy-cpus 1`), 64 keep-alive connections, 2,000
+/// requests/s (debug build: it answers them all, but queued; above that
+/// rate the tracer loses events and the join by thread and order breaks,
+/// see docs/lab.md): its requests
 /// wait in its sockets (at least 500 µs and 30 % of its time per
 /// request), it is the largest category after the client's own, and the
 /// lab's closing finding
@@ -240,7 +242,7 @@ fn a_saturated_proxy_waits_to_be_read() {
             "--connections",
             "64",
             "--rate",
-            "2500",
+            "2000",
             "--duration",
             "3s",
         ],
@@ -260,8 +262,8 @@ fn a_saturated_proxy_waits_to_be_read() {
     // The wait to be read is the saturation's mark; the rest of the
     // proxy's time grows too (its one thread takes 64 connections in
     // turn between a read and the write that forwards it): measured here
-    // 1,489 of 4,126 µs at 2,500/s, 800 of 1,342 µs at 2,000/s, against
-    // about 100 µs of 270 µs in a healthy lab.
+    // 800 of 1,342 µs at 2,000/s, against about 100 µs of 270 µs in a
+    // healthy lab.
     assert!(
         queue >= 500.0 && queue >= 0.3 * proxy_mean,
         "the proxy's requests wait to be read: {queue:.0} of {proxy_mean:.0} µs"
