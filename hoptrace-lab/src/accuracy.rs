@@ -423,10 +423,12 @@ const NOTES: &str = r"
   2026-11-30, 359-539 µs over every run that day); the client's growth is
   not (0.67, 1.50, 1.70 and, in a single run the same day, 4.28 ms), even
   measured from its connect to its read. The growth that is not
-  kube-proxy's is in `socket.delivery` (2.7 ms of 4.3 ms in the single
-  run): the processes read the request later, because each new
-  connection's walk of 5000 services' rules (several hundred µs of
-  softirq per pass, 3-4 passes per connection on an overlay) takes the
+  kube-proxy's is mostly in `socket.delivery` (0.53 ms of the median
+  run's 1.50 ms, 2.7 ms of 4.3 ms in the single run): the processes read
+  the request later, because each new connection's walk of 5000
+  services' rules (about 100-200 µs of softirq per pass, four passes per
+  connection on an overlay: the inner SYN and the outer VXLAN packets of
+  SYN and SYN-ACK, on two nodes) takes the
   CPU the client and the server would run on, on a 2-vCPU machine shared
   with builds. That time is caused by kube-proxy but not spent in its
   chains, and no hook can tell it from any other wait for a CPU; hoptrace
@@ -439,9 +441,10 @@ const NOTES: &str = r"
   generator's own record; the attributed figure is the request
   timeline's `ingress-proxy` time per joined request. A tokio timer or
   HAProxy's `core.msleep(2)` holds a request 3-3.8 ms here, not 2: the
-  client's growth is the measure. The rest of the builtin case's growth
-  is the proxy's and the client's later reads on a busier machine
-  (`socket.delivery`).
+  client's growth is the measure. Ratios 0.96-1.01 over three runs of
+  each proxy; a single earlier builtin run the same day gave 0.85, its
+  missing 0.6 ms in `socket.delivery` (later reads on a machine busy with
+  builds).
 ";
 
 /// ACCURACY.md: one row per cause, with how it was measured.
