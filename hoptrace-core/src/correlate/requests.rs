@@ -23,6 +23,13 @@
 //! began and never carried a full request while traced. Unjoined requests
 //! are counted (`seen` minus `joined`).
 //!
+//! A request on a new connection starts at its client's connect (SYN
+//! sent): the journeys of the handshake's SYN and SYN-ACK, on every node,
+//! are its datapath by category (kube-proxy walks its nat chains for a
+//! new connection there), and the rest of the connect, to the first
+//! write, is `client.connect` (a proxy's new upstream connection:
+//! `proxy.connect`).
+//!
 //! Each leg between two processes (a write, then the peer's read) is split
 //! with the journeys of its packets ([`LegJourney`], from the journey
 //! observer): `socket.queue` is from the moment the packet reached the
