@@ -86,6 +86,9 @@ pub mod segment {
 /// the oldest unused pair intended at or before its write that completed
 /// at or after its read, and gains `client.wait` and `client.process`
 /// segments (category `client`); its start and end become the client's.
+/// A connect that began before the intended send time (a keep-alive
+/// connection opened ahead of the schedule) is not part of the request's
+/// latency: its segments are dropped and `client.wait` runs to the write.
 /// Returns how many requests were extended.
 pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize {
     /// Candidates looked at per request (requests of other connections interleave).
@@ -94,11 +97,11 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
     times.sort_unstable();
     let mut used = vec![false; times.len()];
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| requests[i].start_ns);
+    order.sort_by_key(|&i| requests[i].write_ns);
     let mut extended = 0;
     for i in order {
         let r = &mut requests[i];
-        let upto = times.partition_point(|t| t.0 <= r.start_ns);
+        let upto = times.partition_point(|t| t.0 <= r.write_ns);
         // The oldest unused record that fits: the client writes in
         // intended order, and a record no request took (a request not
         // joined) soon completes too early to fit any later one.
@@ -107,6 +110,13 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
         let Some(k) = found else { continue };
         used[k] = true;
         let (intended, done) = times[k];
+        if intended > r.start_ns {
+            // Connected ahead of the schedule: the connect is not this
+            // request's (its segments are the ones before the write).
+            let write = r.write_ns;
+            r.segments.retain(|s| s.start_ns >= write);
+            r.start_ns = write;
+        }
         push(
             &mut r.segments,
             segment::CLIENT_WAIT,
@@ -228,8 +238,11 @@ pub struct RequestSegment {
 /// response, as contiguous segments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    /// The client's first write of the request, ns.
+    /// The client's connect (SYN sent) on a new connection, else its
+    /// first write of the request, ns.
     pub start_ns: u64,
+    /// The client's first write of the request, ns.
+    pub write_ns: u64,
     /// The client's last read of the response, ns.
     pub end_ns: u64,
     /// Whether it went through a proxy.
@@ -627,6 +640,7 @@ fn join_one(
     segments.sort_by_key(|s| s.start_ns);
     Some(Request {
         start_ns: connect.map_or(m0.first_ns, |(syn_ns, _)| syn_ns),
+        write_ns: m0.first_ns,
         end_ns: m7.last_ns,
         proxied,
         segments,

@@ -293,6 +293,7 @@ mod tests {
         }
         Request {
             start_ns: start,
+            write_ns: start,
             end_ns: t,
             proxied: true,
             segments,
