@@ -380,26 +380,22 @@ fn ten_thousand_services_raise_kube_proxy_per_request_by_the_client_rise() {
          (rise {kube_rise:.1}); client mean from its connect to its read {client:?} µs (rise {client_rise:.1}); ratio {:.2}",
         kube_rise / client_rise
     );
+    let timeline_rise = timeline[1] - timeline[0];
+    eprintln!(
+        "request timeline: kube-proxy per request {timeline:?} µs (rise {timeline_rise:.1}); \
+         against the ledger's rise {:.2}, against the client's {:.2}",
+        timeline_rise / kube_rise,
+        timeline_rise / client_rise
+    );
     assert!(
         p50[1] > p50[0] * 2.0,
         "10,000 services must raise kube-proxy's p50 clearly: {p50:?}"
     );
+    // The request timeline sees the walk where the ledger does (before
+    // the connect was part of the request, it rose by nothing: 22 → 18 µs).
     assert!(
-        client_rise > 200.0,
-        "the client must see the services: {client:?}"
-    );
-    assert!(
-        (kube_rise / client_rise - 1.0).abs() <= 0.3,
-        "kube-proxy per request rose {kube_rise:.1} µs, the client's mean {client_rise:.1} µs"
-    );
-    let timeline_rise = timeline[1] - timeline[0];
-    eprintln!(
-        "request timeline: kube-proxy per request {timeline:?} µs (rise {timeline_rise:.1}); ratio {:.2}",
-        timeline_rise / client_rise
-    );
-    assert!(
-        (timeline_rise / client_rise - 1.0).abs() <= 0.3,
-        "the timeline's kube-proxy per request rose {timeline_rise:.1} µs, the client's mean {client_rise:.1} µs"
+        (timeline_rise / kube_rise - 1.0).abs() <= 0.1,
+        "the timeline's kube-proxy per request rose {timeline_rise:.1} µs, the ledger's {kube_rise:.1} µs"
     );
     let out = Command::new(hoptrace_bin())
         .arg("compare")
@@ -413,6 +409,21 @@ fn ten_thousand_services_raise_kube_proxy_per_request_by_the_client_rise() {
     assert!(
         verdict.starts_with("Verdict: ") && verdict.contains("kube-proxy"),
         "compare's verdict names kube-proxy: {verdict}"
+    );
+    // Against the client: the least stable figure on a shared 2-vCPU
+    // machine (rises of 0.08, 2.50 and -5.9 ms for the same settings in
+    // three pairs of runs here, see ACCURACY.md).
+    assert!(
+        client_rise > 200.0,
+        "the client must see the services: {client:?}"
+    );
+    assert!(
+        (kube_rise / client_rise - 1.0).abs() <= 0.3,
+        "kube-proxy per request rose {kube_rise:.1} µs, the client's mean {client_rise:.1} µs"
+    );
+    assert!(
+        (timeline_rise / client_rise - 1.0).abs() <= 0.3,
+        "the timeline's kube-proxy per request rose {timeline_rise:.1} µs, the client's mean {client_rise:.1} µs"
     );
 }
 
