@@ -411,8 +411,9 @@ fn ten_thousand_services_raise_kube_proxy_per_request_by_the_client_rise() {
         "compare's verdict names kube-proxy: {verdict}"
     );
     // Against the client: the least stable figure on a shared 2-vCPU
-    // machine (rises of 0.08, 2.50 and -5.9 ms for the same settings in
-    // three pairs of runs here, see ACCURACY.md).
+    // machine (from its connect to its read it rose by 0.08 and 2.50 ms
+    // in two pairs of runs of the same settings here, and its mean fell
+    // by 5.9 ms in a third; see ACCURACY.md).
     assert!(
         client_rise > 200.0,
         "the client must see the services: {client:?}"
