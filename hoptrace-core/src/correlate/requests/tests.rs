@@ -280,6 +280,31 @@ fn the_clients_own_times_extend_each_request_once() {
     }
 }
 
+/// A client's new connection to a service (SYN sent at 50 µs, established
+/// at 90 µs) carrying one request per write time (µs): the backend reads
+/// it 100 µs later and answers 100 µs after that, the client reads the
+/// answer 100 µs later.
+fn new_connection(writes_us: &[u64]) -> Vec<SockEvent> {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let mut events = vec![
+        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
+        state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
+        state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+    ];
+    for &w in writes_us {
+        events.extend([
+            ev(Send, w, 1, c, svc, 7, "hoptrace-netns"),
+            ev(Recv, w + 100, 2, b, c, 9, "hoptrace"),
+            ev(Send, w + 200, 2, b, c, 9, "hoptrace"),
+            ev(Recv, w + 300, 1, c, svc, 7, "hoptrace-netns"),
+        ]);
+    }
+    events
+}
+
 /// A request on a new connection starts when the client's connect began:
 /// the SYN's and SYN-ACK's datapath (kube-proxy's walk of a new
 /// connection) is in the request's categories, the rest of the connect is
@@ -287,23 +312,8 @@ fn the_clients_own_times_extend_each_request_once() {
 /// own legs (the SYN starts within the legs' slack of the write).
 #[test]
 fn a_new_connections_handshake_is_part_of_its_first_request() {
-    use SockKind::{Recv, Send};
-    let c = (CLIENT, 40000);
-    let svc = (SERVICE, 80);
-    let b = (BACKEND, 8080);
-    let events = vec![
-        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
-        state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
-        state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
-        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
-        ev(Recv, 200, 2, b, c, 9, "hoptrace"),
-        ev(Send, 300, 2, b, c, 9, "hoptrace"),
-        ev(Recv, 400, 1, c, svc, 7, "hoptrace-netns"),
-        ev(Send, 500, 1, c, svc, 7, "hoptrace-netns"),
-        ev(Recv, 600, 2, b, c, 9, "hoptrace"),
-        ev(Send, 700, 2, b, c, 9, "hoptrace"),
-        ev(Recv, 800, 1, c, svc, 7, "hoptrace-netns"),
-    ];
+    let (c, svc, b) = ((CLIENT, 40000), (SERVICE, 80), (BACKEND, 8080));
+    let events = new_connection(&[100, 500]);
     let syn = LegJourney {
         src: c,
         dst: svc,
@@ -348,19 +358,7 @@ fn a_new_connections_handshake_is_part_of_its_first_request() {
 /// client's own record the request starts at its write again.
 #[test]
 fn a_connect_ahead_of_the_schedule_is_dropped_with_the_clients_record() {
-    use SockKind::{Recv, Send};
-    let c = (CLIENT, 40000);
-    let svc = (SERVICE, 80);
-    let b = (BACKEND, 8080);
-    let events = vec![
-        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
-        state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
-        state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
-        ev(Send, 1000, 1, c, svc, 7, "hoptrace-netns"),
-        ev(Recv, 1100, 2, b, c, 9, "hoptrace"),
-        ev(Send, 1200, 2, b, c, 9, "hoptrace"),
-        ev(Recv, 1300, 1, c, svc, 7, "hoptrace-netns"),
-    ];
+    let events = new_connection(&[1000]);
     let mut joined = join(&events, &[], &opts());
     assert_eq!(joined.requests[0].start_ns, 50_000);
     // Intended at 900 µs, after the connect (50-90 µs); complete at 1,310.
