@@ -18,6 +18,10 @@ enum Case {
     Qdisc,
     /// A tbf qdisc on the underlay toward node 1.
     Underlay,
+    /// `--proxy-delay` in the builtin ingress proxy.
+    ProxyDelay,
+    /// `--proxy-delay` in HAProxy (Lua `core.msleep`).
+    ProxyDelayHaproxy,
 }
 
 #[derive(Parser)]
@@ -42,6 +46,13 @@ struct Args {
     /// load, so that the tbf queue stays full.
     #[arg(long, default_value_t = 230)]
     tbf_kbit: u32,
+    /// The ingress proxy's hold of the proxy-delay cases, ms.
+    #[arg(long, default_value_t = 2)]
+    proxy_delay_ms: u32,
+    /// Runs of each case (each a baseline and a run with the cause); the
+    /// table shows the run with the median ratio and lists every ratio.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
     /// Also write the results as Markdown (ACCURACY.md) here.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -59,7 +70,13 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let cases = if args.cases.is_empty() {
-        vec![Case::KubeProxy, Case::Qdisc, Case::Underlay]
+        vec![
+            Case::KubeProxy,
+            Case::Qdisc,
+            Case::Underlay,
+            Case::ProxyDelay,
+            Case::ProxyDelayHaproxy,
+        ]
     } else {
         args.cases.clone()
     };
@@ -76,25 +93,43 @@ fn run(args: &Args) -> Result<()> {
             Case::Underlay => Cause::Underlay {
                 rate_kbit: args.tbf_kbit,
             },
+            Case::ProxyDelay => Cause::ProxyDelay {
+                ms: args.proxy_delay_ms,
+                ingress: hoptrace_lab::ingress::IngressKind::Builtin,
+            },
+            Case::ProxyDelayHaproxy => Cause::ProxyDelay {
+                ms: args.proxy_delay_ms,
+                ingress: hoptrace_lab::ingress::IngressKind::Haproxy,
+            },
         };
-        eprintln!("hoptrace-accuracy: {}", cause.name());
-        let result =
-            accuracy::run_case(cause, &base).with_context(|| format!("case {}", cause.name()))?;
-        eprintln!(
-            "hoptrace-accuracy: client growth {:.1} µs, attributed growth {:.1} µs, ratio {:.2}",
-            result.client_growth_us(),
-            result.attributed_growth_us(),
-            result.ratio()
-        );
-        results.push(result);
+        let mut runs = Vec::new();
+        for i in 0..args.repeat {
+            eprintln!(
+                "hoptrace-accuracy: {} (run {} of {})",
+                cause.name(),
+                i + 1,
+                args.repeat
+            );
+            let result = accuracy::run_case(cause, &base)
+                .with_context(|| format!("case {}", cause.name()))?;
+            eprintln!(
+                "hoptrace-accuracy: client growth {:.1} µs, attributed growth {:.1} µs, ratio {:.2}",
+                result.client_growth_us(),
+                result.attributed_growth_us(),
+                result.ratio()
+            );
+            runs.push(result);
+        }
+        results.push(accuracy::median_run(runs));
     }
     let context = format!(
-        "Measured {} on kernel {}, {} CPUs; {} requests/s offered for {} per run.",
+        "Measured {} on kernel {}, {} CPUs; {} requests/s offered for {} per run; {} run(s) per case, the table shows the one with the median ratio.",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         hoptrace_core::node::kernel_release(),
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         args.rate,
         humantime::format_duration(args.duration),
+        args.repeat,
     );
     let md = accuracy::render_markdown(&results, &context);
     print!("{md}");

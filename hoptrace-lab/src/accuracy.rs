@@ -42,6 +42,14 @@ pub enum Cause {
         /// tbf rate, kbit/s.
         rate_kbit: u32,
     },
+    /// The ingress proxy holds every request (`--proxy-delay`): the
+    /// request timeline's `ingress-proxy` category.
+    ProxyDelay {
+        /// The hold, ms.
+        ms: u32,
+        /// The proxy: builtin or HAProxy (the ones that can hold).
+        ingress: crate::ingress::IngressKind,
+    },
 }
 
 impl Cause {
@@ -53,6 +61,7 @@ impl Cause {
             Self::Underlay { rate_kbit } => {
                 format!("tbf {rate_kbit} kbit/s on the underlay toward node 1")
             }
+            Self::ProxyDelay { ms, ingress } => format!("--proxy-delay {ms}ms, {ingress} ingress"),
         }
     }
 
@@ -62,6 +71,7 @@ impl Cause {
             Self::KubeProxyServices { .. } => "category kube-proxy",
             Self::UplinkQdisc { .. } => "segment qdisc (kernel-other)",
             Self::Underlay { .. } => "outside the nodes (client time minus every node's time)",
+            Self::ProxyDelay { .. } => "category ingress-proxy (request timeline)",
         }
     }
 
@@ -88,8 +98,34 @@ impl Cause {
                 opts.load = LoadMode::Udp;
                 opts.connections = 512;
             }
+            // Keep-alive through the proxy; enough connections that a held
+            // request never holds the generator behind its schedule.
+            Self::ProxyDelay { ingress, .. } => {
+                opts.load = LoadMode::HttpKeepAlive;
+                opts.ingress = ingress;
+                opts.connections = 8;
+            }
         }
         opts
+    }
+
+    /// Whether the ground truth is the client's mean less the load
+    /// generator's record of itself (HTTP loads with a request timeline):
+    /// its timer's lateness before it connects or writes wanders by
+    /// milliseconds between runs on a busy machine and is no cause's.
+    fn truth_without_client_own(self) -> bool {
+        matches!(self, Self::KubeProxyServices { .. } | Self::ProxyDelay { .. })
+    }
+
+    /// The ground truth of `run`: the client's mean latency, µs, less the
+    /// load generator's own record where [`Self::truth_without_client_own`].
+    fn client_truth_us(self, run: &LabRun) -> f64 {
+        let own = if self.truth_without_client_own() {
+            run.requests.as_ref().map_or(0.0, |r| r.client_own_mean_us)
+        } else {
+            0.0
+        };
+        run.lab.client_latency.mean_us - own
     }
 
     /// Injects the cause into a built lab.
@@ -117,7 +153,7 @@ impl Cause {
             .map_err(|e| LabError::Other(format!("tbf on {ns}/{dev}: {e}")))
         };
         match self {
-            Self::KubeProxyServices { .. } => Ok(()),
+            Self::KubeProxyServices { .. } | Self::ProxyDelay { .. } => Ok(()),
             Self::UplinkQdisc { rate_kbit } => {
                 let node = &lab.nodes()[0];
                 tbf(&node.netns, &node.uplink_device, rate_kbit)
@@ -159,8 +195,17 @@ impl Cause {
                         );
                     }
                 }
-                Self::Underlay { .. } => {}
+                Self::Underlay { .. } | Self::ProxyDelay { .. } => {}
             }
+        }
+        if let (Self::ProxyDelay { .. }, Some(requests)) = (self, &run.requests)
+            && let Some(c) = requests.categories.get("ingress-proxy")
+        {
+            split.push(("socket.queue".into(), c.socket_queue_mean_us));
+            split.push((
+                "proxy's own (request, response, connect)".into(),
+                c.mean_us - c.socket_queue_mean_us,
+            ));
         }
         split
     }
@@ -191,6 +236,13 @@ impl Cause {
                     .map(|c| c.stats.total_us)
                     .sum();
                 return run.lab.client_latency.mean_us - nodes / requests;
+            }
+            Self::ProxyDelay { .. } => {
+                return run
+                    .requests
+                    .as_ref()
+                    .and_then(|r| r.categories.get("ingress-proxy"))
+                    .map_or(0.0, |c| c.mean_us);
             }
         };
         total / requests
@@ -241,6 +293,26 @@ pub struct CaseResult {
     /// The five segments (any category) whose time per request grew most,
     /// µs: where the growth went, whatever its category.
     pub top_segments_us: Vec<(String, f64)>,
+    /// Ratios of every repeat of this case, in run order (empty for a
+    /// single run).
+    pub repeat_ratios: Vec<f64>,
+}
+
+/// Of several runs of one case, the one with the median ratio (the lower
+/// middle one of an even count), carrying every run's ratio.
+///
+/// # Panics
+/// When `runs` is empty.
+pub fn median_run(runs: Vec<CaseResult>) -> CaseResult {
+    let ratios: Vec<f64> = runs.iter().map(CaseResult::ratio).collect();
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+    let pick = order[(order.len() - 1) / 2];
+    let mut result = runs.into_iter().nth(pick).expect("at least one run");
+    if ratios.len() > 1 {
+        result.repeat_ratios = ratios;
+    }
+    result
 }
 
 impl CaseResult {
@@ -276,6 +348,9 @@ impl CaseResult {
 pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError> {
     let mut opts = cause.options(base);
     let baseline = run_once_prepared(&opts, |_| Ok(()))?;
+    if let Cause::ProxyDelay { ms, .. } = cause {
+        opts.proxy_delay = Duration::from_millis(u64::from(ms));
+    }
     if let Cause::KubeProxyServices { services } = cause {
         opts.services = services;
     }
@@ -301,14 +376,15 @@ pub fn run_case(cause: Cause, base: &LabOptions) -> Result<CaseResult, LabError>
     top_segments_us.sort_by(|a, b| b.1.total_cmp(&a.1));
     top_segments_us.truncate(5);
     Ok(CaseResult {
+        repeat_ratios: Vec::new(),
         top_segments_us,
         split_growth_us,
         cause,
         load: opts.load.to_string(),
         requests: (baseline.lab.requests_ok, with_cause.lab.requests_ok),
         client_mean_us: (
-            baseline.lab.client_latency.mean_us,
-            with_cause.lab.client_latency.mean_us,
+            cause.client_truth_us(&baseline),
+            cause.client_truth_us(&with_cause),
         ),
         attributed_us: (
             cause.attributed_per_request(&baseline),
@@ -342,13 +418,33 @@ const NOTES: &str = r"
   (800 bytes) stays full and each request waits about 28 ms; the qdisc
   drops the rest (hence fewer requests). hoptrace keeps such a journey
   whole through the wait (queue timeout) and names it `qdisc`.
-- **kube-proxy services**: the client's growth is the least stable figure
-  on this shared 2-vCPU machine (between runs of the same settings it was
-  0.7 ms to 3.6 ms for 5000 services), while hoptrace's kube-proxy time
-  grew by 0.49-0.54 ms each time. The segments that grew also include
-  `socket.delivery` (the applications wake up later on a busy machine):
-  time that is real but not kube-proxy's. The ratio is below target and
-  not yet explained further.
+- **kube-proxy services**: hoptrace's kube-proxy time per request is
+  stable (grew by 477-487 µs in three runs of 5000 services on
+  2026-11-30, 359-539 µs over every run that day); the client's growth is
+  not (0.67, 1.50, 1.70 and, in a single run the same day, 4.28 ms), even
+  measured from its connect to its read. The growth that is not
+  kube-proxy's is mostly in `socket.delivery` (0.53 ms of the median
+  run's 1.50 ms, 2.7 ms of 4.3 ms in the single run): the processes read
+  the request later, because each new connection's walk of 5000
+  services' rules (about 100-200 µs of softirq per pass, four passes per
+  connection on an overlay: the inner SYN and the outer VXLAN packets of
+  SYN and SYN-ACK, on two nodes) takes the
+  CPU the client and the server would run on, on a 2-vCPU machine shared
+  with builds. That time is caused by kube-proxy but not spent in its
+  chains, and no hook can tell it from any other wait for a CPU; hoptrace
+  reports it where it happens. The ratio therefore stays below target
+  (0.28-0.73); what hoptrace attributes to kube-proxy agrees with the
+  request timeline (with a new connection per request, from 100 to
+  10,000 services the timeline's kube-proxy time per request rose by
+  1,234 µs and the ledger's by 1,225 µs, docs/lab.md).
+- **--proxy-delay**: the ground truth is the client's mean less the load
+  generator's own record; the attributed figure is the request
+  timeline's `ingress-proxy` time per joined request. A tokio timer or
+  HAProxy's `core.msleep(2)` holds a request 3-3.8 ms here, not 2: the
+  client's growth is the measure. Ratios 0.96-1.01 over three runs of
+  each proxy; a single earlier builtin run the same day gave 0.85, its
+  missing 0.6 ms in `socket.delivery` (later reads on a machine busy with
+  builds).
 ";
 
 /// ACCURACY.md: one row per cause, with how it was measured.
@@ -358,10 +454,14 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
          Written by `cargo xtask accuracy`. Each cause is injected into the \
          built-in lab (two flannel-style nodes, VXLAN, iptables kube-proxy) and \
          run against the same lab without it. *Client growth* is the growth of \
-         the client's mean request latency (ground truth); *attributed growth* \
+         the client's mean request latency (ground truth; for the HTTP cases \
+         the mean less the load generator's own record of itself, its timer's \
+         lateness before it connects or writes and its parsing after its last \
+         read, which belongs to no cause); *attributed growth* \
          is the growth of the time hoptrace puts in the cause's category, \
          summed over every journey of both nodes and divided by the requests \
-         answered. The target is a ratio within 0.9-1.1.\n\n",
+         answered (for the proxy delay, the request timeline's ingress-proxy \
+         time per joined request). The target is a ratio within 0.9-1.1.\n\n",
     );
     out.push_str(context);
     out.push_str(
@@ -384,6 +484,13 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
             r.attributed_growth_us(),
             r.ratio(),
         ));
+    }
+    if results.iter().any(|r| !r.repeat_ratios.is_empty()) {
+        out.push_str("\nRatios of every run, in run order:\n\n");
+        for r in results.iter().filter(|r| !r.repeat_ratios.is_empty()) {
+            let parts: Vec<String> = r.repeat_ratios.iter().map(|x| format!("{x:.2}")).collect();
+            out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
+        }
     }
     out.push_str("\nAttributed growth by the journeys' direction/conn_state, µs per request:\n\n");
     for r in results.iter().filter(|r| !r.split_growth_us.is_empty()) {
@@ -421,7 +528,15 @@ mod tests {
             attributed_us: (1.0, 951.0),
             split_growth_us: vec![("egress/new".into(), 950.0)],
             top_segments_us: vec![("qdisc".into(), 950.0)],
+            repeat_ratios: Vec::new(),
         };
+        let mut other = r.clone();
+        other.attributed_us = (1.0, 501.0);
+        let mut third = r.clone();
+        third.attributed_us = (1.0, 1201.0);
+        let median = median_run(vec![third, r.clone(), other]);
+        assert!((median.ratio() - 0.95).abs() < 1e-9);
+        assert_eq!(median.repeat_ratios.len(), 3);
         assert!((r.client_growth_us() - 1000.0).abs() < 1e-9);
         assert!((r.ratio() - 0.95).abs() < 1e-9);
         let md = render_markdown(&[r], "context");
@@ -437,6 +552,7 @@ mod tests {
                 attributed_us: (0.0, 0.0),
                 split_growth_us: Vec::new(),
                 top_segments_us: Vec::new(),
+                repeat_ratios: Vec::new(),
             }
         };
         assert!(flat.ratio().is_nan());

@@ -109,6 +109,15 @@ pub enum IngressError {
     /// `--proxy-delay` for a proxy that cannot hold requests.
     #[error("--proxy-delay works with --ingress builtin or haproxy, not {0}")]
     NoDelay(IngressKind),
+    /// `--proxy-cpus`: more CPUs than this process may run on, or the
+    /// kernel refused the affinity.
+    #[error("cannot pin the proxy to {wanted} CPU(s): {detail}")]
+    Cpus {
+        /// CPUs asked for.
+        wanted: usize,
+        /// Why not.
+        detail: String,
+    },
     /// The temp dir or config file could not be written.
     #[error("cannot write the proxy config: {0}")]
     Config(#[source] io::Error),
@@ -174,6 +183,45 @@ pub fn name_this_thread(name: &str) {
     if let Ok(name) = std::ffi::CString::new(&name.as_bytes()[..name.len().min(15)]) {
         let _ = nix::sys::prctl::set_name(&name);
     }
+}
+
+/// `--proxy-cpus N`: the first `n` CPUs this process may run on, as an
+/// affinity mask for the proxy, and their numbers.
+///
+/// # Errors
+/// [`IngressError::Cpus`] when `n` is 0 or more than the CPUs allowed.
+pub fn proxy_cpu_set(n: usize) -> Result<(nix::sched::CpuSet, Vec<usize>), IngressError> {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    let err = |detail: String| IngressError::Cpus { wanted: n, detail };
+    let allowed =
+        sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| err(e.to_string()))?;
+    let mut cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    if n == 0 || cpus.len() < n {
+        return Err(err(format!("this process may run on {} CPU(s)", cpus.len())));
+    }
+    cpus.truncate(n);
+    let mut set = CpuSet::new();
+    for &c in &cpus {
+        set.set(c).map_err(|e| err(e.to_string()))?;
+    }
+    Ok((set, cpus))
+}
+
+/// Pins the calling thread to `set` (the builtin proxy's thread).
+///
+/// # Errors
+/// [`IngressError::Cpus`] when the kernel refuses.
+pub fn pin_this_thread(set: &nix::sched::CpuSet) -> Result<(), IngressError> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set).map_err(|e| {
+        IngressError::Cpus {
+            wanted: (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .count(),
+            detail: e.to_string(),
+        }
+    })
 }
 
 /// What the builtin proxy measured of its own hold (`--proxy-delay`).
@@ -422,6 +470,8 @@ pub struct ExternalProxy {
     /// Full command line, executable first (foreground mode).
     pub argv: Vec<String>,
     dir: tempfile::TempDir,
+    /// `--proxy-cpus`: the affinity the process starts with.
+    cpus: Option<nix::sched::CpuSet>,
 }
 
 impl ExternalProxy {
@@ -512,12 +562,33 @@ impl ExternalProxy {
             config_path,
             argv,
             dir,
+            cpus: None,
         })
     }
 
     /// The temp dir holding config, pid file and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `--proxy-cpus`: runs `workers` nginx worker processes or HAProxy
+    /// threads (one per CPU it is pinned to) instead of one, and pins the
+    /// process and everything it starts to `cpus` (set before `exec`, so
+    /// every worker and thread inherits it).
+    ///
+    /// # Errors
+    /// [`IngressError::Config`] when the config cannot be rewritten.
+    pub fn pin(&mut self, cpus: nix::sched::CpuSet, workers: usize) -> Result<(), IngressError> {
+        let config = std::fs::read_to_string(&self.config_path).map_err(IngressError::Config)?;
+        let config = config
+            .replace(
+                "worker_processes 1;",
+                &format!("worker_processes {workers};"),
+            )
+            .replace("    nbthread 1\n", &format!("    nbthread {workers}\n"));
+        std::fs::write(&self.config_path, config).map_err(IngressError::Config)?;
+        self.cpus = Some(cpus);
+        Ok(())
     }
 
     /// Starts the proxy (stdout/stderr to files in the temp dir). The process
@@ -528,13 +599,26 @@ impl ExternalProxy {
             std::fs::File::create(self.dir().join("stdout.log")).map_err(IngressError::Config)?;
         let stderr =
             std::fs::File::create(self.dir().join("stderr.log")).map_err(IngressError::Config)?;
-        let child = Command::new(&self.argv[0])
+        let mut command = Command::new(&self.argv[0]);
+        command
             .args(&self.argv[1..])
             // Its own process group, so the guard can stop the workers too.
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
+            .stderr(stderr);
+        if let Some(cpus) = self.cpus {
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes one syscall (sched_setaffinity on itself), which is
+            // async-signal-safe; it allocates nothing and touches no lock.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = command
             .spawn()
             .map_err(|source| IngressError::Spawn { tool, source })?;
         Ok(ProxyProcess { child, proxy: self })

@@ -19,7 +19,6 @@ pub mod loadgen;
 pub mod netns;
 pub mod run;
 pub mod servers;
-pub mod timeline;
 pub mod topology;
 
 #[cfg(test)]

@@ -106,6 +106,10 @@ pub struct LabOptions {
     /// `--proxy`: thread names of proxies for the request timeline (the
     /// lab adds its builtin proxy's own).
     pub proxies: Vec<String>,
+    /// `--proxy-cpus N`: the ingress proxy's processes run on N CPUs only
+    /// (the first N this process may use): the builtin proxy's one thread,
+    /// or nginx with N workers / HAProxy with N threads. `None`: unpinned.
+    pub proxy_cpus: Option<usize>,
 }
 
 impl Default for LabOptions {
@@ -125,6 +129,7 @@ impl Default for LabOptions {
             stop: Arc::new(AtomicBool::new(false)),
             proxy_delay: Duration::ZERO,
             proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
+            proxy_cpus: None,
         }
     }
 }
@@ -280,6 +285,21 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         LoadMode::Udp => service_udp,
         _ => service_tcp,
     };
+    let mut timeline_notes = Vec::new();
+    let pinned = opts
+        .proxy_cpus
+        .filter(|_| effective_ingress(opts) != IngressKind::None)
+        .map(ingress::proxy_cpu_set)
+        .transpose()?;
+    if let Some((_, cpus)) = &pinned {
+        timeline_notes.push(format!(
+            "the ingress proxy runs on CPU(s) {} only (--proxy-cpus)",
+            cpus.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
     if effective_ingress(opts) != IngressKind::None {
         let pod =
             proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
@@ -288,12 +308,18 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             IngressKind::Builtin => {
                 let delay = opts.proxy_delay;
                 let hold = Arc::clone(&proxy_hold);
+                let cpus = pinned.as_ref().map(|(set, _)| *set);
                 _proxy_task = Some(NetnsTask::spawn(
                     pod.netns.clone(),
                     move || std::net::TcpListener::bind(listen),
                     move |listener, stop| {
                         // The request timeline knows the proxy by its thread name.
                         ingress::name_this_thread(BUILTIN_PROXY_COMM);
+                        if let Some(set) = cpus
+                            && let Err(e) = ingress::pin_this_thread(&set)
+                        {
+                            eprintln!("hoptrace lab: {e}");
+                        }
                         async move {
                             let _ = ingress::serve_builtin_proxy_with(
                                 listener,
@@ -308,12 +334,15 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 )?);
             }
             kind => {
-                let proxy = ingress::ExternalProxy::prepare_with_delay(
+                let mut proxy = ingress::ExternalProxy::prepare_with_delay(
                     kind,
                     listen,
                     service_tcp,
                     opts.proxy_delay,
                 )?;
+                if let Some((set, cpus)) = &pinned {
+                    proxy.pin(*set, cpus.len())?;
+                }
                 let process =
                     netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
                         let mut process = proxy.spawn()?;
@@ -377,7 +406,6 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         .collect();
 
     // The request timeline: socket reads and writes of the lab's namespaces.
-    let mut timeline_notes = Vec::new();
     let sock_tracer = if timeline {
         match SockTracer::start(&lab_netns_inodes(lab)) {
             Ok(tracer) => Some(tracer),
@@ -485,7 +513,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 .then(|| proxy_hold.mean_us())
                 .flatten();
             let client = &load.client_latency;
-            crate::timeline::requests_section(
+            hoptrace_core::report::timeline::requests_section(
                 &joined,
                 (client.mean_us, client.p50_us as f64, client.p99_us as f64),
                 hold,
@@ -625,6 +653,7 @@ pub fn render_run(run: &LabRun) -> String {
         )));
         table.add_row(row);
     }
+    hoptrace_core::report::keep_name_words(&mut table);
     out.push_str(&format!("\n== {} ==\nCategories (per journey on each node; per request summed over nodes)\n{table}\n", run.label));
 
     // Top segments by total time over all nodes.
@@ -666,6 +695,7 @@ pub fn render_run(run: &LabRun) -> String {
             format!("{:.2}", total / requests),
         ]);
     }
+    hoptrace_core::report::keep_name_words(&mut seg_table);
     out.push_str(&format!("Top segments\n{seg_table}\n"));
 
     let client = &run.load.client_latency;
@@ -680,28 +710,36 @@ pub fn render_run(run: &LabRun) -> String {
     ));
     // The closing sentence is the worst top finding over the run's nodes,
     // in the words `hoptrace diagnose` and `trace` use.
+    // The request timeline's findings (the ingress proxy) come first
+    // among equal severities: they are about the whole request.
     let top = run
-        .reports
+        .requests
         .iter()
-        .filter_map(|report| {
+        .filter_map(|requests| {
+            let first = hoptrace_core::diagnose::diagnose_requests(requests)
+                .into_iter()
+                .next()?;
+            Some((None, first))
+        })
+        .chain(run.reports.iter().filter_map(|report| {
             let findings = hoptrace_core::diagnose::diagnose(
                 &hoptrace_core::diagnose::Input::report_only(report),
             );
             let first = findings.into_iter().next()?;
-            Some((report.node.clone(), first))
-        })
+            Some((Some(report.node.clone()), first))
+        }))
         .min_by_key(|(_, f)| f.severity);
     if let Some((node, finding)) = top
         && let Some(line) = hoptrace_core::diagnose::headline(std::slice::from_ref(&finding))
     {
-        out.push_str(&hoptrace_core::diagnose::wrap(
-            "",
-            "",
-            &format!("{line} (node {node})"),
-        ));
+        let line = match node {
+            Some(node) => format!("{line} (node {node})"),
+            None => format!("{line} (request timeline)"),
+        };
+        out.push_str(&hoptrace_core::diagnose::wrap("", "", &line));
     }
     if let Some(requests) = &run.requests {
-        out.push_str(&crate::timeline::render(requests));
+        out.push_str(&hoptrace_core::report::timeline::render(requests));
     }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
     if lost > 0 {

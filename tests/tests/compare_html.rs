@@ -101,6 +101,7 @@ fn synthetic_report(datapath: &str, scale: f64) -> Report {
         foreign_events: 0,
         counters: LedgerCounters::default(),
         notes: Vec::new(),
+        requests: None,
         lab: Some(LabSection {
             datapath: datapath.into(),
             nodes: 2,

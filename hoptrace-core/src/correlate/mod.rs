@@ -36,7 +36,7 @@ pub(crate) mod tests;
 pub use filter::FlowFilter;
 use filter::{FlowKey, FollowedFlows};
 pub use fingerprint::fingerprint;
-pub use observer::{JourneyObserver, JourneySummary};
+pub use observer::{JourneyObserver, JourneySummary, Observers};
 
 /// Tuning of the correlator. All times are in event time (bpf ktime, ns).
 #[derive(Clone, Debug, PartialEq, Eq)]

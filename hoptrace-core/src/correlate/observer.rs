@@ -73,3 +73,23 @@ impl std::fmt::Debug for dyn JourneyObserver {
         f.write_str("JourneyObserver")
     }
 }
+
+/// Several observers behind one: each journey goes to every one of them,
+/// in order (`hoptrace diagnose`'s drop examples and its request
+/// timeline).
+#[derive(Default)]
+pub struct Observers(pub Vec<std::sync::Arc<dyn JourneyObserver>>);
+
+impl JourneyObserver for Observers {
+    fn journey(&self, journey: &JourneySummary<'_>) {
+        for o in &self.0 {
+            o.journey(journey);
+        }
+    }
+
+    fn unparsed_packet(&self) {
+        for o in &self.0 {
+            o.unparsed_packet();
+        }
+    }
+}

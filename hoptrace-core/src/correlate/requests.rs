@@ -23,6 +23,13 @@
 //! began and never carried a full request while traced. Unjoined requests
 //! are counted (`seen` minus `joined`).
 //!
+//! A request on a new connection starts at its client's connect (SYN
+//! sent): the journeys of the handshake's SYN and SYN-ACK, on every node,
+//! are its datapath by category (kube-proxy walks its nat chains for a
+//! new connection there), and the rest of the connect, to the first
+//! write, is `client.connect` (a proxy's new upstream connection:
+//! `proxy.connect`).
+//!
 //! Each leg between two processes (a write, then the peer's read) is split
 //! with the journeys of its packets ([`LegJourney`], from the journey
 //! observer): `socket.queue` is from the moment the packet reached the
@@ -49,8 +56,14 @@ pub mod segment {
     /// The proxy read the response from upstream → wrote it downstream.
     pub const PROXY_RESPONSE: &str = "proxy.response";
     /// A new upstream connection's setup (SYN sent → established), within
-    /// the proxy's handling of a request.
+    /// the proxy's handling of a request, less its handshake packets'
+    /// datapath (their journeys' categories).
     pub const PROXY_CONNECT: &str = "proxy.connect";
+    /// A client's new connection: its connect began (SYN sent) → its
+    /// first write of the request, less the datapath of the handshake's
+    /// SYN and SYN-ACK (their journeys' categories, on every node): the
+    /// peer's SYN handling, the wire, and the client's own wake-up.
+    pub const CLIENT_CONNECT: &str = "client.connect";
     /// The application read the request → wrote the response.
     pub const APP_SERVICE: &str = "app.service";
     /// Datapath time of a leg, named by its category (the journeys' own
@@ -73,6 +86,9 @@ pub mod segment {
 /// the oldest unused pair intended at or before its write that completed
 /// at or after its read, and gains `client.wait` and `client.process`
 /// segments (category `client`); its start and end become the client's.
+/// A connect that began before the intended send time (a keep-alive
+/// connection opened ahead of the schedule) is not part of the request's
+/// latency: its segments are dropped and `client.wait` runs to the write.
 /// Returns how many requests were extended.
 pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize {
     /// Candidates looked at per request (requests of other connections interleave).
@@ -81,11 +97,11 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
     times.sort_unstable();
     let mut used = vec![false; times.len()];
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| requests[i].start_ns);
+    order.sort_by_key(|&i| requests[i].write_ns);
     let mut extended = 0;
     for i in order {
         let r = &mut requests[i];
-        let upto = times.partition_point(|t| t.0 <= r.start_ns);
+        let upto = times.partition_point(|t| t.0 <= r.write_ns);
         // The oldest unused record that fits: the client writes in
         // intended order, and a record no request took (a request not
         // joined) soon completes too early to fit any later one.
@@ -94,6 +110,13 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
         let Some(k) = found else { continue };
         used[k] = true;
         let (intended, done) = times[k];
+        if intended > r.start_ns {
+            // Connected ahead of the schedule: the connect is not this
+            // request's (its segments are the ones before the write).
+            let write = r.write_ns;
+            r.segments.retain(|s| s.start_ns >= write);
+            r.start_ns = write;
+        }
         push(
             &mut r.segments,
             segment::CLIENT_WAIT,
@@ -193,6 +216,9 @@ pub struct LegJourney {
     pub arrival_ns: Option<u64>,
     /// Datapath time per category in ns, without `socket.delivery`.
     pub categories: Vec<(Category, u64)>,
+    /// A connection's handshake packet (SYN or SYN-ACK, no payload):
+    /// part of a connect, never of a leg that carries a message.
+    pub handshake: bool,
 }
 
 /// One segment of one request.
@@ -212,8 +238,11 @@ pub struct RequestSegment {
 /// response, as contiguous segments.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    /// The client's first write of the request, ns.
+    /// The client's connect (SYN sent) on a new connection, else its
+    /// first write of the request, ns.
     pub start_ns: u64,
+    /// The client's first write of the request, ns.
+    pub write_ns: u64,
     /// The client's last read of the response, ns.
     pub end_ns: u64,
     /// Whether it went through a proxy.
@@ -491,6 +520,21 @@ fn join_one(
     let p = peers[c]?;
     let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     let mut segments = Vec::new();
+    // A new connection's connect belongs to its first request (once).
+    let connect = ends[c]
+        .connect
+        .take()
+        .filter(|&(s, e)| e <= m0.first_ns && m0.first_ns - s <= opts.window_ns);
+    if let Some((syn_ns, established_ns)) = connect {
+        connect_segments(
+            &mut segments,
+            legs,
+            (&ends[c], &ends[p]),
+            (syn_ns, established_ns),
+            (syn_ns, m0.first_ns),
+            (segment::CLIENT_CONNECT, Category::Client),
+        );
+    }
     leg(
         &mut segments,
         legs,
@@ -511,10 +555,10 @@ fn join_one(
             return None;
         }
         let m2 = ends[u].take(Dir::Out, m1.last_ns)?;
-        let connect = ends[u]
+        let upstream_connect = ends[u]
             .connect
-            .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns)
-            .map_or(0, |(s, e)| e.saturating_sub(s));
+            .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns);
+        let connect = upstream_connect.map_or(0, |(s, e)| e.saturating_sub(s));
         let hold = m2.first_ns.saturating_sub(m1.last_ns);
         push(
             &mut segments,
@@ -523,16 +567,18 @@ fn join_one(
             m1.last_ns,
             hold.saturating_sub(connect),
         );
-        if connect > 0 {
-            push(
+        let b = peers[u]?;
+        if let Some(times) = upstream_connect.filter(|_| connect > 0) {
+            let at = m1.last_ns + hold.saturating_sub(connect);
+            connect_segments(
                 &mut segments,
-                segment::PROXY_CONNECT,
-                Category::IngressProxy,
-                m1.last_ns + hold.saturating_sub(connect),
-                connect,
+                legs,
+                (&ends[u], &ends[b]),
+                times,
+                (at, at + connect),
+                (segment::PROXY_CONNECT, Category::IngressProxy),
             );
         }
-        let b = peers[u]?;
         let m3 = ends[b].take(Dir::In, m2.first_ns)?;
         leg(
             &mut segments,
@@ -593,7 +639,8 @@ fn join_one(
     );
     segments.sort_by_key(|s| s.start_ns);
     Some(Request {
-        start_ns: m0.first_ns,
+        start_ns: connect.map_or(m0.first_ns, |(syn_ns, _)| syn_ns),
+        write_ns: m0.first_ns,
         end_ns: m7.last_ns,
         proxied,
         segments,
@@ -633,14 +680,15 @@ impl<'a> LegIndex<'a> {
     }
 
     /// Journeys of packets from `from` to `to` (or `to_alt`, the address
-    /// before DNAT) that started and ended within `[from_ns - slack, to_ns]`.
+    /// before DNAT) that started and ended within `[from_ns - slack, to_ns]`:
+    /// handshake packets (`handshake`) or packets with payload.
     fn within(
         &self,
         from: Endpoint,
         to: Endpoint,
         to_alt: Endpoint,
-        from_ns: u64,
-        to_ns: u64,
+        (from_ns, to_ns): (u64, u64),
+        handshake: bool,
     ) -> Vec<&'a LegJourney> {
         const SLACK_NS: u64 = 200_000;
         let Some(list) = self.by_src.get(&from) else {
@@ -651,7 +699,9 @@ impl<'a> LegIndex<'a> {
         list[first..]
             .iter()
             .take_while(|j| j.start_ns <= to_ns)
-            .filter(|j| j.end_ns <= to_ns && (j.dst == to || j.dst == to_alt))
+            .filter(|j| {
+                j.handshake == handshake && j.end_ns <= to_ns && (j.dst == to || j.dst == to_alt)
+            })
             .copied()
             .collect()
     }
@@ -668,37 +718,18 @@ fn leg(
     to_ns: u64,
 ) {
     let total = to_ns.saturating_sub(from_ns);
-    let journeys = legs.within(sender.local, receiver.local, sender.remote, from_ns, to_ns);
+    let journeys = legs.within(
+        sender.local,
+        receiver.local,
+        sender.remote,
+        (from_ns, to_ns),
+        false,
+    );
     let arrival = journeys.iter().filter_map(|j| j.arrival_ns).max();
     let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
-    let mut by_cat: Vec<(Category, u64)> = Vec::new();
-    for j in &journeys {
-        for &(c, ns) in &j.categories {
-            match by_cat.iter_mut().find(|x| x.0 == c) {
-                Some(x) => x.1 += ns,
-                None => by_cat.push((c, ns)),
-            }
-        }
-    }
-    let datapath: u64 = by_cat.iter().map(|x| x.1).sum();
     let room = total - queue;
-    // Part of the datapath can run inside the sender's write (before the
-    // send tracepoint fires): scale it into the room the leg has.
-    let scale = if datapath > room && datapath > 0 {
-        room as f64 / datapath as f64
-    } else {
-        1.0
-    };
-    let mut t = from_ns;
-    let mut used = 0;
-    by_cat.sort_by_key(|x| x.0.index());
-    for (c, ns) in by_cat {
-        let d = ((ns as f64) * scale) as u64;
-        let d = d.min(room - used);
-        push(out, segment::DATAPATH, c, t, d);
-        t += d;
-        used += d;
-    }
+    let used = push_datapath(out, &journeys, from_ns, room);
+    let mut t = from_ns + used;
     let stack = room - used;
     if stack > 0 {
         push(out, segment::STACK, Category::KernelOther, t, stack);
@@ -715,8 +746,67 @@ fn leg(
     }
 }
 
-/// A journey observer that keeps the journeys of TCP packets with payload
-/// as [`LegJourney`]s, for [`join`]. Shared by every session of a lab run.
+/// Pushes the datapath of `journeys` (their categories summed) as
+/// `datapath` segments from `from_ns` on, fitted into `room` ns: part of
+/// a leg's datapath can run inside the sender's write (before the send
+/// tracepoint fires), so a sum larger than the room is scaled into it.
+/// Returns the ns used (at most `room`).
+fn push_datapath(
+    out: &mut Vec<RequestSegment>,
+    journeys: &[&LegJourney],
+    from_ns: u64,
+    room: u64,
+) -> u64 {
+    let mut by_cat: Vec<(Category, u64)> = Vec::new();
+    for j in journeys {
+        for &(c, ns) in &j.categories {
+            match by_cat.iter_mut().find(|x| x.0 == c) {
+                Some(x) => x.1 += ns,
+                None => by_cat.push((c, ns)),
+            }
+        }
+    }
+    let datapath: u64 = by_cat.iter().map(|x| x.1).sum();
+    let scale = if datapath > room && datapath > 0 {
+        room as f64 / datapath as f64
+    } else {
+        1.0
+    };
+    let mut used = 0;
+    by_cat.sort_by_key(|x| x.0.index());
+    for (c, ns) in by_cat {
+        let d = (((ns as f64) * scale) as u64).min(room - used);
+        push(out, segment::DATAPATH, c, from_ns + used, d);
+        used += d;
+    }
+    used
+}
+
+/// Splits a connect into the datapath of its handshake and a named rest.
+/// `active` connected to `passive`; `handshake` is its SYN sent →
+/// established (the window in which the SYN and SYN-ACK journeys, on
+/// every node, are looked for); `span` is the time the connect takes in
+/// the request, `(start, end)` ns, which the datapath and then `rest`
+/// (name, category) fill.
+fn connect_segments(
+    out: &mut Vec<RequestSegment>,
+    legs: &LegIndex,
+    (active, passive): (&End, &End),
+    handshake: (u64, u64),
+    (start_ns, end_ns): (u64, u64),
+    (rest, category): (&'static str, Category),
+) {
+    let mut journeys = legs.within(active.local, passive.local, active.remote, handshake, true);
+    journeys.extend(legs.within(passive.local, active.local, passive.remote, handshake, true));
+    let room = end_ns.saturating_sub(start_ns);
+    let used = push_datapath(out, &journeys, start_ns, room);
+    if room > used {
+        push(out, rest, category, start_ns + used, room - used);
+    }
+}
+
+/// A journey observer that keeps the journeys of TCP packets with payload,
+/// and of handshake packets (SYN, SYN-ACK), as [`LegJourney`]s, for [`join`]. Shared by every session of a lab run.
 #[derive(Debug, Default)]
 pub struct LegRecorder {
     journeys: std::sync::Mutex<Vec<LegJourney>>,
@@ -740,7 +830,10 @@ const SOCKET_DELIVERY: &str = "socket.delivery";
 impl crate::correlate::JourneyObserver for LegRecorder {
     fn journey(&self, j: &crate::correlate::JourneySummary<'_>) {
         let f = j.first_flow;
-        if f.version != 4 || f.l4_proto != 6 || f.payload_len == 0 {
+        /// TCP SYN flag (SYN and SYN-ACK).
+        const SYN: u8 = 0x02;
+        let handshake = f.payload_len == 0 && f.tcp_flags & SYN != 0;
+        if f.version != 4 || f.l4_proto != 6 || (f.payload_len == 0 && !handshake) {
             return;
         }
         let end_ns = j.start_ns + j.end_to_end_ns;
@@ -765,6 +858,7 @@ impl crate::correlate::JourneyObserver for LegRecorder {
             end_ns,
             arrival_ns,
             categories,
+            handshake,
         };
         self.journeys
             .lock()

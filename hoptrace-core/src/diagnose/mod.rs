@@ -155,6 +155,13 @@ pub fn diagnose(input: &Input<'_>) -> Vec<Finding> {
     findings
 }
 
+/// Findings of a request timeline (`requests` of a lab run), worst first.
+pub fn diagnose_requests(requests: &crate::report::LabRequests) -> Vec<Finding> {
+    let mut findings = rules::requests(requests);
+    findings.sort_by_key(|f| f.severity);
+    findings
+}
+
 /// The worst severity among `findings`, `None` when there are none.
 pub fn worst(findings: &[Finding]) -> Option<Severity> {
     findings.iter().map(|f| f.severity).min()

@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -125,6 +125,8 @@ pub struct SockTracer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     events: Arc<Mutex<Vec<SockEvent>>>,
+    /// Events beyond the bound of [`SockTracer::start_bounded`].
+    over: Arc<AtomicU64>,
     notes: Vec<String>,
     attached: Vec<&'static str>,
 }
@@ -139,6 +141,17 @@ impl SockTracer {
     /// [`SockError`]: no objects in this build, BTF, load, maps, or no
     /// tracepoint at all could be attached.
     pub fn start(netns: &[u32]) -> Result<Self, SockError> {
+        Self::start_bounded(netns, usize::MAX)
+    }
+
+    /// [`SockTracer::start`] keeping at most `max_events` events (a node's
+    /// every socket, traced for a while, can read and write millions of
+    /// times); the ones beyond are counted in [`SockCapture::lost`].
+    ///
+    /// # Errors
+    ///
+    /// As [`SockTracer::start`].
+    pub fn start_bounded(netns: &[u32], max_events: usize) -> Result<Self, SockError> {
         let object = objects::sock_object()?;
         let kernel_btf = Btf::vmlinux()?;
         let layout = sock_layout(&kernel_btf, !netns.is_empty())?;
@@ -219,8 +232,14 @@ impl SockTracer {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let thread =
-            spawn_drain(ring, Arc::clone(&stop), Arc::clone(&events)).map_err(SockError::Thread)?;
+        let over = Arc::new(AtomicU64::new(0));
+        let thread = spawn_drain(
+            ring,
+            Arc::clone(&stop),
+            Arc::clone(&events),
+            (max_events, Arc::clone(&over)),
+        )
+        .map_err(SockError::Thread)?;
         drop(relocated);
         drop(kernel_btf);
         Ok(Self {
@@ -229,6 +248,7 @@ impl SockTracer {
             stop,
             thread: Some(thread),
             events,
+            over,
             notes,
             attached,
         })
@@ -241,7 +261,7 @@ impl SockTracer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let lost = self.counter(1);
+        let lost = self.counter(1) + self.over.load(Ordering::Relaxed);
         let events = std::mem::take(
             &mut *self
                 .events
@@ -280,6 +300,7 @@ fn spawn_drain(
     mut ring: RingBuf<MapData>,
     stop: Arc<AtomicBool>,
     events: Arc<Mutex<Vec<SockEvent>>>,
+    (max_events, over): (usize, Arc<AtomicU64>),
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("hoptrace-sock".into())
@@ -298,10 +319,15 @@ fn spawn_drain(
                     }
                 }
                 if !batch.is_empty() {
-                    events
+                    let mut events = events
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .append(&mut batch);
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let room = max_events.saturating_sub(events.len());
+                    if batch.len() > room {
+                        over.fetch_add((batch.len() - room) as u64, Ordering::Relaxed);
+                        batch.truncate(room);
+                    }
+                    events.append(&mut batch);
                 }
                 if stopping {
                     break;

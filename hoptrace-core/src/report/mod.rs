@@ -6,6 +6,8 @@
 //!   ([`LAB_SCHEMA`]): runs of node reports with their `lab` section.
 //! - `table.rs`: the node report as terminal tables ([`render_table`]).
 //! - `assemble.rs`: from a finished session to its report ([`finish`]).
+//! - `timeline.rs`: joined requests as a `requests` section, its table and
+//!   sentence (the lab's runs and `hoptrace trace`'s report).
 //! - `diagnosis.rs`: the diagnosis document [`DiagnosisDocument`],
 //!   `hoptrace.diagnosis.v1` ([`DIAGNOSIS_SCHEMA`]): findings, node
 //!   configuration, counters, drops and the node report.
@@ -19,6 +21,7 @@ mod diagnosis;
 mod lab;
 mod node;
 mod table;
+pub mod timeline;
 
 #[cfg(test)]
 pub(crate) mod sample;
@@ -35,7 +38,9 @@ pub use node::{
     ALL, CategoryRow, DropRow, EndToEndRow, REPORT_SCHEMA, Report, ReportMeta, SegmentRow, Stats,
     segments_by_name,
 };
-pub use table::{biggest_contributor, render_categories, render_table, styled_table};
+pub use table::{
+    biggest_contributor, keep_name_words, render_categories, render_table, styled_table,
+};
 
 /// Types of the node report defined next to the ledger that fills them.
 pub use crate::attribution::ledger::{

@@ -10,7 +10,7 @@ use crate::attribution::ledger::{
 };
 use crate::attribution::taxonomy::Category;
 
-use super::{DocumentError, LabSection, read_document};
+use super::{DocumentError, LabRequests, LabSection, read_document};
 
 /// Schema id of the node report: the value of its `schema` field.
 pub const REPORT_SCHEMA: &str = "hoptrace.report.v1";
@@ -209,6 +209,11 @@ pub struct Report {
     /// `hoptrace lab` (absent from the JSON otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabSection>,
+    /// The request timeline of what this node's socket hooks saw
+    /// (`hoptrace trace` and `diagnose`): the same object as a lab run's
+    /// `runs[].requests`; absent without socket hooks or requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<LabRequests>,
 }
 
 impl Report {
@@ -356,6 +361,7 @@ impl Report {
             counters: ledger.counters,
             notes,
             lab: None,
+            requests: None,
         }
     }
 

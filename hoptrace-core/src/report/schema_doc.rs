@@ -54,7 +54,10 @@ fn canonical(doc: Doc, path: &str) -> (Doc, String) {
         },
         Doc::Report => match path.strip_prefix("lab.") {
             Some(rest) => (Doc::Lab, format!("runs[].lab.{rest}")),
-            None => (Doc::Report, path.to_owned()),
+            None => match path.strip_prefix("requests.") {
+                Some(rest) => canonical(Doc::Lab, &format!("runs[].requests.{rest}")),
+                None => (Doc::Report, path.to_owned()),
+            },
         },
     }
 }
@@ -151,6 +154,7 @@ fn serialized() -> BTreeSet<(Doc, String)> {
     let mut report = sample::full_report();
     report.lab = Some(sample::lab_section());
     let lab = sample::lab_document();
+    report.requests.clone_from(&lab.runs[0].requests);
     let mut fields = BTreeSet::new();
     for (doc, value) in [
         (Doc::Report, serde_json::to_value(&report).expect("report")),

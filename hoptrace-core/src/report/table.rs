@@ -70,6 +70,33 @@ pub fn styled_table<S: ToString>(header: &[S]) -> Table {
     table
 }
 
+/// Keeps every word of the table's first column (the names: `netfilter-other`,
+/// `netfilter.prerouting.conntrack`) whole when the table is fitted to
+/// [`crate::diagnose::WIDTH`] columns: the column may not shrink below its
+/// longest word (comfy-table would cut `netfilter-oth|er`); the other
+/// columns give way. Call it once the rows are in.
+pub fn keep_name_words(table: &mut Table) {
+    let longest = table
+        .column_cells_iter(0)
+        .flatten()
+        .flat_map(|cell| {
+            cell.content()
+                .split_whitespace()
+                .map(|w| w.chars().count())
+                .collect::<Vec<_>>()
+        })
+        .max()
+        .unwrap_or(0);
+    if let Some(column) = table.column_mut(0) {
+        let width = u16::try_from(longest)
+            .unwrap_or(u16::MAX)
+            .saturating_add(column.padding_width());
+        column.set_constraint(comfy_table::ColumnConstraint::LowerBoundary(
+            comfy_table::Width::Fixed(width),
+        ));
+    }
+}
+
 fn new_table(header: &[&str]) -> Table {
     let mut table = styled_table(header);
     for (i, _) in header.iter().enumerate().skip(1) {
@@ -130,6 +157,7 @@ pub fn render_categories(report: &Report) -> String {
             fmt_share(r.share),
         ]);
     }
+    keep_name_words(&mut cats);
     format!("Categories (per journey, all directions)\n{cats}")
 }
 
@@ -182,6 +210,7 @@ pub fn render_table(report: &Report) -> String {
     if let Some(col) = e2e.column_mut(1) {
         col.set_cell_alignment(CellAlignment::Left);
     }
+    keep_name_words(&mut e2e);
     let _ = writeln!(out, "\nEnd to end (first to last hop on this node)\n{e2e}");
 
     if !report.drops.is_empty() {
@@ -235,6 +264,30 @@ pub fn render_table(report: &Report) -> String {
 mod tests {
     use super::*;
     use crate::correlate::tests::ctx;
+
+    /// The lab's per-node category table (seven columns with long
+    /// headers) cut `netfilter-oth|er` at 100 columns.
+    #[test]
+    fn names_stay_whole_within_100_columns() {
+        let mut table = styled_table(&[
+            "category",
+            "node0 p50 µs",
+            "node0 p99 µs",
+            "node1 p50 µs",
+            "node1 p99 µs",
+            "µs per request (all nodes)",
+            "share",
+        ]);
+        table.add_row(vec!["netfilter-other", "0.54", "3.89", "0.61", "2.59", "16.09", "0.5%"]);
+        table.add_row(vec!["kube-proxy", "3.52", "69.12", "2.96", "38.91", "154.86", "5.1%"]);
+        keep_name_words(&mut table);
+        let text = table.to_string();
+        assert!(text.contains("netfilter-other"), "{text}");
+        assert!(
+            text.lines().all(|l| l.chars().count() <= crate::diagnose::WIDTH),
+            "{text}"
+        );
+    }
     use crate::correlate::{Correlator, CorrelatorOptions};
     use crate::report::ReportMeta;
     use crate::report::sample::{ledger, meta};

@@ -22,6 +22,7 @@ use hoptrace_common::{Counter, TraceConfig};
 mod attach;
 mod drain;
 mod reorder;
+pub mod timeline;
 
 pub use reorder::ReorderBuffer;
 

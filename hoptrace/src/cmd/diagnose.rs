@@ -12,7 +12,8 @@ use hoptrace_core::{
     kernel::capabilities,
     node::{self, config},
     report::{self, DIAGNOSIS_SCHEMA, DiagnosisDocument},
-    session::{Session, SessionOptions},
+    session::{Session, SessionOptions, timeline::NodeTimeline},
+    correlate::Observers,
 };
 
 use crate::stop;
@@ -35,6 +36,14 @@ pub struct DiagnoseArgs {
     /// Written once every hook is attached (for scripts and tests).
     #[arg(long, value_parser = super::output_file)]
     ready_file: Option<PathBuf>,
+    /// Thread names (comm) of ingress proxies for the request timeline
+    /// (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "envoy,nginx,haproxy,traefik"
+    )]
+    proxy: Vec<String>,
 }
 
 /// Runs `hoptrace diagnose`; returns the exit code.
@@ -51,8 +60,13 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     let drops = Arc::new(DropObserver::new());
     let mut opts = SessionOptions::new();
     opts.netns = args.netns.clone();
-    opts.observer = Some(drops.clone());
+    // The request timeline (the ingress proxy's saturation) beside the drops.
+    let timeline = NodeTimeline::start();
+    opts.observer = Some(Arc::new(Observers(vec![drops.clone(), timeline.observer()])));
     let session = Session::start(&opts)?;
+    for note in timeline.notes() {
+        eprintln!("hoptrace: note: {note}");
+    }
     eprintln!(
         "hoptrace: diagnosing for {} ({} tc hooks, {} netfilter links, {} tracepoints); Ctrl-C stops early",
         humantime::format_duration(args.duration),
@@ -71,16 +85,24 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
             .unwrap_or_default(),
         None => node::hostname(),
     };
-    let report = report::finish(session, node_name.clone(), caps.to_json())?;
+    let mut report = report::finish(session, node_name.clone(), caps.to_json())?;
+    report.requests = timeline.finish(&args.proxy);
     let after = node::in_netns(netns, config::read_counters)?;
     let counters = after.since(&before);
     let drop_groups = drops.groups();
-    let findings = diagnose::diagnose(&Input {
+    // The request timeline's findings first among equal severities.
+    let mut findings = report
+        .requests
+        .as_ref()
+        .map(diagnose::diagnose_requests)
+        .unwrap_or_default();
+    findings.extend(diagnose::diagnose(&Input {
         report: &report,
         config: Some(&node_config),
         counters: Some(&counters),
         drops: &drop_groups,
-    });
+    }));
+    findings.sort_by_key(|f| f.severity);
     println!(
         "hoptrace diagnosis of node {} ({:.1} s, {} journeys): {} critical, {} warning, {} info\n",
         node_name,
@@ -101,6 +123,9 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     );
     print!("{}", diagnose::render_findings(&findings));
     println!("{}", report::render_categories(&report));
+    if let Some(requests) = &report.requests {
+        println!("{}", report::timeline::render(requests));
+    }
     for note in node_config.notes.iter().chain(&counters.notes) {
         println!("{}", diagnose::wrap("note: ", "      ", note).trim_end());
     }

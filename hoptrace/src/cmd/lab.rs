@@ -75,6 +75,11 @@ pub struct LabArgs {
     /// (Lua `core.msleep`, whole milliseconds).
     #[arg(long, value_parser = super::positive_duration)]
     proxy_delay: Option<Duration>,
+    /// Pin the ingress proxy's processes to this many CPUs (the first N this
+    /// process may use): the builtin proxy's thread, or nginx with N
+    /// workers / HAProxy with N threads. Reproduces a saturated ingress.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    proxy_cpus: Option<u16>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
     #[arg(
@@ -117,6 +122,16 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(2);
     }
+    if let Some(n) = args.proxy_cpus {
+        if args.ingress == IngressKind::None {
+            eprintln!("hoptrace lab: --proxy-cpus needs an ingress proxy (--ingress builtin, nginx or haproxy)");
+            return Ok(2);
+        }
+        if let Err(e) = hoptrace_lab::ingress::proxy_cpu_set(usize::from(n)) {
+            eprintln!("hoptrace lab: --proxy-cpus {n}: {e}");
+            return Ok(2);
+        }
+    }
     if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
         // A usage error: exit 2, as clap's and the other refusals.
         eprintln!(
@@ -149,6 +164,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             stop: std::sync::Arc::clone(&stop),
             proxy_delay: args.proxy_delay.unwrap_or_default(),
             proxies: args.proxy.clone(),
+            proxy_cpus: args.proxy_cpus.map(usize::from),
         };
         match lab::run_once(&opts) {
             Ok(run) => {

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use hoptrace_core::{
     kernel::{capabilities, loader::TcMode},
     node, report,
-    session::{Session, SessionOptions},
+    session::{Session, SessionOptions, timeline::NodeTimeline},
 };
 
 use crate::stop;
@@ -51,6 +51,14 @@ pub struct TraceArgs {
     /// two, at least 64KiB): larger survives longer bursts, costs memory.
     #[arg(long, default_value = "4MiB", value_parser = parse_ring_size)]
     ring_size: u32,
+    /// Thread names (comm) of ingress proxies for the request timeline
+    /// (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "envoy,nginx,haproxy,traefik"
+    )]
+    proxy: Vec<String>,
 }
 
 /// Exit code when hooks were removed by another process while tracing: the
@@ -102,6 +110,9 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         "clsact" => TcMode::Clsact,
         _ => TcMode::Tcx,
     });
+    // The request timeline: socket hooks beside the session.
+    let timeline = NodeTimeline::start();
+    opts.observer = Some(timeline.observer());
     let mut session = Session::start(&opts)?;
     eprintln!(
         "hoptrace: tracing {} tc hooks, {} netfilter links, {} tracepoints for {}; Ctrl-C stops early",
@@ -110,7 +121,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         session.attachments.tracepoints.len(),
         humantime::format_duration(args.duration)
     );
-    for note in &session.attachments.notes {
+    for note in session.attachments.notes.iter().chain(timeline.notes()) {
         eprintln!("hoptrace: note: {note}");
     }
     if let Some(ready) = &args.ready_file {
@@ -133,8 +144,12 @@ pub fn run(args: TraceArgs) -> Result<i32> {
             .unwrap_or_default(),
         None => node::hostname(),
     };
-    let report = report::finish(session, node, caps.to_json())?;
+    let mut report = report::finish(session, node, caps.to_json())?;
+    report.requests = timeline.finish(&args.proxy);
     println!("{}", report::render_table(&report));
+    if let Some(requests) = &report.requests {
+        println!("{}", report::timeline::render(requests));
+    }
     if report.journeys == 0 {
         eprintln!(
             "hoptrace: no packet crossed the traced hooks: is there traffic through this node's pods, and do --iface/--ip/--port match it?"

@@ -722,6 +722,7 @@ pub fn render_table(comparison: &Comparison) -> String {
             }));
         }
         let title = hoptrace_core::diagnose::wrap("", "", &format!("{}:", section.title));
+        hoptrace_core::report::keep_name_words(&mut table);
         let _ = writeln!(out, "{}\n{table}\n", title.trim_end());
     }
     out

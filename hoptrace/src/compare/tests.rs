@@ -60,6 +60,7 @@ fn empty_report() -> Report {
         counters: LedgerCounters::default(),
         notes: Vec::new(),
         lab: None,
+        requests: None,
     }
 }
 

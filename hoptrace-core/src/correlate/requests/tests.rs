@@ -222,6 +222,7 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
         end_ns: 195_000,
         arrival_ns: Some(140_000),
         categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
+        handshake: false,
     }];
     let joined = join(&events, &journeys, &opts());
     let r = &joined.requests[0];
@@ -277,4 +278,105 @@ fn the_clients_own_times_extend_each_request_once() {
             20_000
         );
     }
+}
+
+/// A client's new connection to a service (SYN sent at 50 µs, established
+/// at 90 µs) carrying one request per write time (µs): the backend reads
+/// it 100 µs later and answers 100 µs after that, the client reads the
+/// answer 100 µs later.
+fn new_connection(writes_us: &[u64]) -> Vec<SockEvent> {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let mut events = vec![
+        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
+        state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
+        state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
+    ];
+    for &w in writes_us {
+        events.extend([
+            ev(Send, w, 1, c, svc, 7, "hoptrace-netns"),
+            ev(Recv, w + 100, 2, b, c, 9, "hoptrace"),
+            ev(Send, w + 200, 2, b, c, 9, "hoptrace"),
+            ev(Recv, w + 300, 1, c, svc, 7, "hoptrace-netns"),
+        ]);
+    }
+    events
+}
+
+/// A request on a new connection starts when the client's connect began:
+/// the SYN's and SYN-ACK's datapath (kube-proxy's walk of a new
+/// connection) is in the request's categories, the rest of the connect is
+/// `client.connect`, and the handshake packets stay out of the request's
+/// own legs (the SYN starts within the legs' slack of the write).
+#[test]
+fn a_new_connections_handshake_is_part_of_its_first_request() {
+    let (c, svc, b) = ((CLIENT, 40000), (SERVICE, 80), (BACKEND, 8080));
+    let events = new_connection(&[100, 500]);
+    let syn = LegJourney {
+        src: c,
+        dst: svc,
+        start_ns: 52_000,
+        end_ns: 62_000,
+        arrival_ns: None,
+        categories: vec![(Category::KubeProxy, 8_000), (Category::Cni, 2_000)],
+        handshake: true,
+    };
+    let syn_ack = LegJourney {
+        src: b,
+        dst: c,
+        start_ns: 70_000,
+        end_ns: 85_000,
+        categories: vec![(Category::KubeProxy, 5_000), (Category::Cni, 3_000)],
+        ..syn.clone()
+    };
+    let joined = join(&events, &[syn, syn_ack], &opts());
+    assert_eq!(joined.requests.len(), 2);
+    let r = &joined.requests[0];
+    assert_eq!(r.start_ns, 50_000, "the request starts at the connect");
+    let cats = r.category_ns();
+    assert_eq!(cats[&Category::KubeProxy], 13_000);
+    assert_eq!(cats[&Category::Cni], 5_000);
+    assert_eq!(
+        r.segment_ns(segment::CLIENT_CONNECT, Category::Client),
+        50_000 - 18_000
+    );
+    // The request's own legs (no journey of their own) are all stack.
+    assert_eq!(cats[&Category::KernelOther], 200_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+    // The second request on the same connection has no connect.
+    let second = &joined.requests[1];
+    assert_eq!(second.start_ns, 500_000);
+    assert!(!second.category_ns().contains_key(&Category::KubeProxy));
+    assert_eq!(second.segment_ns(segment::CLIENT_CONNECT, Category::Client), 0);
+}
+
+/// A keep-alive connection the client opened before its first request was
+/// due: the connect is not part of that request's latency, so with the
+/// client's own record the request starts at its write again.
+#[test]
+fn a_connect_ahead_of_the_schedule_is_dropped_with_the_clients_record() {
+    let events = new_connection(&[1000]);
+    let mut joined = join(&events, &[], &opts());
+    assert_eq!(joined.requests[0].start_ns, 50_000);
+    // Intended at 900 µs, after the connect (50-90 µs); complete at 1,310.
+    assert_eq!(add_client_times(&mut joined.requests, &[(900_000, 1_310_000)]), 1);
+    let r = &joined.requests[0];
+    assert_eq!(r.start_ns, 900_000);
+    assert_eq!(r.segment_ns(segment::CLIENT_CONNECT, Category::Client), 0);
+    assert_eq!(r.segment_ns(segment::CLIENT_WAIT, Category::Client), 100_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+    // Intended before the connect (a new connection per request): kept.
+    let mut joined = join(&events, &[], &opts());
+    assert_eq!(add_client_times(&mut joined.requests, &[(40_000, 1_310_000)]), 1);
+    let r = &joined.requests[0];
+    assert_eq!(r.start_ns, 40_000);
+    assert_eq!(
+        r.segment_ns(segment::CLIENT_CONNECT, Category::Client),
+        950_000
+    );
+    assert_eq!(r.segment_ns(segment::CLIENT_WAIT, Category::Client), 10_000);
 }

@@ -1,10 +1,11 @@
-//! The lab's request timeline: joins the socket events of a run into
-//! requests (`hoptrace_core::correlate::requests`), sums them into the
-//! run's `requests` section, and says where the time per request goes.
+//! The request timeline as a document section: joined requests
+//! ([`crate::correlate::requests`]) summed into a `requests` section (a lab
+//! run's, or a node report's from `hoptrace trace`), its terminal table,
+//! and the sentence that says where the time per request goes.
 
 use std::collections::BTreeMap;
 
-use hoptrace_core::{
+use crate::{
     attribution::taxonomy::Category,
     correlate::requests::{Joined, Request, segment},
     report::{LabRequests, RequestCategory, RequestWaterfall, WaterfallSegment},
@@ -20,6 +21,24 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Mean, p50 and p99 of the joined requests' own durations (first event
+/// to the client's last read), µs: the client's latency where no load
+/// generator measured it (`hoptrace trace`).
+pub fn joined_latency(joined: &Joined) -> (f64, f64, f64) {
+    let mut ns: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.end_ns.saturating_sub(r.start_ns))
+        .collect();
+    ns.sort_unstable();
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len().max(1) as f64 / 1000.0;
+    (
+        mean,
+        percentile(&ns, 50.0) as f64 / 1000.0,
+        percentile(&ns, 99.0) as f64 / 1000.0,
+    )
 }
 
 /// The `requests` section of a run from its joined requests and the load
@@ -134,7 +153,7 @@ pub fn human_us(us: f64) -> String {
 /// The terminal table (µs per request and share of the client's mean by
 /// category) and the one sentence of where the time goes.
 pub fn render(requests: &LabRequests) -> String {
-    use hoptrace_core::report::styled_table;
+    use crate::report::styled_table;
     let mut out = String::new();
     let mut table = styled_table(&[
         "category",
@@ -159,6 +178,7 @@ pub fn render(requests: &LabRequests) -> String {
             ),
         ]);
     }
+    crate::report::keep_name_words(&mut table);
     out.push_str(&format!(
         "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)\n{table}\n",
         requests.joined,
@@ -257,7 +277,7 @@ pub fn sentence(requests: &LabRequests) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hoptrace_core::correlate::requests::{RequestSegment, segment};
+    use crate::correlate::requests::{RequestSegment, segment};
 
     fn request(start: u64, parts: &[(&'static str, Category, u64)]) -> Request {
         let mut t = start;
@@ -273,6 +293,7 @@ mod tests {
         }
         Request {
             start_ns: start,
+            write_ns: start,
             end_ns: t,
             proxied: true,
             segments,

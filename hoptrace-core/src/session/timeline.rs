@@ -1,0 +1,94 @@
+//! The request timeline of one node (`hoptrace trace`, `hoptrace
+//! diagnose`): the socket hooks ([`SockTracer`]) beside a session, the
+//! session's journeys of TCP payload and handshakes ([`LegRecorder`]), and
+//! their join into the report's `requests` section when the session ends.
+//!
+//! One node sees its own processes and its own hops: a request whose
+//! client is on another node is joined from the first event this node
+//! sees, and legs crossing other nodes keep their time in `stack`. There
+//! is no load generator: the client's figures are the joined requests'
+//! own (first event to the client's last read).
+
+use std::sync::Arc;
+
+use crate::{
+    correlate::{
+        JourneyObserver,
+        requests::{self, JoinOptions, LegRecorder},
+    },
+    kernel::sock::SockTracer,
+    report::{LabRequests, timeline},
+};
+
+/// Socket events kept at most (80 bytes each: 160 MB); beyond, events are
+/// counted as lost and some requests are not joined.
+pub const MAX_SOCK_EVENTS: usize = 2_000_000;
+
+/// The socket hooks and the journey recorder of one node's timeline.
+pub struct NodeTimeline {
+    tracer: Option<SockTracer>,
+    legs: Arc<LegRecorder>,
+    notes: Vec<String>,
+}
+
+impl NodeTimeline {
+    /// Attaches the socket hooks for every network namespace of this
+    /// kernel (a node's pods live in namespaces of their own). Never
+    /// fails: without the hooks, [`NodeTimeline::finish`] returns `None`
+    /// and [`NodeTimeline::notes`] says why.
+    pub fn start() -> Self {
+        let (tracer, notes) = match SockTracer::start_bounded(&[], MAX_SOCK_EVENTS) {
+            Ok(tracer) => (Some(tracer), Vec::new()),
+            Err(e) => (None, vec![format!("request timeline unavailable: {e}")]),
+        };
+        Self {
+            tracer,
+            legs: Arc::new(LegRecorder::default()),
+            notes,
+        }
+    }
+
+    /// Why the timeline is missing, if it is.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// The observer to give the session (`SessionOptions::observer`).
+    pub fn observer(&self) -> Arc<dyn JourneyObserver> {
+        Arc::clone(&self.legs) as _
+    }
+
+    /// Detaches the socket hooks and joins what they saw with the
+    /// session's journeys (call after the session's report is built, so
+    /// every journey has been recorded). `proxies`: thread names of
+    /// ingress proxies (`--proxy`). `None` without socket hooks or when no
+    /// request was joined.
+    pub fn finish(self, proxies: &[String]) -> Option<LabRequests> {
+        let capture = self.tracer?.stop();
+        let opts = JoinOptions {
+            proxies: proxies.to_vec(),
+            ..JoinOptions::default()
+        };
+        let joined = requests::join(&capture.events, &self.legs.take(), &opts);
+        if joined.requests.is_empty() {
+            return None;
+        }
+        let mut notes = capture.notes;
+        if capture.lost > 0 {
+            notes.push(format!(
+                "{} socket events were lost (ring buffer full or over {MAX_SOCK_EVENTS} kept): some requests are not joined",
+                capture.lost
+            ));
+        }
+        notes.push(
+            "one node's view: no load generator, the client's figures are the joined requests' own; legs through other nodes keep their time in stack"
+                .into(),
+        );
+        Some(timeline::requests_section(
+            &joined,
+            timeline::joined_latency(&joined),
+            None,
+            notes,
+        ))
+    }
+}
