@@ -334,10 +334,11 @@ pub fn observe(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus, cf
         None
     };
     let out = hop(h.skb_addr, site, h.ts_ns, meta, ct_state, cfg, ends);
-    if is_drop && !out.sampled {
-        if let Some((prev, prev_ts)) = out.prev {
-            emit::site_header(h.skb_addr, &prev, prev_ts);
-        }
+    if let Some((prev, prev_ts)) = out.prev
+        && is_drop
+        && !out.sampled
+    {
+        emit::site_header(h.skb_addr, &prev, prev_ts);
     }
     if out.sampled || is_drop {
         emit::copy_and_submit(h, meta, status);

@@ -517,7 +517,7 @@ impl Tracer {
                 source,
             })?;
         let mut out = Vec::new();
-        for item in hist.iter() {
+        for item in &hist {
             // A key deleted between two reads of the iteration is skipped.
             let Ok((key, values)) = item else {
                 continue;
