@@ -339,7 +339,9 @@ fn histograms_by_segment(text: &str, family: &str) -> BTreeMap<String, SegmentHi
         let end = start + line[start..].find('"')?;
         Some(line[start..end].to_owned())
     };
-    let mut out: BTreeMap<String, (f64, f64, BTreeMap<u64, (f64, f64)>)> = BTreeMap::new();
+    /// Count, sum, and (bound, cumulative count) by the bound's bits.
+    type Partial = (f64, f64, BTreeMap<u64, (f64, f64)>);
+    let mut out: BTreeMap<String, Partial> = BTreeMap::new();
     for line in text.lines() {
         let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
             continue;
