@@ -795,17 +795,23 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
             .flat_map(|r| [&r.throughput_phase, &r.rr_phase])
     };
     let costs = || phases().filter_map(|p| p.trace.as_ref());
-    let events_per_packet = {
-        let (events, packets) = traced.iter().fold((0u64, 0u64), |(e, p), r| {
-            let t = r.throughput_phase.trace.as_ref().map_or(0, |t| t.emitted);
-            (e + t, p + r.throughput_phase.client_packets)
-        });
+    // Ring buffer events per client-pod packet during iperf3, over the
+    // rounds of one kind (both nodes' sessions).
+    let events_per_packet_of = |kind: RoundKind| {
+        let (events, packets) = rounds
+            .iter()
+            .filter(|r| r.kind == kind)
+            .fold((0u64, 0u64), |(e, p), r| {
+                let t = r.throughput_phase.trace.as_ref().map_or(0, |t| t.emitted);
+                (e + t, p + r.throughput_phase.client_packets)
+            });
         if packets > 0 {
             events as f64 / packets as f64
         } else {
             f64::NAN
         }
     };
+    let events_per_packet = events_per_packet_of(Traced);
     // (node, program) → per phase (runs, run time ns).
     let mut programs: BTreeMap<(String, String), [(u64, u64); 2]> = BTreeMap::new();
     let mut seconds = [0.0f64; 2];
@@ -846,20 +852,6 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
         if secs > 0.0 { cpu / secs } else { f64::NAN }
     };
     let userspace_share = cpu_share(Traced) - cpu_share(Baseline);
-    let events_per_packet_of = |kind: RoundKind| {
-        let (events, packets) = rounds
-            .iter()
-            .filter(|r| r.kind == kind)
-            .fold((0u64, 0u64), |(e, p), r| {
-                let t = r.throughput_phase.trace.as_ref().map_or(0, |t| t.emitted);
-                (e + t, p + r.throughput_phase.client_packets)
-            });
-        if packets > 0 {
-            events as f64 / packets as f64
-        } else {
-            f64::NAN
-        }
-    };
     let agent_cpu = cpu_share(Aggregate) - cpu_share(Baseline);
     let agent = AgentChecks {
         throughput: Check::new(

@@ -20,7 +20,7 @@ use hoptrace_common::{
         AGG_BUCKETS, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist, AggKey, AggSite, AggState,
         agg_bucket, agg_fingerprint, pass_add,
     },
-    packet::IPPROTO_TCP,
+    packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
 };
 
 use crate::{emit, maps::count};
@@ -351,4 +351,35 @@ pub fn observe(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus, cf
 #[inline(never)]
 pub fn observe_subprogram(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus) {
     observe(h, meta, status, &crate::globals::config());
+}
+
+/// What [`parse_scratch`] returns for a packet the `--ip/--port` filter
+/// rejects.
+pub const PARSE_FILTERED: u8 = 0xff;
+
+/// Parses the headers in `sc.window` (from the network header on, of
+/// protocol `ethertype`) into `sc.meta`: the [`ParseStatus`] as u8, or
+/// [`PARSE_FILTERED`]. Each hook calls it from a BPF subprogram of its own
+/// that first copies the window.
+#[inline(always)]
+pub fn parse_scratch(sc: &mut Scratch, ethertype: u16) -> u8 {
+    let cfg = crate::globals::config();
+    let status = parse_from_l3(&sc.window, 0, ethertype, &cfg, &mut sc.meta);
+    if !flow_matches(&sc.meta, &cfg) {
+        return PARSE_FILTERED;
+    }
+    status as u8
+}
+
+/// After a hook's parse: counts a filtered packet, or adds the hop in
+/// `sc.header` with the headers in `sc.meta` (`parsed`) or without (a
+/// netfilter bracket that does not parse).
+#[inline(always)]
+pub fn observe_parsed(sc: &Scratch, status: u8, parsed: bool) {
+    if status == PARSE_FILTERED {
+        count(Counter::Filtered);
+        return;
+    }
+    let meta = if parsed { Some(&sc.meta) } else { None };
+    observe_subprogram(&sc.header, meta, ParseStatus::from_u8(status));
 }

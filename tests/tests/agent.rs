@@ -152,6 +152,52 @@ impl Prometheus {
     }
 }
 
+/// The two-node flannel VXLAN lab with kube-proxy's iptables rules (100
+/// Services), a backend behind the first Service, warmed up with 3
+/// requests.
+struct VxlanLab {
+    lab: Lab,
+    /// The backend's server tasks (stopped when dropped).
+    _backend: Vec<hoptrace_lab::servers::NetnsTask>,
+    /// The Service's ClusterIP and TCP port.
+    target: SocketAddr,
+    /// The client pod's namespace name.
+    client: String,
+    /// Node 0's namespace name (where hoptrace runs).
+    node: String,
+}
+
+impl VxlanLab {
+    fn build(tag: &str) -> Self {
+        let spec = LabSpec {
+            prefix: format!("ht-{tag}{}-", std::process::id() % 1000),
+            nodes: 2,
+            pods_per_node: 2,
+            datapath: Datapath::FlannelVxlan,
+            kube_proxy: KubeProxyMode::Iptables,
+            services: 100,
+        };
+        let lab = Lab::build(&spec).expect("build lab");
+        let service = lab.service();
+        let backend = start_backend(&service.backends[0].netns);
+        let target: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp").into();
+        let client = lab.client_pod().netns.clone();
+        let node = lab.nodes()[0].netns.clone();
+        assert_eq!(
+            http_requests_new_connection(&client, target, 3),
+            3,
+            "warm-up"
+        );
+        Self {
+            lab,
+            _backend: backend,
+            target,
+            client,
+            node,
+        }
+    }
+}
+
 /// Segment counts of one category in a `hoptrace.report.v1`, by segment.
 fn report_counts(report: &Value, category: &str) -> BTreeMap<String, f64> {
     let mut counts = BTreeMap::new();
@@ -203,25 +249,8 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     if !can_run_with_kernel_programs("prometheus_scrapes_the_agent_and_its_counts_match_trace") {
         return;
     }
-    let spec = LabSpec {
-        prefix: format!("ht-ag{}-", std::process::id() % 1000),
-        nodes: 2,
-        pods_per_node: 2,
-        datapath: Datapath::FlannelVxlan,
-        kube_proxy: KubeProxyMode::Iptables,
-        services: 100,
-    };
-    let lab = Lab::build(&spec).expect("build lab");
-    let service = lab.service();
-    let _backend = start_backend(&service.backends[0].netns);
-    let target: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp").into();
-    let client = lab.client_pod().netns.clone();
-    let node = lab.nodes()[0].netns.clone();
-    assert_eq!(
-        http_requests_new_connection(&client, target, 3),
-        3,
-        "warm-up"
-    );
+    let lab = VxlanLab::build("ag");
+    let (client, target, node) = (lab.client.clone(), lab.target, lab.node.clone());
 
     // The agent, scraped by Prometheus, while the client sends its requests.
     let mut agent = start(
@@ -320,7 +349,7 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
             );
         }
     }
-    lab.teardown().expect("teardown");
+    lab.lab.teardown().expect("teardown");
 }
 
 /// One segment's histogram summed over label sets: count, sum in seconds,
@@ -423,25 +452,8 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
     if !can_run_with_kernel_programs("aggregate_mode_matches_the_correlator_on_the_same_packets") {
         return;
     }
-    let spec = LabSpec {
-        prefix: format!("ht-aa{}-", std::process::id() % 1000),
-        nodes: 2,
-        pods_per_node: 2,
-        datapath: Datapath::FlannelVxlan,
-        kube_proxy: KubeProxyMode::Iptables,
-        services: 100,
-    };
-    let lab = Lab::build(&spec).expect("build lab");
-    let service = lab.service();
-    let _backend = start_backend(&service.backends[0].netns);
-    let target: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp").into();
-    let client = lab.client_pod().netns.clone();
-    let node = lab.nodes()[0].netns.clone();
-    assert_eq!(
-        http_requests_new_connection(&client, target, 3),
-        3,
-        "warm-up"
-    );
+    let lab = VxlanLab::build("aa");
+    let (client, target, node) = (lab.client.clone(), lab.target, lab.node.clone());
     let mut agent = start(
         &[
             "agent",
@@ -484,7 +496,7 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
         last = now;
     };
     stop(&mut agent, nix::sys::signal::Signal::SIGTERM);
-    lab.teardown().expect("teardown");
+    lab.lab.teardown().expect("teardown");
 
     let kernel = histograms_by_segment(&text, "hoptrace_segment_duration_seconds");
     let correlator = histograms_by_segment(&text, "hoptrace_sampled_segment_duration_seconds");

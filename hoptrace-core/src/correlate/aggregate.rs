@@ -259,19 +259,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keys_get_the_correlators_names_direction_and_state() {
-        let mut namer = AggregateNamer::new(ctx());
+    /// The first segment of a journey from the pod: its device's transmit
+    /// to tc ingress on the host side of its veth.
+    fn pod_veth_egress(flags: u8) -> AggKey {
         let first = site(HookKind::DevXmit, 7, 2, Encap::None);
-        let key = AggKey {
+        AggKey {
             prev: first,
             cur: site(HookKind::TcIngress, 1, 5, Encap::None),
             first,
             inner_pass: 0,
             outer_pass: 0,
-            flags: AGG_FLAG_SYN,
+            flags,
             _pad: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn keys_get_the_correlators_names_direction_and_state() {
+        let mut namer = AggregateNamer::new(ctx());
+        let key = pod_veth_egress(AGG_FLAG_SYN);
         let (seg, dir, state) = namer.name(&key).expect("named");
         assert_eq!(seg.name, "pod.veth.egress");
         assert_eq!(dir, Direction::Egress);
@@ -285,16 +291,7 @@ mod tests {
     #[test]
     fn snapshot_merges_keys_and_counts_journeys() {
         let mut namer = AggregateNamer::new(ctx());
-        let first = site(HookKind::DevXmit, 7, 2, Encap::None);
-        let key = AggKey {
-            prev: first,
-            cur: site(HookKind::TcIngress, 1, 5, Encap::None),
-            first,
-            inner_pass: 0,
-            outer_pass: 0,
-            flags: 0,
-            _pad: 0,
-        };
+        let key = pod_veth_egress(0);
         let mut h = AggHist::zeroed();
         h.count = 3;
         h.sum_ns = 3000;

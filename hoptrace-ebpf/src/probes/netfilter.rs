@@ -9,14 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    Counter, CtState, HookKind, HopHeader, ParseStatus, TraceConfig,
-    packet::{ETH_P_IP, ETH_P_IPV6, flow_matches, parse_from_l3},
+    CtState, HookKind, HopHeader, ParseStatus, TraceConfig,
+    packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
     emit, global,
     globals::{aggregate_mode, config, dispatch_only},
-    maps::count,
     skb::{BtfPtr, Skb, dev_ifindex},
 };
 
@@ -183,31 +182,18 @@ fn observe_aggregate(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
     fill_header(&mut sc.header, skb, slot, nf_hook, nf_pf, &cfg, parse);
     // A bracket that does not parse belongs to the previous parsed hop's
     // layer.
-    let (meta, status) = if parse {
-        let status = parse_into(skb, nf_pf, sc);
-        if status == PARSE_FILTERED {
-            count(Counter::Filtered);
-            return;
-        }
-        (Some(&sc.meta), ParseStatus::from_u8(status))
+    let status = if parse {
+        parse_into(skb, nf_pf, sc)
     } else {
-        (None, ParseStatus::Skipped)
+        ParseStatus::Skipped as u8
     };
-    aggregate::observe_subprogram(&sc.header, meta, status);
+    aggregate::observe_parsed(sc, status, parse);
 }
 
-/// What [`parse_into`] returns for a packet the `--ip/--port` filter rejects.
-const PARSE_FILTERED: u8 = 0xff;
-
-/// Copies and parses the headers of `skb` into `sc`; the [`ParseStatus`]
-/// as u8, or [`PARSE_FILTERED`].
+/// Copies and parses the headers of `skb` into `sc`
+/// ([`aggregate::parse_scratch`]).
 #[inline(never)]
 fn parse_into(skb: Skb, nf_pf: u8, sc: &mut Scratch) -> u8 {
-    let cfg = &config();
     skb.network_window(&mut sc.window);
-    let status = parse_from_l3(&sc.window, 0, ethertype_of(nf_pf), cfg, &mut sc.meta);
-    if !flow_matches(&sc.meta, cfg) {
-        return PARSE_FILTERED;
-    }
-    status as u8
+    aggregate::parse_scratch(sc, ethertype_of(nf_pf))
 }

@@ -11,14 +11,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use hoptrace_common::{
-    Counter, HeaderWindow, HookKind, HopHeader, ParseStatus,
-    packet::{ETH_P_8021AD, ETH_P_8021Q, flow_matches, parse_from_l3},
+    HeaderWindow, HookKind, HopHeader,
+    packet::{ETH_P_8021AD, ETH_P_8021Q},
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
     emit, global,
     globals::{aggregate_mode, config, dispatch_only},
-    maps::count,
     skb::window_len,
 };
 
@@ -185,25 +184,13 @@ fn observe_aggregate(ctx: &TcContext, hook: HookKind, has_l2: bool) {
     // this frame to the parser's.
     fill_header(ctx, hook, &mut sc.header);
     let status = parse_into(ctx, has_l2, sc);
-    if status == PARSE_FILTERED {
-        count(Counter::Filtered);
-        return;
-    }
-    aggregate::observe_subprogram(&sc.header, Some(&sc.meta), ParseStatus::from_u8(status));
+    aggregate::observe_parsed(sc, status, true);
 }
 
-/// What [`parse_into`] returns for a packet the `--ip/--port` filter rejects.
-const PARSE_FILTERED: u8 = 0xff;
-
-/// Copies and parses the packet's headers into `sc`; the [`ParseStatus`]
-/// as u8, or [`PARSE_FILTERED`].
+/// Copies and parses the packet's headers into `sc`
+/// ([`aggregate::parse_scratch`]).
 #[inline(never)]
 fn parse_into(ctx: &TcContext, has_l2: bool, sc: &mut Scratch) -> u8 {
-    let cfg = &config();
     let ethertype = window_of(ctx, has_l2, &mut sc.window);
-    let status = parse_from_l3(&sc.window, 0, ethertype, cfg, &mut sc.meta);
-    if !flow_matches(&sc.meta, cfg) {
-        return PARSE_FILTERED;
-    }
-    status as u8
+    aggregate::parse_scratch(sc, ethertype)
 }

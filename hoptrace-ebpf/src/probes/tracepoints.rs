@@ -5,8 +5,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use hoptrace_common::{
-    Counter, HeaderWindow, HookKind, HopHeader, ParseStatus,
-    packet::{ETH_P_IP, ETH_P_IPV6, flow_matches, parse_from_l3},
+    Counter, HeaderWindow, HookKind, HopHeader,
+    packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
@@ -168,25 +168,13 @@ fn observe_full(skb: Skb, h: &HopHeader, protocol: u16) {
 #[inline(always)]
 fn observe_aggregate(skb: Skb, protocol: u16, sc: &mut Scratch) {
     let status = parse_into(skb, protocol, sc);
-    if status == PARSE_FILTERED {
-        count(Counter::Filtered);
-        return;
-    }
-    aggregate::observe_subprogram(&sc.header, Some(&sc.meta), ParseStatus::from_u8(status));
+    aggregate::observe_parsed(sc, status, true);
 }
 
-/// What [`parse_into`] returns for a packet the `--ip/--port` filter rejects.
-const PARSE_FILTERED: u8 = 0xff;
-
-/// Copies and parses the headers of `skb` into `sc`; the [`ParseStatus`]
-/// as u8, or [`PARSE_FILTERED`].
+/// Copies and parses the headers of `skb` into `sc`
+/// ([`aggregate::parse_scratch`]).
 #[inline(never)]
 fn parse_into(skb: Skb, protocol: u16, sc: &mut Scratch) -> u8 {
-    let cfg = &config();
     skb.network_window(&mut sc.window);
-    let status = parse_from_l3(&sc.window, 0, protocol, cfg, &mut sc.meta);
-    if !flow_matches(&sc.meta, cfg) {
-        return PARSE_FILTERED;
-    }
-    status as u8
+    aggregate::parse_scratch(sc, protocol)
 }

@@ -440,6 +440,27 @@ fn series_labels<'a>(
     labels
 }
 
+/// Labels of a segment series.
+fn segment_labels<'a>(
+    node: &'a str,
+    name: &'a str,
+    category: Category,
+    direction: Direction,
+    conn_state: ConnState,
+    pod: &'a PodLabelSet,
+) -> Vec<(&'static str, &'a str)> {
+    series_labels(
+        node,
+        &[
+            ("segment", name),
+            ("category", category.name()),
+            ("direction", direction.name()),
+            ("conn_state", conn_state.name()),
+        ],
+        pod,
+    )
+}
+
 fn encode_counter(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -470,16 +491,7 @@ impl Collector for AgentMetrics {
                 MetricType::Histogram,
             )?;
             for ((name, category, direction, conn_state), hist) in &agg.segments {
-                let labels = series_labels(
-                    node,
-                    &[
-                        ("segment", name.as_str()),
-                        ("category", category.name()),
-                        ("direction", direction.name()),
-                        ("conn_state", conn_state.name()),
-                    ],
-                    &none,
-                );
+                let labels = segment_labels(node, name, *category, *direction, *conn_state, &none);
                 hist.encode(metric.encode_family(&labels)?)?;
             }
             let mut metric = encoder.encode_descriptor(
@@ -518,14 +530,12 @@ impl Collector for AgentMetrics {
             let Some((name, category)) = store.segment_names.get(segment as usize) else {
                 continue;
             };
-            let labels = series_labels(
+            let labels = segment_labels(
                 node,
-                &[
-                    ("segment", name.as_str()),
-                    ("category", category.name()),
-                    ("direction", direction.name()),
-                    ("conn_state", conn_state.name()),
-                ],
+                name,
+                *category,
+                direction,
+                conn_state,
                 &store.label_sets[label as usize],
             );
             hist.encode(metric.encode_family(&labels)?)?;
