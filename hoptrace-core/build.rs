@@ -25,6 +25,13 @@ fn main() -> anyhow::Result<()> {
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path"))?
         .to_owned();
+    // aya-build turns every line the inner cargo prints on stderr
+    // ("Compiling ...", "Downloading ...") into a `cargo:warning`, which
+    // cargo then replays on every later build, even a no-op one. Quiet
+    // keeps only what matters: errors and the compiler's own warnings.
+    // SAFETY: a build script is single-threaded here: no other thread
+    // reads the environment while it changes.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "hoptrace-ebpf",

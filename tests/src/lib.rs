@@ -83,6 +83,24 @@ pub fn hoptrace_bin() -> std::path::PathBuf {
         )
 }
 
+/// The release build of hoptrace, what users run (memory figures depend on
+/// the build: a debug binary maps ~30 MiB of its own code): from
+/// `HOPTRACE_RELEASE_BIN` (`cargo xtask test` sets it), else
+/// `target/release/hoptrace`.
+///
+/// # Panics
+///
+/// Neither exists: build it with `cargo xtask build --release`.
+pub fn hoptrace_release_bin() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("HOPTRACE_RELEASE_BIN") {
+        return path.into();
+    }
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/release/hoptrace")
+        .canonicalize()
+        .expect("target/release/hoptrace: run `cargo xtask build --release` first (or `cargo xtask test`)")
+}
+
 /// Starts the lab's HTTP (8080) and UDP (5353) backend inside `netns`,
 /// listening when this returns; dropping the tasks stops them.
 pub fn start_backend(netns: &str) -> Vec<hoptrace_lab::servers::NetnsTask> {
@@ -163,11 +181,17 @@ impl HoptraceRun {
     /// Runs `hoptrace <args> --netns <netns> --ready-file <dir>/ready`; a
     /// `{dir}` in an argument becomes the run's temp dir (for `--json`).
     pub fn start(args: &[&str], netns: &std::path::Path) -> Self {
+        Self::start_bin(&hoptrace_bin(), args, netns)
+    }
+
+    /// As [`HoptraceRun::start`], with the binary at `bin` (e.g.
+    /// [`hoptrace_release_bin`]).
+    pub fn start_bin(bin: &std::path::Path, args: &[&str], netns: &std::path::Path) -> Self {
         use std::time::{Duration, Instant};
         let dir = tempfile::tempdir().expect("temp dir");
         let ready = dir.path().join("ready");
         let dir_text = dir.path().to_str().expect("UTF-8 temp dir").to_owned();
-        let child = Command::new(hoptrace_bin())
+        let child = Command::new(bin)
             .args(args.iter().map(|a| a.replace("{dir}", &dir_text)))
             .arg("--netns")
             .arg(netns)

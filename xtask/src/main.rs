@@ -174,6 +174,8 @@ fn build_bin_of(package: &str, name: &str, release: bool) -> Result<PathBuf> {
 fn test(filter: &[String]) -> Result<()> {
     setup::run(setup::Profile::All, false)?;
     let bin = build(false)?;
+    // The memory test measures the binary users run.
+    let release_bin = build(true)?;
     // Lints: every userspace crate and its tests, warnings are errors.
     run(cargo().args([
         "clippy",
@@ -206,7 +208,8 @@ fn test(filter: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "-p", "tests", "--", "--test-threads=1"])
         .args(filter)
-        .env("HOPTRACE_BIN", &bin);
+        .env("HOPTRACE_BIN", &bin)
+        .env("HOPTRACE_RELEASE_BIN", &release_bin);
     run(&mut cmd)
 }
 

@@ -82,7 +82,7 @@ pub enum BtfError {
 }
 
 /// A member of a struct or union.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Member {
     name_off: u32,
     type_id: u32,
@@ -90,62 +90,47 @@ struct Member {
     bit_offset: u32,
 }
 
-/// One BTF type; only what this reader uses is kept.
-#[derive(Clone, Debug)]
-enum BtfType {
-    /// Struct or union with its members.
-    Composite {
-        name_off: u32,
-        members: Vec<Member>,
-    },
-    /// Enum or enum64 with (name offset, value) pairs.
-    Enum {
-        name_off: u32,
-        values: Vec<(u32, i64)>,
-    },
-    /// Typedef, const, volatile, restrict, type tag: points at another type.
-    Alias {
-        target: u32,
-    },
-    Func {
-        name_off: u32,
-    },
-    /// Every other kind (int, pointer, array, forward declaration, ...).
-    Other,
+/// The fixed part of one BTF type (`struct btf_type`, include/uapi/linux/btf.h)
+/// and where its kind-specific trailer starts.
+#[derive(Clone, Copy, Debug)]
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    /// Number of trailing members, values or parameters.
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` for structs, unions, enums and ints; `type` for typedefs,
+    /// qualifiers, pointers and functions.
+    size_or_type: u32,
+    /// Byte offset of the trailer in the blob.
+    trailer: usize,
 }
 
-/// Parsed BTF: the type table (index = type id) and the string section.
+/// Parsed BTF, kept as the raw blob plus the byte offset of every type:
+/// about 4 bytes per type beyond the blob itself (the kernel's is ~5.5 MB
+/// with ~150,000 types), decoded on demand. A decoded type table would take
+/// two to three times the blob, and hoptrace reads a few dozen types.
 pub struct Btf {
-    types: Vec<BtfType>,
-    strings: Vec<u8>,
-}
-
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
+    data: Vec<u8>,
     little_endian: bool,
+    /// The string section's byte range in `data`.
+    strings: std::ops::Range<usize>,
+    /// Byte offset in `data` of each type's header; index = type id (id 0,
+    /// `void`, has none and holds `u32::MAX`).
+    offsets: Vec<u32>,
 }
 
-impl Reader<'_> {
-    fn u32(&mut self) -> Result<u32, BtfError> {
-        let bytes: [u8; 4] = self
-            .data
-            .get(self.pos..self.pos + 4)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| {
-                BtfError::Malformed(format!("type section truncated at byte {}", self.pos))
-            })?;
-        self.pos += 4;
-        Ok(if self.little_endian {
-            u32::from_le_bytes(bytes)
-        } else {
-            u32::from_be_bytes(bytes)
-        })
-    }
-
-    fn skip(&mut self, bytes: usize) {
-        self.pos += bytes;
-    }
+/// Bytes of the kind-specific data after a type's 12-byte header.
+fn trailer_len(kind: u32, vlen: usize) -> Result<usize, BtfError> {
+    Ok(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_PTR | KIND_FWD | KIND_FLOAT | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
+        | KIND_RESTRICT | KIND_TYPE_TAG | KIND_FUNC => 0,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_ENUM64 | KIND_DATASEC => 12 * vlen,
+        KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+        other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
+    })
 }
 
 impl Btf {
@@ -161,7 +146,7 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::from_blob(data)
     }
 
     /// The running kernel's BTF.
@@ -180,6 +165,11 @@ impl Btf {
     /// [`BtfError::Malformed`]: bad magic, sections out of bounds, a
     /// truncated type, an unknown kind.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        Self::from_blob(data.to_vec())
+    }
+
+    /// As [`Btf::parse`], keeping `data` instead of copying it.
+    fn from_blob(data: Vec<u8>) -> Result<Self, BtfError> {
         if data.len() < 24 {
             return Err(BtfError::Malformed("shorter than the BTF header".into()));
         }
@@ -191,181 +181,190 @@ impl Btf {
             (_, BTF_MAGIC) => false,
             _ => return Err(BtfError::Malformed("bad magic".into())),
         };
-        let mut header = Reader {
+        let mut btf = Self {
             data,
-            pos: 4,
             little_endian,
+            strings: 0..0,
+            offsets: vec![u32::MAX], // id 0 is void
         };
-        let hdr_len = header.u32()? as usize;
-        let type_off = header.u32()? as usize;
-        let type_len = header.u32()? as usize;
-        let str_off = header.u32()? as usize;
-        let str_len = header.u32()? as usize;
+        let word = |btf: &Self, pos: usize| btf.word(pos);
+        let hdr_len = word(&btf, 4)? as usize;
+        let (type_off, type_len) = (word(&btf, 8)? as usize, word(&btf, 12)? as usize);
+        let (str_off, str_len) = (word(&btf, 16)? as usize, word(&btf, 20)? as usize);
         let section = |off: usize, len: usize, what: &str| {
             hdr_len
                 .checked_add(off)
                 .and_then(|start| Some(start..start.checked_add(len)?))
-                .and_then(|range| data.get(range))
+                .filter(|range| range.end <= btf.data.len())
                 .ok_or_else(|| BtfError::Malformed(format!("{what} section out of bounds")))
         };
-        let type_data = section(type_off, type_len, "type")?;
-        let strings = section(str_off, str_len, "string")?.to_vec();
-
-        let mut types = vec![BtfType::Other]; // id 0 is void
-        let mut r = Reader {
-            data: type_data,
-            pos: 0,
-            little_endian,
-        };
-        while r.pos < type_data.len() {
-            let name_off = r.u32()?;
-            let info = r.u32()?;
-            let size_or_type = r.u32()?;
-            let vlen = (info & 0xffff) as usize;
-            let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT => {
-                    r.skip(4);
-                    BtfType::Other
-                }
-                KIND_PTR | KIND_FWD | KIND_FLOAT => BtfType::Other,
-                KIND_ARRAY => {
-                    r.skip(12);
-                    BtfType::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name_off = r.u32()?;
-                        let type_id = r.u32()?;
-                        let offset = r.u32()?;
-                        // With kind_flag the top 8 bits hold the bitfield size.
-                        let bit_offset = if kind_flag {
-                            offset & 0x00ff_ffff
-                        } else {
-                            offset
-                        };
-                        members.push(Member {
-                            name_off,
-                            type_id,
-                            bit_offset,
-                        });
-                    }
-                    BtfType::Composite { name_off, members }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name = r.u32()?;
-                        let raw = r.u32()?;
-                        let value = if kind_flag {
-                            i64::from(raw as i32)
-                        } else {
-                            i64::from(raw)
-                        };
-                        values.push((name, value));
-                    }
-                    BtfType::Enum { name_off, values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let name = r.u32()?;
-                        let lo = r.u32()?;
-                        let hi = r.u32()?;
-                        values.push((name, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
-                    }
-                    BtfType::Enum { name_off, values }
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    BtfType::Alias {
-                        target: size_or_type,
-                    }
-                }
-                KIND_FUNC => BtfType::Func { name_off },
-                KIND_FUNC_PROTO => {
-                    r.skip(8 * vlen);
-                    BtfType::Other
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    r.skip(4);
-                    BtfType::Other
-                }
-                KIND_DATASEC => {
-                    r.skip(12 * vlen);
-                    BtfType::Other
-                }
-                other => return Err(BtfError::Malformed(format!("unknown BTF kind {other}"))),
-            };
-            if r.pos > type_data.len() {
+        let types = section(type_off, type_len, "type")?;
+        btf.strings = section(str_off, str_len, "string")?;
+        let mut pos = types.start;
+        while pos < types.end {
+            let info = btf.word(pos + 4)?;
+            let trailer = trailer_len((info >> 24) & 0x1f, (info & 0xffff) as usize)?;
+            let offset = u32::try_from(pos)
+                .map_err(|_| BtfError::Malformed("type section beyond 4 GiB".into()))?;
+            btf.offsets.push(offset);
+            pos += 12 + trailer;
+            if pos > types.end {
                 return Err(BtfError::Malformed("type section truncated".into()));
             }
-            types.push(ty);
         }
-        Ok(Self { types, strings })
+        Ok(btf)
+    }
+
+    /// The 32-bit word at byte `pos` of the blob, in the blob's byte order.
+    fn word(&self, pos: usize) -> Result<u32, BtfError> {
+        let bytes: [u8; 4] = self
+            .data
+            .get(pos..pos + 4)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {pos}")))?;
+        Ok(if self.little_endian {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        })
+    }
+
+    /// A word inside a type that [`Btf::from_blob`] checked lies in the blob.
+    fn checked_word(&self, pos: usize) -> u32 {
+        self.word(pos).unwrap_or(0)
     }
 
     /// Number of types, including the implicit `void` (id 0).
     pub fn type_count(&self) -> usize {
-        self.types.len()
+        self.offsets.len()
     }
 
     fn name(&self, off: u32) -> &str {
-        let Some(rest) = self.strings.get(off as usize..) else {
+        let Some(rest) = self.data[self.strings.clone()].get(off as usize..) else {
             return "";
         };
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
-    fn get(&self, id: u32) -> Option<&BtfType> {
-        self.types.get(id as usize)
+    fn header(&self, id: u32) -> Option<TypeHeader> {
+        let pos = *self.offsets.get(id as usize).filter(|&&p| p != u32::MAX)? as usize;
+        let info = self.checked_word(pos + 4);
+        Some(TypeHeader {
+            name_off: self.checked_word(pos),
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: self.checked_word(pos + 8),
+            trailer: pos + 12,
+        })
+    }
+
+    /// Every type id with its header, in id order.
+    fn headers(&self) -> impl Iterator<Item = (u32, TypeHeader)> + '_ {
+        (1..self.offsets.len() as u32).filter_map(|id| Some((id, self.header(id)?)))
+    }
+
+    /// Members of a struct or union (empty for any other kind).
+    fn members(&self, h: TypeHeader) -> impl Iterator<Item = Member> + '_ {
+        let n = if matches!(h.kind, KIND_STRUCT | KIND_UNION) {
+            h.vlen
+        } else {
+            0
+        };
+        (0..n).map(move |i| {
+            let at = h.trailer + 12 * i;
+            let offset = self.checked_word(at + 8);
+            Member {
+                name_off: self.checked_word(at),
+                type_id: self.checked_word(at + 4),
+                // With kind_flag the top 8 bits hold the bitfield size.
+                bit_offset: if h.kind_flag {
+                    offset & 0x00ff_ffff
+                } else {
+                    offset
+                },
+            }
+        })
+    }
+
+    /// (name offset, value) of each enumerator of an enum or enum64.
+    fn enumerators(&self, h: TypeHeader) -> impl Iterator<Item = (u32, i64)> + '_ {
+        let n = if matches!(h.kind, KIND_ENUM | KIND_ENUM64) {
+            h.vlen
+        } else {
+            0
+        };
+        (0..n).map(move |i| {
+            if h.kind == KIND_ENUM64 {
+                let at = h.trailer + 12 * i;
+                let (lo, hi) = (self.checked_word(at + 4), self.checked_word(at + 8));
+                (
+                    self.checked_word(at),
+                    ((u64::from(hi) << 32) | u64::from(lo)) as i64,
+                )
+            } else {
+                let at = h.trailer + 8 * i;
+                let raw = self.checked_word(at + 4);
+                let value = if h.kind_flag {
+                    i64::from(raw as i32)
+                } else {
+                    i64::from(raw)
+                };
+                (self.checked_word(at), value)
+            }
+        })
     }
 
     /// Follows typedefs and qualifiers to the underlying type id.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
-            match self.get(id) {
-                Some(BtfType::Alias { target }) => id = *target,
+            match self.header(id) {
+                Some(h)
+                    if matches!(
+                        h.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = h.size_or_type;
+                }
                 _ => break,
             }
         }
         id
     }
 
+    /// Id of the first type of one of `kinds` named `name` that satisfies `also`.
+    fn id_by_name(
+        &self,
+        kinds: &[u32],
+        name: &str,
+        also: impl Fn(TypeHeader) -> bool,
+    ) -> Option<u32> {
+        self.headers()
+            .find(|(_, h)| kinds.contains(&h.kind) && also(*h) && self.name(h.name_off) == name)
+            .map(|(id, _)| id)
+    }
+
     /// Id of the struct or union named `name` that has members (a definition,
     /// not a forward declaration).
     fn composite_by_name(&self, name: &str) -> Result<u32, BtfError> {
-        self.types
-            .iter()
-            .enumerate()
-            .find_map(|(id, ty)| match ty {
-                BtfType::Composite { name_off, members }
-                    if !members.is_empty() && self.name(*name_off) == name =>
-                {
-                    Some(id as u32)
-                }
-                _ => None,
-            })
+        self.id_by_name(&[KIND_STRUCT, KIND_UNION], name, |h| h.vlen > 0)
             .ok_or_else(|| BtfError::MissingType(name.to_owned()))
     }
 
     /// Finds `member` in composite `id`, descending into anonymous structs and
     /// unions; returns (bit offset from the start of `id`, member type id).
     fn find_member(&self, id: u32, member: &str) -> Option<(u32, u32)> {
-        let BtfType::Composite { members, .. } = self.get(self.resolve(id))? else {
-            return None;
-        };
+        let h = self.header(self.resolve(id))?;
         // Named members first, so a direct hit wins over a nested one.
-        if let Some(m) = members
-            .iter()
+        if let Some(m) = self
+            .members(h)
             .find(|m| m.name_off != 0 && self.name(m.name_off) == member)
         {
             return Some((m.bit_offset, m.type_id));
         }
-        members
-            .iter()
+        self.members(h)
             .filter(|m| self.name(m.name_off).is_empty())
             .find_map(|m| {
                 let (inner, ty) = self.find_member(m.type_id, member)?;
@@ -444,18 +443,14 @@ impl Btf {
     ///
     /// [`BtfError::MissingType`] when there is no enum of that name.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
-        self.types
-            .iter()
-            .find_map(|ty| match ty {
-                BtfType::Enum { name_off, values } if self.name(*name_off) == name => Some(
-                    values
-                        .iter()
-                        .map(|(n, v)| (self.name(*n).to_owned(), *v))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .ok_or_else(|| BtfError::MissingType(format!("enum {name}")))
+        let id = self
+            .id_by_name(&[KIND_ENUM, KIND_ENUM64], name, |_| true)
+            .ok_or_else(|| BtfError::MissingType(format!("enum {name}")))?;
+        let h = self.header(id).expect("an id from id_by_name");
+        Ok(self
+            .enumerators(h)
+            .map(|(n, v)| (self.name(n).to_owned(), v))
+            .collect())
     }
 
     /// `enum skb_drop_reason` as value → short name (`SKB_DROP_REASON_NO_SOCKET`
@@ -481,11 +476,21 @@ impl Btf {
     ///
     /// [`BtfError::MissingFunc`] when there is none.
     pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
-        self.types
-            .iter()
-            .position(|ty| matches!(ty, BtfType::Func { name_off } if self.name(*name_off) == name))
-            .map(|id| id as u32)
+        self.id_by_name(&[KIND_FUNC], name, |_| true)
             .ok_or_else(|| BtfError::MissingFunc(name.to_owned()))
+    }
+
+    /// BTF type id of the typedef `btf_trace_<tracepoint>` that a tp_btf
+    /// program names as its `attach_btf_id` (the kernel declares one per
+    /// tracepoint, include/trace/bpf_probe.h).
+    ///
+    /// # Errors
+    ///
+    /// [`BtfError::MissingType`] when the kernel has no such tracepoint.
+    pub fn tracepoint_id(&self, tracepoint: &str) -> Result<u32, BtfError> {
+        let name = format!("btf_trace_{tracepoint}");
+        self.id_by_name(&[KIND_TYPEDEF], &name, |_| true)
+            .ok_or(BtfError::MissingType(name))
     }
 }
 
@@ -762,6 +767,8 @@ mod tests {
             ],
         );
         b.func("bpf_cast_to_kern_ctx");
+        let proto = b.int("int", 4);
+        b.typedef("btf_trace_netif_receive_skb", proto);
         b.build()
     }
 
@@ -830,8 +837,15 @@ mod tests {
             Some("skb_not_dropped_yet")
         );
         let id = btf.func_id("bpf_cast_to_kern_ctx").expect("func");
-        assert!(matches!(btf.get(id), Some(BtfType::Func { .. })));
+        assert_eq!(btf.header(id).map(|h| h.kind), Some(KIND_FUNC));
         assert!(matches!(btf.func_id("nope"), Err(BtfError::MissingFunc(_))));
+        let tp = btf.tracepoint_id("netif_receive_skb").expect("typedef");
+        assert_eq!(btf.header(tp).map(|h| h.kind), Some(KIND_TYPEDEF));
+        assert_eq!(tp as usize, btf.type_count() - 1, "the last type made");
+        assert!(matches!(
+            btf.tracepoint_id("no_such_tp"),
+            Err(BtfError::MissingType(n)) if n == "btf_trace_no_such_tp"
+        ));
     }
 
     #[test]
@@ -893,5 +907,6 @@ mod tests {
         let reasons = btf.drop_reason_names().expect("drop reasons");
         assert!(reasons.values().any(|n| n == "no_socket"), "{reasons:?}");
         assert!(btf.func_id("bpf_cast_to_kern_ctx").is_ok());
+        assert!(btf.tracepoint_id("netif_receive_skb").is_ok());
     }
 }

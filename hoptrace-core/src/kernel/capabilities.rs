@@ -12,14 +12,18 @@ use std::{ffi::CString, fmt::Write as _, net::Ipv4Addr, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, FEntry, KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType,
-        TracePoint,
+        KProbe, LinkOrder, RawTracePoint, SchedClassifier, TcAttachType, TracePoint,
         tc::{NlOptions, TcAttachOptions, qdisc_add_clsact},
     },
 };
 use serde_json::json;
 
-use crate::kernel::{btf::Btf, objects::probe_object, sys};
+use crate::kernel::{
+    btf::Btf,
+    objects::probe_object,
+    sys,
+    tracing::{self, RelocatedObject, TracingTarget, without_kernel_btf},
+};
 
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -444,6 +448,7 @@ fn probe_kfunc() -> Result<String, String> {
     ];
     let license = CString::new("GPL").expect("no NUL");
     sys::prog_load(&sys::ProgLoad {
+        attach_btf_id: 0,
         prog_type: sys::BPF_PROG_TYPE_SCHED_CLS,
         expected_attach_type: 0,
         insns: &insns,
@@ -472,6 +477,7 @@ fn probe_netfilter_link() -> Result<String, String> {
     let insns = [sys::insn(0xb7, 0, 0, 0, 1), sys::insn(0x95, 0, 0, 0, 0)]; // r0 = NF_ACCEPT; exit
     let license = CString::new("GPL").expect("no NUL");
     let prog = sys::prog_load(&sys::ProgLoad {
+        attach_btf_id: 0,
         prog_type: sys::BPF_PROG_TYPE_NETFILTER,
         expected_attach_type: sys::BPF_NETFILTER,
         insns: &insns,
@@ -497,7 +503,7 @@ fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, String> {
 fn probe_tc() -> Result<(ProbeResult, ProbeResult), String> {
     let object = probe_object().map_err(|e| e.to_string())?;
     in_throwaway_netns(move || {
-        let mut ebpf = match EbpfLoader::new().load(object) {
+        let mut ebpf = match without_kernel_btf(|| EbpfLoader::new().load(object)) {
             Ok(e) => e,
             Err(e) => return (Err(error_chain(&e)), Err(error_chain(&e))),
         };
@@ -610,15 +616,13 @@ fn probe_tracing(notes: &mut Vec<String>) -> Vec<Capability> {
         Ok(o) => o,
         Err(e) => return fail_all(e.to_string()),
     };
-    // `EbpfLoader::new` parses the kernel BTF itself and frees it when the
-    // loader is dropped; parse our own copy (for tp_btf and fentry) only
-    // after that, so two ~15 MB copies never coexist. (`Ebpf::load` would
-    // hold two at once.)
-    let mut ebpf = match EbpfLoader::new().load(object) {
+    // Loaded without aya's copy of the kernel's BTF; tp_btf and fentry
+    // are loaded from our own reading of it (see `kernel::tracing`).
+    let mut ebpf = match without_kernel_btf(|| EbpfLoader::new().load(object)) {
         Ok(e) => e,
         Err(e) => return fail_all(error_chain(&e)),
     };
-    let btf = match aya::Btf::from_sys_fs() {
+    let btf = match Btf::vmlinux() {
         Ok(b) => b,
         Err(e) => return fail_all(format!("kernel BTF: {e}")),
     };
@@ -644,24 +648,27 @@ fn probe_tracing(notes: &mut Vec<String>) -> Vec<Capability> {
         p.attach("net", "netif_receive_skb").map_err(err)?;
         Ok("attached to net:netif_receive_skb".to_owned())
     });
-    let tp_btf = (|| {
-        let p: &mut BtfTracePoint = prog(&mut ebpf, "hoptrace_probe_tp_btf")?;
-        p.load("netif_receive_skb", &btf).map_err(err)?;
-        p.attach().map_err(err)?;
-        Ok("attached to btf_trace_netif_receive_skb".to_owned())
-    })();
+    let relocated = RelocatedObject::against(object, &ebpf).map_err(|e| error_chain(&e));
+    let traced = |name: &str, target: TracingTarget<'_>| {
+        let obj = relocated.as_ref().map_err(Clone::clone)?;
+        tracing::attach(obj, name, target, &btf).map_err(|e| error_chain(&e))
+    };
+    let tp_btf = traced(
+        "hoptrace_probe_tp_btf",
+        TracingTarget::Tracepoint("netif_receive_skb"),
+    )
+    .map(|_link| "attached to btf_trace_netif_receive_skb".to_owned());
     let raw_tp = (|| {
         let p: &mut RawTracePoint = prog(&mut ebpf, "hoptrace_probe_raw_tp")?;
         p.load().map_err(err)?;
         p.attach("netif_receive_skb").map_err(err)?;
         Ok("attached to raw tracepoint netif_receive_skb".to_owned())
     })();
-    let fentry = (|| {
-        let p: &mut FEntry = prog(&mut ebpf, "hoptrace_probe_fentry")?;
-        p.load("__dev_queue_xmit", &btf).map_err(err)?;
-        p.attach().map_err(err)?;
-        Ok("attached fentry to __dev_queue_xmit".to_owned())
-    })();
+    let fentry = traced(
+        "hoptrace_probe_fentry",
+        TracingTarget::FunctionEntry("__dev_queue_xmit"),
+    )
+    .map(|_link| "attached fentry to __dev_queue_xmit".to_owned());
     let kprobe = (|| {
         let p: &mut KProbe = prog(&mut ebpf, "hoptrace_probe_kprobe")?;
         p.load().map_err(err)?;

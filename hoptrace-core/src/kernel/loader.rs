@@ -13,7 +13,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        BtfTracePoint, LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType,
         tc::{NlOptions, TcAttachOptions},
     },
 };
@@ -23,7 +23,11 @@ use hoptrace_common::{
 };
 use netlink_packet_route::tc::TcMessage;
 
-use crate::kernel::{cleanup, objects, owner};
+use crate::kernel::{
+    btf::Btf,
+    cleanup, objects, owner,
+    tracing::{self, RelocatedObject, TracingError, TracingLink, TracingTarget},
+};
 
 /// How tc programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -89,6 +93,9 @@ pub enum LoaderError {
         #[source]
         source: aya::programs::tc::TcError,
     },
+    /// A tp_btf program could not be relocated, loaded or attached.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
     /// A tc program could not be attached.
     #[error("attaching tc {direction} on {iface}: {source}")]
     TcAttach {
@@ -186,6 +193,9 @@ pub struct Tracer {
     ebpf: std::mem::ManuallyDrop<Ebpf>,
     tc: Vec<TcAttachment>,
     tracepoints: Vec<&'static str>,
+    /// The tp_btf programs, loaded and attached by hoptrace itself
+    /// ([`crate::kernel::tracing`]); dropping them detaches them.
+    tracing: Vec<TracingLink>,
     /// Ifindexes of the devices whose clsact qdisc this tracer added
     /// (removed again on drop).
     added_clsact: Vec<u32>,
@@ -204,15 +214,20 @@ impl Tracer {
     /// object (verifier, BTF, map creation).
     pub fn load(opts: &LoadOptions) -> Result<Self, LoaderError> {
         let object = objects::main_object()?;
-        let ebpf = EbpfLoader::new()
-            .override_global("HOPTRACE_LAYOUT", &opts.layout, true)
-            .override_global("HOPTRACE_CONFIG", &opts.config, true)
-            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
-            .load(object)?;
+        // No CO-RE relocations in our objects: aya's copy of the kernel's
+        // BTF would only cost memory (see `kernel::tracing`).
+        let ebpf = tracing::without_kernel_btf(|| {
+            EbpfLoader::new()
+                .override_global("HOPTRACE_LAYOUT", &opts.layout, true)
+                .override_global("HOPTRACE_CONFIG", &opts.config, true)
+                .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+                .load(object)
+        })?;
         Ok(Self {
             ebpf: std::mem::ManuallyDrop::new(ebpf),
             tc: Vec::new(),
             tracepoints: Vec::new(),
+            tracing: Vec::new(),
             added_clsact: Vec::new(),
             clsact_netns: None,
         })
@@ -358,7 +373,7 @@ impl Tracer {
     /// A program is missing, or cannot be loaded or attached.
     pub fn attach_tracepoints(
         &mut self,
-        btf: &aya::Btf,
+        btf: &Btf,
         qdisc: bool,
         consume: bool,
     ) -> Result<(), LoaderError> {
@@ -369,25 +384,10 @@ impl Tracer {
         if consume {
             list.push(program::CONSUME);
         }
+        let object = RelocatedObject::against(objects::main_object()?, &self.ebpf)?;
         for (name, tracepoint) in list {
-            let prog = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoaderError::MissingProgram { name: name.into() })?;
-            let prog: &mut BtfTracePoint =
-                prog.try_into().map_err(|source| LoaderError::Program {
-                    name: name.into(),
-                    source,
-                })?;
-            prog.load(tracepoint, btf)
-                .map_err(|source| LoaderError::Program {
-                    name: name.into(),
-                    source,
-                })?;
-            prog.attach().map_err(|source| LoaderError::Program {
-                name: name.into(),
-                source,
-            })?;
+            let link = tracing::attach(&object, name, TracingTarget::Tracepoint(tracepoint), btf)?;
+            self.tracing.push(link);
             self.tracepoints.push(tracepoint);
         }
         Ok(())
@@ -472,6 +472,7 @@ impl Tracer {
             .programs()
             .filter_map(|(_, prog)| prog.fd().ok())
             .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
+            .chain(self.tracing.iter().filter_map(|t| t.program_id().ok()))
             .collect()
     }
 

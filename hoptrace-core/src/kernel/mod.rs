@@ -10,3 +10,4 @@ pub mod objects;
 pub mod owner;
 pub mod sock;
 pub mod sys;
+pub mod tracing;

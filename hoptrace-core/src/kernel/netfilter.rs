@@ -9,15 +9,14 @@
 //! descriptors: dropping [`NetfilterLinks`] detaches every program.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     ffi::CString,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
 };
 
-use aya_obj::Object;
 use hoptrace_common::{KernelLayout, NF_PRIORITY_SLOTS, NfHook, TraceConfig};
 
-use crate::kernel::sys;
+use crate::kernel::{sys, tracing::RelocatedObject};
 
 /// IPv4 protocol family for netfilter hooks.
 pub const NFPROTO_IPV4: u8 = 2;
@@ -364,18 +363,22 @@ pub fn load_netfilter_programs_with_maps(
     layout: &KernelLayout,
     config: &TraceConfig,
 ) -> Result<NetfilterPrograms, NetfilterError> {
-    let mut obj = Object::parse(nf_object)?;
-    obj.patch_map_data(HashMap::from([
-        ("HOPTRACE_LAYOUT", (pod_bytes(layout), true)),
-        ("HOPTRACE_CONFIG", (pod_bytes(config), true)),
-    ]))?;
-
     // Our own .rodata: an array of one element holding the section bytes,
     // read-only for programs and frozen against userspace writes.
     let mut rodata = None;
-    let mut raw_fds: Vec<(String, i32)> = Vec::new();
-    for (name, map) in &obj.maps {
-        if name == ".rodata" {
+    let obj = RelocatedObject::new(
+        nf_object,
+        &[
+            ("HOPTRACE_LAYOUT", pod_bytes(layout)),
+            ("HOPTRACE_CONFIG", pod_bytes(config)),
+        ],
+        |name, map| {
+            if name != ".rodata" {
+                return map_fds
+                    .get(name)
+                    .map(std::os::fd::AsRawFd::as_raw_fd)
+                    .ok_or_else(|| NetfilterError::MissingMap(name.to_owned()));
+            }
             let data = map.data();
             let fd = sys::map_create(
                 sys::BPF_MAP_TYPE_ARRAY,
@@ -388,55 +391,23 @@ pub fn load_netfilter_programs_with_maps(
             .map_err(NetfilterError::Rodata)?;
             sys::map_update(&fd, &0u32.to_ne_bytes(), data).map_err(NetfilterError::Rodata)?;
             sys::map_freeze(&fd).map_err(NetfilterError::Rodata)?;
-            raw_fds.push((name.clone(), fd.as_raw_fd()));
+            let raw = fd.as_raw_fd();
             rodata = Some(fd);
-        } else {
-            let fd = map_fds
-                .get(name.as_str())
-                .ok_or_else(|| NetfilterError::MissingMap(name.clone()))?;
-            raw_fds.push((name.clone(), fd.as_raw_fd()));
-        }
-    }
-    let text_sections: HashSet<usize> = obj.functions.keys().map(|(section, _)| *section).collect();
-    // relocate_maps needs `&mut obj`: clone the (small) map descriptions.
-    let map_objs: Vec<(String, i32, aya_obj::Map)> = raw_fds
-        .iter()
-        .map(|(name, fd)| (name.clone(), *fd, obj.maps[name].clone()))
-        .collect();
-    obj.relocate_maps(
-        map_objs.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
-        &text_sections,
+            Ok(raw)
+        },
     )?;
-    obj.relocate_calls(&text_sections)?;
 
     let license = CString::new("GPL").expect("no NUL");
     let mut programs = Vec::with_capacity(NF_PRIORITY_SLOTS.len());
     for slot in 0..NF_PRIORITY_SLOTS.len() {
         let name = format!("hoptrace_nf_slot{slot}");
-        let prog = obj
-            .programs
-            .get(&name)
-            .ok_or_else(|| NetfilterError::MissingProgram(name.clone()))?;
-        let function = obj
-            .functions
-            .get(&prog.function_key())
-            .ok_or_else(|| NetfilterError::MissingProgram(name.clone()))?;
-        let insns: Vec<u64> = function
-            .instructions
-            .iter()
-            .map(|insn| {
-                // SAFETY: `bpf_insn` is the `#[repr(C)]` 8-byte UAPI struct
-                // (u8 code, two 4-bit registers, i16 offset, i32 immediate)
-                // without padding: every byte is initialised, and transmute
-                // checks that the sizes match.
-                u64::from_ne_bytes(unsafe {
-                    std::mem::transmute::<aya_obj::generated::bpf_insn, [u8; 8]>(*insn)
-                })
-            })
-            .collect();
+        let insns = obj
+            .instructions(&name)
+            .map_err(|_| NetfilterError::MissingProgram(name.clone()))?;
         let fd = sys::prog_load(&sys::ProgLoad {
             prog_type: sys::BPF_PROG_TYPE_NETFILTER,
             expected_attach_type: sys::BPF_NETFILTER,
+            attach_btf_id: 0,
             insns: &insns,
             license: &license,
             name: &format!("hoptrace_nf_s{slot}"),

@@ -19,11 +19,14 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
 };
 use hoptrace_common::{SockEvent, SockLayout};
 
-use crate::kernel::{btf::Btf, objects};
+use crate::kernel::{
+    btf::Btf,
+    objects,
+    tracing::{self, RelocatedObject, TracingLink, TracingTarget, without_kernel_btf},
+};
 
 /// The programs of the socket object and the tracepoint each attaches to.
 pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
@@ -54,9 +57,9 @@ pub enum SockError {
     /// The kernel's BTF is missing or lacks a `struct sock` member.
     #[error("kernel BTF: {0}")]
     Btf(#[from] crate::kernel::btf::BtfError),
-    /// aya could not read the kernel's BTF for tp_btf programs.
-    #[error("kernel BTF for tp_btf: {0}")]
-    AyaBtf(#[from] aya::BtfError),
+    /// The object's programs could not be relocated against its maps.
+    #[error("socket object: {0}")]
+    Relocate(#[from] tracing::TracingError),
     /// aya or the kernel rejected the object.
     #[error("loading the socket object failed: {0}")]
     Load(#[from] aya::EbpfError),
@@ -117,6 +120,8 @@ pub struct SockCapture {
 /// detaches everything (the aya object owns the links).
 pub struct SockTracer {
     ebpf: aya::Ebpf,
+    /// The tp_btf programs, attached; dropping them detaches them.
+    _links: Vec<TracingLink>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     events: Arc<Mutex<Vec<SockEvent>>>,
@@ -135,10 +140,14 @@ impl SockTracer {
     /// tracepoint at all could be attached.
     pub fn start(netns: &[u32]) -> Result<Self, SockError> {
         let object = objects::sock_object()?;
-        let layout = sock_layout(&Btf::vmlinux()?, !netns.is_empty())?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("HOPTRACE_SOCK_LAYOUT", &layout, true)
-            .load(object)?;
+        let kernel_btf = Btf::vmlinux()?;
+        let layout = sock_layout(&kernel_btf, !netns.is_empty())?;
+        // Without aya's copy of the kernel's BTF (see `kernel::tracing`).
+        let mut ebpf = without_kernel_btf(|| {
+            EbpfLoader::new()
+                .override_global("HOPTRACE_SOCK_LAYOUT", &layout, true)
+                .load(object)
+        })?;
         {
             let map = ebpf.map_mut(NETNS_MAP).ok_or(SockError::Map {
                 name: NETNS_MAP,
@@ -156,23 +165,23 @@ impl SockTracer {
                 })?;
             }
         }
-        let kernel_btf = aya::Btf::from_sys_fs()?;
+        let relocated = RelocatedObject::against(object, &ebpf)?;
         let mut notes = Vec::new();
         let mut attached = Vec::new();
+        let mut links = Vec::new();
         for (name, tracepoint) in SOCK_PROGRAMS {
-            let result = (|| -> Result<(), String> {
-                let prog: &mut BtfTracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| format!("program {name} missing"))?
-                    .try_into()
-                    .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-                prog.load(tracepoint, &kernel_btf)
-                    .map_err(|e| format!("load: {e}"))?;
-                prog.attach().map_err(|e| format!("attach: {e}"))?;
-                Ok(())
-            })();
+            let result = tracing::attach(
+                &relocated,
+                name,
+                TracingTarget::Tracepoint(tracepoint),
+                &kernel_btf,
+            )
+            .map_err(|e| crate::kernel::capabilities::error_chain(&e));
             match result {
-                Ok(()) => attached.push(tracepoint),
+                Ok(link) => {
+                    links.push(link);
+                    attached.push(tracepoint);
+                }
                 Err(why) => notes.push(format!(
                     "request timeline: tp_btf sock:{tracepoint} is not available ({why}); its part of the timeline is missing"
                 )),
@@ -212,8 +221,11 @@ impl SockTracer {
         let events = Arc::new(Mutex::new(Vec::new()));
         let thread =
             spawn_drain(ring, Arc::clone(&stop), Arc::clone(&events)).map_err(SockError::Thread)?;
+        drop(relocated);
+        drop(kernel_btf);
         Ok(Self {
             ebpf,
+            _links: links,
             stop,
             thread: Some(thread),
             events,

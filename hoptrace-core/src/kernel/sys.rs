@@ -21,6 +21,8 @@ pub const BPF_MAP_FREEZE: u32 = 22;
 pub const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 /// `enum bpf_cmd`: attach a program through a link; returns the link's fd.
 pub const BPF_LINK_CREATE: u32 = 28;
+/// `BPF_RAW_TRACEPOINT_OPEN` command.
+pub const BPF_RAW_TRACEPOINT_OPEN: u32 = 17;
 
 /// `enum bpf_map_type`: fixed-size array indexed by a `u32`.
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
@@ -28,6 +30,12 @@ pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 /// `enum bpf_prog_type`: netfilter hook program (Linux 6.4 and later).
 pub const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+/// `BPF_PROG_TYPE_TRACING` (tp_btf, fentry, fexit).
+pub const BPF_PROG_TYPE_TRACING: u32 = 26;
+/// `BPF_TRACE_RAW_TP`: a tracing program on a BTF tracepoint (tp_btf).
+pub const BPF_TRACE_RAW_TP: u32 = 23;
+/// `BPF_TRACE_FENTRY`: a tracing program on a function's entry.
+pub const BPF_TRACE_FENTRY: u32 = 24;
 /// `enum bpf_attach_type` of netfilter links.
 pub const BPF_NETFILTER: u32 = 45;
 /// Map flag: programs may only read the map.
@@ -154,6 +162,9 @@ pub struct ProgLoad<'a> {
     /// `enum bpf_attach_type` the program will be attached with (e.g.
     /// [`BPF_NETFILTER`]); 0 for types that take none.
     pub expected_attach_type: u32,
+    /// Type id in the kernel's BTF of what a tracing program attaches to
+    /// (`btf_trace_<tracepoint>`, a function); 0 for other types.
+    pub attach_btf_id: u32,
     /// Raw 8-byte `struct bpf_insn`s.
     pub insns: &'a [u64],
     /// License string; GPL-only helpers and kfuncs need a GPL-compatible one.
@@ -192,7 +203,8 @@ pub fn prog_load(prog: &ProgLoad<'_>) -> Result<OwnedFd, ProgLoadError> {
             .u64(8, prog.insns.as_ptr() as u64)
             .u64(16, prog.license.as_ptr() as u64)
             .name(48, prog.name)
-            .u32(68, prog.expected_attach_type);
+            .u32(68, prog.expected_attach_type)
+            .u32(108, prog.attach_btf_id);
         if let Some(buf) = log {
             attr.u32(24, 1)
                 .u32(28, buf.len() as u32)
@@ -253,6 +265,20 @@ pub fn netfilter_link_create(
         .u32(24, priority as u32)
         .u32(28, 0);
     bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+/// Attaches a loaded tracing program at the BTF id it was loaded with
+/// (`BPF_RAW_TRACEPOINT_OPEN` without a name, kernel/bpf/syscall.c).
+/// Closing the returned link fd detaches it.
+///
+/// # Errors
+///
+/// The `bpf(2)` error, e.g. `EINVAL` for a program of another type.
+pub fn raw_tracepoint_open(prog: &OwnedFd) -> io::Result<OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = Attr::new();
+    attr.u64(0, 0).u32(8, prog.as_raw_fd() as u32);
+    bpf_fd(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
 }
 
 /// Kernel id of a program, map or link (the `id` field that

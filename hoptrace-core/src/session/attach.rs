@@ -7,6 +7,7 @@ use hoptrace_common::{KernelLayout, TraceConfig, device_key};
 
 use super::{Attachments, SessionError, SessionOptions, drain::OtherNodes};
 use crate::kernel::{
+    btf::Btf,
     capabilities::error_chain,
     loader::{LoadOptions, LoaderError, TcMode, Tracer},
     netfilter::{self, NetfilterLinks, NetfilterPrograms},
@@ -39,6 +40,7 @@ pub(super) struct Attached {
 /// netfilter links are notes in [`Attachments::notes`], not errors.
 pub(super) fn attach_node(
     opts: &SessionOptions,
+    kernel_btf: &Btf,
     layout: KernelLayout,
     others: OtherNodes,
 ) -> Result<Attached, SessionError> {
@@ -73,13 +75,7 @@ pub(super) fn attach_node(
     // back with the driver's.
     let qdisc = others.qdisc || node.devices.iter().any(|d| !d.noqueue);
     if opts.tracepoints {
-        // aya's parsed kernel BTF takes ~15 MB of heap: parse it only now,
-        // after `Tracer::load` freed the loader's own copy, and drop it as
-        // soon as the tracepoints are attached, so the two never coexist
-        // (the peak resident set is what a DaemonSet's limit sees).
-        let attached = aya::Btf::from_sys_fs()
-            .map_err(SessionError::KernelBtf)
-            .and_then(|btf| Ok(tracer.attach_tracepoints(&btf, qdisc, false)?));
+        let attached = tracer.attach_tracepoints(kernel_btf, qdisc, false);
         match attached {
             Ok(()) if !qdisc => attachments.notes.push(
                 "net:net_dev_queue not attached: every device of the node is noqueue, so no packet waits in a qdisc".into(),

@@ -70,9 +70,6 @@ pub enum SessionError {
     /// /sys/kernel/btf/vmlinux.
     #[error("reading kernel BTF")]
     Btf(#[from] btf::BtfError),
-    /// aya could not parse the kernel's BTF (needed for tp_btf programs).
-    #[error("reading kernel BTF for the tracepoints")]
-    KernelBtf(#[source] aya::BtfError),
     /// The drain thread could not be spawned.
     #[error("cannot start the drain thread")]
     Thread(#[source] std::io::Error),
@@ -228,8 +225,11 @@ impl Session {
 
     fn start_sharing(opts: &SessionOptions, mut sharing: Sharing) -> Result<Self, SessionError> {
         crate::kernel::capabilities::require_tracing(opts.netns.is_some())?;
-        let layout = btf::kernel_layout()?;
-        let drop_reasons = btf::drop_reason_names().unwrap_or_default();
+        // One parse of the kernel's BTF for the whole start (offsets, drop
+        // reasons, the tracepoints' type ids), dropped once attached.
+        let kernel_btf = btf::Btf::vmlinux()?;
+        let layout = kernel_btf.kernel_layout()?;
+        let drop_reasons = kernel_btf.drop_reason_names().unwrap_or_default();
         let netns = opts.netns.clone();
         let others = std::mem::take(&mut sharing.others);
         // Say who owns what before attaching: a second hoptrace that starts
@@ -238,8 +238,9 @@ impl Session {
         let other_runs = owner::other_live_runs(netns_ino);
         let run = owner::RunGuard::register(netns_ino, Vec::new(), Vec::new()).ok();
         let attached = in_netns(netns.as_deref(), || {
-            attach::attach_node(opts, layout, others)
+            attach::attach_node(opts, &kernel_btf, layout, others)
         })??;
+        drop(kernel_btf);
         let attach::Attached {
             mut tracer,
             netfilter: nf,
@@ -434,9 +435,9 @@ pub fn lost_events(counters: &crate::kernel::loader::Counters) -> u64 {
 }
 /// Gives the heap that start-up freed back to the kernel.
 ///
-/// Loading and attaching parse the kernel's BTF (aya keeps ~20 MB of
-/// parsed types while a loader or a tp_btf load runs); glibc keeps freed
-/// memory mapped until the top of the heap is free. A node agent is judged
+/// Loading and attaching read the kernel's BTF (a 5.5 MB blob on 6.18,
+/// held until the programs are attached); glibc keeps freed memory mapped
+/// until the top of the heap is free. A node agent is judged
 /// by its resident set for hours, not by its first second: `malloc_trim`
 /// returns every free page (glibc `malloc/malloc.c`, `malloc_trim(0)`).
 fn return_startup_heap() {
