@@ -80,19 +80,36 @@ pub struct TraceConfig {
     /// 1: every program returns at once (`hoptrace bench` measures what the
     /// attachments alone cost).
     pub dispatch_only: u8,
-    /// Explicit padding that puts `nf_parse_slots` at offset 34; always 0.
-    pub _pad0: u8,
+    /// [`TraceMode`] as u8: what a program does with a packet once it is
+    /// timed (ring buffer record per hop, or in-kernel histograms).
+    pub mode: u8,
     /// Per netfilter hook (`NfHook` as index), a bit per priority slot: the
     /// program at that slot parses the headers. The others only time the
     /// packet (the first program of a hook and the one after each NAT band
     /// parse; brackets in between see the same headers).
     pub nf_parse_slots: [u16; 5],
-    /// Explicit tail padding to 48 bytes; always 0.
-    pub _pad1: [u8; 4],
+    /// Aggregate mode: 1 in `sample_every` journeys (chosen by their
+    /// first hop's fingerprint) also write every hop to the ring buffer,
+    /// for the correlator's exemplar journeys; 0 samples none.
+    pub sample_every: u32,
+}
+
+/// What the programs do with a timed packet ([`TraceConfig::mode`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceMode {
+    /// One ring buffer record per hop; userspace joins them into journeys
+    /// (`hoptrace trace`, the lab, `hoptrace agent --mode full`).
+    Full = 0,
+    /// Hop-to-hop times go into per-CPU histograms in the kernel
+    /// ([`crate::agg`]); only drops, sampled journeys and hops of packets
+    /// whose headers did not parse reach the ring buffer.
+    Aggregate = 1,
 }
 
 const _: () = assert!(core::mem::size_of::<TraceConfig>() == 48);
 const _: () = assert!(core::mem::offset_of!(TraceConfig, nf_parse_slots) == 34);
+const _: () = assert!(core::mem::offset_of!(TraceConfig, sample_every) == 44);
 
 impl TraceConfig {
     /// The defaults, as a `const fn` so the kernel object can initialise its
@@ -112,9 +129,9 @@ impl TraceConfig {
             match_port: 0,
             node_netns_ino: 0,
             dispatch_only: 0,
-            _pad0: 0,
+            mode: TraceMode::Full as u8,
             nf_parse_slots: [0xffff; 5],
-            _pad1: [0; 4],
+            sample_every: 0,
         }
     }
 }
@@ -130,7 +147,7 @@ impl Default for TraceConfig {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for KernelLayout {}
 // SAFETY: `#[repr(C)]`, `Copy`, only integer fields and arrays of them, with
-// every gap filled by an explicit `_pad` field, so all 48 bytes are
+// no gap (offsets asserted above), so all 48 bytes are
 // initialised and any bit pattern is a valid value (size and the offset of
 // `nf_parse_slots` are asserted above).
 #[cfg(feature = "user")]

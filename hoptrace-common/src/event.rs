@@ -135,15 +135,17 @@ pub enum Counter {
     /// Tracepoint skipped: the buffer is no network packet (netlink, unix
     /// socket and other local buffers: no device, not IP).
     NotPacket = 6,
+    /// Aggregate mode: a segment was not counted because the histogram
+    /// map (`HOPTRACE_AGG_HIST`) is full.
+    AggFull = 7,
 }
 
-/// Entries of the per-CPU `HOPTRACE_COUNTERS` array: one per [`Counter`],
-/// with room for one more without resizing the map.
+/// Entries of the per-CPU `HOPTRACE_COUNTERS` array: one per [`Counter`].
 pub const COUNTER_SLOTS: u32 = 8;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Self::Emitted,
         Self::RingFull,
         Self::Unparsed,
@@ -151,6 +153,7 @@ impl Counter {
         Self::Filtered,
         Self::Redundant,
         Self::NotPacket,
+        Self::AggFull,
     ];
 
     /// Stable snake_case name, as reports print it.
@@ -163,6 +166,7 @@ impl Counter {
             Self::Filtered => "filtered",
             Self::Redundant => "redundant",
             Self::NotPacket => "not_packet",
+            Self::AggFull => "agg_full",
         }
     }
 }

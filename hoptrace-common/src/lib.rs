@@ -6,13 +6,14 @@
 #![no_std]
 #![warn(missing_docs)]
 
+pub mod agg;
 pub mod config;
 pub mod event;
 pub mod hook;
 pub mod packet;
 pub mod sock;
 
-pub use config::{KernelLayout, TraceConfig};
+pub use config::{KernelLayout, TraceConfig, TraceMode};
 
 /// A device's key across namespaces: the network namespace inode in the high
 /// 32 bits, the ifindex (unique only inside that namespace) in the low 32.

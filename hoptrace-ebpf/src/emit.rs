@@ -4,7 +4,9 @@ use core::mem::size_of;
 
 use aya_ebpf::{bindings::BPF_RB_NO_WAKEUP, maps::ring_buf::RingBufEntry};
 use hoptrace_common::{
-    Counter, HeaderWindow, HopEvent, HopHeader, ParseStatus, TraceConfig,
+    Counter, HOP_HEADER_BYTES, HeaderWindow, HopEvent, HopHeader, PacketMeta, ParseStatus,
+    TraceConfig,
+    agg::AggSite,
     packet::{flow_matches, parse_from_l3},
 };
 
@@ -89,4 +91,66 @@ pub fn parse_and_submit(
         return;
     }
     submit(entry, status);
+}
+
+/// Copies `size_of::<T>()` bytes of `src` into a reserved record, 8 bytes
+/// at a time (a struct copy can become a byte loop on BPF).
+#[inline(always)]
+fn copy_words<T>(dst: *mut u64, src: &T) {
+    const { assert!(size_of::<T>().is_multiple_of(8)) };
+    let words = src as *const T as *const u64;
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: `i` words lie within both `T`s (the size is a multiple of
+        // 8); `src` is a live reference and `dst` a reserved record of at
+        // least `size_of::<T>()` bytes, both 8-aligned (`HopHeader` and
+        // `PacketMeta` hold u64 fields; ring records are 8-aligned).
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(words.add(i))) };
+        i += 1;
+    }
+}
+
+/// Aggregate mode: writes a hop whose fields and headers were built on the
+/// stack: a full event with `meta`, or a header-only record without
+/// (a netfilter bracket that does not parse).
+#[inline(always)]
+pub fn copy_and_submit(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus) {
+    match meta {
+        Some(m) => {
+            let Some(mut entry) = HOPTRACE_EVENTS.reserve::<HopEvent>(0) else {
+                count(Counter::RingFull);
+                return;
+            };
+            let base = entry.as_mut_ptr() as *mut u64;
+            copy_words(base, h);
+            // SAFETY: `HopEvent` is a `HopHeader` (40 bytes, 5 words)
+            // followed by a `PacketMeta`, asserted in hoptrace-common.
+            copy_words(unsafe { base.add(HOP_HEADER_BYTES / 8) }, m);
+            submit(entry, status);
+        }
+        None => {
+            let Some(mut entry) = HOPTRACE_EVENTS.reserve::<HopHeader>(0) else {
+                count(Counter::RingFull);
+                return;
+            };
+            copy_words(entry.as_mut_ptr() as *mut u64, h);
+            submit_header(entry);
+        }
+    }
+}
+
+/// Aggregate mode: a header-only record of hop `site` at `ts_ns` of the
+/// packet in buffer `skb_addr` (the hop before a drop of a journey that
+/// was not sampled, so the correlator names where the drop happened).
+#[inline(always)]
+pub fn site_header(skb_addr: u64, site: &AggSite, ts_ns: u64) {
+    let mut h = HopHeader::zeroed();
+    h.ts_ns = ts_ns;
+    h.skb_addr = skb_addr;
+    h.netns_ino = site.netns_ino;
+    h.ifindex = site.ifindex;
+    h.hook = site.hook;
+    h.nf_hook = site.nf_hook;
+    h.nf_slot = site.nf_slot;
+    copy_and_submit(&h, None, ParseStatus::Skipped);
 }

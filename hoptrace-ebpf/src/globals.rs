@@ -54,3 +54,12 @@ pub fn config() -> TraceConfig {
 pub fn dispatch_only() -> bool {
     global!(HOPTRACE_CONFIG.dispatch_only) != 0
 }
+
+/// Aggregate mode ([`hoptrace_common::TraceMode::Aggregate`]): hop times go
+/// into in-kernel histograms (`crate::aggregate`). Reads one byte: a
+/// program's own frame stays small (the verifier adds it to its
+/// subprograms'), so the whole configuration is copied only where needed.
+#[inline(always)]
+pub fn aggregate_mode() -> bool {
+    global!(HOPTRACE_CONFIG.mode) == hoptrace_common::TraceMode::Aggregate as u8
+}

@@ -4,6 +4,7 @@
 //! The programs themselves live in `src/probes/`, one file per hook family.
 #![no_std]
 
+pub mod aggregate;
 pub mod emit;
 pub mod globals;
 pub mod maps;

@@ -438,12 +438,15 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
         return;
     }
     let node = NodeWithPod::build("a");
-    let mut agent = start_agent(&node, &[]);
+    // The default mode (aggregate), every journey also sampled through the
+    // correlator: the sampled series carry the pod labels.
+    let mut agent = start_agent(&node, &["--sample", "1"]);
     let owned = assert_attached(&node, &agent, false);
     let addr = agent.metrics_addr();
     let (status, body) = http_get(addr, "/readyz");
     assert_eq!(status, 200, "/readyz: {body}");
     assert!(body.contains("ready: node"), "{body}");
+    assert!(body.contains("mode: aggregate"), "{body}");
     assert_eq!(http_get(addr, "/healthz").0, 200);
     run_in(
         node.netns(),
@@ -455,7 +458,11 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
     let metrics = loop {
         let (status, body) = http_get(addr, "/metrics");
         assert_eq!(status, 200);
-        if body.contains("hoptrace_segment_duration_seconds_bucket") || Instant::now() > deadline {
+        // The kernel's histograms are read once a second.
+        if (body.contains("hoptrace_segment_duration_seconds_bucket")
+            && body.contains("hoptrace_sampled_segment_duration_seconds_bucket"))
+            || Instant::now() > deadline
+        {
             break body;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -471,13 +478,20 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
         assert!(metrics.contains(needle), "{needle} in /metrics:\n{metrics}");
     }
     // Without the Kubernetes API, journeys are named after the pod's
-    // network namespace.
+    // network namespace: on the sampled journeys (the correlator's); the
+    // kernel's histograms carry no pod labels.
     let pod_label = format!("pod_namespace=\"{}\"", node.pod.name());
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("hoptrace_segment_duration_seconds_count{") && l.contains(&pod_label)
-        ),
-        "{pod_label} on the segment series:\n{metrics}"
+        metrics.lines().any(|l| l
+            .starts_with("hoptrace_sampled_segment_duration_seconds_count{")
+            && l.contains(&pod_label)),
+        "{pod_label} on the sampled segment series:\n{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("hoptrace_segment_duration_seconds_count{")
+            && !l.contains("pod_namespace=")),
+        "the kernel's segment series, without pod labels:\n{metrics}"
     );
     let tc_hooks = metrics
         .lines()

@@ -25,6 +25,7 @@ use crate::attribution::taxonomy::{
 use crate::node::{DeviceRole, NodeContext};
 use journey::{ENCAP_UNKNOWN, Hop, Journey, NetfilterPass, journey_conn_state, journey_direction};
 
+pub mod aggregate;
 mod filter;
 mod fingerprint;
 mod journey;
@@ -170,6 +171,64 @@ impl DeviceTable {
             .cloned()
             .unwrap_or_else(|| format!("reason_{reason}"))
     }
+}
+
+/// The named point of a hop of kind `hook` on device (`netns_ino`,
+/// `ifindex`), at netfilter hook `nf_hook` and slot `nf_slot` for a
+/// netfilter hop; `in_pod` when the namespace is a pod's. `None` for hooks
+/// that make no hop (consume) and netfilter values out of range. The
+/// correlator and the aggregate namer both name hops with it.
+fn hop_point(
+    devices: &DeviceTable,
+    hook: HookKind,
+    netns_ino: u32,
+    ifindex: u32,
+    nf_hook: u8,
+    nf_slot: u8,
+    in_pod: bool,
+) -> Option<HopPoint> {
+    let place = || {
+        if in_pod {
+            Place::Pod
+        } else {
+            Place::Node(devices.role(netns_ino, ifindex))
+        }
+    };
+    Some(match hook {
+        HookKind::TcIngress | HookKind::TcEgress => HopPoint::Tc {
+            role: devices.role(netns_ino, ifindex),
+            dir: if hook == HookKind::TcIngress {
+                TcDirection::Ingress
+            } else {
+                TcDirection::Egress
+            },
+        },
+        HookKind::Netfilter => {
+            let hook = NfHook::from_u8(nf_hook)?;
+            if usize::from(nf_slot) >= NF_PRIORITY_SLOTS.len() {
+                return None;
+            }
+            HopPoint::Netfilter {
+                hook,
+                slot: nf_slot,
+            }
+        }
+        HookKind::DevReceive => HopPoint::Device {
+            place: place(),
+            stage: DevStage::Receive,
+        },
+        HookKind::DevQueue => HopPoint::Device {
+            place: place(),
+            stage: DevStage::Queue,
+        },
+        HookKind::DevXmit => HopPoint::Device {
+            place: place(),
+            stage: DevStage::Xmit,
+        },
+        HookKind::SocketDeliver => HopPoint::Socket { in_pod },
+        HookKind::Drop => HopPoint::Drop,
+        HookKind::Consume | HookKind::Unknown => return None,
+    })
 }
 
 /// Interns segment names; caches the name of every (hop, hop) pair seen.
@@ -409,48 +468,15 @@ impl Correlator {
     }
 
     fn hop_point(&self, hook: HookKind, ev: &HopEvent, in_pod: bool) -> Option<HopPoint> {
-        let place = || {
-            if in_pod {
-                Place::Pod
-            } else {
-                Place::Node(self.devices.role(ev.netns_ino, ev.ifindex))
-            }
-        };
-        Some(match hook {
-            HookKind::TcIngress | HookKind::TcEgress => HopPoint::Tc {
-                role: self.devices.role(ev.netns_ino, ev.ifindex),
-                dir: if hook == HookKind::TcIngress {
-                    TcDirection::Ingress
-                } else {
-                    TcDirection::Egress
-                },
-            },
-            HookKind::Netfilter => {
-                let hook = NfHook::from_u8(ev.nf_hook)?;
-                if usize::from(ev.nf_slot) >= NF_PRIORITY_SLOTS.len() {
-                    return None;
-                }
-                HopPoint::Netfilter {
-                    hook,
-                    slot: ev.nf_slot,
-                }
-            }
-            HookKind::DevReceive => HopPoint::Device {
-                place: place(),
-                stage: DevStage::Receive,
-            },
-            HookKind::DevQueue => HopPoint::Device {
-                place: place(),
-                stage: DevStage::Queue,
-            },
-            HookKind::DevXmit => HopPoint::Device {
-                place: place(),
-                stage: DevStage::Xmit,
-            },
-            HookKind::SocketDeliver => HopPoint::Socket { in_pod },
-            HookKind::Drop => HopPoint::Drop,
-            HookKind::Consume | HookKind::Unknown => return None,
-        })
+        hop_point(
+            &self.devices,
+            hook,
+            ev.netns_ino,
+            ev.ifindex,
+            ev.nf_hook,
+            ev.nf_slot,
+            in_pod,
+        )
     }
 
     /// Whether the packet may wait in a kernel queue right after this hop:

@@ -11,13 +11,16 @@ use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         tc::{NlOptions, TcAttachOptions},
     },
 };
-use hoptrace_common::{COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig};
+use hoptrace_common::{
+    COUNTER_SLOTS, Counter, HopEvent, HopHeader, KernelLayout, TraceConfig,
+    agg::{AggHist, AggKey},
+};
 use netlink_packet_route::tc::TcMessage;
 
 use crate::kernel::{
@@ -141,6 +144,8 @@ pub const COUNTERS_MAP: &str = "HOPTRACE_COUNTERS";
 pub const NETNS_MAP: &str = "HOPTRACE_NETNS";
 /// Devices timed by tc without a qdisc, whose device tracepoints are skipped.
 pub const TC_COVERED_MAP: &str = "HOPTRACE_TC_COVERED";
+/// Aggregate mode's per-CPU histograms by segment key.
+pub const AGG_HIST_MAP: &str = "HOPTRACE_AGG_HIST";
 
 /// Load-time options.
 #[derive(Clone, Debug)]
@@ -490,6 +495,40 @@ impl Tracer {
             })
             .map(|a| format!("{}/{}", a.iface, a.direction))
             .collect()
+    }
+
+    /// Aggregate mode: every histogram key with its values summed over
+    /// CPUs (cumulative since load).
+    ///
+    /// # Errors
+    ///
+    /// The histogram map is missing or cannot be read.
+    pub fn aggregate_totals(
+        &self,
+    ) -> Result<Vec<(AggKey, crate::correlate::aggregate::AggHist64)>, LoaderError> {
+        let map = self
+            .ebpf
+            .map(AGG_HIST_MAP)
+            .ok_or_else(|| LoaderError::MissingMap {
+                name: AGG_HIST_MAP.into(),
+            })?;
+        let hist: PerCpuHashMap<&MapData, AggKey, AggHist> = PerCpuHashMap::try_from(map)
+            .map_err(|source| LoaderError::Map {
+                name: AGG_HIST_MAP.into(),
+                source,
+            })?;
+        let mut out = Vec::new();
+        for item in &hist {
+            // A key deleted between two reads of the iteration is skipped.
+            let Ok((key, values)) = item else {
+                continue;
+            };
+            out.push((
+                key,
+                crate::correlate::aggregate::AggHist64::sum(values.iter()),
+            ));
+        }
+        Ok(out)
     }
 
     /// Sums the per-CPU counters.

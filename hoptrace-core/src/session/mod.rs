@@ -28,7 +28,10 @@ pub use reorder::ReorderBuffer;
 
 use crate::{
     attribution::ledger::Ledger,
-    correlate::{Correlator, CorrelatorOptions, JourneyObserver},
+    correlate::{
+        Correlator, CorrelatorOptions, JourneyObserver,
+        aggregate::{AggregateNamer, AggregateSnapshot},
+    },
     kernel::{
         btf,
         loader::{LoaderError, TcAttachment, TcMode, Tracer},
@@ -153,6 +156,8 @@ pub struct Session {
     pub started: Instant,
     /// When tracing started (wall clock, for the report).
     pub started_at: std::time::SystemTime,
+    /// Names aggregate-mode histogram keys with the node's devices.
+    namer: std::sync::Mutex<AggregateNamer>,
 }
 
 impl Session {
@@ -276,6 +281,7 @@ impl Session {
         let reader = tracer.take_events()?;
         return_startup_heap();
         let ctx = node_context(&node, &drop_reasons);
+        let namer = std::sync::Mutex::new(AggregateNamer::new(ctx.clone()));
         let mut correlator = Correlator::new(ctx, opts.correlator.clone());
         if let Some(observer) = &opts.observer {
             correlator.set_observer(Arc::clone(observer));
@@ -306,6 +312,7 @@ impl Session {
             tc_covered,
             started: Instant::now(),
             started_at: std::time::SystemTime::now(),
+            namer,
         })
     }
 
@@ -352,6 +359,24 @@ impl Session {
     /// Kernel-side counters so far.
     pub fn counters(&self) -> Option<crate::kernel::loader::Counters> {
         self.tracer.as_ref().and_then(|t| t.counters().ok())
+    }
+
+    /// Aggregate mode: the kernel's histograms so far, named with the
+    /// node's devices and the correlator's taxonomy. Empty in full mode.
+    ///
+    /// # Errors
+    ///
+    /// The histogram map cannot be read.
+    pub fn aggregate_snapshot(&self) -> Result<AggregateSnapshot, SessionError> {
+        let Some(tracer) = &self.tracer else {
+            return Ok(AggregateSnapshot::default());
+        };
+        let totals = tracer.aggregate_totals()?;
+        let mut namer = self
+            .namer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(namer.snapshot(&totals))
     }
 
     /// Stops draining, detaches everything, returns the ledger and the counters.

@@ -9,12 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HeaderWindow, HookKind, HopHeader, TraceConfig,
+    CtState, HookKind, HopHeader, ParseStatus, TraceConfig,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use hoptrace_ebpf::{
+    aggregate::{self, Scratch},
     emit, global,
-    globals::{config, dispatch_only},
+    globals::{aggregate_mode, config, dispatch_only},
     skb::{BtfPtr, Skb, dev_ifindex},
 };
 
@@ -61,11 +62,24 @@ fn observe(ctx: *mut c_void, slot: u8) {
             Skb(BtfPtr(*((ctx as *const u8).add(NF_CTX_SKB) as *const u64))),
         )
     };
-    let cfg = config();
     let nf_hook: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
     let nf_pf: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
     let hook = nf_hook as usize;
-    let parse = hook >= cfg.nf_parse_slots.len() || (cfg.nf_parse_slots[hook] >> slot) & 1 != 0;
+    let parse_slots = global!(HOPTRACE_CONFIG.nf_parse_slots);
+    let parse = hook >= parse_slots.len() || (parse_slots[hook] >> slot) & 1 != 0;
+    if aggregate_mode() {
+        observe_aggregate(skb, slot, nf_hook, nf_pf, parse);
+        return;
+    }
+    observe_full(skb, slot, nf_hook, nf_pf, parse);
+}
+
+/// Full mode: one ring buffer record for the hop. A BPF subprogram, like
+/// [`observe_aggregate`]: with both inlined into each slot's program the
+/// frame exceeds the 512-byte BPF stack.
+#[inline(never)]
+fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
+    let cfg = config();
     if !parse {
         // Same headers as the previous bracket of this hook: a header-only
         // record that just times the packet.
@@ -98,14 +112,25 @@ fn observe(ctx: *mut c_void, slot: u8) {
         &cfg,
         true,
     );
-    let ethertype = if nf_pf == NFPROTO_IPV6 {
+    // The window lives in the per-CPU scratch space: on the stack it no
+    // longer fits beside the parser since the programs gained aggregate mode.
+    let Some(mut guard) = aggregate::scratch() else {
+        emit::discard(entry);
+        return;
+    };
+    let sc = guard.get();
+    skb.network_window(&mut sc.window);
+    emit::parse_and_submit(entry, &sc.window, ethertype_of(nf_pf), &cfg);
+}
+
+/// Ethertype of a netfilter hook's protocol family.
+#[inline(always)]
+fn ethertype_of(nf_pf: u8) -> u16 {
+    if nf_pf == NFPROTO_IPV6 {
         ETH_P_IPV6
     } else {
         ETH_P_IP
-    };
-    let mut window = HeaderWindow::new();
-    skb.network_window(&mut window);
-    emit::parse_and_submit(entry, &window, ethertype, &cfg);
+    }
 }
 
 /// `ct_status`: also read the conntrack entry's status (one helper call),
@@ -137,4 +162,38 @@ fn fill_header(
     if ct_status {
         h.ct_state |= Skb::ct_flags(nfct);
     }
+}
+
+/// Aggregate mode: the hop of `skb` at `slot` of netfilter hook `nf_hook`
+/// (family `nf_pf`), its headers parsed into scratch space when `parse`,
+/// added to the in-kernel histograms. The parser and the aggregation run
+/// as two BPF subprograms one after the other: the verifier adds up the
+/// frames of a call chain (512 bytes in all), and nested or inlined
+/// together they exceed it.
+#[inline(always)]
+fn observe_aggregate(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
+    let cfg = config();
+    let Some(mut guard) = aggregate::scratch() else {
+        return;
+    };
+    let sc = guard.get();
+    // The hop's fields live in the scratch space: the verifier adds this
+    // frame to the parser's.
+    fill_header(&mut sc.header, skb, slot, nf_hook, nf_pf, &cfg, parse);
+    // A bracket that does not parse belongs to the previous parsed hop's
+    // layer.
+    let status = if parse {
+        parse_into(skb, nf_pf, sc)
+    } else {
+        ParseStatus::Skipped as u8
+    };
+    aggregate::observe_parsed(sc, status, parse);
+}
+
+/// Copies and parses the headers of `skb` into `sc`
+/// ([`aggregate::parse_scratch`]).
+#[inline(never)]
+fn parse_into(skb: Skb, nf_pf: u8, sc: &mut Scratch) -> u8 {
+    skb.network_window(&mut sc.window);
+    aggregate::parse_scratch(sc, ethertype_of(nf_pf))
 }

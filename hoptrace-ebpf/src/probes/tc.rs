@@ -11,12 +11,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use hoptrace_common::{
-    HeaderWindow, HookKind,
+    HeaderWindow, HookKind, HopHeader,
     packet::{ETH_P_8021AD, ETH_P_8021Q},
 };
 use hoptrace_ebpf::{
-    emit,
-    globals::{config, dispatch_only},
+    aggregate::{self, Scratch},
+    emit, global,
+    globals::{aggregate_mode, config, dispatch_only},
     skb::window_len,
 };
 
@@ -116,29 +117,80 @@ fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
     if dispatch_only() {
         return;
     }
+    if aggregate_mode() {
+        observe_aggregate(ctx, hook, has_l2);
+        return;
+    }
+    observe_full(ctx, hook, has_l2);
+}
+
+/// Full mode: one ring buffer record for the hop. A BPF subprogram, like
+/// [`observe_aggregate`]: the verifier adds up the frames of a call chain
+/// (512 bytes in all), so the program itself keeps a small one.
+#[inline(never)]
+fn observe_full(ctx: &TcContext, hook: HookKind, has_l2: bool) {
+    let cfg = &config();
     let Some(mut entry) = emit::reserve() else {
         return;
     };
-    let cfg = config();
     // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
     let ev = unsafe { entry.assume_init_mut() };
+    fill_header(ctx, hook, ev);
+    let mut window = HeaderWindow::new();
+    let ethertype = window_of(ctx, has_l2, &mut window);
+    emit::parse_and_submit(entry, &window, ethertype, cfg);
+}
+
+/// The hop's fields: time, buffer, hook, device, length.
+#[inline(always)]
+fn fill_header(ctx: &TcContext, hook: HookKind, h: &mut HopHeader) {
     // SAFETY: a helper without arguments that touches no memory.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
     // The tc context pointer is the kernel's struct sk_buff.
-    ev.skb_addr = ctx.skb.skb as u64;
-    ev.hook = hook as u8;
+    h.skb_addr = ctx.skb.skb as u64;
+    h.hook = hook as u8;
     // SAFETY: a read of the `__sk_buff` context the kernel passed in, which
     // the verifier rewrites into a load of `skb->dev->ifindex`.
-    ev.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    ev.skb_len = ctx.len();
-    ev.netns_ino = cfg.node_netns_ino;
-    let mut window = HeaderWindow::new();
-    let ethertype = match network_header(ctx, has_l2) {
+    h.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    h.skb_len = ctx.len();
+    h.netns_ino = global!(HOPTRACE_CONFIG.node_netns_ino);
+}
+
+/// Copies the headers from the network header on into `window`; returns
+/// their ethertype (0 when the frame is too short).
+#[inline(always)]
+fn window_of(ctx: &TcContext, has_l2: bool, window: &mut HeaderWindow) -> u16 {
+    match network_header(ctx, has_l2) {
         Some((offset, ethertype)) => {
-            copy_window(ctx, offset, &mut window);
+            copy_window(ctx, offset, window);
             ethertype
         }
         None => 0,
+    }
+}
+
+/// Aggregate mode: the same hop, its headers parsed into scratch space and
+/// added to the in-kernel histograms (`hoptrace_ebpf::aggregate`). The
+/// parser and the aggregation run as two BPF subprograms one after the
+/// other: the verifier adds up the frames of a call chain (512 bytes in
+/// all), and nested or inlined together they exceed it.
+#[inline(always)]
+fn observe_aggregate(ctx: &TcContext, hook: HookKind, has_l2: bool) {
+    let Some(mut guard) = aggregate::scratch() else {
+        return;
     };
-    emit::parse_and_submit(entry, &window, ethertype, &cfg);
+    let sc = guard.get();
+    // The hop's fields live in the scratch space too: the verifier adds
+    // this frame to the parser's.
+    fill_header(ctx, hook, &mut sc.header);
+    let status = parse_into(ctx, has_l2, sc);
+    aggregate::observe_parsed(sc, status, true);
+}
+
+/// Copies and parses the packet's headers into `sc`
+/// ([`aggregate::parse_scratch`]).
+#[inline(never)]
+fn parse_into(ctx: &TcContext, has_l2: bool, sc: &mut Scratch) -> u8 {
+    let ethertype = window_of(ctx, has_l2, &mut sc.window);
+    aggregate::parse_scratch(sc, ethertype)
 }

@@ -5,12 +5,13 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use hoptrace_common::{
-    Counter, HeaderWindow, HookKind,
+    Counter, HeaderWindow, HookKind, HopHeader,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use hoptrace_ebpf::{
-    emit,
-    globals::{config, dispatch_only},
+    aggregate::{self, Scratch},
+    emit, global,
+    globals::{aggregate_mode, config, dispatch_only},
     maps::{count, netns_traced, tc_covered},
     skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
 };
@@ -70,7 +71,6 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         return;
     }
     let skb = Skb(BtfPtr(addr));
-    let cfg = config();
     // The namespace first: most runs are for packets of other namespaces
     // (or of the node's tc-timed devices) and end here, before any copy.
     let (dev, netns) = if hook as u8 == HookKind::SocketDeliver as u8 {
@@ -80,7 +80,7 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         let dev = skb.dev();
         (dev, dev_netns(dev))
     };
-    if cfg.filter_netns != 0 && !netns_traced(netns) {
+    if global!(HOPTRACE_CONFIG.filter_netns) != 0 && !netns_traced(netns) {
         count(Counter::Filtered);
         return;
     }
@@ -102,20 +102,79 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
         count(Counter::Redundant);
         return;
     }
+    // SAFETY: a helper without arguments that touches no memory.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    if aggregate_mode() {
+        // The hop's fields live in the scratch space: the verifier adds
+        // this frame to the parser's.
+        let Some(mut guard) = aggregate::scratch() else {
+            return;
+        };
+        let sc = guard.get();
+        fill(&mut sc.header, ts_ns, addr, hook, netns, ifindex, skb.len(), drop_reason);
+        observe_aggregate(skb, protocol, sc);
+    } else {
+        let mut h = HopHeader::zeroed();
+        fill(&mut h, ts_ns, addr, hook, netns, ifindex, skb.len(), drop_reason);
+        observe_full(skb, &h, protocol);
+    }
+}
+
+/// The hop's fields.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one value per field of the hop, inlined")]
+fn fill(
+    h: &mut HopHeader,
+    ts_ns: u64,
+    addr: u64,
+    hook: HookKind,
+    netns: u32,
+    ifindex: u32,
+    skb_len: u32,
+    drop_reason: u32,
+) {
+    h.ts_ns = ts_ns;
+    h.skb_addr = addr;
+    h.hook = hook as u8;
+    h.netns_ino = netns;
+    h.ifindex = ifindex;
+    h.skb_len = skb_len;
+    h.drop_reason = drop_reason;
+}
+
+/// Full mode: one ring buffer record for hop `h` of `skb`. A BPF
+/// subprogram, like [`observe_aggregate`]: the verifier adds up the frames
+/// of a call chain (512 bytes in all), so the program itself keeps a small
+/// one.
+#[inline(never)]
+fn observe_full(skb: Skb, h: &HopHeader, protocol: u16) {
+    let cfg = &config();
     let Some(mut entry) = emit::reserve() else {
         return;
     };
     // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
     let ev = unsafe { entry.assume_init_mut() };
-    // SAFETY: a helper without arguments that touches no memory.
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.skb_addr = addr;
-    ev.hook = hook as u8;
-    ev.netns_ino = netns;
-    ev.ifindex = ifindex;
-    ev.skb_len = skb.len();
-    ev.drop_reason = drop_reason;
+    ev.header = *h;
     let mut window = HeaderWindow::new();
     skb.network_window(&mut window);
-    emit::parse_and_submit(entry, &window, protocol, &cfg);
+    emit::parse_and_submit(entry, &window, protocol, cfg);
+}
+
+/// Aggregate mode: hop `sc.header` of `skb`, its headers parsed into scratch space
+/// and added to the in-kernel histograms. The parser and the aggregation
+/// run as two BPF subprograms one after the other: the verifier adds up
+/// the frames of a call chain (512 bytes in all), and nested or inlined
+/// together they exceed it.
+#[inline(always)]
+fn observe_aggregate(skb: Skb, protocol: u16, sc: &mut Scratch) {
+    let status = parse_into(skb, protocol, sc);
+    aggregate::observe_parsed(sc, status, true);
+}
+
+/// Copies and parses the headers of `skb` into `sc`
+/// ([`aggregate::parse_scratch`]).
+#[inline(never)]
+fn parse_into(skb: Skb, protocol: u16, sc: &mut Scratch) -> u8 {
+    skb.network_window(&mut sc.window);
+    aggregate::parse_scratch(sc, protocol)
 }

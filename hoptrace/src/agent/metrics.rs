@@ -16,12 +16,16 @@ use std::{
     },
 };
 
+use hoptrace_common::agg::agg_bucket_mid;
 use hoptrace_core::{
     attribution::{
         ledger::{ConnState, Direction},
         taxonomy::Category,
     },
-    correlate::{JourneyObserver, JourneySummary},
+    correlate::{
+        JourneyObserver, JourneySummary,
+        aggregate::{AggregateSeries, AggregateSnapshot},
+    },
 };
 use prometheus_client::{
     collector::Collector,
@@ -125,6 +129,33 @@ impl Hist {
         self.count += 1;
     }
 
+    /// The agent's buckets of a kernel aggregate series: each log-linear
+    /// bucket's count goes to the bucket holding its middle (a kernel
+    /// bucket is at most 25 % wide, so only those that straddle one of
+    /// these bounds are placed approximately); count and sum are exact.
+    fn from_aggregate(series: &AggregateSeries) -> Self {
+        let mut hist = Self {
+            sum_ns: u128::from(series.sum_ns),
+            count: series.count,
+            ..Self::default()
+        };
+        for (i, &n) in series.buckets.iter().enumerate() {
+            if n != 0 {
+                let mid = agg_bucket_mid(i);
+                hist.buckets[BUCKETS_NS.partition_point(|&bound| bound < mid)] += n;
+            }
+        }
+        hist
+    }
+
+    fn merge(&mut self, other: &Hist) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ns += other.sum_ns;
+        self.count += other.count;
+    }
+
     /// Writes the series: sum in seconds, count, and `(upper bound in s,
     /// count)` per bucket with `+Inf` last.
     fn encode(&self, mut series: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -206,6 +237,22 @@ pub struct SessionGauges {
     pub hooks_tracepoint: AtomicU64,
     /// tc hooks another process removed since the agent attached them.
     pub hooks_lost: AtomicU64,
+    /// Aggregate mode: segments not counted because the kernel's histogram
+    /// map was full, cumulative.
+    pub aggregate_map_full: AtomicU64,
+}
+
+/// Series of the kernel's aggregate histograms, as the agent exports them
+/// (replaced on every read: the kernel's totals are cumulative).
+#[derive(Debug, Default)]
+struct AggregateStore {
+    /// (segment name, category, direction, conn state) -> histogram.
+    segments: Vec<((String, Category, Direction, ConnState), Hist)>,
+    /// (category, direction, conn state) -> histogram of segment crossings.
+    categories: Vec<((Category, Direction, ConnState), Hist)>,
+    journeys: Vec<(Direction, u64)>,
+    unnamed_segments: u64,
+    keys: usize,
 }
 
 /// The agent's metrics: fed by the correlator, read by the scraper.
@@ -215,6 +262,10 @@ pub struct AgentMetrics {
     pod_labels: PodLabels,
     identity: Arc<dyn Identity>,
     store: Mutex<Store>,
+    /// `Some` in aggregate mode: the segment, category and journey series
+    /// come from the kernel's histograms; the correlator's (sampled)
+    /// journeys are exported as `hoptrace_sampled_*` and give the drops.
+    aggregate: Option<Mutex<AggregateStore>>,
     unparsed: AtomicU64,
     /// Set by the main loop.
     pub session: SessionGauges,
@@ -229,9 +280,58 @@ impl AgentMetrics {
             pod_labels,
             identity,
             store: Mutex::new(Store::new()),
+            aggregate: None,
             unparsed: AtomicU64::new(0),
             session: SessionGauges::default(),
         }
+    }
+
+    /// The same metrics for an agent in aggregate mode (see
+    /// [`AgentMetrics::set_aggregate`]).
+    pub fn new_aggregate(node: String, pod_labels: PodLabels, identity: Arc<dyn Identity>) -> Self {
+        Self {
+            aggregate: Some(Mutex::new(AggregateStore::default())),
+            ..Self::new(node, pod_labels, identity)
+        }
+    }
+
+    /// Replaces the aggregate series with a snapshot of the kernel's
+    /// histograms (cumulative totals). Categories are the sums of their
+    /// segments' crossings: the kernel keeps no per-journey sums.
+    pub fn set_aggregate(&self, snap: &AggregateSnapshot) {
+        let Some(aggregate) = &self.aggregate else {
+            return;
+        };
+        let mut segments = Vec::with_capacity(snap.series.len());
+        let mut categories: HashMap<(Category, Direction, ConnState), Hist> = HashMap::new();
+        for series in &snap.series {
+            let hist = Hist::from_aggregate(series);
+            let category = series.segment.category;
+            categories
+                .entry((category, series.direction, series.conn_state))
+                .or_default()
+                .merge(&hist);
+            segments.push((
+                (
+                    series.segment.name.clone(),
+                    category,
+                    series.direction,
+                    series.conn_state,
+                ),
+                hist,
+            ));
+        }
+        segments.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut categories: Vec<_> = categories.into_iter().collect();
+        categories.sort_by_key(|(key, _)| *key);
+        let mut store = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
+        *store = AggregateStore {
+            segments,
+            categories,
+            journeys: snap.journeys.clone(),
+            unnamed_segments: snap.unnamed_segments,
+            keys: snap.keys,
+        };
     }
 
     /// The pod label set of a journey: the pod it left or reached (by its
@@ -340,6 +440,27 @@ fn series_labels<'a>(
     labels
 }
 
+/// Labels of a segment series.
+fn segment_labels<'a>(
+    node: &'a str,
+    name: &'a str,
+    category: Category,
+    direction: Direction,
+    conn_state: ConnState,
+    pod: &'a PodLabelSet,
+) -> Vec<(&'static str, &'a str)> {
+    series_labels(
+        node,
+        &[
+            ("segment", name),
+            ("category", category.name()),
+            ("direction", direction.name()),
+            ("conn_state", conn_state.name()),
+        ],
+        pod,
+    )
+}
+
 fn encode_counter(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -357,9 +478,48 @@ impl Collector for AgentMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         let node = self.node.as_str();
-
+        let none = PodLabelSet::default();
+        let aggregate = self
+            .aggregate
+            .as_ref()
+            .map(|a| a.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(agg) = &aggregate {
+            let mut metric = encoder.encode_descriptor(
+                "hoptrace_segment_duration_seconds",
+                "Time between two consecutive hops of a packet on this node (one observation per segment crossing)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for ((name, category, direction, conn_state), hist) in &agg.segments {
+                let labels = segment_labels(node, name, *category, *direction, *conn_state, &none);
+                hist.encode(metric.encode_family(&labels)?)?;
+            }
+            let mut metric = encoder.encode_descriptor(
+                "hoptrace_category_duration_seconds",
+                "Time of one journey (one packet on this node) spent in a category, summed over its segments",
+                None,
+                MetricType::Histogram,
+            )?;
+            for ((category, direction, conn_state), hist) in &agg.categories {
+                let labels = series_labels(
+                    node,
+                    &[
+                        ("category", category.name()),
+                        ("direction", direction.name()),
+                        ("conn_state", conn_state.name()),
+                    ],
+                    &none,
+                );
+                hist.encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        let segment_metric = if aggregate.is_some() {
+            "hoptrace_sampled_segment_duration_seconds"
+        } else {
+            "hoptrace_segment_duration_seconds"
+        };
         let mut metric = encoder.encode_descriptor(
-            "hoptrace_segment_duration_seconds",
+            segment_metric,
             "Time between two consecutive hops of a packet on this node (one observation per segment crossing)",
             None,
             MetricType::Histogram,
@@ -370,21 +530,24 @@ impl Collector for AgentMetrics {
             let Some((name, category)) = store.segment_names.get(segment as usize) else {
                 continue;
             };
-            let labels = series_labels(
+            let labels = segment_labels(
                 node,
-                &[
-                    ("segment", name.as_str()),
-                    ("category", category.name()),
-                    ("direction", direction.name()),
-                    ("conn_state", conn_state.name()),
-                ],
+                name,
+                *category,
+                direction,
+                conn_state,
                 &store.label_sets[label as usize],
             );
             hist.encode(metric.encode_family(&labels)?)?;
         }
 
+        let category_metric = if aggregate.is_some() {
+            "hoptrace_sampled_category_duration_seconds"
+        } else {
+            "hoptrace_category_duration_seconds"
+        };
         let mut metric = encoder.encode_descriptor(
-            "hoptrace_category_duration_seconds",
+            category_metric,
             "Time of one journey (one packet on this node) spent in a category, summed over its segments",
             None,
             MetricType::Histogram,
@@ -404,7 +567,6 @@ impl Collector for AgentMetrics {
             hist.encode(metric.encode_family(&labels)?)?;
         }
 
-        let none = PodLabelSet::default();
         let mut drops: Vec<_> = store.drops.iter().collect();
         drops.sort();
         let drops: Vec<_> = drops
@@ -426,7 +588,10 @@ impl Collector for AgentMetrics {
             "Packets the kernel dropped, by drop reason (include/net/dropreason-core.h) and the hop before the drop",
             &drops,
         )?;
-        let mut journeys: Vec<_> = store.journeys.iter().collect();
+        let mut journeys: Vec<_> = match &aggregate {
+            Some(agg) => agg.journeys.iter().map(|(d, n)| (d, n)).collect(),
+            None => store.journeys.iter().collect(),
+        };
         journeys.sort();
         let journeys: Vec<_> = journeys
             .into_iter()
@@ -446,6 +611,32 @@ impl Collector for AgentMetrics {
         drop(store);
         let node_only = series_labels(node, &[], &none);
         let gauges = &self.session;
+        if let Some(agg) = &aggregate {
+            encode_counter(
+                &mut encoder,
+                "hoptrace_aggregate_unnamed_segments",
+                "Aggregate mode: segments the kernel counted between hops the agent cannot name (a namespace or device it does not know)",
+                &[(node_only.clone(), agg.unnamed_segments)],
+            )?;
+            encode_counter(
+                &mut encoder,
+                "hoptrace_aggregate_map_full",
+                "Aggregate mode: segments not counted because the kernel's histogram map was full",
+                &[(
+                    node_only.clone(),
+                    gauges.aggregate_map_full.load(Ordering::Relaxed),
+                )],
+            )?;
+            let mut metric = encoder.encode_descriptor(
+                "hoptrace_aggregate_keys",
+                "Aggregate mode: entries of the kernel's histogram map (at most 4096)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(i64::try_from(agg.keys).unwrap_or(i64::MAX))
+                .encode(metric.encode_family(&node_only)?)?;
+        }
+        drop(aggregate);
         encode_counter(
             &mut encoder,
             "hoptrace_events_lost",

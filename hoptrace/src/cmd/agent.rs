@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use hoptrace_common::{Counter, TraceMode};
 use hoptrace_core::{
     kernel::{capabilities, loader::TcMode},
     node,
@@ -60,6 +61,16 @@ pub struct AgentArgs {
     /// two, at least 64KiB): larger survives longer bursts, costs memory.
     #[arg(long, default_value = "4MiB", value_parser = crate::cmd::trace::parse_ring_size)]
     ring_size: u32,
+    /// aggregate (default): the kernel adds hop-to-hop times to histograms,
+    /// cheap enough to leave running; full: every hop through the ring
+    /// buffer to the correlator, as `hoptrace trace` (pod labels, exact
+    /// per-journey categories).
+    #[arg(long, default_value = "aggregate", value_parser = ["aggregate", "full"])]
+    mode: String,
+    /// Aggregate mode: 1 in N journeys also goes through the correlator
+    /// (the `hoptrace_sampled_*` series; 0: none, 1: every journey).
+    #[arg(long, default_value_t = 64)]
+    sample: u32,
 }
 
 /// Runs the agent; returns the exit code (2 without privileges).
@@ -113,11 +124,12 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
             }
         }
     };
-    let metrics = Arc::new(AgentMetrics::new(
-        node_name.clone(),
-        args.pod_labels,
-        identity,
-    ));
+    let aggregate = args.mode == "aggregate";
+    let metrics = Arc::new(if aggregate {
+        AgentMetrics::new_aggregate(node_name.clone(), args.pod_labels, identity)
+    } else {
+        AgentMetrics::new(node_name.clone(), args.pod_labels, identity)
+    });
     let readiness = Arc::new(Readiness::default());
     runtime.spawn(serve(
         listener,
@@ -133,6 +145,10 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         _ => TcMode::Tcx,
     });
     opts.observer = Some(metrics.clone());
+    if aggregate {
+        opts.config.mode = TraceMode::Aggregate as u8;
+        opts.config.sample_every = args.sample;
+    }
     let session = Session::start(&opts)?;
     let attached = &session.attachments;
     let gauges = &metrics.session;
@@ -151,10 +167,14 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         attached.netfilter_links,
         attached.tracepoints.len()
     )];
-    status.push(
-        "mode: full tracer (every packet through the ring buffer; the aggregated low-cost mode is not built yet)"
-            .to_owned(),
-    );
+    status.push(if aggregate {
+        format!(
+            "mode: aggregate (in-kernel histograms; 1 in {} journeys sampled through the correlator)",
+            args.sample
+        )
+    } else {
+        "mode: full tracer (every packet through the ring buffer)".to_owned()
+    });
     status.extend(notes);
     status.extend(attached.notes.iter().map(|n| format!("degraded: {n}")));
     for line in &status {
@@ -178,6 +198,18 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
             gauges
                 .events_lost
                 .store(lost_events(&counters), Ordering::Relaxed);
+            gauges
+                .aggregate_map_full
+                .store(counters.get(Counter::AggFull), Ordering::Relaxed);
+        }
+        if aggregate {
+            match session.aggregate_snapshot() {
+                Ok(snap) => metrics.set_aggregate(&snap),
+                Err(err) => eprintln!(
+                    "hoptrace agent: reading the kernel's histograms: {}",
+                    capabilities::error_chain(&err)
+                ),
+            }
         }
         if last_refresh.elapsed() >= NETNS_REFRESH {
             netns_names.refresh();

@@ -1,0 +1,337 @@
+//! Aggregate mode ([`crate::TraceMode::Aggregate`]): the kernel programs add
+//! each hop-to-hop time to per-CPU histograms instead of writing one ring
+//! buffer record per hop. These are the shared types of its maps
+//! (`HOPTRACE_AGG_STATE`, `HOPTRACE_AGG_HIST`, `HOPTRACE_AGG_ZERO`) and the
+//! pure functions both sides use (bucket index, netfilter pass bits,
+//! fingerprint), unit-tested on the host.
+//!
+//! The kernel does not name segments: a histogram is keyed by the raw sites
+//! of both hops (hook, netfilter hook and slot, namespace, device,
+//! encapsulation), the journey's first hop and what its netfilter passes
+//! said so far; userspace names each key once with the correlator's device
+//! table and `attribution::taxonomy::classify` (one taxonomy).
+
+use crate::{CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, L3Headers, NF_PRIORITY_SLOTS};
+
+/// Where a hop was seen, as the kernel knows it. For netfilter hops
+/// `ifindex` is 0 (the taxonomy names them by hook and slot only); for
+/// socket deliveries it is 0 too (no device).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggSite {
+    /// Network namespace inode of the device (or of the netfilter hook).
+    pub netns_ino: u32,
+    /// Device index (0 for netfilter and socket hops).
+    pub ifindex: u32,
+    /// [`crate::HookKind`] as u8.
+    pub hook: u8,
+    /// Netfilter hook ([`crate::NfHook`]) of a netfilter hop, else 0.
+    pub nf_hook: u8,
+    /// Index into [`NF_PRIORITY_SLOTS`] of a netfilter hop, else 0.
+    pub nf_slot: u8,
+    /// [`crate::Encap`] of the packet at this hop (the layer a netfilter
+    /// bracket that does not parse belongs to: the previous parsed one's).
+    pub encap: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<AggSite>() == 12);
+
+/// Key of one aggregate histogram: a segment (from `prev` to `cur`) of
+/// journeys that started at the same first hop and whose netfilter passes
+/// said the same so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AggKey {
+    /// The hop the segment starts at.
+    pub prev: AggSite,
+    /// The hop the segment ends at.
+    pub cur: AggSite,
+    /// The journey's first hop (its direction; `prev == first` marks a
+    /// journey's first segment).
+    pub first: AggSite,
+    /// [`PASS_SEEN`].. bits of the packet's own netfilter pass, up to and
+    /// including `cur`.
+    pub inner_pass: u8,
+    /// The same for the encapsulating outer packet's pass.
+    pub outer_pass: u8,
+    /// [`AGG_FLAG_SYN`].
+    pub flags: u8,
+    /// Explicit padding; always 0.
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<AggKey>() == 40);
+
+/// Per-packet state in `HOPTRACE_AGG_STATE`, keyed by the skb address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AggState {
+    /// The newest hop.
+    pub prev: AggSite,
+    /// The journey's first hop.
+    pub first: AggSite,
+    /// Netfilter pass bits of the packet itself.
+    pub inner_pass: u8,
+    /// Netfilter pass bits of its outer packet.
+    pub outer_pass: u8,
+    /// [`AGG_FLAG_SYN`], [`AGG_FLAG_SAMPLED`].
+    pub flags: u8,
+    /// Explicit padding; always 0.
+    pub _pad: u8,
+    /// [`agg_fingerprint`] of the first parsed hop (0: none yet).
+    pub fingerprint: u32,
+    // `prev.encap` is the layer of the newest parsed hop: what a netfilter
+    // bracket that does not parse belongs to.
+    /// `bpf_ktime_get_ns()` of the newest hop.
+    pub prev_ts: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AggState>() == 40);
+
+/// The journey's first parsed packet was a TCP SYN without ACK (the
+/// connection state when no netfilter pass says one).
+pub const AGG_FLAG_SYN: u8 = 1;
+/// The journey is sampled: its hops also go through the ring buffer
+/// (state only, never in a key).
+pub const AGG_FLAG_SAMPLED: u8 = 2;
+
+/// Buckets per histogram: bucket 0 holds times under 64 ns; above, four
+/// sub-buckets per power of two of ns (log-linear, each at most 25 % wide),
+/// up to 2^37 ns (137 s); the last bucket holds everything longer.
+pub const AGG_BUCKETS: usize = 128;
+/// Sub-buckets per power of two, as bits.
+pub const AGG_SUB_BITS: u32 = 2;
+/// Power of two of the first log-linear bucket (64 ns).
+const AGG_MIN_POW: u32 = 6;
+
+/// Value of one histogram (per CPU): count, sum and bucket counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AggHist {
+    /// Segments observed.
+    pub count: u64,
+    /// Their summed duration, ns.
+    pub sum_ns: u64,
+    /// Counts per bucket ([`agg_bucket`]).
+    pub buckets: [u32; AGG_BUCKETS],
+}
+
+const _: () = assert!(core::mem::size_of::<AggHist>() == 16 + 4 * AGG_BUCKETS);
+
+impl AggHist {
+    /// Empty histogram.
+    pub const fn zeroed() -> Self {
+        Self {
+            count: 0,
+            sum_ns: 0,
+            buckets: [0; AGG_BUCKETS],
+        }
+    }
+}
+
+/// Bucket index of a duration of `ns` nanoseconds (always below
+/// [`AGG_BUCKETS`]). Written without a loop or a count-leading-zeros, so
+/// the verifier sees a bounded index.
+#[inline(always)]
+pub fn agg_bucket(ns: u64) -> usize {
+    if ns < (1 << AGG_MIN_POW) {
+        return 0;
+    }
+    // floor(log2(ns)) by binary search.
+    let mut v = ns;
+    let mut k: u32 = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        k += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        k += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        k += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        k += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        k += 2;
+    }
+    if v >= 1 << 1 {
+        k += 1;
+    }
+    let sub = ((ns >> (k - AGG_SUB_BITS)) & ((1 << AGG_SUB_BITS) - 1)) as usize;
+    let i = 1 + ((k - AGG_MIN_POW) as usize) * (1 << AGG_SUB_BITS) + sub;
+    if i >= AGG_BUCKETS { AGG_BUCKETS - 1 } else { i }
+}
+
+/// Lower bound of bucket `i` in ns (0 for bucket 0).
+pub const fn agg_bucket_lower(i: usize) -> u64 {
+    if i == 0 {
+        return 0;
+    }
+    let k = (i - 1) as u32 / (1 << AGG_SUB_BITS) + AGG_MIN_POW;
+    let sub = ((i - 1) % (1 << AGG_SUB_BITS)) as u64;
+    ((1 << AGG_SUB_BITS) + sub) << (k - AGG_SUB_BITS)
+}
+
+/// A representative duration of bucket `i` in ns: the middle of its range
+/// (32 ns for bucket 0, the lower bound for the open last bucket).
+pub const fn agg_bucket_mid(i: usize) -> u64 {
+    if i == 0 {
+        return 32;
+    }
+    if i + 1 >= AGG_BUCKETS {
+        return agg_bucket_lower(i);
+    }
+    (agg_bucket_lower(i) + agg_bucket_lower(i + 1)) / 2
+}
+
+/// Netfilter pass bit: a netfilter hop of this layer was seen.
+pub const PASS_SEEN: u8 = 1;
+/// A hop after conntrack's priority (-200) saw the packet.
+pub const PASS_CHECKED: u8 = 2;
+/// Such a hop found a conntrack entry.
+pub const PASS_FOUND: u8 = 4;
+/// A hop reported ctinfo `IP_CT_NEW`.
+pub const PASS_CTINFO_NEW: u8 = 8;
+/// A hop read the entry's status ([`CT_STATUS_KNOWN`]).
+pub const PASS_STATUS_KNOWN: u8 = 16;
+/// A hop found the entry unconfirmed: this pass created it.
+pub const PASS_UNCONFIRMED: u8 = 32;
+
+/// Netfilter priority of conntrack (`NF_IP_PRI_CONNTRACK`).
+const NF_PRIORITY_CONNTRACK: i32 = -200;
+
+/// The first slot of [`NF_PRIORITY_SLOTS`] after conntrack's priority
+/// (the table is sorted): a comparison, not a table lookup, in the kernel.
+const FIRST_CHECKED_SLOT: u8 = {
+    let mut i = 0;
+    while i < NF_PRIORITY_SLOTS.len() && NF_PRIORITY_SLOTS[i] <= NF_PRIORITY_CONNTRACK {
+        i += 1;
+    }
+    i as u8
+};
+
+/// Adds a netfilter hop at `slot` with `ct_state` (a
+/// [`crate::HopHeader::ct_state`]) to a pass's bits: the same rules as the
+/// correlator's `NetfilterPass::add`.
+#[inline(always)]
+pub fn pass_add(bits: u8, slot: u8, ct_state: u8) -> u8 {
+    let checked = slot >= FIRST_CHECKED_SLOT && (slot as usize) < NF_PRIORITY_SLOTS.len();
+    let state = CtState::from_u8(ct_state) as u8;
+    let mut out = bits | PASS_SEEN;
+    if checked {
+        out |= PASS_CHECKED;
+        if state != CtState::None as u8 {
+            out |= PASS_FOUND;
+        }
+    }
+    if state == CtState::New as u8 {
+        out |= PASS_CTINFO_NEW;
+    }
+    if ct_state & CT_STATUS_KNOWN != 0 {
+        out |= PASS_STATUS_KNOWN;
+        if ct_state & CT_UNCONFIRMED != 0 {
+            out |= PASS_UNCONFIRMED;
+        }
+    }
+    out
+}
+
+/// 32-bit fingerprint of a packet's innermost headers from the fields NAT
+/// and encapsulation leave alone (IP ID, protocol, TCP flags, seq/ack,
+/// payload length and head), never 0: a buffer that carries another packet
+/// (a recycled skb) has another one, so it starts a new journey.
+#[inline(always)]
+pub fn agg_fingerprint(f: &L3Headers) -> u32 {
+    const M: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (u64::from(f.version)
+        | (u64::from(f.l4_proto) << 8)
+        | (u64::from(f.tcp_flags) << 16)
+        | (u64::from(f.ip_id) << 24)
+        | (u64::from(f.payload_len) << 40))
+        .wrapping_mul(M);
+    h ^= ((u64::from(f.tcp_seq) << 32) | u64::from(f.tcp_ack)).wrapping_mul(M);
+    h = h.rotate_left(29) ^ u64::from_le_bytes(f.payload_head).wrapping_mul(M);
+    ((h ^ (h >> 32)) as u32) | 1
+}
+
+// SAFETY: `#[repr(C)]`, `Copy`, integer fields only with no implicit
+// padding (sizes asserted above): every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AggKey {}
+// SAFETY: as for `AggKey`: integers and an array of them, no implicit
+// padding (size asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AggHist {}
+// SAFETY: as for `AggKey` (size asserted above, `_pad` explicit).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for AggState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_log_linear_and_bounded() {
+        assert_eq!(agg_bucket(0), 0);
+        assert_eq!(agg_bucket(63), 0);
+        assert_eq!(agg_bucket(64), 1);
+        assert_eq!(agg_bucket(79), 1);
+        assert_eq!(agg_bucket(80), 2);
+        assert_eq!(agg_bucket(127), 4);
+        assert_eq!(agg_bucket(128), 5);
+        assert_eq!(agg_bucket(u64::MAX), AGG_BUCKETS - 1);
+        for i in 1..AGG_BUCKETS - 1 {
+            let lo = agg_bucket_lower(i);
+            let hi = agg_bucket_lower(i + 1);
+            assert_eq!(agg_bucket(lo), i, "lower bound of {i}");
+            assert_eq!(agg_bucket(hi - 1), i, "upper end of {i}");
+            // At most 25 % wide.
+            assert!((hi - lo) * 4 <= lo, "bucket {i}: {lo}..{hi}");
+            let mid = agg_bucket_mid(i);
+            assert!(lo <= mid && mid < hi);
+        }
+    }
+
+    #[test]
+    fn pass_bits_follow_conntrack() {
+        // Slot 0 (-401) is before conntrack: seen, not checked.
+        assert_eq!(pass_add(0, 0, 0), PASS_SEEN);
+        // Slot 2 (-199) with an established entry whose status was read.
+        let est = CtState::Established as u8 | CT_STATUS_KNOWN;
+        assert_eq!(
+            pass_add(0, 2, est),
+            PASS_SEEN | PASS_CHECKED | PASS_FOUND | PASS_STATUS_KNOWN
+        );
+        let new = CtState::New as u8 | CT_STATUS_KNOWN | CT_UNCONFIRMED;
+        assert_eq!(
+            pass_add(PASS_SEEN, 2, new),
+            PASS_SEEN
+                | PASS_CHECKED
+                | PASS_FOUND
+                | PASS_CTINFO_NEW
+                | PASS_STATUS_KNOWN
+                | PASS_UNCONFIRMED
+        );
+        // After conntrack without an entry: checked, not found (untracked).
+        assert_eq!(pass_add(0, 3, 0), PASS_SEEN | PASS_CHECKED);
+    }
+
+    #[test]
+    fn fingerprints_differ_by_sequence_and_never_zero() {
+        let mut a = L3Headers::zeroed();
+        a.version = 4;
+        a.l4_proto = 6;
+        a.tcp_seq = 1000;
+        let mut b = a;
+        b.tcp_seq = 2000;
+        assert_ne!(agg_fingerprint(&a), agg_fingerprint(&b));
+        assert_eq!(agg_fingerprint(&a), agg_fingerprint(&a));
+        assert_ne!(agg_fingerprint(&L3Headers::zeroed()), 0);
+    }
+}

@@ -1,0 +1,385 @@
+//! Aggregate mode ([`hoptrace_common::TraceMode::Aggregate`]): per-packet
+//! state keyed by the skb address and per-CPU histograms of hop-to-hop
+//! times, instead of one ring buffer record per hop. Types and the pure
+//! functions (buckets, pass bits, fingerprint) are in `hoptrace_common::agg`.
+//!
+//! Per hop: one LRU hash lookup (the kernel inlines it), one per-CPU hash
+//! lookup (inlined too), no helper call besides the clock read and the
+//! header copy the hook already makes. A journey's first hop inserts its
+//! state; its last (socket delivery, drop) deletes it; the LRU evicts the
+//! state of packets that leave the node.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use hoptrace_common::{
+    Counter, HeaderWindow, HookKind, HopHeader, PacketMeta, ParseStatus, TraceConfig,
+    agg::{
+        AGG_BUCKETS, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist, AggKey, AggSite, AggState,
+        agg_bucket, agg_fingerprint, pass_add,
+    },
+    packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
+};
+
+use crate::{emit, maps::count};
+
+/// Per-packet state of journeys in flight, keyed by the skb address.
+/// Least recently used entries are evicted: a packet that leaves the node
+/// ends no journey explicitly.
+#[map]
+pub static HOPTRACE_AGG_STATE: LruHashMap<u64, AggState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Histograms by segment key, one value per CPU; userspace sums them.
+/// A full map is counted ([`Counter::AggFull`]), never silent.
+#[map]
+pub static HOPTRACE_AGG_HIST: PerCpuHashMap<AggKey, AggHist> =
+    PerCpuHashMap::with_max_entries(4096, 0);
+
+/// One empty histogram: the value a new key is inserted with (it does not
+/// fit the 512-byte BPF stack).
+#[map]
+pub static HOPTRACE_AGG_ZERO: PerCpuArray<AggHist> = PerCpuArray::with_max_entries(1, 0);
+
+/// Headers of one hop: copied and parsed outside the 512-byte BPF stack,
+/// which cannot hold them beside the parser's own buffers.
+#[repr(C)]
+pub struct Scratch {
+    /// The hop's fields (time, buffer, hook, device).
+    pub header: HopHeader,
+    /// Packet bytes from the network header on.
+    pub window: HeaderWindow,
+    /// The parsed headers.
+    pub meta: PacketMeta,
+}
+
+/// Scratch space per CPU and nesting level: a tracepoint program in a
+/// task can be interrupted by a softirq that runs a tc program on the same
+/// CPU, which must not overwrite its headers.
+#[map]
+static HOPTRACE_AGG_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// This CPU's nesting level of aggregate-mode programs.
+#[map]
+static HOPTRACE_AGG_NEST: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Nesting levels with scratch space of their own (task, softirq, and
+/// margin); deeper runs skip the hop.
+const SCRATCH_LEVELS: u32 = 4;
+
+/// This run's scratch space; gives its level back when dropped.
+pub struct ScratchGuard {
+    nest: *mut u32,
+    level: u32,
+    scratch: *mut Scratch,
+}
+
+impl ScratchGuard {
+    /// The scratch space, with an empty window and zeroed headers.
+    #[inline(always)]
+    pub fn get(&mut self) -> &mut Scratch {
+        // SAFETY: a non-null pointer to this CPU's element `level` of a
+        // per-CPU array, valid for the program's run; only this run (at this
+        // nesting level) uses it until the guard is dropped.
+        let s = unsafe { &mut *self.scratch };
+        s.header = HopHeader::zeroed();
+        s.window.len = 0;
+        let words = &raw mut s.meta as *mut u64;
+        let mut i = 0;
+        while i < core::mem::size_of::<PacketMeta>() / 8 {
+            // SAFETY: in bounds (PacketMeta is 136 bytes, asserted in
+            // hoptrace-common, a multiple of 8); an unaligned store, since
+            // the 132-byte window before it leaves `meta` 4-aligned.
+            unsafe { core::ptr::write_unaligned(words.add(i), 0) };
+            i += 1;
+        }
+        s
+    }
+}
+
+impl Drop for ScratchGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: as in `scratch`: this CPU's counter, valid for the run.
+        unsafe { *self.nest = self.level };
+    }
+}
+
+/// Takes this CPU's scratch space for the current nesting level.
+#[inline(always)]
+pub fn scratch() -> Option<ScratchGuard> {
+    let nest = HOPTRACE_AGG_NEST.get_ptr_mut(0)?;
+    // SAFETY: a non-null pointer to this CPU's `u32` of a per-CPU array,
+    // valid for the program's run; a run that interrupts this one restores
+    // it before this one continues.
+    let level = unsafe { *nest };
+    if level >= SCRATCH_LEVELS {
+        return None;
+    }
+    let scratch = HOPTRACE_AGG_SCRATCH.get_ptr_mut(level)?;
+    // SAFETY: as above.
+    unsafe { *nest = level + 1 };
+    Some(ScratchGuard {
+        nest,
+        level,
+        scratch,
+    })
+}
+
+/// Gap after which a buffer's next hop is another packet: the
+/// correlator's default idle timeout.
+const IDLE_NS: u64 = 50_000_000;
+
+/// TCP SYN and ACK flags.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Adds `delta_ns` to this CPU's histogram of `key`, inserting it first.
+#[inline(always)]
+fn add(key: &AggKey, delta_ns: u64) {
+    let hist = match HOPTRACE_AGG_HIST.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            let Some(zero) = HOPTRACE_AGG_ZERO.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a non-null pointer to this CPU's element of a
+            // per-CPU array, valid for the program's run; nothing writes it.
+            let zero = unsafe { &*zero };
+            // Another CPU may insert the key first (EEXIST): fine, the
+            // lookup below finds it.
+            let _ = HOPTRACE_AGG_HIST.insert(key, zero, u64::from(BPF_NOEXIST));
+            match HOPTRACE_AGG_HIST.get_ptr_mut(key) {
+                Some(p) => p,
+                None => {
+                    count(Counter::AggFull);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: a non-null pointer to this CPU's value of a per-CPU hash
+    // entry, valid for the program's run (an element deleted meanwhile is
+    // freed only after an RCU grace period); no other CPU writes it.
+    let h = unsafe { &mut *hist };
+    h.count += 1;
+    h.sum_ns += delta_ns;
+    let i = agg_bucket(delta_ns) & (AGG_BUCKETS - 1);
+    // SAFETY: `i` < AGG_BUCKETS (masked with a power of two minus one).
+    unsafe { *h.buckets.get_unchecked_mut(i) += 1 };
+}
+
+/// What a packet's hop did to its journey.
+pub struct Outcome {
+    /// The journey is sampled: write this hop to the ring buffer too.
+    pub sampled: bool,
+    /// For a hop that ends a journey that was not sampled: the journey's
+    /// previous hop and its time, so that a drop reaches the correlator
+    /// with the hop before it.
+    pub prev: Option<(AggSite, u64)>,
+}
+
+/// Records one hop of the packet in buffer `addr` at `site` (time `ts`).
+/// `meta` are its parsed headers (`None` for a netfilter bracket that does
+/// not parse: it belongs to the previous parsed hop's layer); `ct_state`
+/// is the netfilter hop's conntrack state; `ends` deletes the state (socket
+/// delivery, drop).
+#[inline(always)]
+pub fn hop(
+    addr: u64,
+    mut site: AggSite,
+    ts: u64,
+    meta: Option<&PacketMeta>,
+    ct_state: Option<u8>,
+    cfg: &TraceConfig,
+    ends: bool,
+) -> Outcome {
+    let (fingerprint, syn) = match meta {
+        Some(m) => {
+            let f = m.flow();
+            (
+                agg_fingerprint(f),
+                f.l4_proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+            )
+        }
+        None => (0, false),
+    };
+    let device_hop = site.hook != HookKind::Netfilter as u8;
+    if let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(addr) {
+        // SAFETY: a non-null pointer to an LRU hash value, valid for the
+        // program's run (a deleted or evicted element is freed after an RCU
+        // grace period). Another CPU may write it concurrently for the same
+        // buffer; a torn state costs one segment, never memory safety.
+        let s = unsafe { &mut *p };
+        if meta.is_none() {
+            site.encap = s.prev.encap;
+        }
+        let recycled = ts.wrapping_sub(s.prev_ts) > IDLE_NS
+            || (fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint)
+            || (device_hop && site == s.prev);
+        if !recycled {
+            if let Some(ct) = ct_state {
+                if site.encap == 0 {
+                    s.inner_pass = pass_add(s.inner_pass, site.nf_slot, ct);
+                } else {
+                    s.outer_pass = pass_add(s.outer_pass, site.nf_slot, ct);
+                }
+            }
+            let key = AggKey {
+                prev: s.prev,
+                cur: site,
+                first: s.first,
+                inner_pass: s.inner_pass,
+                outer_pass: s.outer_pass,
+                flags: s.flags & AGG_FLAG_SYN,
+                _pad: 0,
+            };
+            add(&key, ts.wrapping_sub(s.prev_ts));
+            let out = Outcome {
+                sampled: s.flags & AGG_FLAG_SAMPLED != 0,
+                prev: Some((s.prev, s.prev_ts)),
+            };
+            if s.fingerprint == 0 && fingerprint != 0 {
+                s.fingerprint = fingerprint;
+                if syn {
+                    s.flags |= AGG_FLAG_SYN;
+                }
+            }
+            s.prev = site;
+            s.prev_ts = ts;
+            if ends {
+                let _ = HOPTRACE_AGG_STATE.remove(addr);
+            }
+            return out;
+        }
+    }
+    // A new journey starts here.
+    let sampled = cfg.sample_every != 0
+        && fingerprint != 0
+        && (fingerprint >> 1) % cfg.sample_every == 0;
+    if ends {
+        let _ = HOPTRACE_AGG_STATE.remove(addr);
+        return Outcome {
+            sampled,
+            prev: None,
+        };
+    }
+    let (mut inner_pass, mut outer_pass) = (0, 0);
+    if let Some(ct) = ct_state {
+        if site.encap == 0 {
+            inner_pass = pass_add(0, site.nf_slot, ct);
+        } else {
+            outer_pass = pass_add(0, site.nf_slot, ct);
+        }
+    }
+    let mut flags = 0;
+    if syn {
+        flags |= AGG_FLAG_SYN;
+    }
+    if sampled {
+        flags |= AGG_FLAG_SAMPLED;
+    }
+    let state = AggState {
+        prev: site,
+        first: site,
+        inner_pass,
+        outer_pass,
+        flags,
+        _pad: 0,
+        fingerprint,
+        prev_ts: ts,
+    };
+    let _ = HOPTRACE_AGG_STATE.insert(addr, state, 0);
+    Outcome {
+        sampled,
+        prev: None,
+    }
+}
+
+/// The aggregate-mode path of every hook: `h` is the hop (time, buffer,
+/// hook, device, netfilter fields), `meta` its parsed headers with parse
+/// status `status` (`None`: a netfilter bracket that does not parse).
+/// Packets whose headers did not parse go to the ring buffer as in full
+/// mode (the correlator counts them); drops always do (drop records and
+/// diagnosis need them), with the hop before them; sampled journeys write
+/// every hop.
+#[inline(always)]
+pub fn observe(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus, cfg: &TraceConfig) {
+    let hook = h.hook;
+    if hook == HookKind::Consume as u8 {
+        let _ = HOPTRACE_AGG_STATE.remove(h.skb_addr);
+        return;
+    }
+    if status != ParseStatus::Ok && status != ParseStatus::Skipped {
+        emit::copy_and_submit(h, meta, status);
+        return;
+    }
+    let site = AggSite {
+        netns_ino: h.netns_ino,
+        ifindex: h.ifindex,
+        hook,
+        nf_hook: h.nf_hook,
+        nf_slot: h.nf_slot,
+        encap: match meta {
+            Some(m) => m.encap,
+            None => 0,
+        },
+    };
+    let is_drop = hook == HookKind::Drop as u8;
+    let ends = is_drop || hook == HookKind::SocketDeliver as u8;
+    let ct_state = if hook == HookKind::Netfilter as u8 {
+        Some(h.ct_state)
+    } else {
+        None
+    };
+    let out = hop(h.skb_addr, site, h.ts_ns, meta, ct_state, cfg, ends);
+    if let Some((prev, prev_ts)) = out.prev
+        && is_drop
+        && !out.sampled
+    {
+        emit::site_header(h.skb_addr, &prev, prev_ts);
+    }
+    if out.sampled || is_drop {
+        emit::copy_and_submit(h, meta, status);
+    }
+}
+
+/// [`observe`] as a BPF subprogram of its own, reading the configuration
+/// itself: the verifier adds a program's frame to its deepest call's, and
+/// the parser's and this one's do not fit the 512-byte stack together.
+#[inline(never)]
+pub fn observe_subprogram(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus) {
+    observe(h, meta, status, &crate::globals::config());
+}
+
+/// What [`parse_scratch`] returns for a packet the `--ip/--port` filter
+/// rejects.
+pub const PARSE_FILTERED: u8 = 0xff;
+
+/// Parses the headers in `sc.window` (from the network header on, of
+/// protocol `ethertype`) into `sc.meta`: the [`ParseStatus`] as u8, or
+/// [`PARSE_FILTERED`]. Each hook calls it from a BPF subprogram of its own
+/// that first copies the window.
+#[inline(always)]
+pub fn parse_scratch(sc: &mut Scratch, ethertype: u16) -> u8 {
+    let cfg = crate::globals::config();
+    let status = parse_from_l3(&sc.window, 0, ethertype, &cfg, &mut sc.meta);
+    if !flow_matches(&sc.meta, &cfg) {
+        return PARSE_FILTERED;
+    }
+    status as u8
+}
+
+/// After a hook's parse: counts a filtered packet, or adds the hop in
+/// `sc.header` with the headers in `sc.meta` (`parsed`) or without (a
+/// netfilter bracket that does not parse).
+#[inline(always)]
+pub fn observe_parsed(sc: &Scratch, status: u8, parsed: bool) {
+    if status == PARSE_FILTERED {
+        count(Counter::Filtered);
+        return;
+    }
+    let meta = if parsed { Some(&sc.meta) } else { None };
+    observe_subprogram(&sc.header, meta, ParseStatus::from_u8(status));
+}
