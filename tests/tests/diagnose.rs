@@ -735,3 +735,197 @@ fn diagnose_without_root_exits_2() {
         );
     }
 }
+
+/// A cgroup-v1 `cpu` group with a CFS quota, as a Kubernetes CPU limit
+/// puts on a pod; threads join it by id. Removed on drop (its threads
+/// back in the root group first).
+struct CpuLimit(PathBuf);
+
+impl CpuLimit {
+    /// `quota` of every `period` of CPU time, or `None` where the kernel
+    /// has no cgroup-v1 `cpu` controller mounted (then the test skips).
+    fn new(name: &str, quota: Duration, period: Duration) -> Option<Self> {
+        let root = Path::new("/sys/fs/cgroup/cpu");
+        if !root.join("cpu.cfs_quota_us").exists() {
+            return None;
+        }
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let limit = Self(dir);
+        for (file, value) in [("cpu.cfs_period_us", period), ("cpu.cfs_quota_us", quota)] {
+            std::fs::write(limit.0.join(file), value.as_micros().to_string())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        Some(limit)
+    }
+
+    /// The file a thread writes its id to, to join the group.
+    fn tasks(&self) -> PathBuf {
+        self.0.join("tasks")
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        if let Ok(tasks) = std::fs::read_to_string(self.tasks()) {
+            for tid in tasks.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/cpu/tasks", tid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue 13's ingress-proxy finding through `diagnose` itself (the lab
+/// reaches the same rule through its own tracer): the builtin proxy, named
+/// as the lab names it, in a pod of the backend's node, under a CPU limit
+/// (a CFS quota of 1 ms per 20 ms, as Kubernetes sets for a pod's
+/// `limits.cpu: 50m`; unlike a saturating rate, this does not depend on
+/// how fast the machine is); 64 keep-alive connections at 300 requests/s
+/// from the client pod on the other node. `diagnose --netns` on the proxy's node joins the
+/// proxy's reads and writes into its request timeline and reports
+/// `ingress-proxy.saturated` (warning); the same proxy at 50 requests/s on
+/// two connections does not.
+#[test]
+fn diagnose_names_a_saturated_ingress_proxy() {
+    use hoptrace_core::correlate::requests::BUILTIN_PROXY_COMM;
+    use hoptrace_lab::{
+        ingress,
+        loadgen::{LoadMode, LoadSpec, run_load},
+        servers::{NetnsTask, stopped},
+    };
+    use std::sync::Arc;
+
+    if !can_run_with_kernel_programs("diagnose_names_a_saturated_ingress_proxy") {
+        return;
+    }
+    let prefix = format!("ht-q{}-", std::process::id() % 1000);
+    let lab = Lab::build(&LabSpec {
+        pods_per_node: 2,
+        ..spec(&prefix, 0)
+    })
+    .expect("build lab");
+    let service = lab.service();
+    let backend = service.backends[0].clone();
+    let _servers: Vec<_> = service
+        .backends
+        .iter()
+        .flat_map(|b| start_backend(&b.netns))
+        .collect();
+    let tcp: SocketAddr = service.connect_addr(Protocol::Tcp).expect("tcp").into();
+    let client = lab.client_pod().clone();
+    let proxy_pod = lab
+        .pods_on(backend.node_index)
+        .find(|p| p.netns != backend.netns && p.netns != client.netns)
+        .expect("a second pod on the backend's node")
+        .clone();
+    let proxy_node = lab.nodes()[backend.node_index].netns.clone();
+    let listen = SocketAddr::from((proxy_pod.ip, 8081));
+    let Some(limit) = CpuLimit::new(
+        &format!("ht-q{}", std::process::id()),
+        Duration::from_millis(1),
+        Duration::from_millis(20),
+    ) else {
+        eprintln!("SKIP: no cgroup-v1 cpu controller to limit the proxy with");
+        return;
+    };
+    let tasks = limit.tasks();
+    let _proxy = NetnsTask::spawn(
+        proxy_pod.netns.clone(),
+        move || std::net::TcpListener::bind(listen),
+        move |listener, stop| {
+            ingress::name_this_thread(BUILTIN_PROXY_COMM);
+            std::fs::write(&tasks, nix::unistd::gettid().to_string())
+                .expect("the proxy thread joins its CPU limit");
+            async move {
+                let _ = ingress::serve_builtin_proxy_with(
+                    listener,
+                    tcp,
+                    stopped(stop),
+                    Duration::ZERO,
+                    Arc::default(),
+                )
+                .await;
+            }
+        },
+    )
+    .expect("builtin proxy");
+    assert_eq!(
+        http_requests_new_connection(&client.netns, listen, 3),
+        3,
+        "warm-up through the proxy"
+    );
+
+    let load = |connections: usize, rate: f64| {
+        let spec = LoadSpec {
+            mode: LoadMode::HttpKeepAlive,
+            connections,
+            rate,
+            duration: Duration::from_secs(3),
+            ..LoadSpec::default()
+        };
+        let result = hoptrace_lab::netns::with_netns(&client.netns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(run_load(&spec, listen, None))
+                .expect("load")
+        })
+        .expect("enter the client pod");
+        eprintln!(
+            "load {rate}/s over {connections}: {} of {} answered",
+            result.ok, result.scheduled
+        );
+        assert!(result.ok * 2 >= result.scheduled, "the proxy answers");
+    };
+    let proxy_finding = |doc: &Value| {
+        doc["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .find(|f| f["id"] == "ingress-proxy.saturated")
+            .cloned()
+    };
+
+    let d = start_diagnose(&proxy_node);
+    load(64, 300.0);
+    eprintln!(
+        "the proxy's CPU limit: {}",
+        std::fs::read_to_string(limit.0.join("cpu.stat"))
+            .unwrap_or_default()
+            .replace('\n', ", ")
+    );
+    let (_, doc) = finish(d);
+    let requests = &doc["report"]["requests"];
+    eprintln!(
+        "saturated: joined {} of {}, ingress-proxy {} µs per request ({} µs waiting to be read), client mean {} µs, lost {}",
+        requests["joined"],
+        requests["count"],
+        requests["categories"]["ingress-proxy"]["mean_us"],
+        requests["categories"]["ingress-proxy"]["socket_queue_mean_us"],
+        requests["client_mean_us"],
+        doc["report"]["lost_events"]
+    );
+    let f = proxy_finding(&doc).expect("ingress-proxy.saturated under a 50m CPU limit");
+    eprintln!(
+        "saturated: waiting to be read {} µs",
+        number(&f, "socket_queue_mean_us")
+    );
+    assert_eq!(f["severity"], "warning");
+
+    let d = start_diagnose(&proxy_node);
+    load(2, 50.0);
+    let (_, doc) = finish(d);
+    assert!(
+        proxy_finding(&doc).is_none(),
+        "a proxy that keeps up is not saturated"
+    );
+    assert!(
+        doc["report"]["requests"]["joined"].as_u64().unwrap_or(0) > 0,
+        "the healthy run's requests are joined too"
+    );
+    drop(_proxy);
+    drop(limit);
+    lab.teardown().expect("teardown");
+}

@@ -9,36 +9,15 @@ use super::Finding;
 pub const WIDTH: usize = 100;
 
 /// Wraps `text` at word boundaries so that `first` + the first line and
-/// `indent` + each further line fit in [`WIDTH`] columns (counted in
-/// characters). A word longer than a line is cut.
+/// `indent` + each further line fit in [`WIDTH`] terminal columns (display
+/// width, so `µ` is one column). A word longer than a line is broken.
+/// Ends with a newline.
 pub fn wrap(first: &str, indent: &str, text: &str) -> String {
-    let mut out = String::new();
-    let mut line = first.to_owned();
-    let mut line_len = first.chars().count();
-    let mut empty = true;
-    for word in text.split_whitespace() {
-        let mut word: String = word.to_owned();
-        let wlen = word.chars().count();
-        if !empty && line_len + 1 + wlen > WIDTH {
-            out.push_str(line.trim_end());
-            out.push('\n');
-            line = indent.to_owned();
-            line_len = indent.chars().count();
-            empty = true;
-        }
-        let room = WIDTH.saturating_sub(line_len + usize::from(!empty));
-        if wlen > room {
-            word = word.chars().take(room.max(1)).collect();
-        }
-        if !empty {
-            line.push(' ');
-            line_len += 1;
-        }
-        line_len += word.chars().count();
-        line.push_str(&word);
-        empty = false;
-    }
-    out.push_str(line.trim_end());
+    let options = textwrap::Options::new(WIDTH)
+        .initial_indent(first)
+        .subsequent_indent(indent)
+        .break_words(true);
+    let mut out = textwrap::fill(text.trim(), options);
     out.push('\n');
     out
 }

@@ -153,7 +153,7 @@ pub fn human_us(us: f64) -> String {
 /// The terminal table (µs per request and share of the client's mean by
 /// category) and the one sentence of where the time goes.
 pub fn render(requests: &LabRequests) -> String {
-    use crate::report::styled_table;
+    use crate::{diagnose::wrap, report::styled_table};
     let mut out = String::new();
     let mut table = styled_table(&[
         "category",
@@ -179,24 +179,29 @@ pub fn render(requests: &LabRequests) -> String {
         ]);
     }
     crate::report::keep_name_words(&mut table);
-    out.push_str(&format!(
-        "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)\n{table}\n",
+    let heading = format!(
+        "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)",
         requests.joined,
         requests.count,
         100.0 * requests.join_rate,
         100.0 * requests.coverage,
         requests.client_mean_us
-    ));
-    out.push_str(&sentence(requests));
-    out.push('\n');
+    );
+    out.push_str(&wrap("", "", &heading));
+    out.push_str(&format!("{table}\n"));
+    out.push_str(&wrap("", "", &sentence(requests)));
     if let Some(hold) = requests.proxy_hold_mean_us {
-        out.push_str(&format!(
-            "The builtin proxy measured its own hold: {} per request.\n",
-            human_us(hold)
+        out.push_str(&wrap(
+            "",
+            "",
+            &format!(
+                "The builtin proxy measured its own hold: {} per request.",
+                human_us(hold)
+            ),
         ));
     }
     for note in &requests.notes {
-        out.push_str(&format!("note: {note}\n"));
+        out.push_str(&wrap("note: ", "      ", note));
     }
     out
 }
@@ -351,5 +356,44 @@ mod tests {
         assert!((section.categories["ingress-proxy"].p50_us - 0.0).abs() < 1e-9);
         assert!((section.join_rate - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(section.slowest[0].total_us, 400.0);
+    }
+
+    #[test]
+    fn the_rendered_timeline_fits_100_columns() {
+        let a = request(
+            0,
+            &[
+                (segment::PROXY_REQUEST, Category::IngressProxy, 60_000),
+                (segment::SOCKET_QUEUE, Category::IngressProxy, 250_000),
+                (segment::APP_SERVICE, Category::Application, 1_200_000),
+                (segment::DATAPATH, Category::KubeProxy, 35_000),
+                (segment::DATAPATH, Category::Encapsulation, 21_000),
+                (segment::DATAPATH, Category::Conntrack, 5_000),
+                (segment::DATAPATH, Category::Cni, 11_000),
+                (segment::DATAPATH, Category::NetfilterOther, 1_000),
+                (segment::STACK, Category::KernelOther, 204_000),
+            ],
+        );
+        let joined = Joined {
+            seen: 1,
+            requests: vec![a],
+        };
+        let note = "one node's view: no load generator, the client's figures are the joined \
+                    requests' own; legs through other nodes keep their time in stack";
+        let section = requests_section(
+            &joined,
+            (1770.0, 1700.0, 2000.0),
+            Some(2000.0),
+            vec![note.to_owned()],
+        );
+        let text = render(&section);
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= crate::diagnose::WIDTH,
+                "wider than 100 columns: {line}"
+            );
+        }
+        assert!(text.contains("note: one node's view"));
+        assert!(text.contains("The builtin proxy measured its own hold"));
     }
 }

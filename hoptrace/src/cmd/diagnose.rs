@@ -41,7 +41,7 @@ pub struct DiagnoseArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "envoy,nginx,haproxy,traefik"
+        default_value = "envoy,nginx,haproxy,traefik,ht-lab-proxy"
     )]
     proxy: Vec<String>,
 }

@@ -56,7 +56,7 @@ pub struct TraceArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "envoy,nginx,haproxy,traefik"
+        default_value = "envoy,nginx,haproxy,traefik,ht-lab-proxy"
     )]
     proxy: Vec<String>,
 }
