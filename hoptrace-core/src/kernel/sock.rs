@@ -45,6 +45,10 @@ pub const WRITE_ENTRY_PROGRAMS: [(&str, &str); 4] = [
 ];
 
 const EVENTS_MAP: &str = "HOPTRACE_SOCK_EVENTS";
+
+/// The socket events' ring buffer of [`SockTracer::start`], bytes (the
+/// size the kernel object declares).
+pub const SOCK_RING_BYTES: u32 = 4 * 1024 * 1024;
 const NETNS_MAP: &str = "HOPTRACE_SOCK_NETNS";
 const COUNTERS_MAP: &str = "HOPTRACE_SOCK_COUNTERS";
 
@@ -141,17 +145,25 @@ impl SockTracer {
     /// [`SockError`]: no objects in this build, BTF, load, maps, or no
     /// tracepoint at all could be attached.
     pub fn start(netns: &[u32]) -> Result<Self, SockError> {
-        Self::start_bounded(netns, usize::MAX)
+        Self::start_bounded(netns, usize::MAX, SOCK_RING_BYTES)
     }
 
     /// [`SockTracer::start`] keeping at most `max_events` events (a node's
     /// every socket, traced for a while, can read and write millions of
     /// times); the ones beyond are counted in [`SockCapture::lost`].
+    /// `ring_bytes`: the socket events' ring buffer, a power of two of at
+    /// least one page (the kernel's rule for `BPF_MAP_TYPE_RINGBUF`,
+    /// kernel/bpf/ringbuf.c); its pages are mapped twice, so it counts
+    /// twice its size in the resident set.
     ///
     /// # Errors
     ///
     /// As [`SockTracer::start`].
-    pub fn start_bounded(netns: &[u32], max_events: usize) -> Result<Self, SockError> {
+    pub fn start_bounded(
+        netns: &[u32],
+        max_events: usize,
+        ring_bytes: u32,
+    ) -> Result<Self, SockError> {
         let object = objects::sock_object()?;
         let kernel_btf = Btf::vmlinux()?;
         let layout = sock_layout(&kernel_btf, !netns.is_empty())?;
@@ -159,6 +171,7 @@ impl SockTracer {
         let mut ebpf = without_kernel_btf(|| {
             EbpfLoader::new()
                 .override_global("HOPTRACE_SOCK_LAYOUT", &layout, true)
+                .map_max_entries(EVENTS_MAP, ring_bytes)
                 .load(object)
         })?;
         {

@@ -20,30 +20,6 @@ fn is_netfilter(category: Category) -> bool {
     )
 }
 
-/// One sentence naming the category with the most total time, or `None`
-/// when no journey had a segment.
-pub fn biggest_contributor(report: &Report) -> Option<String> {
-    let best = report
-        .categories
-        .iter()
-        .filter(|r| r.direction == ALL && r.conn_state == ALL && r.stats.total_us > 0.0)
-        .max_by(|a, b| a.stats.total_us.total_cmp(&b.stats.total_us))?;
-    let e2e_total = report.end_to_end_total().map_or(0.0, |r| r.stats.total_us);
-    let of_all = if e2e_total > 0.0 {
-        100.0 * best.stats.total_us / e2e_total
-    } else {
-        0.0
-    };
-    Some(format!(
-        "Biggest contributor: {} with {:.1}% of all end-to-end time ({} of {} µs; p99 {} µs per journey that crossed it).",
-        best.category.name(),
-        of_all,
-        fmt_us(best.stats.total_us),
-        fmt_us(e2e_total),
-        fmt_us(best.stats.p99_us),
-    ))
-}
-
 fn fmt_us(us: f64) -> String {
     if us >= 100.0 {
         format!("{us:.0}")
@@ -278,13 +254,30 @@ mod tests {
             "µs per request (all nodes)",
             "share",
         ]);
-        table.add_row(vec!["netfilter-other", "0.54", "3.89", "0.61", "2.59", "16.09", "0.5%"]);
-        table.add_row(vec!["kube-proxy", "3.52", "69.12", "2.96", "38.91", "154.86", "5.1%"]);
+        table.add_row(vec![
+            "netfilter-other",
+            "0.54",
+            "3.89",
+            "0.61",
+            "2.59",
+            "16.09",
+            "0.5%",
+        ]);
+        table.add_row(vec![
+            "kube-proxy",
+            "3.52",
+            "69.12",
+            "2.96",
+            "38.91",
+            "154.86",
+            "5.1%",
+        ]);
         keep_name_words(&mut table);
         let text = table.to_string();
         assert!(text.contains("netfilter-other"), "{text}");
         assert!(
-            text.lines().all(|l| l.chars().count() <= crate::diagnose::WIDTH),
+            text.lines()
+                .all(|l| l.chars().count() <= crate::diagnose::WIDTH),
             "{text}"
         );
     }
@@ -326,9 +319,6 @@ mod tests {
         let dnat = text.find("netfilter.prerouting.dnat").expect("dnat row");
         assert!(dnat > new_nf, "dnat (new connection) must be listed apart");
         assert!(text.contains("NETFILTER_DROP"));
-        let line = biggest_contributor(&report).expect("a contributor");
-        // cni: node A 2000+1500+400+400+500 = 4800, node B 500+300+200+500+3000 = 4500.
-        assert!(line.contains("cni"), "{line}");
         let findings = crate::diagnose::diagnose(&crate::diagnose::Input::report_only(&report));
         let top = crate::diagnose::headline(&findings).expect("a top finding");
         assert!(
@@ -349,7 +339,6 @@ mod tests {
     fn empty_ledger_renders() {
         let ledger = Correlator::new(ctx(), CorrelatorOptions::default()).finish();
         let report = Report::from_ledger(ledger, ReportMeta::default());
-        assert!(biggest_contributor(&report).is_none());
         assert_eq!(report.end_to_end.len(), 1);
         assert_eq!(report.end_to_end[0].stats.count, 0);
         let text = render_table(&report);

@@ -305,8 +305,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn section_sums_categories_per_request_and_the_sentence_names_them() {
+    /// Two requests of 1.77 ms: proxy, application, datapath and stack.
+    fn two_typical_requests() -> Joined {
         let a = request(
             0,
             &[
@@ -318,10 +318,15 @@ mod tests {
                 (segment::STACK, Category::KernelOther, 204_000),
             ],
         );
-        let joined = Joined {
+        Joined {
             seen: 2,
             requests: vec![a.clone(), a],
-        };
+        }
+    }
+
+    #[test]
+    fn section_sums_categories_per_request_and_the_sentence_names_them() {
+        let joined = two_typical_requests();
         let section = requests_section(&joined, (1770.0, 1700.0, 2000.0), None, Vec::new());
         assert_eq!(section.joined, 2);
         assert!((section.join_rate - 1.0).abs() < 1e-9);
@@ -360,24 +365,7 @@ mod tests {
 
     #[test]
     fn the_rendered_timeline_fits_100_columns() {
-        let a = request(
-            0,
-            &[
-                (segment::PROXY_REQUEST, Category::IngressProxy, 60_000),
-                (segment::SOCKET_QUEUE, Category::IngressProxy, 250_000),
-                (segment::APP_SERVICE, Category::Application, 1_200_000),
-                (segment::DATAPATH, Category::KubeProxy, 35_000),
-                (segment::DATAPATH, Category::Encapsulation, 21_000),
-                (segment::DATAPATH, Category::Conntrack, 5_000),
-                (segment::DATAPATH, Category::Cni, 11_000),
-                (segment::DATAPATH, Category::NetfilterOther, 1_000),
-                (segment::STACK, Category::KernelOther, 204_000),
-            ],
-        );
-        let joined = Joined {
-            seen: 1,
-            requests: vec![a],
-        };
+        let joined = two_typical_requests();
         let note = "one node's view: no load generator, the client's figures are the joined \
                     requests' own; legs through other nodes keep their time in stack";
         let section = requests_section(

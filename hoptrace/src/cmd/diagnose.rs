@@ -8,12 +8,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use hoptrace_core::{
+    correlate::Observers,
     diagnose::{self, DropObserver, Input, Severity},
     kernel::capabilities,
     node::{self, config},
     report::{self, DIAGNOSIS_SCHEMA, DiagnosisDocument},
     session::{Session, SessionOptions, timeline::NodeTimeline},
-    correlate::Observers,
 };
 
 use crate::stop;
@@ -62,7 +62,10 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     opts.netns = args.netns.clone();
     // The request timeline (the ingress proxy's saturation) beside the drops.
     let timeline = NodeTimeline::start();
-    opts.observer = Some(Arc::new(Observers(vec![drops.clone(), timeline.observer()])));
+    opts.observer = Some(Arc::new(Observers(vec![
+        drops.clone(),
+        timeline.observer(),
+    ])));
     let session = Session::start(&opts)?;
     for note in timeline.notes() {
         eprintln!("hoptrace: note: {note}");
