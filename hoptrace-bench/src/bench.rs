@@ -44,6 +44,7 @@ use serde::Serialize;
 
 use hoptrace_core::{
     kernel::loader::Counters,
+    report::styled_table,
     session::{Session, SessionError, SessionOptions},
 };
 use hoptrace_lab::{
@@ -1448,14 +1449,17 @@ fn run_rr(env: &LabEnv, spec: &LoadSpec) -> Result<LoadResult, BenchError> {
     Ok(result)
 }
 
+/// A table for BENCHMARKS.md (`markdown`) or the terminal, where it has
+/// hoptrace's one style and width ([`styled_table`]).
 fn new_table(header: &[&str], markdown: bool) -> Table {
-    let mut table = Table::new();
-    table.load_preset(if markdown {
-        presets::ASCII_MARKDOWN
+    let mut table = if markdown {
+        let mut table = Table::new();
+        table.load_preset(presets::ASCII_MARKDOWN);
+        table.set_header(header.iter().map(Cell::new));
+        table
     } else {
-        presets::ASCII_FULL_CONDENSED
-    });
-    table.set_header(header.iter().map(Cell::new));
+        styled_table(header)
+    };
     for (i, _) in header.iter().enumerate().skip(1) {
         if let Some(col) = table.column_mut(i) {
             col.set_cell_alignment(CellAlignment::Right);
