@@ -42,6 +42,8 @@ use hoptrace_common::Counter;
 use procfs::{Current as _, FromRead as _};
 use serde::Serialize;
 
+use crate::agent_memory::AgentMemory;
+
 use hoptrace_core::{
     kernel::loader::Counters,
     report::styled_table,
@@ -133,6 +135,10 @@ pub enum BenchError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("hoptrace agent: {0}")]
+    Agent(String),
+    #[error("flow flood: {0}")]
+    Flood(#[from] hoptrace_lab::flood::FloodError),
 }
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -157,6 +163,9 @@ pub struct BenchOptions {
     pub tracepoints: bool,
     /// Namespace name prefix of the lab.
     pub prefix: String,
+    /// The `hoptrace` binary whose agent's memory is measured under a
+    /// flow flood ([`crate::agent_memory`]); `None` skips that part.
+    pub agent_bin: Option<std::path::PathBuf>,
     /// Set (by a signal handler) to stop early; everything is released.
     #[serde(skip)]
     pub stop: Arc<AtomicBool>,
@@ -173,6 +182,7 @@ impl BenchOptions {
             netfilter: true,
             tracepoints: true,
             prefix: format!("ht-b{}-", std::process::id() % 10_000),
+            agent_bin: None,
             stop,
         }
     }
@@ -197,6 +207,11 @@ impl BenchOptions {
                 "connections must be 1 to 256, not {}",
                 self.rr_connections
             ));
+        }
+        if let Some(bin) = &self.agent_bin
+            && !bin.is_file()
+        {
+            return invalid(format!("--agent-bin {}: no such file", bin.display()));
         }
         Ok(())
     }
@@ -998,6 +1013,8 @@ pub struct BenchResult {
     pub summary: Summary,
     /// Ring buffer size per session, bytes.
     pub ring_bytes: u32,
+    /// The agent's memory under a flow flood (with `agent_bin`).
+    pub agent_memory: Option<AgentMemory>,
 }
 
 /// Runs the benchmark; `progress` gets one line per step.
@@ -1098,6 +1115,31 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         ));
         rounds.push(round);
     }
+    let agent_memory = match &opts.agent_bin {
+        Some(bin) => {
+            let node0 = &lab_env.nodes[0].1;
+            let target = lab
+                .pods_on(0)
+                .find(|p| p.netns != client.netns)
+                .ok_or_else(|| BenchError::InvalidOptions("node 0 has one pod".into()))?;
+            progress(&format!(
+                "the agent's memory: {} then {} distinct flows through {}",
+                crate::agent_memory::FEW_FLOWS,
+                crate::agent_memory::MANY_FLOWS,
+                lab_env.nodes[0].0
+            ));
+            let m = crate::agent_memory::measure(bin, node0, &client.netns, target.ip)?;
+            progress(&format!(
+                "  resident {:.1} MiB idle, {:.1} MiB after 1k flows, {:.1} MiB after 500k; peak {:.1} MiB",
+                mib(m.idle_rss),
+                mib(m.few_rss),
+                mib(m.many_rss),
+                mib(m.peak)
+            ));
+            Some(m)
+        }
+        None => None,
+    };
     drop(http_server);
     lab.teardown()?;
     let summary = summarize(&rounds);
@@ -1107,7 +1149,13 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         rounds,
         summary,
         ring_bytes: session_options.ring_bytes,
+        agent_memory,
     })
+}
+
+/// Bytes as MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// Where the traffic goes in the lab.
@@ -1903,6 +1951,26 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
         percent(TARGET_AGENT_USERSPACE_CPU),
         if a.userspace_cpu_pass { "PASS" } else { "MISS" }
     );
+    if let Some(m) = &result.agent_memory {
+        let _ = writeln!(
+            out,
+            "- `hoptrace agent` peak resident set over {} distinct flows: **{:.1} MiB** (target <= {:.0} MiB): **{}**",
+            crate::agent_memory::MANY_FLOWS,
+            mib(m.peak),
+            mib(crate::agent_memory::TARGET_PEAK_BYTES),
+            if m.peak_pass() { "PASS" } else { "MISS" }
+        );
+        let _ = writeln!(
+            out,
+            "- `hoptrace agent` resident set from {} to {} flows: **{:.1} → {:.1} MiB** (flat: grows <= {:.0} MiB): **{}**",
+            crate::agent_memory::FEW_FLOWS,
+            crate::agent_memory::MANY_FLOWS,
+            mib(m.few_rss),
+            mib(m.many_rss),
+            mib(crate::agent_memory::TARGET_GROWTH_BYTES),
+            if m.flat_pass() { "PASS" } else { "MISS" }
+        );
+    }
     let _ = writeln!(
         out,
         "- Lost events (ring buffer full): **{}** of {} events\n",
@@ -2299,8 +2367,24 @@ mod tests {
             rounds,
             summary: s,
             ring_bytes: 32 * 1024 * 1024,
+            agent_memory: Some(AgentMemory {
+                idle_rss: 20 << 20,
+                few_rss: 21 << 20,
+                many_rss: 26 << 20,
+                peak: 30 << 20,
+                many_sent: 500_000,
+            }),
         };
         let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5", None);
+        assert!(
+            md.contains("500000 distinct flows: **30.0 MiB** (target <= 64 MiB): **PASS**"),
+            "{md}"
+        );
+        // 5 MiB of growth is not flat.
+        assert!(
+            md.contains("**21.0 → 26.0 MiB** (flat: grows <= 4 MiB): **MISS**"),
+            "{md}"
+        );
         assert!(
             md.contains("**0.900x** (target >= 0.80x): **PASS**"),
             "{md}"

@@ -4,6 +4,7 @@
 //! xtask bench`; not part of the shipped `hoptrace` binary. The method is in
 //! docs/bench.md.
 
+mod agent_memory;
 mod bench;
 
 use std::{
@@ -40,6 +41,10 @@ struct BenchArgs {
     /// Ablation: traced rounds without tracepoints.
     #[arg(long)]
     no_tracepoints: bool,
+    /// The `hoptrace` binary: its agent's memory is measured under a flood
+    /// of 1,000 then 500,000 distinct flows (skipped without it).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +84,7 @@ fn run(args: &BenchArgs) -> Result<u8> {
     opts.rr_rate = args.rate;
     opts.netfilter = !args.no_netfilter;
     opts.tracepoints = !args.no_tracepoints;
+    opts.agent_bin.clone_from(&args.agent_bin);
     let result = bench::run(&opts, |line| eprintln!("hoptrace-bench: {line}"))?;
     println!("{}", bench::render_text(&result));
     if let Some(path) = &args.write {

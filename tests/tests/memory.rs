@@ -6,12 +6,9 @@
 //! The flood is UDP from a raw socket in a pod namespace, through the node
 //! (routed), to a second pod; nothing leaves the namespaces this test makes.
 
-use std::{
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use hoptrace_lab::netns::with_netns;
+use hoptrace_lab::flood::udp_flows;
 use nix::{sys::signal::Signal, unistd::Pid};
 use tests::{HoptraceRun, TwoPodNode, sh_in};
 
@@ -72,104 +69,6 @@ fn stop(run: &mut HoptraceRun) {
     assert!(status.code().is_some(), "killed by a signal: {status}");
 }
 
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Sends `flows` UDP packets, each of a distinct (source address, source
-/// port), spread evenly over `over`, from a raw socket in namespace `pod`.
-fn flood(pod: &str, dst: std::net::Ipv4Addr, flows: u32, over: Duration) -> u32 {
-    with_netns(pod, || {
-        // SAFETY: plain socket(2); the descriptor is owned right away.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(raw >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-        let octets = dst.octets();
-        let dst = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(octets),
-            },
-            sin_zero: [0; 8],
-        };
-        let started = Instant::now();
-        let mut sent = 0u32;
-        let mut packet = [0u8; 28 + 16];
-        for i in 0..flows {
-            // Pace: packet i goes out at i/flows of the flood.
-            let due = over.mul_f64(f64::from(i) / f64::from(flows));
-            if let Some(wait) = due.checked_sub(started.elapsed())
-                && wait > Duration::from_millis(1)
-            {
-                std::thread::sleep(wait);
-            }
-            // Source 10.200.x.y and port from the flow number: all distinct.
-            let src = [10, 200, (i >> 8) as u8 & 0x3f, i as u8];
-            let sport = 1024 + (i >> 14) as u16;
-            let len = packet.len() as u16;
-            packet[..20].copy_from_slice(&[
-                0x45,
-                0,
-                (len >> 8) as u8,
-                len as u8,
-                (i >> 8) as u8,
-                i as u8,
-                0x40,
-                0,
-                64,
-                17,
-                0,
-                0,
-                src[0],
-                src[1],
-                src[2],
-                src[3],
-                octets[0],
-                octets[1],
-                octets[2],
-                octets[3],
-            ]);
-            let csum = checksum(&packet[..20]);
-            packet[10..12].copy_from_slice(&csum.to_be_bytes());
-            packet[20..28].copy_from_slice(&[
-                (sport >> 8) as u8,
-                sport as u8,
-                0x1f,
-                0x90,
-                0,
-                24,
-                0,
-                0,
-            ]);
-            // SAFETY: `packet` and `dst` are valid for the given lengths.
-            let n = unsafe {
-                libc::sendto(
-                    socket.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&raw const dst).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if n > 0 {
-                sent += 1;
-            }
-        }
-        sent
-    })
-    .expect("enter the pod")
-}
-
 /// Traces an idle two-pod node for 5 s, then the same node while pod `a`
 /// sends [`FLOWS`] distinct flows to pod `b` over [`FLOOD`]; returns the
 /// memory of each run just before it stops.
@@ -186,7 +85,7 @@ fn idle_then_flood(bin: &std::path::Path) -> (Memory, Memory) {
     let idle_memory = Memory::of(idle.pid());
     stop(&mut idle);
     let mut busy = HoptraceRun::start_bin(bin, &args, node.path());
-    let sent = flood(node.pod_a.name(), node.pod_b_addr(), FLOWS, FLOOD);
+    let sent = udp_flows(node.pod_a.name(), node.pod_b_addr(), FLOWS, FLOOD).expect("flood");
     std::thread::sleep(Duration::from_millis(500));
     let busy_memory = Memory::of(busy.pid());
     stop(&mut busy);

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 
 /// Runs the benchmark with `rounds` rounds of each kind, `seconds` per run.
-pub fn run(bin: &Path, rounds: u32, seconds: u32, write: bool) -> Result<()> {
+pub fn run(bin: &Path, hoptrace: &Path, rounds: u32, seconds: u32, write: bool) -> Result<()> {
     crate::run(
         std::process::Command::new(bin)
             .args([
@@ -15,6 +15,8 @@ pub fn run(bin: &Path, rounds: u32, seconds: u32, write: bool) -> Result<()> {
                 "--seconds",
                 &seconds.to_string(),
             ])
+            .arg("--agent-bin")
+            .arg(hoptrace)
             .args(if write {
                 vec!["--write", "BENCHMARKS.md"]
             } else {

@@ -83,7 +83,9 @@ fn main() -> Result<()> {
         } => {
             setup::run(setup::Profile::Lab, false)?;
             let bin = build_bin("hoptrace-bench", true)?;
-            bench::run(&bin, rounds, seconds, write)
+            // The agent whose memory the bench measures: the release build.
+            let hoptrace = build(true)?;
+            bench::run(&bin, &hoptrace, rounds, seconds, write)
         }
         Task::Accuracy { args } => {
             setup::run(setup::Profile::Lab, false)?;
