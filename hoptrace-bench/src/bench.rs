@@ -43,6 +43,7 @@ use procfs::{Current as _, FromRead as _};
 use serde::Serialize;
 
 use crate::agent_memory::AgentMemory;
+use hoptrace_core::kernel::sock::SockTracer;
 
 use hoptrace_core::{
     kernel::loader::Counters,
@@ -137,6 +138,8 @@ pub enum BenchError {
     Interrupted,
     #[error("hoptrace agent: {0}")]
     Agent(String),
+    #[error("request timeline: {0}")]
+    Timeline(String),
     #[error("flow flood: {0}")]
     Flood(#[from] hoptrace_lab::flood::FloodError),
 }
@@ -1015,6 +1018,79 @@ pub struct BenchResult {
     pub ring_bytes: u32,
     /// The agent's memory under a flow flood (with `agent_bin`).
     pub agent_memory: Option<AgentMemory>,
+    /// The request timeline's socket hooks alone.
+    pub timeline: Option<TimelineCost>,
+}
+
+/// The request timeline's socket hooks alone (no datapath session), on
+/// the lab's namespaces as `hoptrace lab` attaches them: one iperf3 run
+/// and one request/response run with BPF run-time statistics on (issue 10:
+/// their cost published like the others'). Ratios are against the median
+/// of the baseline rounds of the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct TimelineCost {
+    pub throughput_bps: f64,
+    pub rr: RrResult,
+    /// Socket events captured over both runs.
+    pub events: u64,
+    /// Socket events of the request/response run per request answered.
+    pub events_per_request: f64,
+    /// Runs of the socket programs over both runs, and their run time.
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+impl TimelineCost {
+    /// Kernel time per program run, ns.
+    pub fn ns_per_run(&self) -> f64 {
+        if self.runs > 0 {
+            self.run_time_ns as f64 / self.runs as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs [`TimelineCost`]'s measurement.
+fn measure_timeline(
+    opts: &BenchOptions,
+    env: &LabEnv,
+    inodes: &[u32],
+) -> Result<TimelineCost, BenchError> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| BenchError::Stats(e.to_string()))?;
+    let tracer = SockTracer::start(inodes).map_err(|e| BenchError::Timeline(e.to_string()))?;
+    let ids: std::collections::BTreeSet<u32> = tracer.program_ids().into_iter().collect();
+    let runs_and_time = || -> Result<(u64, u64), BenchError> {
+        Ok(sample_programs()?
+            .iter()
+            .filter(|p| ids.contains(&p.id))
+            .fold((0, 0), |(n, t), p| (n + p.run_cnt, t + p.run_time_ns)))
+    };
+    let (runs0, time0) = runs_and_time()?;
+    let throughput_bps = run_iperf(env, env.seconds)?;
+    let mid_events = tracer.events_so_far();
+    let load = run_rr(
+        env,
+        &rr_spec(opts, Duration::from_secs(env.seconds.into()), opts.rr_rate),
+    )?;
+    let (runs1, time1) = runs_and_time()?;
+    let capture = tracer.stop();
+    drop(stats);
+    let events = capture.events.len() as u64 + capture.lost;
+    let rr_events = events.saturating_sub(mid_events);
+    Ok(TimelineCost {
+        throughput_bps,
+        rr: RrResult::from_load(&load),
+        events,
+        events_per_request: if load.ok > 0 {
+            rr_events as f64 / load.ok as f64
+        } else {
+            0.0
+        },
+        runs: runs1.saturating_sub(runs0),
+        run_time_ns: time1.saturating_sub(time0),
+    })
 }
 
 /// Runs the benchmark; `progress` gets one line per step.
@@ -1115,6 +1191,16 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         ));
         rounds.push(round);
     }
+    progress("the request timeline's socket hooks alone (iperf3, request/response)");
+    let timeline = measure_timeline(opts, &lab_env, &hoptrace_lab::run::lab_netns_inodes(&lab))?;
+    progress(&format!(
+        "  iperf3 {:.2} Gbit/s, request/response p50 {} µs p99 {} µs; {:.1} socket events per request, {:.0} ns per program run",
+        timeline.throughput_bps / 1e9,
+        timeline.rr.p50_us,
+        timeline.rr.p99_us,
+        timeline.events_per_request,
+        timeline.ns_per_run()
+    ));
     let agent_memory = match &opts.agent_bin {
         Some(bin) => {
             let node0 = &lab_env.nodes[0].1;
@@ -1150,6 +1236,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         summary,
         ring_bytes: session_options.ring_bytes,
         agent_memory,
+        timeline: Some(timeline),
     })
 }
 
@@ -1766,6 +1853,28 @@ pub fn programs_table(summary: &Summary, markdown: bool) -> Table {
     table
 }
 
+/// The request timeline's socket hooks against the baseline, in words.
+pub fn timeline_text(t: &TimelineCost, s: &Summary) -> String {
+    let ratio = |x: f64, base: f64| if base > 0.0 { x / base } else { f64::NAN };
+    format!(
+        "The socket hooks of the request timeline alone (`sock:sock_recv_length`, `sock:sock_send_length`, \
+         `sock:inet_sock_set_state`, the `syscalls:` write entries; no datapath session), one run each with \
+         BPF run-time statistics on: iperf3 {} ({:.3}x of the baseline median), request/response p50 {} µs \
+         ({:.3}x), p99 {} µs ({:.3}x); {} socket events captured or lost, {:.1} per request; {:.0} ns per \
+         program run over {} runs.",
+        gbit(t.throughput_bps),
+        ratio(t.throughput_bps, s.throughput.baseline),
+        t.rr.p50_us,
+        ratio(t.rr.p50_us as f64, s.rr_p50.baseline),
+        t.rr.p99_us,
+        ratio(t.rr.p99_us as f64, s.rr_p99.baseline),
+        t.events,
+        t.events_per_request,
+        t.ns_per_run(),
+        t.runs
+    )
+}
+
 /// Terminal summary.
 pub fn render_text(result: &BenchResult) -> String {
     let s = &result.summary;
@@ -1774,6 +1883,9 @@ pub fn render_text(result: &BenchResult) -> String {
     let _ = writeln!(out, "{}\n", summary_table(s, false));
     let _ = writeln!(out, "{}\n", ablations_table(s, false));
     let _ = writeln!(out, "{}\n", programs_table(s, false));
+    if let Some(t) = &result.timeline {
+        let _ = writeln!(out, "{}\n", timeline_text(t, s));
+    }
     let _ = writeln!(out, "{}", findings(result).join("\n"));
     out
 }
@@ -2026,6 +2138,9 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
          the bench reads no histograms during a round (the agent reads them once a second).\n\n{}\n",
         ablations_table(s, true)
     );
+    if let Some(t) = &result.timeline {
+        let _ = writeln!(out, "## Request timeline hooks\n\n{}\n", timeline_text(t, s));
+    }
     let _ = writeln!(out, "## Rounds\n\n{}\n", rounds_table(result, true));
     let _ = writeln!(
         out,
@@ -2374,12 +2489,29 @@ mod tests {
                 peak: 30 << 20,
                 many_sent: 500_000,
             }),
+            timeline: Some(TimelineCost {
+                throughput_bps: 9e9,
+                rr: RrResult {
+                    p50_us: 1000,
+                    p99_us: 2080,
+                    max_us: 3000,
+                    ok: 10_000,
+                    errors: 0,
+                    timeouts: 0,
+                },
+                events: 60_000,
+                events_per_request: 6.0,
+                runs: 100_000,
+                run_time_ns: 50_000_000,
+            }),
         };
         let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5", None);
         assert!(
             md.contains("500000 distinct flows: **30.0 MiB** (target <= 64 MiB): **PASS**"),
             "{md}"
         );
+        assert!(md.contains("## Request timeline hooks"), "{md}");
+        assert!(md.contains("6.0 per request; 500 ns per program run"), "{md}");
         // 5 MiB of growth is not flat.
         assert!(
             md.contains("**21.0 → 26.0 MiB** (flat: grows <= 4 MiB): **MISS**"),

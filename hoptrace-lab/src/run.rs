@@ -532,8 +532,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     })
 }
 
-/// Inodes of every namespace of the lab (nodes and pods).
-fn lab_netns_inodes(lab: &Lab) -> Vec<u32> {
+/// Inode numbers of every namespace of `lab` (nodes and pods): what the
+/// request timeline's socket hooks trace.
+pub fn lab_netns_inodes(lab: &Lab) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
     lab.nodes()
         .iter()

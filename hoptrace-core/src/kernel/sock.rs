@@ -8,6 +8,7 @@
 //! ones need Linux 6.3) is left out and named in [`SockCapture::notes`].
 
 use std::{
+    os::fd::AsFd as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -125,7 +126,7 @@ pub struct SockCapture {
 pub struct SockTracer {
     ebpf: aya::Ebpf,
     /// The tp_btf programs, attached; dropping them detaches them.
-    _links: Vec<TracingLink>,
+    links: Vec<TracingLink>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     events: Arc<Mutex<Vec<SockEvent>>>,
@@ -257,7 +258,7 @@ impl SockTracer {
         drop(kernel_btf);
         Ok(Self {
             ebpf,
-            _links: links,
+            links,
             stop,
             thread: Some(thread),
             events,
@@ -265,6 +266,24 @@ impl SockTracer {
             notes,
             attached,
         })
+    }
+
+    /// Events drained so far, kept or over the bound (not those still in
+    /// the ring buffer).
+    pub fn events_so_far(&self) -> u64 {
+        let kept = self.events.lock().map_or(0, |e| e.len()) as u64;
+        kept + self.over.load(Ordering::Relaxed)
+    }
+
+    /// Kernel ids of the attached programs (the tp_btf ones and the
+    /// `syscalls:` ones), e.g. to read their run-time statistics.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, prog)| prog.fd().ok())
+            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
+            .chain(self.links.iter().filter_map(|l| l.program_id().ok()))
+            .collect()
     }
 
     /// Stops draining (after one last pass), detaches, and returns every
