@@ -118,6 +118,9 @@ pub enum IngressError {
         /// Why not.
         detail: String,
     },
+    /// `--proxy-cpu-limit` could not be set up.
+    #[error("--proxy-cpu-limit: {0}")]
+    CpuLimit(#[from] crate::cpulimit::CpuLimitError),
     /// The temp dir or config file could not be written.
     #[error("cannot write the proxy config: {0}")]
     Config(#[source] io::Error),
@@ -472,6 +475,9 @@ pub struct ExternalProxy {
     dir: tempfile::TempDir,
     /// `--proxy-cpus`: the affinity the process starts with.
     cpus: Option<nix::sched::CpuSet>,
+    /// `--proxy-cpu-limit`: the `cgroup.procs` the process moves itself
+    /// into before `exec` (its workers inherit it).
+    cgroup_procs: Option<std::ffi::CString>,
 }
 
 impl ExternalProxy {
@@ -563,6 +569,7 @@ impl ExternalProxy {
             argv,
             dir,
             cpus: None,
+            cgroup_procs: None,
         })
     }
 
@@ -591,6 +598,14 @@ impl ExternalProxy {
         Ok(())
     }
 
+    /// `--proxy-cpu-limit`: the process starts inside `limit` (it moves
+    /// itself there before `exec`, so every worker it forks is limited too).
+    pub fn limit(&mut self, limit: &crate::cpulimit::CpuLimit) {
+        use std::os::unix::ffi::OsStrExt as _;
+        self.cgroup_procs =
+            std::ffi::CString::new(limit.procs_file().as_os_str().as_bytes()).ok();
+    }
+
     /// Starts the proxy (stdout/stderr to files in the temp dir). The process
     /// is killed when the returned guard drops.
     pub fn spawn(self) -> Result<ProxyProcess, IngressError> {
@@ -607,6 +622,24 @@ impl ExternalProxy {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        if let Some(procs) = self.cgroup_procs.clone() {
+            // SAFETY: the closure runs in the forked child before exec and
+            // makes only open(2), write(2) and close(2) on memory prepared
+            // before the fork; it allocates nothing and touches no lock.
+            unsafe {
+                command.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself (cgroup-v1.rst, cgroup-v2.rst).
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let error = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if written == 1 { Ok(()) } else { Err(error) }
+                });
+            }
+        }
         if let Some(cpus) = self.cpus {
             // SAFETY: the closure runs in the forked child before exec and
             // only makes one syscall (sched_setaffinity on itself), which is

@@ -13,6 +13,7 @@
 //!   them (`cargo xtask accuracy`).
 
 pub mod accuracy;
+pub mod cpulimit;
 pub mod flood;
 pub mod ingress;
 pub mod kubeproxy;

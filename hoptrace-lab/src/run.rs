@@ -110,6 +110,10 @@ pub struct LabOptions {
     /// (the first N this process may use): the builtin proxy's one thread,
     /// or nginx with N workers / HAProxy with N threads. `None`: unpinned.
     pub proxy_cpus: Option<usize>,
+    /// `--proxy-cpu-limit`: the ingress proxy runs under a CFS quota of
+    /// this many millicores, as a Kubernetes CPU limit
+    /// ([`crate::cpulimit`]). `None`: no limit.
+    pub proxy_cpu_limit: Option<u32>,
 }
 
 impl Default for LabOptions {
@@ -130,6 +134,7 @@ impl Default for LabOptions {
             proxy_delay: Duration::ZERO,
             proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
             proxy_cpus: None,
+            proxy_cpu_limit: None,
         }
     }
 }
@@ -278,6 +283,14 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 .find(|p| p.netns != backend.netns && p.netns != lab.client_pod().netns)
         })
         .cloned();
+    // Declared before the proxy, so that it is dropped after the proxy's
+    // threads and processes have left it.
+    let cpu_limit = opts
+        .proxy_cpu_limit
+        .filter(|_| effective_ingress(opts) != IngressKind::None)
+        .map(crate::cpulimit::CpuLimit::new)
+        .transpose()
+        .map_err(ingress::IngressError::from)?;
     let mut _proxy_task = None;
     let proxy_hold = Arc::new(ingress::ProxyHold::default());
     let mut _proxy_process = None;
@@ -300,6 +313,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 .join(",")
         ));
     }
+    if let Some(limit) = &cpu_limit {
+        timeline_notes.push(format!(
+            "the ingress proxy runs under a CPU limit of {} (--proxy-cpu-limit)",
+            limit.describe()
+        ));
+    }
     if effective_ingress(opts) != IngressKind::None {
         let pod =
             proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
@@ -309,6 +328,11 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 let delay = opts.proxy_delay;
                 let hold = Arc::clone(&proxy_hold);
                 let cpus = pinned.as_ref().map(|(set, _)| *set);
+                let limit_tasks = cpu_limit
+                    .as_ref()
+                    .map(crate::cpulimit::CpuLimit::thread_file)
+                    .transpose()
+                    .map_err(ingress::IngressError::from)?;
                 _proxy_task = Some(NetnsTask::spawn(
                     pod.netns.clone(),
                     move || std::net::TcpListener::bind(listen),
@@ -319,6 +343,12 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                             && let Err(e) = ingress::pin_this_thread(&set)
                         {
                             eprintln!("hoptrace lab: {e}");
+                        }
+                        // "0": this thread only (cgroup v1 `tasks`).
+                        if let Some(tasks) = &limit_tasks
+                            && let Err(e) = std::fs::write(tasks, "0")
+                        {
+                            eprintln!("hoptrace lab: --proxy-cpu-limit: {}: {e}", tasks.display());
                         }
                         async move {
                             let _ = ingress::serve_builtin_proxy_with(
@@ -342,6 +372,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 )?;
                 if let Some((set, cpus)) = &pinned {
                     proxy.pin(*set, cpus.len())?;
+                }
+                if let Some(limit) = &cpu_limit {
+                    proxy.limit(limit);
                 }
                 let process =
                     netns::with_netns(&pod.netns, move || -> Result<_, ingress::IngressError> {
@@ -476,6 +509,11 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         achieved_rate: load.achieved_rate,
         client_latency: load.client_latency.clone(),
     };
+    if let Some((periods, throttled)) = cpu_limit.as_ref().and_then(crate::cpulimit::CpuLimit::throttled) {
+        timeline_notes.push(format!(
+            "the ingress proxy's CPU limit throttled it in {throttled} of {periods} periods"
+        ));
+    }
     let requests = if timeline {
         for note in &timeline_notes {
             eprintln!("hoptrace lab: {note}");

@@ -736,52 +736,13 @@ fn diagnose_without_root_exits_2() {
     }
 }
 
-/// A cgroup-v1 `cpu` group with a CFS quota, as a Kubernetes CPU limit
-/// puts on a pod; threads join it by id. Removed on drop (its threads
-/// back in the root group first).
-struct CpuLimit(PathBuf);
-
-impl CpuLimit {
-    /// `quota` of every `period` of CPU time, or `None` where the kernel
-    /// has no cgroup-v1 `cpu` controller mounted (then the test skips).
-    fn new(name: &str, quota: Duration, period: Duration) -> Option<Self> {
-        let root = Path::new("/sys/fs/cgroup/cpu");
-        if !root.join("cpu.cfs_quota_us").exists() {
-            return None;
-        }
-        let dir = root.join(name);
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let limit = Self(dir);
-        for (file, value) in [("cpu.cfs_period_us", period), ("cpu.cfs_quota_us", quota)] {
-            std::fs::write(limit.0.join(file), value.as_micros().to_string())
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
-        Some(limit)
-    }
-
-    /// The file a thread writes its id to, to join the group.
-    fn tasks(&self) -> PathBuf {
-        self.0.join("tasks")
-    }
-}
-
-impl Drop for CpuLimit {
-    fn drop(&mut self) {
-        if let Ok(tasks) = std::fs::read_to_string(self.tasks()) {
-            for tid in tasks.lines() {
-                let _ = std::fs::write("/sys/fs/cgroup/cpu/tasks", tid);
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// Issue 13's ingress-proxy finding through `diagnose` itself (the lab
 /// reaches the same rule through its own tracer): the builtin proxy, named
 /// as the lab names it, in a pod of the backend's node, under a CPU limit
-/// (a CFS quota of 1 ms per 20 ms, as Kubernetes sets for a pod's
-/// `limits.cpu: 50m`; unlike a saturating rate, this does not depend on
-/// how fast the machine is); 64 keep-alive connections at 300 requests/s
+/// of 50m (`hoptrace_lab::cpulimit`, as `lab --proxy-cpu-limit`: a CFS
+/// quota of 5 ms per 100 ms, as Kubernetes sets for `limits.cpu: 50m`;
+/// unlike a saturating rate, this does not depend on how fast the machine
+/// is); 64 keep-alive connections at 300 requests/s
 /// from the client pod on the other node. `diagnose --netns` on the proxy's node joins the
 /// proxy's reads and writes into its request timeline and reports
 /// `ingress-proxy.saturated` (warning); the same proxy at 50 requests/s on
@@ -821,22 +782,25 @@ fn diagnose_names_a_saturated_ingress_proxy() {
         .clone();
     let proxy_node = lab.nodes()[backend.node_index].netns.clone();
     let listen = SocketAddr::from((proxy_pod.ip, 8081));
-    let Some(limit) = CpuLimit::new(
-        &format!("ht-q{}", std::process::id()),
-        Duration::from_millis(1),
-        Duration::from_millis(20),
-    ) else {
-        eprintln!("SKIP: no cgroup-v1 cpu controller to limit the proxy with");
+    let limit = match hoptrace_lab::cpulimit::CpuLimit::new(50) {
+        Ok(limit) => limit,
+        Err(e @ hoptrace_lab::cpulimit::CpuLimitError::NoController) => {
+            eprintln!("SKIP: {e}");
+            return;
+        }
+        Err(e) => panic!("CPU limit: {e}"),
+    };
+    let Ok(tasks) = limit.thread_file() else {
+        eprintln!("SKIP: cgroup v2 cannot limit the builtin proxy's thread apart");
         return;
     };
-    let tasks = limit.tasks();
     let _proxy = NetnsTask::spawn(
         proxy_pod.netns.clone(),
         move || std::net::TcpListener::bind(listen),
         move |listener, stop| {
             ingress::name_this_thread(BUILTIN_PROXY_COMM);
-            std::fs::write(&tasks, nix::unistd::gettid().to_string())
-                .expect("the proxy thread joins its CPU limit");
+            // "0": this thread only (cgroup v1 `tasks`).
+            std::fs::write(&tasks, "0").expect("the proxy thread joins its CPU limit");
             async move {
                 let _ = ingress::serve_builtin_proxy_with(
                     listener,
@@ -891,10 +855,9 @@ fn diagnose_names_a_saturated_ingress_proxy() {
     let d = start_diagnose(&proxy_node);
     load(64, 300.0);
     eprintln!(
-        "the proxy's CPU limit: {}",
-        std::fs::read_to_string(limit.0.join("cpu.stat"))
-            .unwrap_or_default()
-            .replace('\n', ", ")
+        "the proxy's CPU limit ({}): (periods, throttled) {:?}",
+        limit.describe(),
+        limit.throttled()
     );
     let (_, doc) = finish(d);
     let requests = &doc["report"]["requests"];

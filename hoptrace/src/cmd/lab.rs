@@ -80,6 +80,13 @@ pub struct LabArgs {
     /// workers / HAProxy with N threads. Reproduces a saturated ingress.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     proxy_cpus: Option<u16>,
+    /// Run the ingress proxy under a CPU limit, as Kubernetes'
+    /// `resources.limits.cpu` does: a CFS quota of the quantity (`50m`,
+    /// `0.5`) × 100 ms per 100 ms. A proxy that needs more is throttled and
+    /// its requests wait: a saturated ingress on any machine. The builtin
+    /// proxy needs cgroup v1; nginx and HAProxy work with v1 and v2.
+    #[arg(long, value_parser = hoptrace_lab::cpulimit::parse_millicores)]
+    proxy_cpu_limit: Option<u32>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
     #[arg(
@@ -132,6 +139,12 @@ pub fn run(args: LabArgs) -> Result<i32> {
             return Ok(2);
         }
     }
+    if args.proxy_cpu_limit.is_some() && args.ingress == IngressKind::None {
+        eprintln!(
+            "hoptrace lab: --proxy-cpu-limit needs an ingress proxy (--ingress builtin, nginx or haproxy)"
+        );
+        return Ok(2);
+    }
     if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
         // A usage error: exit 2, as clap's and the other refusals.
         eprintln!(
@@ -165,6 +178,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             proxy_delay: args.proxy_delay.unwrap_or_default(),
             proxies: args.proxy.clone(),
             proxy_cpus: args.proxy_cpus.map(usize::from),
+            proxy_cpu_limit: args.proxy_cpu_limit,
         };
         match lab::run_once(&opts) {
             Ok(run) => {
