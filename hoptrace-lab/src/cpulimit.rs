@@ -205,6 +205,36 @@ impl Drop for CpuLimit {
     }
 }
 
+/// Removes the CPU limits of labs that are gone (`hoptrace-lab-<pid>`
+/// whose process no longer runs, e.g. after a SIGKILL), in either
+/// hierarchy; returns their paths. A group that still holds a task is
+/// left alone (the kernel refuses to remove it anyway).
+pub fn remove_stale() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for root in [V1_ROOT, V2_ROOT] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("hoptrace-lab-"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new("/proc").join(pid.to_string()).exists() {
+                continue;
+            }
+            if std::fs::remove_dir(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,12 @@ pub fn run(args: LabArgs) -> Result<i32> {
             removed.len(),
             args.prefix
         );
+        for cgroup in hoptrace_lab::cpulimit::remove_stale() {
+            eprintln!(
+                "hoptrace lab: removed the CPU limit of a lab that is gone: {}",
+                cgroup.display()
+            );
+        }
         return Ok(0);
     }
     if args.proxy_delay.is_some()
