@@ -201,7 +201,8 @@ fn haproxy_ingress_is_joined_and_its_delay_is_ingress_proxy_time() {
 }
 
 /// nginx (Debian) as the ingress: its worker is known by its name and
-/// every request is joined through it.
+/// every request is joined through it, with keep-alive and with a new
+/// connection per request.
 #[test]
 fn nginx_ingress_is_joined() {
     if !can_run_as_root("nginx_ingress_is_joined") {
@@ -214,6 +215,10 @@ fn nginx_ingress_is_joined() {
     let run = lab_run("g", &["--ingress", "nginx"]);
     let r = requests(&run);
     check_joined_and_covered(r, "nginx");
+    assert!(mean(r, "ingress-proxy") > 0.0);
+    let new = lab_run("k", &["--ingress", "nginx", "--load", "http-new-connection"]);
+    let r = requests(&new);
+    check_joined_and_covered(r, "nginx, new connections");
     assert!(mean(r, "ingress-proxy") > 0.0);
 }
 
