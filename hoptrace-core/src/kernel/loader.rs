@@ -468,12 +468,7 @@ impl Tracer {
 
     /// Kernel ids of this tracer's loaded programs.
     pub fn program_ids(&self) -> Vec<u32> {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, prog)| prog.fd().ok())
-            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
-            .chain(self.tracing.iter().filter_map(|t| t.program_id().ok()))
-            .collect()
+        tracing::program_ids(&self.ebpf, &self.tracing)
     }
 
     /// The clsact filters of this tracer that are gone (another process,

@@ -8,7 +8,6 @@
 //! ones need Linux 6.3) is left out and named in [`SockCapture::notes`].
 
 use std::{
-    os::fd::AsFd as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -278,12 +277,7 @@ impl SockTracer {
     /// Kernel ids of the attached programs (the tp_btf ones and the
     /// `syscalls:` ones), e.g. to read their run-time statistics.
     pub fn program_ids(&self) -> Vec<u32> {
-        self.ebpf
-            .programs()
-            .filter_map(|(_, prog)| prog.fd().ok())
-            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
-            .chain(self.links.iter().filter_map(|l| l.program_id().ok()))
-            .collect()
+        tracing::program_ids(&self.ebpf, &self.links)
     }
 
     /// Stops draining (after one last pass), detaches, and returns every

@@ -189,6 +189,20 @@ impl TracingLink {
     }
 }
 
+/// Kernel ids of the programs aya loaded in `ebpf` and of `links`'
+/// programs (the ones hoptrace loads itself), e.g. to read their run-time
+/// statistics. Programs whose id cannot be read are left out.
+pub fn program_ids<'a>(
+    ebpf: &aya::Ebpf,
+    links: impl IntoIterator<Item = &'a TracingLink>,
+) -> Vec<u32> {
+    ebpf.programs()
+        .filter_map(|(_, prog)| prog.fd().ok())
+        .filter_map(|fd| sys::object_id(fd.as_fd()).ok())
+        .chain(links.into_iter().filter_map(|l| l.program_id().ok()))
+        .collect()
+}
+
 /// Loads program `name` of `obj` as a tracing program at `target` (its type
 /// id read from `btf`) and attaches it.
 ///
