@@ -543,19 +543,24 @@ const NOTES: &str = r"
   pass is counted `new` in `kube-proxy` (checked per segment, node,
   direction and conn_state); the request timeline's kube-proxy growth
   matches the ledger's within 1 %, and no other category grows with the
-  rule count at 200/s (kernel-other -17 to +3 µs, conntrack +0.5 to +4 µs
+  rule count at 200/s (kernel-other -17 to +3 µs, conntrack +0.5 to +12 µs
   per request). No attribution error was found. Earlier ratios of
   0.28-0.73 came from the debug build on a machine busy with builds: on
   2026-12-01 with the release build and a load average under 1, the
-  200/s row gave 1.01, 0.99 and 1.04 (client growth 334-368 µs,
-  attributed 347-367 µs). The choice of 200/s, up to 32 in flight, is
-  what keeps the machine unsaturated: the walks take about 0.35 ms of
-  softirq per connection there (7 % of one CPU).
+  200/s row gave 1.01, 0.99 and 1.04 in a sweep before this table's
+  run and 0.91, 0.89, 0.95 in it (client growth 468-545 µs, attributed
+  447-484 µs; the rest mostly `client` less its own record, about
+  20-60 µs). At 200/s, up to 32 in flight, the machine stays
+  unsaturated: the walks take about 0.35-0.48 ms of softirq per
+  connection (7-10 % of one CPU).
 - **kube-proxy, 20 connections/s one at a time**: the CPUs halt between
   connections and the rules leave the caches, so each connection's walks
   cost more (540-660 µs against about 350 µs at 200/s) and the client's
-  growth wanders more: ratios 0.93, 0.76, 0.96, 0.62 in four runs
-  (50/s: 0.77, 1.06). The excess is in the processes' time, not in a
+  growth wanders more: ratios 0.93, 0.76, 0.96, 0.62 in a sweep before
+  this table's run (50/s: 0.77, 1.06) and 0.95, 1.69, 1.02 in it (the
+  1.69 run's baseline was the slow one, a client mean of 1,248 µs
+  against about 670 µs in other runs: its application and client time
+  fell by 107 and 236 µs with the services). The excess is in the processes' time, not in a
   datapath category: the timeline's `client` (less the load generator's
   own record) grew 28-219 µs and `application` up to 158 µs (its
   `socket.delivery`, the wait to be read). Waking a halted vCPU is dear
@@ -568,7 +573,7 @@ const NOTES: &str = r"
   generator's own record; the attributed figure is the request
   timeline's `ingress-proxy` time per joined request. A tokio timer or
   HAProxy's `core.msleep(2)` holds a request 3-3.8 ms here, not 2: the
-  client's growth is the measure. Ratios 0.96-1.01 over three runs of
+  client's growth is the measure. Ratios 0.96-1.02 over three runs of
   each proxy; a single earlier builtin run the same day gave 0.85, its
   missing 0.6 ms in `socket.delivery` (later reads on a machine busy with
   builds).
