@@ -579,6 +579,23 @@ const NOTES: &str = r"
   builds).
 ";
 
+/// A titled list of `name µs` figures, one line per case that has any.
+fn push_lists(
+    out: &mut String,
+    title: &str,
+    results: &[CaseResult],
+    figures: impl Fn(&CaseResult) -> &Vec<(String, f64)>,
+) {
+    out.push_str(&format!("\n{title}:\n\n"));
+    for r in results.iter().filter(|r| !figures(r).is_empty()) {
+        let parts: Vec<String> = figures(r)
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
+    }
+}
+
 /// ACCURACY.md: one row per cause, with how it was measured.
 pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
     let mut out = String::from(
@@ -624,46 +641,30 @@ pub fn render_markdown(results: &[CaseResult], context: &str) -> String {
             out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
         }
     }
-    out.push_str("\nAttributed growth by the journeys' direction/conn_state, µs per request:\n\n");
-    for r in results.iter().filter(|r| !r.split_growth_us.is_empty()) {
-        let parts: Vec<String> = r
-            .split_growth_us
-            .iter()
-            .map(|(key, us)| format!("{key} {us:.1}"))
-            .collect();
-        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
-    }
-    out.push_str(
-        "\nGrowth of every category of the node ledger (both nodes), µs per request:\n\n",
+    push_lists(
+        &mut out,
+        "Attributed growth by the journeys' direction/conn_state, µs per request",
+        results,
+        |r| &r.split_growth_us,
     );
-    for r in results.iter().filter(|r| !r.category_growth_us.is_empty()) {
-        let parts: Vec<String> = r
-            .category_growth_us
-            .iter()
-            .map(|(name, us)| format!("{name} {us:.1}"))
-            .collect();
-        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
-    }
-    out.push_str(
-        "\nGrowth of the request timeline's categories (every node and process; the client's less the load generator's own record), µs per joined request:\n\n",
+    push_lists(
+        &mut out,
+        "Growth of every category of the node ledger (both nodes), µs per request",
+        results,
+        |r| &r.category_growth_us,
     );
-    for r in results.iter().filter(|r| !r.timeline_growth_us.is_empty()) {
-        let parts: Vec<String> = r
-            .timeline_growth_us
-            .iter()
-            .map(|(name, us)| format!("{name} {us:.1}"))
-            .collect();
-        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
-    }
-    out.push_str("\nSegments (any category) whose time per request grew most, µs:\n\n");
-    for r in results {
-        let parts: Vec<String> = r
-            .top_segments_us
-            .iter()
-            .map(|(name, us)| format!("{name} {us:.1}"))
-            .collect();
-        out.push_str(&format!("- {}: {}\n", r.cause.name(), parts.join(", ")));
-    }
+    push_lists(
+        &mut out,
+        "Growth of the request timeline's categories (every node and process; the client's less the load generator's own record), µs per joined request",
+        results,
+        |r| &r.timeline_growth_us,
+    );
+    push_lists(
+        &mut out,
+        "Segments (any category) whose time per request grew most, µs",
+        results,
+        |r| &r.top_segments_us,
+    );
     out.push_str(NOTES);
     out
 }
