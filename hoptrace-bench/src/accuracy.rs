@@ -12,8 +12,12 @@ use hoptrace_lab::accuracy::{self, Cause};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Case {
-    /// Extra kube-proxy services, a new TCP connection per request.
+    /// Extra kube-proxy services, a new TCP connection per request at
+    /// `--rate`, up to 32 in flight.
     KubeProxy,
+    /// The same one at a time at `--slow-rate`: the CPUs idle between
+    /// connections and the rules fall out of the caches.
+    KubeProxySlow,
     /// A tbf qdisc on node 0's uplink.
     Qdisc,
     /// A tbf qdisc on the underlay toward node 1.
@@ -33,15 +37,20 @@ struct Args {
     /// Cases to run (repeat the flag); every case when absent.
     #[arg(long = "case", value_enum)]
     cases: Vec<Case>,
-    /// Requests per second offered in every run.
+    /// Requests per second offered in every run but the slow kube-proxy
+    /// case's.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
     /// Length of each run.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     duration: Duration,
-    /// Extra services of the kube-proxy case.
+    /// Extra services of the kube-proxy cases.
     #[arg(long, default_value_t = 5000)]
     services: u32,
+    /// New connections per second of the slow kube-proxy case (one at a
+    /// time).
+    #[arg(long, default_value_t = accuracy::SLOW_CONNECTIONS_PER_S, value_parser = clap::value_parser!(u32).range(1..))]
+    slow_rate: u32,
     /// tbf rate of the qdisc and underlay cases, kbit/s: below the offered
     /// load, so that the tbf queue stays full.
     #[arg(long, default_value_t = 230)]
@@ -72,6 +81,7 @@ fn run(args: &Args) -> Result<()> {
     let cases = if args.cases.is_empty() {
         vec![
             Case::KubeProxy,
+            Case::KubeProxySlow,
             Case::Qdisc,
             Case::Underlay,
             Case::ProxyDelay,
@@ -86,6 +96,13 @@ fn run(args: &Args) -> Result<()> {
         let cause = match case {
             Case::KubeProxy => Cause::KubeProxyServices {
                 services: args.services,
+                rate: args.rate.round() as u32,
+                connections: accuracy::CONNECTIONS_IN_FLIGHT,
+            },
+            Case::KubeProxySlow => Cause::KubeProxyServices {
+                services: args.services,
+                rate: args.slow_rate,
+                connections: 1,
             },
             Case::Qdisc => Cause::UplinkQdisc {
                 rate_kbit: args.tbf_kbit,
@@ -118,12 +135,27 @@ fn run(args: &Args) -> Result<()> {
                 result.attributed_growth_us(),
                 result.ratio()
             );
+            let listed = |parts: &[(String, f64)]| {
+                parts
+                    .iter()
+                    .map(|(name, us)| format!("{name} {us:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            eprintln!(
+                "hoptrace-accuracy: client {:.1} -> {:.1} µs; categories grew {}; timeline grew {}; segments grew most {}",
+                result.client_mean_us.0,
+                result.client_mean_us.1,
+                listed(&result.category_growth_us),
+                listed(&result.timeline_growth_us),
+                listed(&result.top_segments_us)
+            );
             runs.push(result);
         }
         results.push(accuracy::median_run(runs));
     }
     let context = format!(
-        "Measured {} on kernel {}, {} CPUs; {} requests/s offered for {} per run; {} run(s) per case, the table shows the one with the median ratio.",
+        "Measured {} on kernel {}, {} CPUs; {} requests/s offered for {} per run (the slow kube-proxy case at the rate its name says); {} run(s) per case, the table shows the one with the median ratio.",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         hoptrace_core::node::kernel_release(),
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
