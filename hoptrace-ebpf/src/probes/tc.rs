@@ -16,8 +16,8 @@ use hoptrace_common::{
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
-    emit, global,
-    globals::{aggregate_mode, config, dispatch_only},
+    emit, floor, global,
+    globals::{self, aggregate_mode, config},
     skb::window_len,
 };
 
@@ -114,7 +114,10 @@ fn copy_window(ctx: &TcContext, offset: u32, window: &mut HeaderWindow) {
 
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
-    if dispatch_only() {
+    let floor = globals::floor();
+    if floor != 0 {
+        // The tc context pointer is the kernel's struct sk_buff.
+        floor::run(floor, ctx.skb.skb as u64);
         return;
     }
     if aggregate_mode() {
