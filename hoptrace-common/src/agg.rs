@@ -312,6 +312,38 @@ unsafe impl aya::Pod for AggHist {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for AggState {}
 
+/// Whether a tc egress hop on device `ifindex` in namespace `netns_ino`
+/// (`skb->len` `skb_len`, of which `l3_len` from the network header on)
+/// continues the journey whose newest hop was `prev` (`skb->len`
+/// `prev_len`) in the same layer without a parse: after POSTROUTING of the
+/// same namespace with the same length from the network header on (the
+/// packet leaves through the device routing chose: a tunnel device sees
+/// the inner packet here, the outer one is parsed at OUTPUT), or after tc
+/// on another device of the namespace with the same `skb->len` (a bridge
+/// forwarding to its port). A recycled buffer starts its journey at a
+/// device's ingress, at OUTPUT or in a pod, never at a tc egress that
+/// follows such a hop. The caller checks the time gap too.
+#[inline(always)]
+pub fn tc_egress_continues(
+    prev: &AggSite,
+    prev_len: u32,
+    netns_ino: u32,
+    ifindex: u32,
+    skb_len: u32,
+    l3_len: u32,
+) -> bool {
+    use crate::HookKind;
+    if prev.netns_ino != netns_ino {
+        return false;
+    }
+    if prev.hook == HookKind::Netfilter as u8 {
+        return prev.nf_hook == crate::NfHook::PostRouting as u8 && prev_len == l3_len;
+    }
+    (prev.hook == HookKind::TcIngress as u8 || prev.hook == HookKind::TcEgress as u8)
+        && prev.ifindex != ifindex
+        && prev_len == skb_len
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +428,43 @@ mod tests {
             ..pre
         };
         assert!(!nf_continues(&tc, 100, 7, NfHook::PreRouting as u8, 3, 100));
+    }
+
+    #[test]
+    fn tc_egress_continues_after_postrouting_or_a_bridge() {
+        use crate::{HookKind, NfHook};
+        let post = AggSite {
+            netns_ino: 7,
+            ifindex: 0,
+            hook: HookKind::Netfilter as u8,
+            nf_hook: NfHook::PostRouting as u8,
+            nf_slot: 8,
+            encap: 0,
+        };
+        // 1514 bytes at tc (Ethernet header included), 1500 from IP on.
+        assert!(tc_egress_continues(&post, 1500, 7, 3, 1514, 1500));
+        assert!(!tc_egress_continues(&post, 1500, 7, 3, 1564, 1550), "encapsulated: parse");
+        assert!(!tc_egress_continues(&post, 1500, 8, 3, 1514, 1500), "another namespace");
+        let fwd = AggSite {
+            nf_hook: NfHook::Forward as u8,
+            ..post
+        };
+        assert!(!tc_egress_continues(&fwd, 1500, 7, 3, 1514, 1500));
+        let bridge = AggSite {
+            netns_ino: 7,
+            ifindex: 2,
+            hook: HookKind::TcEgress as u8,
+            nf_hook: 0,
+            nf_slot: 0,
+            encap: 0,
+        };
+        assert!(tc_egress_continues(&bridge, 1514, 7, 3, 1514, 1500));
+        assert!(!tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500), "the same device twice");
+        let rx = AggSite {
+            hook: HookKind::DevReceive as u8,
+            ..bridge
+        };
+        assert!(!tc_egress_continues(&rx, 1514, 7, 3, 1514, 1500));
     }
 
     #[test]

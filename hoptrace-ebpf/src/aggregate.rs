@@ -6,9 +6,10 @@
 //! Per hop: one LRU hash lookup (the kernel inlines it), one per-CPU hash
 //! lookup (inlined too), no helper call besides the clock read and the
 //! header copy the hook already makes. Netfilter brackets that continue a
-//! pass ([`nf_continue`]) copy and parse nothing: only the first bracket
-//! after a device hop (or at OUTPUT) parses, where a layer can change or a
-//! recycled buffer can start a new journey. A journey's first hop inserts its
+//! pass ([`nf_continue`]) and tc egress hops that follow POSTROUTING or a
+//! bridge's tc ([`tc_egress_continue`]) copy and parse nothing: the other
+//! hops parse, where a layer can change or a recycled buffer can start a
+//! new journey. A journey's first hop inserts its
 //! state; its last (socket delivery, drop) deletes it; the LRU evicts the
 //! state of packets that leave the node.
 
@@ -22,6 +23,7 @@ use hoptrace_common::{
     agg::{
         AGG_BUCKETS, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist, AggKey, AggSite, AggState,
         PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint, nf_continues, pass_add,
+        tc_egress_continues,
     },
     packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
 };
@@ -324,6 +326,26 @@ pub fn hop(
     }
 }
 
+/// Adds hop `h` (its time not yet set) of the journey in state `s` without
+/// headers, in the layer of the journey's newest hop; a sampled journey
+/// writes it as a header-only record. `ct_state` for a netfilter hop.
+#[inline(always)]
+fn continue_with(s: &mut AggState, h: &mut HopHeader, ts: u64, ct_state: Option<u8>) {
+    h.ts_ns = ts;
+    let site = AggSite {
+        netns_ino: h.netns_ino,
+        ifindex: h.ifindex,
+        hook: h.hook,
+        nf_hook: h.nf_hook,
+        nf_slot: h.nf_slot,
+        encap: s.prev.encap,
+    };
+    let out = extend(s, site, ts, h.skb_len, 0, false, ct_state);
+    if out.sampled {
+        emit::copy_and_submit(h, None, ParseStatus::Skipped);
+    }
+}
+
 /// A netfilter hop that continues the pass of the packet in buffer
 /// `h.skb_addr` ([`nf_continues`]: a later bracket of the same hook or the
 /// next hook of the traversal, same length, within the idle gap): added to
@@ -333,8 +355,8 @@ pub fn hop(
 /// journey's ring record needs headers there, and the conntrack entry's
 /// status is read there (one helper call) until a bracket of the pass has
 /// read it (it stays the same until conntrack confirms the entry at the
-/// pass's end). `false` (nothing recorded) when the hop does not continue a pass
-/// or needs headers: the caller takes the parsing path.
+/// pass's end). `false` (nothing recorded) when the hop does not continue a
+/// pass or needs headers: the caller takes the parsing path.
 #[inline(always)]
 pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
     let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(h.skb_addr) else {
@@ -353,7 +375,6 @@ pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
     if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
         return false;
     }
-    h.ts_ns = ts;
     let pass = if s.prev.encap == 0 {
         s.inner_pass
     } else {
@@ -362,18 +383,35 @@ pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
     if parse_slot && pass & PASS_STATUS_KNOWN == 0 {
         h.ct_state |= Skb::ct_flags(nfct);
     }
-    let site = AggSite {
-        netns_ino: h.netns_ino,
-        ifindex: h.ifindex,
-        hook: h.hook,
-        nf_hook: h.nf_hook,
-        nf_slot: h.nf_slot,
-        encap: s.prev.encap,
+    let ct_state = h.ct_state;
+    continue_with(s, h, ts, Some(ct_state));
+    true
+}
+
+/// A tc egress hop that continues its journey in the same layer
+/// ([`tc_egress_continues`]: after POSTROUTING or a bridge's tc, same
+/// length, within the idle gap): added without parsing. `h` is the hop
+/// without its time; `l3_len` its bytes from the network header on. Sampled
+/// journeys take the parsing path (their ring record carries headers).
+/// `false` (nothing recorded): the caller parses.
+#[inline(always)]
+pub fn tc_egress_continue(h: &mut HopHeader, l3_len: u32) -> bool {
+    let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(h.skb_addr) else {
+        return false;
     };
-    let out = extend(s, site, ts, h.skb_len, 0, false, Some(h.ct_state));
-    if out.sampled {
-        emit::copy_and_submit(h, None, ParseStatus::Skipped);
+    // SAFETY: as in `nf_continue`.
+    let s = unsafe { &mut *p };
+    if !tc_egress_continues(&s.prev, s.skb_len, h.netns_ino, h.ifindex, h.skb_len, l3_len)
+        || s.flags & AGG_FLAG_SAMPLED != 0
+    {
+        return false;
     }
+    // SAFETY: a helper without arguments that touches no memory.
+    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
+        return false;
+    }
+    continue_with(s, h, ts, None);
     true
 }
 
