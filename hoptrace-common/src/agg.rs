@@ -84,9 +84,49 @@ pub struct AggState {
     // bracket that does not parse belongs to.
     /// `bpf_ktime_get_ns()` of the newest hop.
     pub prev_ts: u64,
+    /// `skb->len` at the newest hop (at a netfilter hop: the bytes from the
+    /// network header on), for [`nf_continues`].
+    pub skb_len: u32,
+    /// Explicit tail padding; always 0.
+    pub _pad2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<AggState>() == 40);
+const _: () = assert!(core::mem::size_of::<AggState>() == 48);
+
+/// Whether a netfilter hop at `slot` of hook `nf_hook` in namespace
+/// `netns_ino`, with `skb->len` `skb_len`, continues the netfilter pass
+/// whose newest hop was `prev` (with `skb->len` `prev_len`) without a hop
+/// elsewhere in between: a later slot of the same hook, or the hook that
+/// follows it in the same traversal (PREROUTING → INPUT or FORWARD,
+/// FORWARD or OUTPUT → POSTROUTING), in the same namespace, with the same
+/// length. Then the headers are those of `prev`'s layer (NAT rewrites
+/// addresses and ports, never the length or the encapsulation), so the hop
+/// needs no parse and no fingerprint: a buffer that carries another packet
+/// starts its journey at a device or at OUTPUT, never in the middle of a
+/// pass. The caller checks the time gap too.
+#[inline(always)]
+pub fn nf_continues(
+    prev: &AggSite,
+    prev_len: u32,
+    netns_ino: u32,
+    nf_hook: u8,
+    slot: u8,
+    skb_len: u32,
+) -> bool {
+    if prev.hook != crate::HookKind::Netfilter as u8
+        || prev.netns_ino != netns_ino
+        || prev_len != skb_len
+    {
+        return false;
+    }
+    let (from, to) = (prev.nf_hook, nf_hook);
+    if from == to {
+        return prev.nf_slot < slot;
+    }
+    use crate::NfHook::{Forward, LocalIn, LocalOut, PostRouting, PreRouting};
+    (from == PreRouting as u8 && (to == LocalIn as u8 || to == Forward as u8))
+        || ((from == Forward as u8 || from == LocalOut as u8) && to == PostRouting as u8)
+}
 
 /// The journey's first parsed packet was a TCP SYN without ACK (the
 /// connection state when no netfilter pass says one).
@@ -272,6 +312,38 @@ unsafe impl aya::Pod for AggHist {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for AggState {}
 
+/// Whether a tc egress hop on device `ifindex` in namespace `netns_ino`
+/// (`skb->len` `skb_len`, of which `l3_len` from the network header on)
+/// continues the journey whose newest hop was `prev` (`skb->len`
+/// `prev_len`) in the same layer without a parse: after POSTROUTING of the
+/// same namespace with the same length from the network header on (the
+/// packet leaves through the device routing chose: a tunnel device sees
+/// the inner packet here, the outer one is parsed at OUTPUT), or after tc
+/// on another device of the namespace with the same `skb->len` (a bridge
+/// forwarding to its port). A recycled buffer starts its journey at a
+/// device's ingress, at OUTPUT or in a pod, never at a tc egress that
+/// follows such a hop. The caller checks the time gap too.
+#[inline(always)]
+pub fn tc_egress_continues(
+    prev: &AggSite,
+    prev_len: u32,
+    netns_ino: u32,
+    ifindex: u32,
+    skb_len: u32,
+    l3_len: u32,
+) -> bool {
+    use crate::HookKind;
+    if prev.netns_ino != netns_ino {
+        return false;
+    }
+    if prev.hook == HookKind::Netfilter as u8 {
+        return prev.nf_hook == crate::NfHook::PostRouting as u8 && prev_len == l3_len;
+    }
+    (prev.hook == HookKind::TcIngress as u8 || prev.hook == HookKind::TcEgress as u8)
+        && prev.ifindex != ifindex
+        && prev_len == skb_len
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +392,79 @@ mod tests {
         );
         // After conntrack without an entry: checked, not found (untracked).
         assert_eq!(pass_add(0, 3, 0), PASS_SEEN | PASS_CHECKED);
+    }
+
+    #[test]
+    fn netfilter_passes_continue_only_within_a_traversal() {
+        use crate::{HookKind, NfHook};
+        let nf = |hook: NfHook, slot: u8| AggSite {
+            netns_ino: 7,
+            ifindex: 0,
+            hook: HookKind::Netfilter as u8,
+            nf_hook: hook as u8,
+            nf_slot: slot,
+            encap: 0,
+        };
+        let pre = nf(NfHook::PreRouting, 2);
+        // A later slot of the same hook, same length and namespace.
+        assert!(nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 100));
+        // Not an earlier or the same slot, another length or namespace.
+        assert!(!nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 2, 100));
+        assert!(!nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 150));
+        assert!(!nf_continues(&pre, 100, 8, NfHook::PreRouting as u8, 3, 100));
+        // The hooks of one traversal follow each other.
+        assert!(nf_continues(&pre, 100, 7, NfHook::Forward as u8, 0, 100));
+        assert!(nf_continues(&pre, 100, 7, NfHook::LocalIn as u8, 0, 100));
+        let fwd = nf(NfHook::Forward, 8);
+        assert!(nf_continues(&fwd, 100, 7, NfHook::PostRouting as u8, 0, 100));
+        let out = nf(NfHook::LocalOut, 8);
+        assert!(nf_continues(&out, 100, 7, NfHook::PostRouting as u8, 0, 100));
+        // Anything else starts a parse: a hook out of order, or a device hop before.
+        assert!(!nf_continues(&fwd, 100, 7, NfHook::PreRouting as u8, 0, 100));
+        let post = nf(NfHook::PostRouting, 8);
+        assert!(!nf_continues(&post, 100, 7, NfHook::LocalOut as u8, 0, 100));
+        let tc = AggSite {
+            hook: HookKind::TcEgress as u8,
+            ..pre
+        };
+        assert!(!nf_continues(&tc, 100, 7, NfHook::PreRouting as u8, 3, 100));
+    }
+
+    #[test]
+    fn tc_egress_continues_after_postrouting_or_a_bridge() {
+        use crate::{HookKind, NfHook};
+        let post = AggSite {
+            netns_ino: 7,
+            ifindex: 0,
+            hook: HookKind::Netfilter as u8,
+            nf_hook: NfHook::PostRouting as u8,
+            nf_slot: 8,
+            encap: 0,
+        };
+        // 1514 bytes at tc (Ethernet header included), 1500 from IP on.
+        assert!(tc_egress_continues(&post, 1500, 7, 3, 1514, 1500));
+        assert!(!tc_egress_continues(&post, 1500, 7, 3, 1564, 1550), "encapsulated: parse");
+        assert!(!tc_egress_continues(&post, 1500, 8, 3, 1514, 1500), "another namespace");
+        let fwd = AggSite {
+            nf_hook: NfHook::Forward as u8,
+            ..post
+        };
+        assert!(!tc_egress_continues(&fwd, 1500, 7, 3, 1514, 1500));
+        let bridge = AggSite {
+            netns_ino: 7,
+            ifindex: 2,
+            hook: HookKind::TcEgress as u8,
+            nf_hook: 0,
+            nf_slot: 0,
+            encap: 0,
+        };
+        assert!(tc_egress_continues(&bridge, 1514, 7, 3, 1514, 1500));
+        assert!(!tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500), "the same device twice");
+        let rx = AggSite {
+            hook: HookKind::DevReceive as u8,
+            ..bridge
+        };
+        assert!(!tc_egress_continues(&rx, 1514, 7, 3, 1514, 1500));
     }
 
     #[test]

@@ -77,9 +77,10 @@ pub struct TraceConfig {
     pub match_port: u16,
     /// Inode of the node's network namespace, stamped on tc events.
     pub node_netns_ino: u32,
-    /// 1: every program returns at once (`hoptrace bench` measures what the
-    /// attachments alone cost).
-    pub dispatch_only: u8,
+    /// [`Floor`] as u8: 0 for real tracing; otherwise every program does
+    /// only that floor's fixed work and returns (`hoptrace bench` measures
+    /// what the attachments, and the least work any tracer does, cost).
+    pub floor: u8,
     /// [`TraceMode`] as u8: what a program does with a packet once it is
     /// timed (ring buffer record per hop, or in-kernel histograms).
     pub mode: u8,
@@ -92,6 +93,36 @@ pub struct TraceConfig {
     /// first hop's fingerprint) also write every hop to the ring buffer,
     /// for the correlator's exemplar journeys; 0 samples none.
     pub sample_every: u32,
+}
+
+/// Fixed work in place of tracing ([`TraceConfig::floor`]): the cost
+/// floors `hoptrace bench` measures with the same attachments.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// Real tracing (the mode's own work).
+    Off = 0,
+    /// Every program returns at once: what calling the hooks costs.
+    Dispatch = 1,
+    /// Every program reads the clock once and adds 1 to a per-CPU array
+    /// counter: the least any tracer that times packets does per hop.
+    Clock = 2,
+    /// [`Floor::Clock`] plus a lookup of the packet's state in an LRU hash
+    /// keyed by the skb address and an update (insert when absent): the
+    /// least a tracer that joins hops into segments in the kernel does.
+    ClockState = 3,
+}
+
+impl Floor {
+    /// The floor of a [`TraceConfig::floor`] byte (unknown values: `Off`).
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Dispatch,
+            2 => Self::Clock,
+            3 => Self::ClockState,
+            _ => Self::Off,
+        }
+    }
 }
 
 /// What the programs do with a timed packet ([`TraceConfig::mode`]).
@@ -128,7 +159,7 @@ impl TraceConfig {
             match_family: 0,
             match_port: 0,
             node_netns_ino: 0,
-            dispatch_only: 0,
+            floor: Floor::Off as u8,
             mode: TraceMode::Full as u8,
             nf_parse_slots: [0xffff; 5],
             sample_every: 0,

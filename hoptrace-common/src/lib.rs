@@ -13,7 +13,7 @@ pub mod hook;
 pub mod packet;
 pub mod sock;
 
-pub use config::{KernelLayout, TraceConfig, TraceMode};
+pub use config::{Floor, KernelLayout, TraceConfig, TraceMode};
 
 /// A device's key across namespaces: the network namespace inode in the high
 /// 32 bits, the ifindex (unique only inside that namespace) in the low 32.

@@ -5,7 +5,11 @@
 //!
 //! Per hop: one LRU hash lookup (the kernel inlines it), one per-CPU hash
 //! lookup (inlined too), no helper call besides the clock read and the
-//! header copy the hook already makes. A journey's first hop inserts its
+//! header copy the hook already makes. Netfilter brackets that continue a
+//! pass ([`nf_continue`]) and tc egress hops that follow POSTROUTING or a
+//! bridge's tc ([`tc_egress_continue`]) copy and parse nothing: the other
+//! hops parse, where a layer can change or a recycled buffer can start a
+//! new journey. A journey's first hop inserts its
 //! state; its last (socket delivery, drop) deletes it; the LRU evicts the
 //! state of packets that leave the node.
 
@@ -18,12 +22,13 @@ use hoptrace_common::{
     Counter, HeaderWindow, HookKind, HopHeader, PacketMeta, ParseStatus, TraceConfig,
     agg::{
         AGG_BUCKETS, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist, AggKey, AggSite, AggState,
-        agg_bucket, agg_fingerprint, pass_add,
+        PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint, nf_continues, pass_add,
+        tc_egress_continues,
     },
     packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
 };
 
-use crate::{emit, maps::count};
+use crate::{emit, maps::count, skb::Skb};
 
 /// Per-packet state of journeys in flight, keyed by the skb address.
 /// Least recently used entries are evicted: a packet that leaves the node
@@ -180,16 +185,66 @@ pub struct Outcome {
     pub prev: Option<(AggSite, u64)>,
 }
 
-/// Records one hop of the packet in buffer `addr` at `site` (time `ts`).
-/// `meta` are its parsed headers (`None` for a netfilter bracket that does
-/// not parse: it belongs to the previous parsed hop's layer); `ct_state`
-/// is the netfilter hop's conntrack state; `ends` deletes the state (socket
-/// delivery, drop).
+/// Adds the hop at `site` (time `ts`, `skb->len` `skb_len`) to the journey
+/// whose state is `s`: the segment from its newest hop to this one goes to
+/// the histograms, and this hop becomes the newest. `fingerprint` and `syn`
+/// come from the hop's headers (0 and false when it did not parse);
+/// `ct_state` is a netfilter hop's conntrack state.
 #[inline(always)]
+pub fn extend(
+    s: &mut AggState,
+    site: AggSite,
+    ts: u64,
+    skb_len: u32,
+    fingerprint: u32,
+    syn: bool,
+    ct_state: Option<u8>,
+) -> Outcome {
+    if let Some(ct) = ct_state {
+        if site.encap == 0 {
+            s.inner_pass = pass_add(s.inner_pass, site.nf_slot, ct);
+        } else {
+            s.outer_pass = pass_add(s.outer_pass, site.nf_slot, ct);
+        }
+    }
+    let key = AggKey {
+        prev: s.prev,
+        cur: site,
+        first: s.first,
+        inner_pass: s.inner_pass,
+        outer_pass: s.outer_pass,
+        flags: s.flags & AGG_FLAG_SYN,
+        _pad: 0,
+    };
+    add(&key, ts.wrapping_sub(s.prev_ts));
+    let out = Outcome {
+        sampled: s.flags & AGG_FLAG_SAMPLED != 0,
+        prev: Some((s.prev, s.prev_ts)),
+    };
+    if s.fingerprint == 0 && fingerprint != 0 {
+        s.fingerprint = fingerprint;
+        if syn {
+            s.flags |= AGG_FLAG_SYN;
+        }
+    }
+    s.prev = site;
+    s.prev_ts = ts;
+    s.skb_len = skb_len;
+    out
+}
+
+/// Records one hop of the packet in buffer `addr` at `site` (time `ts`,
+/// `skb->len` `skb_len`). `meta` are its parsed headers (`None` for a
+/// netfilter bracket that does not parse: it belongs to the previous parsed
+/// hop's layer); `ct_state` is the netfilter hop's conntrack state; `ends`
+/// deletes the state (socket delivery, drop).
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "one value per field of the hop, inlined")]
 pub fn hop(
     addr: u64,
     mut site: AggSite,
     ts: u64,
+    skb_len: u32,
     meta: Option<&PacketMeta>,
     ct_state: Option<u8>,
     cfg: &TraceConfig,
@@ -219,35 +274,7 @@ pub fn hop(
             || (fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint)
             || (device_hop && site == s.prev);
         if !recycled {
-            if let Some(ct) = ct_state {
-                if site.encap == 0 {
-                    s.inner_pass = pass_add(s.inner_pass, site.nf_slot, ct);
-                } else {
-                    s.outer_pass = pass_add(s.outer_pass, site.nf_slot, ct);
-                }
-            }
-            let key = AggKey {
-                prev: s.prev,
-                cur: site,
-                first: s.first,
-                inner_pass: s.inner_pass,
-                outer_pass: s.outer_pass,
-                flags: s.flags & AGG_FLAG_SYN,
-                _pad: 0,
-            };
-            add(&key, ts.wrapping_sub(s.prev_ts));
-            let out = Outcome {
-                sampled: s.flags & AGG_FLAG_SAMPLED != 0,
-                prev: Some((s.prev, s.prev_ts)),
-            };
-            if s.fingerprint == 0 && fingerprint != 0 {
-                s.fingerprint = fingerprint;
-                if syn {
-                    s.flags |= AGG_FLAG_SYN;
-                }
-            }
-            s.prev = site;
-            s.prev_ts = ts;
+            let out = extend(s, site, ts, skb_len, fingerprint, syn, ct_state);
             if ends {
                 let _ = HOPTRACE_AGG_STATE.remove(addr);
             }
@@ -289,12 +316,103 @@ pub fn hop(
         _pad: 0,
         fingerprint,
         prev_ts: ts,
+        skb_len,
+        _pad2: 0,
     };
     let _ = HOPTRACE_AGG_STATE.insert(addr, state, 0);
     Outcome {
         sampled,
         prev: None,
     }
+}
+
+/// Adds hop `h` (its time not yet set) of the journey in state `s` without
+/// headers, in the layer of the journey's newest hop; a sampled journey
+/// writes it as a header-only record. `ct_state` for a netfilter hop.
+#[inline(always)]
+fn continue_with(s: &mut AggState, h: &mut HopHeader, ts: u64, ct_state: Option<u8>) {
+    h.ts_ns = ts;
+    let site = AggSite {
+        netns_ino: h.netns_ino,
+        ifindex: h.ifindex,
+        hook: h.hook,
+        nf_hook: h.nf_hook,
+        nf_slot: h.nf_slot,
+        encap: s.prev.encap,
+    };
+    let out = extend(s, site, ts, h.skb_len, 0, false, ct_state);
+    if out.sampled {
+        emit::copy_and_submit(h, None, ParseStatus::Skipped);
+    }
+}
+
+/// A netfilter hop that continues the pass of the packet in buffer
+/// `h.skb_addr` ([`nf_continues`]: a later bracket of the same hook or the
+/// next hook of the traversal, same length, within the idle gap): added to
+/// the journey without parsing, copying or fingerprinting anything. `h` is
+/// the hop without its time, which this sets; `nfct` its `skb->_nfct`;
+/// `parse_slot` says the bracket parses in full mode, so a sampled
+/// journey's ring record needs headers there, and the conntrack entry's
+/// status is read there (one helper call) until a bracket of the pass has
+/// read it (it stays the same until conntrack confirms the entry at the
+/// pass's end). `false` (nothing recorded) when the hop does not continue a
+/// pass or needs headers: the caller takes the parsing path.
+#[inline(always)]
+pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
+    let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(h.skb_addr) else {
+        return false;
+    };
+    // SAFETY: as in `hop`: an LRU hash value valid for the program's run; a
+    // concurrent writer can tear it, never make it unsafe to use.
+    let s = unsafe { &mut *p };
+    if !nf_continues(&s.prev, s.skb_len, h.netns_ino, h.nf_hook, h.nf_slot, h.skb_len)
+        || (parse_slot && s.flags & AGG_FLAG_SAMPLED != 0)
+    {
+        return false;
+    }
+    // SAFETY: a helper without arguments that touches no memory.
+    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
+        return false;
+    }
+    let pass = if s.prev.encap == 0 {
+        s.inner_pass
+    } else {
+        s.outer_pass
+    };
+    if parse_slot && pass & PASS_STATUS_KNOWN == 0 {
+        h.ct_state |= Skb::ct_flags(nfct);
+    }
+    let ct_state = h.ct_state;
+    continue_with(s, h, ts, Some(ct_state));
+    true
+}
+
+/// A tc egress hop that continues its journey in the same layer
+/// ([`tc_egress_continues`]: after POSTROUTING or a bridge's tc, same
+/// length, within the idle gap): added without parsing. `h` is the hop
+/// without its time; `l3_len` its bytes from the network header on. Sampled
+/// journeys take the parsing path (their ring record carries headers).
+/// `false` (nothing recorded): the caller parses.
+#[inline(always)]
+pub fn tc_egress_continue(h: &mut HopHeader, l3_len: u32) -> bool {
+    let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(h.skb_addr) else {
+        return false;
+    };
+    // SAFETY: as in `nf_continue`.
+    let s = unsafe { &mut *p };
+    if !tc_egress_continues(&s.prev, s.skb_len, h.netns_ino, h.ifindex, h.skb_len, l3_len)
+        || s.flags & AGG_FLAG_SAMPLED != 0
+    {
+        return false;
+    }
+    // SAFETY: a helper without arguments that touches no memory.
+    let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
+        return false;
+    }
+    continue_with(s, h, ts, None);
+    true
 }
 
 /// The aggregate-mode path of every hook: `h` is the hop (time, buffer,
@@ -333,7 +451,7 @@ pub fn observe(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus, cf
     } else {
         None
     };
-    let out = hop(h.skb_addr, site, h.ts_ns, meta, ct_state, cfg, ends);
+    let out = hop(h.skb_addr, site, h.ts_ns, h.skb_len, meta, ct_state, cfg, ends);
     if let Some((prev, prev_ts)) = out.prev
         && is_drop
         && !out.sampled

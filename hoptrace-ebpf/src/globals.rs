@@ -49,10 +49,12 @@ pub fn config() -> TraceConfig {
     unsafe { core::ptr::read_volatile(&raw const HOPTRACE_CONFIG) }
 }
 
-/// `hoptrace bench`'s floor measurement: programs attached, returning at once.
+/// `hoptrace bench`'s floor measurements ([`hoptrace_common::Floor`] as
+/// u8): 0 for real tracing; otherwise the program runs
+/// [`crate::floor::run`] and returns.
 #[inline(always)]
-pub fn dispatch_only() -> bool {
-    global!(HOPTRACE_CONFIG.dispatch_only) != 0
+pub fn floor() -> u8 {
+    global!(HOPTRACE_CONFIG.floor)
 }
 
 /// Aggregate mode ([`hoptrace_common::TraceMode::Aggregate`]): hop times go

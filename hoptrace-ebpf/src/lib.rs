@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod emit;
+pub mod floor;
 pub mod globals;
 pub mod maps;
 pub mod skb;

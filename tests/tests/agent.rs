@@ -565,3 +565,108 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
     eprintln!("{report}");
     assert!(misses.is_empty(), "{}\n{report}", misses.join("\n"));
 }
+
+/// The kernel's histograms of an agent run on `lab` (`--sample <sample>`)
+/// after `REQUESTS` new-connection requests, once they settle.
+fn kernel_histograms(lab: &VxlanLab, sample: &str) -> BTreeMap<String, SegmentHist> {
+    let mut agent = start(
+        &[
+            "agent",
+            "--no-kubernetes",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--mode",
+            "aggregate",
+            "--sample",
+            sample,
+        ],
+        &lab.node,
+    );
+    let metrics_addr = agent.metrics_addr();
+    assert_eq!(
+        http_requests_new_connection(&lab.client, lab.target, REQUESTS),
+        REQUESTS
+    );
+    let mut last = f64::NAN;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (status, text) = http_get(metrics_addr, "/metrics");
+        assert_eq!(status, 200);
+        let now = sum_samples(&text, "hoptrace_segment_duration_seconds_count", "segment=");
+        if now == last && now > 0.0 || Instant::now() > deadline {
+            break text;
+        }
+        last = now;
+    };
+    stop(&mut agent, nix::sys::signal::Signal::SIGTERM);
+    histograms_by_segment(&text, "hoptrace_segment_duration_seconds")
+}
+
+/// Issue 12: the cheap per-hop path of aggregate mode (netfilter brackets
+/// that continue a pass add the hop without parsing) is taken only by
+/// journeys that are not sampled, which the comparison with the correlator
+/// above cannot see (`--sample 1` samples every journey). Here the same
+/// traffic runs twice on one lab, every journey sampled and none: the
+/// kernel's histograms of both runs agree, segment by segment, in count
+/// within 2 %, and the netfilter bands (where the cheap path ends a
+/// segment) in p50 within 25 % (two runs of other packets on a shared
+/// machine); segments with fewer than 100 crossings are printed, not
+/// judged. Measured: every segment of the requests, 1500/1000/500
+/// crossings, the same count in both runs.
+#[test]
+fn unsampled_aggregate_mode_matches_the_sampled_path() {
+    if !can_run_with_kernel_programs("unsampled_aggregate_mode_matches_the_sampled_path") {
+        return;
+    }
+    let lab = VxlanLab::build("au");
+    // A fresh lab sends its own packets for several seconds (IPv6 router
+    // solicitations, MLD, neighbour discovery, some dropped): a first run
+    // takes them, so that the two compared runs see the same traffic.
+    let _ = kernel_histograms(&lab, "0");
+    std::thread::sleep(Duration::from_secs(3));
+    let unsampled = kernel_histograms(&lab, "0");
+    let sampled = kernel_histograms(&lab, "1");
+    lab.lab.teardown().expect("teardown");
+    assert!(
+        unsampled.keys().any(|s| s.ends_with(".dnat"))
+            && unsampled.keys().any(|s| s.starts_with("tunnel.vxlan.")),
+        "DNAT and VXLAN segments without sampling: {:?}",
+        unsampled.keys()
+    );
+    let mut report = String::from("segment: sampled / unsampled count; p50 µs\n");
+    let mut misses = Vec::new();
+    let segments: std::collections::BTreeSet<&String> =
+        sampled.keys().chain(unsampled.keys()).collect();
+    for segment in segments {
+        let (a, b) = (
+            sampled.get(segment).cloned().unwrap_or_default(),
+            unsampled.get(segment).cloned().unwrap_or_default(),
+        );
+        let (pa, pb) = (quantile(0.5, &a.buckets), quantile(0.5, &b.buckets));
+        report.push_str(&format!(
+            "{segment}: {} / {}; {:.1} / {:.1}\n",
+            a.count,
+            b.count,
+            pa * 1e6,
+            pb * 1e6
+        ));
+        if a.count.max(b.count) < 100.0 {
+            continue;
+        }
+        if (a.count - b.count).abs() > 0.02 * a.count.max(b.count) {
+            misses.push(format!("{segment}: count {} (sampled) vs {} (unsampled)", a.count, b.count));
+        }
+        // Times are compared where the cheap path ends a segment (the
+        // netfilter bands): elsewhere both runs take the same path, and
+        // their times differ with the machine's load (the sampled run's
+        // correlator is busier), by 30 % and more for `socket.delivery`.
+        if segment.starts_with("netfilter.")
+            && !(pa.is_finite() && pb.is_finite() && (pa - pb).abs() <= 0.25 * pa.max(pb))
+        {
+            misses.push(format!("{segment}: p50 {pa} (sampled) vs {pb} (unsampled)"));
+        }
+    }
+    eprintln!("{report}");
+    assert!(misses.is_empty(), "{}\n{report}", misses.join("\n"));
+}

@@ -9,13 +9,13 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use hoptrace_common::{
-    CtState, HookKind, HopHeader, ParseStatus, TraceConfig,
+    CtState, Floor, HookKind, HopHeader,
     packet::{ETH_P_IP, ETH_P_IPV6},
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
-    emit, global,
-    globals::{aggregate_mode, config, dispatch_only},
+    emit, floor, global,
+    globals::{self, aggregate_mode, config},
     skb::{BtfPtr, Skb, dev_ifindex},
 };
 
@@ -49,7 +49,8 @@ netfilter_slot!(hoptrace_nf_slot8, 8);
 
 #[inline(always)]
 fn observe(ctx: *mut c_void, slot: u8) {
-    if dispatch_only() {
+    let floor = globals::floor();
+    if floor == Floor::Dispatch as u8 {
         return;
     }
     // Both context fields are pointers the verifier knows by BTF type.
@@ -62,6 +63,10 @@ fn observe(ctx: *mut c_void, slot: u8) {
             Skb(BtfPtr(*((ctx as *const u8).add(NF_CTX_SKB) as *const u64))),
         )
     };
+    if floor != 0 {
+        floor::run(floor, skb.addr());
+        return;
+    }
     let nf_hook: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_hook));
     let nf_pf: u8 = state.load(global!(HOPTRACE_LAYOUT.nf_state_pf));
     let hook = nf_hook as usize;
@@ -93,7 +98,7 @@ fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
             slot,
             nf_hook,
             nf_pf,
-            &cfg,
+            cfg.node_netns_ino,
             false,
         );
         emit::submit_header(entry);
@@ -109,7 +114,7 @@ fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
         slot,
         nf_hook,
         nf_pf,
-        &cfg,
+        cfg.node_netns_ino,
         true,
     );
     // The window lives in the per-CPU scratch space: on the stack it no
@@ -143,18 +148,32 @@ fn fill_header(
     slot: u8,
     nf_hook: u8,
     nf_pf: u8,
-    cfg: &TraceConfig,
+    netns_ino: u32,
     ct_status: bool,
 ) {
+    fill_untimed(h, skb, slot, nf_hook, nf_pf, netns_ino, ct_status);
     // SAFETY: a helper without arguments that touches no memory.
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
+}
+
+/// [`fill_header`] without the time.
+#[inline(always)]
+fn fill_untimed(
+    h: &mut HopHeader,
+    skb: Skb,
+    slot: u8,
+    nf_hook: u8,
+    nf_pf: u8,
+    netns_ino: u32,
+    ct_status: bool,
+) {
     h.skb_addr = skb.addr();
     h.hook = HookKind::Netfilter as u8;
     h.nf_slot = slot;
     h.nf_hook = nf_hook;
     h.nf_pf = nf_pf;
     // Netfilter links belong to the namespace that created them: the node.
-    h.netns_ino = cfg.node_netns_ino;
+    h.netns_ino = netns_ino;
     h.ifindex = dev_ifindex(skb.dev());
     h.skb_len = skb.len();
     let nfct = skb.nfct();
@@ -172,22 +191,36 @@ fn fill_header(
 /// together they exceed it.
 #[inline(always)]
 fn observe_aggregate(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
-    let cfg = config();
+    if continue_pass(skb, slot, nf_hook, nf_pf, parse) {
+        return;
+    }
     let Some(mut guard) = aggregate::scratch() else {
         return;
     };
     let sc = guard.get();
     // The hop's fields live in the scratch space: the verifier adds this
     // frame to the parser's.
-    fill_header(&mut sc.header, skb, slot, nf_hook, nf_pf, &cfg, parse);
-    // A bracket that does not parse belongs to the previous parsed hop's
-    // layer.
-    let status = if parse {
-        parse_into(skb, nf_pf, sc)
-    } else {
-        ParseStatus::Skipped as u8
-    };
-    aggregate::observe_parsed(sc, status, parse);
+    let netns = global!(HOPTRACE_CONFIG.node_netns_ino);
+    fill_header(&mut sc.header, skb, slot, nf_hook, nf_pf, netns, true);
+    // A hop that does not continue a pass parses, whatever its slot: it is
+    // the first of a pass (after a device hop, at OUTPUT), where a layer
+    // can change or a recycled buffer start a new journey.
+    let status = parse_into(skb, nf_pf, sc);
+    aggregate::observe_parsed(sc, status, true);
+}
+
+/// Aggregate mode's cheap path ([`aggregate::nf_continue`]): the hop
+/// continues the packet's netfilter pass, so it is added without parsing.
+/// `parse` is the bracket's full-mode parse slot: it reads the conntrack
+/// entry's status (where a pass's entry is seen) until one bracket of the
+/// pass has. A BPF subprogram: its
+/// header does not add to the parsing path's frame.
+#[inline(never)]
+fn continue_pass(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) -> bool {
+    let mut h = HopHeader::zeroed();
+    let netns = global!(HOPTRACE_CONFIG.node_netns_ino);
+    fill_untimed(&mut h, skb, slot, nf_hook, nf_pf, netns, false);
+    aggregate::nf_continue(&mut h, skb.nfct(), parse)
 }
 
 /// Copies and parses the headers of `skb` into `sc`

@@ -16,8 +16,8 @@ use hoptrace_common::{
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
-    emit, global,
-    globals::{aggregate_mode, config, dispatch_only},
+    emit, floor, global,
+    globals::{self, aggregate_mode, config},
     skb::window_len,
 };
 
@@ -114,7 +114,10 @@ fn copy_window(ctx: &TcContext, offset: u32, window: &mut HeaderWindow) {
 
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: HookKind, has_l2: bool) {
-    if dispatch_only() {
+    let floor = globals::floor();
+    if floor != 0 {
+        // The tc context pointer is the kernel's struct sk_buff.
+        floor::run(floor, ctx.skb.skb as u64);
         return;
     }
     if aggregate_mode() {
@@ -146,6 +149,12 @@ fn observe_full(ctx: &TcContext, hook: HookKind, has_l2: bool) {
 fn fill_header(ctx: &TcContext, hook: HookKind, h: &mut HopHeader) {
     // SAFETY: a helper without arguments that touches no memory.
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    fill_untimed(ctx, hook, h);
+}
+
+/// [`fill_header`] without the time.
+#[inline(always)]
+fn fill_untimed(ctx: &TcContext, hook: HookKind, h: &mut HopHeader) {
     // The tc context pointer is the kernel's struct sk_buff.
     h.skb_addr = ctx.skb.skb as u64;
     h.hook = hook as u8;
@@ -176,6 +185,9 @@ fn window_of(ctx: &TcContext, has_l2: bool, window: &mut HeaderWindow) -> u16 {
 /// all), and nested or inlined together they exceed it.
 #[inline(always)]
 fn observe_aggregate(ctx: &TcContext, hook: HookKind, has_l2: bool) {
+    if hook == HookKind::TcEgress && continue_egress(ctx, has_l2) {
+        return;
+    }
     let Some(mut guard) = aggregate::scratch() else {
         return;
     };
@@ -185,6 +197,24 @@ fn observe_aggregate(ctx: &TcContext, hook: HookKind, has_l2: bool) {
     fill_header(ctx, hook, &mut sc.header);
     let status = parse_into(ctx, has_l2, sc);
     aggregate::observe_parsed(sc, status, true);
+}
+
+/// Aggregate mode's cheap path for tc egress
+/// ([`aggregate::tc_egress_continue`]): the hop continues its journey in
+/// the same layer, so it is added without copying or parsing headers. A
+/// BPF subprogram: its header does not add to the parsing path's frame.
+#[inline(never)]
+fn continue_egress(ctx: &TcContext, has_l2: bool) -> bool {
+    let Some((offset, _)) = network_header(ctx, has_l2) else {
+        return false;
+    };
+    let mut h = HopHeader::zeroed();
+    fill_untimed(ctx, HookKind::TcEgress, &mut h);
+    if h.skb_len <= offset {
+        return false;
+    }
+    let l3_len = h.skb_len - offset;
+    aggregate::tc_egress_continue(&mut h, l3_len)
 }
 
 /// Copies and parses the packet's headers into `sc`

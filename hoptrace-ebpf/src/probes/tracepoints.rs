@@ -10,8 +10,8 @@ use hoptrace_common::{
 };
 use hoptrace_ebpf::{
     aggregate::{self, Scratch},
-    emit, global,
-    globals::{aggregate_mode, config, dispatch_only},
+    emit, floor, global,
+    globals::{self, aggregate_mode, config},
     maps::{count, netns_traced, tc_covered},
     skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
 };
@@ -67,7 +67,9 @@ pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
-    if dispatch_only() {
+    let floor = globals::floor();
+    if floor != 0 {
+        floor::run(floor, addr);
         return;
     }
     let skb = Skb(BtfPtr(addr));
