@@ -471,6 +471,23 @@ impl Tracer {
         tracing::program_ids(&self.ebpf, &self.tracing)
     }
 
+    /// Kernel ids and object names of this tracer's loaded programs (tc in
+    /// the aya object, and the tracing programs loaded beside it).
+    pub fn program_names(&self) -> Vec<(u32, String)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let id = crate::kernel::sys::object_id(p.fd().ok()?.as_fd()).ok()?;
+                Some((id, name.to_owned()))
+            })
+            .chain(
+                self.tracing
+                    .iter()
+                    .filter_map(|t| Some((t.program_id().ok()?, t.name().to_owned()))),
+            )
+            .collect()
+    }
+
     /// The clsact filters of this tracer that are gone (another process,
     /// e.g. `tc filter del` or a `hoptrace cleanup` that did not know the
     /// owner, deleted them), as `iface/direction`. Call it in the namespace

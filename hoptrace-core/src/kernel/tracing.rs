@@ -176,6 +176,7 @@ pub enum TracingTarget<'a> {
 pub struct TracingLink {
     prog: OwnedFd,
     _link: OwnedFd,
+    name: String,
 }
 
 impl TracingLink {
@@ -186,6 +187,11 @@ impl TracingLink {
     /// The `bpf(2)` error of `BPF_OBJ_GET_INFO_BY_FD`.
     pub fn program_id(&self) -> std::io::Result<u32> {
         sys::object_id(self.prog.as_fd())
+    }
+
+    /// The program's name in the object (the kernel keeps 15 bytes of it).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -239,7 +245,11 @@ pub fn attach(
         name: name.to_owned(),
         source,
     })?;
-    Ok(TracingLink { prog, _link: link })
+    Ok(TracingLink {
+        prog,
+        _link: link,
+        name: name.to_owned(),
+    })
 }
 
 /// Runs `f` (an aya `EbpfLoader::new()...load(..)`) on a thread that cannot

@@ -6,7 +6,6 @@
 //! entered that namespace; the resulting file descriptors work from anywhere.
 
 use std::{
-    os::fd::AsFd as _,
     path::PathBuf,
     sync::{
         Arc,
@@ -319,13 +318,9 @@ impl Session {
     /// Kernel ids of the programs this session loaded (as `bpftool prog`
     /// shows them).
     pub fn program_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .tracer
-            .iter()
-            .flat_map(|t| t.ebpf().programs())
-            .filter_map(|(_, p)| p.fd().ok())
-            .filter_map(|fd| crate::kernel::sys::object_id(fd.as_fd()).ok())
-            .collect();
+        // The tracer's own list: its tracing programs are loaded beside
+        // the aya object, not in it.
+        let mut ids: Vec<u32> = self.tracer.iter().flat_map(Tracer::program_ids).collect();
         if let Some(nf) = &self._nf_programs {
             ids.extend(nf.program_ids().unwrap_or_default());
         }
@@ -338,11 +333,7 @@ impl Session {
     pub fn program_names(&self) -> Vec<(u32, String)> {
         self.tracer
             .iter()
-            .flat_map(|t| t.ebpf().programs())
-            .filter_map(|(name, p)| {
-                let id = crate::kernel::sys::object_id(p.fd().ok()?.as_fd()).ok()?;
-                Some((id, name.to_owned()))
-            })
+            .flat_map(Tracer::program_names)
             .collect()
     }
 
