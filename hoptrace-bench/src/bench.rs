@@ -876,13 +876,14 @@ pub fn summarize(rounds: &[RoundResult]) -> Summary {
     // Ring buffer events per client-pod packet during iperf3, over the
     // rounds of one kind (both nodes' sessions).
     let events_per_packet_of = |kind: RoundKind| {
-        let (events, packets) = rounds
-            .iter()
-            .filter(|r| r.kind == kind)
-            .fold((0u64, 0u64), |(e, p), r| {
-                let t = r.throughput_phase.trace.as_ref().map_or(0, |t| t.emitted);
-                (e + t, p + r.throughput_phase.client_packets)
-            });
+        let (events, packets) =
+            rounds
+                .iter()
+                .filter(|r| r.kind == kind)
+                .fold((0u64, 0u64), |(e, p), r| {
+                    let t = r.throughput_phase.trace.as_ref().map_or(0, |t| t.emitted);
+                    (e + t, p + r.throughput_phase.client_packets)
+                });
         if packets > 0 {
             events as f64 / packets as f64
         } else {
@@ -1252,11 +1253,14 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
                 RoundKind::Baseline => "untraced baseline",
                 RoundKind::Traced => "traced (both nodes)",
                 RoundKind::DispatchOnly => "dispatch-only (same hooks, programs return at once)",
-                RoundKind::FloorClock => "floor: same hooks, a clock read and a per-CPU counter per run",
-                RoundKind::FloorState => "floor: a clock read, a per-CPU counter and per-packet state per run",
+                RoundKind::FloorClock =>
+                    "floor: same hooks, a clock read and a per-CPU counter per run",
+                RoundKind::FloorState =>
+                    "floor: a clock read, a per-CPU counter and per-packet state per run",
                 RoundKind::Profiled => "traced with BPF run-time statistics",
                 RoundKind::ProfiledAggregate => "the agent's default with BPF run-time statistics",
-                RoundKind::Aggregate => "the agent's default: aggregate mode, 1 in 64 journeys sampled",
+                RoundKind::Aggregate =>
+                    "the agent's default: aggregate mode, 1 in 64 journeys sampled",
                 RoundKind::AggregateSample1 => "aggregate mode, every journey sampled",
                 RoundKind::AggregateSample16 => "aggregate mode, 1 in 16 sampled",
                 RoundKind::AggregateSample256 => "aggregate mode, 1 in 256 sampled",
@@ -1817,8 +1821,14 @@ pub fn summary_table(summary: &Summary, markdown: bool) -> Table {
         "-".into(),
     ]);
     for (metric, check) in [
-        ("TCP throughput, floor: clock + counter", Some(&summary.floor_clock_throughput)),
-        ("TCP throughput, floor: + per-packet state", summary.floor_state_throughput.as_ref()),
+        (
+            "TCP throughput, floor: clock + counter",
+            Some(&summary.floor_clock_throughput),
+        ),
+        (
+            "TCP throughput, floor: + per-packet state",
+            summary.floor_state_throughput.as_ref(),
+        ),
     ] {
         let Some(check) = check else { continue };
         table.add_row(vec![
@@ -1833,7 +1843,12 @@ pub fn summary_table(summary: &Summary, markdown: bool) -> Table {
     let a = &summary.agent;
     for (metric, check, unit_gbit, sign) in [
         ("agent TCP throughput", &a.throughput, true, ">="),
-        ("agent TCP throughput vs floor", &a.throughput_vs_floor, true, ">="),
+        (
+            "agent TCP throughput vs floor",
+            &a.throughput_vs_floor,
+            true,
+            ">=",
+        ),
         ("agent request/response p99", &a.rr_p99, false, "<="),
     ] {
         let value = |v: f64| {
@@ -1909,12 +1924,28 @@ pub fn ablations_table(summary: &Summary, markdown: bool) -> Table {
         "-".into(),
         "0".into(),
     ]);
-    let clock_rounds = |kind: RoundKind| summary.floor_rounds.iter().find(|(k, _)| *k == kind).map_or(0, |(_, n)| *n);
+    let clock_rounds = |kind: RoundKind| {
+        summary
+            .floor_rounds
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    };
     for (kind, throughput, p99) in [
-        (RoundKind::FloorClock, Some(&summary.floor_clock_throughput), Some(&summary.floor_clock_rr_p99)),
-        (RoundKind::FloorState, summary.floor_state_throughput.as_ref(), summary.floor_state_rr_p99.as_ref()),
+        (
+            RoundKind::FloorClock,
+            Some(&summary.floor_clock_throughput),
+            Some(&summary.floor_clock_rr_p99),
+        ),
+        (
+            RoundKind::FloorState,
+            summary.floor_state_throughput.as_ref(),
+            summary.floor_state_rr_p99.as_ref(),
+        ),
     ] {
-        let (Some(throughput), Some(p99)) = (throughput, p99) else { continue };
+        let (Some(throughput), Some(p99)) = (throughput, p99) else {
+            continue;
+        };
         table.add_row(vec![
             kind.name().to_string(),
             clock_rounds(kind).to_string(),
@@ -2002,7 +2033,11 @@ pub fn render_text(result: &BenchResult) -> String {
     let _ = writeln!(out, "{}\n", ablations_table(s, false));
     let _ = writeln!(out, "{}\n", programs_table(&s.programs, false));
     if !s.programs_aggregate.is_empty() {
-        let _ = writeln!(out, "agent (aggregate, 1/64):\n{}\n", programs_table(&s.programs_aggregate, false));
+        let _ = writeln!(
+            out,
+            "agent (aggregate, 1/64):\n{}\n",
+            programs_table(&s.programs_aggregate, false)
+        );
     }
     if let Some(t) = &result.timeline {
         let _ = writeln!(out, "{}\n", timeline_text(t, s));
@@ -2212,9 +2247,21 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
     );
     let a = &s.agent;
     for (what, check, sign) in [
-        ("`hoptrace agent` (aggregate, 1 in 64 sampled) TCP throughput/baseline", &a.throughput, ">="),
-        ("`hoptrace agent` TCP throughput/dispatch-only floor", &a.throughput_vs_floor, ">="),
-        ("`hoptrace agent` request/response p99/baseline", &a.rr_p99, "<="),
+        (
+            "`hoptrace agent` (aggregate, 1 in 64 sampled) TCP throughput/baseline",
+            &a.throughput,
+            ">=",
+        ),
+        (
+            "`hoptrace agent` TCP throughput/dispatch-only floor",
+            &a.throughput_vs_floor,
+            ">=",
+        ),
+        (
+            "`hoptrace agent` request/response p99/baseline",
+            &a.rr_p99,
+            "<=",
+        ),
     ] {
         let _ = writeln!(
             out,
@@ -2310,7 +2357,11 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
         ablations_table(s, true)
     );
     if let Some(t) = &result.timeline {
-        let _ = writeln!(out, "## Request timeline hooks\n\n{}\n", timeline_text(t, s));
+        let _ = writeln!(
+            out,
+            "## Request timeline hooks\n\n{}\n",
+            timeline_text(t, s)
+        );
     }
     let _ = writeln!(out, "## Rounds\n\n{}\n", rounds_table(result, true));
     let _ = writeln!(
@@ -2611,7 +2662,13 @@ mod tests {
         // 0.9697x of the floor's 9.9: a miss), p99 102 µs (1.02x: pass).
         let mut rounds = rounds;
         for (i, (gbit, p99)) in [(9.7, 102), (9.6, 101), (9.2, 150)].into_iter().enumerate() {
-            rounds.push(round(11 + i as u32, RoundKind::Aggregate, gbit, p99, vec![]));
+            rounds.push(round(
+                11 + i as u32,
+                RoundKind::Aggregate,
+                gbit,
+                p99,
+                vec![],
+            ));
         }
         // Without floor rounds the reachability is "not measured", never a verdict.
         assert!(floor_verdict(&summarize(&rounds)).contains("not measured"));
@@ -2638,7 +2695,10 @@ mod tests {
         assert!(!s.floor_clock_throughput.pass);
         assert!((s.floor_state_throughput.unwrap().ratio - 0.8).abs() < 1e-9);
         let verdict = floor_verdict(&s);
-        assert!(verdict.contains("**NOT reachable**") && verdict.contains("0.865x"), "{verdict}");
+        assert!(
+            verdict.contains("**NOT reachable**") && verdict.contains("0.865x"),
+            "{verdict}"
+        );
         assert!((s.agent.throughput.ratio - 0.96).abs() < 1e-9);
         assert!(s.agent.throughput.pass);
         assert!((s.agent.throughput_vs_floor.ratio - 9.6 / 9.9).abs() < 1e-9);
@@ -2717,7 +2777,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("## Request timeline hooks"), "{md}");
-        assert!(md.contains("6.0 per request; 500 ns per program run"), "{md}");
+        assert!(
+            md.contains("6.0 per request; 500 ns per program run"),
+            "{md}"
+        );
         // 5 MiB of growth is not flat.
         assert!(
             md.contains("**21.0 → 26.0 MiB** (flat: grows <= 4 MiB): **MISS**"),
@@ -2737,11 +2800,22 @@ mod tests {
         );
         assert!(md.contains("Test CPU") && md.contains("hoptrace bench --rounds 3"));
         assert!(!md.contains("Throughput MISS"));
-        assert!(md.contains("dispatch-only floor: **0.970x** (target >= 0.97x): **MISS**"), "{md}");
+        assert!(
+            md.contains("dispatch-only floor: **0.970x** (target >= 0.97x): **MISS**"),
+            "{md}"
+        );
         assert!(md.contains("Dispatch-only floor") && md.contains("0.990x"));
         assert!(md.contains("| floor: clock + counter + state |"), "{md}");
-        assert!(md.contains("The agent's default (aggregate mode, 1 in 64 sampled), from its profiled round"), "{md}");
-        assert!(md.contains("0.90x with this hook set: **NOT reachable**"), "{md}");
+        assert!(
+            md.contains(
+                "The agent's default (aggregate mode, 1 in 64 sampled), from its profiled round"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("0.90x with this hook set: **NOT reachable**"),
+            "{md}"
+        );
         assert!(!md.contains("p99 MISS"));
         assert!(render_text(&result).contains("hoptrace_tc_ingress"));
         // A rewrite keeps the hand-written notes, once.

@@ -409,18 +409,60 @@ mod tests {
         // A later slot of the same hook, same length and namespace.
         assert!(nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 100));
         // Not an earlier or the same slot, another length or namespace.
-        assert!(!nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 2, 100));
-        assert!(!nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 150));
-        assert!(!nf_continues(&pre, 100, 8, NfHook::PreRouting as u8, 3, 100));
+        assert!(!nf_continues(
+            &pre,
+            100,
+            7,
+            NfHook::PreRouting as u8,
+            2,
+            100
+        ));
+        assert!(!nf_continues(
+            &pre,
+            100,
+            7,
+            NfHook::PreRouting as u8,
+            3,
+            150
+        ));
+        assert!(!nf_continues(
+            &pre,
+            100,
+            8,
+            NfHook::PreRouting as u8,
+            3,
+            100
+        ));
         // The hooks of one traversal follow each other.
         assert!(nf_continues(&pre, 100, 7, NfHook::Forward as u8, 0, 100));
         assert!(nf_continues(&pre, 100, 7, NfHook::LocalIn as u8, 0, 100));
         let fwd = nf(NfHook::Forward, 8);
-        assert!(nf_continues(&fwd, 100, 7, NfHook::PostRouting as u8, 0, 100));
+        assert!(nf_continues(
+            &fwd,
+            100,
+            7,
+            NfHook::PostRouting as u8,
+            0,
+            100
+        ));
         let out = nf(NfHook::LocalOut, 8);
-        assert!(nf_continues(&out, 100, 7, NfHook::PostRouting as u8, 0, 100));
+        assert!(nf_continues(
+            &out,
+            100,
+            7,
+            NfHook::PostRouting as u8,
+            0,
+            100
+        ));
         // Anything else starts a parse: a hook out of order, or a device hop before.
-        assert!(!nf_continues(&fwd, 100, 7, NfHook::PreRouting as u8, 0, 100));
+        assert!(!nf_continues(
+            &fwd,
+            100,
+            7,
+            NfHook::PreRouting as u8,
+            0,
+            100
+        ));
         let post = nf(NfHook::PostRouting, 8);
         assert!(!nf_continues(&post, 100, 7, NfHook::LocalOut as u8, 0, 100));
         let tc = AggSite {
@@ -443,8 +485,14 @@ mod tests {
         };
         // 1514 bytes at tc (Ethernet header included), 1500 from IP on.
         assert!(tc_egress_continues(&post, 1500, 7, 3, 1514, 1500));
-        assert!(!tc_egress_continues(&post, 1500, 7, 3, 1564, 1550), "encapsulated: parse");
-        assert!(!tc_egress_continues(&post, 1500, 8, 3, 1514, 1500), "another namespace");
+        assert!(
+            !tc_egress_continues(&post, 1500, 7, 3, 1564, 1550),
+            "encapsulated: parse"
+        );
+        assert!(
+            !tc_egress_continues(&post, 1500, 8, 3, 1514, 1500),
+            "another namespace"
+        );
         let fwd = AggSite {
             nf_hook: NfHook::Forward as u8,
             ..post
@@ -459,7 +507,10 @@ mod tests {
             encap: 0,
         };
         assert!(tc_egress_continues(&bridge, 1514, 7, 3, 1514, 1500));
-        assert!(!tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500), "the same device twice");
+        assert!(
+            !tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500),
+            "the same device twice"
+        );
         let rx = AggSite {
             hook: HookKind::DevReceive as u8,
             ..bridge

@@ -63,7 +63,8 @@ pub struct Scratch {
 /// task can be interrupted by a softirq that runs a tc program on the same
 /// CPU, which must not overwrite its headers.
 #[map]
-static HOPTRACE_AGG_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+static HOPTRACE_AGG_SCRATCH: PerCpuArray<Scratch> =
+    PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
 
 /// This CPU's nesting level of aggregate-mode programs.
 #[map]
@@ -239,7 +240,10 @@ pub fn extend(
 /// hop's layer); `ct_state` is the netfilter hop's conntrack state; `ends`
 /// deletes the state (socket delivery, drop).
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one value per field of the hop, inlined")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one value per field of the hop, inlined"
+)]
 pub fn hop(
     addr: u64,
     mut site: AggSite,
@@ -282,9 +286,8 @@ pub fn hop(
         }
     }
     // A new journey starts here.
-    let sampled = cfg.sample_every != 0
-        && fingerprint != 0
-        && (fingerprint >> 1) % cfg.sample_every == 0;
+    let sampled =
+        cfg.sample_every != 0 && fingerprint != 0 && (fingerprint >> 1) % cfg.sample_every == 0;
     if ends {
         let _ = HOPTRACE_AGG_STATE.remove(addr);
         return Outcome {
@@ -365,8 +368,14 @@ pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
     // SAFETY: as in `hop`: an LRU hash value valid for the program's run; a
     // concurrent writer can tear it, never make it unsafe to use.
     let s = unsafe { &mut *p };
-    if !nf_continues(&s.prev, s.skb_len, h.netns_ino, h.nf_hook, h.nf_slot, h.skb_len)
-        || (parse_slot && s.flags & AGG_FLAG_SAMPLED != 0)
+    if !nf_continues(
+        &s.prev,
+        s.skb_len,
+        h.netns_ino,
+        h.nf_hook,
+        h.nf_slot,
+        h.skb_len,
+    ) || (parse_slot && s.flags & AGG_FLAG_SAMPLED != 0)
     {
         return false;
     }
@@ -401,8 +410,14 @@ pub fn tc_egress_continue(h: &mut HopHeader, l3_len: u32) -> bool {
     };
     // SAFETY: as in `nf_continue`.
     let s = unsafe { &mut *p };
-    if !tc_egress_continues(&s.prev, s.skb_len, h.netns_ino, h.ifindex, h.skb_len, l3_len)
-        || s.flags & AGG_FLAG_SAMPLED != 0
+    if !tc_egress_continues(
+        &s.prev,
+        s.skb_len,
+        h.netns_ino,
+        h.ifindex,
+        h.skb_len,
+        l3_len,
+    ) || s.flags & AGG_FLAG_SAMPLED != 0
     {
         return false;
     }
@@ -451,7 +466,9 @@ pub fn observe(h: &HopHeader, meta: Option<&PacketMeta>, status: ParseStatus, cf
     } else {
         None
     };
-    let out = hop(h.skb_addr, site, h.ts_ns, h.skb_len, meta, ct_state, cfg, ends);
+    let out = hop(
+        h.skb_addr, site, h.ts_ns, h.skb_len, meta, ct_state, cfg, ends,
+    );
     if let Some((prev, prev_ts)) = out.prev
         && is_drop
         && !out.sampled

@@ -152,7 +152,10 @@ impl Cause {
     /// its timer's lateness before it connects or writes wanders by
     /// milliseconds between runs on a busy machine and is no cause's.
     fn truth_without_client_own(self) -> bool {
-        matches!(self, Self::KubeProxyServices { .. } | Self::ProxyDelay { .. })
+        matches!(
+            self,
+            Self::KubeProxyServices { .. } | Self::ProxyDelay { .. }
+        )
     }
 
     /// The ground truth of `run`: the client's mean latency, µs, less the

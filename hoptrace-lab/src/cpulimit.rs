@@ -38,7 +38,9 @@ pub enum CpuLimitError {
     #[error("no cgroup cpu controller is mounted (cgroup v1 {V1_ROOT} or cgroup v2 {V2_ROOT})")]
     NoController,
     /// cgroup v2 cannot hold a thread apart from its process.
-    #[error("cgroup v2 limits whole processes: the builtin proxy is a thread of the lab; use --ingress nginx or haproxy")]
+    #[error(
+        "cgroup v2 limits whole processes: the builtin proxy is a thread of the lab; use --ingress nginx or haproxy"
+    )]
     ThreadsNeedV1,
     /// A cgroup file could not be written.
     #[error("{path}: {source}")]
@@ -74,10 +76,10 @@ pub fn parse_millicores(text: &str) -> Result<u32, String> {
         m.parse::<u32>().map_err(|_| bad())?
     } else {
         let cpus: f64 = text.parse().map_err(|_| bad())?;
-        if !(cpus.is_finite() && cpus > 0.0) {
+        if !cpus.is_finite() || cpus < 0.0 {
             return Err(bad());
         }
-        (cpus * 1000.0).round() as u32
+        (cpus * 1000.0).round().min(f64::from(u32::MAX)) as u32
     };
     if millicores < MIN_MILLICORES || millicores > max_millicores() {
         return Err(CpuLimitError::Range(millicores).to_string());
@@ -246,8 +248,17 @@ mod tests {
         assert_eq!(parse_millicores("1"), Ok(1000));
         let err = parse_millicores("5m").unwrap_err();
         assert!(err.contains("out of range"), "{err}");
-        assert!(parse_millicores("abc").unwrap_err().contains("not a CPU quantity"));
+        assert!(
+            parse_millicores("abc")
+                .unwrap_err()
+                .contains("not a CPU quantity")
+        );
         assert!(parse_millicores("-1").is_err());
-        assert!(parse_millicores("100000").unwrap_err().contains("out of range"));
+        assert!(parse_millicores("0").unwrap_err().contains("out of range"));
+        assert!(
+            parse_millicores("100000")
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 }

@@ -147,8 +147,9 @@ mod tests {
         assert_eq!(&a[16..20], &dst.octets());
         let flow = |p: &[u8; 44]| (p[12..16].to_vec(), u16::from_be_bytes([p[20], p[21]]));
         assert_ne!(flow(&a), flow(&b));
-        let flows: std::collections::HashSet<_> =
-            (0..50_000).map(|i| flow(&flow_packet(i * 7, dst))).collect();
+        let flows: std::collections::HashSet<_> = (0..50_000)
+            .map(|i| flow(&flow_packet(i * 7, dst)))
+            .collect();
         assert_eq!(flows.len(), 50_000);
     }
 }

@@ -202,7 +202,10 @@ pub fn proxy_cpu_set(n: usize) -> Result<(nix::sched::CpuSet, Vec<usize>), Ingre
         .filter(|&c| allowed.is_set(c).unwrap_or(false))
         .collect();
     if n == 0 || cpus.len() < n {
-        return Err(err(format!("this process may run on {} CPU(s)", cpus.len())));
+        return Err(err(format!(
+            "this process may run on {} CPU(s)",
+            cpus.len()
+        )));
     }
     cpus.truncate(n);
     let mut set = CpuSet::new();
@@ -602,8 +605,7 @@ impl ExternalProxy {
     /// itself there before `exec`, so every worker it forks is limited too).
     pub fn limit(&mut self, limit: &crate::cpulimit::CpuLimit) {
         use std::os::unix::ffi::OsStrExt as _;
-        self.cgroup_procs =
-            std::ffi::CString::new(limit.procs_file().as_os_str().as_bytes()).ok();
+        self.cgroup_procs = std::ffi::CString::new(limit.procs_file().as_os_str().as_bytes()).ok();
     }
 
     /// Starts the proxy (stdout/stderr to files in the temp dir). The process

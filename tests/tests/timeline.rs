@@ -216,7 +216,10 @@ fn nginx_ingress_is_joined() {
     let r = requests(&run);
     check_joined_and_covered(r, "nginx");
     assert!(mean(r, "ingress-proxy") > 0.0);
-    let new = lab_run("k", &["--ingress", "nginx", "--load", "http-new-connection"]);
+    let new = lab_run(
+        "k",
+        &["--ingress", "nginx", "--load", "http-new-connection"],
+    );
     let r = requests(&new);
     check_joined_and_covered(r, "nginx, new connections");
     assert!(mean(r, "ingress-proxy") > 0.0);
@@ -264,7 +267,10 @@ fn a_saturated_proxy_waits_to_be_read() {
             .filter(|e| e.file_name().to_string_lossy().starts_with("hoptrace-lab-"))
             .map(|e| e.path())
             .collect();
-        assert!(left.is_empty(), "{ingress}: the lab left its CPU limit behind: {left:?}");
+        assert!(
+            left.is_empty(),
+            "{ingress}: the lab left its CPU limit behind: {left:?}"
+        );
     }
     let (_, healthy) = lab_run_with(
         "t",

@@ -487,7 +487,12 @@ fn drop_reasons_match_in_any_case() {
 
 /// A request timeline with the ingress proxy's time and its wait to be
 /// read (µs per request), and the client's mean and own record.
-fn timeline(proxy_us: f64, queue_us: f64, client_us: f64, own_us: f64) -> crate::report::LabRequests {
+fn timeline(
+    proxy_us: f64,
+    queue_us: f64,
+    client_us: f64,
+    own_us: f64,
+) -> crate::report::LabRequests {
     let mut categories = std::collections::BTreeMap::new();
     categories.insert(
         "ingress-proxy".to_owned(),

@@ -524,8 +524,8 @@ impl Tracer {
             .ok_or_else(|| LoaderError::MissingMap {
                 name: AGG_HIST_MAP.into(),
             })?;
-        let hist: PerCpuHashMap<&MapData, AggKey, AggHist> = PerCpuHashMap::try_from(map)
-            .map_err(|source| LoaderError::Map {
+        let hist: PerCpuHashMap<&MapData, AggKey, AggHist> =
+            PerCpuHashMap::try_from(map).map_err(|source| LoaderError::Map {
                 name: AGG_HIST_MAP.into(),
                 source,
             })?;

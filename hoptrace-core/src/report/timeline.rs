@@ -484,7 +484,8 @@ mod tests {
         // Joined requests longer than the client's mean are said so.
         traced.client_mean_us = 1500.0;
         assert!(
-            sentence(&traced).ends_with("; the joined requests took 370 µs more than the client's mean."),
+            sentence(&traced)
+                .ends_with("; the joined requests took 370 µs more than the client's mean."),
             "{}",
             sentence(&traced)
         );

@@ -331,10 +331,7 @@ impl Session {
     /// programs. The kernel's own program info cuts names at 15 bytes
     /// (`hoptrace_tc_ing`); these are the names in the object.
     pub fn program_names(&self) -> Vec<(u32, String)> {
-        self.tracer
-            .iter()
-            .flat_map(Tracer::program_names)
-            .collect()
+        self.tracer.iter().flat_map(Tracer::program_names).collect()
     }
 
     /// Hooks of this session that another process removed while it ran

@@ -43,10 +43,11 @@ impl NodeTimeline {
     /// fails: without the hooks, [`NodeTimeline::finish`] returns `None`
     /// and [`NodeTimeline::notes`] says why.
     pub fn start() -> Self {
-        let (tracer, notes) = match SockTracer::start_bounded(&[], MAX_SOCK_EVENTS, NODE_SOCK_RING_BYTES) {
-            Ok(tracer) => (Some(tracer), Vec::new()),
-            Err(e) => (None, vec![format!("request timeline unavailable: {e}")]),
-        };
+        let (tracer, notes) =
+            match SockTracer::start_bounded(&[], MAX_SOCK_EVENTS, NODE_SOCK_RING_BYTES) {
+                Ok(tracer) => (Some(tracer), Vec::new()),
+                Err(e) => (None, vec![format!("request timeline unavailable: {e}")]),
+            };
         Self {
             tracer,
             legs: Arc::new(LegRecorder::default()),

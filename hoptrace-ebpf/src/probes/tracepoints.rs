@@ -113,18 +113,39 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
             return;
         };
         let sc = guard.get();
-        fill(&mut sc.header, ts_ns, addr, hook, netns, ifindex, skb.len(), drop_reason);
+        fill(
+            &mut sc.header,
+            ts_ns,
+            addr,
+            hook,
+            netns,
+            ifindex,
+            skb.len(),
+            drop_reason,
+        );
         observe_aggregate(skb, protocol, sc);
     } else {
         let mut h = HopHeader::zeroed();
-        fill(&mut h, ts_ns, addr, hook, netns, ifindex, skb.len(), drop_reason);
+        fill(
+            &mut h,
+            ts_ns,
+            addr,
+            hook,
+            netns,
+            ifindex,
+            skb.len(),
+            drop_reason,
+        );
         observe_full(skb, &h, protocol);
     }
 }
 
 /// The hop's fields.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one value per field of the hop, inlined")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one value per field of the hop, inlined"
+)]
 fn fill(
     h: &mut HopHeader,
     ts_ns: u64,

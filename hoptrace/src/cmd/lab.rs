@@ -137,7 +137,9 @@ pub fn run(args: LabArgs) -> Result<i32> {
     }
     if let Some(n) = args.proxy_cpus {
         if args.ingress == IngressKind::None {
-            eprintln!("hoptrace lab: --proxy-cpus needs an ingress proxy (--ingress builtin, nginx or haproxy)");
+            eprintln!(
+                "hoptrace lab: --proxy-cpus needs an ingress proxy (--ingress builtin, nginx or haproxy)"
+            );
             return Ok(2);
         }
         if let Err(e) = hoptrace_lab::ingress::proxy_cpu_set(usize::from(n)) {

@@ -290,7 +290,14 @@ fn new_connection(writes_us: &[u64]) -> Vec<SockEvent> {
     let svc = (SERVICE, 80);
     let b = (BACKEND, 8080);
     let mut events = vec![
-        state(50, 1, (CLIENT, 0), svc, tcp_state::CLOSE, tcp_state::SYN_SENT),
+        state(
+            50,
+            1,
+            (CLIENT, 0),
+            svc,
+            tcp_state::CLOSE,
+            tcp_state::SYN_SENT,
+        ),
         state(90, 1, c, svc, tcp_state::SYN_SENT, tcp_state::ESTABLISHED),
         state(70, 2, b, c, tcp_state::SYN_RECV, tcp_state::ESTABLISHED),
     ];
@@ -350,7 +357,10 @@ fn a_new_connections_handshake_is_part_of_its_first_request() {
     let second = &joined.requests[1];
     assert_eq!(second.start_ns, 500_000);
     assert!(!second.category_ns().contains_key(&Category::KubeProxy));
-    assert_eq!(second.segment_ns(segment::CLIENT_CONNECT, Category::Client), 0);
+    assert_eq!(
+        second.segment_ns(segment::CLIENT_CONNECT, Category::Client),
+        0
+    );
 }
 
 /// A keep-alive connection the client opened before its first request was
@@ -362,16 +372,25 @@ fn a_connect_ahead_of_the_schedule_is_dropped_with_the_clients_record() {
     let mut joined = join(&events, &[], &opts());
     assert_eq!(joined.requests[0].start_ns, 50_000);
     // Intended at 900 µs, after the connect (50-90 µs); complete at 1,310.
-    assert_eq!(add_client_times(&mut joined.requests, &[(900_000, 1_310_000)]), 1);
+    assert_eq!(
+        add_client_times(&mut joined.requests, &[(900_000, 1_310_000)]),
+        1
+    );
     let r = &joined.requests[0];
     assert_eq!(r.start_ns, 900_000);
     assert_eq!(r.segment_ns(segment::CLIENT_CONNECT, Category::Client), 0);
-    assert_eq!(r.segment_ns(segment::CLIENT_WAIT, Category::Client), 100_000);
+    assert_eq!(
+        r.segment_ns(segment::CLIENT_WAIT, Category::Client),
+        100_000
+    );
     let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
     assert_eq!(sum, r.end_ns - r.start_ns);
     // Intended before the connect (a new connection per request): kept.
     let mut joined = join(&events, &[], &opts());
-    assert_eq!(add_client_times(&mut joined.requests, &[(40_000, 1_310_000)]), 1);
+    assert_eq!(
+        add_client_times(&mut joined.requests, &[(40_000, 1_310_000)]),
+        1
+    );
     let r = &joined.requests[0];
     assert_eq!(r.start_ns, 40_000);
     assert_eq!(
