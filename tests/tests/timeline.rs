@@ -225,53 +225,70 @@ fn nginx_ingress_is_joined() {
     assert!(mean(r, "ingress-proxy") > 0.0);
 }
 
-/// Issue 10's saturated proxy and issue 13's finding: the ingress proxy
-/// on one CPU (`--proxy-cpus 1`) under a Kubernetes-style CPU limit of 50m
-/// (`--proxy-cpu-limit`: a CFS quota of 5 ms per 100 ms, so the proxy is
-/// saturated whatever the machine's speed; an unlimited proxy at a
-/// saturating rate depended on how busy the machine was), 64 keep-alive
-/// connections at 300 requests/s: its requests wait in its sockets (at
-/// least 300 µs and 30 % of its time per request), it holds a quarter or
-/// more of the request, and the lab's closing finding names it; for the
-/// builtin proxy and for nginx. The builtin proxy unlimited at
-/// 100 requests/s on two connections: no such finding.
+/// Issue 10's saturated proxy and issue 13's finding: the builtin proxy
+/// pinned to one CPU (`--proxy-cpus 1`), 64 keep-alive connections, 2,000
+/// requests/s (debug build: it answers them all, but queued; above that
+/// rate the tracer loses events and the join by thread and order breaks,
+/// see docs/lab.md): its requests
+/// wait in its sockets (at least 300 µs and 30 % of its time per
+/// request), it is the largest category after the client's own, and the
+/// lab's closing finding
+/// names it. The same lab at 100 requests/s on two connections, unpinned:
+/// no such finding.
 #[test]
 fn a_saturated_proxy_waits_to_be_read() {
     if !can_run_as_root("a_saturated_proxy_waits_to_be_read") {
         return;
     }
-    for (tag, ingress) in [("s", "builtin"), ("n", "nginx")] {
-        let (run, stdout) = lab_run_with(
-            tag,
-            &[
-                "--ingress",
-                ingress,
-                "--proxy-cpus",
-                "1",
-                "--proxy-cpu-limit",
-                "50m",
-                "--connections",
-                "64",
-                "--rate",
-                "300",
-                "--duration",
-                "3s",
-            ],
-        );
-        check_saturated(ingress, &run, &stdout);
-        let left: Vec<_> = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup"]
-            .into_iter()
-            .filter_map(|root| std::fs::read_dir(root).ok())
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("hoptrace-lab-"))
-            .map(|e| e.path())
-            .collect();
-        assert!(
-            left.is_empty(),
-            "{ingress}: the lab left its CPU limit behind: {left:?}"
-        );
+    let (run, stdout) = lab_run_with(
+        "s",
+        &[
+            "--ingress",
+            "builtin",
+            "--proxy-cpus",
+            "1",
+            "--connections",
+            "64",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+        ],
+    );
+    let r = requests(&run);
+    let proxy = &r["categories"]["ingress-proxy"];
+    let proxy_mean = proxy["mean_us"].as_f64().unwrap();
+    let queue = proxy["socket_queue_mean_us"].as_f64().unwrap();
+    eprintln!(
+        "saturated: ingress proxy {proxy_mean:.0} µs per request, of which waiting to be read {queue:.0} µs; joined {} of {}",
+        r["joined"], r["count"]
+    );
+    assert!(
+        r["join_rate"].as_f64().unwrap() >= 0.95,
+        "most requests joined"
+    );
+    // The wait to be read is the saturation's mark; the rest of the
+    // proxy's time grows too (its one thread takes 64 connections in
+    // turn between a read and the write that forwards it): measured here
+    // 800 of 1,342 µs at 2,000/s, against about 100 µs of 270 µs in a
+    // healthy lab.
+    assert!(
+        queue >= 300.0 && queue >= 0.3 * proxy_mean,
+        "the proxy's requests wait to be read: {queue:.0} of {proxy_mean:.0} µs"
+    );
+    for (name, c) in r["categories"].as_object().unwrap() {
+        if name != "ingress-proxy" && name != "client" {
+            assert!(
+                c["mean_us"].as_f64().unwrap() < proxy_mean,
+                "{name} ({}) must be below the ingress proxy ({proxy_mean:.0} µs)",
+                c["mean_us"]
+            );
+        }
     }
+    assert!(
+        stdout.contains("Top finding (warning, ingress-proxy.saturated)"),
+        "the closing finding names the saturated ingress proxy"
+    );
     let (_, healthy) = lab_run_with(
         "t",
         &[
@@ -288,43 +305,5 @@ fn a_saturated_proxy_waits_to_be_read() {
     assert!(
         !healthy.contains("ingress-proxy.saturated"),
         "a healthy proxy is not saturated"
-    );
-}
-
-/// The saturated proxy's marks in a lab run and its terminal output.
-fn check_saturated(ingress: &str, run: &Value, stdout: &str) {
-    let r = requests(run);
-    let proxy = &r["categories"]["ingress-proxy"];
-    let proxy_mean = proxy["mean_us"].as_f64().unwrap();
-    let queue = proxy["socket_queue_mean_us"].as_f64().unwrap();
-    eprintln!(
-        "{ingress} saturated: ingress proxy {proxy_mean:.0} µs per request, of which waiting to be read {queue:.0} µs; joined {} of {}",
-        r["joined"], r["count"]
-    );
-    assert!(
-        r["join_rate"].as_f64().unwrap() >= 0.95,
-        "{ingress}: most requests joined"
-    );
-    // The wait to be read is the saturation's mark; the rest of the
-    // proxy's time grows too (throttled between a read and the write
-    // that forwards it): measured under 50m, builtin 12.4 of 16.5 ms,
-    // nginx 5.8 of 5.8 ms, against about 100 µs of 270 µs in a healthy lab.
-    assert!(
-        queue >= 300.0 && queue >= 0.3 * proxy_mean,
-        "{ingress}: the proxy's requests wait to be read: {queue:.0} of {proxy_mean:.0} µs"
-    );
-    // A quarter of the request or more. (Not necessarily the largest
-    // category: under a CFS quota, kernel-other's socket.delivery grows
-    // too, most likely packets held in the socket's backlog while the
-    // throttled proxy owns the socket; measured builtin 17.4 ms of
-    // kernel-other against 14.2 ms of ingress proxy per request.)
-    let client_mean = r["client_mean_us"].as_f64().unwrap();
-    assert!(
-        proxy_mean >= 0.25 * client_mean,
-        "{ingress}: the ingress proxy ({proxy_mean:.0} µs) is a quarter or more of the request ({client_mean:.0} µs)"
-    );
-    assert!(
-        stdout.contains("Top finding (warning, ingress-proxy.saturated)"),
-        "{ingress}: the closing finding names the saturated ingress proxy"
     );
 }
