@@ -36,8 +36,9 @@ pub enum FloodError {
     },
 }
 
-/// The Internet checksum (RFC 1071) of `header`.
-fn checksum(header: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) of `header` (an odd last byte is
+/// padded with zero).
+pub fn checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))

@@ -17,6 +17,7 @@ use std::{
 };
 
 use hoptrace_lab::{
+    flood::checksum,
     kubeproxy::Protocol,
     netns::with_netns,
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
@@ -200,18 +201,6 @@ fn udp_burst(ns: &str, to: SocketAddr, n: usize, len: usize, df: bool) {
         }
     })
     .expect("enter netns");
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize) -> Vec<u8> {
