@@ -737,7 +737,6 @@ fn diagnose_without_root_exits_2() {
 /// `ingress-proxy.saturated` (warning); the same proxy at 50 requests/s on
 /// two connections does not.
 #[test]
-#[ignore = "the node request timeline mis-joins keep-alive requests (issue 10, open): the client mean the finding's share divides by comes out inflated (70 ms for ~35 ms), so the finding is missed in about one run in three"]
 fn diagnose_names_a_saturated_ingress_proxy() {
     use hoptrace_core::correlate::requests::BUILTIN_PROXY_COMM;
     use hoptrace_lab::{

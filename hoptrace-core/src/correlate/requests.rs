@@ -169,6 +169,13 @@ pub struct JoinOptions {
     /// Longest a proxy may hold a request between its downstream read and
     /// its upstream write (or a response between its reads and writes), ns.
     pub window_ns: u64,
+    /// Longest a new connection may stay idle between its establishment
+    /// and its first write for its connect to count in that request, ns.
+    /// `None` (the lab, which trims connects by the load generator's own
+    /// record): no limit. A node's view has no such record: a pool or a
+    /// load generator that opened connections ahead would otherwise put
+    /// their idle time in `client.connect`.
+    pub connect_idle_ns: Option<u64>,
 }
 
 /// Thread names of the proxies hoptrace knows by default; the lab adds
@@ -183,6 +190,7 @@ impl Default for JoinOptions {
         Self {
             proxies: DEFAULT_PROXIES.iter().map(|s| (*s).to_owned()).collect(),
             window_ns: 1_000_000_000,
+            connect_idle_ns: None,
         }
     }
 }
@@ -219,6 +227,8 @@ pub struct LegJourney {
     /// A connection's handshake packet (SYN or SYN-ACK, no payload):
     /// part of a connect, never of a leg that carries a message.
     pub handshake: bool,
+    /// The journey ended in a drop.
+    pub dropped: bool,
 }
 
 /// One segment of one request.
@@ -499,32 +509,84 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
         }
     }
     starts.sort_unstable();
+    // First the client's write and the server's read of each request:
+    // each connection's requests follow each other, so its cursors pair
+    // them in order.
+    let mut started: Vec<Started> = Vec::new();
     for (_, c) in starts {
         out.seen += 1;
-        if let Some(r) = join_one(&mut ends, c, &peers, &mut upstream_writes, &legs, opts) {
+        if let Some(s) = start_one(&mut ends, c, &peers, opts) {
+            started.push(s);
+        }
+    }
+    // Then the rest in the order the servers read them: a busy proxy
+    // thread reads its connections in an order of its own, and forwards
+    // in the order it read (the join by thread and order).
+    started.sort_by_key(|s| s.m1.last_ns);
+    for s in started {
+        if let Some(r) = finish_one(&mut ends, s, &peers, &mut upstream_writes, &legs, opts) {
             out.requests.push(r);
         }
     }
     out
 }
 
-fn join_one(
+/// A request up to the server's (proxy's or application's) read.
+struct Started {
+    /// The client's end and its write.
+    c: usize,
+    m0: Message,
+    /// The server's end and its read.
+    p: usize,
+    m1: Message,
+    /// The client's connect (SYN sent, established), ns, on a new connection.
+    connect: Option<(u64, u64)>,
+}
+
+fn start_one(
     ends: &mut [End],
     c: usize,
+    peers: &[Option<usize>],
+    opts: &JoinOptions,
+) -> Option<Started> {
+    let m0 = ends[c].take(Dir::Out, 0)?;
+    let p = peers[c]?;
+    let m1 = ends[p].take(Dir::In, m0.first_ns)?;
+    // A new connection's connect belongs to its first request (once).
+    let connect = ends[c]
+        .connect
+        .take()
+        .filter(|&(s, e)| {
+            e <= m0.first_ns
+                && m0.first_ns - s <= opts.window_ns
+                && opts
+                    .connect_idle_ns
+                    .is_none_or(|idle| m0.first_ns - e <= idle)
+        });
+    Some(Started {
+        c,
+        m0,
+        p,
+        m1,
+        connect,
+    })
+}
+
+fn finish_one(
+    ends: &mut [End],
+    Started {
+        c,
+        m0,
+        p,
+        m1,
+        connect,
+    }: Started,
     peers: &[Option<usize>],
     upstream_writes: &mut HashMap<u32, VecDeque<(u64, usize)>>,
     legs: &LegIndex,
     opts: &JoinOptions,
 ) -> Option<Request> {
-    let m0 = ends[c].take(Dir::Out, 0)?;
-    let p = peers[c]?;
-    let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     let mut segments = Vec::new();
-    // A new connection's connect belongs to its first request (once).
-    let connect = ends[c]
-        .connect
-        .take()
-        .filter(|&(s, e)| e <= m0.first_ns && m0.first_ns - s <= opts.window_ns);
     if let Some((syn_ns, established_ns)) = connect {
         connect_segments(
             &mut segments,
@@ -725,7 +787,21 @@ fn leg(
         (from_ns, to_ns),
         false,
     );
-    let arrival = journeys.iter().filter_map(|j| j.arrival_ns).max();
+    // Without a delivery hop (the reader came after the correlator's idle
+    // timeout closed the journey, or TCP coalesced the bytes into an skb
+    // already queued), the packets' last hop is where they started to
+    // wait for the reader.
+    let arrival = journeys
+        .iter()
+        .filter_map(|j| j.arrival_ns)
+        .max()
+        .or_else(|| {
+            journeys
+                .iter()
+                .filter(|j| !j.dropped)
+                .map(|j| j.end_ns)
+                .max()
+        });
     let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
     let room = total - queue;
     let used = push_datapath(out, &journeys, from_ns, room);
@@ -859,6 +935,7 @@ impl crate::correlate::JourneyObserver for LegRecorder {
             arrival_ns,
             categories,
             handshake,
+            dropped: j.drop.is_some(),
         };
         self.journeys
             .lock()

@@ -30,6 +30,12 @@ pub const MAX_SOCK_EVENTS: usize = 2_000_000;
 /// (mapped twice) where the lab's 4 MiB would count 8.
 pub const NODE_SOCK_RING_BYTES: u32 = 1024 * 1024;
 
+/// Longest a new connection may stay idle after its handshake for its
+/// connect to count in its first request, ns (`JoinOptions::connect_idle_ns`):
+/// a client that connects to send writes within microseconds; one that
+/// opened its connections ahead (a pool, a load generator) waits longer.
+pub const CONNECT_IDLE_NS: u64 = 1_000_000;
+
 /// The socket hooks and the journey recorder of one node's timeline.
 pub struct NodeTimeline {
     tracer: Option<SockTracer>,
@@ -74,6 +80,7 @@ impl NodeTimeline {
         let capture = self.tracer?.stop();
         let opts = JoinOptions {
             proxies: proxies.to_vec(),
+            connect_idle_ns: Some(CONNECT_IDLE_NS),
             ..JoinOptions::default()
         };
         let joined = requests::join(&capture.events, &self.legs.take(), &opts);

@@ -48,7 +48,22 @@ fn opts() -> JoinOptions {
 /// upstream port `uport`, with the proxy holding it `hold` µs; the
 /// backend serves in 50 µs; every leg takes 30 µs.
 fn proxied(t: u64, cport: u16, uport: u16, hold: u64, ptid: u32) -> Vec<SockEvent> {
+    proxied_read_at(t, t + 30, cport, uport, hold, ptid)
+}
+
+/// As [`proxied`], with the client's write at `t` and the proxy's read at
+/// `read` µs (a saturated proxy reads late, and not in the clients' order).
+fn proxied_read_at(
+    t: u64,
+    read: u64,
+    cport: u16,
+    uport: u16,
+    hold: u64,
+    ptid: u32,
+) -> Vec<SockEvent> {
     use SockKind::{Recv, Send};
+    // The proxy's side, as if the write had been at `base`.
+    let base = read - 30;
     let c = (CLIENT, cport);
     let pd = (PROXY, 8081);
     let pu = (PROXY, uport);
@@ -60,21 +75,21 @@ fn proxied(t: u64, cport: u16, uport: u16, hold: u64, ptid: u32) -> Vec<SockEven
     let bsk = 0x4000 + u64::from(uport);
     vec![
         ev(Send, t, csk, c, pd, 7, "hoptrace-netns"),
-        ev(Recv, t + 30, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
-        ev(Send, t + 30 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
-        ev(Recv, t + 60 + hold, bsk, b, pu, 9, "hoptrace"),
-        ev(Send, t + 110 + hold, bsk, b, pu, 9, "hoptrace"),
+        ev(Recv, read, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
+        ev(Send, base + 30 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
+        ev(Recv, base + 60 + hold, bsk, b, pu, 9, "hoptrace"),
+        ev(Send, base + 110 + hold, bsk, b, pu, 9, "hoptrace"),
         ev(
             Recv,
-            t + 140 + hold,
+            base + 140 + hold,
             pusk,
             pu,
             svc,
             ptid,
             BUILTIN_PROXY_COMM,
         ),
-        ev(Send, t + 150 + hold, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
-        ev(Recv, t + 180 + hold, csk, c, pd, 7, "hoptrace-netns"),
+        ev(Send, base + 150 + hold, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
+        ev(Recv, base + 180 + hold, csk, c, pd, 7, "hoptrace-netns"),
     ]
 }
 
@@ -154,6 +169,31 @@ fn concurrent_requests_on_one_proxy_thread_join_in_order() {
 }
 
 #[test]
+fn a_saturated_proxy_reading_out_of_the_clients_order_joins_each() {
+    // Three connections write at 1000, 1010, 1020 µs; the proxy's single
+    // thread reads them late and in another order (B, A, C), each
+    // followed by its upstream write 10 µs later. Upstream writes are
+    // the thread's in the order of its reads, not of the clients' writes.
+    let mut events = proxied_read_at(1010, 3000, 40001, 50001, 10, 5);
+    events.extend(proxied_read_at(1000, 3020, 40000, 50000, 10, 5));
+    events.extend(proxied_read_at(1020, 3040, 40002, 50002, 10, 5));
+    let joined = join(&with_states(events), &[], &opts());
+    assert_eq!(joined.seen, 3);
+    assert_eq!(joined.requests.len(), 3, "every request joined");
+    for r in &joined.requests {
+        assert_eq!(
+            r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+            10_000,
+            "each request's own hold: {r:?}"
+        );
+        assert_eq!(
+            r.segment_ns(segment::PROXY_RESPONSE, Category::IngressProxy),
+            10_000
+        );
+    }
+}
+
+#[test]
 fn keep_alive_requests_on_one_connection_join_each() {
     let mut events = proxied(1000, 40000, 50000, 100, 5);
     events.extend(proxied(5000, 40000, 50000, 300, 5));
@@ -223,6 +263,7 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
         arrival_ns: Some(140_000),
         categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
         handshake: false,
+        dropped: false,
     }];
     let joined = join(&events, &journeys, &opts());
     let r = &joined.requests[0];
@@ -329,6 +370,7 @@ fn a_new_connections_handshake_is_part_of_its_first_request() {
         arrival_ns: None,
         categories: vec![(Category::KubeProxy, 8_000), (Category::Cni, 2_000)],
         handshake: true,
+        dropped: false,
     };
     let syn_ack = LegJourney {
         src: b,
@@ -398,4 +440,69 @@ fn a_connect_ahead_of_the_schedule_is_dropped_with_the_clients_record() {
         950_000
     );
     assert_eq!(r.segment_ns(segment::CLIENT_WAIT, Category::Client), 10_000);
+}
+
+/// In a node's view (no client record), a connection idle for longer than
+/// `connect_idle_ns` between its handshake and its first write was opened
+/// ahead: its connect stays out of the request; one written at once keeps it.
+#[test]
+fn a_connect_opened_ahead_is_not_part_of_the_request_in_a_nodes_view() {
+    let node = JoinOptions {
+        connect_idle_ns: Some(1_000_000),
+        ..opts()
+    };
+    // Established at 90 µs; written at 2,000 µs (idle 1.91 ms).
+    let joined = join(&new_connection(&[2000]), &[], &node);
+    assert_eq!(joined.requests[0].start_ns, 2_000_000);
+    assert_eq!(
+        joined.requests[0].segment_ns(segment::CLIENT_CONNECT, Category::Client),
+        0
+    );
+    // Written at 100 µs (idle 10 µs): the connect is the request's.
+    let joined = join(&new_connection(&[100]), &[], &node);
+    assert_eq!(joined.requests[0].start_ns, 50_000);
+}
+
+/// A leg whose packets have no delivery hop (read after the correlator's
+/// idle timeout, or coalesced into an skb already queued) waits in the
+/// socket from its packets' last hop; a dropped packet's end is not an
+/// arrival.
+#[test]
+fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
+    use SockKind::{Recv, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let events = vec![
+        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 80_000, 2, b, c, 9, "hoptrace"),
+        ev(Send, 80_100, 2, b, c, 9, "hoptrace"),
+        ev(Recv, 80_200, 1, c, svc, 7, "hoptrace-netns"),
+    ];
+    let journey = LegJourney {
+        src: c,
+        dst: svc,
+        start_ns: 105_000,
+        end_ns: 140_000,
+        arrival_ns: None,
+        categories: vec![(Category::Cni, 30_000)],
+        handshake: false,
+        dropped: false,
+    };
+    let joined = join(&events, std::slice::from_ref(&journey), &opts());
+    let r = &joined.requests[0];
+    // 79.9 ms leg: 30 µs datapath, 10 µs stack, the rest waiting.
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::Application),
+        79_860_000
+    );
+    let dropped = LegJourney {
+        dropped: true,
+        ..journey
+    };
+    let joined = join(&events, &[dropped], &opts());
+    assert_eq!(
+        joined.requests[0].segment_ns(segment::SOCKET_QUEUE, Category::Application),
+        0
+    );
 }
