@@ -176,6 +176,10 @@ pub struct JoinOptions {
     /// load generator that opened connections ahead would otherwise put
     /// their idle time in `client.connect`.
     pub connect_idle_ns: Option<u64>,
+    /// Join requests whose client this kernel does not see (another
+    /// machine, a node's view): a server end whose peer is missing gets a
+    /// stand-in client ([`remote_client`]). The lab sees every client.
+    pub remote_clients: bool,
 }
 
 /// Thread names of the proxies hoptrace knows by default; the lab adds
@@ -191,6 +195,7 @@ impl Default for JoinOptions {
             proxies: DEFAULT_PROXIES.iter().map(|s| (*s).to_owned()).collect(),
             window_ns: 1_000_000_000,
             connect_idle_ns: None,
+            remote_clients: false,
         }
     }
 }
@@ -497,6 +502,18 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     }
 
     let legs = LegIndex::new(journeys);
+    let mut peers = peers;
+    if opts.remote_clients {
+        for p in 0..ends.len() {
+            // A passive end that reads: a server (its first request may
+            // have been cut by the start of tracing).
+            let server = !ends[p].active && ends[p].messages.iter().any(|m| m.dir == Dir::In);
+            if server && !peer_of_passive.contains_key(&p) {
+                ends.push(remote_client(&ends[p], &legs, opts.window_ns));
+                peers.push(Some(p));
+            }
+        }
+    }
     let mut out = Joined::default();
     let clients: Vec<usize> = (0..ends.len())
         .filter(|&i| ends[i].active && ends[i].role == Role::Client)
@@ -531,6 +548,61 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     out
 }
 
+/// A stand-in for the client of `server` that this kernel does not see:
+/// each request the server read was written when its packets' first
+/// journey on this node began (else at the read), and each response read
+/// when its packets' last journey here ended (else at the write's end).
+/// Journeys are found by the flow's first headers, so a client behind
+/// SNAT or a NodePort (first headers not the server's pair) falls back to
+/// the server's own times.
+fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
+    let (local, remote) = (server.remote, server.local);
+    let mut messages: Vec<Message> = Vec::with_capacity(server.messages.len());
+    for (i, m) in server.messages.iter().enumerate() {
+        let t = match m.dir {
+            Dir::In => {
+                let after = i
+                    .checked_sub(1)
+                    .map_or(m.first_ns.saturating_sub(window_ns.min(10_000_000)), |j| {
+                        server.messages[j].last_ns
+                    });
+                legs.within(local, remote, remote, (after, m.last_ns), false)
+                    .iter()
+                    .map(|j| j.start_ns)
+                    .min()
+                    .map_or(m.first_ns, |t| t.min(m.first_ns))
+            }
+            Dir::Out => {
+                let before = server
+                    .messages
+                    .get(i + 1)
+                    .map_or(m.last_ns + window_ns.min(10_000_000), |n| n.first_ns);
+                legs.within(remote, local, local, (m.first_ns, before), false)
+                    .iter()
+                    .map(|j| j.end_ns)
+                    .max()
+                    .map_or(m.last_ns, |t| t.max(m.last_ns))
+            }
+        };
+        messages.push(Message {
+            dir: if m.dir == Dir::In { Dir::Out } else { Dir::In },
+            first_ns: t,
+            last_ns: t,
+            tid: 0,
+        });
+    }
+    End {
+        local,
+        remote,
+        role: Role::Client,
+        active: true,
+        connect: None,
+        messages,
+        next_in: 0,
+        next_out: 0,
+    }
+}
+
 /// A request up to the server's (proxy's or application's) read.
 struct Started {
     /// The client's end and its write.
@@ -553,16 +625,13 @@ fn start_one(
     let p = peers[c]?;
     let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     // A new connection's connect belongs to its first request (once).
-    let connect = ends[c]
-        .connect
-        .take()
-        .filter(|&(s, e)| {
-            e <= m0.first_ns
-                && m0.first_ns - s <= opts.window_ns
-                && opts
-                    .connect_idle_ns
-                    .is_none_or(|idle| m0.first_ns - e <= idle)
-        });
+    let connect = ends[c].connect.take().filter(|&(s, e)| {
+        e <= m0.first_ns
+            && m0.first_ns - s <= opts.window_ns
+            && opts
+                .connect_idle_ns
+                .is_none_or(|idle| m0.first_ns - e <= idle)
+    });
     Some(Started {
         c,
         m0,

@@ -81,6 +81,7 @@ impl NodeTimeline {
         let opts = JoinOptions {
             proxies: proxies.to_vec(),
             connect_idle_ns: Some(CONNECT_IDLE_NS),
+            remote_clients: true,
             ..JoinOptions::default()
         };
         let joined = requests::join(&capture.events, &self.legs.take(), &opts);
@@ -95,7 +96,7 @@ impl NodeTimeline {
             ));
         }
         notes.push(
-            "one node's view: no load generator, the client's figures are the joined requests' own; legs through other nodes keep their time in stack"
+            "one node's view: no load generator, the client's figures are the joined requests' own; a client this kernel does not see is stood in for from its packets' first and last hops here (docs/segments.md)"
                 .into(),
         );
         Some(timeline::requests_section(

@@ -76,7 +76,15 @@ fn proxied_read_at(
     vec![
         ev(Send, t, csk, c, pd, 7, "hoptrace-netns"),
         ev(Recv, read, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
-        ev(Send, base + 30 + hold, pusk, pu, svc, ptid, BUILTIN_PROXY_COMM),
+        ev(
+            Send,
+            base + 30 + hold,
+            pusk,
+            pu,
+            svc,
+            ptid,
+            BUILTIN_PROXY_COMM,
+        ),
         ev(Recv, base + 60 + hold, bsk, b, pu, 9, "hoptrace"),
         ev(Send, base + 110 + hold, bsk, b, pu, 9, "hoptrace"),
         ev(
@@ -88,7 +96,15 @@ fn proxied_read_at(
             ptid,
             BUILTIN_PROXY_COMM,
         ),
-        ev(Send, base + 150 + hold, pdsk, pd, c, ptid, BUILTIN_PROXY_COMM),
+        ev(
+            Send,
+            base + 150 + hold,
+            pdsk,
+            pd,
+            c,
+            ptid,
+            BUILTIN_PROXY_COMM,
+        ),
         ev(Recv, base + 180 + hold, csk, c, pd, 7, "hoptrace-netns"),
     ]
 }
@@ -505,4 +521,60 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
         joined.requests[0].segment_ns(segment::SOCKET_QUEUE, Category::Application),
         0
     );
+}
+
+/// A node's view of a request whose client is on another machine: the
+/// client's socket events are missing, so the proxy's downstream end has
+/// no peer. With `remote_clients` a stand-in client writes when the
+/// request's packets' first journey here began and reads when the
+/// response's last journey here ended; without it nothing is joined.
+#[test]
+fn a_client_this_kernel_does_not_see_is_stood_in_for() {
+    let c = (CLIENT, 40000);
+    let pd = (PROXY, 8081);
+    let events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
+        .into_iter()
+        .filter(|e| e.comm_str() != "hoptrace-netns")
+        .collect();
+    let events = with_states(events);
+    assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
+    let request = LegJourney {
+        src: c,
+        dst: pd,
+        start_ns: 1_010_000,
+        end_ns: 1_025_000,
+        arrival_ns: Some(1_020_000),
+        categories: vec![(Category::Cni, 10_000)],
+        handshake: false,
+        dropped: false,
+    };
+    // The response leaves through the uplink 20 µs after the proxy's write.
+    let response = LegJourney {
+        src: pd,
+        dst: c,
+        start_ns: 1_655_000,
+        end_ns: 1_670_000,
+        arrival_ns: None,
+        ..request.clone()
+    };
+    let node = JoinOptions {
+        remote_clients: true,
+        ..opts()
+    };
+    let joined = join(&events, &[request, response], &node);
+    assert_eq!(joined.seen, 1);
+    assert_eq!(joined.requests.len(), 1);
+    let r = &joined.requests[0];
+    assert_eq!((r.start_ns, r.end_ns), (1_010_000, 1_670_000));
+    assert_eq!(
+        r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy),
+        500_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::IngressProxy),
+        10_000
+    );
+    assert_eq!(r.category_ns()[&Category::Cni], 20_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
 }
