@@ -264,8 +264,8 @@ fn a_saturated_proxy_waits_to_be_read() {
         r["joined"], r["count"]
     );
     assert!(
-        r["join_rate"].as_f64().unwrap() >= 0.95,
-        "most requests joined"
+        r["join_rate"].as_f64().unwrap() >= 0.98,
+        "most requests joined (measured 889-900 of 900)"
     );
     // Under a 50m CPU limit (a CFS quota of 5 ms per 100 ms) the proxy's
     // thread is throttled most of each period and requests wait to be
