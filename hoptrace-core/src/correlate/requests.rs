@@ -66,6 +66,12 @@ pub mod segment {
     pub const CLIENT_CONNECT: &str = "client.connect";
     /// The application read the request → wrote the response.
     pub const APP_SERVICE: &str = "app.service";
+    /// A backend this kernel does not see (a node's view): the proxy's
+    /// upstream write → its read of the response, less this node's
+    /// datapath of the request's and response's packets and the
+    /// response's wait in the proxy's socket: the network beyond this
+    /// node and the backend's own time.
+    pub const APP_REMOTE: &str = "app.remote";
     /// Datapath time of a leg, named by its category (the journeys' own
     /// segments are in the node ledger).
     pub const DATAPATH: &str = "datapath";
@@ -176,10 +182,12 @@ pub struct JoinOptions {
     /// load generator that opened connections ahead would otherwise put
     /// their idle time in `client.connect`.
     pub connect_idle_ns: Option<u64>,
-    /// Join requests whose client this kernel does not see (another
-    /// machine, a node's view): a server end whose peer is missing gets a
-    /// stand-in client ([`remote_client`]). The lab sees every client.
-    pub remote_clients: bool,
+    /// Join requests whose client or backend this kernel does not see
+    /// (another machine, a node's view): a server end whose peer is
+    /// missing gets a stand-in client ([`remote_client`]), and a proxy's
+    /// upstream connection without a peer is one round trip
+    /// ([`segment::APP_REMOTE`]). The lab sees every end.
+    pub remote_peers: bool,
 }
 
 /// Thread names of the proxies hoptrace knows by default; the lab adds
@@ -195,7 +203,7 @@ impl Default for JoinOptions {
             proxies: DEFAULT_PROXIES.iter().map(|s| (*s).to_owned()).collect(),
             window_ns: 1_000_000_000,
             connect_idle_ns: None,
-            remote_clients: false,
+            remote_peers: false,
         }
     }
 }
@@ -503,7 +511,7 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
 
     let legs = LegIndex::new(journeys);
     let mut peers = peers;
-    if opts.remote_clients {
+    if opts.remote_peers {
         for p in 0..ends.len() {
             // A passive end that reads: a server (its first request may
             // have been cut by the start of tracing).
@@ -698,44 +706,64 @@ fn finish_one(
             m1.last_ns,
             hold.saturating_sub(connect),
         );
-        let b = peers[u]?;
+        let b = peers[u];
         if let Some(times) = upstream_connect.filter(|_| connect > 0) {
             let at = m1.last_ns + hold.saturating_sub(connect);
-            connect_segments(
-                &mut segments,
-                legs,
-                (&ends[u], &ends[b]),
-                times,
-                (at, at + connect),
-                (segment::PROXY_CONNECT, Category::IngressProxy),
-            );
+            match b {
+                Some(b) => connect_segments(
+                    &mut segments,
+                    legs,
+                    (&ends[u], &ends[b]),
+                    times,
+                    (at, at + connect),
+                    (segment::PROXY_CONNECT, Category::IngressProxy),
+                ),
+                None => push(
+                    &mut segments,
+                    segment::PROXY_CONNECT,
+                    Category::IngressProxy,
+                    at,
+                    connect,
+                ),
+            }
         }
-        let m3 = ends[b].take(Dir::In, m2.first_ns)?;
-        leg(
-            &mut segments,
-            legs,
-            &ends[u],
-            &ends[b],
-            m2.first_ns,
-            m3.last_ns,
-        );
-        let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
-        push(
-            &mut segments,
-            segment::APP_SERVICE,
-            ends[b].role.category(),
-            m3.last_ns,
-            m4.first_ns.saturating_sub(m3.last_ns),
-        );
-        let m5 = ends[u].take(Dir::In, m4.first_ns)?;
-        leg(
-            &mut segments,
-            legs,
-            &ends[b],
-            &ends[u],
-            m4.first_ns,
-            m5.last_ns,
-        );
+        let m5 = match b {
+            Some(b) => {
+                let m3 = ends[b].take(Dir::In, m2.first_ns)?;
+                leg(
+                    &mut segments,
+                    legs,
+                    &ends[u],
+                    &ends[b],
+                    m2.first_ns,
+                    m3.last_ns,
+                );
+                let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
+                push(
+                    &mut segments,
+                    segment::APP_SERVICE,
+                    ends[b].role.category(),
+                    m3.last_ns,
+                    m4.first_ns.saturating_sub(m3.last_ns),
+                );
+                let m5 = ends[u].take(Dir::In, m4.first_ns)?;
+                leg(
+                    &mut segments,
+                    legs,
+                    &ends[b],
+                    &ends[u],
+                    m4.first_ns,
+                    m5.last_ns,
+                );
+                m5
+            }
+            None if opts.remote_peers => {
+                let m5 = ends[u].take(Dir::In, m2.first_ns)?;
+                remote_round_trip(&mut segments, legs, &ends[u], m2.first_ns, m5.last_ns);
+                m5
+            }
+            None => return None,
+        };
         let m6 = ends[p].take(Dir::Out, m5.last_ns)?;
         if m6.first_ns.saturating_sub(m5.last_ns) > opts.window_ns {
             return None;
@@ -793,21 +821,39 @@ fn push(
     });
 }
 
-/// Journeys by the flow's source endpoint.
+/// Journeys by the flow's source and destination endpoint.
 struct LegIndex<'a> {
     by_src: HashMap<Endpoint, Vec<&'a LegJourney>>,
+    by_dst: HashMap<Endpoint, Vec<&'a LegJourney>>,
 }
 
 impl<'a> LegIndex<'a> {
     fn new(journeys: &'a [LegJourney]) -> Self {
         let mut by_src: HashMap<Endpoint, Vec<&LegJourney>> = HashMap::new();
+        let mut by_dst: HashMap<Endpoint, Vec<&LegJourney>> = HashMap::new();
         for j in journeys {
             by_src.entry(j.src).or_default().push(j);
+            by_dst.entry(j.dst).or_default().push(j);
         }
-        for v in by_src.values_mut() {
+        for v in by_src.values_mut().chain(by_dst.values_mut()) {
             v.sort_by_key(|j| j.start_ns);
         }
-        Self { by_src }
+        Self { by_src, by_dst }
+    }
+
+    /// Journeys of packets with payload to `to`, from anywhere, that
+    /// started and ended within `[from_ns, to_ns]`.
+    fn arriving(&self, to: Endpoint, (from_ns, to_ns): (u64, u64)) -> Vec<&'a LegJourney> {
+        let Some(list) = self.by_dst.get(&to) else {
+            return Vec::new();
+        };
+        let first = list.partition_point(|j| j.start_ns < from_ns);
+        list[first..]
+            .iter()
+            .take_while(|j| j.start_ns <= to_ns)
+            .filter(|j| !j.handshake && j.end_ns <= to_ns)
+            .copied()
+            .collect()
     }
 
     /// Journeys of packets from `from` to `to` (or `to_alt`, the address
@@ -925,6 +971,62 @@ fn push_datapath(
         used += d;
     }
     used
+}
+
+/// Splits the round trip of `upstream` (a proxy's connection to a backend
+/// this kernel does not see) from the proxy's write at `from_ns` to its
+/// read of the response at `to_ns` into this node's datapath of both
+/// directions' packets, [`segment::APP_REMOTE`] and the response's
+/// `socket.queue`. The response's packets are found by their destination
+/// (their source is the backend's address after DNAT, which this side does
+/// not know).
+fn remote_round_trip(
+    out: &mut Vec<RequestSegment>,
+    legs: &LegIndex,
+    upstream: &End,
+    from_ns: u64,
+    to_ns: u64,
+) {
+    let total = to_ns.saturating_sub(from_ns);
+    let mut journeys = legs.within(
+        upstream.local,
+        upstream.remote,
+        upstream.remote,
+        (from_ns, to_ns),
+        false,
+    );
+    let responses = legs.arriving(upstream.local, (from_ns, to_ns));
+    let arrival = responses
+        .iter()
+        .filter_map(|j| j.arrival_ns)
+        .max()
+        .or_else(|| {
+            responses
+                .iter()
+                .filter(|j| !j.dropped)
+                .map(|j| j.end_ns)
+                .max()
+        });
+    journeys.extend(responses);
+    let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
+    let room = total - queue;
+    let used = push_datapath(out, &journeys, from_ns, room);
+    push(
+        out,
+        segment::APP_REMOTE,
+        Category::Application,
+        from_ns + used,
+        room - used,
+    );
+    if arrival.is_some() {
+        push(
+            out,
+            segment::SOCKET_QUEUE,
+            upstream.role.category(),
+            from_ns + room,
+            queue,
+        );
+    }
 }
 
 /// Splits a connect into the datapath of its handshake and a named rest.

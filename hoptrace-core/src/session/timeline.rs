@@ -81,7 +81,7 @@ impl NodeTimeline {
         let opts = JoinOptions {
             proxies: proxies.to_vec(),
             connect_idle_ns: Some(CONNECT_IDLE_NS),
-            remote_clients: true,
+            remote_peers: true,
             ..JoinOptions::default()
         };
         let joined = requests::join(&capture.events, &self.legs.take(), &opts);

@@ -525,7 +525,7 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
 
 /// A node's view of a request whose client is on another machine: the
 /// client's socket events are missing, so the proxy's downstream end has
-/// no peer. With `remote_clients` a stand-in client writes when the
+/// no peer. With `remote_peers` a stand-in client writes when the
 /// request's packets' first journey here began and reads when the
 /// response's last journey here ended; without it nothing is joined.
 #[test]
@@ -558,7 +558,7 @@ fn a_client_this_kernel_does_not_see_is_stood_in_for() {
         ..request.clone()
     };
     let node = JoinOptions {
-        remote_clients: true,
+        remote_peers: true,
         ..opts()
     };
     let joined = join(&events, &[request, response], &node);
@@ -575,6 +575,69 @@ fn a_client_this_kernel_does_not_see_is_stood_in_for() {
         10_000
     );
     assert_eq!(r.category_ns()[&Category::Cni], 20_000);
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+}
+
+/// A node's view of a proxy whose backend is on another machine: the
+/// backend's socket events are missing, so the proxy's upstream end has no
+/// peer. With `remote_peers` the upstream round trip is this node's
+/// datapath of both directions, `app.remote`, and the response's wait in
+/// the proxy's socket; without it the request is not joined.
+#[test]
+fn a_backend_this_kernel_does_not_see_is_one_round_trip() {
+    let pu = (PROXY, 50000);
+    let svc = (SERVICE, 80);
+    let events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
+        .into_iter()
+        .filter(|e| e.comm_str() != "hoptrace")
+        .collect();
+    let events = with_states(events);
+    assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
+    // Upstream write at 1,530 µs, the proxy's read of the response at
+    // 1,640 µs. The request leaves in 10 µs of cni; the response (from the
+    // backend's address, after DNAT) arrives with 5 µs of cni and reaches
+    // the proxy's socket at 1,620 µs.
+    let request = LegJourney {
+        src: pu,
+        dst: svc,
+        start_ns: 1_531_000,
+        end_ns: 1_541_000,
+        arrival_ns: None,
+        categories: vec![(Category::Cni, 10_000)],
+        handshake: false,
+        dropped: false,
+    };
+    let response = LegJourney {
+        src: (BACKEND, 8080),
+        dst: pu,
+        start_ns: 1_612_000,
+        end_ns: 1_625_000,
+        arrival_ns: Some(1_620_000),
+        categories: vec![(Category::Cni, 5_000)],
+        ..request.clone()
+    };
+    let node = JoinOptions {
+        remote_peers: true,
+        ..opts()
+    };
+    let joined = join(&events, &[request, response], &node);
+    assert_eq!(joined.requests.len(), 1);
+    let r = &joined.requests[0];
+    // 110 µs round trip: 15 µs datapath, 20 µs waiting, 75 µs remote.
+    assert_eq!(
+        r.segment_ns(segment::APP_REMOTE, Category::Application),
+        75_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::IngressProxy),
+        20_000
+    );
+    assert_eq!(r.category_ns()[&Category::Cni], 15_000);
+    assert_eq!(
+        r.segment_ns(segment::PROXY_RESPONSE, Category::IngressProxy),
+        10_000
+    );
     let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
     assert_eq!(sum, r.end_ns - r.start_ns);
 }
