@@ -248,6 +248,12 @@ fn node_and_lab_inputs_are_refused_before_anything_starts() {
         &["trace", "--netns", "/tmp", "--duration", "1s"],
         &["--netns", "not a network namespace"],
     );
+    for command in ["cleanup", "agent"] {
+        refused_usage(
+            &[command, "--netns", "/nonexistent"],
+            &["--netns", "no such network namespace"],
+        );
+    }
     refused_usage(
         &["trace", "--iface", "nosuchdev", "--duration", "1s"],
         &["--iface", "nosuchdev"],
