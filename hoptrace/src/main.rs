@@ -56,7 +56,12 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) if !err.use_stderr() => {
+            // --help and --version: clap prints help text as written (its
+            // wrapping needs the terminal_size crate); fit it here.
+            print!("{}", wrap_help(&err.render().to_string(), HELP_WIDTH));
+            return ExitCode::SUCCESS;
+        }
         Err(err) => {
             eprintln!("hoptrace: {}", usage_error_line(&err.render().to_string()));
             return ExitCode::from(2);
@@ -90,6 +95,60 @@ fn one_malloc_arena() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+}
+
+/// Width of `--help` and `-h`, in columns: the width of every other text
+/// hoptrace prints ([`hoptrace_core::diagnose::WIDTH`]).
+const HELP_WIDTH: usize = hoptrace_core::diagnose::WIDTH;
+
+/// `text` (clap's help) with every line longer than `width` columns
+/// wrapped at spaces. A continuation line is indented like the text it
+/// continues: an option's description in `--help` (indented on its own
+/// line), or the description column of `-h` (after the option and a gap
+/// of two or more spaces). A single word longer than the line stays whole.
+fn wrap_help(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    for line in text.lines() {
+        if line.chars().count() <= width {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let lead = line.len() - line.trim_start().len();
+        // `-h`: "  -x, --flag <V>  Description": continue under "Description".
+        let indent = line[lead..]
+            .find("  ")
+            .map(|gap| lead + gap)
+            .and_then(|gap| {
+                let text_at = gap + line[gap..].len() - line[gap..].trim_start().len();
+                (line[text_at..].chars().count() > 0 && text_at < width / 2).then_some(text_at)
+            })
+            .unwrap_or(lead);
+        let (head, body) = line.split_at(indent);
+        let mut current = head.to_owned();
+        let mut current_width = current.chars().count();
+        let mut empty = true;
+        for word in body.split(' ').filter(|w| !w.is_empty()) {
+            let w = word.chars().count();
+            if !empty && current_width + 1 + w > width {
+                out.push_str(current.trim_end());
+                out.push('\n');
+                current = " ".repeat(indent);
+                current_width = indent;
+                empty = true;
+            }
+            if !empty {
+                current.push(' ');
+                current_width += 1;
+            }
+            current.push_str(word);
+            current_width += w;
+            empty = false;
+        }
+        out.push_str(current.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// clap's usage error on one line: its first paragraph (without the
@@ -135,7 +194,31 @@ fn one_line(err: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, wrap_help};
+
+    #[test]
+    fn help_is_wrapped_under_its_own_text() {
+        let long = format!(
+            "Usage: hoptrace lab [OPTIONS]\n      --datapath <D>  {}\n          {}\n",
+            "word ".repeat(30).trim_end(),
+            "more ".repeat(30).trim_end()
+        );
+        let wrapped = wrap_help(&long, 60);
+        for line in wrapped.lines() {
+            assert!(line.chars().count() <= 60, "{line:?}");
+        }
+        let lines: Vec<&str> = wrapped.lines().collect();
+        assert_eq!(lines[0], "Usage: hoptrace lab [OPTIONS]");
+        assert!(lines[1].starts_with("      --datapath <D>  word word"));
+        // -h: continuation under the description; --help: under the text.
+        assert!(lines[2].starts_with(&format!("{}word", " ".repeat(22))));
+        let more: Vec<&&str> = lines.iter().filter(|l| l.contains("more")).collect();
+        assert!(more.len() > 1);
+        assert!(more.iter().all(|l| l.starts_with("          more")));
+        // Every word is kept, in order.
+        let words = |t: &str| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(words(&wrapped), words(&long));
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("load: {0}")]

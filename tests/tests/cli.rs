@@ -60,6 +60,19 @@ fn refused(args: &[&str], expect: &[&str]) -> String {
     refused_with(&[], args, expect)
 }
 
+/// As [`refused`], and the exit code is 2 (a usage error, as clap's own).
+fn refused_usage(args: &[&str], expect: &[&str]) -> String {
+    let before = system_state();
+    let (out, _) = run(&[], args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: a usage error exits 2"
+    );
+    assert_eq!(system_state(), before, "{args:?} left something behind");
+    refused(args, expect)
+}
+
 fn refused_with(prefix: &[&str], args: &[&str], expect: &[&str]) -> String {
     let before = system_state();
     let (out, took) = run(prefix, args);
@@ -213,4 +226,115 @@ fn privileges_are_checked_by_capability() {
     assert!(!line.contains("CAP_BPF"), "{line}");
     let status = |prefix: &[&str], args: &[&str]| run(prefix, args).0.status.code();
     assert_eq!(status(&no_bpf, &["agent"]), Some(2));
+}
+
+/// Fresh-eyes trial: inputs that used to start building or tracing, or
+/// gave unclear errors, are refused first, in one line, with exit 2.
+#[test]
+fn node_and_lab_inputs_are_refused_before_anything_starts() {
+    if !can_run_as_root("node_and_lab_inputs_are_refused_before_anything_starts") {
+        return;
+    }
+    let prefix = format!("ht-cli{}-", std::process::id() % 1000);
+    for bad in ["a/b", "", &"x".repeat(41), "-x"] {
+        let arg = format!("--prefix={bad}");
+        refused_usage(&["lab", &arg, "--duration", "1s"], &["--prefix"]);
+    }
+    refused_usage(
+        &["diagnose", "--netns", "/nonexistent", "--duration", "1s"],
+        &["--netns", "/nonexistent", "no such network namespace"],
+    );
+    refused_usage(
+        &["trace", "--netns", "/tmp", "--duration", "1s"],
+        &["--netns", "not a network namespace"],
+    );
+    for command in ["cleanup", "agent"] {
+        refused_usage(
+            &[command, "--netns", "/nonexistent"],
+            &["--netns", "no such network namespace"],
+        );
+    }
+    refused_usage(
+        &["trace", "--iface", "nosuchdev", "--duration", "1s"],
+        &["--iface", "nosuchdev"],
+    );
+    for command in ["trace", "diagnose", "lab"] {
+        refused_usage(
+            &[command, "--duration", "abc"],
+            &["--duration", "not a duration", "10s"],
+        );
+        refused_usage(
+            &[command, "--duration", "100000h"],
+            &["--duration", "at most 24h"],
+        );
+    }
+    // A kernel without IPIP devices (this project's machine): the lab
+    // says so before it builds anything. Where the kernel has them,
+    // calico-ipip builds, and tests/lab.rs runs it.
+    let ipip = Command::new("unshare")
+        .args(["--net", "ip", "link", "add", "ht-t0", "type", "ipip"])
+        .stderr(Stdio::null())
+        .status();
+    if ipip.is_ok_and(|s| !s.success()) {
+        refused_usage(
+            &["lab", "--datapath", "calico-ipip", "--prefix", &prefix],
+            &["calico-ipip", "IPIP"],
+        );
+    } else {
+        eprintln!("SKIP calico-ipip refusal: this kernel creates IPIP devices");
+    }
+}
+
+#[test]
+fn compare_refuses_a_column_without_data() {
+    let dir = tempfile::tempdir().unwrap();
+    // A trace of an idle node (0 journeys) and a lab run that answered
+    // nothing: either would be called "faster" than anything.
+    let empty_report = serde_json::json!({
+        "schema": "hoptrace.report.v1", "node": "idle", "kernel": "", "started_at": "",
+        "duration_s": 1.0, "capabilities": null, "journeys": 0, "segments": [],
+        "categories": [], "end_to_end": [], "exemplars": [], "drops": [],
+        "lost_events": 0, "unparsed_packets": 0, "foreign_events": 0,
+        "counters": hoptrace_core::report::LedgerCounters::default(), "notes": []
+    });
+    let path = dir.path().join("idle.json");
+    std::fs::write(&path, empty_report.to_string()).unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, empty_report.to_string()).unwrap();
+    let line = refused(
+        &["compare", other.to_str().unwrap(), path.to_str().unwrap()],
+        &["other.json", "no data", "0 journeys"],
+    );
+    assert!(!line.contains("faster"), "{line}");
+}
+
+/// `--help` and `-h` of every subcommand fit 100 columns (clap does not
+/// wrap without its terminal_size feature: lab's were 328 wide).
+#[test]
+fn every_help_fits_100_columns() {
+    for command in [
+        "", "check", "trace", "diagnose", "cleanup", "lab", "agent", "compare",
+    ] {
+        for flag in ["--help", "-h"] {
+            let args: Vec<&str> = [command, flag]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .collect();
+            let out = Command::new(hoptrace_bin())
+                .args(&args)
+                .env("COLUMNS", "300")
+                .output()
+                .expect("run hoptrace");
+            assert!(out.status.success(), "{args:?}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.lines().count() > 3, "{args:?}: {text}");
+            for line in text.lines() {
+                assert!(
+                    line.chars().count() <= 100,
+                    "{args:?}: {} columns: {line}",
+                    line.chars().count()
+                );
+            }
+        }
+    }
 }

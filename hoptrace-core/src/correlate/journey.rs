@@ -205,11 +205,16 @@ impl Journey {
             .hops
             .first()
             .is_some_and(|h| h.point.is_wire_receive() || h.point.enters_node());
-        let link_local = match self.first_flow.dst_addr() {
+        received && self.link_local_multicast()
+    }
+
+    /// Whether the packet is for a link-local multicast group (IPv4
+    /// 224.0.0.0/24: IGMP, VRRP; IPv6 ff02::/16: neighbour discovery, MLD).
+    pub(crate) fn link_local_multicast(&self) -> bool {
+        match self.first_flow.dst_addr() {
             std::net::IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
             std::net::IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
-        };
-        received && link_local
+        }
     }
 
     /// Whether `hop` is the OUTPUT hook of a bare (not encapsulated)

@@ -399,6 +399,13 @@ const HOP_POOL_MAX: usize = 1024;
 /// they run back to back in one softirq, microseconds apart.
 const RECEIVE_CHAIN_NS: u64 = 1_000_000;
 
+/// Longest gap between two hops of one link-local multicast packet, ns,
+/// unless it waits in a qdisc: it is delivered and flooded in one softirq
+/// (microseconds apart; 5 ms leaves room for a softirq deferred to
+/// ksoftirqd on a busy node). Repeats of one sender's packet are further
+/// apart (the lab saw 8-31 ms).
+const LINK_LOCAL_MULTICAST_GAP_NS: u64 = 5_000_000;
+
 impl Correlator {
     /// A correlator for one node.
     pub fn new(ctx: NodeContext, opts: CorrelatorOptions) -> Self {
@@ -600,6 +607,16 @@ impl Correlator {
                                 && h.point.is_wire_receive()
                                 && ev.ts_ns > j.last_ts.saturating_add(RECEIVE_CHAIN_NS))
                             || (h.point.leaves_node() && j.link_local_multicast_received())
+                            // Link-local multicast is never routed and waits
+                            // for no neighbour: a node delivers and floods
+                            // it in one softirq. A hop long after the
+                            // newest one is a repeat from the same sender
+                            // (MLD reports go out 2-3 times within a second,
+                            // identical) whose flood copy took the recycled
+                            // buffer.
+                            || (j.link_local_multicast()
+                                && !j.waiting
+                                && ev.ts_ns > j.last_ts.saturating_add(LINK_LOCAL_MULTICAST_GAP_NS))
                             || j.local_out_after_prerouting(h)
                     });
                 let after_end = j.ended && ev.ts_ns > j.last_ts;

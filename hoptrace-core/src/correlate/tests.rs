@@ -1350,6 +1350,58 @@ fn the_nodes_own_dad_message_after_a_received_one_is_another_packet() {
 }
 
 #[test]
+fn a_repeated_link_local_multicast_packet_in_a_recycled_buffer_is_another_packet() {
+    // The lab flake (flannel-host-gw, full mode): one 31.5 ms
+    // `nf.prerouting.-99..veth.egress` segment, 31 % of a run's attributed
+    // time. A pod's MLD report crosses the bridge's (br_netfilter)
+    // PREROUTING and its buffer is freed without a consume event; the same
+    // pod repeats the identical report (same sender, same fingerprint)
+    // 31.5 ms later, and the bridge's flood copy of it to another port
+    // takes the recycled buffer. Before: one journey with the 31.5 ms
+    // segment (fingerprint, address and the path rules all agreed).
+    use HookKind::*;
+    use NfHook::*;
+    let mut p = PacketMeta::zeroed();
+    p.outer.version = 6;
+    p.outer.saddr = [
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0x3c, 0x1f, 0, 0xff, 0xfe, 0, 0, 5,
+    ];
+    p.outer.daddr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    p.outer.payload_len = 36;
+    let events = [
+        ev(1_000, SKB, POD_A, IF_POD_ETH0, DevXmit, p),
+        ev(3_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+        nf(5_000, SKB, PreRouting, -201, CtState::None, p),
+        nf(5_400, SKB, PreRouting, -199, CtState::None, p),
+        nf(5_600, SKB, PreRouting, -101, CtState::None, p),
+        nf(5_900, SKB, PreRouting, -99, CtState::None, p),
+        ev(31_505_900, SKB, NODE, IF_VETH_B, TcEgress, p),
+        ev(31_509_000, SKB, POD_B, IF_POD_ETH0, DevReceive, p),
+    ];
+    let ledger = run(&events);
+    let names = ledger.segment_names_seen();
+    assert!(
+        names.iter().all(|n| !n.contains("..")),
+        "no unnamed segment: {names:?}"
+    );
+    assert_eq!(ledger.counters.journeys, 2, "{:?}", ledger.counters);
+    assert_eq!(ledger.counters.buffer_reuses, 1);
+    assert!(names.contains(&"pod.veth.ingress"), "{names:?}");
+    // One packet's own hops close together stay one journey, flood copies
+    // included (a copy in a new buffer joins by its fingerprint).
+    let events = [
+        ev(1_000, SKB, POD_A, IF_POD_ETH0, DevXmit, p),
+        ev(3_000, SKB, NODE, IF_VETH_A, TcIngress, p),
+        nf(5_000, SKB, PreRouting, -201, CtState::None, p),
+        nf(5_900, SKB, PreRouting, -99, CtState::None, p),
+        ev(9_000, SKB + 0x100, NODE, IF_VETH_B, TcEgress, p),
+        ev(12_000, SKB + 0x100, POD_B, IF_POD_ETH0, DevReceive, p),
+    ];
+    let ledger = run(&events);
+    assert_eq!(ledger.counters.journeys, 1, "{:?}", ledger.counters);
+}
+
+#[test]
 fn every_drop_is_recorded_with_its_flow_bounded_per_reason_and_location() {
     use HookKind::*;
     let mut c = Correlator::new(ctx(), CorrelatorOptions::default());

@@ -556,6 +556,19 @@ fn create_link(message: netlink_packet_route::link::LinkMessage) -> Result<(), S
     })
 }
 
+/// Whether this kernel can create IPIP tunnel devices, by trying in a
+/// throwaway namespace (a thread's own, gone when it ends: nothing is left
+/// and no named namespace is made). `hoptrace lab` asks before it builds
+/// `calico-ipip`.
+///
+/// # Errors
+///
+/// What the kernel said, in one line.
+pub fn probe_ipip_device() -> Result<(), String> {
+    in_throwaway_netns(|| create_link(rtnetlink::LinkIpIp::new("ht-ipip0").build()))
+        .map_err(|e| error_chain(&e))?
+}
+
 fn probe_tunnels() -> Result<[ProbeResult; 3], String> {
     in_throwaway_netns(|| {
         let vxlan = create_link(

@@ -29,6 +29,69 @@ pub enum NetnsError {
         /// The namespace file.
         path: PathBuf,
     },
+    /// The path does not name a namespace file.
+    #[error("{}: {reason}", path.display())]
+    NotANamespace {
+        /// The path given.
+        path: PathBuf,
+        /// Why not, and what is expected.
+        reason: &'static str,
+    },
+}
+
+/// `NSFS_MAGIC` (linux/magic.h): the file system of namespace files
+/// (`/proc/PID/ns/*` and their bind mounts under /run/netns).
+const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// Checks that `path` names a namespace file (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`) without entering it, so that a typo is refused
+/// before anything is attached.
+///
+/// # Errors
+///
+/// [`NetnsError::NotANamespace`] when the path does not exist or is not on
+/// the namespace file system; [`NetnsError::Enter`] when it cannot be
+/// examined (e.g. permission denied).
+pub fn check_netns_path(path: &Path) -> Result<(), NetnsError> {
+    match nix::sys::statfs::statfs(path) {
+        Ok(fs) if fs.filesystem_type().0 as u64 == NSFS_MAGIC => Ok(()),
+        Ok(_) => Err(NetnsError::NotANamespace {
+            path: path.to_owned(),
+            reason: "not a network namespace file (e.g. /run/netns/NAME or /proc/PID/ns/net)",
+        }),
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => {
+            Err(NetnsError::NotANamespace {
+                path: path.to_owned(),
+                reason: "no such network namespace (see `ip netns list`)",
+            })
+        }
+        Err(e) => Err(NetnsError::Enter {
+            path: path.to_owned(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        }),
+    }
+}
+
+/// The names in `names` that are not interfaces of the network namespace
+/// at `netns` (this one when `None`), in order.
+///
+/// # Errors
+///
+/// As [`in_netns`].
+pub fn missing_interfaces(
+    netns: Option<&Path>,
+    names: &[String],
+) -> Result<Vec<String>, NetnsError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    in_netns(netns, || {
+        names
+            .iter()
+            .filter(|name| nix::net::if_::if_nametoindex(name.as_str()).is_err())
+            .cloned()
+            .collect()
+    })
 }
 
 /// What a network device is for, as found by device discovery.

@@ -38,7 +38,9 @@ pub use node::{
     ALL, CategoryRow, DropRow, EndToEndRow, REPORT_SCHEMA, Report, ReportMeta, SegmentRow, Stats,
     segments_by_name,
 };
-pub use table::{keep_name_words, render_categories, render_table, styled_table};
+pub use table::{
+    keep_name_words, render_categories, render_table, styled_table, word_wrapped_table,
+};
 
 /// Types of the node report defined next to the ledger that fills them.
 pub use crate::attribution::ledger::{

@@ -73,6 +73,133 @@ pub fn keep_name_words(table: &mut Table) {
     }
 }
 
+/// The pieces of one line of a cell, for wrapping at word boundaries:
+/// each with its width and whether a space stood before it. A line breaks
+/// at a space or after a `-`, `.`, `/`, `_` or `,` (`flannel-|host-gw`,
+/// `netfilter.|prerouting.|dnat`), never inside a run of letters or digits.
+fn pieces(line: &str) -> Vec<(String, usize, bool)> {
+    let mut out = Vec::new();
+    for (index, word) in line.split(' ').filter(|w| !w.is_empty()).enumerate() {
+        let mut start = 0;
+        for (at, c) in word.char_indices() {
+            if "-./_,".contains(c) && at + 1 < word.len() {
+                let piece = &word[start..=at];
+                out.push((
+                    piece.to_owned(),
+                    piece.chars().count(),
+                    index > 0 && start == 0,
+                ));
+                start = at + 1;
+            }
+        }
+        let piece = &word[start..];
+        out.push((
+            piece.to_owned(),
+            piece.chars().count(),
+            index > 0 && start == 0,
+        ));
+    }
+    out
+}
+
+/// `text` wrapped to `width` columns at the breaks of [`pieces`] (its own
+/// line breaks kept).
+fn wrap_cell(text: &str, width: usize) -> String {
+    let mut lines = Vec::new();
+    for line in text.split('\n') {
+        let mut current = String::new();
+        let mut used = 0;
+        for (piece, w, space) in pieces(line) {
+            let gap = usize::from(space && used > 0);
+            if used > 0 && used + gap + w > width {
+                lines.push(std::mem::take(&mut current));
+                used = 0;
+            }
+            if space && used > 0 {
+                current.push(' ');
+                used += 1;
+            }
+            current.push_str(&piece);
+            used += w;
+        }
+        lines.push(current);
+    }
+    lines.join("\n")
+}
+
+/// A [`styled_table`] of `header` and `rows` (text and alignment per cell)
+/// within [`crate::diagnose::WIDTH`] columns whose cells break only between
+/// words (at spaces, or after `-`, `.`, `/`, `_`, `,`): no column gets
+/// narrower than its longest word, and the width left is shared out so
+/// that the narrowest columns grow first. Where even the longest words do
+/// not fit side by side, comfy-table's own wrapping is the fallback.
+pub fn word_wrapped_table(header: &[&str], rows: &[Vec<(String, CellAlignment)>]) -> Table {
+    let columns = header.len();
+    let cells = || {
+        rows.iter()
+            .flat_map(|row| row.iter().map(|(text, _)| text.as_str()).enumerate())
+            .chain(header.iter().copied().enumerate())
+    };
+    let mut shortest = vec![1usize; columns];
+    let mut longest = vec![1usize; columns];
+    for (column, text) in cells() {
+        if column >= columns {
+            continue;
+        }
+        for line in text.split('\n') {
+            let word = pieces(line).iter().map(|p| p.1).max().unwrap_or(0);
+            shortest[column] = shortest[column].max(word);
+            longest[column] = longest[column].max(line.chars().count());
+        }
+    }
+    // Borders and padding: "│ a ┆ b │".
+    let room = crate::diagnose::WIDTH.saturating_sub(3 * columns + 1);
+    let widths: Option<Vec<usize>> = if longest.iter().sum::<usize>() <= room {
+        Some(longest.clone())
+    } else if shortest.iter().sum::<usize>() > room {
+        None
+    } else {
+        // The largest common width `level` with every column at
+        // clamp(level, shortest, longest) that still fits.
+        let at = |level: usize| -> Vec<usize> {
+            (0..columns)
+                .map(|c| level.clamp(shortest[c], longest[c]))
+                .collect()
+        };
+        let mut level = 0;
+        while at(level + 1).iter().sum::<usize>() <= room
+            && level < longest.iter().copied().max().unwrap_or(0)
+        {
+            level += 1;
+        }
+        Some(at(level))
+    };
+    let Some(widths) = widths else {
+        let mut table = styled_table(header);
+        for row in rows {
+            table.add_row(
+                row.iter()
+                    .map(|(text, align)| Cell::new(text).set_alignment(*align)),
+            );
+        }
+        keep_name_words(&mut table);
+        return table;
+    };
+    let head: Vec<String> = header
+        .iter()
+        .zip(&widths)
+        .map(|(text, width)| wrap_cell(text, *width))
+        .collect();
+    let mut table = styled_table(&head);
+    table.set_content_arrangement(ContentArrangement::Disabled);
+    for row in rows {
+        table.add_row(row.iter().zip(&widths).map(|((text, align), width)| {
+            Cell::new(wrap_cell(text, *width)).set_alignment(*align)
+        }));
+    }
+    table
+}
+
 fn new_table(header: &[&str]) -> Table {
     let mut table = styled_table(header);
     for (i, _) in header.iter().enumerate().skip(1) {

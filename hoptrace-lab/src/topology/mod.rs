@@ -224,6 +224,36 @@ impl Default for LabSpec {
     }
 }
 
+/// Longest namespace prefix: the names built from it (`<prefix>n2p49`)
+/// stay short in `ip netns list`. Interface names never contain it.
+pub const MAX_PREFIX_LEN: usize = 40;
+
+/// Checks a namespace prefix (`hoptrace lab --prefix`): 1 to
+/// [`MAX_PREFIX_LEN`] ASCII letters, digits, `-`, `_` and `.`, starting with
+/// a letter or digit, so that every name built from it is a valid file name
+/// under /run/netns.
+///
+/// # Errors
+///
+/// What is wrong with it, in one line.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
+        return Err(format!(
+            "prefix {prefix:?} must be 1 to {MAX_PREFIX_LEN} characters"
+        ));
+    }
+    if !prefix.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "prefix {prefix:?} may only contain ASCII letters, digits, '-', '_' and '.', and must start with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 impl LabSpec {
     /// Checks the spec before anything is created.
     ///
@@ -233,27 +263,7 @@ impl LabSpec {
     /// (prefix, nodes, pods per node, extra services).
     pub fn validate(&self) -> Result<(), TopologyError> {
         let invalid = |reason: String| Err(TopologyError::InvalidSpec(reason));
-        if self.prefix.is_empty() || self.prefix.len() > 40 {
-            return invalid(format!(
-                "prefix {:?} must be 1 to 40 characters",
-                self.prefix
-            ));
-        }
-        if !self
-            .prefix
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return invalid(format!(
-                "prefix {:?} may only contain ASCII letters, digits, '-', '_' and '.', and must start with a letter or digit",
-                self.prefix
-            ));
-        }
+        check_prefix(&self.prefix).or_else(invalid)?;
         if !(2..=3).contains(&self.nodes) {
             return invalid(format!("nodes must be 2 or 3, not {}", self.nodes));
         }

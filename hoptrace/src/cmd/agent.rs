@@ -79,6 +79,10 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
         eprintln!("hoptrace agent: {err}");
         return Ok(2);
     }
+    if let Err(line) = super::check_node_args(args.netns.as_deref(), &[]) {
+        eprintln!("hoptrace agent: {line}");
+        return Ok(2);
+    }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let node_name = args.node_name.clone().unwrap_or_else(node::hostname);
     let runtime = tokio::runtime::Builder::new_multi_thread()

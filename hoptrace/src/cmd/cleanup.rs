@@ -11,6 +11,10 @@ pub fn run(netns: Option<&Path>) -> i32 {
         eprintln!("hoptrace cleanup: {e}");
         return 2;
     }
+    if let Err(line) = super::check_node_args(netns, &[]) {
+        eprintln!("hoptrace cleanup: {line}");
+        return 2;
+    }
     match cleanup::cleanup_tc_filters(netns) {
         Ok(report) => {
             print!("{report}");

@@ -52,6 +52,10 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
         eprintln!("hoptrace diagnose: {err}");
         return Ok(2);
     }
+    if let Err(line) = super::check_node_args(args.netns.as_deref(), &[]) {
+        eprintln!("hoptrace diagnose: {line}");
+        return Ok(2);
+    }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let caps = capabilities::probe_all();
     let netns = args.netns.as_deref();

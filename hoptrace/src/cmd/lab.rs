@@ -61,8 +61,9 @@ pub struct LabArgs {
     /// Also write an HTML page with charts (one column per datapath run).
     #[arg(long, value_parser = super::output_file)]
     html: Option<PathBuf>,
-    /// Prefix of every namespace the lab creates.
-    #[arg(long, default_value = "ht-lab-")]
+    /// Prefix of every namespace the lab creates (1 to 40 letters, digits,
+    /// '-', '_', '.').
+    #[arg(long, default_value = "ht-lab-", value_parser = super::lab_prefix)]
     prefix: String,
     /// Only remove namespaces left by an earlier lab with this prefix, then exit.
     #[arg(long)]
@@ -162,12 +163,24 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(2);
     }
-    let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
-    let datapaths = if args.compare.is_empty() {
+    let mut datapaths = if args.compare.is_empty() {
         vec![args.datapath]
     } else {
         args.compare
     };
+    // IPIP devices are a kernel option: ask before building anything.
+    if datapaths.contains(&Datapath::CalicoIpip)
+        && let Err(reason) = capabilities::probe_ipip_device()
+    {
+        let why = format!("this kernel cannot create IPIP tunnel devices ({reason})");
+        if datapaths.iter().all(|d| *d == Datapath::CalicoIpip) {
+            eprintln!("hoptrace lab: calico-ipip cannot run here: {why}");
+            return Ok(2);
+        }
+        eprintln!("hoptrace lab: skipping calico-ipip: {why}");
+        datapaths.retain(|d| *d != Datapath::CalicoIpip);
+    }
+    let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let mut runs = Vec::new();
     for datapath in &datapaths {
         let opts = LabOptions {

@@ -25,14 +25,64 @@ where
     })
 }
 
-/// A duration such as `10s` or `2m`, more than zero (`0s` would attach
-/// every hook only to detach it at once).
+/// Longest `--duration` of `trace`, `diagnose` and `lab`: a day. Longer
+/// runs are the agent's job (`hoptrace agent`), and a typo such as `100000h`
+/// would otherwise hold the hooks for years.
+pub(crate) const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A duration such as `10s`, `500ms` or `2m`, more than zero (`0s` would
+/// attach every hook only to detach it at once) and at most
+/// [`MAX_DURATION`].
 pub(crate) fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    // humantime's own errors ("expected number at 0") do not say what a
+    // duration looks like.
+    let duration = humantime::parse_duration(text.trim()).map_err(|_| {
+        format!("{text:?} is not a duration: a number and a unit, such as 10s, 500ms or 2m")
+    })?;
     if duration.is_zero() {
         return Err("must be more than zero (e.g. 10s)".into());
     }
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{} is too long: at most {}h (for longer, run `hoptrace agent`)",
+            text.trim(),
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
     Ok(duration)
+}
+
+/// `lab --prefix`: the rules of the lab's namespace names
+/// ([`hoptrace_lab::topology::check_prefix`]), checked before anything is
+/// built.
+pub(crate) fn lab_prefix(text: &str) -> Result<String, String> {
+    hoptrace_lab::topology::check_prefix(text)?;
+    Ok(text.to_owned())
+}
+
+/// `--netns` and `--iface` of `trace`/`diagnose`: the namespace file
+/// exists and is a namespace, and every interface exists in it. Checked
+/// after the privileges and before anything is probed, attached or
+/// entered for tracing. `Err` is the one-line refusal (exit 2).
+pub(crate) fn check_node_args(
+    netns: Option<&std::path::Path>,
+    ifaces: &[String],
+) -> Result<(), String> {
+    if let Some(path) = netns {
+        hoptrace_core::node::check_netns_path(path).map_err(|e| format!("--netns {e}"))?;
+    }
+    let missing = hoptrace_core::node::missing_interfaces(netns, ifaces)
+        .map_err(|e| hoptrace_core::kernel::capabilities::error_chain(&e))?;
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => Err(format!(
+            "--iface {one}: no such interface on this node (see `ip link`)"
+        )),
+        many => Err(format!(
+            "--iface: no such interfaces on this node: {} (see `ip link`)",
+            many.join(", ")
+        )),
+    }
 }
 
 /// A file to write at the end of a run (`--json`, `--html`,
@@ -94,7 +144,7 @@ pub(crate) fn positive_rate(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{flow_net, output_file, positive_duration, positive_rate};
+    use super::{flow_net, lab_prefix, output_file, positive_duration, positive_rate};
 
     #[test]
     fn bad_input_is_refused_with_its_cause() {
@@ -113,6 +163,25 @@ mod tests {
         assert!(positive_rate("NaN").is_err());
         assert_eq!(positive_rate("2.5"), Ok(2.5));
         assert!(positive_duration("0s").is_err());
+        let err = positive_duration("abc").unwrap_err();
+        assert!(
+            err.contains("not a duration") && err.contains("10s"),
+            "{err}"
+        );
+        assert!(positive_duration("10").unwrap_err().contains("unit"));
+        assert!(
+            positive_duration("25h")
+                .unwrap_err()
+                .contains("at most 24h")
+        );
+        assert_eq!(
+            positive_duration("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert!(lab_prefix("a/b").is_err());
+        assert!(lab_prefix("").is_err());
+        assert!(lab_prefix(&"x".repeat(41)).is_err());
+        assert_eq!(lab_prefix("ht-lab-"), Ok("ht-lab-".to_owned()));
         let dir = tempfile::tempdir().unwrap();
         let ok = dir.path().join("r.json");
         assert!(output_file(ok.to_str().unwrap()).is_ok());

@@ -96,6 +96,10 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         eprintln!("hoptrace trace: {err}");
         return Ok(2);
     }
+    if let Err(line) = super::check_node_args(args.netns.as_deref(), &args.ifaces) {
+        eprintln!("hoptrace trace: {line}");
+        return Ok(2);
+    }
     let stop = stop::install().context("installing the SIGINT/SIGTERM handlers")?;
     let caps = capabilities::probe_all();
     let mut opts = SessionOptions::new();

@@ -28,9 +28,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use comfy_table::{Cell, CellAlignment};
+use comfy_table::CellAlignment;
 use hoptrace_core::report::{
-    Document, DocumentError, LabRequests, LabSection, Report, styled_table,
+    Document, DocumentError, LabRequests, LabSection, Report, word_wrapped_table,
 };
 
 /// Errors of `hoptrace compare`.
@@ -62,6 +62,17 @@ pub enum CompareError {
     EmptyLab {
         /// File.
         path: PathBuf,
+    },
+    /// A column without data: a report with no journey, a lab run that
+    /// answered no request. Comparing it would call it the fastest.
+    #[error("{} has no data ({what}): nothing to compare it with; trace while traffic flows", column_name(path, *run))]
+    NoData {
+        /// File.
+        path: PathBuf,
+        /// 1-based run of a lab document.
+        run: Option<usize>,
+        /// What is missing, e.g. `0 journeys`.
+        what: &'static str,
     },
     /// `--label` given, but not once per column.
     #[error(
@@ -135,7 +146,7 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison, CompareError> {
     if paths.is_empty() {
         return Err(CompareError::NoInputs);
     }
-    let mut inputs = Vec::new();
+    let mut inputs: Vec<InputReport> = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|source| CompareError::Read {
             path: path.clone(),
@@ -147,8 +158,44 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison, CompareError> {
         })?;
         inputs.extend(inputs_from_document(document, path)?);
     }
+    if let Some((input, what)) = inputs
+        .iter()
+        .find_map(|input| input.missing_data().map(|what| (input, what)))
+    {
+        return Err(CompareError::NoData {
+            path: input.source.clone(),
+            run: input.run,
+            what,
+        });
+    }
     default_labels(&mut inputs);
     Ok(Comparison { inputs })
+}
+
+/// A column's source in a sentence: the file, and the run of a lab document.
+fn column_name(path: &Path, run: Option<usize>) -> String {
+    match run {
+        Some(run) => format!("{} run {run}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+impl InputReport {
+    /// What this column lacks to be compared (`None` when it has data): a
+    /// lab run that answered no request, a report without any journey or
+    /// category row.
+    fn missing_data(&self) -> Option<&'static str> {
+        if let Some(lab) = &self.lab {
+            return (lab.requests_ok == 0).then_some("0 requests answered");
+        }
+        let journeys: u64 = self.nodes.iter().map(|n| n.journeys).sum();
+        let rows = self
+            .nodes
+            .iter()
+            .flat_map(|n| &n.categories)
+            .any(|row| row.stats.count > 0);
+        (journeys == 0 && !rows).then_some("0 journeys")
+    }
 }
 
 /// Turns one document into its columns: a node report is one column, a
@@ -710,19 +757,24 @@ pub fn render_table(comparison: &Comparison) -> String {
             continue;
         }
         let header: Vec<&str> = section.header.iter().map(|h| h.text.as_str()).collect();
-        let mut table = styled_table(&header);
-        for row in &section.rows {
-            table.add_row(row.iter().map(|cell| {
-                let c = Cell::new(&cell.text);
-                if cell.numeric {
-                    c.set_alignment(CellAlignment::Right)
-                } else {
-                    c
-                }
-            }));
-        }
+        let rows: Vec<Vec<(String, CellAlignment)>> = section
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|cell| {
+                        let align = if cell.numeric {
+                            CellAlignment::Right
+                        } else {
+                            CellAlignment::Left
+                        };
+                        (cell.text.clone(), align)
+                    })
+                    .collect()
+            })
+            .collect();
+        let table = word_wrapped_table(&header, &rows);
         let title = hoptrace_core::diagnose::wrap("", "", &format!("{}:", section.title));
-        hoptrace_core::report::keep_name_words(&mut table);
         let _ = writeln!(out, "{}\n{table}\n", title.trim_end());
     }
     out

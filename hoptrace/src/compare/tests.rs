@@ -512,6 +512,54 @@ fn text_tables_fit_100_columns() {
 }
 
 #[test]
+fn text_tables_break_lines_between_words_only() {
+    // Three runs of one datapath (labels `flannel-host-gw (2)`, ...):
+    // before, comfy-table cut `flannel-host-g|w`, `kernel-o|ther`,
+    // `http-keep-aliv|e` to fit 100 columns.
+    let mut document = two_runs();
+    document.runs.push(document.runs[0].clone());
+    for run in &mut document.runs {
+        run.lab.datapath = "flannel-host-gw".to_owned();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_inputs(dir.path(), &[("lab.json", json(&document))]);
+    let comparison = compare(&paths).expect("compare");
+    let text = render_table(&comparison);
+    // Every run of letters in a table line is a whole run of letters of
+    // some header or cell: a cut word leaves pieces that are not.
+    let letter_runs = |t: &str| -> Vec<String> {
+        t.split(|c: char| !c.is_alphabetic())
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut words = std::collections::HashSet::new();
+    for section in sections(&comparison) {
+        for header in &section.header {
+            words.extend(letter_runs(&header.text));
+        }
+        for row in &section.rows {
+            for cell in row {
+                words.extend(letter_runs(&cell.text));
+            }
+        }
+    }
+    let mut checked = 0;
+    for line in text.lines().filter(|l| l.starts_with('│')) {
+        for word in letter_runs(line) {
+            assert!(
+                words.contains(&word),
+                "{word:?} is a cut word in: {line}\n{text}"
+            );
+            checked += 1;
+        }
+        assert!(line.chars().count() <= 100, "{line}");
+    }
+    assert!(checked > 100, "{text}");
+    assert!(text.contains("flannel-host-gw"), "{text}");
+}
+
+#[test]
 fn deltas_against_the_first_input() {
     let dir = tempfile::tempdir().unwrap();
     let paths = write_inputs(
