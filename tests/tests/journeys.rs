@@ -13,7 +13,11 @@ use hoptrace_lab::{
     kubeproxy::Protocol,
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
 };
-use tests::{can_run_as_root, http_requests_new_connection, start_backend};
+use tests::{
+    can_run_as_root, http_requests_new_connection,
+    modes::{Mode, ModeLedger, Row},
+    start_backend,
+};
 
 fn spec(prefix: &str) -> LabSpec {
     LabSpec {
@@ -247,74 +251,18 @@ fn a_dropped_packet_takes_no_further_hop() {
     if !can_run_as_root("a_dropped_packet_takes_no_further_hop") {
         return;
     }
-    const DATAGRAMS: usize = 40;
-    let prefix = format!("ht-jd{}-", std::process::id() % 1000);
-    let lab = Lab::build(&spec(&prefix)).expect("build lab");
-    let node = lab.nodes()[0].netns.clone();
-    let client = lab.client_pod().netns.clone();
-    in_node(
-        &node,
-        &[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "-d",
-            "10.77.0.99",
-            "-p",
-            "udp",
-            "-j",
-            "DROP",
-        ],
-    );
-    let observer = std::sync::Arc::new(Collect::default());
-    let mut opts = session_options(&node);
-    opts.observer = Some(observer.clone());
-    let session = Session::start(&opts).expect("session");
-    identical_datagrams_two_cpus(
-        &client,
-        SocketAddr::from(([10, 77, 0, 99], 9999)),
-        DATAGRAMS,
-    );
-    // Broadcasts on the pod subnet: the bridge floods copies (clones) to
-    // the other pod and to the node, and nobody listens: each copy is
-    // dropped, the first drop must not take the other copy's hops.
-    let (net, len) = lab.nodes()[0].pod_cidr;
-    assert_eq!(len, 24, "a /24 pod CIDR");
-    let o = net.octets();
-    let broadcast = SocketAddr::from(([o[0], o[1], o[2], 255], 9998));
-    hoptrace_lab::netns::with_netns(&client, || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        sock.set_broadcast(true).expect("SO_BROADCAST");
-        for i in 0..30 {
-            sock.send_to(format!("hoptrace broadcast {i}").as_bytes(), broadcast)
-                .expect("broadcast");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    })
-    .expect("enter pod netns");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let r = report::finish(session, "node-a".into(), serde_json::Value::Null).expect("finish");
-    lab.teardown().expect("teardown");
-    dump("node A, dropped datagrams and broadcasts", &r);
-    let seen = observer.0.lock().unwrap().clone();
+    let (r, seen) = dropped_datagrams(Mode::Full, "jd");
     let after_drop: Vec<&str> = r
-        .segments
+        .rows
         .iter()
         .map(|s| s.segment.as_str())
         .filter(|s| s.starts_with("drop.."))
         .collect();
     assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
-    let dropped: Vec<&Seen> = seen
-        .iter()
-        .filter(|j| {
-            j.drop.as_ref().is_some_and(|(reason, location)| {
-                reason.eq_ignore_ascii_case("netfilter_drop") && location == "nf.forward.-1"
-            })
-        })
-        .collect();
+    let dropped: Vec<&Seen> = seen.iter().filter(|j| filter_drop(j)).collect();
     assert!(
-        dropped.len() >= DATAGRAMS * 9 / 10,
-        "{} of {DATAGRAMS} journeys end at the filter drop: {:?}",
+        dropped.len() >= DROPPED * 9 / 10,
+        "{} of {DROPPED} journeys end at the filter drop: {:?}",
         dropped.len(),
         seen.iter().map(|j| &j.drop).collect::<Vec<_>>()
     );
@@ -337,6 +285,130 @@ fn a_dropped_packet_takes_no_further_hop() {
             .count();
         assert!(veth <= 1, "two packets joined: {j:?}");
     }
+}
+
+/// The same in aggregate mode (no journey sampled): the kernel's
+/// histograms have no hop after a drop, the segment that ends at each drop
+/// is kube-proxy's filter band of egress, new journeys (one per datagram,
+/// no two joined), and each drop still reaches userspace through the ring
+/// buffer with the hop before it: its location (`nf.forward.-1`).
+#[test]
+fn a_dropped_packet_takes_no_further_hop_aggregate() {
+    if !can_run_as_root("a_dropped_packet_takes_no_further_hop_aggregate") {
+        return;
+    }
+    let (r, seen) = dropped_datagrams(Mode::Aggregate, "jda");
+    let after_drop: Vec<&str> = r
+        .rows
+        .iter()
+        .map(|s| s.segment.as_str())
+        .filter(|s| s.starts_with("drop.."))
+        .collect();
+    assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
+    let band: Vec<&Row> = r
+        .rows
+        .iter()
+        .filter(|r| r.segment == "netfilter.forward.filter" && r.direction == "egress")
+        .collect();
+    let new: u64 = band
+        .iter()
+        .filter(|r| r.conn_state == "new")
+        .map(|r| r.count)
+        .sum();
+    assert!(
+        new >= (DROPPED * 9 / 10) as u64,
+        "{new} of {DROPPED} datagrams end in the filter band as egress, new: {band:?}"
+    );
+    assert!(band.iter().all(|r| r.category == "kube-proxy"), "{band:?}");
+    // One packet per journey: no more pod veth crossings than datagrams
+    // (and the 30 broadcasts' copies).
+    let veth = r.count("pod.veth.egress", Some("egress"));
+    assert!(
+        veth <= (DROPPED + 30 + 10) as u64,
+        "{veth} pod veth crossings"
+    );
+    let dropped: Vec<&Seen> = seen.iter().filter(|j| filter_drop(j)).collect();
+    assert!(
+        dropped.len() >= DROPPED * 9 / 10,
+        "{} of {DROPPED} drops through the ring buffer with their location: {:?}",
+        dropped.len(),
+        seen.iter().map(|j| &j.drop).collect::<Vec<_>>()
+    );
+    for j in &dropped {
+        let (last, category, _) = j.segments.last().expect("segments");
+        assert_eq!(
+            (last.as_str(), category.as_str()),
+            ("netfilter.forward.filter", "kube-proxy"),
+            "{j:?}"
+        );
+    }
+}
+
+/// Datagrams of [`dropped_datagrams`].
+const DROPPED: usize = 40;
+
+/// A journey that ended at the node's filter drop, `nf.forward.-1`.
+fn filter_drop(j: &Seen) -> bool {
+    j.drop.as_ref().is_some_and(|(reason, location)| {
+        reason.eq_ignore_ascii_case("netfilter_drop") && location == "nf.forward.-1"
+    })
+}
+
+/// Node A traced in `mode` while a pod sends [`DROPPED`] identical
+/// datagrams that the node's FORWARD chain drops, from two CPUs, then 30
+/// broadcasts on the pod subnet; the ledger and the journeys the
+/// correlator saw.
+fn dropped_datagrams(mode: Mode, tag: &str) -> (ModeLedger, Vec<Seen>) {
+    let prefix = format!("ht-{tag}{}-", std::process::id() % 1000);
+    let lab = Lab::build(&spec(&prefix)).expect("build lab");
+    let node = lab.nodes()[0].netns.clone();
+    let client = lab.client_pod().netns.clone();
+    in_node(
+        &node,
+        &[
+            "iptables",
+            "-I",
+            "FORWARD",
+            "-d",
+            "10.77.0.99",
+            "-p",
+            "udp",
+            "-j",
+            "DROP",
+        ],
+    );
+    let observer = std::sync::Arc::new(Collect::default());
+    let mut opts = mode.options(&node);
+    opts.observer = Some(observer.clone());
+    let session = Session::start(&opts).expect("session");
+    identical_datagrams_two_cpus(
+        &client,
+        SocketAddr::from(([10, 77, 0, 99], 9999)),
+        DROPPED,
+    );
+    // Broadcasts on the pod subnet: the bridge floods copies (clones) to
+    // the other pod and to the node, and nobody listens: each copy is
+    // dropped, the first drop must not take the other copy's hops.
+    let (net, len) = lab.nodes()[0].pod_cidr;
+    assert_eq!(len, 24, "a /24 pod CIDR");
+    let o = net.octets();
+    let broadcast = SocketAddr::from(([o[0], o[1], o[2], 255], 9998));
+    hoptrace_lab::netns::with_netns(&client, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        sock.set_broadcast(true).expect("SO_BROADCAST");
+        for i in 0..30 {
+            sock.send_to(format!("hoptrace broadcast {i}").as_bytes(), broadcast)
+                .expect("broadcast");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    })
+    .expect("enter pod netns");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = ModeLedger::finish(session, mode, "node-a");
+    lab.teardown().expect("teardown");
+    r.dump("node A, dropped datagrams and broadcasts");
+    let seen = observer.0.lock().unwrap().clone();
+    (r, seen)
 }
 
 /// A pod sends one datagram to an on-link address nobody answers: it waits
@@ -421,37 +493,7 @@ fn fragments_and_reassembly_are_one_journey() {
     if !can_run_as_root("fragments_and_reassembly_are_one_journey") {
         return;
     }
-    const DATAGRAMS: usize = 5;
-    let prefix = format!("ht-jr{}-", std::process::id() % 1000);
-    let lab = Lab::build(&spec(&prefix)).expect("build lab");
-    let service = lab.service();
-    let backend = &service.backends[0];
-    let _server = start_backend(&backend.netns);
-    let target: SocketAddr = service
-        .connect_addr(Protocol::Udp)
-        .expect("udp service")
-        .into();
-    let node = lab.nodes()[0].netns.clone();
-    let client = lab.client_pod().netns.clone();
-    let observer = std::sync::Arc::new(Collect::default());
-    let mut opts = session_options(&node);
-    opts.observer = Some(observer.clone());
-    let session = Session::start(&opts).expect("session");
-    hoptrace_lab::netns::with_netns(&client, || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
-        for i in 0..DATAGRAMS {
-            let mut payload = vec![b'x'; 3000];
-            payload[..8].copy_from_slice(format!("frag{i:04}").as_bytes());
-            sock.send_to(&payload, target).expect("send");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    })
-    .expect("enter pod netns");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let r = report::finish(session, "node-a".into(), serde_json::Value::Null).expect("finish");
-    lab.teardown().expect("teardown");
-    dump("node A, fragmented datagrams", &r);
-    let seen = observer.0.lock().unwrap().clone();
+    let (r, seen, target) = fragmented_datagrams(Mode::Full, "jr");
     let ours: Vec<&Seen> = seen
         .iter()
         .filter(|j| j.flow.0 == 17 && (j.flow.2 == target.port() || j.flow == (17, 0, 0)))
@@ -465,7 +507,7 @@ fn fragments_and_reassembly_are_one_journey() {
         .collect();
     assert_eq!(
         reassembled.len(),
-        DATAGRAMS,
+        FRAGMENTED,
         "one journey with ip.reassembly per datagram"
     );
     for j in &reassembled {
@@ -490,6 +532,46 @@ fn fragments_and_reassembly_are_one_journey() {
         "the first datagram is new"
     );
     // Nothing else of these datagrams: no fragment alone, nothing local.
-    assert_eq!(ours.len(), DATAGRAMS, "{ours:#?}");
-    assert!(r.counters.fragments_merged >= DATAGRAMS as u64);
+    assert_eq!(ours.len(), FRAGMENTED, "{ours:#?}");
+    assert!(r.report.counters.fragments_merged >= FRAGMENTED as u64);
+}
+
+/// Datagrams of [`fragmented_datagrams`].
+const FRAGMENTED: usize = 5;
+
+/// Node A traced in `mode` while a pod sends [`FRAGMENTED`] 3000-byte UDP
+/// datagrams to the ClusterIP, 20 ms apart; the ledger, the journeys the
+/// correlator saw and the Service's address.
+fn fragmented_datagrams(mode: Mode, tag: &str) -> (ModeLedger, Vec<Seen>, SocketAddr) {
+    let prefix = format!("ht-{tag}{}-", std::process::id() % 1000);
+    let lab = Lab::build(&spec(&prefix)).expect("build lab");
+    let service = lab.service();
+    let backend = &service.backends[0];
+    let _server = start_backend(&backend.netns);
+    let target: SocketAddr = service
+        .connect_addr(Protocol::Udp)
+        .expect("udp service")
+        .into();
+    let node = lab.nodes()[0].netns.clone();
+    let client = lab.client_pod().netns.clone();
+    let observer = std::sync::Arc::new(Collect::default());
+    let mut opts = mode.options(&node);
+    opts.observer = Some(observer.clone());
+    let session = Session::start(&opts).expect("session");
+    hoptrace_lab::netns::with_netns(&client, || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for i in 0..FRAGMENTED {
+            let mut payload = vec![b'x'; 3000];
+            payload[..8].copy_from_slice(format!("frag{i:04}").as_bytes());
+            sock.send_to(&payload, target).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .expect("enter pod netns");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = ModeLedger::finish(session, mode, "node-a");
+    lab.teardown().expect("teardown");
+    r.dump("node A, fragmented datagrams");
+    let seen = observer.0.lock().unwrap().clone();
+    (r, seen, target)
 }
