@@ -56,6 +56,8 @@ pub struct Row {
     pub count: u64,
     /// Median, µs.
     pub p50_us: f64,
+    /// Summed time, µs.
+    pub total_us: f64,
 }
 
 /// A node's ledger in one mode, and the report of the same session (in
@@ -91,6 +93,7 @@ impl ModeLedger {
                     conn_state: s.conn_state.name().to_owned(),
                     count: s.stats.count,
                     p50_us: s.stats.p50_us,
+                    total_us: s.stats.total_us,
                 })
                 .collect(),
             Some(snapshot) => rows_of_snapshot(snapshot),
@@ -139,6 +142,28 @@ impl ModeLedger {
             .map(|r| r.p50_us)
     }
 
+    /// Share of the attributed time in segments no taxonomy rule names
+    /// (`<a>..<b>`), and those segments with their time (µs), most first.
+    pub fn unnamed_share(&self) -> (f64, Vec<(String, f64)>) {
+        Self::unnamed_share_of(&[self])
+    }
+
+    /// [`ModeLedger::unnamed_share`] of several nodes' ledgers together.
+    pub fn unnamed_share_of(ledgers: &[&ModeLedger]) -> (f64, Vec<(String, f64)>) {
+        let rows = || ledgers.iter().flat_map(|l| l.rows.iter());
+        let total: f64 = rows().map(|r| r.total_us).sum();
+        let mut unnamed: Vec<(String, f64)> = Vec::new();
+        for r in rows().filter(|r| r.segment.contains("..")) {
+            match unnamed.iter_mut().find(|(n, _)| *n == r.segment) {
+                Some((_, t)) => *t += r.total_us,
+                None => unnamed.push((r.segment.clone(), r.total_us)),
+            }
+        }
+        unnamed.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let sum: f64 = unnamed.iter().map(|u| u.1).sum();
+        (sum / total.max(f64::MIN_POSITIVE), unnamed)
+    }
+
     /// Prints the rows (and, in full mode, the report's table).
     pub fn dump(&self, name: &str) {
         eprintln!("==== {name} ({:?} mode)", self.mode);
@@ -169,6 +194,7 @@ fn rows_of_snapshot(snapshot: &AggregateSnapshot) -> Vec<Row> {
             conn_state: s.conn_state.name().to_owned(),
             count: s.count,
             p50_us: log_linear_quantile(&s.buckets, 0.5).unwrap_or(f64::NAN) / 1e3,
+            total_us: s.sum_ns as f64 / 1e3,
         })
         .collect()
 }

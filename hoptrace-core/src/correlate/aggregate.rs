@@ -19,7 +19,7 @@ use super::{
 use crate::{
     attribution::{
         ledger::{ConnState, Direction},
-        taxonomy::SegmentName,
+        taxonomy::{DevStage, HopPoint, Place, SegmentName},
     },
     node::NodeContext,
 };
@@ -53,6 +53,10 @@ pub struct AggregateSnapshot {
     /// Segments of keys that could not be named (a namespace or hook the
     /// device table does not know), cumulative.
     pub unnamed_segments: u64,
+    /// Segments left out because their two hops cannot belong to one
+    /// packet ([`recycled`]: the kernel joined the next packet of a
+    /// recycled buffer to the previous one's journey), cumulative.
+    pub recycled_segments: u64,
     /// Distinct kernel keys read.
     pub keys: usize,
 }
@@ -106,8 +110,18 @@ impl AggregateNamer {
 
     /// Segment, direction and connection state of a key (`None`: unnamed).
     pub fn name(&mut self, key: &AggKey) -> Option<(SegmentName, Direction, ConnState)> {
-        let a = self.hop(&key.prev)?;
-        let b = self.hop(&key.cur)?;
+        let (a, b) = (self.hop(&key.prev)?, self.hop(&key.cur)?);
+        self.name_hops(key, &a, &b)
+    }
+
+    /// [`AggregateNamer::name`] of a key whose hops are `a` and `b`.
+    fn name_hops(
+        &mut self,
+        key: &AggKey,
+        a: &Hop,
+        b: &Hop,
+    ) -> Option<(SegmentName, Direction, ConnState)> {
+        let (a, b) = (*a, *b);
         let first = self.hop(&key.first)?;
         let direction = journey_direction(&first);
         let states = pass_states(key);
@@ -127,7 +141,16 @@ impl AggregateNamer {
             std::collections::HashMap::new();
         let mut journeys: std::collections::BTreeMap<Direction, u64> = Default::default();
         for (key, hist) in totals {
-            let Some((segment, direction, conn_state)) = self.name(key) else {
+            let hops = self.hop(&key.prev).zip(self.hop(&key.cur));
+            if let Some((a, b)) = &hops
+                && recycled(a, b)
+            {
+                out.recycled_segments += hist.count;
+                continue;
+            }
+            let Some((segment, direction, conn_state)) =
+                hops.and_then(|(a, b)| self.name_hops(key, &a, &b))
+            else {
                 out.unnamed_segments += hist.count;
                 continue;
             };
@@ -157,6 +180,32 @@ impl AggregateNamer {
         out.journeys = journeys.into_iter().collect();
         out
     }
+}
+
+/// Whether hop `b` cannot follow hop `a` for one packet: the correlator's
+/// rules for a buffer that now carries another packet, applied to one pair
+/// of hops (the kernel keeps only the newest hop, so journey-wide history
+/// is not available). A packet that left the node does not arrive again,
+/// one on the wire or handed to a pod takes only that device's or pod's
+/// hops next (a pod receiving it: only a socket in the pod or a drop), a
+/// pod sends a packet only at its journey's start, and one
+/// arrives from the wire only at its start. The kernel's per-packet state
+/// joins such a pair when a buffer is reused within its 50 ms idle gap by
+/// a packet with the same header fingerprint (or one hop did not parse).
+pub(crate) fn recycled(a: &Hop, b: &Hop) -> bool {
+    let (a, b) = (&a.point, &b.point);
+    let pod_receives = matches!(
+        a,
+        HopPoint::Device {
+            place: Place::Pod,
+            stage: DevStage::Receive,
+        }
+    );
+    (a.leaves_node() && b.enters_node())
+        || (a.hands_to_uplink() && !b.may_follow_uplink())
+        || ((a.hands_to_pod() || pod_receives) && !b.may_follow_pod_handoff())
+        || (!a.sent_by_pod() && b.sent_by_pod())
+        || (!a.is_wire_receive() && b.arrives_on_uplink())
 }
 
 /// A kernel histogram summed over CPUs (64-bit buckets).
@@ -378,6 +427,33 @@ mod tests {
         let mut other = AggHist64::empty();
         other.merge(&h.buckets, h.count, h.sum_ns);
         assert_eq!(log_linear_quantile(&other.buckets, 0.99), Some(p99));
+    }
+
+    #[test]
+    fn a_pair_of_hops_of_two_packets_is_left_out() {
+        let mut namer = AggregateNamer::new(ctx());
+        // The pod received a packet (its last hop: TCP consumed it), then
+        // sent another in the same buffer: the kernel joined them.
+        let pod_rx = site(HookKind::DevReceive, 7, 2, Encap::None);
+        let joined = AggKey {
+            prev: pod_rx,
+            cur: site(HookKind::TcIngress, 1, 5, Encap::None),
+            first: pod_rx,
+            ..pod_veth_egress(0)
+        };
+        let mut h = AggHist::zeroed();
+        h.count = 2;
+        h.sum_ns = 64_000_000;
+        h.buckets[100] = 2;
+        let legit = pod_veth_egress(0);
+        let snap = namer.snapshot(&[
+            (joined, AggHist64::sum([&h])),
+            (legit, AggHist64::sum([&h])),
+        ]);
+        assert_eq!(snap.recycled_segments, 2);
+        assert_eq!(snap.unnamed_segments, 0);
+        assert_eq!(snap.series.len(), 1);
+        assert_eq!(snap.series[0].segment.name, "pod.veth.egress");
     }
 
     #[test]

@@ -259,6 +259,7 @@ struct AggregateStore {
     categories: Vec<((Category, Direction, ConnState), Hist)>,
     journeys: Vec<(Direction, u64)>,
     unnamed_segments: u64,
+    recycled_segments: u64,
     keys: usize,
     /// The snapshot's series at the kernel's resolution, for `/histograms`.
     fine: Vec<AggregateSeries>,
@@ -339,6 +340,7 @@ impl AgentMetrics {
             categories,
             journeys: snap.journeys.clone(),
             unnamed_segments: snap.unnamed_segments,
+            recycled_segments: snap.recycled_segments,
             keys: snap.keys,
             fine: snap.series.clone(),
         };
@@ -699,6 +701,12 @@ impl Collector for AgentMetrics {
                 "hoptrace_aggregate_unnamed_segments",
                 "Aggregate mode: segments the kernel counted between hops the agent cannot name (a namespace or device it does not know)",
                 &[(node_only.clone(), agg.unnamed_segments)],
+            )?;
+            encode_counter(
+                &mut encoder,
+                "hoptrace_aggregate_recycled_segments",
+                "Aggregate mode: segments left out because their two hops cannot belong to one packet (the kernel joined a recycled buffer's next packet to the previous one's journey)",
+                &[(node_only.clone(), agg.recycled_segments)],
             )?;
             encode_counter(
                 &mut encoder,
