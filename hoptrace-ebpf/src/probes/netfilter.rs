@@ -85,7 +85,12 @@ fn observe(ctx: *mut c_void, slot: u8) {
 #[inline(never)]
 fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
     let cfg = config();
-    let site = NfSite::of_node(slot, nf_hook, nf_pf);
+    let site = NfSite {
+        slot,
+        nf_hook,
+        nf_pf,
+        netns_ino: cfg.node_netns_ino,
+    };
     if !parse {
         // Same headers as the previous bracket of this hook: a header-only
         // record that just times the packet.
