@@ -252,31 +252,9 @@ fn a_dropped_packet_takes_no_further_hop() {
         return;
     }
     let (r, seen) = dropped_datagrams(Mode::Full, "jd");
-    let after_drop: Vec<&str> = r
-        .rows
-        .iter()
-        .map(|s| s.segment.as_str())
-        .filter(|s| s.starts_with("drop.."))
-        .collect();
-    assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
-    let dropped: Vec<&Seen> = seen.iter().filter(|j| filter_drop(j)).collect();
-    assert!(
-        dropped.len() >= DROPPED * 9 / 10,
-        "{} of {DROPPED} journeys end at the filter drop: {:?}",
-        dropped.len(),
-        seen.iter().map(|j| &j.drop).collect::<Vec<_>>()
-    );
-    for j in &dropped {
+    for j in drops_end_in_the_filter_band(&r, &seen) {
         assert_eq!(j.direction, "egress", "{j:?}");
         assert_eq!(j.conn_state, "new", "{j:?}");
-        // The drop is the last hop: the segment that ends at it is the
-        // band it happened in (KUBE-FORWARD's filter band: kube-proxy).
-        let (last, category, _) = j.segments.last().expect("segments");
-        assert_eq!(
-            last, "netfilter.forward.filter",
-            "the drop is the last hop: {j:?}"
-        );
-        assert_eq!(category, "kube-proxy", "{j:?}");
         // One packet: it crossed the pod's veth once.
         let veth = j
             .segments
@@ -298,13 +276,7 @@ fn a_dropped_packet_takes_no_further_hop_aggregate() {
         return;
     }
     let (r, seen) = dropped_datagrams(Mode::Aggregate, "jda");
-    let after_drop: Vec<&str> = r
-        .rows
-        .iter()
-        .map(|s| s.segment.as_str())
-        .filter(|s| s.starts_with("drop.."))
-        .collect();
-    assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
+    drops_end_in_the_filter_band(&r, &seen);
     let band: Vec<&Row> = r
         .rows
         .iter()
@@ -327,10 +299,25 @@ fn a_dropped_packet_takes_no_further_hop_aggregate() {
         veth <= (DROPPED + 30 + 10) as u64,
         "{veth} pod veth crossings"
     );
+}
+
+/// Checks what both modes must show of [`dropped_datagrams`]: no hop after
+/// a drop in the ledger, and at least 90 % of the datagrams reaching the
+/// correlator as journeys that end in the filter drop (location
+/// `nf.forward.-1`), whose last segment is the band the drop happened in
+/// (KUBE-FORWARD's filter band: kube-proxy). Returns those journeys.
+fn drops_end_in_the_filter_band<'a>(r: &ModeLedger, seen: &'a [Seen]) -> Vec<&'a Seen> {
+    let after_drop: Vec<&str> = r
+        .rows
+        .iter()
+        .map(|s| s.segment.as_str())
+        .filter(|s| s.starts_with("drop.."))
+        .collect();
+    assert!(after_drop.is_empty(), "hops after a drop: {after_drop:?}");
     let dropped: Vec<&Seen> = seen.iter().filter(|j| filter_drop(j)).collect();
     assert!(
         dropped.len() >= DROPPED * 9 / 10,
-        "{} of {DROPPED} drops through the ring buffer with their location: {:?}",
+        "{} of {DROPPED} journeys end at the filter drop: {:?}",
         dropped.len(),
         seen.iter().map(|j| &j.drop).collect::<Vec<_>>()
     );
@@ -339,9 +326,10 @@ fn a_dropped_packet_takes_no_further_hop_aggregate() {
         assert_eq!(
             (last.as_str(), category.as_str()),
             ("netfilter.forward.filter", "kube-proxy"),
-            "{j:?}"
+            "the drop is the last hop: {j:?}"
         );
     }
+    dropped
 }
 
 /// Datagrams of [`dropped_datagrams`].
