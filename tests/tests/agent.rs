@@ -11,13 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hoptrace_common::agg::AGG_BUCKETS;
+use hoptrace_core::correlate::aggregate::log_linear_quantile;
 use hoptrace_lab::{
     kubeproxy::Protocol,
     netns::ChildGuard,
     topology::{Datapath, KubeProxyMode, Lab, LabSpec},
 };
-use hoptrace_common::agg::AGG_BUCKETS;
-use hoptrace_core::correlate::aggregate::log_linear_quantile;
 use serde_json::Value;
 use tests::{
     HoptraceRun, can_run_with_kernel_programs, http_get, http_requests_new_connection,

@@ -369,11 +369,7 @@ fn dropped_datagrams(mode: Mode, tag: &str) -> (ModeLedger, Vec<Seen>) {
     let mut opts = mode.options(&node);
     opts.observer = Some(observer.clone());
     let session = Session::start(&opts).expect("session");
-    identical_datagrams_two_cpus(
-        &client,
-        SocketAddr::from(([10, 77, 0, 99], 9999)),
-        DROPPED,
-    );
+    identical_datagrams_two_cpus(&client, SocketAddr::from(([10, 77, 0, 99], 9999)), DROPPED);
     // Broadcasts on the pod subnet: the bridge floods copies (clones) to
     // the other pod and to the node, and nobody listens: each copy is
     // dropped, the first drop must not take the other copy's hops.

@@ -416,7 +416,10 @@ mod tests {
             agg_bucket_lower(bucket + 1) as f64,
         );
         let p50 = log_linear_quantile(&h.buckets, 0.5).expect("p50");
-        assert!((p50 - (lo + hi) / 2.0).abs() < 1e-9, "{p50} in [{lo}, {hi})");
+        assert!(
+            (p50 - (lo + hi) / 2.0).abs() < 1e-9,
+            "{p50} in [{lo}, {hi})"
+        );
         // One slow value: p99 stays in the first bucket, p100 is in the slow one.
         h.observe(1_000_000);
         let p99 = log_linear_quantile(&h.buckets, 0.99).expect("p99");

@@ -1367,14 +1367,28 @@ fn a_drop_after_a_header_only_hop_is_a_journey_with_its_location() {
     let mut lone = ev(3_000, SKB + 0x100, NODE, 0, Drop, p);
     lone.drop_reason = 6;
     c.push(&lone);
-    c.push(&nf(4_000, SKB + 0x200, NfHook::Forward, -1, CtState::None, skipped));
+    c.push(&nf(
+        4_000,
+        SKB + 0x200,
+        NfHook::Forward,
+        -1,
+        CtState::None,
+        skipped,
+    ));
     let mut late = ev(4_000 + 10_000_000_000, SKB + 0x200, NODE, 0, Drop, p);
     late.drop_reason = 6;
     c.push(&late);
     // The same buffer again with an identical packet (another CPU's
     // datagram, the same fingerprint): the first journey is over, the
     // second drop has its own hop before it.
-    c.push(&nf(3_000_000, SKB, NfHook::Forward, -1, CtState::None, skipped));
+    c.push(&nf(
+        3_000_000,
+        SKB,
+        NfHook::Forward,
+        -1,
+        CtState::None,
+        skipped,
+    ));
     let mut again = ev(3_001_000, SKB, NODE, 0, Drop, p);
     again.drop_reason = 6;
     c.push(&again);
@@ -1383,7 +1397,10 @@ fn a_drop_after_a_header_only_hop_is_a_journey_with_its_location() {
     assert_eq!(records.count, 2, "{:?}", ledger.drop_records.keys());
     assert_eq!(records.records[0].flow.dst, "10.96.0.10:80");
     assert_eq!(ledger.drop_records.len(), 1);
-    assert_eq!(ledger.segment_names_seen(), vec!["netfilter.forward.filter"]);
+    assert_eq!(
+        ledger.segment_names_seen(),
+        vec!["netfilter.forward.filter"]
+    );
 }
 
 #[test]

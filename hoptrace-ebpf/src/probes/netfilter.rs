@@ -106,7 +106,12 @@ fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
         return;
     };
     // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
-    fill_header(&mut unsafe { entry.assume_init_mut() }.header, skb, site, true);
+    fill_header(
+        &mut unsafe { entry.assume_init_mut() }.header,
+        skb,
+        site,
+        true,
+    );
     // The window lives in the per-CPU scratch space: on the stack it no
     // longer fits beside the parser since the programs gained aggregate mode.
     let Some(mut guard) = aggregate::scratch() else {

@@ -62,10 +62,13 @@ pub struct HistogramSeries {
     pub buckets: Vec<(usize, u64)>,
 }
 
+/// Segment, category, direction and connection state of a series.
+pub type SeriesLabels = (String, &'static str, &'static str, &'static str);
+
 impl HistogramSeries {
     /// A series from counts per log-linear bucket.
     pub fn new(
-        (segment, category, direction, conn_state): (String, &'static str, &'static str, &'static str),
+        (segment, category, direction, conn_state): SeriesLabels,
         count: u64,
         sum_ns: u64,
         buckets: &[u64],

@@ -391,7 +391,11 @@ impl AgentMetrics {
         drop(store);
         for series in [&mut kernel, &mut sampled] {
             series.sort_by(|a, b| {
-                (&a.segment, a.direction, a.conn_state).cmp(&(&b.segment, b.direction, b.conn_state))
+                (&a.segment, a.direction, a.conn_state).cmp(&(
+                    &b.segment,
+                    b.direction,
+                    b.conn_state,
+                ))
             });
         }
         HistogramsDocument {
