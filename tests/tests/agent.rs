@@ -545,7 +545,7 @@ fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
 /// traffic runs twice on one lab, every journey sampled and none: the
 /// kernel's histograms of both runs agree, segment by segment, in count
 /// within 2 %, and the netfilter bands (where the cheap path ends a
-/// segment) in p50 within 25 % or 0.5 µs (two runs of other packets on a
+/// segment) in p50 within 25 % or 0.75 µs (two runs of other packets on a
 /// shared machine; the sampled path's own ring writes); segments with fewer than 100 crossings are printed, not
 /// judged. Measured: every segment of the requests, 1500/1000/500
 /// crossings, the same count in both runs.
@@ -600,11 +600,14 @@ fn unsampled_aggregate_mode_matches_the_sampled_path() {
         // netfilter bands): elsewhere both runs take the same path, and
         // their times differ with the machine's load (the sampled run's
         // correlator is busier), by 30 % and more for `socket.delivery`.
-        // Within 25 %, or within 0.5 µs: a sampled hop writes a ring
-        // record (200-300 ns a run here, BENCHMARKS.md), which lands in
-        // the sampled run's sub-µs bands (measured: postrouting.snat p50
-        // 0.76 µs sampled against 0.51 µs unsampled on a busy machine).
-        let tolerance = (0.25 * pa.max(pb)).max(500.0);
+        // Within 25 %, or within 0.75 µs: a sampled hop writes a ring
+        // record (200-300 ns a run here, more under load; BENCHMARKS.md),
+        // which lands in the sampled run's sub-µs bands. At the kernel's
+        // resolution (`/histograms`) that shows: worst differences in four
+        // runs 0.26-0.54 µs (`netfilter.outer.postrouting.snat` p50
+        // 0.75 µs sampled against 0.21 µs unsampled); the exported
+        // 1-2.5-5 buckets, compared before, put both in one sub-µs bucket.
+        let tolerance = (0.25 * pa.max(pb)).max(750.0);
         if segment.starts_with("netfilter.")
             && !(pa.is_finite() && pb.is_finite() && (pa - pb).abs() <= tolerance)
         {
