@@ -2,6 +2,7 @@
 //! network namespaces that are removed on drop, also when a test panics.
 
 pub mod browser;
+pub mod modes;
 
 use std::process::Command;
 

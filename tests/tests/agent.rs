@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hoptrace_common::agg::AGG_BUCKETS;
+use hoptrace_core::correlate::aggregate::log_linear_quantile;
 use hoptrace_lab::{
     kubeproxy::Protocol,
     netns::ChildGuard,
@@ -352,225 +354,59 @@ fn prometheus_scrapes_the_agent_and_its_counts_match_trace() {
     lab.lab.teardown().expect("teardown");
 }
 
-/// One segment's histogram summed over label sets: count, sum in seconds,
-/// cumulative bucket counts by upper bound (seconds, `+Inf` as infinity).
+/// One segment's log-linear histogram (the kernel's buckets) summed over
+/// directions and connection states: count, sum in ns, counts per bucket.
 #[derive(Clone, Debug, Default)]
 struct SegmentHist {
-    count: f64,
-    sum_s: f64,
-    buckets: Vec<(f64, f64)>,
+    count: u64,
+    sum_ns: u64,
+    buckets: Vec<u64>,
 }
 
-/// Per segment, from one metric family of the agent's exposition text.
-fn histograms_by_segment(text: &str, family: &str) -> BTreeMap<String, SegmentHist> {
-    let label = |line: &str, name: &str| -> Option<String> {
-        let start = line.find(&format!("{name}=\""))? + name.len() + 2;
-        let end = start + line[start..].find('"')?;
-        Some(line[start..end].to_owned())
-    };
-    /// Count, sum, and (bound, cumulative count) by the bound's bits.
-    type Partial = (f64, f64, BTreeMap<u64, (f64, f64)>);
-    let mut out: BTreeMap<String, Partial> = BTreeMap::new();
-    for line in text.lines() {
-        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
-            continue;
-        };
-        let Some(segment) = label(line, "segment") else {
-            continue;
-        };
-        if line.starts_with(&format!("{family}_count{{")) {
-            out.entry(segment).or_default().0 += value;
-        } else if line.starts_with(&format!("{family}_sum{{")) {
-            out.entry(segment).or_default().1 += value;
-        } else if line.starts_with(&format!("{family}_bucket{{")) {
-            let le = label(line, "le").unwrap_or_default();
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::NAN)
+impl SegmentHist {
+    /// Quantile `q` in ns at the kernel's resolution (NaN when empty).
+    fn quantile(&self, q: f64) -> f64 {
+        log_linear_quantile(&self.buckets, q).unwrap_or(f64::NAN)
+    }
+}
+
+/// Per segment, from one part (`kernel` or `sampled`) of the agent's
+/// `hoptrace.agent.histograms.v1`.
+fn histograms_by_segment(doc: &Value, part: &str) -> BTreeMap<String, SegmentHist> {
+    let mut out: BTreeMap<String, SegmentHist> = BTreeMap::new();
+    for series in doc[part].as_array().expect("histogram series") {
+        let segment = series["segment"].as_str().expect("segment").to_owned();
+        let entry = out.entry(segment).or_insert_with(|| SegmentHist {
+            buckets: vec![0; AGG_BUCKETS],
+            ..SegmentHist::default()
+        });
+        entry.count += series["count"].as_u64().expect("count");
+        entry.sum_ns += series["sum_ns"].as_u64().expect("sum_ns");
+        for bucket in series["buckets"].as_array().expect("buckets") {
+            let (i, n) = (bucket[0].as_u64(), bucket[1].as_u64());
+            let (Some(i), Some(n)) = (i, n) else {
+                panic!("bucket {bucket}");
             };
-            let entry = out.entry(segment).or_default();
-            // Key by the bound's bits (ordered for positive floats).
-            entry.2.entry(bound.to_bits()).or_insert((bound, 0.0)).1 += value;
+            entry.buckets[usize::try_from(i).expect("index")] += n;
         }
     }
-    out.into_iter()
-        .map(|(segment, (count, sum_s, buckets))| {
-            (
-                segment,
-                SegmentHist {
-                    count,
-                    sum_s,
-                    buckets: buckets.into_values().collect(),
-                },
-            )
-        })
-        .collect()
+    out
 }
 
-/// `histogram_quantile`'s answer for cumulative buckets: linear
-/// interpolation inside the bucket that holds rank `q * count`.
-fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
-    let Some(&(_, total)) = buckets.last() else {
-        return f64::NAN;
-    };
-    let rank = q * total;
-    let mut lower = (0.0, 0.0);
-    for &(bound, cumulative) in buckets {
-        if cumulative >= rank {
-            if bound.is_infinite() {
-                return lower.0;
-            }
-            let in_bucket = cumulative - lower.1;
-            return if in_bucket > 0.0 {
-                lower.0 + (bound - lower.0) * (rank - lower.1) / in_bucket
-            } else {
-                bound
-            };
-        }
-        lower = (bound, cumulative);
-    }
-    f64::NAN
+/// Total observations of one part of a `/histograms` document.
+fn total_count(doc: &Value, part: &str) -> u64 {
+    doc[part]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["count"].as_u64()).sum())
+        .unwrap_or(0)
 }
 
-/// Issue 12: the agent's default aggregate mode, with every journey also
-/// sampled through the correlator (`--sample 1`), on the same packets: the
-/// kernel's histograms (`hoptrace_segment_duration_seconds`) against the
-/// correlator's (`hoptrace_sampled_segment_duration_seconds`), segment by
-/// segment. Segments a journey crosses once (netfilter bands, tunnel
-/// encap/decap, the sending pod's veth) agree in count
-/// within 2 %, in p50 within 10 % and in p99 within 25 % (the agent's
-/// 1-2.5-5 buckets; the issue's 10 % is not met for p99 there). Segments a journey can cross
-/// twice (the inner and the outer packet's `routing`, `routing.output`,
-/// `ip.output`, ...) are one observation per crossing in the kernel and
-/// one per journey, repeats summed, in the correlator: there the kernel
-/// counts at least as many (`socket.delivery` too: same count, but its
-/// p50 differed by up to 16 %). Totals (sums) are printed, not judged: see
-/// docs/agent.md for the differences measured.
-#[test]
-fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
-    if !can_run_with_kernel_programs("aggregate_mode_matches_the_correlator_on_the_same_packets") {
-        return;
-    }
-    let lab = VxlanLab::build("aa");
-    let (client, target, node) = (lab.client.clone(), lab.target, lab.node.clone());
-    let mut agent = start(
-        &[
-            "agent",
-            "--no-kubernetes",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--mode",
-            "aggregate",
-            "--sample",
-            "1",
-        ],
-        &node,
-    );
-    let metrics_addr = agent.metrics_addr();
-    let (_, ready) = http_get(metrics_addr, "/readyz");
-    assert!(ready.contains("mode: aggregate"), "/readyz: {ready}");
-    assert_eq!(
-        http_requests_new_connection(&client, target, REQUESTS),
-        REQUESTS
-    );
-    // The kernel's histograms are read every second, the correlator
-    // finishes a journey after its idle timeout: wait until both settle.
-    let mut last = (f64::NAN, f64::NAN);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
-        std::thread::sleep(Duration::from_millis(1500));
-        let (status, text) = http_get(metrics_addr, "/metrics");
-        assert_eq!(status, 200);
-        let now = (
-            sum_samples(&text, "hoptrace_segment_duration_seconds_count", "segment="),
-            sum_samples(
-                &text,
-                "hoptrace_sampled_segment_duration_seconds_count",
-                "segment=",
-            ),
-        );
-        if now == last && now.0 > 0.0 || Instant::now() > deadline {
-            break text;
-        }
-        last = now;
-    };
-    stop(&mut agent, nix::sys::signal::Signal::SIGTERM);
-    lab.lab.teardown().expect("teardown");
-
-    let kernel = histograms_by_segment(&text, "hoptrace_segment_duration_seconds");
-    let correlator = histograms_by_segment(&text, "hoptrace_sampled_segment_duration_seconds");
-    assert!(
-        kernel.keys().any(|s| s.ends_with(".dnat"))
-            && kernel.keys().any(|s| s.starts_with("tunnel.vxlan.")),
-        "DNAT and VXLAN segments from the kernel's histograms: {:?}",
-        kernel.keys()
-    );
-    let mut report = String::from("segment: kernel / correlator count; sum ms; p50 µs; p99 µs\n");
-    let mut misses = Vec::new();
-    let once_per_journey =
-        |s: &str| s.starts_with("netfilter.") || s.starts_with("tunnel.") || s == "pod.veth.egress";
-    for (segment, want) in &correlator {
-        let got = kernel.get(segment).cloned().unwrap_or_default();
-        let (p50, p99) = (
-            (quantile(0.5, &got.buckets), quantile(0.5, &want.buckets)),
-            (quantile(0.99, &got.buckets), quantile(0.99, &want.buckets)),
-        );
-        report.push_str(&format!(
-            "{segment}: {} / {}; {:.2} / {:.2}; {:.1} / {:.1}; {:.1} / {:.1}\n",
-            got.count,
-            want.count,
-            got.sum_s * 1e3,
-            want.sum_s * 1e3,
-            p50.0 * 1e6,
-            p50.1 * 1e6,
-            p99.0 * 1e6,
-            p99.1 * 1e6
-        ));
-        // Segments with too few crossings for a 2 % comparison are listed,
-        // not judged.
-        if want.count < 100.0 {
-            continue;
-        }
-        if !once_per_journey(segment) {
-            if got.count < 0.98 * want.count {
-                misses.push(format!("{segment}: count {} < {}", got.count, want.count));
-            }
-            continue;
-        }
-        if (got.count - want.count).abs() > 0.02 * want.count {
-            misses.push(format!("{segment}: count {} vs {}", got.count, want.count));
-        }
-        // p99 of a few hundred crossings sits in the agent's coarse 1-2.5-5
-        // buckets, where a log-linear kernel bucket that straddles a bound
-        // lands on one side of it: 25 % for p99, 10 % for p50.
-        for (name, (g, w), tolerance) in [("p50", p50, 0.10), ("p99", p99, 0.25)] {
-            if !(g.is_finite() && w.is_finite() && (g - w).abs() <= tolerance * w) {
-                misses.push(format!("{segment}: {name} {g} vs {w}"));
-            }
-        }
-    }
-    for (segment, got) in &kernel {
-        if !correlator.contains_key(segment) {
-            report.push_str(&format!(
-                "{segment}: {} / (not in the correlator's)\n",
-                got.count
-            ));
-            if got.count >= 100.0 {
-                misses.push(format!(
-                    "{segment}: {} crossings only in the kernel's histograms",
-                    got.count
-                ));
-            }
-        }
-    }
-    eprintln!("{report}");
-    assert!(misses.is_empty(), "{}\n{report}", misses.join("\n"));
-}
-
-/// The kernel's histograms of an agent run on `lab` (`--sample <sample>`)
-/// after `REQUESTS` new-connection requests, once they settle.
-fn kernel_histograms(lab: &VxlanLab, sample: &str) -> BTreeMap<String, SegmentHist> {
+/// The agent in aggregate mode (`--sample <sample>`) on `lab`'s node 0
+/// while `REQUESTS` new-connection requests go through it; its
+/// `/histograms` once the kernel's and the correlator's totals settle (the
+/// kernel's histograms are read every second, the correlator finishes a
+/// journey after its idle timeout), bounded by 20 s.
+fn aggregate_run(lab: &VxlanLab, sample: &str) -> Value {
     let mut agent = start(
         &[
             "agent",
@@ -584,25 +420,122 @@ fn kernel_histograms(lab: &VxlanLab, sample: &str) -> BTreeMap<String, SegmentHi
         ],
         &lab.node,
     );
-    let metrics_addr = agent.metrics_addr();
+    let addr = agent.metrics_addr();
+    let (_, ready) = http_get(addr, "/readyz");
+    assert!(ready.contains("mode: aggregate"), "/readyz: {ready}");
     assert_eq!(
         http_requests_new_connection(&lab.client, lab.target, REQUESTS),
         REQUESTS
     );
-    let mut last = f64::NAN;
+    let mut last = (u64::MAX, u64::MAX);
     let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
+    let doc = loop {
         std::thread::sleep(Duration::from_millis(1500));
-        let (status, text) = http_get(metrics_addr, "/metrics");
-        assert_eq!(status, 200);
-        let now = sum_samples(&text, "hoptrace_segment_duration_seconds_count", "segment=");
-        if now == last && now > 0.0 || Instant::now() > deadline {
-            break text;
+        let (status, body) = http_get(addr, "/histograms");
+        assert_eq!(status, 200, "{body}");
+        let doc: Value = serde_json::from_str(&body).expect("/histograms JSON");
+        assert_eq!(doc["schema"], "hoptrace.agent.histograms.v1");
+        let now = (total_count(&doc, "kernel"), total_count(&doc, "sampled"));
+        if now == last && now.0 > 0 || Instant::now() > deadline {
+            break doc;
         }
         last = now;
     };
     stop(&mut agent, nix::sys::signal::Signal::SIGTERM);
-    histograms_by_segment(&text, "hoptrace_segment_duration_seconds")
+    doc
+}
+
+/// Issue 12: the agent's default aggregate mode, with every journey also
+/// sampled through the correlator (`--sample 1`), on the same packets: the
+/// kernel's histograms against the correlator's, both at the kernel's
+/// resolution (`/histograms`: 4 log-linear buckets per power of two, the
+/// correlator's times put in the same buckets), segment by segment.
+/// Segments a journey crosses once (netfilter bands, tunnel encap/decap,
+/// the sending pod's veth) agree in count within 2 %, in p50 and p99
+/// within 10 %. Segments a journey can cross twice (the inner and the
+/// outer packet's `routing`, `routing.output`, `ip.output`, ...) are one
+/// observation per crossing in the kernel and one per journey, repeats
+/// summed, in the correlator: there the kernel counts at least as many.
+/// Totals (sums) are printed, not judged: see docs/agent.md for the
+/// differences measured.
+#[test]
+fn aggregate_mode_matches_the_correlator_on_the_same_packets() {
+    if !can_run_with_kernel_programs("aggregate_mode_matches_the_correlator_on_the_same_packets") {
+        return;
+    }
+    let lab = VxlanLab::build("aa");
+    let doc = aggregate_run(&lab, "1");
+    lab.lab.teardown().expect("teardown");
+
+    let kernel = histograms_by_segment(&doc, "kernel");
+    let correlator = histograms_by_segment(&doc, "sampled");
+    assert!(
+        kernel.keys().any(|s| s.ends_with(".dnat"))
+            && kernel.keys().any(|s| s.starts_with("tunnel.vxlan.")),
+        "DNAT and VXLAN segments from the kernel's histograms: {:?}",
+        kernel.keys()
+    );
+    let mut report = String::from(
+        "segment: kernel / correlator count; sum ms; p50 µs; p99 µs; p50 ratio; p99 ratio\n",
+    );
+    let mut misses = Vec::new();
+    let once_per_journey =
+        |s: &str| s.starts_with("netfilter.") || s.starts_with("tunnel.") || s == "pod.veth.egress";
+    for (segment, want) in &correlator {
+        let got = kernel.get(segment).cloned().unwrap_or_default();
+        let (p50, p99) = (
+            (got.quantile(0.5), want.quantile(0.5)),
+            (got.quantile(0.99), want.quantile(0.99)),
+        );
+        report.push_str(&format!(
+            "{segment}: {} / {}; {:.2} / {:.2}; {:.2} / {:.2}; {:.2} / {:.2}; {:.3}; {:.3}\n",
+            got.count,
+            want.count,
+            got.sum_ns as f64 / 1e6,
+            want.sum_ns as f64 / 1e6,
+            p50.0 / 1e3,
+            p50.1 / 1e3,
+            p99.0 / 1e3,
+            p99.1 / 1e3,
+            p50.0 / p50.1,
+            p99.0 / p99.1,
+        ));
+        // Segments with too few crossings for a 2 % comparison are listed,
+        // not judged.
+        if want.count < 100 {
+            continue;
+        }
+        if !once_per_journey(segment) {
+            if (got.count as f64) < 0.98 * want.count as f64 {
+                misses.push(format!("{segment}: count {} < {}", got.count, want.count));
+            }
+            continue;
+        }
+        if got.count.abs_diff(want.count) as f64 > 0.02 * want.count as f64 {
+            misses.push(format!("{segment}: count {} vs {}", got.count, want.count));
+        }
+        for (name, (g, w)) in [("p50", p50), ("p99", p99)] {
+            if !(g.is_finite() && w.is_finite() && (g - w).abs() <= 0.10 * w) {
+                misses.push(format!("{segment}: {name} {g} ns vs {w} ns"));
+            }
+        }
+    }
+    for (segment, got) in &kernel {
+        if !correlator.contains_key(segment) {
+            report.push_str(&format!(
+                "{segment}: {} / (not in the correlator's)\n",
+                got.count
+            ));
+            if got.count >= 100 {
+                misses.push(format!(
+                    "{segment}: {} crossings only in the kernel's histograms",
+                    got.count
+                ));
+            }
+        }
+    }
+    eprintln!("{report}");
+    assert!(misses.is_empty(), "{}\n{report}", misses.join("\n"));
 }
 
 /// Issue 12: the cheap per-hop path of aggregate mode (netfilter brackets
@@ -612,7 +545,7 @@ fn kernel_histograms(lab: &VxlanLab, sample: &str) -> BTreeMap<String, SegmentHi
 /// traffic runs twice on one lab, every journey sampled and none: the
 /// kernel's histograms of both runs agree, segment by segment, in count
 /// within 2 %, and the netfilter bands (where the cheap path ends a
-/// segment) in p50 within 25 % or 0.5 µs (two runs of other packets on a
+/// segment) in p50 within 25 % or 0.75 µs (two runs of other packets on a
 /// shared machine; the sampled path's own ring writes); segments with fewer than 100 crossings are printed, not
 /// judged. Measured: every segment of the requests, 1500/1000/500
 /// crossings, the same count in both runs.
@@ -625,10 +558,10 @@ fn unsampled_aggregate_mode_matches_the_sampled_path() {
     // A fresh lab sends its own packets for several seconds (IPv6 router
     // solicitations, MLD, neighbour discovery, some dropped): a first run
     // takes them, so that the two compared runs see the same traffic.
-    let _ = kernel_histograms(&lab, "0");
+    let _ = aggregate_run(&lab, "0");
     std::thread::sleep(Duration::from_secs(3));
-    let unsampled = kernel_histograms(&lab, "0");
-    let sampled = kernel_histograms(&lab, "1");
+    let unsampled = histograms_by_segment(&aggregate_run(&lab, "0"), "kernel");
+    let sampled = histograms_by_segment(&aggregate_run(&lab, "1"), "kernel");
     lab.lab.teardown().expect("teardown");
     assert!(
         unsampled.keys().any(|s| s.ends_with(".dnat"))
@@ -645,18 +578,19 @@ fn unsampled_aggregate_mode_matches_the_sampled_path() {
             sampled.get(segment).cloned().unwrap_or_default(),
             unsampled.get(segment).cloned().unwrap_or_default(),
         );
-        let (pa, pb) = (quantile(0.5, &a.buckets), quantile(0.5, &b.buckets));
+        let (pa, pb) = (a.quantile(0.5), b.quantile(0.5));
         report.push_str(&format!(
-            "{segment}: {} / {}; {:.1} / {:.1}\n",
+            "{segment}: {} / {}; {:.2} / {:.2}\n",
             a.count,
             b.count,
-            pa * 1e6,
-            pb * 1e6
+            pa / 1e3,
+            pb / 1e3
         ));
-        if a.count.max(b.count) < 100.0 {
+        let most = a.count.max(b.count);
+        if most < 100 {
             continue;
         }
-        if (a.count - b.count).abs() > 0.02 * a.count.max(b.count) {
+        if a.count.abs_diff(b.count) as f64 > 0.02 * most as f64 {
             misses.push(format!(
                 "{segment}: count {} (sampled) vs {} (unsampled)",
                 a.count, b.count
@@ -666,15 +600,21 @@ fn unsampled_aggregate_mode_matches_the_sampled_path() {
         // netfilter bands): elsewhere both runs take the same path, and
         // their times differ with the machine's load (the sampled run's
         // correlator is busier), by 30 % and more for `socket.delivery`.
-        // Within 25 %, or within 0.5 µs: a sampled hop writes a ring
-        // record (200-300 ns a run here, BENCHMARKS.md), which lands in
-        // the sampled run's sub-µs bands (measured: postrouting.snat p50
-        // 0.76 µs sampled against 0.51 µs unsampled on a busy machine).
-        let tolerance = (0.25 * pa.max(pb)).max(0.5e-6);
+        // Within 25 %, or within 0.75 µs: a sampled hop writes a ring
+        // record (200-300 ns a run here, more under load; BENCHMARKS.md),
+        // which lands in the sampled run's sub-µs bands. At the kernel's
+        // resolution (`/histograms`) that shows: worst differences in six
+        // runs 0.26-0.60 µs, mostly `netfilter.outer.postrouting.snat`
+        // (p50 0.75-0.81 µs sampled against 0.13-0.27 µs unsampled, a
+        // steady ring write in that band); the exported
+        // 1-2.5-5 buckets, compared before, put both in one sub-µs bucket.
+        let tolerance = (0.25 * pa.max(pb)).max(750.0);
         if segment.starts_with("netfilter.")
             && !(pa.is_finite() && pb.is_finite() && (pa - pb).abs() <= tolerance)
         {
-            misses.push(format!("{segment}: p50 {pa} (sampled) vs {pb} (unsampled)"));
+            misses.push(format!(
+                "{segment}: p50 {pa} ns (sampled) vs {pb} ns (unsampled)"
+            ));
         }
     }
     eprintln!("{report}");

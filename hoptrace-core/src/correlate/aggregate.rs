@@ -8,7 +8,7 @@ use hoptrace_common::{
     HookKind,
     agg::{
         AGG_BUCKETS, AGG_FLAG_SYN, AggHist, AggKey, AggSite, PASS_CHECKED, PASS_CTINFO_NEW,
-        PASS_FOUND, PASS_SEEN, PASS_STATUS_KNOWN, PASS_UNCONFIRMED,
+        PASS_FOUND, PASS_SEEN, PASS_STATUS_KNOWN, PASS_UNCONFIRMED, agg_bucket, agg_bucket_lower,
     },
 };
 
@@ -19,7 +19,7 @@ use super::{
 use crate::{
     attribution::{
         ledger::{ConnState, Direction},
-        taxonomy::SegmentName,
+        taxonomy::{DevStage, HopPoint, Place, SegmentName},
     },
     node::NodeContext,
 };
@@ -53,6 +53,10 @@ pub struct AggregateSnapshot {
     /// Segments of keys that could not be named (a namespace or hook the
     /// device table does not know), cumulative.
     pub unnamed_segments: u64,
+    /// Segments left out because their two hops cannot belong to one
+    /// packet ([`recycled`]: the kernel joined the next packet of a
+    /// recycled buffer to the previous one's journey), cumulative.
+    pub recycled_segments: u64,
     /// Distinct kernel keys read.
     pub keys: usize,
 }
@@ -106,8 +110,18 @@ impl AggregateNamer {
 
     /// Segment, direction and connection state of a key (`None`: unnamed).
     pub fn name(&mut self, key: &AggKey) -> Option<(SegmentName, Direction, ConnState)> {
-        let a = self.hop(&key.prev)?;
-        let b = self.hop(&key.cur)?;
+        let (a, b) = (self.hop(&key.prev)?, self.hop(&key.cur)?);
+        self.name_hops(key, &a, &b)
+    }
+
+    /// [`AggregateNamer::name`] of a key whose hops are `a` and `b`.
+    fn name_hops(
+        &mut self,
+        key: &AggKey,
+        a: &Hop,
+        b: &Hop,
+    ) -> Option<(SegmentName, Direction, ConnState)> {
+        let (a, b) = (*a, *b);
         let first = self.hop(&key.first)?;
         let direction = journey_direction(&first);
         let states = pass_states(key);
@@ -127,7 +141,16 @@ impl AggregateNamer {
             std::collections::HashMap::new();
         let mut journeys: std::collections::BTreeMap<Direction, u64> = Default::default();
         for (key, hist) in totals {
-            let Some((segment, direction, conn_state)) = self.name(key) else {
+            let hops = self.hop(&key.prev).zip(self.hop(&key.cur));
+            if let Some((a, b)) = &hops
+                && recycled(a, b)
+            {
+                out.recycled_segments += hist.count;
+                continue;
+            }
+            let Some((segment, direction, conn_state)) =
+                hops.and_then(|(a, b)| self.name_hops(key, &a, &b))
+            else {
                 out.unnamed_segments += hist.count;
                 continue;
             };
@@ -159,6 +182,32 @@ impl AggregateNamer {
     }
 }
 
+/// Whether hop `b` cannot follow hop `a` for one packet: the correlator's
+/// rules for a buffer that now carries another packet, applied to one pair
+/// of hops (the kernel keeps only the newest hop, so journey-wide history
+/// is not available). A packet that left the node does not arrive again,
+/// one on the wire or handed to a pod takes only that device's or pod's
+/// hops next (a pod receiving it: only a socket in the pod or a drop), a
+/// pod sends a packet only at its journey's start, and one
+/// arrives from the wire only at its start. The kernel's per-packet state
+/// joins such a pair when a buffer is reused within its 50 ms idle gap by
+/// a packet with the same header fingerprint (or one hop did not parse).
+pub(crate) fn recycled(a: &Hop, b: &Hop) -> bool {
+    let (a, b) = (&a.point, &b.point);
+    let pod_receives = matches!(
+        a,
+        HopPoint::Device {
+            place: Place::Pod,
+            stage: DevStage::Receive,
+        }
+    );
+    (a.leaves_node() && b.enters_node())
+        || (a.hands_to_uplink() && !b.may_follow_uplink())
+        || ((a.hands_to_pod() || pod_receives) && !b.may_follow_pod_handoff())
+        || (!a.sent_by_pod() && b.sent_by_pod())
+        || (!a.is_wire_receive() && b.arrives_on_uplink())
+}
+
 /// A kernel histogram summed over CPUs (64-bit buckets).
 #[derive(Clone, Debug)]
 pub struct AggHist64 {
@@ -170,14 +219,45 @@ pub struct AggHist64 {
     pub buckets: Vec<u64>,
 }
 
+impl Default for AggHist64 {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl AggHist64 {
-    /// The sum of one key's per-CPU values.
-    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a AggHist>) -> Self {
-        let mut out = Self {
+    /// No observation yet: [`AGG_BUCKETS`] zero buckets.
+    pub fn empty() -> Self {
+        Self {
             count: 0,
             sum_ns: 0,
             buckets: vec![0; AGG_BUCKETS],
-        };
+        }
+    }
+
+    /// Adds one duration of `ns` nanoseconds, in the kernel's bucket
+    /// ([`agg_bucket`]): what userspace does to put the correlator's
+    /// journeys on the kernel's resolution.
+    pub fn observe(&mut self, ns: u64) {
+        self.count += 1;
+        self.sum_ns += ns;
+        if let Some(bucket) = self.buckets.get_mut(agg_bucket(ns)) {
+            *bucket += 1;
+        }
+    }
+
+    /// Adds another histogram of the same buckets.
+    pub fn merge(&mut self, other: &[u64], count: u64, sum_ns: u64) {
+        self.count += count;
+        self.sum_ns += sum_ns;
+        for (total, n) in self.buckets.iter_mut().zip(other) {
+            *total += n;
+        }
+    }
+
+    /// The sum of one key's per-CPU values.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a AggHist>) -> Self {
+        let mut out = Self::empty();
         for h in per_cpu {
             out.count += h.count;
             out.sum_ns += h.sum_ns;
@@ -187,6 +267,38 @@ impl AggHist64 {
         }
         out
     }
+}
+
+/// Quantile `q` (0 to 1) of counts per log-linear bucket
+/// ([`hoptrace_common::agg::agg_bucket`]), in ns: linear interpolation
+/// inside the bucket that holds rank `q × total`, as Prometheus's
+/// `histogram_quantile` does with cumulative buckets. A bucket is at most
+/// 25 % wide, so this is within 25 % of the true quantile; two histograms
+/// of the same values give the same answer. The open last bucket answers
+/// its lower bound. `None` without observations.
+pub fn log_linear_quantile(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if (below + n) as f64 >= rank {
+            let lower = agg_bucket_lower(i) as f64;
+            if i + 1 >= AGG_BUCKETS {
+                return Some(lower);
+            }
+            let upper = agg_bucket_lower(i + 1) as f64;
+            let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += n;
+    }
+    Some(agg_bucket_lower(AGG_BUCKETS - 1) as f64)
 }
 
 /// The correlator's netfilter pass of a kernel pass's bits.
@@ -286,6 +398,65 @@ mod tests {
         let mut foreign = key;
         foreign.cur.netns_ino = 99;
         assert!(namer.name(&foreign).is_none());
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_the_kernels_buckets() {
+        let mut h = AggHist64::empty();
+        assert_eq!(log_linear_quantile(&h.buckets, 0.5), None);
+        // 100 values of 1,000 ns: all in the bucket [896, 1024) ns.
+        for _ in 0..100 {
+            h.observe(1_000);
+        }
+        let bucket = agg_bucket(1_000);
+        assert_eq!(h.buckets[bucket], 100);
+        assert_eq!((h.count, h.sum_ns), (100, 100_000));
+        let (lo, hi) = (
+            agg_bucket_lower(bucket) as f64,
+            agg_bucket_lower(bucket + 1) as f64,
+        );
+        let p50 = log_linear_quantile(&h.buckets, 0.5).expect("p50");
+        assert!(
+            (p50 - (lo + hi) / 2.0).abs() < 1e-9,
+            "{p50} in [{lo}, {hi})"
+        );
+        // One slow value: p99 stays in the first bucket, p100 is in the slow one.
+        h.observe(1_000_000);
+        let p99 = log_linear_quantile(&h.buckets, 0.99).expect("p99");
+        assert!(p99 >= lo && p99 <= hi, "{p99}");
+        let max = log_linear_quantile(&h.buckets, 1.0).expect("max");
+        assert!((max - 1e6).abs() <= 0.25 * 1e6, "{max}");
+        // The same values give the same quantiles, however they were added.
+        let mut other = AggHist64::empty();
+        other.merge(&h.buckets, h.count, h.sum_ns);
+        assert_eq!(log_linear_quantile(&other.buckets, 0.99), Some(p99));
+    }
+
+    #[test]
+    fn a_pair_of_hops_of_two_packets_is_left_out() {
+        let mut namer = AggregateNamer::new(ctx());
+        // The pod received a packet (its last hop: TCP consumed it), then
+        // sent another in the same buffer: the kernel joined them.
+        let pod_rx = site(HookKind::DevReceive, 7, 2, Encap::None);
+        let joined = AggKey {
+            prev: pod_rx,
+            cur: site(HookKind::TcIngress, 1, 5, Encap::None),
+            first: pod_rx,
+            ..pod_veth_egress(0)
+        };
+        let mut h = AggHist::zeroed();
+        h.count = 2;
+        h.sum_ns = 64_000_000;
+        h.buckets[100] = 2;
+        let legit = pod_veth_egress(0);
+        let snap = namer.snapshot(&[
+            (joined, AggHist64::sum([&h])),
+            (legit, AggHist64::sum([&h])),
+        ]);
+        assert_eq!(snap.recycled_segments, 2);
+        assert_eq!(snap.unnamed_segments, 0);
+        assert_eq!(snap.series.len(), 1);
+        assert_eq!(snap.series[0].segment.name, "pod.veth.egress");
     }
 
     #[test]

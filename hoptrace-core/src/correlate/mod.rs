@@ -355,7 +355,15 @@ pub struct Correlator {
     followed: FollowedFlows,
     /// IP datagrams in fragments: their journeys by reassembly key.
     fragments: FastMap<FragKey, FragGroup>,
+    /// Header-only hops of buffers without a journey, by buffer (at most
+    /// [`MAX_LONE_SITES`]): in aggregate mode the kernel sends the hop
+    /// before an unsampled packet's drop this way, just before the drop.
+    lone_sites: FastMap<u64, (HopEvent, Hop)>,
 }
+
+/// Most header-only hops kept for a drop that may follow
+/// ([`Correlator::push`]); past it the map starts again empty.
+const MAX_LONE_SITES: usize = 4096;
 
 /// What identifies the fragments of one IP datagram (RFC 791): addresses,
 /// protocol and IP ID.
@@ -430,6 +438,7 @@ impl Correlator {
             observer: None,
             scratch_observed: Vec::new(),
             unparsed_seen: FastMap::default(),
+            lone_sites: FastMap::default(),
             followed: FollowedFlows::default(),
             fragments: FastMap::default(),
         }
@@ -661,7 +670,14 @@ impl Correlator {
                 }
                 if fp.is_none() {
                     // A header-only bracket that follows no parsed hop of
-                    // its hook: nothing says which packet it timed.
+                    // its hook: nothing says which packet it timed, unless
+                    // a drop of this buffer follows (aggregate mode's hop
+                    // before a drop, in a buffer whose journey is over).
+                    if let Some(hop) = hop
+                        && (after_end || stale)
+                    {
+                        self.remember_lone_site(ev, hop);
+                    }
                     return;
                 }
                 if !same_packet && ev.ts_ns < j.first_ts {
@@ -697,9 +713,15 @@ impl Correlator {
         // A new journey starts with a parsed event on a hop (a lone drop or
         // consume of an unknown buffer is only counted).
         let (Some(fp), Some(hop)) = (fp, hop) else {
+            if let (None, Some(hop)) = (fp, hop)
+                && hook != HookKind::Drop
+            {
+                self.remember_lone_site(ev, hop);
+            }
             return;
         };
         if hook == HookKind::Drop {
+            self.drop_after_lone_site(ev, fp, hop);
             return;
         }
         let flow = ev.packet.flow();
@@ -715,6 +737,42 @@ impl Correlator {
             return;
         }
         self.start(ev, fp, hop, hook);
+    }
+
+    /// Keeps header-only hop `hop` (event `ev`) of a buffer without a
+    /// journey for a drop that may follow ([`Correlator::drop_after_lone_site`]).
+    fn remember_lone_site(&mut self, ev: &HopEvent, hop: Hop) {
+        if self.lone_sites.len() >= MAX_LONE_SITES {
+            self.lone_sites.clear();
+        }
+        self.lone_sites.insert(ev.skb_addr, (*ev, hop));
+    }
+
+    /// A drop of a buffer without a journey: when the header-only hop just
+    /// before it in the same buffer was seen (aggregate mode sends the hop
+    /// before an unsampled drop that way), the two make a journey that ends
+    /// in the drop, with the drop's headers: its reason, location (that
+    /// hop), flow and length reach the drop records and the observer. Else
+    /// the drop is only counted.
+    fn drop_after_lone_site(&mut self, ev: &HopEvent, fp: u64, hop: Hop) {
+        let Some((site, site_hop)) = self.lone_sites.remove(&ev.skb_addr) else {
+            return;
+        };
+        if site.ts_ns > ev.ts_ns || ev.ts_ns - site.ts_ns > self.opts.idle_timeout_ns {
+            return;
+        }
+        let mut first = site;
+        first.packet = ev.packet;
+        let first_hop = Hop {
+            encap: ev.packet.encap,
+            ..site_hop
+        };
+        self.start(&first, fp, first_hop, HookKind::from_u8(first.hook));
+        if let Some(&id) = self.by_skb.get(&ev.skb_addr)
+            && let Some(j) = self.journeys.get_mut(&id)
+        {
+            j.add(ev, HookKind::Drop, Some(hop), true);
+        }
     }
 
     /// The datagram of fragment journey `id` was reassembled in its buffer

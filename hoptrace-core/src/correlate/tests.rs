@@ -1402,6 +1402,60 @@ fn a_repeated_link_local_multicast_packet_in_a_recycled_buffer_is_another_packet
 }
 
 #[test]
+fn a_drop_after_a_header_only_hop_is_a_journey_with_its_location() {
+    // Aggregate mode: an unsampled packet's drop arrives as a header-only
+    // record of the hop before it, then the drop with its headers.
+    use HookKind::*;
+    let mut c = Correlator::new(ctx(), CorrelatorOptions::default());
+    let p = tcp(ACK, 1, 77);
+    let mut skipped = PacketMeta::zeroed();
+    skipped.status = ParseStatus::Skipped as u8;
+    let mut drop = ev(2_000, SKB, NODE, 0, Drop, p);
+    drop.drop_reason = 6;
+    c.push(&nf(1_000, SKB, NfHook::Forward, -1, CtState::None, skipped));
+    c.push(&drop);
+    // A lone drop (no hop before it) and a drop long after its hop are
+    // only counted.
+    let mut lone = ev(3_000, SKB + 0x100, NODE, 0, Drop, p);
+    lone.drop_reason = 6;
+    c.push(&lone);
+    c.push(&nf(
+        4_000,
+        SKB + 0x200,
+        NfHook::Forward,
+        -1,
+        CtState::None,
+        skipped,
+    ));
+    let mut late = ev(4_000 + 10_000_000_000, SKB + 0x200, NODE, 0, Drop, p);
+    late.drop_reason = 6;
+    c.push(&late);
+    // The same buffer again with an identical packet (another CPU's
+    // datagram, the same fingerprint): the first journey is over, the
+    // second drop has its own hop before it.
+    c.push(&nf(
+        3_000_000,
+        SKB,
+        NfHook::Forward,
+        -1,
+        CtState::None,
+        skipped,
+    ));
+    let mut again = ev(3_001_000, SKB, NODE, 0, Drop, p);
+    again.drop_reason = 6;
+    c.push(&again);
+    let ledger = c.finish();
+    let records = &ledger.drop_records[&("NETFILTER_DROP".to_owned(), "nf.forward.-1".to_owned())];
+    assert_eq!(records.count, 2, "{:?}", ledger.drop_records.keys());
+    assert_eq!(records.records[0].flow.dst, "10.96.0.10:80");
+    assert_eq!(ledger.drop_records.len(), 1);
+    assert_eq!(
+        ledger.segment_names_seen(),
+        vec!["netfilter.forward.filter"]
+    );
+}
+
+#[test]
 fn every_drop_is_recorded_with_its_flow_bounded_per_reason_and_location() {
     use HookKind::*;
     let mut c = Correlator::new(ctx(), CorrelatorOptions::default());

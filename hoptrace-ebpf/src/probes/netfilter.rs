@@ -85,36 +85,31 @@ fn observe(ctx: *mut c_void, slot: u8) {
 #[inline(never)]
 fn observe_full(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
     let cfg = config();
+    let site = NfSite {
+        slot,
+        nf_hook,
+        nf_pf,
+        netns_ino: cfg.node_netns_ino,
+    };
     if !parse {
         // Same headers as the previous bracket of this hook: a header-only
         // record that just times the packet.
         let Some(mut entry) = emit::reserve_header() else {
             return;
         };
-        fill_header(
-            // SAFETY: `reserve_header` zeroed every byte, a valid `HopHeader`.
-            unsafe { entry.assume_init_mut() },
-            skb,
-            slot,
-            nf_hook,
-            nf_pf,
-            cfg.node_netns_ino,
-            false,
-        );
+        // SAFETY: `reserve_header` zeroed every byte, a valid `HopHeader`.
+        fill_header(unsafe { entry.assume_init_mut() }, skb, site, false);
         emit::submit_header(entry);
         return;
     }
     let Some(mut entry) = emit::reserve() else {
         return;
     };
+    // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
     fill_header(
-        // SAFETY: `reserve` zeroed every byte, a valid `HopEvent`.
         &mut unsafe { entry.assume_init_mut() }.header,
         skb,
-        slot,
-        nf_hook,
-        nf_pf,
-        cfg.node_netns_ino,
+        site,
         true,
     );
     // The window lives in the per-CPU scratch space: on the stack it no
@@ -138,42 +133,51 @@ fn ethertype_of(nf_pf: u8) -> u16 {
     }
 }
 
-/// `ct_status`: also read the conntrack entry's status (one helper call),
-/// done by the parsing brackets only (the first of each hook and the one
-/// after each NAT band), which is where a pass's entry is seen.
-#[inline(always)]
-fn fill_header(
-    h: &mut HopHeader,
-    skb: Skb,
+/// Where a netfilter bracket runs: its priority slot, hook, protocol
+/// family, and the namespace whose links it belongs to (the node's).
+#[derive(Clone, Copy)]
+struct NfSite {
     slot: u8,
     nf_hook: u8,
     nf_pf: u8,
     netns_ino: u32,
-    ct_status: bool,
-) {
-    fill_untimed(h, skb, slot, nf_hook, nf_pf, netns_ino, ct_status);
+}
+
+impl NfSite {
+    /// The bracket at `slot` of hook `nf_hook` (family `nf_pf`) of the
+    /// traced node.
+    #[inline(always)]
+    fn of_node(slot: u8, nf_hook: u8, nf_pf: u8) -> Self {
+        Self {
+            slot,
+            nf_hook,
+            nf_pf,
+            // Netfilter links belong to the namespace that created them: the node.
+            netns_ino: global!(HOPTRACE_CONFIG.node_netns_ino),
+        }
+    }
+}
+
+/// The hop's fields and its time. `ct_status`: also read the conntrack
+/// entry's status (one helper call), done by the parsing brackets only (the
+/// first of each hook and the one after each NAT band), which is where a
+/// pass's entry is seen.
+#[inline(always)]
+fn fill_header(h: &mut HopHeader, skb: Skb, site: NfSite, ct_status: bool) {
+    fill_untimed(h, skb, site, ct_status);
     // SAFETY: a helper without arguments that touches no memory.
     h.ts_ns = unsafe { bpf_ktime_get_ns() };
 }
 
 /// [`fill_header`] without the time.
 #[inline(always)]
-fn fill_untimed(
-    h: &mut HopHeader,
-    skb: Skb,
-    slot: u8,
-    nf_hook: u8,
-    nf_pf: u8,
-    netns_ino: u32,
-    ct_status: bool,
-) {
+fn fill_untimed(h: &mut HopHeader, skb: Skb, site: NfSite, ct_status: bool) {
     h.skb_addr = skb.addr();
     h.hook = HookKind::Netfilter as u8;
-    h.nf_slot = slot;
-    h.nf_hook = nf_hook;
-    h.nf_pf = nf_pf;
-    // Netfilter links belong to the namespace that created them: the node.
-    h.netns_ino = netns_ino;
+    h.nf_slot = site.slot;
+    h.nf_hook = site.nf_hook;
+    h.nf_pf = site.nf_pf;
+    h.netns_ino = site.netns_ino;
     h.ifindex = dev_ifindex(skb.dev());
     h.skb_len = skb.len();
     let nfct = skb.nfct();
@@ -200,8 +204,8 @@ fn observe_aggregate(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
     let sc = guard.get();
     // The hop's fields live in the scratch space: the verifier adds this
     // frame to the parser's.
-    let netns = global!(HOPTRACE_CONFIG.node_netns_ino);
-    fill_header(&mut sc.header, skb, slot, nf_hook, nf_pf, netns, true);
+    let site = NfSite::of_node(slot, nf_hook, nf_pf);
+    fill_header(&mut sc.header, skb, site, true);
     // A hop that does not continue a pass parses, whatever its slot: it is
     // the first of a pass (after a device hop, at OUTPUT), where a layer
     // can change or a recycled buffer start a new journey.
@@ -218,8 +222,7 @@ fn observe_aggregate(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) {
 #[inline(never)]
 fn continue_pass(skb: Skb, slot: u8, nf_hook: u8, nf_pf: u8, parse: bool) -> bool {
     let mut h = HopHeader::zeroed();
-    let netns = global!(HOPTRACE_CONFIG.node_netns_ino);
-    fill_untimed(&mut h, skb, slot, nf_hook, nf_pf, netns, false);
+    fill_untimed(&mut h, skb, NfSite::of_node(slot, nf_hook, nf_pf), false);
     aggregate::nf_continue(&mut h, skb.nfct(), parse)
 }
 

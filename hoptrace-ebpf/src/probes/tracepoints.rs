@@ -16,37 +16,50 @@ use hoptrace_ebpf::{
     skb::{BtfPtr, Skb, dev_ifindex, dev_netns},
 };
 
-/// A device hands the packet to the stack (after tc ingress, before netfilter).
-#[btf_tracepoint(function = "netif_receive_skb")]
-pub fn hoptrace_netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
-    observe(skb as u64, HookKind::DevReceive, 0);
-    0
+/// A tp_btf program named `$name` on tracepoint `$function` whose first
+/// argument is the `struct sk_buff *`: the hop `$hook` of that buffer.
+macro_rules! skb_tracepoint {
+    ($(#[$doc:meta])* $name:ident, $function:tt, $hook:expr) => {
+        $(#[$doc])*
+        #[btf_tracepoint(function = $function)]
+        pub fn $name(ctx: BtfTracePointContext) -> i32 {
+            let skb: *const u8 = ctx.arg(0);
+            observe(skb as u64, $hook, 0);
+            0
+        }
+    };
 }
 
-/// The packet enters a device's transmit path (qdisc).
-#[btf_tracepoint(function = "net_dev_queue")]
-pub fn hoptrace_net_dev_queue(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
-    observe(skb as u64, HookKind::DevQueue, 0);
-    0
-}
-
-/// The driver takes the packet (after the qdisc).
-#[btf_tracepoint(function = "net_dev_start_xmit")]
-pub fn hoptrace_net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
-    observe(skb as u64, HookKind::DevXmit, 0);
-    0
-}
-
-/// A reading socket copies the payload out: delivery to the application.
-#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
-pub fn hoptrace_skb_copy_datagram_iovec(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
-    observe(skb as u64, HookKind::SocketDeliver, 0);
-    0
-}
+skb_tracepoint!(
+    /// A device hands the packet to the stack (after tc ingress, before netfilter).
+    hoptrace_netif_receive_skb,
+    "netif_receive_skb",
+    HookKind::DevReceive
+);
+skb_tracepoint!(
+    /// The packet enters a device's transmit path (qdisc).
+    hoptrace_net_dev_queue,
+    "net_dev_queue",
+    HookKind::DevQueue
+);
+skb_tracepoint!(
+    /// The driver takes the packet (after the qdisc).
+    hoptrace_net_dev_start_xmit,
+    "net_dev_start_xmit",
+    HookKind::DevXmit
+);
+skb_tracepoint!(
+    /// A reading socket copies the payload out: delivery to the application.
+    hoptrace_skb_copy_datagram_iovec,
+    "skb_copy_datagram_iovec",
+    HookKind::SocketDeliver
+);
+skb_tracepoint!(
+    /// Normal end of a packet's life (optional: userspace attaches it only when asked).
+    hoptrace_consume_skb,
+    "consume_skb",
+    HookKind::Consume
+);
 
 /// The packet is dropped; the kernel says why.
 #[btf_tracepoint(function = "kfree_skb")]
@@ -54,14 +67,6 @@ pub fn hoptrace_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let reason: u64 = ctx.arg(2);
     observe(skb as u64, HookKind::Drop, reason as u32);
-    0
-}
-
-/// Normal end of a packet's life (optional: userspace attaches it only when asked).
-#[btf_tracepoint(function = "consume_skb")]
-pub fn hoptrace_consume_skb(ctx: BtfTracePointContext) -> i32 {
-    let skb: *const u8 = ctx.arg(0);
-    observe(skb as u64, HookKind::Consume, 0);
     0
 }
 
@@ -106,6 +111,17 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
     }
     // SAFETY: a helper without arguments that touches no memory.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // The hop's fields, written where each mode keeps its header.
+    let skb_len = skb.len();
+    let fill = |h: &mut HopHeader| {
+        h.ts_ns = ts_ns;
+        h.skb_addr = addr;
+        h.hook = hook as u8;
+        h.netns_ino = netns;
+        h.ifindex = ifindex;
+        h.skb_len = skb_len;
+        h.drop_reason = drop_reason;
+    };
     if aggregate_mode() {
         // The hop's fields live in the scratch space: the verifier adds
         // this frame to the parser's.
@@ -113,56 +129,13 @@ fn observe(addr: u64, hook: HookKind, drop_reason: u32) {
             return;
         };
         let sc = guard.get();
-        fill(
-            &mut sc.header,
-            ts_ns,
-            addr,
-            hook,
-            netns,
-            ifindex,
-            skb.len(),
-            drop_reason,
-        );
+        fill(&mut sc.header);
         observe_aggregate(skb, protocol, sc);
     } else {
         let mut h = HopHeader::zeroed();
-        fill(
-            &mut h,
-            ts_ns,
-            addr,
-            hook,
-            netns,
-            ifindex,
-            skb.len(),
-            drop_reason,
-        );
+        fill(&mut h);
         observe_full(skb, &h, protocol);
     }
-}
-
-/// The hop's fields.
-#[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one value per field of the hop, inlined"
-)]
-fn fill(
-    h: &mut HopHeader,
-    ts_ns: u64,
-    addr: u64,
-    hook: HookKind,
-    netns: u32,
-    ifindex: u32,
-    skb_len: u32,
-    drop_reason: u32,
-) {
-    h.ts_ns = ts_ns;
-    h.skb_addr = addr;
-    h.hook = hook as u8;
-    h.netns_ino = netns;
-    h.ifindex = ifindex;
-    h.skb_len = skb_len;
-    h.drop_reason = drop_reason;
 }
 
 /// Full mode: one ring buffer record for hop `h` of `skb`. A BPF

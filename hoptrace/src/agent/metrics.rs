@@ -24,7 +24,7 @@ use hoptrace_core::{
     },
     correlate::{
         JourneyObserver, JourneySummary,
-        aggregate::{AggregateSeries, AggregateSnapshot},
+        aggregate::{AggHist64, AggregateSeries, AggregateSnapshot},
     },
 };
 use prometheus_client::{
@@ -33,7 +33,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::identity::Identity;
+use super::{
+    histograms::{self, HistogramSeries, HistogramsDocument},
+    identity::Identity,
+};
 
 /// Upper bounds of the histogram buckets, seconds: 1-2.5-5 steps from
 /// 1 µs to 10 s (the `+Inf` bucket follows).
@@ -188,6 +191,10 @@ struct Store {
     /// Segment names and categories by the correlator's id.
     segment_names: Vec<(String, Category)>,
     segments: HashMap<SegmentKey, Hist>,
+    /// Aggregate mode: the sampled journeys' segments at the kernel's
+    /// resolution (no pod labels: bounded by segments × directions ×
+    /// connection states), for `/histograms`.
+    fine: HashMap<(u32, Direction, ConnState), AggHist64>,
     categories: HashMap<CategoryKey, Hist>,
     drops: HashMap<(String, String), u64>,
     journeys: HashMap<Direction, u64>,
@@ -252,7 +259,10 @@ struct AggregateStore {
     categories: Vec<((Category, Direction, ConnState), Hist)>,
     journeys: Vec<(Direction, u64)>,
     unnamed_segments: u64,
+    recycled_segments: u64,
     keys: usize,
+    /// The snapshot's series at the kernel's resolution, for `/histograms`.
+    fine: Vec<AggregateSeries>,
 }
 
 /// The agent's metrics: fed by the correlator, read by the scraper.
@@ -330,8 +340,76 @@ impl AgentMetrics {
             categories,
             journeys: snap.journeys.clone(),
             unnamed_segments: snap.unnamed_segments,
+            recycled_segments: snap.recycled_segments,
             keys: snap.keys,
+            fine: snap.series.clone(),
         };
+    }
+
+    /// The `/histograms` document: the kernel's histograms and the sampled
+    /// journeys', both at the kernel's resolution, with their quantiles.
+    pub fn histograms(&self) -> HistogramsDocument {
+        let labels = |name: &str, category: Category, direction: Direction, state: ConnState| {
+            (
+                name.to_owned(),
+                category.name(),
+                direction.name(),
+                state.name(),
+            )
+        };
+        let mut kernel = Vec::new();
+        if let Some(aggregate) = &self.aggregate {
+            let store = aggregate.lock().unwrap_or_else(PoisonError::into_inner);
+            for s in &store.fine {
+                kernel.push(HistogramSeries::new(
+                    labels(
+                        &s.segment.name,
+                        s.segment.category,
+                        s.direction,
+                        s.conn_state,
+                    ),
+                    s.count,
+                    s.sum_ns,
+                    &s.buckets,
+                ));
+            }
+        }
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sampled: Vec<HistogramSeries> = store
+            .fine
+            .iter()
+            .filter_map(|(&(segment, direction, state), h)| {
+                let (name, category) = store.segment_names.get(segment as usize)?;
+                Some(HistogramSeries::new(
+                    labels(name, *category, direction, state),
+                    h.count,
+                    h.sum_ns,
+                    &h.buckets,
+                ))
+            })
+            .collect();
+        drop(store);
+        for series in [&mut kernel, &mut sampled] {
+            series.sort_by(|a, b| {
+                (&a.segment, a.direction, a.conn_state).cmp(&(
+                    &b.segment,
+                    b.direction,
+                    b.conn_state,
+                ))
+            });
+        }
+        HistogramsDocument {
+            schema: histograms::SCHEMA,
+            node: self.node.clone(),
+            mode: if self.aggregate.is_some() {
+                "aggregate"
+            } else {
+                "full"
+            },
+            bucket_lower_bounds_ns: histograms::bucket_lower_bounds_ns(),
+            kernel,
+            sampled,
+        }
     }
 
     /// The pod label set of a journey: the pod it left or reached (by its
@@ -397,6 +475,16 @@ impl JourneyObserver for AgentMetrics {
                 .entry((segment, j.direction, j.conn_state, label))
                 .or_default()
                 .observe(ns);
+        }
+        if self.aggregate.is_some() {
+            // Sampled journeys only (1 in N): full mode does not pay this.
+            for &(segment, ns) in j.segments {
+                store
+                    .fine
+                    .entry((segment, j.direction, j.conn_state))
+                    .or_default()
+                    .observe(ns);
+            }
         }
         for &(category, ns) in j.categories {
             store
@@ -620,6 +708,12 @@ impl Collector for AgentMetrics {
             )?;
             encode_counter(
                 &mut encoder,
+                "hoptrace_aggregate_recycled_segments",
+                "Aggregate mode: segments left out because their two hops cannot belong to one packet (the kernel joined a recycled buffer's next packet to the previous one's journey)",
+                &[(node_only.clone(), agg.recycled_segments)],
+            )?;
+            encode_counter(
+                &mut encoder,
                 "hoptrace_aggregate_map_full",
                 "Aggregate mode: segments not counted because the kernel's histogram map was full",
                 &[(
@@ -832,6 +926,65 @@ mod tests {
         );
         assert!(text.contains("# TYPE hoptrace_category_duration_seconds histogram"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histograms_carry_both_sides_at_the_kernels_resolution() {
+        use hoptrace_common::agg::{AGG_BUCKETS, agg_bucket};
+        let metrics = Arc::new(AgentMetrics::new_aggregate(
+            "n1".into(),
+            PodLabels::None,
+            Arc::new(ByOctet),
+        ));
+        // The correlator's (sampled) journeys: DNAT 1,500 ns twice.
+        observe(&metrics, 7, 1_500, None);
+        observe(&metrics, 8, 1_500, None);
+        // The kernel's histogram of the same segment: 1,500 ns three times.
+        let mut buckets = vec![0; AGG_BUCKETS];
+        buckets[agg_bucket(1_500)] = 3;
+        metrics.set_aggregate(&AggregateSnapshot {
+            series: vec![AggregateSeries {
+                segment: names()[0].clone(),
+                direction: Direction::Egress,
+                conn_state: ConnState::New,
+                count: 3,
+                sum_ns: 4_500,
+                buckets,
+            }],
+            ..AggregateSnapshot::default()
+        });
+        let doc = metrics.histograms();
+        assert_eq!((doc.schema, doc.mode), (histograms::SCHEMA, "aggregate"));
+        assert_eq!(doc.bucket_lower_bounds_ns.len(), AGG_BUCKETS);
+        let dnat = |series: &[HistogramSeries]| {
+            series
+                .iter()
+                .find(|s| s.segment == "netfilter.prerouting.dnat")
+                .cloned()
+                .expect("dnat series")
+        };
+        let (kernel, sampled) = (dnat(&doc.kernel), dnat(&doc.sampled));
+        assert_eq!((kernel.count, sampled.count), (3, 2));
+        assert_eq!(kernel.buckets, vec![(agg_bucket(1_500), 3)]);
+        assert_eq!(sampled.buckets, vec![(agg_bucket(1_500), 2)]);
+        // Same bucket, same quantiles: within the bucket that holds 1,500 ns.
+        let (lo, hi) = (
+            doc.bucket_lower_bounds_ns[agg_bucket(1_500)] as f64,
+            doc.bucket_lower_bounds_ns[agg_bucket(1_500) + 1] as f64,
+        );
+        for p in [kernel.p50_ns, kernel.p99_ns, sampled.p50_ns, sampled.p99_ns] {
+            let p = p.expect("quantile");
+            assert!(p >= lo && p <= hi, "{p} in [{lo}, {hi}]");
+        }
+        assert_eq!(kernel.p99_ns, sampled.p99_ns);
+        assert_eq!(kernel.category, "kube-proxy");
+        assert_eq!((kernel.direction, kernel.conn_state), ("egress", "new"));
+        // Full mode keeps no fine histograms: the document is empty.
+        let full = AgentMetrics::new("n1".into(), PodLabels::None, Arc::new(ByOctet));
+        observe(&full, 7, 1_500, None);
+        let doc = full.histograms();
+        assert_eq!(doc.mode, "full");
+        assert!(doc.kernel.is_empty() && doc.sampled.is_empty());
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //!   encoder;
 //! - [`identity`]: pod and Service names (kube-rs reflectors, or network
 //!   namespace names without the API);
-//! - [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`histograms`]: the `/histograms` document (log-linear histograms
+//!   and their quantiles at the kernel's resolution);
+//! - [`server`]: `/metrics`, `/histograms`, `/healthz`, `/readyz`.
 
+pub mod histograms;
 pub mod identity;
 pub mod metrics;
 pub mod server;

@@ -1,4 +1,4 @@
-//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, served
+//! The agent's HTTP endpoints: `/metrics`, `/histograms`, `/healthz`, `/readyz`, served
 //! with hyper (HTTP/1.1) on the agent's tokio runtime.
 
 use std::{
@@ -98,6 +98,14 @@ fn route(
                 ),
             }
         }
+        "/histograms" => match serde_json::to_string(&metrics.histograms()) {
+            Ok(body) => text(StatusCode::OK, "application/json", body),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                PLAIN,
+                "cannot encode the histograms\n".into(),
+            ),
+        },
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => {
             let (status, body) = readiness.answer();
@@ -106,7 +114,7 @@ fn route(
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: /metrics, /healthz, /readyz\n".into(),
+            "not found: /metrics, /histograms, /healthz, /readyz\n".into(),
         ),
     }
 }
