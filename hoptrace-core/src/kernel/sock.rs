@@ -123,6 +123,8 @@ pub struct SockCapture {
 /// The running socket programs and their drain thread. Dropping it
 /// detaches everything (the aya object owns the links).
 pub struct SockTracer {
+    /// CLOCK_MONOTONIC (bpf ktime) when every hook was attached, ns.
+    ready_ns: u64,
     ebpf: aya::Ebpf,
     /// The tp_btf programs, attached; dropping them detaches them.
     links: Vec<TracingLink>,
@@ -255,7 +257,12 @@ impl SockTracer {
         .map_err(SockError::Thread)?;
         drop(relocated);
         drop(kernel_btf);
+        // Hooks attach one after the other: before the last one, a read
+        // may be seen without the write that answered it, and two reads
+        // would make one message. Events before this are left out.
+        let ready_ns = crate::session::monotonic_ns();
         Ok(Self {
+            ready_ns,
             ebpf,
             links,
             stop,
@@ -281,19 +288,20 @@ impl SockTracer {
     }
 
     /// Stops draining (after one last pass), detaches, and returns every
-    /// event.
+    /// event from the moment all hooks were attached on.
     pub fn stop(mut self) -> SockCapture {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
         let lost = self.counter(1) + self.over.load(Ordering::Relaxed);
-        let events = std::mem::take(
+        let mut events = std::mem::take(
             &mut *self
                 .events
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
+        events.retain(|e| e.ts_ns >= self.ready_ns);
         SockCapture {
             events,
             lost,
