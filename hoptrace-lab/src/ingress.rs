@@ -1244,3 +1244,83 @@ mod tests {
         external_proxy_serves(IngressKind::Haproxy);
     }
 }
+
+/// Removes the temp directories (`$TMPDIR/hoptrace-nginx-*`,
+/// `hoptrace-haproxy-*`: config, logs, pid file) of external proxies whose
+/// lab is gone (killed before it could clean up), for `lab --cleanup`: a
+/// directory no live process names in its command line (nginx's `-p DIR`,
+/// HAProxy's `-f DIR/haproxy.cfg`). Returns the directories removed.
+pub fn remove_stale_dirs() -> Vec<PathBuf> {
+    remove_stale_dirs_in(&std::env::temp_dir(), &live_command_lines())
+}
+
+/// The command lines of live processes (zombies have none), NUL-joined.
+fn live_command_lines() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|line| !line.is_empty())
+        .map(|line| String::from_utf8_lossy(&line).into_owned())
+        .collect()
+}
+
+fn remove_stale_dirs_in(tmp: &Path, command_lines: &[String]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(tmp)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("hoptrace-nginx-") || name.starts_with("hoptrace-haproxy-")) {
+            continue;
+        }
+        let path = entry.path();
+        let text = path.to_string_lossy().into_owned();
+        if command_lines.iter().any(|line| line.contains(&text)) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    removed
+}
+
+#[cfg(test)]
+mod stale_dir_tests {
+    use super::remove_stale_dirs_in;
+
+    #[test]
+    fn only_proxy_dirs_no_process_names_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [
+            "hoptrace-nginx-aaa",
+            "hoptrace-haproxy-bbb",
+            "hoptrace-nginx-live",
+            "other",
+        ] {
+            std::fs::create_dir(tmp.path().join(name)).unwrap();
+        }
+        let live = tmp.path().join("hoptrace-nginx-live");
+        let lines = vec![format!("nginx\0-p\0{}\0", live.display())];
+        let removed = remove_stale_dirs_in(tmp.path(), &lines);
+        assert_eq!(
+            removed,
+            vec![
+                tmp.path().join("hoptrace-haproxy-bbb"),
+                tmp.path().join("hoptrace-nginx-aaa")
+            ]
+        );
+        assert!(live.exists() && tmp.path().join("other").exists());
+    }
+}

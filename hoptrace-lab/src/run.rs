@@ -746,11 +746,18 @@ pub fn render_run(run: &LabRun) -> String {
         "Client: {} requests ok ({} errors: {} reset, {} refused, {} short read, {} bad status, {} other; {} timeouts) at {:.0}/s; latency p50 {} µs, p99 {} µs, mean {:.1} µs.\n",
         run.load.ok, run.load.errors, run.load.error_kinds.reset, run.load.error_kinds.refused, run.load.error_kinds.short_read, run.load.error_kinds.bad_status, run.load.error_kinds.other, run.load.timeouts, run.load.achieved_rate, client.p50_us, client.p99_us, client.mean_us
     )));
-    out.push_str(&wrap(&format!(
-        "Attributed datapath time per request (sum of segments on every node, both directions): {:.1} µs of the client's mean {:.1} µs; the rest is the endpoints' stacks, scheduling and the applications.\n",
-        attributed / requests,
-        client.mean_us
-    )));
+    let text = if run.requests.is_some() {
+        // The node ledger's socket.delivery runs to the reader's copy, so
+        // it holds the wait to be read that the timeline gives the reader.
+        "Attributed datapath time per request (the node ledger above: sum of segments on every node, both directions): {attributed} µs of the client's mean {mean} µs. Its socket.delivery includes the time bytes wait to be read, which the request timeline below counts as its reader's socket.queue, so the two tables' kernel-other differ.\n"
+    } else {
+        "Attributed datapath time per request (sum of segments on every node, both directions): {attributed} µs of the client's mean {mean} µs; the rest is the endpoints' stacks, scheduling and the applications.\n"
+    };
+    out.push_str(&wrap(
+        &text
+            .replace("{attributed}", &format!("{:.1}", attributed / requests))
+            .replace("{mean}", &format!("{:.1}", client.mean_us)),
+    ));
     // The closing sentence is the worst top finding over the run's nodes,
     // in the words `hoptrace diagnose` and `trace` use.
     // The request timeline's findings (the ingress proxy) come first

@@ -296,7 +296,7 @@ fn compare_of_lab_runs_has_one_column_per_run() {
     println!("{stdout}");
     assert!(
         stdout.starts_with(
-            "Verdict: bgp routed is 0.41 ms per request faster than vxlan overlay: ingress-proxy −0.25 ms"
+            "Verdict: bgp routed is 0.41 ms per request faster than vxlan overlay, which spends more in ingress-proxy (+0.25 ms)"
         ),
         "{stdout}"
     );

@@ -81,8 +81,11 @@ fn pieces(line: &str) -> Vec<(String, usize, bool)> {
     let mut out = Vec::new();
     for (index, word) in line.split(' ').filter(|w| !w.is_empty()).enumerate() {
         let mut start = 0;
-        for (at, c) in word.char_indices() {
-            if "-./_,".contains(c) && at + 1 < word.len() {
+        let mut chars = word.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            // Never inside a number: "-15.0%" stays whole.
+            let before_digit = chars.peek().is_some_and(|(_, n)| n.is_ascii_digit());
+            if "-./_,".contains(c) && at + 1 < word.len() && !before_digit {
                 let piece = &word[start..=at];
                 out.push((
                     piece.to_owned(),
@@ -471,5 +474,19 @@ mod tests {
         let text = render_table(&report);
         assert!(text.contains("Categories"));
         assert!(Report::from_json(&report.to_json_pretty().unwrap()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod wrap_tests {
+    use super::wrap_cell;
+
+    /// Compare's cells break between words and after `-` in names, never
+    /// inside a number ("-19.0 (-15.0%)" once read as "-15." and "0%").
+    #[test]
+    fn numbers_are_never_split() {
+        assert_eq!(wrap_cell("-19.0 (-15.0%)", 10), "-19.0\n(-15.0%)");
+        assert_eq!(wrap_cell("flannel-host-gw", 10), "flannel-\nhost-gw");
+        assert_eq!(wrap_cell("10.244.0.2", 5), "10.244.0.2");
     }
 }

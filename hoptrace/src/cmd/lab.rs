@@ -120,6 +120,12 @@ pub fn run(args: LabArgs) -> Result<i32> {
             removed.len(),
             args.prefix
         );
+        for dir in hoptrace_lab::ingress::remove_stale_dirs() {
+            eprintln!(
+                "hoptrace lab: removed the files of a proxy whose lab is gone: {}",
+                dir.display()
+            );
+        }
         for cgroup in hoptrace_lab::cpulimit::remove_stale() {
             eprintln!(
                 "hoptrace lab: removed the CPU limit of a lab that is gone: {}",

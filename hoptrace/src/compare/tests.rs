@@ -375,8 +375,8 @@ fn verdict_from_the_ledger_names_the_categories_that_differ() {
     // kube-proxy (-3 µs) and cni (+2 µs) stay under 5% of the difference.
     assert_eq!(
         verdict(&comparison),
-        "calico-bgp is 0.10 ms per request faster than flannel-vxlan: encapsulation −50 µs; \
-         −49 µs of the difference is outside the measured categories"
+        "calico-bgp is 0.10 ms per request faster than flannel-vxlan, which spends more in \
+         encapsulation (+50 µs); +49 µs of the difference is outside the measured categories"
     );
     assert!(render_table(&comparison).starts_with("Verdict: calico-bgp is 0.10 ms"));
 }
@@ -411,7 +411,7 @@ fn verdict_from_the_request_timeline_when_every_run_has_one() {
     let line = verdict(&comparison);
     assert!(
         line.starts_with(
-            "calico-bgp is 0.41 ms per request faster than flannel-vxlan: ingress-proxy −0.25 ms, encapsulation −21 µs"
+            "calico-bgp is 0.41 ms per request faster than flannel-vxlan, which spends more in ingress-proxy (+0.25 ms) and encapsulation (+21 µs)"
         ),
         "{line}"
     );

@@ -1,7 +1,10 @@
 //! The one-line verdict on top of `hoptrace compare`: which column is
 //! faster per request, by how much, and which categories make the
-//! difference, e.g. "calico-bgp is 0.41 ms per request faster than
-//! flannel-vxlan: encapsulation −0.25 ms, kube-proxy −0.10 ms".
+//! difference, in the slower column's terms, e.g. "calico-bgp is 0.41 ms
+//! per request faster than flannel-vxlan, which spends more in
+//! encapsulation (+0.25 ms) and kube-proxy (+0.10 ms)". Differences are
+//! slower − faster: a positive one explains the difference, a negative one
+//! offsets part of it ("and less in …").
 
 use super::Comparison;
 use super::summary::CategoryTable;
@@ -29,6 +32,15 @@ pub fn signed_us(us: f64) -> String {
         format!("−{text}")
     } else {
         format!("+{text}")
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 
@@ -85,7 +97,7 @@ pub fn verdict(comparison: &Comparison) -> String {
             human_us(diff)
         );
     }
-    // Per category: the fast column minus the slow one, largest first.
+    // Per category: the slow column minus the fast one, largest first.
     let mut deltas: Vec<(&str, f64)> = table
         .categories
         .iter()
@@ -93,13 +105,21 @@ pub fn verdict(comparison: &Comparison) -> String {
         .map(|(index, name)| {
             (
                 name.as_str(),
-                table.values[index][fast] - table.values[index][slow],
+                table.values[index][slow] - table.values[index][fast],
             )
         })
         .filter(|(_, delta)| delta.abs() >= 1.0_f64.max(0.05 * diff))
         .collect();
     deltas.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     deltas.truncate(NAMED);
+    let listed = |positive: bool| -> Vec<String> {
+        deltas
+            .iter()
+            .filter(|(_, delta)| (*delta > 0.0) == positive)
+            .map(|(name, delta)| format!("{name} ({})", signed_us(*delta)))
+            .collect()
+    };
+    let (more, less) = (listed(true), listed(false));
     let mut text = format!(
         "{} is {} per {unit} faster than {}",
         labels[fast],
@@ -109,12 +129,15 @@ pub fn verdict(comparison: &Comparison) -> String {
     if deltas.is_empty() {
         text.push_str(": no category differs by more than 5% of that");
     } else {
-        let named: Vec<String> = deltas
-            .iter()
-            .map(|(name, delta)| format!("{name} {}", signed_us(*delta)))
-            .collect();
-        text.push_str(": ");
-        text.push_str(&named.join(", "));
+        let mut parts = Vec::new();
+        if !more.is_empty() {
+            parts.push(format!("more in {}", and_list(&more)));
+        }
+        if !less.is_empty() {
+            parts.push(format!("less in {}", and_list(&less)));
+        }
+        text.push_str(", which spends ");
+        text.push_str(&parts.join(" and "));
     }
     // What the categories do not explain (the client's own stack and
     // scheduling outside the timeline, or hooks a run lacked).
@@ -123,7 +146,7 @@ pub fn verdict(comparison: &Comparison) -> String {
     if table.totals[fast].is_some() && table.totals[slow].is_some() && rest.abs() >= 0.1 * diff {
         text.push_str(&format!(
             "; {} of the difference is outside the measured categories",
-            signed_us(-rest)
+            signed_us(rest)
         ));
     }
     text.push_str(&of_n);
