@@ -267,6 +267,11 @@ fn node_and_lab_inputs_are_refused_before_anything_starts() {
             &[command, "--duration", "100000h"],
             &["--duration", "at most 24h"],
         );
+        // A negative duration is a bad duration, not an unknown flag.
+        refused_usage(
+            &[command, "--duration", "-5s"],
+            &["--duration", "\"-5s\" is not a duration"],
+        );
     }
     // A kernel without IPIP devices (this project's machine): the lab
     // says so before it builds anything. Where the kernel has them,

@@ -771,10 +771,14 @@ fn drops(input: &Input<'_>) -> Vec<Finding> {
         let mut f = Finding::new(
             "drops.other",
             Severity::Info,
-            format!(
-                "{n} other packet drops, most {} ({})",
-                others[0].0, others[0].1
-            ),
+            if others.len() == 1 {
+                format!("{n} other packet drops, all {}", others[0].0)
+            } else {
+                format!(
+                    "{n} other packet drops, most {} ({})",
+                    others[0].0, others[0].1
+                )
+            },
         )
         .number("drops", n as f64, "count");
         f.evidence.push(

@@ -50,7 +50,7 @@ pub use crate::attribution::ledger::{
 pub use crate::attribution::taxonomy::Category;
 
 /// Every schema id this version reads and writes.
-pub const SCHEMAS: [&str; 2] = [REPORT_SCHEMA, LAB_SCHEMA];
+pub const SCHEMAS: [&str; 3] = [REPORT_SCHEMA, LAB_SCHEMA, diagnosis::DIAGNOSIS_SCHEMA];
 
 /// Errors reading or writing a hoptrace document.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +102,9 @@ pub enum Document {
 }
 
 impl Document {
-    /// Reads a node report or a lab document, whichever `schema` says.
+    /// Reads a node report or a lab document, whichever `schema` says; a
+    /// diagnosis (`hoptrace.diagnosis.v1`) is read as the node report it
+    /// holds.
     ///
     /// # Errors
     /// [`DocumentError::Json`] when `json` is not JSON,
@@ -112,6 +114,14 @@ impl Document {
     pub fn from_json(json: &str) -> Result<Document, DocumentError> {
         match read_document(json, &SCHEMAS)? {
             REPORT_SCHEMA => Report::from_json(json).map(|r| Document::Report(Box::new(r))),
+            diagnosis::DIAGNOSIS_SCHEMA => {
+                serde_json::from_str::<diagnosis::DiagnosisDocument>(json)
+                    .map(|d| Document::Report(Box::new(d.report)))
+                    .map_err(|source| DocumentError::Invalid {
+                        schema: diagnosis::DIAGNOSIS_SCHEMA,
+                        source,
+                    })
+            }
             _ => LabDocument::from_json(json).map(Document::Lab),
         }
     }
@@ -165,6 +175,26 @@ mod tests {
     }
 
     #[test]
+    fn a_diagnosis_is_read_as_its_node_report() {
+        let report = sample::report();
+        let diagnosis = diagnosis::DiagnosisDocument {
+            schema: diagnosis::DIAGNOSIS_SCHEMA.into(),
+            node: "node1".into(),
+            started_at: "2026-12-01T00:00:00Z".into(),
+            findings: Vec::new(),
+            node_config: Default::default(),
+            counters: Default::default(),
+            drop_groups: Vec::new(),
+            report: report.clone(),
+        };
+        let json = serde_json::to_string(&diagnosis).unwrap();
+        assert_eq!(
+            Document::from_json(&json).unwrap(),
+            Document::Report(Box::new(report))
+        );
+    }
+
+    #[test]
     fn other_json_is_not_a_document() {
         let check =
             r#"{"items": [{"name": "tc", "available": true}], "notes": [], "fidelity": "full"}"#;
@@ -189,7 +219,7 @@ mod tests {
         let err = Document::from_json(r#"{"schema": "other.v9"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unsupported schema \"other.v9\", expected hoptrace.report.v1 or hoptrace.lab.v1"
+            "unsupported schema \"other.v9\", expected hoptrace.report.v1 or hoptrace.lab.v1 or hoptrace.diagnosis.v1"
         );
         assert!(matches!(
             Document::from_json("{ not json"),

@@ -25,7 +25,7 @@ pub const EXIT_CRITICAL: i32 = 3;
 #[derive(clap::Args)]
 pub struct DiagnoseArgs {
     /// How long to trace (e.g. 30s, 2m); Ctrl-C stops earlier with the diagnosis.
-    #[arg(long, default_value = "30s", value_parser = super::positive_duration)]
+    #[arg(long, default_value = "30s", value_parser = super::positive_duration, allow_hyphen_values = true)]
     duration: Duration,
     /// Write the `hoptrace.diagnosis.v1` JSON document here (the directory must exist).
     #[arg(long, value_parser = super::output_file)]

@@ -53,7 +53,7 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     connections: u16,
     /// How long the load runs.
-    #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::positive_duration, allow_hyphen_values = true)]
     duration: Duration,
     /// Write the reports of every node (schema hoptrace.lab.v1) here.
     #[arg(long, value_parser = super::output_file)]
@@ -74,7 +74,7 @@ pub struct LabArgs {
     /// The ingress proxy holds each request this long before forwarding it:
     /// builtin (a tokio timer; it reports the hold it measured) or haproxy
     /// (Lua `core.msleep`, whole milliseconds).
-    #[arg(long, value_parser = super::positive_duration)]
+    #[arg(long, value_parser = super::positive_duration, allow_hyphen_values = true)]
     proxy_delay: Option<Duration>,
     /// Pin the ingress proxy's processes to this many CPUs (the first N this
     /// process may use): the builtin proxy's thread, or nginx with N

@@ -16,7 +16,7 @@ use crate::stop;
 #[derive(clap::Args)]
 pub struct TraceArgs {
     /// How long to trace (e.g. 10s, 2m); Ctrl-C stops earlier with a report.
-    #[arg(long, default_value = "10s", value_parser = super::positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = super::positive_duration, allow_hyphen_values = true)]
     duration: Duration,
     /// Interfaces for the tc hooks (repeatable); default: found by kind
     /// (pod veths, bridges, tunnels, the uplink).
