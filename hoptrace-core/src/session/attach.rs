@@ -198,10 +198,16 @@ fn attach_netfilter(
                 })
                 .collect();
             if !moved.is_empty() {
+                /// Moves listed by name in the note, at most.
+                const LISTED: usize = 4;
+                let more = moved.len().saturating_sub(LISTED);
+                let mut listed = moved[..moved.len().min(LISTED)].join(", ");
+                if more > 0 {
+                    listed.push_str(&format!(" and {more} more"));
+                }
                 attachments.notes.push(format!(
-                    "netfilter: {} bracket(s) took a nearby priority of the same band because another BPF netfilter program held theirs: {}",
+                    "netfilter: {} bracket(s) took a nearby priority of the same band because another BPF netfilter program held theirs: {listed}",
                     moved.len(),
-                    moved.join(", ")
                 ));
             }
             for failed in links.failed() {

@@ -72,7 +72,10 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     ])));
     let session = Session::start(&opts)?;
     for note in timeline.notes() {
-        eprintln!("hoptrace: note: {note}");
+        eprint!(
+            "{}",
+            hoptrace_core::diagnose::wrap("hoptrace: note: ", "  ", note)
+        );
     }
     eprintln!(
         "hoptrace: diagnosing for {} ({} tc hooks, {} netfilter links, {} tracepoints); Ctrl-C stops early",

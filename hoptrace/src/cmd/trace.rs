@@ -126,7 +126,10 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         humantime::format_duration(args.duration)
     );
     for note in session.attachments.notes.iter().chain(timeline.notes()) {
-        eprintln!("hoptrace: note: {note}");
+        eprint!(
+            "{}",
+            hoptrace_core::diagnose::wrap("hoptrace: note: ", "  ", note)
+        );
     }
     if let Some(ready) = &args.ready_file {
         std::fs::write(ready, b"ready\n").with_context(|| format!("write {}", ready.display()))?;
