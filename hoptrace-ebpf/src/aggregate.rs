@@ -21,9 +21,9 @@ use aya_ebpf::{
 use hoptrace_common::{
     Counter, HeaderWindow, HookKind, HopHeader, PacketMeta, ParseStatus, TraceConfig,
     agg::{
-        AGG_BUCKETS, AGG_FLAG_LINK_LOCAL_MULTICAST, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist,
-        AggKey, AggSite, AggState, PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint, agg_stale,
-        nf_continues, pass_add, tc_egress_continues,
+        AGG_BUCKETS, AGG_FLAG_LINK_LOCAL_MULTICAST, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AGG_IDLE_NS,
+        AggHist, AggKey, AggSite, AggState, PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint,
+        agg_stale, nf_continues, pass_add, tc_egress_continues,
     },
     packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
 };
@@ -286,9 +286,16 @@ pub fn hop(
         if meta.is_none() {
             site.encap = s.prev.encap;
         }
-        let recycled = agg_stale(s, ts.wrapping_sub(s.prev_ts), device_queues)
-            || (fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint)
-            || (device_hop && site == s.prev);
+        let gap = ts.wrapping_sub(s.prev_ts);
+        let fp_diff = fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint;
+        let twice = device_hop && site == s.prev;
+        let stale = agg_stale(s, gap, device_queues);
+        let recycled = stale || fp_diff || twice;
+        // Stale within the idle timeout: only the link-local multicast rule
+        // says so; counted where it alone starts the new journey.
+        if stale && gap <= AGG_IDLE_NS && !fp_diff && !twice {
+            count(Counter::AggLinkLocalRepeat);
+        }
         if !recycled {
             let out = extend(s, site, ts, skb_len, fingerprint, first_flags, ct_state);
             if ends {

@@ -247,6 +247,9 @@ pub struct SessionGauges {
     /// Aggregate mode: segments not counted because the kernel's histogram
     /// map was full, cumulative.
     pub aggregate_map_full: AtomicU64,
+    /// Aggregate mode: link-local multicast journeys the kernel ended at a
+    /// gap over 5 ms (`Counter::AggLinkLocalRepeat`), cumulative.
+    pub aggregate_link_local_repeats: AtomicU64,
 }
 
 /// Series of the kernel's aggregate histograms, as the agent exports them
@@ -719,6 +722,15 @@ impl Collector for AgentMetrics {
                 &[(
                     node_only.clone(),
                     gauges.aggregate_map_full.load(Ordering::Relaxed),
+                )],
+            )?;
+            encode_counter(
+                &mut encoder,
+                "hoptrace_aggregate_link_local_repeats",
+                "Aggregate mode: link-local multicast packets (MLD, IGMP, neighbour discovery) whose buffer took a hop over 5 ms after the newest one: a repeat in a recycled buffer, counted as a new journey",
+                &[(
+                    node_only.clone(),
+                    gauges.aggregate_link_local_repeats.load(Ordering::Relaxed),
                 )],
             )?;
             let mut metric = encoder.encode_descriptor(
