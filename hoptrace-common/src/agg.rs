@@ -392,6 +392,21 @@ pub fn tc_egress_continues(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HookKind, NfHook};
+
+    /// A site in namespace 7: device `ifindex` (0 for netfilter), `nf` the
+    /// netfilter hook and slot of a netfilter hop.
+    fn site(hook: HookKind, ifindex: u32, nf: Option<(NfHook, u8)>) -> AggSite {
+        let (nf_hook, nf_slot) = nf.map_or((0, 0), |(h, slot)| (h as u8, slot));
+        AggSite {
+            netns_ino: 7,
+            ifindex,
+            hook: hook as u8,
+            nf_hook,
+            nf_slot,
+            encap: 0,
+        }
+    }
 
     #[test]
     fn buckets_are_log_linear_and_bounded() {
@@ -441,15 +456,7 @@ mod tests {
 
     #[test]
     fn netfilter_passes_continue_only_within_a_traversal() {
-        use crate::{HookKind, NfHook};
-        let nf = |hook: NfHook, slot: u8| AggSite {
-            netns_ino: 7,
-            ifindex: 0,
-            hook: HookKind::Netfilter as u8,
-            nf_hook: hook as u8,
-            nf_slot: slot,
-            encap: 0,
-        };
+        let nf = |hook: NfHook, slot: u8| site(HookKind::Netfilter, 0, Some((hook, slot)));
         let pre = nf(NfHook::PreRouting, 2);
         // A later slot of the same hook, same length and namespace.
         assert!(nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 100));
@@ -519,15 +526,7 @@ mod tests {
 
     #[test]
     fn tc_egress_continues_after_postrouting_or_a_bridge() {
-        use crate::{HookKind, NfHook};
-        let post = AggSite {
-            netns_ino: 7,
-            ifindex: 0,
-            hook: HookKind::Netfilter as u8,
-            nf_hook: NfHook::PostRouting as u8,
-            nf_slot: 8,
-            encap: 0,
-        };
+        let post = site(HookKind::Netfilter, 0, Some((NfHook::PostRouting, 8)));
         // 1514 bytes at tc (Ethernet header included), 1500 from IP on.
         assert!(tc_egress_continues(&post, 1500, 7, 3, 1514, 1500));
         assert!(
@@ -543,14 +542,7 @@ mod tests {
             ..post
         };
         assert!(!tc_egress_continues(&fwd, 1500, 7, 3, 1514, 1500));
-        let bridge = AggSite {
-            netns_ino: 7,
-            ifindex: 2,
-            hook: HookKind::TcEgress as u8,
-            nf_hook: 0,
-            nf_slot: 0,
-            encap: 0,
-        };
+        let bridge = site(HookKind::TcEgress, 2, None);
         assert!(tc_egress_continues(&bridge, 1514, 7, 3, 1514, 1500));
         assert!(
             !tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500),
@@ -588,17 +580,9 @@ mod tests {
 
     #[test]
     fn a_late_hop_of_link_local_multicast_is_another_packet() {
-        use crate::{HookKind, NfHook};
         // The lab flake: an MLD report's journey ends at the uplink's tc
         // ingress, its repeat's flood copy takes the buffer 32 ms later.
-        let uplink_in = AggSite {
-            netns_ino: 7,
-            ifindex: 2,
-            hook: HookKind::TcIngress as u8,
-            nf_hook: 0,
-            nf_slot: 0,
-            encap: 0,
-        };
+        let uplink_in = site(HookKind::TcIngress, 2, None);
         let mut s = AggState {
             prev: uplink_in,
             first: uplink_in,
@@ -616,25 +600,13 @@ mod tests {
         // After POSTROUTING or a queueing device's egress the packet may
         // wait in a qdisc: the idle timeout applies.
         s.flags = AGG_FLAG_LINK_LOCAL_MULTICAST;
-        s.prev = AggSite {
-            ifindex: 0,
-            hook: HookKind::Netfilter as u8,
-            nf_hook: NfHook::PostRouting as u8,
-            nf_slot: 8,
-            ..uplink_in
-        };
+        s.prev = site(HookKind::Netfilter, 0, Some((NfHook::PostRouting, 8)));
         assert!(!agg_stale(&s, 32_000_000, no_device));
         assert!(agg_stale(&s, AGG_IDLE_NS + 1, no_device));
-        s.prev = AggSite {
-            hook: HookKind::TcEgress as u8,
-            ..uplink_in
-        };
+        s.prev = site(HookKind::TcEgress, 2, None);
         assert!(!agg_stale(&s, 32_000_000, |ns, ifindex| (ns, ifindex) == (7, 2)));
         assert!(agg_stale(&s, 32_000_000, |_, _| false), "noqueue device");
-        s.prev = AggSite {
-            hook: HookKind::DevQueue as u8,
-            ..uplink_in
-        };
+        s.prev = site(HookKind::DevQueue, 2, None);
         assert!(!agg_stale(&s, 32_000_000, |_, _| true));
     }
 
