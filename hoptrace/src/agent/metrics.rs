@@ -991,6 +991,16 @@ mod tests {
         assert_eq!(kernel.p99_ns, sampled.p99_ns);
         assert_eq!(kernel.category, "kube-proxy");
         assert_eq!((kernel.direction, kernel.conn_state), ("egress", "new"));
+        // The kernel's count of link-local multicast repeats it split.
+        metrics
+            .session
+            .aggregate_link_local_repeats
+            .store(3, Ordering::Relaxed);
+        let text = metrics.encode_text().expect("encode");
+        assert!(
+            text.contains("hoptrace_aggregate_link_local_repeats_total{node=\"n1\"} 3\n"),
+            "{text}"
+        );
         // Full mode keeps no fine histograms: the document is empty.
         let full = AgentMetrics::new("n1".into(), PodLabels::None, Arc::new(ByOctet));
         observe(&full, 7, 1_500, None);
