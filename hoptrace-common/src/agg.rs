@@ -11,7 +11,10 @@
 //! said so far; userspace names each key once with the correlator's device
 //! table and `attribution::taxonomy::classify` (one taxonomy).
 
-use crate::{CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, L3Headers, NF_PRIORITY_SLOTS};
+use crate::{
+    CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, L3Headers, LINK_LOCAL_MULTICAST_GAP_NS,
+    NF_PRIORITY_SLOTS,
+};
 
 /// Where a hop was seen, as the kernel knows it. For netfilter hops
 /// `ifindex` is 0 (the taxonomy names them by hook and slot only); for
@@ -74,7 +77,8 @@ pub struct AggState {
     pub inner_pass: u8,
     /// Netfilter pass bits of its outer packet.
     pub outer_pass: u8,
-    /// [`AGG_FLAG_SYN`], [`AGG_FLAG_SAMPLED`].
+    /// [`AGG_FLAG_SYN`], [`AGG_FLAG_SAMPLED`],
+    /// [`AGG_FLAG_LINK_LOCAL_MULTICAST`].
     pub flags: u8,
     /// Explicit padding; always 0.
     pub _pad: u8,
@@ -134,6 +138,47 @@ pub const AGG_FLAG_SYN: u8 = 1;
 /// The journey is sampled: its hops also go through the ring buffer
 /// (state only, never in a key).
 pub const AGG_FLAG_SAMPLED: u8 = 2;
+
+/// The journey's first parsed packet is for a link-local multicast group
+/// ([`L3Headers::link_local_multicast`]): [`agg_stale`] allows it
+/// [`LINK_LOCAL_MULTICAST_GAP_NS`] between hops (state only, never in a
+/// key).
+pub const AGG_FLAG_LINK_LOCAL_MULTICAST: u8 = 4;
+
+/// Gap after which a buffer's next hop is another packet, ns: the
+/// correlator's default idle timeout.
+pub const AGG_IDLE_NS: u64 = 50_000_000;
+
+/// Whether the newest hop `prev` may be followed by a wait in a qdisc:
+/// POSTROUTING (the neighbour and the device's queue come next), and a tc
+/// egress or a device's queue hop on a device with a qdisc
+/// (`device_queues(netns_ino, ifindex)`, asked only for those hooks: the
+/// kernel looks the device up in a map). The correlator's `may_wait` for
+/// the kernel's sites (IPv4 fragments at defrag excepted).
+#[inline(always)]
+pub fn may_wait_after(prev: &AggSite, device_queues: impl FnOnce(u32, u32) -> bool) -> bool {
+    use crate::HookKind;
+    if prev.hook == HookKind::Netfilter as u8 {
+        return prev.nf_hook == crate::NfHook::PostRouting as u8;
+    }
+    (prev.hook == HookKind::TcEgress as u8 || prev.hook == HookKind::DevQueue as u8)
+        && device_queues(prev.netns_ino, prev.ifindex)
+}
+
+/// Whether a hop `gap_ns` after the newest hop of the journey in state `s`
+/// belongs to another packet by time alone: a gap over [`AGG_IDLE_NS`], or,
+/// for a link-local multicast journey ([`AGG_FLAG_LINK_LOCAL_MULTICAST`]),
+/// over [`LINK_LOCAL_MULTICAST_GAP_NS`] unless its newest hop may wait in a
+/// qdisc ([`may_wait_after`]). The same rules as the correlator's idle
+/// timeout and its link-local multicast rule. One flag test on the common
+/// path; `device_queues` runs only for a late link-local multicast hop.
+#[inline(always)]
+pub fn agg_stale(s: &AggState, gap_ns: u64, device_queues: impl FnOnce(u32, u32) -> bool) -> bool {
+    gap_ns > AGG_IDLE_NS
+        || (s.flags & AGG_FLAG_LINK_LOCAL_MULTICAST != 0
+            && gap_ns > LINK_LOCAL_MULTICAST_GAP_NS
+            && !may_wait_after(&s.prev, device_queues))
+}
 
 /// Buckets per histogram: bucket 0 holds times under 64 ns; above, four
 /// sub-buckets per power of two of ns (log-linear, each at most 25 % wide),
@@ -347,6 +392,21 @@ pub fn tc_egress_continues(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{HookKind, NfHook};
+
+    /// A site in namespace 7: device `ifindex` (0 for netfilter), `nf` the
+    /// netfilter hook and slot of a netfilter hop.
+    fn site(hook: HookKind, ifindex: u32, nf: Option<(NfHook, u8)>) -> AggSite {
+        let (nf_hook, nf_slot) = nf.map_or((0, 0), |(h, slot)| (h as u8, slot));
+        AggSite {
+            netns_ino: 7,
+            ifindex,
+            hook: hook as u8,
+            nf_hook,
+            nf_slot,
+            encap: 0,
+        }
+    }
 
     #[test]
     fn buckets_are_log_linear_and_bounded() {
@@ -396,15 +456,7 @@ mod tests {
 
     #[test]
     fn netfilter_passes_continue_only_within_a_traversal() {
-        use crate::{HookKind, NfHook};
-        let nf = |hook: NfHook, slot: u8| AggSite {
-            netns_ino: 7,
-            ifindex: 0,
-            hook: HookKind::Netfilter as u8,
-            nf_hook: hook as u8,
-            nf_slot: slot,
-            encap: 0,
-        };
+        let nf = |hook: NfHook, slot: u8| site(HookKind::Netfilter, 0, Some((hook, slot)));
         let pre = nf(NfHook::PreRouting, 2);
         // A later slot of the same hook, same length and namespace.
         assert!(nf_continues(&pre, 100, 7, NfHook::PreRouting as u8, 3, 100));
@@ -474,15 +526,7 @@ mod tests {
 
     #[test]
     fn tc_egress_continues_after_postrouting_or_a_bridge() {
-        use crate::{HookKind, NfHook};
-        let post = AggSite {
-            netns_ino: 7,
-            ifindex: 0,
-            hook: HookKind::Netfilter as u8,
-            nf_hook: NfHook::PostRouting as u8,
-            nf_slot: 8,
-            encap: 0,
-        };
+        let post = site(HookKind::Netfilter, 0, Some((NfHook::PostRouting, 8)));
         // 1514 bytes at tc (Ethernet header included), 1500 from IP on.
         assert!(tc_egress_continues(&post, 1500, 7, 3, 1514, 1500));
         assert!(
@@ -498,14 +542,7 @@ mod tests {
             ..post
         };
         assert!(!tc_egress_continues(&fwd, 1500, 7, 3, 1514, 1500));
-        let bridge = AggSite {
-            netns_ino: 7,
-            ifindex: 2,
-            hook: HookKind::TcEgress as u8,
-            nf_hook: 0,
-            nf_slot: 0,
-            encap: 0,
-        };
+        let bridge = site(HookKind::TcEgress, 2, None);
         assert!(tc_egress_continues(&bridge, 1514, 7, 3, 1514, 1500));
         assert!(
             !tc_egress_continues(&bridge, 1514, 7, 2, 1514, 1500),
@@ -516,6 +553,61 @@ mod tests {
             ..bridge
         };
         assert!(!tc_egress_continues(&rx, 1514, 7, 3, 1514, 1500));
+    }
+
+    #[test]
+    fn link_local_multicast_groups_by_their_bytes() {
+        let mut v4 = L3Headers::zeroed();
+        v4.version = 4;
+        v4.daddr[..4].copy_from_slice(&[224, 0, 0, 22]);
+        assert!(v4.link_local_multicast(), "IGMPv3 reports");
+        v4.daddr[..4].copy_from_slice(&[224, 0, 1, 22]);
+        assert!(!v4.link_local_multicast(), "224.0.1.0/24 is routed");
+        v4.daddr[..4].copy_from_slice(&[10, 244, 1, 5]);
+        assert!(!v4.link_local_multicast());
+        let mut v6 = L3Headers::zeroed();
+        v6.version = 6;
+        v6.daddr = core::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16).octets();
+        assert!(v6.link_local_multicast(), "MLDv2 reports");
+        v6.daddr = core::net::Ipv6Addr::new(0xff12, 0, 0, 0, 0, 0, 0, 1).octets();
+        assert!(v6.link_local_multicast(), "transient link-scope group");
+        v6.daddr = core::net::Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 2).octets();
+        assert!(!v6.link_local_multicast(), "site scope");
+        v6.daddr = core::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).octets();
+        assert!(!v6.link_local_multicast(), "link-local unicast");
+        assert!(!L3Headers::zeroed().link_local_multicast(), "no layer");
+    }
+
+    #[test]
+    fn a_late_hop_of_link_local_multicast_is_another_packet() {
+        // The lab flake: an MLD report's journey ends at the uplink's tc
+        // ingress, its repeat's flood copy takes the buffer 32 ms later.
+        let uplink_in = site(HookKind::TcIngress, 2, None);
+        let mut s = AggState {
+            prev: uplink_in,
+            first: uplink_in,
+            flags: AGG_FLAG_LINK_LOCAL_MULTICAST,
+            ..AggState::default()
+        };
+        let no_device = |_, _| panic!("asked only after a tc egress or a queue hop");
+        assert!(agg_stale(&s, 32_000_000, no_device));
+        assert!(!agg_stale(&s, LINK_LOCAL_MULTICAST_GAP_NS, no_device));
+        assert!(!agg_stale(&s, 40_000, no_device), "one softirq");
+        // Other packets keep the idle timeout.
+        s.flags = AGG_FLAG_SYN;
+        assert!(!agg_stale(&s, 32_000_000, no_device));
+        assert!(agg_stale(&s, AGG_IDLE_NS + 1, no_device));
+        // After POSTROUTING or a queueing device's egress the packet may
+        // wait in a qdisc: the idle timeout applies.
+        s.flags = AGG_FLAG_LINK_LOCAL_MULTICAST;
+        s.prev = site(HookKind::Netfilter, 0, Some((NfHook::PostRouting, 8)));
+        assert!(!agg_stale(&s, 32_000_000, no_device));
+        assert!(agg_stale(&s, AGG_IDLE_NS + 1, no_device));
+        s.prev = site(HookKind::TcEgress, 2, None);
+        assert!(!agg_stale(&s, 32_000_000, |ns, ifindex| (ns, ifindex) == (7, 2)));
+        assert!(agg_stale(&s, 32_000_000, |_, _| false), "noqueue device");
+        s.prev = site(HookKind::DevQueue, 2, None);
+        assert!(!agg_stale(&s, 32_000_000, |_, _| true));
     }
 
     #[test]

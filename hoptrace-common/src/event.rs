@@ -138,14 +138,20 @@ pub enum Counter {
     /// Aggregate mode: a segment was not counted because the histogram
     /// map (`HOPTRACE_AGG_HIST`) is full.
     AggFull = 7,
+    /// Aggregate mode: a link-local multicast packet's buffer took a hop
+    /// more than [`crate::LINK_LOCAL_MULTICAST_GAP_NS`] after its newest
+    /// one, which the other rules would have joined: a new journey started
+    /// ([`crate::agg::agg_stale`]; full mode counts these in
+    /// `buffer_reuses`).
+    AggLinkLocalRepeat = 8,
 }
 
 /// Entries of the per-CPU `HOPTRACE_COUNTERS` array: one per [`Counter`].
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 9;
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Self::Emitted,
         Self::RingFull,
         Self::Unparsed,
@@ -154,6 +160,7 @@ impl Counter {
         Self::Redundant,
         Self::NotPacket,
         Self::AggFull,
+        Self::AggLinkLocalRepeat,
     ];
 
     /// Stable snake_case name, as reports print it.
@@ -167,6 +174,7 @@ impl Counter {
             Self::Redundant => "redundant",
             Self::NotPacket => "not_packet",
             Self::AggFull => "agg_full",
+            Self::AggLinkLocalRepeat => "agg_link_local_repeats",
         }
     }
 }

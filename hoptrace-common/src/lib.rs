@@ -22,6 +22,19 @@ pub use config::{Floor, KernelLayout, TraceConfig, TraceMode};
 pub const fn device_key(netns_ino: u32, ifindex: u32) -> u64 {
     ((netns_ino as u64) << 32) | ifindex as u64
 }
+
+/// Longest gap between two hops of one link-local multicast packet
+/// ([`L3Headers::link_local_multicast`]), ns, unless the earlier hop may
+/// be followed by a wait in a qdisc: a node delivers and floods such a
+/// packet in one softirq (microseconds apart; 5 ms leaves room for a
+/// softirq deferred to ksoftirqd on a busy node). A later hop in the same
+/// buffer is another packet: a sender repeats an MLD or IGMP report
+/// identically (same fingerprint) 2-3 times within a second, and the lab
+/// saw repeats 8-32 ms apart take a recycled buffer. The correlator (full
+/// mode) and the kernel's per-packet state (aggregate mode) both start a
+/// new journey there.
+pub const LINK_LOCAL_MULTICAST_GAP_NS: u64 = 5_000_000;
+
 pub use event::{COUNTER_SLOTS, Counter, HOP_HEADER_BYTES, HopEvent, HopHeader};
 pub use hook::{
     CT_STATUS_KNOWN, CT_UNCONFIRMED, CtState, HookKind, IPS_CONFIRMED, NF_PRIORITY_SLOTS, NfHook,

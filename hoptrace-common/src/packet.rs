@@ -245,6 +245,20 @@ impl L3Headers {
         }
     }
 
+    /// Whether the destination is a link-local multicast group: IPv4
+    /// 224.0.0.0/24 (IGMP, VRRP), IPv6 ff02::/16 with any flags (neighbour
+    /// discovery, MLD). Such a packet is never routed and waits for no
+    /// neighbour ([`crate::LINK_LOCAL_MULTICAST_GAP_NS`]). Byte compares only, for
+    /// the kernel programs.
+    #[inline(always)]
+    pub fn link_local_multicast(&self) -> bool {
+        if self.version == 6 {
+            self.daddr[0] == 0xff && self.daddr[1] & 0x0f == 0x02
+        } else {
+            self.daddr[0] == 224 && self.daddr[1] == 0 && self.daddr[2] == 0
+        }
+    }
+
     /// The source address, as `version` says (an IPv4 address for 0 too).
     pub fn src_addr(&self) -> core::net::IpAddr {
         self.addr(&self.saddr)

@@ -21,14 +21,18 @@ use aya_ebpf::{
 use hoptrace_common::{
     Counter, HeaderWindow, HookKind, HopHeader, PacketMeta, ParseStatus, TraceConfig,
     agg::{
-        AGG_BUCKETS, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AggHist, AggKey, AggSite, AggState,
-        PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint, nf_continues, pass_add,
-        tc_egress_continues,
+        AGG_BUCKETS, AGG_FLAG_LINK_LOCAL_MULTICAST, AGG_FLAG_SAMPLED, AGG_FLAG_SYN, AGG_IDLE_NS,
+        AggHist, AggKey, AggSite, AggState, PASS_STATUS_KNOWN, agg_bucket, agg_fingerprint,
+        agg_stale, nf_continues, pass_add, tc_egress_continues,
     },
     packet::{IPPROTO_TCP, flow_matches, parse_from_l3},
 };
 
-use crate::{emit, maps::count, skb::Skb};
+use crate::{
+    emit,
+    maps::{count, tc_covered},
+    skb::Skb,
+};
 
 /// Per-packet state of journeys in flight, keyed by the skb address.
 /// Least recently used entries are evicted: a packet that leaves the node
@@ -133,9 +137,14 @@ pub fn scratch() -> Option<ScratchGuard> {
     })
 }
 
-/// Gap after which a buffer's next hop is another packet: the
-/// correlator's default idle timeout.
-const IDLE_NS: u64 = 50_000_000;
+/// Whether the device (`netns_ino`, `ifindex`) has a qdisc, for
+/// [`agg_stale`]: tc egress and queue hops happen on devices hoptrace times
+/// with tc, and `HOPTRACE_TC_COVERED` holds those without one. Looked up
+/// only for a link-local multicast hop late after such a hop.
+#[inline(always)]
+fn device_queues(netns_ino: u32, ifindex: u32) -> bool {
+    !tc_covered(netns_ino, ifindex)
+}
 
 /// TCP SYN and ACK flags.
 const TCP_SYN: u8 = 0x02;
@@ -188,9 +197,10 @@ pub struct Outcome {
 
 /// Adds the hop at `site` (time `ts`, `skb->len` `skb_len`) to the journey
 /// whose state is `s`: the segment from its newest hop to this one goes to
-/// the histograms, and this hop becomes the newest. `fingerprint` and `syn`
-/// come from the hop's headers (0 and false when it did not parse);
-/// `ct_state` is a netfilter hop's conntrack state.
+/// the histograms, and this hop becomes the newest. `fingerprint` and
+/// `first_flags` ([`AGG_FLAG_SYN`], [`AGG_FLAG_LINK_LOCAL_MULTICAST`]) come
+/// from the hop's headers (0 when it did not parse); `ct_state` is a
+/// netfilter hop's conntrack state.
 #[inline(always)]
 pub fn extend(
     s: &mut AggState,
@@ -198,7 +208,7 @@ pub fn extend(
     ts: u64,
     skb_len: u32,
     fingerprint: u32,
-    syn: bool,
+    first_flags: u8,
     ct_state: Option<u8>,
 ) -> Outcome {
     if let Some(ct) = ct_state {
@@ -224,9 +234,7 @@ pub fn extend(
     };
     if s.fingerprint == 0 && fingerprint != 0 {
         s.fingerprint = fingerprint;
-        if syn {
-            s.flags |= AGG_FLAG_SYN;
-        }
+        s.flags |= first_flags;
     }
     s.prev = site;
     s.prev_ts = ts;
@@ -254,15 +262,19 @@ pub fn hop(
     cfg: &TraceConfig,
     ends: bool,
 ) -> Outcome {
-    let (fingerprint, syn) = match meta {
+    let (fingerprint, first_flags) = match meta {
         Some(m) => {
             let f = m.flow();
-            (
-                agg_fingerprint(f),
-                f.l4_proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-            )
+            let mut flags = 0;
+            if f.l4_proto == IPPROTO_TCP && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                flags |= AGG_FLAG_SYN;
+            }
+            if f.link_local_multicast() {
+                flags |= AGG_FLAG_LINK_LOCAL_MULTICAST;
+            }
+            (agg_fingerprint(f), flags)
         }
-        None => (0, false),
+        None => (0, 0),
     };
     let device_hop = site.hook != HookKind::Netfilter as u8;
     if let Some(p) = HOPTRACE_AGG_STATE.get_ptr_mut(addr) {
@@ -274,11 +286,18 @@ pub fn hop(
         if meta.is_none() {
             site.encap = s.prev.encap;
         }
-        let recycled = ts.wrapping_sub(s.prev_ts) > IDLE_NS
-            || (fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint)
-            || (device_hop && site == s.prev);
+        let gap = ts.wrapping_sub(s.prev_ts);
+        let fp_diff = fingerprint != 0 && s.fingerprint != 0 && fingerprint != s.fingerprint;
+        let twice = device_hop && site == s.prev;
+        let stale = agg_stale(s, gap, device_queues);
+        let recycled = stale || fp_diff || twice;
+        // Stale within the idle timeout: only the link-local multicast rule
+        // says so; counted where it alone starts the new journey.
+        if stale && gap <= AGG_IDLE_NS && !fp_diff && !twice {
+            count(Counter::AggLinkLocalRepeat);
+        }
         if !recycled {
-            let out = extend(s, site, ts, skb_len, fingerprint, syn, ct_state);
+            let out = extend(s, site, ts, skb_len, fingerprint, first_flags, ct_state);
             if ends {
                 let _ = HOPTRACE_AGG_STATE.remove(addr);
             }
@@ -303,10 +322,7 @@ pub fn hop(
             outer_pass = pass_add(0, site.nf_slot, ct);
         }
     }
-    let mut flags = 0;
-    if syn {
-        flags |= AGG_FLAG_SYN;
-    }
+    let mut flags = first_flags;
     if sampled {
         flags |= AGG_FLAG_SAMPLED;
     }
@@ -343,7 +359,7 @@ fn continue_with(s: &mut AggState, h: &mut HopHeader, ts: u64, ct_state: Option<
         nf_slot: h.nf_slot,
         encap: s.prev.encap,
     };
-    let out = extend(s, site, ts, h.skb_len, 0, false, ct_state);
+    let out = extend(s, site, ts, h.skb_len, 0, 0, ct_state);
     if out.sampled {
         emit::copy_and_submit(h, None, ParseStatus::Skipped);
     }
@@ -351,9 +367,10 @@ fn continue_with(s: &mut AggState, h: &mut HopHeader, ts: u64, ct_state: Option<
 
 /// A netfilter hop that continues the pass of the packet in buffer
 /// `h.skb_addr` ([`nf_continues`]: a later bracket of the same hook or the
-/// next hook of the traversal, same length, within the idle gap): added to
-/// the journey without parsing, copying or fingerprinting anything. `h` is
-/// the hop without its time, which this sets; `nfct` its `skb->_nfct`;
+/// next hook of the traversal, same length, within the gap [`agg_stale`]
+/// allows): added to the journey without parsing, copying or
+/// fingerprinting anything. `h` is the hop without its time, which this
+/// sets; `nfct` its `skb->_nfct`;
 /// `parse_slot` says the bracket parses in full mode, so a sampled
 /// journey's ring record needs headers there, and the conntrack entry's
 /// status is read there (one helper call) until a bracket of the pass has
@@ -381,7 +398,7 @@ pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
     }
     // SAFETY: a helper without arguments that touches no memory.
     let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
+    if agg_stale(s, ts.wrapping_sub(s.prev_ts), device_queues) {
         return false;
     }
     let pass = if s.prev.encap == 0 {
@@ -399,9 +416,10 @@ pub fn nf_continue(h: &mut HopHeader, nfct: u64, parse_slot: bool) -> bool {
 
 /// A tc egress hop that continues its journey in the same layer
 /// ([`tc_egress_continues`]: after POSTROUTING or a bridge's tc, same
-/// length, within the idle gap): added without parsing. `h` is the hop
-/// without its time; `l3_len` its bytes from the network header on. Sampled
-/// journeys take the parsing path (their ring record carries headers).
+/// length, within the gap [`agg_stale`] allows): added without parsing.
+/// `h` is the hop without its time; `l3_len` its bytes from the network
+/// header on. Sampled journeys take the parsing path (their ring record
+/// carries headers).
 /// `false` (nothing recorded): the caller parses.
 #[inline(always)]
 pub fn tc_egress_continue(h: &mut HopHeader, l3_len: u32) -> bool {
@@ -423,7 +441,7 @@ pub fn tc_egress_continue(h: &mut HopHeader, l3_len: u32) -> bool {
     }
     // SAFETY: a helper without arguments that touches no memory.
     let ts = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    if ts.wrapping_sub(s.prev_ts) > IDLE_NS {
+    if agg_stale(s, ts.wrapping_sub(s.prev_ts), device_queues) {
         return false;
     }
     continue_with(s, h, ts, None);

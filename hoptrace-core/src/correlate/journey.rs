@@ -210,11 +210,10 @@ impl Journey {
 
     /// Whether the packet is for a link-local multicast group (IPv4
     /// 224.0.0.0/24: IGMP, VRRP; IPv6 ff02::/16: neighbour discovery, MLD).
+    /// The kernel's aggregate mode tests the same bytes
+    /// ([`hoptrace_common::L3Headers::link_local_multicast`]).
     pub(crate) fn link_local_multicast(&self) -> bool {
-        match self.first_flow.dst_addr() {
-            std::net::IpAddr::V4(a) => a.octets()[..3] == [224, 0, 0],
-            std::net::IpAddr::V6(a) => a.segments()[0] & 0xff0f == 0xff02,
-        }
+        self.first_flow.link_local_multicast()
     }
 
     /// Whether `hop` is the OUTPUT hook of a bare (not encapsulated)

@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use hoptrace_common::{
-    Encap, HookKind, HopEvent, NF_PRIORITY_SLOTS, NfHook, ParseStatus, device_key,
+    Encap, HookKind, HopEvent, LINK_LOCAL_MULTICAST_GAP_NS, NF_PRIORITY_SLOTS, NfHook, ParseStatus,
+    device_key,
 };
 use rustc_hash::{FxHashMap as FastMap, FxHashSet as FastSet};
 
@@ -406,13 +407,6 @@ const HOP_POOL_MAX: usize = 1024;
 /// bond's or VLAN's lower device, the upper device, its tc ingress), ns:
 /// they run back to back in one softirq, microseconds apart.
 const RECEIVE_CHAIN_NS: u64 = 1_000_000;
-
-/// Longest gap between two hops of one link-local multicast packet, ns,
-/// unless it waits in a qdisc: it is delivered and flooded in one softirq
-/// (microseconds apart; 5 ms leaves room for a softirq deferred to
-/// ksoftirqd on a busy node). Repeats of one sender's packet are further
-/// apart (the lab saw 8-31 ms).
-const LINK_LOCAL_MULTICAST_GAP_NS: u64 = 5_000_000;
 
 impl Correlator {
     /// A correlator for one node.

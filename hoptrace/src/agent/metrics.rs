@@ -247,6 +247,9 @@ pub struct SessionGauges {
     /// Aggregate mode: segments not counted because the kernel's histogram
     /// map was full, cumulative.
     pub aggregate_map_full: AtomicU64,
+    /// Aggregate mode: link-local multicast journeys the kernel ended at a
+    /// gap over 5 ms (`Counter::AggLinkLocalRepeat`), cumulative.
+    pub aggregate_link_local_repeats: AtomicU64,
 }
 
 /// Series of the kernel's aggregate histograms, as the agent exports them
@@ -721,6 +724,15 @@ impl Collector for AgentMetrics {
                     gauges.aggregate_map_full.load(Ordering::Relaxed),
                 )],
             )?;
+            encode_counter(
+                &mut encoder,
+                "hoptrace_aggregate_link_local_repeats",
+                "Aggregate mode: link-local multicast packets (MLD, IGMP, neighbour discovery) whose buffer took a hop over 5 ms after the newest one: a repeat in a recycled buffer, counted as a new journey",
+                &[(
+                    node_only.clone(),
+                    gauges.aggregate_link_local_repeats.load(Ordering::Relaxed),
+                )],
+            )?;
             let mut metric = encoder.encode_descriptor(
                 "hoptrace_aggregate_keys",
                 "Aggregate mode: entries of the kernel's histogram map (at most 4096)",
@@ -979,6 +991,16 @@ mod tests {
         assert_eq!(kernel.p99_ns, sampled.p99_ns);
         assert_eq!(kernel.category, "kube-proxy");
         assert_eq!((kernel.direction, kernel.conn_state), ("egress", "new"));
+        // The kernel's count of link-local multicast repeats it split.
+        metrics
+            .session
+            .aggregate_link_local_repeats
+            .store(3, Ordering::Relaxed);
+        let text = metrics.encode_text().expect("encode");
+        assert!(
+            text.contains("hoptrace_aggregate_link_local_repeats_total{node=\"n1\"} 3\n"),
+            "{text}"
+        );
         // Full mode keeps no fine histograms: the document is empty.
         let full = AgentMetrics::new("n1".into(), PodLabels::None, Arc::new(ByOctet));
         observe(&full, 7, 1_500, None);

@@ -205,6 +205,9 @@ pub fn run(args: &AgentArgs) -> Result<i32> {
             gauges
                 .aggregate_map_full
                 .store(counters.get(Counter::AggFull), Ordering::Relaxed);
+            gauges
+                .aggregate_link_local_repeats
+                .store(counters.get(Counter::AggLinkLocalRepeat), Ordering::Relaxed);
         }
         if aggregate {
             match session.aggregate_snapshot() {
