@@ -564,16 +564,19 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
 /// SNAT or a NodePort (first headers not the server's pair) falls back to
 /// the server's own times.
 fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
+    /// How far before a stand-in's first request (after its last
+    /// response) its packets' journeys are looked for, ns: no earlier
+    /// (later) message bounds them there.
+    const STAND_IN_REACH_NS: u64 = 10_000_000;
     let (local, remote) = (server.remote, server.local);
     let mut messages: Vec<Message> = Vec::with_capacity(server.messages.len());
     for (i, m) in server.messages.iter().enumerate() {
         let t = match m.dir {
             Dir::In => {
-                let after = i
-                    .checked_sub(1)
-                    .map_or(m.first_ns.saturating_sub(window_ns.min(10_000_000)), |j| {
-                        server.messages[j].last_ns
-                    });
+                let after = i.checked_sub(1).map_or(
+                    m.first_ns.saturating_sub(window_ns.min(STAND_IN_REACH_NS)),
+                    |j| server.messages[j].last_ns,
+                );
                 legs.within(local, remote, remote, (after, m.last_ns), false)
                     .iter()
                     .map(|j| j.start_ns)
@@ -584,7 +587,7 @@ fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
                 let before = server
                     .messages
                     .get(i + 1)
-                    .map_or(m.last_ns + window_ns.min(10_000_000), |n| n.first_ns);
+                    .map_or(m.last_ns + window_ns.min(STAND_IN_REACH_NS), |n| n.first_ns);
                 legs.within(remote, local, local, (m.first_ns, before), false)
                     .iter()
                     .map(|j| j.end_ns)
