@@ -10,12 +10,14 @@ pub const WIDTH: usize = 100;
 
 /// Wraps `text` at word boundaries so that `first` + the first line and
 /// `indent` + each further line fit in [`WIDTH`] terminal columns (display
-/// width, so `µ` is one column). A word longer than a line is broken.
-/// Ends with a newline.
+/// width, so `µ` is one column). Lines break at spaces only, never
+/// inside a hyphenated name such as `kernel-other`; a word longer than a
+/// line is broken. Ends with a newline.
 pub fn wrap(first: &str, indent: &str, text: &str) -> String {
     let options = textwrap::Options::new(WIDTH)
         .initial_indent(first)
         .subsequent_indent(indent)
+        .word_splitter(textwrap::WordSplitter::NoHyphenation)
         .break_words(true);
     let mut out = textwrap::fill(text.trim(), options);
     out.push('\n');
@@ -59,4 +61,18 @@ pub fn render_findings(findings: &[Finding]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod wrap_tests {
+    /// A category name is never split at its hyphen.
+    #[test]
+    fn hyphenated_names_stay_whole() {
+        let text = format!("{} ingress-proxy (+0.25 ms)", "x".repeat(88));
+        let wrapped = super::wrap("", "  ", &text);
+        assert!(
+            wrapped.contains("\n  ingress-proxy (+0.25 ms)"),
+            "{wrapped}"
+        );
+    }
 }
