@@ -905,21 +905,7 @@ fn leg(
         (from_ns, to_ns),
         false,
     );
-    // Without a delivery hop (the reader came after the correlator's idle
-    // timeout closed the journey, or TCP coalesced the bytes into an skb
-    // already queued), the packets' last hop is where they started to
-    // wait for the reader.
-    let arrival = journeys
-        .iter()
-        .filter_map(|j| j.arrival_ns)
-        .max()
-        .or_else(|| {
-            journeys
-                .iter()
-                .filter(|j| !j.dropped)
-                .map(|j| j.end_ns)
-                .max()
-        });
+    let arrival = arrival(&journeys);
     let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
     let room = total - queue;
     let used = push_datapath(out, &journeys, from_ns, room);
@@ -976,6 +962,25 @@ fn push_datapath(
     used
 }
 
+/// When the bytes of a leg's packets reached the reading socket, ns: the
+/// latest delivery hop, else (the reader came after the correlator's idle
+/// timeout closed the journey, or TCP coalesced the bytes into an skb
+/// already queued) the last hop of the latest journey that did not end
+/// in a drop. `None` without such a journey.
+fn arrival(journeys: &[&LegJourney]) -> Option<u64> {
+    journeys
+        .iter()
+        .filter_map(|j| j.arrival_ns)
+        .max()
+        .or_else(|| {
+            journeys
+                .iter()
+                .filter(|j| !j.dropped)
+                .map(|j| j.end_ns)
+                .max()
+        })
+}
+
 /// Splits the round trip of `upstream` (a proxy's connection to a backend
 /// this kernel does not see) from the proxy's write at `from_ns` to its
 /// read of the response at `to_ns` into this node's datapath of both
@@ -999,17 +1004,7 @@ fn remote_round_trip(
         false,
     );
     let responses = legs.arriving(upstream.local, (from_ns, to_ns));
-    let arrival = responses
-        .iter()
-        .filter_map(|j| j.arrival_ns)
-        .max()
-        .or_else(|| {
-            responses
-                .iter()
-                .filter(|j| !j.dropped)
-                .map(|j| j.end_ns)
-                .max()
-        });
+    let arrival = arrival(&responses);
     journeys.extend(responses);
     let queue = arrival.map_or(0, |a| to_ns.saturating_sub(a.max(from_ns)).min(total));
     let room = total - queue;
