@@ -273,11 +273,13 @@ fn a_saturated_proxy_waits_to_be_read() {
     // client's mean of 35.1 ms, against about 100 µs of 270 µs in a
     // healthy lab. Waits longer than the correlator's idle timeout (the
     // packets' journeys end without a delivery hop) count from the
-    // packets' last hop.
+    // packets' last hop. In a heavier run (client mean 318 ms) the
+    // throttled thread also stalls between its reads and writes: 135 of
+    // the proxy's 231 ms waited to be read.
     let client_mean = r["client_mean_us"].as_f64().unwrap();
     assert!(
-        queue >= 0.5 * client_mean,
-        "the proxy's requests wait to be read: {queue:.0} µs of the client's {client_mean:.0} µs"
+        proxy_mean >= 0.5 * client_mean && queue >= 0.3 * proxy_mean,
+        "the proxy's requests wait to be read: {queue:.0} of its {proxy_mean:.0} µs, the client's mean {client_mean:.0} µs"
     );
     for (name, c) in r["categories"].as_object().unwrap() {
         if name != "ingress-proxy" && name != "client" {
