@@ -76,7 +76,7 @@ fn mean(r: &Value, category: &str) -> f64 {
 /// itself: its millisecond timer's lateness, which on a loaded machine
 /// wanders by several hundred µs between runs and has nothing to do with
 /// the proxy). The proxy's growth must be within 10 % of the latter, and
-/// the client's mean must have grown by the hold.
+/// the latter must have grown by the hold.
 fn check_growth(what: &str, rb: &Value, rh: &Value) {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap();
     let proxy_growth = mean(rh, "ingress-proxy") - mean(rb, "ingress-proxy");
@@ -88,9 +88,13 @@ fn check_growth(what: &str, rb: &Value, rh: &Value) {
         100.0 * (proxy_growth - client_growth) / client_growth,
         100.0 * (proxy_growth - write_to_read_growth) / write_to_read_growth
     );
+    // The guard that the hold happened, on the client's write-to-read
+    // time: its mean from the intended send time also carries the load
+    // generator's timer lateness, which wanders by several hundred µs
+    // between runs (one pair of runs showed 1.27 ms for a 2 ms hold).
     assert!(
-        client_growth >= 2000.0,
-        "{what}: a 2 ms hold grows the client's mean by 2 ms or more: {client_growth}"
+        write_to_read_growth >= 2000.0,
+        "{what}: a 2 ms hold grows the client's write-to-read mean by 2 ms or more: {write_to_read_growth}"
     );
     assert!(
         (proxy_growth - write_to_read_growth).abs() <= 0.10 * write_to_read_growth,
@@ -263,9 +267,10 @@ fn a_saturated_proxy_waits_to_be_read() {
         "saturated: ingress proxy {proxy_mean:.0} µs per request, of which waiting to be read {queue:.0} µs; joined {} of {}",
         r["joined"], r["count"]
     );
+    let rate = r["join_rate"].as_f64().unwrap();
     assert!(
-        r["join_rate"].as_f64().unwrap() >= 0.98,
-        "most requests joined (measured 889-900 of 900)"
+        rate >= 0.99,
+        "join rate {rate} < 0.99 (measured 900 of 900 in 6 runs since the proxy's upstream exchanges are matched, 886-900 before)"
     );
     // Under a 50m CPU limit (a CFS quota of 5 ms per 100 ms) the proxy's
     // thread is throttled most of each period and requests wait to be

@@ -38,7 +38,7 @@
 //! the datapath; what is left of the leg (the sender's stack, the wire
 //! between nodes) is `kernel-other`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use hoptrace_common::{SockEvent, SockKind, sock::tcp_state};
 
@@ -335,6 +335,29 @@ impl End {
         if self.active { self.local } else { self.remote }
     }
 
+    /// The first message in `dir` at or after `after_ns` (with the read
+    /// slack of [`End::take`]), without consuming it.
+    fn find(&self, dir: Dir, after_ns: u64) -> Option<Message> {
+        let slack = if dir == Dir::In { READ_SLACK_NS } else { 0 };
+        // Messages alternate and follow each other in time on one end.
+        let first = self
+            .messages
+            .partition_point(|m| m.first_ns + slack < after_ns);
+        self.messages[first..]
+            .iter()
+            .find(|m| m.dir == dir && m.first_ns + slack >= after_ns)
+            .cloned()
+    }
+
+    /// The response read that follows write `k`, if it came at or after
+    /// `after_ns` (with the read slack of [`End::take`]).
+    fn response(&self, k: usize, after_ns: u64) -> Option<Message> {
+        self.messages
+            .get(k + 1)
+            .filter(|m| m.dir == Dir::In && m.first_ns + READ_SLACK_NS >= after_ns)
+            .cloned()
+    }
+
     /// The first message in `dir` at or after `after_ns`, from the cursor on; consumes it.
     fn take(&mut self, dir: Dir, after_ns: u64) -> Option<Message> {
         let cursor = match dir {
@@ -492,23 +515,6 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
         }
     }
 
-    // Per proxy thread: its upstream write messages, in time order, for
-    // the join by thread and order.
-    let mut upstream_writes: HashMap<u32, VecDeque<(u64, usize)>> = HashMap::new();
-    for (i, end) in ends.iter().enumerate() {
-        if end.role == Role::Proxy && end.active {
-            for m in end.messages.iter().filter(|m| m.dir == Dir::Out) {
-                upstream_writes
-                    .entry(m.tid)
-                    .or_default()
-                    .push_back((m.first_ns, i));
-            }
-        }
-    }
-    for q in upstream_writes.values_mut() {
-        q.make_contiguous().sort_by_key(|x| x.0);
-    }
-
     let legs = LegIndex::new(journeys);
     let mut peers = peers;
     if opts.remote_peers {
@@ -548,8 +554,9 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     // thread reads its connections in an order of its own, and forwards
     // in the order it read (the join by thread and order).
     started.sort_by_key(|s| s.m1.last_ns);
-    for s in started {
-        if let Some(r) = finish_one(&mut ends, s, &peers, &mut upstream_writes, &legs, opts) {
+    let upstream = assign_upstream(&ends, &started, opts);
+    for (s, upstream) in started.into_iter().zip(upstream) {
+        if let Some(r) = finish_one(&mut ends, s, upstream, &peers, &legs, opts) {
             out.requests.push(r);
         }
     }
@@ -614,6 +621,95 @@ fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
     }
 }
 
+/// A proxy's upstream exchange: its write of a request on an upstream
+/// connection's end and the read of the response that follows.
+struct Exchange {
+    /// The upstream end and the index of the write in its messages.
+    u: usize,
+    k: usize,
+    /// The write's start and the response's last read, ns.
+    write_ns: u64,
+    response_ns: Option<u64>,
+}
+
+/// Which upstream exchange (end, message index) each proxied request of
+/// `started` went out on: the join by thread and order, made consistent.
+///
+/// Each downstream request spans its read `R` to the proxy's next write
+/// on that connection `D` (its response: HTTP/1.1 is one request at a
+/// time per connection); an upstream exchange spans its write `W` to its
+/// response's last read `S`. The request's exchange is on the same
+/// thread, with `R <= W <= R + window` and `S <= D`. A busy proxy thread
+/// can write upstream in another order than it read (a request read
+/// first may wait while the next is forwarded), so taking the next write
+/// in order would give a request another's exchange and leave that one
+/// with none. Requests are taken in the order of `D`, each given the
+/// earliest unassigned exchange that fits: an exchange that fits one
+/// request has `S` before every later `D`, and a later `R` needs a later
+/// `W`, so the earliest is the one the others can best spare (the window
+/// aside, this joins the most requests). In a proxy that forwards in
+/// order this is the order. A proxy that streams a response (writes
+/// downstream before it has read all of it) has `S > D`: not joined.
+fn assign_upstream(
+    ends: &[End],
+    started: &[Started],
+    opts: &JoinOptions,
+) -> Vec<Option<(usize, usize)>> {
+    let mut exchanges: HashMap<u32, Vec<Exchange>> = HashMap::new();
+    for (u, end) in ends.iter().enumerate() {
+        if end.role == Role::Proxy && end.active {
+            for (k, m) in end.messages.iter().enumerate() {
+                if m.dir == Dir::Out {
+                    let response = end.messages.get(k + 1).filter(|r| r.dir == Dir::In);
+                    exchanges.entry(m.tid).or_default().push(Exchange {
+                        u,
+                        k,
+                        write_ns: m.first_ns,
+                        response_ns: response.map(|r| r.last_ns),
+                    });
+                }
+            }
+        }
+    }
+    for list in exchanges.values_mut() {
+        list.sort_by_key(|x| x.write_ns);
+    }
+    let mut taken: HashMap<u32, Vec<bool>> = exchanges
+        .iter()
+        .map(|(tid, list)| (*tid, vec![false; list.len()]))
+        .collect();
+    // (D, index in started) of each proxied request that has a response.
+    let mut by_response: Vec<(u64, usize)> = started
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| ends[s.p].role == Role::Proxy)
+        .filter_map(|(i, s)| {
+            ends[s.p]
+                .find(Dir::Out, s.m1.last_ns)
+                .map(|d| (d.first_ns, i))
+        })
+        .collect();
+    by_response.sort_unstable();
+    let mut out = vec![None; started.len()];
+    for (d, i) in by_response {
+        let read = started[i].m1.last_ns;
+        let tid = started[i].m1.tid;
+        let (Some(list), Some(taken)) = (exchanges.get(&tid), taken.get_mut(&tid)) else {
+            continue;
+        };
+        let latest = d.min(read.saturating_add(opts.window_ns));
+        let first = list.partition_point(|x| x.write_ns < read);
+        let found = (first..list.len())
+            .take_while(|&j| list[j].write_ns <= latest)
+            .find(|&j| !taken[j] && list[j].response_ns.is_some_and(|s| s <= d));
+        if let Some(j) = found {
+            taken[j] = true;
+            out[i] = Some((list[j].u, list[j].k));
+        }
+    }
+    out
+}
+
 /// A request up to the server's (proxy's or application's) read.
 struct Started {
     /// The client's end and its write.
@@ -661,8 +757,8 @@ fn finish_one(
         m1,
         connect,
     }: Started,
+    upstream: Option<(usize, usize)>,
     peers: &[Option<usize>],
-    upstream_writes: &mut HashMap<u32, VecDeque<(u64, usize)>>,
     legs: &LegIndex,
     opts: &JoinOptions,
 ) -> Option<Request> {
@@ -687,16 +783,10 @@ fn finish_one(
     );
     let proxied = ends[p].role == Role::Proxy;
     let m_resp_out = if proxied {
-        // Downstream read ↔ upstream write: same thread, in order.
-        let queue = upstream_writes.get_mut(&m1.tid)?;
-        while queue.front().is_some_and(|&(t, _)| t < m1.last_ns) {
-            queue.pop_front();
-        }
-        let (t2, u) = queue.pop_front()?;
-        if t2.saturating_sub(m1.last_ns) > opts.window_ns {
-            return None;
-        }
-        let m2 = ends[u].take(Dir::Out, m1.last_ns)?;
+        // Downstream read ↔ upstream write: same thread, in order
+        // ([`assign_upstream`]).
+        let (u, k) = upstream?;
+        let m2 = ends[u].messages[k].clone();
         let upstream_connect = ends[u]
             .connect
             .filter(|&(s, e)| s >= m1.last_ns && e <= m2.first_ns);
@@ -732,7 +822,10 @@ fn finish_one(
         }
         let m5 = match b {
             Some(b) => {
-                let m3 = ends[b].take(Dir::In, m2.first_ns)?;
+                // The backend's end is looked up by time, not by cursor:
+                // its exchanges come in the order of the downstream
+                // responses, not necessarily its own.
+                let m3 = ends[b].find(Dir::In, m2.first_ns)?;
                 leg(
                     &mut segments,
                     legs,
@@ -741,7 +834,7 @@ fn finish_one(
                     m2.first_ns,
                     m3.last_ns,
                 );
-                let m4 = ends[b].take(Dir::Out, m3.last_ns)?;
+                let m4 = ends[b].find(Dir::Out, m3.last_ns)?;
                 push(
                     &mut segments,
                     segment::APP_SERVICE,
@@ -749,7 +842,7 @@ fn finish_one(
                     m3.last_ns,
                     m4.first_ns.saturating_sub(m3.last_ns),
                 );
-                let m5 = ends[u].take(Dir::In, m4.first_ns)?;
+                let m5 = ends[u].response(k, m4.first_ns)?;
                 leg(
                     &mut segments,
                     legs,
@@ -761,7 +854,7 @@ fn finish_one(
                 m5
             }
             None if opts.remote_peers => {
-                let m5 = ends[u].take(Dir::In, m2.first_ns)?;
+                let m5 = ends[u].response(k, m2.first_ns)?;
                 remote_round_trip(&mut segments, legs, &ends[u], m2.first_ns, m5.last_ns);
                 m5
             }

@@ -641,3 +641,28 @@ fn a_backend_this_kernel_does_not_see_is_one_round_trip() {
     let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
     assert_eq!(sum, r.end_ns - r.start_ns);
 }
+
+#[test]
+fn a_proxy_forwarding_out_of_its_read_order_joins_each_to_its_own_exchange() {
+    // One proxy thread reads A (3000 µs), then B (3010 µs), but forwards
+    // B first (hold 10 µs: upstream write 3020) and A late (hold 200 µs:
+    // 3200). B's response is written downstream at 3140, before A's
+    // upstream exchange began. Taking upstream writes in read order gave
+    // A B's exchange and left B none (1 of 2 joined, A's hold 20 µs).
+    let mut events = proxied_read_at(1000, 3000, 40000, 50000, 200, 5);
+    events.extend(proxied_read_at(1010, 3010, 40001, 50001, 10, 5));
+    let joined = join(&with_states(events), &[], &opts());
+    assert_eq!(joined.seen, 2);
+    assert_eq!(joined.requests.len(), 2, "every request joined");
+    let mut holds: Vec<u64> = joined
+        .requests
+        .iter()
+        .map(|r| r.segment_ns(segment::PROXY_REQUEST, Category::IngressProxy))
+        .collect();
+    holds.sort_unstable();
+    assert_eq!(holds, [10_000, 200_000], "each request's own hold");
+    for r in &joined.requests {
+        let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+        assert_eq!(sum, r.end_ns - r.start_ns, "contiguous: {r:?}");
+    }
+}
