@@ -17,10 +17,14 @@ use std::{
 use serde_json::Value;
 
 use hoptrace_core::{
-    correlate::requests::{self, BUILTIN_PROXY_COMM, DEFAULT_PROXIES, JoinOptions, LegRecorder},
+    correlate::{
+        Observers,
+        requests::{self, BUILTIN_PROXY_COMM, DEFAULT_PROXIES, JoinOptions, LegRecorder},
+    },
     kernel::sock::SockTracer,
     report::{
-        self, DocumentError, LabDocument, LabLoad, LabRequests, LabRunDocument, LabSection, Report,
+        self, DocumentError, LabDocument, LabLoad, LabNodeView, LabRequests, LabRunDocument,
+        LabSection, Report,
     },
     session::{Session, SessionError, SessionOptions},
 };
@@ -114,6 +118,9 @@ pub struct LabOptions {
     /// this many millicores, as a Kubernetes CPU limit
     /// ([`crate::cpulimit`]). `None`: no limit.
     pub proxy_cpu_limit: Option<u32>,
+    /// `--node-view`: also join the requests as this node (index into
+    /// the lab's nodes) alone sees them ([`LabRun::node_view`]).
+    pub node_view: Option<usize>,
 }
 
 impl Default for LabOptions {
@@ -135,6 +142,7 @@ impl Default for LabOptions {
             proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
             proxy_cpus: None,
             proxy_cpu_limit: None,
+            node_view: None,
         }
     }
 }
@@ -151,6 +159,8 @@ pub struct LabRun {
     pub load: LoadResult,
     /// The request timeline (HTTP loads with the socket tracepoints).
     pub requests: Option<LabRequests>,
+    /// The same requests as one node alone joins them (`--node-view`).
+    pub node_view: Option<LabNodeView>,
 }
 
 impl LabRun {
@@ -164,6 +174,7 @@ impl LabRun {
         let mut run =
             LabRunDocument::new(self.label.clone(), self.lab.clone(), self.reports.clone());
         run.requests = self.requests.clone();
+        run.node_view = self.node_view.clone();
         run
     }
 }
@@ -410,14 +421,24 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
     // real cluster).
     let timeline = opts.load != LoadMode::Udp;
     let legs = Arc::new(LegRecorder::default());
+    // `--node-view`: that node's session also records its journeys apart.
+    let node_legs = Arc::new(LegRecorder::default());
     let node_options: Vec<SessionOptions> = lab
         .nodes()
         .iter()
-        .map(|node| {
+        .enumerate()
+        .map(|(i, node)| {
             let mut session_opts = SessionOptions::new();
             session_opts.netns = Some(netns::netns_path(&node.netns));
             if timeline {
-                session_opts.observer = Some(Arc::clone(&legs) as _);
+                session_opts.observer = Some(if opts.node_view == Some(i) {
+                    Arc::new(Observers(vec![
+                        Arc::clone(&legs) as _,
+                        Arc::clone(&node_legs) as _,
+                    ])) as _
+                } else {
+                    Arc::clone(&legs) as _
+                });
             }
             session_opts
         })
@@ -517,6 +538,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             "the ingress proxy's CPU limit throttled it in {throttled} of {periods} periods"
         ));
     }
+    let mut node_view = None;
     let requests = if timeline {
         for note in &timeline_notes {
             eprintln!("hoptrace lab: {note}");
@@ -553,6 +575,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             let hold = (opts.ingress == IngressKind::Builtin && !opts.proxy_delay.is_zero())
                 .then(|| proxy_hold.mean_us())
                 .flatten();
+            if let Some(n) = opts.node_view {
+                node_view = lab_node_view(lab, n, &capture.events, &node_legs.take(), &join_opts);
+            }
             let client = &load.client_latency;
             hoptrace_core::report::timeline::requests_section(
                 &joined,
@@ -569,6 +594,48 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         lab: lab_section,
         reports,
         load,
+        requests,
+        node_view,
+    })
+}
+
+/// Node `n`'s own view of the run: the socket events of its namespace
+/// and its pods' (out of `events`, every lab namespace's) joined with the
+/// journeys its own session saw, as `hoptrace trace`/`diagnose` on that
+/// node would join them (`session::timeline::node_view`). `None` when
+/// nothing was joined; the section's notes say which namespaces.
+fn lab_node_view(
+    lab: &Lab,
+    n: usize,
+    events: &[hoptrace_common::SockEvent],
+    journeys: &[requests::LegJourney],
+    join_opts: &JoinOptions,
+) -> Option<LabNodeView> {
+    use std::os::unix::fs::MetadataExt as _;
+    let node = lab.nodes().get(n)?;
+    let own: Vec<u32> = std::iter::once(&node.netns)
+        .chain(lab.pods_on(n).map(|p| &p.netns))
+        .filter_map(|ns| std::fs::metadata(netns::netns_path(ns)).ok())
+        .map(|m| m.ino() as u32)
+        .collect();
+    let events: Vec<_> = events
+        .iter()
+        .filter(|e| own.contains(&e.netns_ino))
+        .copied()
+        .collect();
+    let pods = lab.pods_on(n).count();
+    let note = format!(
+        "{}'s view: the socket events of its namespace and its {pods} pods' and the journeys of its own session only",
+        node.name
+    );
+    let requests = hoptrace_core::session::timeline::node_view(
+        &events,
+        journeys,
+        &join_opts.proxies,
+        vec![note],
+    )?;
+    Some(LabNodeView {
+        node: node.name.clone(),
         requests,
     })
 }
@@ -791,6 +858,20 @@ pub fn render_run(run: &LabRun) -> String {
     if let Some(requests) = &run.requests {
         out.push_str(&hoptrace_core::report::timeline::render(requests));
     }
+    if let Some(view) = &run.node_view {
+        out.push_str(&format!(
+            "\nAs {} alone sees them (--node-view: how `hoptrace diagnose` there would join them)\n",
+            view.node
+        ));
+        out.push_str(&hoptrace_core::report::timeline::render(&view.requests));
+        if let Some(all) = &run.requests {
+            out.push_str(&wrap(&node_view_comparison(
+                &view.node,
+                &view.requests,
+                all,
+            )));
+        }
+    }
     let lost: u64 = run.reports.iter().map(|r| r.lost_events).sum();
     if lost > 0 {
         out.push_str(&wrap(&format!(
@@ -803,6 +884,28 @@ pub fn render_run(run: &LabRun) -> String {
         }
     }
     out
+}
+
+/// One line setting a node's view beside the lab's, µs per request:
+/// the client's mean and each category the lab's view has.
+fn node_view_comparison(node: &str, view: &LabRequests, all: &LabRequests) -> String {
+    let mean = |r: &LabRequests, c: &str| r.categories.get(c).map_or(0.0, |c| c.mean_us);
+    let parts: Vec<String> = all
+        .categories
+        .keys()
+        .filter(|c| c.as_str() != "client")
+        .map(|c| format!("{c} {:.0} ({:.0})", mean(view, c), mean(all, c)))
+        .collect();
+    format!(
+        "{node} alone against every node (in brackets), µs per request: the client's mean {:.0} ({:.0}, the load generator's), {}; joined {} of {} ({} of {}).\n",
+        view.client_mean_us,
+        all.client_mean_us,
+        parts.join(", "),
+        view.joined,
+        view.count,
+        all.joined,
+        all.count
+    )
 }
 
 /// Writes the `hoptrace.lab.v1` document of `runs` to `path`.

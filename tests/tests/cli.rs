@@ -165,6 +165,18 @@ fn lab_refuses_bad_input_before_building() {
             vec!["--rate", "0.5", "--duration", "1s"],
             vec!["no request"],
         ),
+        (
+            vec!["--node-view", "node2"],
+            vec!["--node-view node2", "--nodes 3"],
+        ),
+        (
+            vec!["--node-view", "gw"],
+            vec!["--node-view", "not a lab node"],
+        ),
+        (
+            vec!["--node-view", "node1", "--load", "udp"],
+            vec!["--node-view", "http-keep-alive"],
+        ),
     ] {
         let mut full = vec!["lab", "--prefix", prefix.as_str()];
         full.extend(args);

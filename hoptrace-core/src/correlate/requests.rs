@@ -567,7 +567,9 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
 /// each request the server read was written when its packets' first
 /// journey on this node began (else at the read), and each response read
 /// when its packets' last journey here ended (else at the write's end).
-/// Journeys are found by the flow's first headers, so a client behind
+/// That end can come before the server's write returns (a veth and a
+/// tunnel transmit inside the `sendmsg` call): the rest of the server's
+/// call is not the request's. Journeys are found by the flow's first headers, so a client behind
 /// SNAT or a NodePort (first headers not the server's pair) falls back to
 /// the server's own times.
 fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
@@ -599,7 +601,7 @@ fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
                     .iter()
                     .map(|j| j.end_ns)
                     .max()
-                    .map_or(m.last_ns, |t| t.max(m.last_ns))
+                    .map_or(m.last_ns, |t| t.max(m.first_ns))
             }
         };
         messages.push(Message {

@@ -35,6 +35,23 @@ pub struct LabRunDocument {
     /// tracepoints available); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<LabRequests>,
+    /// The same requests as one lab node alone joins them (`hoptrace lab
+    /// --node-view`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_view: Option<LabNodeView>,
+}
+
+/// One lab node's own view of a run's requests (`runs[].node_view`): its
+/// processes' socket events and its own journeys joined as `hoptrace
+/// trace` or `diagnose` on that node would join them (a client or backend
+/// on another node stood in for), beside the lab's view of every node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabNodeView {
+    /// The node (`node0`, `node1`, ...).
+    pub node: String,
+    /// Its request timeline; the client's figures are the joined
+    /// requests' own (no load generator on a node).
+    pub requests: LabRequests,
 }
 
 /// The request timeline of a lab run (`runs[].requests`): every request
@@ -241,6 +258,7 @@ impl LabRunDocument {
             lab,
             nodes,
             requests: None,
+            node_view: None,
         }
     }
 }

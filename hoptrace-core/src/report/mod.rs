@@ -31,8 +31,8 @@ mod schema_doc;
 pub use assemble::{build_report, finish};
 pub use diagnosis::{DIAGNOSIS_SCHEMA, DiagnosisDocument};
 pub use lab::{
-    ClientErrorKinds, ClientLatency, LAB_SCHEMA, LabDocument, LabLoad, LabRequests, LabRunDocument,
-    LabSection, RequestCategory, RequestWaterfall, WaterfallSegment,
+    ClientErrorKinds, ClientLatency, LAB_SCHEMA, LabDocument, LabLoad, LabNodeView, LabRequests,
+    LabRunDocument, LabSection, RequestCategory, RequestWaterfall, WaterfallSegment,
 };
 pub use node::{
     ALL, CategoryRow, DropRow, EndToEndRow, REPORT_SCHEMA, Report, ReportMeta, SegmentRow, Stats,

@@ -158,6 +158,10 @@ pub(crate) fn lab_document() -> LabDocument {
         }],
         notes: vec!["request timeline: example".into()],
     });
+    run.node_view = run.requests.clone().map(|requests| super::LabNodeView {
+        node: "node1".into(),
+        requests,
+    });
     LabDocument::new(vec![run])
 }
 

@@ -34,6 +34,11 @@ fn canonical(doc: Doc, path: &str) -> (Doc, String) {
     match doc {
         Doc::Lab => match path.strip_prefix("runs[].nodes[].") {
             Some(rest) => canonical(Doc::Report, rest),
+            // A node's view holds the same object as the run's requests.
+            None if path.starts_with("runs[].node_view.requests.") => canonical(
+                Doc::Lab,
+                &path.replacen("runs[].node_view.requests.", "runs[].requests.", 1),
+            ),
             // `categories` is keyed by category name: one entry stands for all.
             None => match path.strip_prefix("runs[].requests.categories.") {
                 Some(rest) => {

@@ -78,16 +78,6 @@ impl NodeTimeline {
     /// request was joined.
     pub fn finish(self, proxies: &[String]) -> Option<LabRequests> {
         let capture = self.tracer?.stop();
-        let opts = JoinOptions {
-            proxies: proxies.to_vec(),
-            connect_idle_ns: Some(CONNECT_IDLE_NS),
-            remote_peers: true,
-            ..JoinOptions::default()
-        };
-        let joined = requests::join(&capture.events, &self.legs.take(), &opts);
-        if joined.requests.is_empty() {
-            return None;
-        }
         let mut notes = capture.notes;
         if capture.lost > 0 {
             notes.push(format!(
@@ -95,15 +85,44 @@ impl NodeTimeline {
                 capture.lost
             ));
         }
-        notes.push(
-            "one node's view: no load generator, the client's figures are the joined requests' own; a client this kernel does not see is stood in for from its packets' first and last hops here (docs/segments.md)"
-                .into(),
-        );
-        Some(timeline::requests_section(
-            &joined,
-            timeline::joined_latency(&joined),
-            None,
-            notes,
-        ))
+        node_view(&capture.events, &self.legs.take(), proxies, notes)
     }
+}
+
+/// One node's request timeline: `events` (the socket events of the
+/// node's own processes) joined with `journeys` (the node's own) as a
+/// node sees them, with no load generator: a client or backend this
+/// kernel does not see is stood in for (`JoinOptions::remote_peers`), a
+/// connection opened ahead does not count in `client.connect`, and the
+/// client's figures are the joined requests' own. `notes` are kept and
+/// one is added saying so. `None` when no request was joined.
+///
+/// Used by `trace` and `diagnose` ([`NodeTimeline::finish`]) and by the
+/// lab's `--node-view` (one lab node's events out of the lab's).
+pub fn node_view(
+    events: &[hoptrace_common::SockEvent],
+    journeys: &[requests::LegJourney],
+    proxies: &[String],
+    mut notes: Vec<String>,
+) -> Option<LabRequests> {
+    let opts = JoinOptions {
+        proxies: proxies.to_vec(),
+        connect_idle_ns: Some(CONNECT_IDLE_NS),
+        remote_peers: true,
+        ..JoinOptions::default()
+    };
+    let joined = requests::join(events, journeys, &opts);
+    if joined.requests.is_empty() {
+        return None;
+    }
+    notes.push(
+        "one node's view: no load generator, the client's figures are the joined requests' own; a client this kernel does not see is stood in for from its packets' first and last hops here (docs/segments.md)"
+            .into(),
+    );
+    Some(timeline::requests_section(
+        &joined,
+        timeline::joined_latency(&joined),
+        None,
+        notes,
+    ))
 }

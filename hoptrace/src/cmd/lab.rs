@@ -88,6 +88,13 @@ pub struct LabArgs {
     /// proxy needs cgroup v1; nginx and HAProxy work with v1 and v2.
     #[arg(long, value_parser = hoptrace_lab::cpulimit::parse_millicores)]
     proxy_cpu_limit: Option<u32>,
+    /// Also join the requests as this node alone sees them (node0, node1,
+    /// node2): its own and its pods' sockets and its own hops, as `hoptrace
+    /// diagnose` on that node would, beside the lab's view of every node.
+    /// A client or backend on another node is stood in for from this
+    /// node's packets (docs/segments.md).
+    #[arg(long, value_parser = super::lab_node)]
+    node_view: Option<usize>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
     #[arg(
@@ -160,6 +167,22 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(2);
     }
+    if let Some(n) = args.node_view {
+        if n >= usize::from(args.nodes) {
+            eprintln!(
+                "hoptrace lab: --node-view node{n} needs --nodes {} (the lab has node0 to node{})",
+                n + 1,
+                args.nodes - 1
+            );
+            return Ok(2);
+        }
+        if args.load == LoadMode::Udp {
+            eprintln!(
+                "hoptrace lab: --node-view joins HTTP requests: it needs --load http-keep-alive or http-new-connection"
+            );
+            return Ok(2);
+        }
+    }
     if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
         // A usage error: exit 2, as clap's and the other refusals.
         eprintln!(
@@ -206,6 +229,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             proxies: args.proxy.clone(),
             proxy_cpus: args.proxy_cpus.map(usize::from),
             proxy_cpu_limit: args.proxy_cpu_limit,
+            node_view: args.node_view,
         };
         match lab::run_once(&opts) {
             Ok(run) => {

@@ -60,6 +60,15 @@ pub(crate) fn lab_prefix(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// `--node-view` of `lab`: a lab node's name, `node0` to `node2`, as its
+/// index (checked against `--nodes` once both are known).
+pub(crate) fn lab_node(text: &str) -> Result<usize, String> {
+    text.strip_prefix("node")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n <= 2 && text.len() == 5)
+        .ok_or_else(|| format!("{text:?} is not a lab node (node0, node1 or node2)"))
+}
+
 /// `--netns` and `--iface` of `trace`/`diagnose`: the namespace file
 /// exists and is a namespace, and every interface exists in it. Checked
 /// after the privileges and before anything is probed, attached or
@@ -144,7 +153,7 @@ pub(crate) fn positive_rate(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{flow_net, lab_prefix, output_file, positive_duration, positive_rate};
+    use super::{flow_net, lab_node, lab_prefix, output_file, positive_duration, positive_rate};
 
     #[test]
     fn bad_input_is_refused_with_its_cause() {
@@ -182,6 +191,14 @@ mod tests {
         assert!(lab_prefix("").is_err());
         assert!(lab_prefix(&"x".repeat(41)).is_err());
         assert_eq!(lab_prefix("ht-lab-"), Ok("ht-lab-".to_owned()));
+        assert_eq!(lab_node("node1"), Ok(1));
+        assert!(lab_node("node3").is_err());
+        assert!(lab_node("node01").is_err());
+        assert!(
+            lab_node("n1")
+                .unwrap_err()
+                .contains("node0, node1 or node2")
+        );
         let dir = tempfile::tempdir().unwrap();
         let ok = dir.path().join("r.json");
         assert!(output_file(ok.to_str().unwrap()).is_ok());
