@@ -382,6 +382,37 @@ fn verdict_from_the_ledger_names_the_categories_that_differ() {
 }
 
 #[test]
+fn verdict_names_the_clients_own_time_apart_and_last() {
+    // The client's own time differs most (its timer's lateness), then the
+    // ingress proxy: the proxy is what the slower run spends more in.
+    let mut document = two_runs();
+    document.runs[0].requests = Some(timeline(
+        2000.0,
+        &[
+            ("client", 700.0),
+            ("ingress-proxy", 400.0),
+            ("application", 900.0),
+        ],
+    ));
+    document.runs[1].requests = Some(timeline(
+        1300.0,
+        &[
+            ("client", 300.0),
+            ("ingress-proxy", 100.0),
+            ("application", 900.0),
+        ],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_inputs(dir.path(), &[("lab.json", json(&document))]);
+    let line = verdict(&compare(&paths).expect("compare"));
+    assert_eq!(
+        line,
+        "calico-bgp is 0.70 ms per request faster than flannel-vxlan, which spends more in \
+         ingress-proxy (+0.30 ms); the client's own time differs by +0.40 ms"
+    );
+}
+
+#[test]
 fn verdict_from_the_request_timeline_when_every_run_has_one() {
     let mut document = two_runs();
     document.runs[0].requests = Some(timeline(

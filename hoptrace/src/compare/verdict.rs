@@ -4,13 +4,20 @@
 //! per request faster than flannel-vxlan, which spends more in
 //! encapsulation (+0.25 ms) and kube-proxy (+0.10 ms)". Differences are
 //! slower − faster: a positive one explains the difference, a negative one
-//! offsets part of it ("and less in …").
+//! offsets part of it ("and less in …"). The request timeline's `client`
+//! category (the load generator's or the client's own time, the same
+//! program in every column) is never named as what the slower column
+//! spends: its difference closes the line ("; the client's own time
+//! differs by …").
 
 use super::Comparison;
 use super::summary::CategoryTable;
 
 /// Categories named in the verdict, at most.
 const NAMED: usize = 3;
+
+/// The request timeline's category of the client's own time.
+const CLIENT: &str = "client";
 
 /// A duration in µs for a sentence: `0.41 ms` from 100 µs up, else
 /// `35 µs` (one decimal below 10 µs).
@@ -111,6 +118,13 @@ pub fn verdict(comparison: &Comparison) -> String {
         .filter(|(_, delta)| delta.abs() >= 1.0_f64.max(0.05 * diff))
         .collect();
     deltas.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    // The client's own time (the load generator's timer, its wake-ups and
+    // connects) is the same program in every column: what differs there
+    // is said last, apart, not as what the slower column spends.
+    let client = deltas
+        .iter()
+        .position(|(name, _)| *name == CLIENT)
+        .map(|i| deltas.remove(i).1);
     deltas.truncate(NAMED);
     let listed = |positive: bool| -> Vec<String> {
         deltas
@@ -127,7 +141,9 @@ pub fn verdict(comparison: &Comparison) -> String {
         labels[slow]
     );
     if deltas.is_empty() {
-        text.push_str(": no category differs by more than 5% of that");
+        text.push_str(
+            ": no category of the datapath or the servers differs by more than 5% of that",
+        );
     } else {
         let mut parts = Vec::new();
         if !more.is_empty() {
@@ -138,6 +154,12 @@ pub fn verdict(comparison: &Comparison) -> String {
         }
         text.push_str(", which spends ");
         text.push_str(&parts.join(" and "));
+    }
+    if let Some(delta) = client {
+        text.push_str(&format!(
+            "; the client's own time differs by {}",
+            signed_us(delta)
+        ));
     }
     // What the categories do not explain (the client's own stack and
     // scheduling outside the timeline, or hooks a run lacked).
