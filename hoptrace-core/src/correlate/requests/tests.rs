@@ -523,21 +523,30 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
     );
 }
 
-/// A node's view of a request whose client is on another machine: the
-/// client's socket events are missing, so the proxy's downstream end has
-/// no peer. With `remote_peers` a stand-in client writes when the
-/// request's packets' first journey here began and reads when the
-/// response's last journey here ended; without it nothing is joined.
-#[test]
-fn a_client_this_kernel_does_not_see_is_stood_in_for() {
+/// One proxied request (the proxy holds it 500 µs) without its client's
+/// socket events (the client is another machine), the request's journey
+/// on this node (10-25 µs, at the proxy's socket at 20 µs) and the
+/// response's (`response_us`, leaving through the uplink), for a node's
+/// view (`remote_peers`). `write_returns_us`: when the proxy's downstream
+/// write (entered at 1650 µs) returned, if later than it began.
+fn without_its_client(
+    response_us: (u64, u64),
+    write_returns_us: Option<u64>,
+) -> (Vec<SockEvent>, Vec<LegJourney>, JoinOptions) {
     let c = (CLIENT, 40000);
     let pd = (PROXY, 8081);
-    let events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
+    let mut events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
         .into_iter()
         .filter(|e| e.comm_str() != "hoptrace-netns")
         .collect();
-    let events = with_states(events);
-    assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
+    if let Some(ret) = write_returns_us {
+        let write = events
+            .iter_mut()
+            .find(|e| e.kind == SockKind::Send as u8 && e.sport == 8081)
+            .unwrap();
+        write.entry_ns = write.ts_ns;
+        write.ts_ns = ret * 1000;
+    }
     let request = LegJourney {
         src: c,
         dst: pd,
@@ -548,12 +557,11 @@ fn a_client_this_kernel_does_not_see_is_stood_in_for() {
         handshake: false,
         dropped: false,
     };
-    // The response leaves through the uplink 20 µs after the proxy's write.
     let response = LegJourney {
         src: pd,
         dst: c,
-        start_ns: 1_655_000,
-        end_ns: 1_670_000,
+        start_ns: response_us.0 * 1000,
+        end_ns: response_us.1 * 1000,
         arrival_ns: None,
         ..request.clone()
     };
@@ -561,7 +569,20 @@ fn a_client_this_kernel_does_not_see_is_stood_in_for() {
         remote_peers: true,
         ..opts()
     };
-    let joined = join(&events, &[request, response], &node);
+    (with_states(events), vec![request, response], node)
+}
+
+/// A node's view of a request whose client is on another machine: the
+/// client's socket events are missing, so the proxy's downstream end has
+/// no peer. With `remote_peers` a stand-in client writes when the
+/// request's packets' first journey here began and reads when the
+/// response's last journey here ended; without it nothing is joined.
+#[test]
+fn a_client_this_kernel_does_not_see_is_stood_in_for() {
+    // The response leaves through the uplink 20 µs after the proxy's write.
+    let (events, journeys, node) = without_its_client((1655, 1670), None);
+    assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
+    let joined = join(&events, &journeys, &node);
     assert_eq!(joined.seen, 1);
     assert_eq!(joined.requests.len(), 1);
     let r = &joined.requests[0];
@@ -675,44 +696,10 @@ fn a_proxy_forwarding_out_of_its_read_order_joins_each_to_its_own_exchange() {
 /// client waiting to be read.
 #[test]
 fn a_stand_in_client_reads_when_the_response_left_the_node() {
-    let c = (CLIENT, 40000);
-    let pd = (PROXY, 8081);
-    let mut events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
-        .into_iter()
-        .filter(|e| e.comm_str() != "hoptrace-netns")
-        .collect();
-    // The proxy's downstream write: entered at 1650 µs, returned at 1690.
-    let write = events
-        .iter_mut()
-        .find(|e| e.kind == SockKind::Send as u8 && e.sport == 8081)
-        .unwrap();
-    write.entry_ns = write.ts_ns;
-    write.ts_ns += 40_000;
-    let events = with_states(events);
-    let request = LegJourney {
-        src: c,
-        dst: pd,
-        start_ns: 1_010_000,
-        end_ns: 1_025_000,
-        arrival_ns: Some(1_020_000),
-        categories: vec![(Category::Cni, 10_000)],
-        handshake: false,
-        dropped: false,
-    };
-    // The response left through the uplink at 1665 µs, inside the write.
-    let response = LegJourney {
-        src: pd,
-        dst: c,
-        start_ns: 1_652_000,
-        end_ns: 1_665_000,
-        arrival_ns: None,
-        ..request.clone()
-    };
-    let node = JoinOptions {
-        remote_peers: true,
-        ..opts()
-    };
-    let joined = join(&events, &[request, response], &node);
+    // The proxy's downstream write entered at 1650 µs and returned at
+    // 1690; the response left through the uplink at 1665 µs, inside it.
+    let (events, journeys, node) = without_its_client((1652, 1665), Some(1690));
+    let joined = join(&events, &journeys, &node);
     assert_eq!(joined.requests.len(), 1);
     let r = &joined.requests[0];
     assert_eq!((r.start_ns, r.end_ns), (1_010_000, 1_665_000));
