@@ -586,9 +586,12 @@ fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
                     m.first_ns.saturating_sub(window_ns.min(STAND_IN_REACH_NS)),
                     |j| server.messages[j].last_ns,
                 );
+                // Not the leg's slack before `after`: on a keep-alive
+                // connection that admits the previous request's packets.
                 legs.within(local, remote, remote, (after, m.last_ns), false)
                     .iter()
                     .map(|j| j.start_ns)
+                    .filter(|&t| t >= after)
                     .min()
                     .map_or(m.first_ns, |t| t.min(m.first_ns))
             }
