@@ -577,6 +577,11 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
                 .flatten();
             if let Some(n) = opts.node_view {
                 node_view = lab_node_view(lab, n, &capture.events, &node_legs.take(), &join_opts);
+                if node_view.is_none() {
+                    notes.push(format!(
+                        "--node-view node{n}: node{n} alone joined no request: none of the requests reached its processes (kube-proxy's random pick sent none to its backend), or their socket events were lost"
+                    ));
+                }
             }
             let client = &load.client_latency;
             hoptrace_core::report::timeline::requests_section(
@@ -863,7 +868,9 @@ pub fn render_run(run: &LabRun) -> String {
             "\nAs {} alone sees them (--node-view: how `hoptrace diagnose` there would join them)\n",
             view.node
         ));
-        out.push_str(&hoptrace_core::report::timeline::render(&view.requests));
+        out.push_str(&hoptrace_core::report::timeline::render_node_view(
+            &view.requests,
+        ));
         if let Some(all) = &run.requests {
             out.push_str(&wrap(&node_view_comparison(
                 &view.node,

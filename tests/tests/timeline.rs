@@ -328,7 +328,9 @@ fn a_saturated_proxy_waits_to_be_read() {
 /// `app.remote` holds node2's datapath and the wire; measured 188 against
 /// 107 µs then, 97 against 97 µs when kube-proxy's random pick put every
 /// upstream connection on node1), a client mean below the load
-/// generator's, and no wait of the stand-in client to read.
+/// generator's, and no wait of the stand-in client to read. node0 alone,
+/// with only the client, sees each request as one round trip to a
+/// service beyond it.
 #[test]
 fn a_node_alone_joins_its_requests_with_stand_ins_for_the_rest() {
     if !can_run_as_root("a_node_alone_joins_its_requests_with_stand_ins_for_the_rest") {
@@ -365,6 +367,39 @@ fn a_node_alone_joins_its_requests_with_stand_ins_for_the_rest() {
         ],
     );
     check_node_view(&keep_alive, "http-keep-alive");
+    // node0 holds only the client: each request is one round trip to a
+    // service node0 does not see (`app.remote`, category application),
+    // with node0's datapath and the response's wait in the client's socket.
+    let client_node = lab_run("u", &["--node-view", "node0"]);
+    let all = requests(&client_node);
+    let node = &client_node["node_view"]["requests"];
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap();
+    eprintln!(
+        "node0 alone: joined {} of {}, client mean {:.0} µs ({:.0}), application {:.0} µs ({:.0}), ingress-proxy {:.0} µs ({:.0})",
+        node["joined"],
+        node["count"],
+        f(node, "client_mean_us"),
+        f(all, "client_mean_us"),
+        mean(node, "application"),
+        mean(all, "application"),
+        mean(node, "ingress-proxy"),
+        mean(all, "ingress-proxy"),
+    );
+    assert_eq!(client_node["node_view"]["node"], "node0");
+    assert!(
+        f(node, "join_rate") >= 0.99,
+        "node0 alone joins its client's requests"
+    );
+    assert_eq!(
+        mean(node, "ingress-proxy"),
+        0.0,
+        "node0 does not see the proxy"
+    );
+    assert!(
+        mean(node, "application") > mean(all, "ingress-proxy") + mean(all, "application"),
+        "the service beyond node0 holds the proxy's and the backend's time"
+    );
+    assert!(f(node, "client_mean_us") < f(all, "client_mean_us"));
 }
 
 /// The checks of [`a_node_alone_joins_its_requests_with_stand_ins_for_the_rest`]

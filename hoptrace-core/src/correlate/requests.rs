@@ -182,11 +182,12 @@ pub struct JoinOptions {
     /// load generator that opened connections ahead would otherwise put
     /// their idle time in `client.connect`.
     pub connect_idle_ns: Option<u64>,
-    /// Join requests whose client or backend this kernel does not see
-    /// (another machine, a node's view): a server end whose peer is
-    /// missing gets a stand-in client ([`remote_client`]), and a proxy's
-    /// upstream connection without a peer is one round trip
-    /// ([`segment::APP_REMOTE`]). The lab sees every end.
+    /// Join requests whose client, server or backend this kernel does not
+    /// see (another machine, a node's view): a server end whose peer is
+    /// missing gets a stand-in client ([`remote_client`]), and a client's
+    /// or a proxy's upstream connection without a peer is one round trip
+    /// ([`segment::APP_REMOTE`], [`remote_server`]). The lab sees every
+    /// end.
     pub remote_peers: bool,
 }
 
@@ -331,6 +332,17 @@ struct End {
 }
 
 impl End {
+    /// The connect of a new connection, `(SYN sent, established)` ns, for
+    /// its first request written at `write_ns` (once): within the join's
+    /// window of it, and not idle longer than `connect_idle_ns` before it.
+    fn take_connect(&mut self, write_ns: u64, opts: &JoinOptions) -> Option<(u64, u64)> {
+        self.connect.take().filter(|&(s, e)| {
+            e <= write_ns
+                && write_ns - s <= opts.window_ns
+                && opts.connect_idle_ns.is_none_or(|idle| write_ns - e <= idle)
+        })
+    }
+
     fn active_endpoint(&self) -> Endpoint {
         if self.active { self.local } else { self.remote }
     }
@@ -546,6 +558,11 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     let mut started: Vec<Started> = Vec::new();
     for (_, c) in starts {
         out.seen += 1;
+        if opts.remote_peers && peers[c].is_none() {
+            out.requests
+                .extend(remote_server(&mut ends[c], &legs, opts));
+            continue;
+        }
         if let Some(s) = start_one(&mut ends, c, &peers, opts) {
             started.push(s);
         }
@@ -715,6 +732,43 @@ fn assign_upstream(
     out
 }
 
+/// The next request of `client`, whose server this kernel does not see
+/// (a node's view of a client pod, its service on other nodes): one round
+/// trip from its write to its read of the response ([`remote_round_trip`]:
+/// this node's datapath of both directions, the response's wait in the
+/// client's socket, `app.remote` for the rest), after its connect on a new
+/// connection (`client.connect`, whole: its round trip is beyond this
+/// node too). An answer later than [`JoinOptions::window_ns`] (a long
+/// poll, a watch) is not joined.
+fn remote_server(client: &mut End, legs: &LegIndex, opts: &JoinOptions) -> Option<Request> {
+    let m0 = client.take(Dir::Out, 0)?;
+    let m7 = client.take(Dir::In, m0.first_ns)?;
+    let connect = client.take_connect(m0.first_ns, opts);
+    // A long poll or a watch (a node daemon's stream) is not a request.
+    if m7.last_ns - m0.first_ns > opts.window_ns {
+        return None;
+    }
+    let mut segments = Vec::new();
+    if let Some((syn_ns, _)) = connect {
+        push(
+            &mut segments,
+            segment::CLIENT_CONNECT,
+            Category::Client,
+            syn_ns,
+            m0.first_ns - syn_ns,
+        );
+    }
+    remote_round_trip(&mut segments, legs, client, m0.first_ns, m7.last_ns);
+    segments.sort_by_key(|s| s.start_ns);
+    Some(Request {
+        start_ns: connect.map_or(m0.first_ns, |(syn_ns, _)| syn_ns),
+        write_ns: m0.first_ns,
+        end_ns: m7.last_ns,
+        proxied: false,
+        segments,
+    })
+}
+
 /// A request up to the server's (proxy's or application's) read.
 struct Started {
     /// The client's end and its write.
@@ -737,13 +791,7 @@ fn start_one(
     let p = peers[c]?;
     let m1 = ends[p].take(Dir::In, m0.first_ns)?;
     // A new connection's connect belongs to its first request (once).
-    let connect = ends[c].connect.take().filter(|&(s, e)| {
-        e <= m0.first_ns
-            && m0.first_ns - s <= opts.window_ns
-            && opts
-                .connect_idle_ns
-                .is_none_or(|idle| m0.first_ns - e <= idle)
-    });
+    let connect = ends[c].take_connect(m0.first_ns, opts);
     Some(Started {
         c,
         m0,

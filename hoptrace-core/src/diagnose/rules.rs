@@ -104,7 +104,7 @@ pub fn requests(requests: &crate::report::LabRequests) -> Vec<Finding> {
             "ingress-proxy.saturated",
             Severity::Warning,
             format!(
-                "The ingress proxy is saturated: requests wait {} µs to be read ({} of the request time)",
+                "The ingress proxy is saturated: requests wait {} µs to be read ({} of the request from the client's write to its read)",
                 fmt_us(proxy.socket_queue_mean_us),
                 pct(share)
             ),

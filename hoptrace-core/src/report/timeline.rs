@@ -151,8 +151,35 @@ pub fn human_us(us: f64) -> String {
 }
 
 /// The terminal table (µs per request and share of the client's mean by
-/// category) and the one sentence of where the time goes.
+/// category) and the one sentence of where the time goes, of a lab run
+/// (the client's mean is the load generator's).
 pub fn render(requests: &LabRequests) -> String {
+    let heading = format!(
+        "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)",
+        requests.joined,
+        requests.count,
+        100.0 * requests.join_rate,
+        100.0 * requests.coverage,
+        requests.client_mean_us
+    );
+    render_with(requests, &heading)
+}
+
+/// [`render`] for one node's view (`trace`, `diagnose`, `lab
+/// --node-view`): no load generator, so the mean is the joined requests'
+/// own, from the first to the last event this node saw of each.
+pub fn render_node_view(requests: &LabRequests) -> String {
+    let heading = format!(
+        "Requests ({} of {} joined, {:.1}%; {:.1} µs per request from the first to the last event this node saw of it)",
+        requests.joined,
+        requests.count,
+        100.0 * requests.join_rate,
+        requests.client_mean_us
+    );
+    render_with(requests, &heading)
+}
+
+fn render_with(requests: &LabRequests, heading: &str) -> String {
     use crate::{diagnose::wrap, report::styled_table};
     let mut out = String::new();
     let mut table = styled_table(&[
@@ -179,15 +206,7 @@ pub fn render(requests: &LabRequests) -> String {
         ]);
     }
     crate::report::keep_name_words(&mut table);
-    let heading = format!(
-        "Requests ({} of {} joined, {:.1}%; timeline covers {:.0}% of the client's mean {:.1} µs)",
-        requests.joined,
-        requests.count,
-        100.0 * requests.join_rate,
-        100.0 * requests.coverage,
-        requests.client_mean_us
-    );
-    out.push_str(&wrap("", "", &heading));
+    out.push_str(&wrap("", "", heading));
     out.push_str(&format!("{table}\n"));
     out.push_str(&wrap("", "", &sentence(requests)));
     if let Some(hold) = requests.proxy_hold_mean_us {
@@ -195,7 +214,7 @@ pub fn render(requests: &LabRequests) -> String {
             "",
             "",
             &format!(
-                "The builtin proxy measured its own hold: {} per request.",
+                "The builtin proxy measured its own hold: {} per request (more than --proxy-delay asked: its tokio timer rounds up to the next millisecond tick and wakes late on a busy machine).",
                 human_us(hold)
             ),
         ));

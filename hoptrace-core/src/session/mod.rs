@@ -197,7 +197,7 @@ impl Session {
                 },
             )?;
             session.attachments.notes.push(
-                "tracepoints: shared with the first session of this kernel, which hands over this node's events".into(),
+                "tracepoints: one set for this kernel, attached by the first node's session, which hands this node its own events (nothing is missing)".into(),
             );
             let netns = session.node.traced_netns();
             other_nodes.netns.extend(&netns);

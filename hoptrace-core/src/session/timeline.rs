@@ -116,7 +116,7 @@ pub fn node_view(
         return None;
     }
     notes.push(
-        "one node's view: no load generator, the client's figures are the joined requests' own; a client this kernel does not see is stood in for from its packets' first and last hops here (docs/segments.md)"
+        "one node's view: no load generator, the client's figures are the joined requests' own; a client this kernel does not see is stood in for from its packets' first and last hops here, and a server or backend it does not see is one round trip, app.remote (docs/segments.md)"
             .into(),
     );
     Some(timeline::requests_section(

@@ -134,7 +134,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     print!("{}", diagnose::render_findings(&findings));
     println!("{}", report::render_categories(&report));
     if let Some(requests) = &report.requests {
-        println!("{}", report::timeline::render(requests));
+        println!("{}", report::timeline::render_node_view(requests));
     }
     for note in node_config.notes.iter().chain(&counters.notes) {
         println!("{}", diagnose::wrap("note: ", "      ", note).trim_end());

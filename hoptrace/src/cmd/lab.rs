@@ -65,7 +65,9 @@ pub struct LabArgs {
     /// '-', '_', '.').
     #[arg(long, default_value = "ht-lab-", value_parser = super::lab_prefix)]
     prefix: String,
-    /// Only remove namespaces left by an earlier lab with this prefix, then exit.
+    /// Only remove what an earlier lab with this prefix left (namespaces and
+    /// the processes in them, CPU limits and proxy files of labs that are
+    /// gone), then exit.
     #[arg(long)]
     cleanup: bool,
     /// Print every node's full ledger too.
@@ -170,9 +172,12 @@ pub fn run(args: LabArgs) -> Result<i32> {
     if let Some(n) = args.node_view {
         if n >= usize::from(args.nodes) {
             eprintln!(
-                "hoptrace lab: --node-view node{n} needs --nodes {} (the lab has node0 to node{})",
+                "hoptrace lab: --node-view node{n} needs --nodes {} (this lab has {})",
                 n + 1,
-                args.nodes - 1
+                (0..args.nodes)
+                    .map(|i| format!("node{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
             );
             return Ok(2);
         }

@@ -155,7 +155,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     report.requests = timeline.finish(&args.proxy);
     println!("{}", report::render_table(&report));
     if let Some(requests) = &report.requests {
-        println!("{}", report::timeline::render(requests));
+        println!("{}", report::timeline::render_node_view(requests));
     }
     if report.journeys == 0 {
         eprintln!(

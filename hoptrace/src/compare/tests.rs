@@ -408,7 +408,7 @@ fn verdict_names_the_clients_own_time_apart_and_last() {
     assert_eq!(
         line,
         "calico-bgp is 0.70 ms per request faster than flannel-vxlan, which spends more in \
-         ingress-proxy (+0.30 ms); the client's own time differs by +0.40 ms"
+         ingress-proxy (+0.30 ms); the client's time differs by +0.40 ms"
     );
 }
 

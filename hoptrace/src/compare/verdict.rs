@@ -7,8 +7,8 @@
 //! offsets part of it ("and less in …"). The request timeline's `client`
 //! category (the load generator's or the client's own time, the same
 //! program in every column) is never named as what the slower column
-//! spends: its difference closes the line ("; the client's own time
-//! differs by …").
+//! spends: its difference closes the line ("; the client's time differs
+//! by …").
 
 use super::Comparison;
 use super::summary::CategoryTable;
@@ -157,7 +157,7 @@ pub fn verdict(comparison: &Comparison) -> String {
     }
     if let Some(delta) = client {
         text.push_str(&format!(
-            "; the client's own time differs by {}",
+            "; the client's time differs by {}",
             signed_us(delta)
         ));
     }

@@ -751,3 +751,53 @@ fn a_stand_in_client_on_a_keep_alive_connection_writes_each_request_anew() {
         assert_eq!(r.end_ns - r.start_ns, 160_000, "{r:?}");
     }
 }
+
+/// A node's view of a client pod whose service runs on other nodes: the
+/// proxy's and the backend's socket events are missing, so the client's
+/// end has no peer. With `remote_peers` each request is one round trip:
+/// this node's datapath of both directions, the response's wait in the
+/// client's socket and `app.remote`; without it nothing is joined.
+#[test]
+fn a_server_this_kernel_does_not_see_is_one_round_trip() {
+    let c = (CLIENT, 40000);
+    let pd = (PROXY, 8081);
+    let events: Vec<SockEvent> = proxied(1000, 40000, 50000, 500, 5)
+        .into_iter()
+        .filter(|e| e.comm_str() == "hoptrace-netns")
+        .collect();
+    let events = with_states(events);
+    assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
+    let journey = |src, dst, start_us: u64, arrival: bool| LegJourney {
+        src,
+        dst,
+        start_ns: start_us * 1000,
+        end_ns: (start_us + 15) * 1000,
+        arrival_ns: arrival.then_some((start_us + 10) * 1000),
+        categories: vec![(Category::Cni, 10_000)],
+        handshake: false,
+        dropped: false,
+    };
+    // The client writes at 1000 µs and reads at 1680: the request leaves
+    // at 1002-1017, the response arrives at 1650 and is in its socket at
+    // 1660.
+    let journeys = [journey(c, pd, 1002, false), journey(pd, c, 1650, true)];
+    let node = JoinOptions {
+        remote_peers: true,
+        ..opts()
+    };
+    let joined = join(&events, &journeys, &node);
+    assert_eq!((joined.seen, joined.requests.len()), (1, 1));
+    let r = &joined.requests[0];
+    assert_eq!((r.start_ns, r.end_ns), (1_000_000, 1_680_000));
+    assert_eq!(r.category_ns()[&Category::Cni], 20_000);
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::Client),
+        20_000
+    );
+    assert_eq!(
+        r.segment_ns(segment::APP_REMOTE, Category::Application),
+        640_000
+    );
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(sum, r.end_ns - r.start_ns);
+}
