@@ -109,6 +109,22 @@ fn proxied_read_at(
     ]
 }
 
+/// A journey of one packet with payload from `src` to `dst` on this node:
+/// 15 µs from `start_us`, 10 µs of it `cni`, in the reading socket after
+/// 10 µs when `arrival` (else it left the node).
+fn payload_journey(src: Endpoint, dst: Endpoint, start_us: u64, arrival: bool) -> LegJourney {
+    LegJourney {
+        src,
+        dst,
+        start_ns: start_us * 1000,
+        end_ns: (start_us + 15) * 1000,
+        arrival_ns: arrival.then_some((start_us + 10) * 1000),
+        categories: vec![(Category::Cni, 10_000)],
+        handshake: false,
+        dropped: false,
+    }
+}
+
 fn with_states(mut events: Vec<SockEvent>) -> Vec<SockEvent> {
     // Every end learns its side from its state change.
     let mut extra = Vec::new();
@@ -725,21 +741,11 @@ fn a_stand_in_client_on_a_keep_alive_connection_writes_each_request_anew() {
     let mut events: Vec<SockEvent> = proxied(1000, 40000, 50000, 0, 5);
     events.extend(proxied(2000, 40000, 50000, 0, 5));
     events.retain(|e| e.comm_str() != "hoptrace-netns");
-    let journey = |src, dst, start_us: u64, arrival: bool| LegJourney {
-        src,
-        dst,
-        start_ns: start_us * 1000,
-        end_ns: (start_us + 15) * 1000,
-        arrival_ns: arrival.then_some((start_us + 10) * 1000),
-        categories: vec![(Category::Cni, 10_000)],
-        handshake: false,
-        dropped: false,
-    };
     let journeys = [
-        journey(c, pd, 1010, true),
-        journey(pd, c, 1155, false),
-        journey(c, pd, 2010, true),
-        journey(pd, c, 2155, false),
+        payload_journey(c, pd, 1010, true),
+        payload_journey(pd, c, 1155, false),
+        payload_journey(c, pd, 2010, true),
+        payload_journey(pd, c, 2155, false),
     ];
     let node = JoinOptions {
         remote_peers: true,
@@ -767,20 +773,13 @@ fn a_server_this_kernel_does_not_see_is_one_round_trip() {
         .collect();
     let events = with_states(events);
     assert_eq!(join(&events, &[], &opts()).requests.len(), 0);
-    let journey = |src, dst, start_us: u64, arrival: bool| LegJourney {
-        src,
-        dst,
-        start_ns: start_us * 1000,
-        end_ns: (start_us + 15) * 1000,
-        arrival_ns: arrival.then_some((start_us + 10) * 1000),
-        categories: vec![(Category::Cni, 10_000)],
-        handshake: false,
-        dropped: false,
-    };
     // The client writes at 1000 µs and reads at 1680: the request leaves
     // at 1002-1017, the response arrives at 1650 and is in its socket at
     // 1660.
-    let journeys = [journey(c, pd, 1002, false), journey(pd, c, 1650, true)];
+    let journeys = [
+        payload_journey(c, pd, 1002, false),
+        payload_journey(pd, c, 1650, true),
+    ];
     let node = JoinOptions {
         remote_peers: true,
         ..opts()
