@@ -43,7 +43,7 @@ use procfs::{Current as _, FromRead as _};
 use serde::Serialize;
 
 use crate::agent_memory::AgentMemory;
-use hoptrace_core::kernel::sock::SockTracer;
+use hoptrace_core::kernel::sock::{SockHooks, SockTracer};
 
 use hoptrace_core::{
     kernel::loader::Counters,
@@ -1146,7 +1146,8 @@ fn measure_timeline(
 ) -> Result<TimelineCost, BenchError> {
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| BenchError::Stats(e.to_string()))?;
-    let tracer = SockTracer::start(inodes).map_err(|e| BenchError::Timeline(e.to_string()))?;
+    let tracer = SockTracer::start(inodes, SockHooks::Auto)
+        .map_err(|e| BenchError::Timeline(e.to_string()))?;
     let ids: std::collections::BTreeSet<u32> = tracer.program_ids().into_iter().collect();
     let runs_and_time = || -> Result<(u64, u64), BenchError> {
         Ok(sample_programs()?

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use hoptrace_core::{
     correlate::requests::{self, BUILTIN_PROXY_COMM, DEFAULT_PROXIES, JoinOptions, LegRecorder},
-    kernel::sock::SockTracer,
+    kernel::sock::{SockHooks, SockTracer},
     report::{
         self, DocumentError, LabDocument, LabLoad, LabRequests, LabRunDocument, LabSection, Report,
     },
@@ -114,6 +114,9 @@ pub struct LabOptions {
     /// this many millicores, as a Kubernetes CPU limit
     /// ([`crate::cpulimit`]). `None`: no limit.
     pub proxy_cpu_limit: Option<u32>,
+    /// `--sock-hooks`: where the request timeline's socket reads and writes
+    /// come from (tp_btf `sock:` tracepoints, or the `syscalls:` fallback).
+    pub sock_hooks: SockHooks,
 }
 
 impl Default for LabOptions {
@@ -135,6 +138,7 @@ impl Default for LabOptions {
             proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
             proxy_cpus: None,
             proxy_cpu_limit: None,
+            sock_hooks: SockHooks::Auto,
         }
     }
 }
@@ -440,7 +444,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
 
     // The request timeline: socket reads and writes of the lab's namespaces.
     let sock_tracer = if timeline {
-        match SockTracer::start(&lab_netns_inodes(lab)) {
+        match SockTracer::start(&lab_netns_inodes(lab), opts.sock_hooks) {
             Ok(tracer) => Some(tracer),
             Err(e) => {
                 timeline_notes.push(format!("request timeline unavailable: {e}"));
