@@ -9,10 +9,12 @@ pub enum SockKind {
     /// Never emitted: what [`SockKind::from_u8`] makes of a value it does not know.
     Unknown = 0,
     /// `sock:sock_recv_length`: the process read `bytes` bytes (fired at the
-    /// end of `sock_recvmsg`, after the copy).
+    /// end of `sock_recvmsg`, after the copy); in the `syscalls:` fallback,
+    /// the exit of read(2), readv(2), recvfrom(2) or recvmsg(2) on a socket.
     Recv = 1,
     /// `sock:sock_send_length`: the process wrote `bytes` bytes (fired at the
-    /// end of `sock_sendmsg`).
+    /// end of `sock_sendmsg`); in the `syscalls:` fallback, the exit of
+    /// write(2), writev(2), sendto(2) or sendmsg(2) on a socket.
     Send = 2,
     /// `sock:inet_sock_set_state`: the TCP state went `old_state` → `new_state`.
     State = 3,
@@ -83,7 +85,8 @@ pub struct SockEvent {
     pub comm: [u8; 16],
     /// For [`SockKind::Send`]: when the thread entered the write syscall
     /// (`syscalls:sys_enter_write`, `_writev`, `_sendto`, `_sendmsg`), ns;
-    /// 0 when unknown (another syscall, or those tracepoints missing). The
+    /// 0 when unknown (another syscall, or those tracepoints missing); the
+    /// `syscalls:` fallback always knows it. The
     /// send tracepoint fires at the end of `sendmsg`, after the packet may
     /// already have crossed veths into the peer's socket.
     pub entry_ns: u64,
