@@ -2648,6 +2648,30 @@ mod tests {
         }
     }
 
+    /// A [`TimelineCost`] of 10,000 requests, 60,000 events: `bps`,
+    /// `(p50, p99)` µs, `(runs, run time ns)`.
+    fn timeline_cost(
+        bps: f64,
+        (p50_us, p99_us): (u64, u64),
+        (runs, run_time_ns): (u64, u64),
+    ) -> TimelineCost {
+        TimelineCost {
+            throughput_bps: bps,
+            rr: RrResult {
+                p50_us,
+                p99_us,
+                max_us: 3000,
+                ok: 10_000,
+                errors: 0,
+                timeouts: 0,
+            },
+            events: 60_000,
+            events_per_request: 6.0,
+            runs,
+            run_time_ns,
+        }
+    }
+
     #[test]
     fn summary_medians_ratios_and_verdicts() {
         // Baseline medians: 10 Gbit/s, p99 100 µs. Traced: 9 Gbit/s (0.9x: miss), p99 104 µs (pass).
@@ -2790,36 +2814,8 @@ mod tests {
                 peak: 30 << 20,
                 many_sent: 500_000,
             }),
-            timeline: Some(TimelineCost {
-                throughput_bps: 9e9,
-                rr: RrResult {
-                    p50_us: 1000,
-                    p99_us: 2080,
-                    max_us: 3000,
-                    ok: 10_000,
-                    errors: 0,
-                    timeouts: 0,
-                },
-                events: 60_000,
-                events_per_request: 6.0,
-                runs: 100_000,
-                run_time_ns: 50_000_000,
-            }),
-            timeline_syscalls: Some(TimelineCost {
-                throughput_bps: 8e9,
-                rr: RrResult {
-                    p50_us: 1100,
-                    p99_us: 2200,
-                    max_us: 3000,
-                    ok: 10_000,
-                    errors: 0,
-                    timeouts: 0,
-                },
-                events: 60_000,
-                events_per_request: 6.0,
-                runs: 200_000,
-                run_time_ns: 160_000_000,
-            }),
+            timeline: Some(timeline_cost(9e9, (1000, 2080), (100_000, 50_000_000))),
+            timeline_syscalls: Some(timeline_cost(8e9, (1100, 2200), (200_000, 160_000_000))),
         };
         let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5", None);
         assert!(

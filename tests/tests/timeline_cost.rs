@@ -34,6 +34,18 @@ fn ping_pong(client: &mut TcpStream, server: &mut TcpStream) -> f64 {
     started.elapsed().as_nanos() as f64 / ROUND_TRIPS as f64
 }
 
+/// This thread's network namespace inode and a connected loopback TCP
+/// pair in it (client, server), without Nagle's delay.
+fn loopback_pair() -> (u32, TcpStream, TcpStream) {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.set_nodelay(true).unwrap();
+    server.set_nodelay(true).unwrap();
+    (netns, client, server)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -122,12 +134,7 @@ fn file_reads_cost(hooks: SockHooks) {
 /// that is not traced; prints the cost.
 fn every_operation_seen(hooks: SockHooks) {
     in_fresh_netns(|| {
-        let netns = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        client.set_nodelay(true).unwrap();
-        server.set_nodelay(true).unwrap();
+        let (netns, mut client, mut server) = loopback_pair();
         ping_pong(&mut client, &mut server); // warm up
         let (mut base, mut traced, mut filtered) = (Vec::new(), Vec::new(), Vec::new());
         let mut seen = None;
@@ -202,12 +209,7 @@ fn syscalls_fallback_matches_the_sock_tracepoints() {
         return;
     }
     in_fresh_netns(|| {
-        let netns = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        client.set_nodelay(true).unwrap();
-        server.set_nodelay(true).unwrap();
+        let (netns, mut client, mut server) = loopback_pair();
         let btf = SockTracer::start(&[netns], SockHooks::Auto).expect("socket tracer, tp_btf");
         if btf.syscalls_fallback() {
             eprintln!("skipping: this kernel has no sock:sock_recv_length to compare with");
