@@ -385,3 +385,38 @@ fn syscalls_fallback_joins_and_splits_like_the_sock_tracepoints() {
     assert!(used_syscalls_fallback(r));
     assert_eq!(mean(r, "ingress-proxy"), 0.0, "no proxy, no proxy time");
 }
+
+/// The fallback with the real proxies whose syscalls it was built for
+/// (nginx: recv/readv and writev/send; HAProxy: recv and send): nginx with
+/// keep-alive, HAProxy with a new connection per request, each joined and
+/// covered, with the proxy's time measured.
+#[test]
+fn syscalls_fallback_joins_nginx_and_haproxy() {
+    if !can_run_as_root("syscalls_fallback_joins_nginx_and_haproxy") {
+        return;
+    }
+    for (proxy, tag, load) in [
+        ("nginx", "se", "http-keep-alive"),
+        ("haproxy", "sf", "http-new-connection"),
+    ] {
+        if hoptrace_lab::ingress::find_tool(proxy).is_none() {
+            eprintln!("skipped {proxy}: not installed (its Debian package)");
+            continue;
+        }
+        let run = lab_run(
+            tag,
+            &[
+                "--ingress",
+                proxy,
+                "--load",
+                load,
+                "--sock-hooks",
+                "syscalls",
+            ],
+        );
+        let r = requests(&run);
+        check_joined_and_covered(r, &format!("{proxy}, {load}, syscalls fallback"));
+        assert!(used_syscalls_fallback(r));
+        assert!(mean(r, "ingress-proxy") > 0.0, "{proxy}: its time measured");
+    }
+}
