@@ -338,29 +338,19 @@ impl SockTracer {
                 )),
             }
         }
-        let syscalls_fallback = !sock_rw.iter().all(|t| attached.contains(t));
-        if syscalls_fallback {
+        let fallback_why = fallback_reason(hooks, rw_failure.as_deref());
+        let syscalls_fallback = fallback_why.is_some();
+        if let Some(why) = fallback_why {
             // Both directions from one kind of hook: a read seen by one and
             // its answer by the other would be timed at different points.
             while let Some(i) = attached.iter().position(|t| sock_rw.contains(t)) {
                 attached.remove(i);
                 drop(links.remove(i));
             }
-            let why = match (hooks, rw_failure) {
-                (SockHooks::Syscalls, _) => "as --sock-hooks syscalls asks".to_owned(),
-                (SockHooks::Auto, failure) => format!(
-                    "because tp_btf {} did not attach",
-                    failure.unwrap_or_else(|| "sock:sock_recv_length/sock_send_length".into())
-                ),
-            };
             match fd_layout {
                 Ok(_) => match attach_syscalls_fallback(&mut ebpf) {
                     Ok(mut names) => {
-                        notes.push(format!(
-                            "request timeline: reads and writes from the syscalls: tracepoints of {} and {}, {why}; io_uring, splice, sendfile, recvmmsg and sendmmsg are not seen",
-                            FALLBACK_READS.join("/"),
-                            FALLBACK_WRITES.join("/"),
-                        ));
+                        notes.push(fallback_note(&why));
                         attached.append(&mut names);
                     }
                     Err(fail) => notes.push(format!(
@@ -480,6 +470,29 @@ impl Drop for SockTracer {
     }
 }
 
+/// Why reads and writes come from the `syscalls:` fallback, or `None` when
+/// the tp_btf `sock:` read and write tracepoints are used: `hooks` asks
+/// for it, or one of them did not attach (`rw_failure`: which and why).
+fn fallback_reason(hooks: SockHooks, rw_failure: Option<&str>) -> Option<String> {
+    match (hooks, rw_failure) {
+        (SockHooks::Syscalls, _) => Some("as --sock-hooks syscalls asks".to_owned()),
+        (SockHooks::Auto, Some(failure)) => {
+            Some(format!("because tp_btf {failure} did not attach"))
+        }
+        (SockHooks::Auto, None) => None,
+    }
+}
+
+/// The run's note when the fallback is in use: which hooks, why, and what
+/// they cannot see (one line).
+fn fallback_note(why: &str) -> String {
+    format!(
+        "request timeline: reads and writes from the syscalls: tracepoints of {} and {}, {why}; io_uring, splice, sendfile, recvmmsg and sendmmsg are not seen",
+        FALLBACK_READS.join("/"),
+        FALLBACK_WRITES.join("/"),
+    )
+}
+
 /// Attaches the write-entry programs ([`WRITE_ENTRY_PROGRAMS`]) of the
 /// tp_btf mode; a missing one is a note (such writes are timed at their end).
 fn attach_write_entries(
@@ -591,6 +604,24 @@ mod tests {
         }
         let err = "kprobes".parse::<SockHooks>().unwrap_err();
         assert!(err.contains("auto or syscalls"), "{err}");
+    }
+
+    #[test]
+    fn fallback_only_when_asked_or_a_read_write_tracepoint_failed() {
+        assert_eq!(fallback_reason(SockHooks::Auto, None), None);
+        let forced = fallback_reason(SockHooks::Syscalls, None).unwrap();
+        assert!(forced.contains("--sock-hooks syscalls"), "{forced}");
+        let failed = "sock:sock_recv_length: kernel BTF has no btf_trace_sock_recv_length";
+        let why = fallback_reason(SockHooks::Auto, Some(failed)).unwrap();
+        assert!(why.contains(failed), "{why}");
+        let note = fallback_note(&why);
+        assert!(
+            note.contains("read/readv/recvfrom/recvmsg and write/writev/sendto/sendmsg")
+                && note.contains(failed)
+                && note.contains("io_uring")
+                && !note.contains('\n'),
+            "{note}"
+        );
     }
 
     /// The fallback's layout from this machine's kernel BTF: `fdtable`
