@@ -43,7 +43,7 @@ use procfs::{Current as _, FromRead as _};
 use serde::Serialize;
 
 use crate::agent_memory::AgentMemory;
-use hoptrace_core::kernel::sock::SockTracer;
+use hoptrace_core::kernel::sock::{SockHooks, SockTracer};
 
 use hoptrace_core::{
     kernel::loader::Counters,
@@ -1107,6 +1107,9 @@ pub struct BenchResult {
     pub agent_memory: Option<AgentMemory>,
     /// The request timeline's socket hooks alone.
     pub timeline: Option<TimelineCost>,
+    /// The same with the `syscalls:` fallback of kernels before 6.3
+    /// (`SockHooks::Syscalls`).
+    pub timeline_syscalls: Option<TimelineCost>,
 }
 
 /// The request timeline's socket hooks alone (no datapath session), on
@@ -1143,10 +1146,12 @@ fn measure_timeline(
     opts: &BenchOptions,
     env: &LabEnv,
     inodes: &[u32],
+    hooks: SockHooks,
 ) -> Result<TimelineCost, BenchError> {
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| BenchError::Stats(e.to_string()))?;
-    let tracer = SockTracer::start(inodes).map_err(|e| BenchError::Timeline(e.to_string()))?;
+    let tracer =
+        SockTracer::start(inodes, hooks).map_err(|e| BenchError::Timeline(e.to_string()))?;
     let ids: std::collections::BTreeSet<u32> = tracer.program_ids().into_iter().collect();
     let runs_and_time = || -> Result<(u64, u64), BenchError> {
         Ok(sample_programs()?
@@ -1284,16 +1289,25 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         ));
         rounds.push(round);
     }
-    progress("the request timeline's socket hooks alone (iperf3, request/response)");
-    let timeline = measure_timeline(opts, &lab_env, &hoptrace_lab::run::lab_netns_inodes(&lab))?;
-    progress(&format!(
-        "  iperf3 {:.2} Gbit/s, request/response p50 {} µs p99 {} µs; {:.1} socket events per request, {:.0} ns per program run",
-        timeline.throughput_bps / 1e9,
-        timeline.rr.p50_us,
-        timeline.rr.p99_us,
-        timeline.events_per_request,
-        timeline.ns_per_run()
-    ));
+    let inodes = hoptrace_lab::run::lab_netns_inodes(&lab);
+    let mut timelines = Vec::new();
+    for hooks in SockHooks::ALL {
+        progress(&format!(
+            "the request timeline's socket hooks alone, --sock-hooks {hooks} (iperf3, request/response)"
+        ));
+        let timeline = measure_timeline(opts, &lab_env, &inodes, hooks)?;
+        progress(&format!(
+            "  iperf3 {:.2} Gbit/s, request/response p50 {} µs p99 {} µs; {:.1} socket events per request, {:.0} ns per program run",
+            timeline.throughput_bps / 1e9,
+            timeline.rr.p50_us,
+            timeline.rr.p99_us,
+            timeline.events_per_request,
+            timeline.ns_per_run()
+        ));
+        timelines.push(timeline);
+    }
+    let timeline_syscalls = timelines.pop();
+    let timeline = timelines.pop();
     let agent_memory = match &opts.agent_bin {
         Some(bin) => {
             let node0 = &lab_env.nodes[0].1;
@@ -1329,7 +1343,8 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&str)) -> Result<BenchR
         summary,
         ring_bytes: session_options.ring_bytes,
         agent_memory,
-        timeline: Some(timeline),
+        timeline,
+        timeline_syscalls,
     })
 }
 
@@ -2002,12 +2017,23 @@ pub fn programs_table(programs: &[ProgramCost], markdown: bool) -> Table {
     table
 }
 
-/// The request timeline's socket hooks against the baseline, in words.
-pub fn timeline_text(t: &TimelineCost, s: &Summary) -> String {
+/// The request timeline's socket hooks against the baseline, in words;
+/// `hooks`: which kind they were.
+pub fn timeline_text(t: &TimelineCost, s: &Summary, hooks: SockHooks) -> String {
     let ratio = |x: f64, base: f64| if base > 0.0 { x / base } else { f64::NAN };
+    let which = match hooks {
+        SockHooks::Auto => {
+            "The socket hooks of the request timeline alone (`sock:sock_recv_length`, `sock:sock_send_length`, \
+             `sock:inet_sock_set_state`, the `syscalls:` write entries; no datapath session)"
+        }
+        SockHooks::Syscalls => {
+            "The `syscalls:` fallback of kernels before 6.3 alone (`--sock-hooks syscalls`: the entries and exits \
+             of read/readv/recvfrom/recvmsg and write/writev/sendto/sendmsg, each entry walking its descriptor \
+             to the socket, and `sock:inet_sock_set_state`; no datapath session)"
+        }
+    };
     format!(
-        "The socket hooks of the request timeline alone (`sock:sock_recv_length`, `sock:sock_send_length`, \
-         `sock:inet_sock_set_state`, the `syscalls:` write entries; no datapath session), one run each with \
+        "{which}, one run each with \
          BPF run-time statistics on: iperf3 {} ({:.3}x of the baseline median), request/response p50 {} µs \
          ({:.3}x), p99 {} µs ({:.3}x); {} socket events captured or lost, {:.1} per request; {:.0} ns per \
          program run over {} runs.",
@@ -2039,8 +2065,13 @@ pub fn render_text(result: &BenchResult) -> String {
             programs_table(&s.programs_aggregate, false)
         );
     }
-    if let Some(t) = &result.timeline {
-        let _ = writeln!(out, "{}\n", timeline_text(t, s));
+    for (t, hooks) in [
+        (&result.timeline, SockHooks::Auto),
+        (&result.timeline_syscalls, SockHooks::Syscalls),
+    ] {
+        if let Some(t) = t {
+            let _ = writeln!(out, "{}\n", timeline_text(t, s, hooks));
+        }
     }
     let _ = writeln!(out, "{}", findings(result).join("\n"));
     out
@@ -2356,12 +2387,16 @@ pub fn render_markdown(result: &BenchResult, command: &str, notes: Option<&str>)
          the bench reads no histograms during a round (the agent reads them once a second).\n\n{}\n",
         ablations_table(s, true)
     );
-    if let Some(t) = &result.timeline {
-        let _ = writeln!(
-            out,
-            "## Request timeline hooks\n\n{}\n",
-            timeline_text(t, s)
-        );
+    if result.timeline.is_some() || result.timeline_syscalls.is_some() {
+        let _ = writeln!(out, "## Request timeline hooks\n");
+        for (t, hooks) in [
+            (&result.timeline, SockHooks::Auto),
+            (&result.timeline_syscalls, SockHooks::Syscalls),
+        ] {
+            if let Some(t) = t {
+                let _ = writeln!(out, "{}\n", timeline_text(t, s, hooks));
+            }
+        }
     }
     let _ = writeln!(out, "## Rounds\n\n{}\n", rounds_table(result, true));
     let _ = writeln!(
@@ -2613,6 +2648,30 @@ mod tests {
         }
     }
 
+    /// A [`TimelineCost`] of 10,000 requests, 60,000 events: `bps`,
+    /// `(p50, p99)` µs, `(runs, run time ns)`.
+    fn timeline_cost(
+        bps: f64,
+        (p50_us, p99_us): (u64, u64),
+        (runs, run_time_ns): (u64, u64),
+    ) -> TimelineCost {
+        TimelineCost {
+            throughput_bps: bps,
+            rr: RrResult {
+                p50_us,
+                p99_us,
+                max_us: 3000,
+                ok: 10_000,
+                errors: 0,
+                timeouts: 0,
+            },
+            events: 60_000,
+            events_per_request: 6.0,
+            runs,
+            run_time_ns,
+        }
+    }
+
     #[test]
     fn summary_medians_ratios_and_verdicts() {
         // Baseline medians: 10 Gbit/s, p99 100 µs. Traced: 9 Gbit/s (0.9x: miss), p99 104 µs (pass).
@@ -2755,21 +2814,8 @@ mod tests {
                 peak: 30 << 20,
                 many_sent: 500_000,
             }),
-            timeline: Some(TimelineCost {
-                throughput_bps: 9e9,
-                rr: RrResult {
-                    p50_us: 1000,
-                    p99_us: 2080,
-                    max_us: 3000,
-                    ok: 10_000,
-                    errors: 0,
-                    timeouts: 0,
-                },
-                events: 60_000,
-                events_per_request: 6.0,
-                runs: 100_000,
-                run_time_ns: 50_000_000,
-            }),
+            timeline: Some(timeline_cost(9e9, (1000, 2080), (100_000, 50_000_000))),
+            timeline_syscalls: Some(timeline_cost(8e9, (1100, 2200), (200_000, 160_000_000))),
         };
         let md = render_markdown(&result, "hoptrace bench --rounds 3 --seconds 5", None);
         assert!(
@@ -2779,6 +2825,11 @@ mod tests {
         assert!(md.contains("## Request timeline hooks"), "{md}");
         assert!(
             md.contains("6.0 per request; 500 ns per program run"),
+            "{md}"
+        );
+        assert!(
+            md.contains("The `syscalls:` fallback of kernels before 6.3 alone")
+                && md.contains("6.0 per request; 800 ns per program run"),
             "{md}"
         );
         // 5 MiB of growth is not flat.

@@ -42,4 +42,4 @@ pub use hook::{
 pub use packet::{
     Encap, HEADER_WINDOW, HeaderWindow, L3Headers, PacketBytes, PacketMeta, ParseStatus,
 };
-pub use sock::{SockEvent, SockKind, SockLayout};
+pub use sock::{S_IFMT, S_IFSOCK, SockEvent, SockFdLayout, SockKind, SockLayout};

@@ -9,10 +9,12 @@ pub enum SockKind {
     /// Never emitted: what [`SockKind::from_u8`] makes of a value it does not know.
     Unknown = 0,
     /// `sock:sock_recv_length`: the process read `bytes` bytes (fired at the
-    /// end of `sock_recvmsg`, after the copy).
+    /// end of `sock_recvmsg`, after the copy); in the `syscalls:` fallback,
+    /// the exit of read(2), readv(2), recvfrom(2) or recvmsg(2) on a socket.
     Recv = 1,
     /// `sock:sock_send_length`: the process wrote `bytes` bytes (fired at the
-    /// end of `sock_sendmsg`).
+    /// end of `sock_sendmsg`); in the `syscalls:` fallback, the exit of
+    /// write(2), writev(2), sendto(2) or sendmsg(2) on a socket.
     Send = 2,
     /// `sock:inet_sock_set_state`: the TCP state went `old_state` → `new_state`.
     State = 3,
@@ -83,7 +85,8 @@ pub struct SockEvent {
     pub comm: [u8; 16],
     /// For [`SockKind::Send`]: when the thread entered the write syscall
     /// (`syscalls:sys_enter_write`, `_writev`, `_sendto`, `_sendmsg`), ns;
-    /// 0 when unknown (another syscall, or those tracepoints missing). The
+    /// 0 when unknown (another syscall, or those tracepoints missing); the
+    /// `syscalls:` fallback always knows it. The
     /// send tracepoint fires at the end of `sendmsg`, after the packet may
     /// already have crossed veths into the peer's socket.
     pub entry_ns: u64,
@@ -168,6 +171,41 @@ pub struct SockLayout {
 
 const _: () = assert!(core::mem::size_of::<SockLayout>() == 40);
 
+/// Byte offsets from the running kernel's BTF that take a file descriptor
+/// of the current task to its `struct sock`, for the `syscalls:` fallback
+/// of the socket programs (read-only global `HOPTRACE_SOCK_FD_LAYOUT`):
+/// `task->files->fdt->fd[fd]` is the `struct file`; it is a socket when
+/// `file->f_inode->i_mode & S_IFMT == S_IFSOCK`, and then
+/// `((struct socket *)file->private_data)->sk` is the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockFdLayout {
+    /// `task_struct.files` (struct files_struct *).
+    pub task_files: u32,
+    /// `files_struct.fdt` (struct fdtable *).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (unsigned int): the length of `fdtable.fd`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (struct file **).
+    pub fdt_fd: u32,
+    /// `file.f_inode` (struct inode *).
+    pub file_f_inode: u32,
+    /// `inode.i_mode` (umode_t, u16).
+    pub inode_i_mode: u32,
+    /// `file.private_data` (a `struct socket *` for a socket's file).
+    pub file_private_data: u32,
+    /// `socket.sk` (struct sock *).
+    pub socket_sk: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockFdLayout>() == 32);
+const _: () = assert!(core::mem::offset_of!(SockFdLayout, socket_sk) == 28);
+
+/// `S_IFMT`: the file-type bits of `inode.i_mode` (include/uapi/linux/stat.h).
+pub const S_IFMT: u16 = 0o170_000;
+/// `S_IFSOCK`: a socket's file type.
+pub const S_IFSOCK: u16 = 0o140_000;
+
 // SAFETY: `#[repr(C)]`, `Copy`, integer fields and arrays of them with the
 // one gap filled by an explicit `_pad`: no implicit padding, any bit
 // pattern is a valid value (size and offsets asserted above).
@@ -177,3 +215,7 @@ unsafe impl aya::Pod for SockEvent {}
 // pattern is valid (size asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for SockLayout {}
+// SAFETY: `#[repr(C)]`, `Copy`, only `u32` fields: no padding, any bit
+// pattern is valid (size asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SockFdLayout {}

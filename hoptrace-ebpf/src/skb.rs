@@ -46,6 +46,70 @@ impl BtfPtr {
     }
 }
 
+/// A kernel struct pointer whose fields can be read at BTF offsets: a
+/// [`BtfPtr`] (plain loads the verifier checks by type) or a [`ProbePtr`]
+/// (an untyped address, read with `bpf_probe_read_kernel`). Code that
+/// reads a struct is written once, generic over this trait.
+pub trait KernelPtr: Copy {
+    /// The kernel address.
+    fn addr(self) -> u64;
+
+    /// A NULL pointer.
+    #[inline(always)]
+    fn is_null(self) -> bool {
+        self.addr() == 0
+    }
+
+    /// The field of type `T` at byte offset `off`; zero when unreadable.
+    fn load<T: Copy + Default>(self, off: u32) -> T;
+
+    /// The pointer field at byte offset `off`, of the same kind.
+    fn ptr(self, off: u32) -> Self;
+}
+
+impl KernelPtr for BtfPtr {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn load<T: Copy + Default>(self, off: u32) -> T {
+        BtfPtr::load(self, off)
+    }
+
+    #[inline(always)]
+    fn ptr(self, off: u32) -> Self {
+        BtfPtr::ptr(self, off)
+    }
+}
+
+/// A kernel address the verifier knows only as a number (from a
+/// `syscalls:` tracepoint's task walk, or a field read by probe): every
+/// field is read with `bpf_probe_read_kernel`, one helper call each.
+#[derive(Clone, Copy)]
+pub struct ProbePtr(pub u64);
+
+impl KernelPtr for ProbePtr {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn load<T: Copy + Default>(self, off: u32) -> T {
+        // SAFETY: `bpf_probe_read_kernel` never faults: an unreadable
+        // address (NULL, freed, garbage) is an error return, read as zero.
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((self.0 + u64::from(off)) as *const T) }
+            .unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn ptr(self, off: u32) -> Self {
+        ProbePtr(self.load::<u64>(off))
+    }
+}
+
 /// A `struct sk_buff *` of a netfilter context or a BTF tracepoint.
 #[derive(Clone, Copy)]
 pub struct Skb(pub BtfPtr);

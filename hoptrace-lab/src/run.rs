@@ -21,7 +21,7 @@ use hoptrace_core::{
         Observers,
         requests::{self, BUILTIN_PROXY_COMM, DEFAULT_PROXIES, JoinOptions, LegRecorder},
     },
-    kernel::sock::SockTracer,
+    kernel::sock::{SockHooks, SockTracer},
     report::{
         self, DocumentError, LabDocument, LabLoad, LabNodeView, LabRequests, LabRunDocument,
         LabSection, Report,
@@ -121,6 +121,9 @@ pub struct LabOptions {
     /// `--node-view`: also join the requests as this node (index into
     /// the lab's nodes) alone sees them ([`LabRun::node_view`]).
     pub node_view: Option<usize>,
+    /// `--sock-hooks`: where the request timeline's socket reads and writes
+    /// come from (tp_btf `sock:` tracepoints, or the `syscalls:` fallback).
+    pub sock_hooks: SockHooks,
 }
 
 impl Default for LabOptions {
@@ -143,6 +146,7 @@ impl Default for LabOptions {
             proxy_cpus: None,
             proxy_cpu_limit: None,
             node_view: None,
+            sock_hooks: SockHooks::Auto,
         }
     }
 }
@@ -461,7 +465,7 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
 
     // The request timeline: socket reads and writes of the lab's namespaces.
     let sock_tracer = if timeline {
-        match SockTracer::start(&lab_netns_inodes(lab)) {
+        match SockTracer::start(&lab_netns_inodes(lab), opts.sock_hooks) {
             Ok(tracer) => Some(tracer),
             Err(e) => {
                 timeline_notes.push(format!("request timeline unavailable: {e}"));

@@ -16,7 +16,7 @@ use crate::{
         JourneyObserver,
         requests::{self, JoinOptions, LegRecorder},
     },
-    kernel::sock::SockTracer,
+    kernel::sock::{SockHooks, SockTracer},
     report::{LabRequests, timeline},
 };
 
@@ -45,12 +45,13 @@ pub struct NodeTimeline {
 
 impl NodeTimeline {
     /// Attaches the socket hooks for every network namespace of this
-    /// kernel (a node's pods live in namespaces of their own). Never
-    /// fails: without the hooks, [`NodeTimeline::finish`] returns `None`
-    /// and [`NodeTimeline::notes`] says why.
-    pub fn start() -> Self {
+    /// kernel (a node's pods live in namespaces of their own); `hooks`:
+    /// where reads and writes come from (`--sock-hooks`). Never fails:
+    /// without the hooks, [`NodeTimeline::finish`] returns `None` and
+    /// [`NodeTimeline::notes`] says why.
+    pub fn start(hooks: SockHooks) -> Self {
         let (tracer, notes) =
-            match SockTracer::start_bounded(&[], MAX_SOCK_EVENTS, NODE_SOCK_RING_BYTES) {
+            match SockTracer::start_bounded(&[], MAX_SOCK_EVENTS, NODE_SOCK_RING_BYTES, hooks) {
                 Ok(tracer) => (Some(tracer), Vec::new()),
                 Err(e) => (None, vec![format!("request timeline unavailable: {e}")]),
             };

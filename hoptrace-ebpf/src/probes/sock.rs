@@ -4,7 +4,19 @@
 //! takes the thread from the helper, and writes one [`SockEvent`] into
 //! its own ring buffer without waking the reader. They observe only: a
 //! tracepoint has no verdict to change.
+//!
+//! Kernels without `sock:sock_recv_length`/`sock_send_length` (before
+//! Linux 6.3) get the same events from the `syscalls:` tracepoints of
+//! read(2), readv(2), recvfrom(2), recvmsg(2), write(2), writev(2),
+//! sendto(2) and sendmsg(2) instead (the fallback, attached by the loader
+//! in place of the two tp_btf programs): at the syscall's entry the file
+//! descriptor is walked to its `struct sock` (`task->files->fdt->fd[fd]`,
+//! a socket's file, `socket->sk`) with probe reads, and a traced IPv4 TCP
+//! socket is remembered per thread; at its exit the event is written with
+//! the syscall's return value. Other kinds of file are skipped after the
+//! walk, before any map write.
 
+use aya_ebpf::{EbpfContext as _, helpers::bpf_get_current_task, maps::LruHashMap};
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -12,8 +24,8 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use hoptrace_common::{SockEvent, SockKind, SockLayout};
-use hoptrace_ebpf::skb::BtfPtr;
+use hoptrace_common::{S_IFMT, S_IFSOCK, SockEvent, SockFdLayout, SockKind, SockLayout};
+use hoptrace_ebpf::skb::{BtfPtr, KernelPtr, ProbePtr};
 
 /// Offsets in `struct sock` and `struct net`, written by the loader.
 #[unsafe(no_mangle)]
@@ -28,6 +40,20 @@ pub static HOPTRACE_SOCK_LAYOUT: SockLayout = SockLayout {
     sk_protocol: 0,
     filter_netns: 0,
     valid: 0,
+};
+
+/// Offsets from a task to the `struct sock` of one of its file descriptors,
+/// written by the loader (read only by the `syscalls:` fallback).
+#[unsafe(no_mangle)]
+pub static HOPTRACE_SOCK_FD_LAYOUT: SockFdLayout = SockFdLayout {
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_f_inode: 0,
+    inode_i_mode: 0,
+    file_private_data: 0,
+    socket_sk: 0,
 };
 
 /// Socket events; userspace drains it on a timer.
@@ -46,6 +72,16 @@ pub static HOPTRACE_SOCK_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(409
 /// machine.
 #[map]
 pub static HOPTRACE_SOCK_WRITE_ENTRY: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The `syscalls:` fallback: per thread (`pid_tgid`), the traced socket of
+/// the read or write syscall it is in, `[sk, entry ns, syscall nr << 32 |
+/// netns inode]`. Keyed by thread, not per CPU: a blocking read sleeps and
+/// another thread runs on its CPU meanwhile. Written only at the entry of
+/// a syscall on a traced IPv4 TCP socket and removed at its exit; LRU so a
+/// thread that never returns (killed) cannot fill it.
+#[map]
+pub static HOPTRACE_SOCK_SYSCALL: LruHashMap<u64, [u64; 3]> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Per-CPU counters: 0 emitted, 1 ring full, 2 filtered (namespace), 3
 /// skipped (not IPv4 TCP, or an error/empty read or write).
@@ -133,6 +169,9 @@ pub fn hoptrace_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// The tp_btf programs' event: `addr` is the `struct sock *` the
+/// tracepoint passed, typed by BTF. A send takes its start from the
+/// per-CPU slot of the write's syscall entry.
 #[inline(always)]
 fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) {
     if kind as u8 != SockKind::State as u8 && bytes <= 0 {
@@ -143,11 +182,34 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
     if sk.is_null() {
         return;
     }
+    let Some(netns) = traced_netns(sk) else {
+        return;
+    };
+    emit(sk, netns, kind, bytes, (old_state, new_state), |tid| {
+        if kind as u8 != SockKind::Send as u8 {
+            return 0;
+        }
+        match HOPTRACE_SOCK_WRITE_ENTRY.get_ptr(0) {
+            Some(slot) => {
+                // SAFETY: this CPU's slot, valid for the run; only this CPU
+                // writes it and this program is not preempted by it.
+                let [entry_tid, ts] = unsafe { *slot };
+                if entry_tid == u64::from(tid) { ts } else { 0 }
+            }
+            None => 0,
+        }
+    });
+}
+
+/// The network namespace inode of `sk` when it is an IPv4 TCP socket this
+/// run traces; `None` (counted) otherwise.
+#[inline(always)]
+fn traced_netns<P: KernelPtr>(sk: P) -> Option<u32> {
     let family: u16 = sk.load(layout!(sk_family));
     let protocol: u16 = sk.load(layout!(sk_protocol));
     if family != 2 || protocol != 6 {
         count(3);
-        return;
+        return None;
     }
     let net = sk.ptr(layout!(sk_net));
     let netns: u32 = if net.is_null() {
@@ -158,8 +220,22 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
     // SAFETY: only the key's presence is used, never the value.
     if layout!(filter_netns) != 0 && unsafe { HOPTRACE_SOCK_NETNS.get(netns) }.is_none() {
         count(2);
-        return;
+        return None;
     }
+    Some(netns)
+}
+
+/// Writes one [`SockEvent`] for the IPv4 TCP socket `sk` of namespace
+/// `netns`; `entry_ns(tid)` gives a send's syscall entry (0: unknown).
+#[inline(always)]
+fn emit<P: KernelPtr>(
+    sk: P,
+    netns: u32,
+    kind: SockKind,
+    bytes: i32,
+    (old_state, new_state): (u8, u8),
+    entry_ns: impl FnOnce(u32) -> u64,
+) {
     let Some(mut entry) = HOPTRACE_SOCK_EVENTS.reserve::<SockEvent>(0) else {
         count(1);
         return;
@@ -176,30 +252,154 @@ fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) 
     // SAFETY: a helper without arguments that touches no memory.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.pid_tgid = bpf_get_current_pid_tgid();
-    ev.sk_addr = addr;
+    ev.sk_addr = sk.addr();
     ev.netns_ino = netns;
     ev.bytes = bytes;
     ev.saddr = sk.load(layout!(sk_rcv_saddr));
     ev.daddr = sk.load(layout!(sk_daddr));
     ev.sport = sk.load(layout!(sk_num));
     ev.dport = u16::from_be(sk.load(layout!(sk_dport)));
-    ev.family = family;
+    ev.family = 2;
     ev.kind = kind as u8;
     ev.old_state = old_state;
     ev.new_state = new_state;
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
     }
-    if kind as u8 == SockKind::Send as u8 {
-        if let Some(slot) = HOPTRACE_SOCK_WRITE_ENTRY.get_ptr(0) {
-            // SAFETY: this CPU's slot, valid for the run; only this CPU
-            // writes it and this program is not preempted by it.
-            let [tid, ts] = unsafe { *slot };
-            if tid == u64::from(ev.pid_tgid as u32) {
-                ev.entry_ns = ts;
-            }
-        }
-    }
+    ev.entry_ns = entry_ns(ev.pid_tgid as u32);
     count(0);
     entry.submit(BPF_RB_NO_WAKEUP as u64);
+}
+
+macro_rules! fd_layout {
+    ($field:ident) => {
+        // SAFETY: a field of a static, valid and initialised; the loader
+        // writes it before any program runs, programs only read it.
+        unsafe { core::ptr::read_volatile(&raw const HOPTRACE_SOCK_FD_LAYOUT.$field) }
+    };
+}
+
+/// The `struct sock` behind file descriptor `fd` of the current task, when
+/// that descriptor is an open socket; `None` for any other file, a closed
+/// or out-of-range descriptor, or an unreadable pointer on the way.
+#[inline(always)]
+fn fd_sock(fd: u64) -> Option<ProbePtr> {
+    // SAFETY: a helper without arguments; the task pointer is only read
+    // through `bpf_probe_read_kernel` (ProbePtr).
+    let task = ProbePtr(unsafe { bpf_get_current_task() });
+    let fdt = task.ptr(fd_layout!(task_files)).ptr(fd_layout!(files_fdt));
+    if fdt.is_null() {
+        return None;
+    }
+    let max_fds: u32 = fdt.load(fd_layout!(fdt_max_fds));
+    if fd >= u64::from(max_fds) {
+        return None;
+    }
+    let table = fdt.ptr(fd_layout!(fdt_fd));
+    if table.is_null() {
+        return None;
+    }
+    let file = ProbePtr(table.addr() + fd * 8).ptr(0);
+    if file.is_null() {
+        return None;
+    }
+    let inode = file.ptr(fd_layout!(file_f_inode));
+    if inode.is_null() {
+        return None;
+    }
+    let mode: u16 = inode.load(fd_layout!(inode_i_mode));
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let sk = file
+        .ptr(fd_layout!(file_private_data))
+        .ptr(fd_layout!(socket_sk));
+    (!sk.is_null()).then_some(sk)
+}
+
+/// `__syscall_nr` (offset 8) and the first argument (offset 16) of a
+/// `syscalls:sys_enter_*` record, or the return value (offset 16) of a
+/// `sys_exit_*` one: see /sys/kernel/tracing/events/syscalls/*/format.
+#[inline(always)]
+fn syscall_record(ctx: &TracePointContext) -> (u32, u64) {
+    let base = ctx.as_ptr() as *const u8;
+    // SAFETY: a tracepoint program may read its record directly; both
+    // fields lie inside every `syscalls:` record (at least 24 bytes) and
+    // are aligned to their size; the verifier checks the offsets.
+    unsafe {
+        (
+            core::ptr::read_volatile(base.add(8) as *const u32),
+            core::ptr::read_volatile(base.add(16) as *const u64),
+        )
+    }
+}
+
+/// The fallback's syscall entry (read, readv, recvfrom, recvmsg, write,
+/// writev, sendto, sendmsg: the file descriptor is the first argument of
+/// each): remembers the thread's traced socket and when it entered.
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn hoptrace_sys_enter_sock_fd(ctx: TracePointContext) -> u32 {
+    let (nr, fd) = syscall_record(&ctx);
+    // `unsigned int fd` of read(2) and write(2), `int fd` of the others,
+    // stored in 8 bytes: a negative descriptor is out of range either way.
+    let Some(sk) = fd_sock(fd & 0xffff_ffff) else {
+        return 0;
+    };
+    let Some(netns) = traced_netns(sk) else {
+        return 0;
+    };
+    // SAFETY: a helper without arguments that touches no memory.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let value = [sk.addr(), now, u64::from(nr) << 32 | u64::from(netns)];
+    let _ = HOPTRACE_SOCK_SYSCALL.insert(bpf_get_current_pid_tgid(), value, 0);
+    0
+}
+
+/// The fallback's exit of a read syscall: a [`SockKind::Recv`] event.
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn hoptrace_sys_exit_sock_recv(ctx: TracePointContext) -> u32 {
+    syscall_exit(&ctx, SockKind::Recv)
+}
+
+/// The fallback's exit of a write syscall: a [`SockKind::Send`] event,
+/// with its entry time.
+#[tracepoint(category = "syscalls", name = "sys_exit_write")]
+pub fn hoptrace_sys_exit_sock_send(ctx: TracePointContext) -> u32 {
+    syscall_exit(&ctx, SockKind::Send)
+}
+
+#[inline(always)]
+fn syscall_exit(ctx: &TracePointContext, kind: SockKind) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    let Some(slot) = HOPTRACE_SOCK_SYSCALL.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: a value of this map, valid until removed below; only this
+    // thread writes its key and it is here, not in another syscall.
+    let [sk, entry, nr_netns] = unsafe { *slot };
+    let _ = HOPTRACE_SOCK_SYSCALL.remove(key);
+    let (nr, ret) = syscall_record(ctx);
+    // The entry of another syscall (its exit missed while hooks attached).
+    if (nr_netns >> 32) as u32 != nr {
+        return 0;
+    }
+    let bytes = ret as i64;
+    if bytes <= 0 || bytes > i64::from(i32::MAX) {
+        count(3);
+        return 0;
+    }
+    let entry_ns = if kind as u8 == SockKind::Send as u8 {
+        entry
+    } else {
+        0
+    };
+    emit(
+        ProbePtr(sk),
+        nr_netns as u32,
+        kind,
+        bytes as i32,
+        (0, 0),
+        |_| entry_ns,
+    );
+    0
 }

@@ -44,6 +44,11 @@ pub struct DiagnoseArgs {
         default_value = "envoy,nginx,haproxy,traefik,ht-lab-proxy"
     )]
     proxy: Vec<String>,
+    /// Where the request timeline's socket reads and writes come from:
+    /// auto (tp_btf sock: tracepoints, else the syscalls: fallback) or
+    /// syscalls (the fallback, even where the sock: ones exist).
+    #[arg(long, default_value = "auto", value_parser = super::choice(&hoptrace_core::kernel::sock::SockHooks::ALL))]
+    sock_hooks: hoptrace_core::kernel::sock::SockHooks,
 }
 
 /// Runs `hoptrace diagnose`; returns the exit code.
@@ -65,7 +70,7 @@ pub fn run(args: &DiagnoseArgs) -> Result<i32> {
     let mut opts = SessionOptions::new();
     opts.netns = args.netns.clone();
     // The request timeline (the ingress proxy's saturation) beside the drops.
-    let timeline = NodeTimeline::start();
+    let timeline = NodeTimeline::start(args.sock_hooks);
     opts.observer = Some(Arc::new(Observers(vec![
         drops.clone(),
         timeline.observer(),

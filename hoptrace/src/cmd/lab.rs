@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use hoptrace_core::{
-    kernel::capabilities,
+    kernel::{capabilities, sock::SockHooks},
     report::{self, Document},
 };
 use hoptrace_lab::{
@@ -105,6 +105,11 @@ pub struct LabArgs {
         default_value = "envoy,nginx,haproxy,traefik"
     )]
     proxy: Vec<String>,
+    /// Where the request timeline's socket reads and writes come from:
+    /// auto (tp_btf sock: tracepoints, else the syscalls: fallback) or
+    /// syscalls (the fallback, even where the sock: ones exist).
+    #[arg(long, default_value = "auto", value_parser = choice(&SockHooks::ALL))]
+    sock_hooks: SockHooks,
 }
 
 /// A comparison of several runs (through `hoptrace compare`'s logic), from
@@ -235,6 +240,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             proxy_cpus: args.proxy_cpus.map(usize::from),
             proxy_cpu_limit: args.proxy_cpu_limit,
             node_view: args.node_view,
+            sock_hooks: args.sock_hooks,
         };
         match lab::run_once(&opts) {
             Ok(run) => {

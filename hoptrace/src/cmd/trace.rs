@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result};
 use hoptrace_core::{
-    kernel::{capabilities, loader::TcMode},
+    kernel::{capabilities, loader::TcMode, sock::SockHooks},
     node, report,
     session::{Session, SessionOptions, timeline::NodeTimeline},
 };
@@ -59,6 +59,11 @@ pub struct TraceArgs {
         default_value = "envoy,nginx,haproxy,traefik,ht-lab-proxy"
     )]
     proxy: Vec<String>,
+    /// Where the request timeline's socket reads and writes come from:
+    /// auto (tp_btf sock: tracepoints, else the syscalls: fallback) or
+    /// syscalls (the fallback, even where the sock: ones exist).
+    #[arg(long, default_value = "auto", value_parser = super::choice(&SockHooks::ALL))]
+    sock_hooks: SockHooks,
 }
 
 /// Exit code when hooks were removed by another process while tracing: the
@@ -115,7 +120,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
         _ => TcMode::Tcx,
     });
     // The request timeline: socket hooks beside the session.
-    let timeline = NodeTimeline::start();
+    let timeline = NodeTimeline::start(args.sock_hooks);
     opts.observer = Some(timeline.observer());
     let mut session = Session::start(&opts)?;
     eprintln!(
