@@ -16,6 +16,11 @@ pub enum SockKind {
     Send = 2,
     /// `sock:inet_sock_set_state`: the TCP state went `old_state` → `new_state`.
     State = 3,
+    /// `tcp:tcp_retransmit_skb`: TCP retransmitted a segment of this socket
+    /// (an RTO, a tail loss probe or a fast retransmit; fired in softirq or
+    /// timer context, so `pid_tgid` and `comm` are whatever the CPU ran).
+    /// `bytes` is 0.
+    Retransmit = 4,
 }
 
 impl SockKind {
@@ -25,6 +30,7 @@ impl SockKind {
             1 => Self::Recv,
             2 => Self::Send,
             3 => Self::State,
+            4 => Self::Retransmit,
             _ => Self::Unknown,
         }
     }
@@ -59,7 +65,8 @@ pub struct SockEvent {
     /// Inode of the socket's network namespace.
     pub netns_ino: u32,
     /// Bytes read or written (`ret` of the tracepoint: negative is -errno;
-    /// the kernel program emits only positive values); 0 for state changes.
+    /// the kernel program emits only positive values); 0 for state changes
+    /// and retransmissions.
     pub bytes: i32,
     /// Local IPv4 address (`skc_rcv_saddr`), network byte order as in memory.
     pub saddr: [u8; 4],

@@ -114,6 +114,10 @@ pub struct LabOptions {
     /// this many millicores, as a Kubernetes CPU limit
     /// ([`crate::cpulimit`]). `None`: no limit.
     pub proxy_cpu_limit: Option<u32>,
+    /// `--drop-probability`: each backend pod drops this fraction of its
+    /// response data segments ([`crate::loss`]), so TCP retransmits.
+    /// `None`: no loss.
+    pub drop_probability: Option<f64>,
 }
 
 impl Default for LabOptions {
@@ -135,6 +139,7 @@ impl Default for LabOptions {
             proxies: DEFAULT_PROXIES.iter().map(|p| (*p).to_owned()).collect(),
             proxy_cpus: None,
             proxy_cpu_limit: None,
+            drop_probability: None,
         }
     }
 }
@@ -403,6 +408,17 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             "the lab carries no traffic: {} warm-up requests to {target} failed",
             warm.scheduled
         )));
+    }
+
+    // Loss after the warm-up: it must not stall the lab's first requests.
+    if let Some(p) = opts.drop_probability {
+        for b in &service.backends {
+            crate::loss::drop_responses(&b.netns, http_port, p)?;
+        }
+        timeline_notes.push(format!(
+            "each backend drops {:.1}% of its response data segments (--drop-probability {p})",
+            100.0 * p
+        ));
     }
 
     // Trace every node: tc and netfilter per node, one set of tracepoints

@@ -88,6 +88,12 @@ pub struct LabArgs {
     /// proxy needs cgroup v1; nginx and HAProxy work with v1 and v2.
     #[arg(long, value_parser = hoptrace_lab::cpulimit::parse_millicores)]
     proxy_cpu_limit: Option<u32>,
+    /// Each backend pod drops this fraction (above 0, at most 0.5) of the
+    /// response data segments it sends (an iptables `statistic` rule in its
+    /// namespace, gone with the lab): TCP retransmits, and the request
+    /// timeline shows the wait as `tcp.retransmit`.
+    #[arg(long, value_parser = hoptrace_lab::loss::parse_drop_probability)]
+    drop_probability: Option<f64>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
     #[arg(
@@ -206,6 +212,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             proxies: args.proxy.clone(),
             proxy_cpus: args.proxy_cpus.map(usize::from),
             proxy_cpu_limit: args.proxy_cpu_limit,
+            drop_probability: args.drop_probability,
         };
         match lab::run_once(&opts) {
             Ok(run) => {
