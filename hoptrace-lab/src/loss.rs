@@ -1,11 +1,16 @@
 //! `--drop-probability P`: real packet loss in the lab, so that TCP
-//! retransmits (this kernel has no netem). Each backend pod drops that
-//! fraction of the data segments it sends from the service's target port
-//! (TCP with PSH set: its HTTP responses), with an iptables `statistic`
-//! rule in its own namespace's OUTPUT chain. Handshakes, pure ACKs and
-//! FINs pass, so loss delays responses (one retransmission timeout, or a
-//! tail loss probe, per lost segment) without failing connects. The rule
-//! lives in the pod's namespace and goes with it at teardown.
+//! retransmits (this kernel has no netem). The pod that sends requests to
+//! the service (the ingress proxy, or the client without one) drops that
+//! fraction of the data segments that arrive from the service (TCP with
+//! PSH set: the backends' HTTP responses), with an iptables `statistic`
+//! rule in its own namespace's INPUT chain: after the nodes' datapath, as
+//! a loss on the wire would be, so the lost packet's journey is seen.
+//! Handshakes, pure ACKs and FINs pass, so loss delays responses (a tail
+//! loss probe or a retransmission timeout per lost segment) without
+//! failing connects. The rule lives in the pod's namespace and goes with
+//! it at teardown.
+
+use std::net::SocketAddrV4;
 
 use crate::netns::{self, NetnsError};
 
@@ -26,16 +31,18 @@ pub fn parse_drop_probability(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The iptables arguments of the drop rule for responses from `port`.
-pub fn drop_rule(port: u16, probability: f64) -> Vec<String> {
+/// The iptables arguments of the drop rule for responses from `from`.
+pub fn drop_rule(from: SocketAddrV4, probability: f64) -> Vec<String> {
     [
         "-w",
         "-A",
-        "OUTPUT",
+        "INPUT",
         "-p",
         "tcp",
+        "-s",
+        &from.ip().to_string(),
         "--sport",
-        &port.to_string(),
+        &from.port().to_string(),
         "--tcp-flags",
         "PSH",
         "PSH",
@@ -57,13 +64,14 @@ pub fn drop_rule(port: u16, probability: f64) -> Vec<String> {
     .collect()
 }
 
-/// Adds the drop rule for responses from `port` in namespace `ns`.
+/// Adds the drop rule for responses from `from` (the address the pod
+/// connects to) in namespace `ns`.
 ///
 /// # Errors
 /// [`NetnsError`] when iptables is missing or refuses the rule.
-pub fn drop_responses(ns: &str, port: u16, probability: f64) -> Result<(), NetnsError> {
+pub fn drop_responses(ns: &str, from: SocketAddrV4, probability: f64) -> Result<(), NetnsError> {
     let mut argv = vec!["iptables".to_owned()];
-    argv.extend(drop_rule(port, probability));
+    argv.extend(drop_rule(from, probability));
     netns::run_in(ns, &argv).map(|_| ())
 }
 
@@ -86,8 +94,10 @@ mod tests {
 
     #[test]
     fn the_rule_drops_only_data_segments_from_the_port() {
-        let rule = drop_rule(8080, 0.05).join(" ");
-        assert!(rule.starts_with("-w -A OUTPUT -p tcp --sport 8080 --tcp-flags PSH PSH"));
+        let rule = drop_rule(SocketAddrV4::new([10, 96, 0, 10].into(), 80), 0.05).join(" ");
+        assert!(
+            rule.starts_with("-w -A INPUT -p tcp -s 10.96.0.10 --sport 80 --tcp-flags PSH PSH")
+        );
         assert!(rule.contains("--mode random --probability 0.05"));
         assert!(rule.ends_with("-j DROP"));
     }

@@ -114,8 +114,9 @@ pub struct LabOptions {
     /// this many millicores, as a Kubernetes CPU limit
     /// ([`crate::cpulimit`]). `None`: no limit.
     pub proxy_cpu_limit: Option<u32>,
-    /// `--drop-probability`: each backend pod drops this fraction of its
-    /// response data segments ([`crate::loss`]), so TCP retransmits.
+    /// `--drop-probability`: the pod that connects to the service drops
+    /// this fraction of the response data segments that arrive from it
+    /// ([`crate::loss`]), so TCP retransmits.
     /// `None`: no loss.
     pub drop_probability: Option<f64>,
 }
@@ -325,8 +326,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         ));
     }
     if effective_ingress(opts) != IngressKind::None {
-        let pod =
-            proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
+        let pod = proxy_pod
+            .clone()
+            .ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
         match opts.ingress {
             IngressKind::Builtin => {
@@ -412,11 +414,19 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
 
     // Loss after the warm-up: it must not stall the lab's first requests.
     if let Some(p) = opts.drop_probability {
-        for b in &service.backends {
-            crate::loss::drop_responses(&b.netns, http_port, p)?;
-        }
+        // The pod that connects to the service receives the responses.
+        let (receiver, who) = match (effective_ingress(opts), &proxy_pod) {
+            (IngressKind::None, _) | (_, None) => (&client_ns, "client"),
+            (_, Some(pod)) => (&pod.netns, "ingress proxy"),
+        };
+        let SocketAddr::V4(from) = service_tcp else {
+            return Err(LabError::Other(
+                "--drop-probability needs an IPv4 service".into(),
+            ));
+        };
+        crate::loss::drop_responses(receiver, from, p)?;
         timeline_notes.push(format!(
-            "each backend drops {:.1}% of its response data segments (--drop-probability {p})",
+            "the {who} drops {:.1}% of the response data segments from {from} on arrival (--drop-probability {p})",
             100.0 * p
         ));
     }

@@ -357,17 +357,18 @@ fn check_sums(r: &Value, what: &str) {
     );
 }
 
-/// `--drop-probability 0.05`: each backend drops 5 % of its responses'
-/// data segments (an iptables `statistic` rule in its namespace), TCP
-/// waits for a retransmission, and the request timeline names that wait
+/// `--drop-probability 0.05`: the ingress proxy's pod drops 5 % of the
+/// backends' response data segments on arrival (an iptables `statistic`
+/// rule in its namespace), TCP waits for a retransmission, and the request timeline names that wait
 /// `tcp.retransmit` instead of leaving it in the leg's `stack`. The wait
 /// is of the retransmission timeout's order: Linux's minimum RTO is
 /// 200 ms (`TCP_RTO_MIN`) and on a quiet lab link (srtt of tens of µs)
 /// the RTO is that minimum; a retransmission lost again doubles it
 /// (another 400 ms), which at 5 % loss is rare, so the mean over the
 /// retransmitted requests lies between 190 ms (a timer that fires a few
-/// ms early against the write) and 400 ms. Measured: 16-20 of 400
-/// requests, mean 212-220 ms. The same lab without loss: none.
+/// ms early against the write) and 400 ms. Measured: 16-23 of 400
+/// requests, mean 222-251 ms, 400 of 400 joined. The same lab without
+/// loss: none.
 #[test]
 fn lost_responses_wait_in_tcp_retransmit() {
     if !can_run_as_root("lost_responses_wait_in_tcp_retransmit") {
@@ -421,19 +422,24 @@ fn lost_responses_wait_in_tcp_retransmit() {
         "tcp.retransmit's mean {mean_us:.0} µs is of the RTO's order (200 ms minimum)"
     );
     assert!(rate >= 0.99, "join rate {rate} < 0.99 with loss");
+    // What loss adds to kernel-other is named: measured 1.00 of the
+    // growth in three runs (the wait of a loss whose probe the tracepoint
+    // misses is found by the lost packet's two journeys); before the
+    // journeys were used, 0.52-0.74 (a tail loss probe answered before
+    // the receiver's own timeout left no event).
     let retransmit_per_request = mean_us * n as f64 / joined as f64;
+    let growth = mean(rl, "kernel-other") - mean(rc, "kernel-other");
+    eprintln!(
+        "kernel-other grew {growth:.0} µs per request, of which tcp.retransmit {retransmit_per_request:.0} µs ({:.2})",
+        retransmit_per_request / growth
+    );
     assert!(
         mean(rl, "kernel-other") >= retransmit_per_request,
         "tcp.retransmit is kernel-other time"
     );
-    let slowest = rl["slowest"].as_array().unwrap();
     assert!(
-        slowest.iter().any(|w| w["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["segment"] == "tcp.retransmit" && s["duration_us"].as_f64().unwrap() > 0.0)),
-        "the slowest requests waited for a retransmission"
+        retransmit_per_request >= 0.8 * growth,
+        "tcp.retransmit ({retransmit_per_request:.0} µs per request) is most of kernel-other's growth ({growth:.0} µs)"
     );
     assert!(
         stdout.contains("waited for a TCP retransmission"),

@@ -36,16 +36,18 @@
 //! receiving socket (the last hop before `socket.pod`) to the read, in the
 //! category of the process that reads; the journeys' own categories are
 //! the datapath; what is left of the leg (the sender's stack, the wire
-//! between nodes) is `kernel-other`. When either end of the leg's
-//! connection retransmitted during the leg (`tcp:tcp_retransmit_skb`),
-//! the time from the first transmission to the last retransmission is
-//! taken out of that rest as `tcp.retransmit` (the wait for a
-//! retransmission timeout or a fast retransmit). Either end, because a
-//! lost response is often recovered by its sender's tail loss probe,
-//! which this tracepoint does not see (it fires in `tcp_retransmit_skb`,
-//! which the probe bypasses), while the receiver, whose request the lost
-//! response would have acknowledged, retransmits that request on its own
-//! timeout at about the same time.
+//! between nodes) is `kernel-other`. When the leg's packet was sent again
+//! during the leg, the time from the first transmission to the last
+//! retransmission is taken out of that rest as `tcp.retransmit` (the wait
+//! for a retransmission timeout, a tail loss probe or a fast retransmit).
+//! A retransmission is `tcp:tcp_retransmit_skb` on either end of the
+//! connection, or two journeys of the leg with one TCP sequence number
+//! (`resent`). Either end, because a lost response is often recovered
+//! by its sender's tail loss probe, which this tracepoint does not see
+//! (it fires in `tcp_retransmit_skb`, which the probe bypasses), while the
+//! receiver, whose request the lost response would have acknowledged,
+//! retransmits that request on its own timeout at about the same time;
+//! the journeys see the probe itself.
 
 use std::collections::HashMap;
 
@@ -86,10 +88,10 @@ pub mod segment {
     pub const DATAPATH: &str = "datapath";
     /// The rest of a leg: the sender's stack and the wire between nodes.
     pub const STACK: &str = "stack";
-    /// A leg during which its connection retransmitted
-    /// (`tcp:tcp_retransmit_skb` on the sender's end, or on the receiver's:
-    /// its data the lost segment would have acknowledged; between the
-    /// write and the peer's read): the first transmission (the write, or
+    /// A leg whose packet was sent again between the write and the peer's
+    /// read (`tcp:tcp_retransmit_skb` on the sender's end, or on the
+    /// receiver's: its data the lost segment would have acknowledged; or
+    /// two journeys of the leg with one TCP sequence number): the first transmission (the write, or
     /// the leg's first packet journey when it began before the write's
     /// recorded time) → the last retransmission in the leg, taken out of the leg's
     /// [`STACK`] (category `kernel-other`). Present, possibly 0 ns long,
@@ -265,6 +267,10 @@ pub struct LegJourney {
     /// A connection's handshake packet (SYN or SYN-ACK, no payload):
     /// part of a connect, never of a leg that carries a message.
     pub handshake: bool,
+    /// TCP sequence number of the first parsed headers (host order): a
+    /// later journey of a leg with the same one is the packet sent again;
+    /// 0: unknown.
+    pub seq: u32,
     /// The journey ended in a drop.
     pub dropped: bool,
 }
@@ -1075,7 +1081,8 @@ fn leg(
     let mut stack = room - used;
     let last = legs
         .last_retransmit(sender, (from_ns, to_ns))
-        .max(legs.last_retransmit(receiver, (from_ns, to_ns)));
+        .max(legs.last_retransmit(receiver, (from_ns, to_ns)))
+        .max(resent(&journeys));
     if let Some(last) = last {
         // The write, or the leg's first packet when it left before the
         // write's recorded time (a write timed at its end). Not a later
@@ -1100,6 +1107,34 @@ fn leg(
             queue,
         );
     }
+}
+
+/// A journey that starts this long after an earlier one with the same TCP
+/// sequence number ended is the packet sent again, ns: a tail loss probe
+/// or a retransmission timeout comes 10 ms or more later (Linux's
+/// minimum probe timeout; 200 ms for a timeout), while one packet's
+/// journeys on two lab nodes (one per node's session) follow each other
+/// within microseconds. A fast retransmit within this is left to the
+/// tracepoint.
+const RESEND_GAP_NS: u64 = 1_000_000;
+
+/// When the latest of a leg's packets was sent again, ns: the start of
+/// the latest journey that an earlier journey with the same TCP sequence
+/// number ended [`RESEND_GAP_NS`] or more before (0 is taken for
+/// unknown). Sees what
+/// `tcp:tcp_retransmit_skb` does not (a tail loss probe, which bypasses
+/// it) wherever the lost packet's first journey was seen (a drop after
+/// the sender's node: the wire, the receiver).
+fn resent(journeys: &[&LegJourney]) -> Option<u64> {
+    journeys
+        .iter()
+        .filter(|j| {
+            journeys
+                .iter()
+                .any(|k| j.seq != 0 && k.seq == j.seq && k.end_ns + RESEND_GAP_NS <= j.start_ns)
+        })
+        .map(|j| j.start_ns)
+        .max()
 }
 
 /// Pushes the datapath of `journeys` (their categories summed) as
@@ -1280,6 +1315,7 @@ impl crate::correlate::JourneyObserver for LegRecorder {
             arrival_ns,
             categories,
             handshake,
+            seq: f.tcp_seq,
             dropped: j.drop.is_some(),
         };
         self.journeys

@@ -88,10 +88,11 @@ pub struct LabArgs {
     /// proxy needs cgroup v1; nginx and HAProxy work with v1 and v2.
     #[arg(long, value_parser = hoptrace_lab::cpulimit::parse_millicores)]
     proxy_cpu_limit: Option<u32>,
-    /// Each backend pod drops this fraction (above 0, at most 0.5) of the
-    /// response data segments it sends (an iptables `statistic` rule in its
-    /// namespace, gone with the lab): TCP retransmits, and the request
-    /// timeline shows the wait as `tcp.retransmit`.
+    /// Drop this fraction (above 0, at most 0.5) of the service's response
+    /// data segments where they arrive (the ingress proxy's pod, or the
+    /// client's; an iptables `statistic` rule in its namespace, gone with
+    /// the lab): TCP retransmits, and the request timeline shows the wait
+    /// as `tcp.retransmit`.
     #[arg(long, value_parser = hoptrace_lab::loss::parse_drop_probability)]
     drop_probability: Option<f64>,
     /// Thread names (comm) of proxies for the request timeline

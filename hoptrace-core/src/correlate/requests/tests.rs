@@ -279,6 +279,7 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
         arrival_ns: Some(140_000),
         categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     }];
     let joined = join(&events, &journeys, &opts());
@@ -432,6 +433,7 @@ fn a_new_connections_handshake_is_part_of_its_first_request() {
         arrival_ns: None,
         categories: vec![(Category::KubeProxy, 8_000), (Category::Cni, 2_000)],
         handshake: true,
+        seq: 0,
         dropped: false,
     };
     let syn_ack = LegJourney {
@@ -549,6 +551,7 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
         arrival_ns: None,
         categories: vec![(Category::Cni, 30_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     let joined = join(&events, std::slice::from_ref(&journey), &opts());
@@ -559,6 +562,7 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
         79_860_000
     );
     let dropped = LegJourney {
+        seq: 0,
         dropped: true,
         ..journey
     };
@@ -592,6 +596,7 @@ fn a_client_this_kernel_does_not_see_is_stood_in_for() {
         arrival_ns: Some(1_020_000),
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     // The response leaves through the uplink 20 µs after the proxy's write.
@@ -652,6 +657,7 @@ fn a_backend_this_kernel_does_not_see_is_one_round_trip() {
         arrival_ns: None,
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     let response = LegJourney {
@@ -742,6 +748,7 @@ fn lost_response(rtx_us: Option<u64>, extra: Vec<SockEvent>) -> (Vec<SockEvent>,
         arrival_ns: Some((resent + 30) * 1000),
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     }];
     (events, journeys)
@@ -793,6 +800,7 @@ fn a_lost_packets_journey_starts_the_retransmit_wait() {
         arrival_ns: None,
         categories: vec![(Category::Cni, 5_000)],
         handshake: false,
+        seq: 0,
         dropped: true,
     });
     let joined = join(&events, &journeys, &opts());
@@ -841,6 +849,50 @@ fn the_receivers_retransmission_marks_the_leg_too() {
         r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
         200_010_000
     );
+}
+
+/// The lost packet's journey was seen (dropped after the sender's node)
+/// and its probe's too, with no `tcp_retransmit_skb` (a tail loss probe):
+/// the second journey of the same sequence number is the retransmission.
+/// One packet's journeys on two nodes, microseconds apart, are not.
+#[test]
+fn a_packet_seen_twice_is_a_retransmission_without_the_tracepoint() {
+    let (events, mut journeys) = lost_response(Some(200_200), Vec::new());
+    // Drop the traced retransmission: only the journeys tell.
+    let events: Vec<SockEvent> = events
+        .into_iter()
+        .filter(|e| e.kind != SockKind::Retransmit as u8)
+        .collect();
+    journeys[0].seq = 1000;
+    let first = |start_us: u64| LegJourney {
+        src: (BACKEND, 8080),
+        dst: (CLIENT, 40000),
+        start_ns: start_us * 1000,
+        end_ns: start_us * 1000 + 10_000,
+        arrival_ns: None,
+        categories: vec![(Category::Cni, 5_000)],
+        handshake: false,
+        seq: 1000,
+        dropped: false,
+    };
+    // On the sender's node only, then lost.
+    let mut lost = journeys.clone();
+    lost.push(first(205));
+    let joined = join(&events, &lost, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert_eq!(
+        r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
+        200_005_000
+    );
+    // The resent packet's journey on the sender's node 5 µs before the
+    // one that delivered it: one packet on two nodes, no retransmission.
+    let mut two_nodes = journeys.clone();
+    two_nodes.push(first(200_185));
+    let joined = join(&events, &two_nodes, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert!(!r.retransmitted(), "{r:?}");
 }
 
 #[test]
