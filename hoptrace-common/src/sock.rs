@@ -17,9 +17,10 @@ pub enum SockKind {
     /// `sock:inet_sock_set_state`: the TCP state went `old_state` → `new_state`.
     State = 3,
     /// `tcp:tcp_retransmit_skb`: TCP retransmitted a segment of this socket
-    /// (an RTO, a tail loss probe or a fast retransmit; fired in softirq or
-    /// timer context, so `pid_tgid` and `comm` are whatever the CPU ran).
-    /// `bytes` is 0.
+    /// (a retransmission timeout or a fast retransmit; a tail loss probe
+    /// bypasses the tracepoint on kernel 6.18). Fired in softirq or timer
+    /// context, so `pid_tgid` and `comm` are whatever the CPU ran. `bytes`
+    /// is 0.
     Retransmit = 4,
 }
 

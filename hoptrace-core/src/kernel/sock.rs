@@ -1,8 +1,8 @@
 //! Loads and runs the socket programs of the request timeline
 //! (`hoptrace-sock` object: `sock:sock_recv_length`, `sock:sock_send_length`,
-//! `sock:inet_sock_set_state`, and `tcp:tcp_retransmit_skb` as tp_btf). The object has its own ring
-//! buffer; a [`SockTracer`] drains it on its own thread every 5 ms and
-//! keeps every event until [`SockTracer::stop`].
+//! `sock:inet_sock_set_state` and `tcp:tcp_retransmit_skb` as tp_btf). The
+//! object has its own ring buffer; a [`SockTracer`] drains it on its own
+//! thread every 5 ms and keeps every event until [`SockTracer::stop`].
 //!
 //! Hooks are probed by trying: a tracepoint this kernel lacks (the sock
 //! ones need Linux 6.3) is left out and named in [`SockCapture::notes`].
