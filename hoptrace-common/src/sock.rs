@@ -18,6 +18,12 @@ pub enum SockKind {
     Send = 2,
     /// `sock:inet_sock_set_state`: the TCP state went `old_state` → `new_state`.
     State = 3,
+    /// `tcp:tcp_retransmit_skb`: TCP retransmitted a segment of this socket
+    /// (a retransmission timeout or a fast retransmit; a tail loss probe
+    /// bypasses the tracepoint on kernel 6.18). Fired in softirq or timer
+    /// context, so `pid_tgid` and `comm` are whatever the CPU ran. `bytes`
+    /// is 0.
+    Retransmit = 4,
 }
 
 impl SockKind {
@@ -27,6 +33,7 @@ impl SockKind {
             1 => Self::Recv,
             2 => Self::Send,
             3 => Self::State,
+            4 => Self::Retransmit,
             _ => Self::Unknown,
         }
     }
@@ -61,7 +68,8 @@ pub struct SockEvent {
     /// Inode of the socket's network namespace.
     pub netns_ino: u32,
     /// Bytes read or written (`ret` of the tracepoint: negative is -errno;
-    /// the kernel program emits only positive values); 0 for state changes.
+    /// the kernel program emits only positive values); 0 for state changes
+    /// and retransmissions.
     pub bytes: i32,
     /// Local IPv4 address (`skc_rcv_saddr`), network byte order as in memory.
     pub saddr: [u8; 4],

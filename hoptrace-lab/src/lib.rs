@@ -8,6 +8,7 @@
 //! - [`netns`]: namespaces, commands and threads inside them.
 //! - [`servers`], [`ingress`]: the HTTP/UDP backends and the ingress proxies.
 //! - [`loadgen`]: the fixed-rate load generator (no coordinated omission).
+//! - [`loss`]: `--drop-probability`, real packet loss at the backends.
 //! - [`run`]: one lab run, from build to teardown, and its document.
 //! - [`accuracy`]: known causes injected into the lab against a run without
 //!   them (`cargo xtask accuracy`).
@@ -18,6 +19,7 @@ pub mod flood;
 pub mod ingress;
 pub mod kubeproxy;
 pub mod loadgen;
+pub mod loss;
 pub mod netns;
 pub mod run;
 pub mod servers;

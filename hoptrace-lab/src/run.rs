@@ -124,6 +124,11 @@ pub struct LabOptions {
     /// `--sock-hooks`: where the request timeline's socket reads and writes
     /// come from (tp_btf `sock:` tracepoints, or the `syscalls:` fallback).
     pub sock_hooks: SockHooks,
+    /// `--drop-probability`: the pod that connects to the service drops
+    /// this fraction of the response data segments that arrive from it
+    /// ([`crate::loss`]), so TCP retransmits.
+    /// `None`: no loss.
+    pub drop_probability: Option<f64>,
 }
 
 impl Default for LabOptions {
@@ -147,6 +152,7 @@ impl Default for LabOptions {
             proxy_cpu_limit: None,
             node_view: None,
             sock_hooks: SockHooks::Auto,
+            drop_probability: None,
         }
     }
 }
@@ -335,8 +341,9 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
         ));
     }
     if effective_ingress(opts) != IngressKind::None {
-        let pod =
-            proxy_pod.ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
+        let pod = proxy_pod
+            .clone()
+            .ok_or_else(|| LabError::Other("no pod for the ingress proxy".into()))?;
         let listen = SocketAddr::V4(SocketAddrV4::new(pod.ip, INGRESS_PORT));
         match opts.ingress {
             IngressKind::Builtin => {
@@ -418,6 +425,25 @@ fn run_on(lab: &Lab, opts: &LabOptions) -> Result<LabRun, LabError> {
             "the lab carries no traffic: {} warm-up requests to {target} failed",
             warm.scheduled
         )));
+    }
+
+    // Loss after the warm-up: it must not stall the lab's first requests.
+    if let Some(p) = opts.drop_probability {
+        // The pod that connects to the service receives the responses.
+        let (receiver, who) = match (effective_ingress(opts), &proxy_pod) {
+            (IngressKind::None, _) | (_, None) => (&client_ns, "client"),
+            (_, Some(pod)) => (&pod.netns, "ingress proxy"),
+        };
+        let SocketAddr::V4(from) = service_tcp else {
+            return Err(LabError::Other(
+                "--drop-probability needs an IPv4 service".into(),
+            ));
+        };
+        crate::loss::drop_responses(receiver, from, p)?;
+        timeline_notes.push(format!(
+            "the {who} drops {:.1}% of the response data segments from {from} on arrival (--drop-probability {p})",
+            100.0 * p
+        ));
     }
 
     // Trace every node: tc and netfilter per node, one set of tracepoints

@@ -221,6 +221,8 @@ fn requests(client_mean_us: f64, categories: &[(&str, f64)]) -> LabRequests {
             })
             .collect(),
         proxy_hold_mean_us: None,
+        retransmitted: 0,
+        retransmit_mean_us: 0.0,
         slowest: Vec::new(),
         notes: Vec::new(),
     }

@@ -36,7 +36,18 @@
 //! receiving socket (the last hop before `socket.pod`) to the read, in the
 //! category of the process that reads; the journeys' own categories are
 //! the datapath; what is left of the leg (the sender's stack, the wire
-//! between nodes) is `kernel-other`.
+//! between nodes) is `kernel-other`. When the leg's packet was sent again
+//! during the leg, the time from the first transmission to the last
+//! retransmission is taken out of that rest as `tcp.retransmit` (the wait
+//! for a retransmission timeout, a tail loss probe or a fast retransmit).
+//! A retransmission is `tcp:tcp_retransmit_skb` on either end of the
+//! connection, or two journeys of the leg with one TCP sequence number
+//! (`resent`). Either end, because a lost response is often recovered
+//! by its sender's tail loss probe, which this tracepoint does not see
+//! (it fires in `tcp_retransmit_skb`, which the probe bypasses), while the
+//! receiver, whose request the lost response would have acknowledged,
+//! retransmits that request on its own timeout at about the same time;
+//! the journeys see the probe itself.
 
 use std::collections::HashMap;
 
@@ -77,6 +88,15 @@ pub mod segment {
     pub const DATAPATH: &str = "datapath";
     /// The rest of a leg: the sender's stack and the wire between nodes.
     pub const STACK: &str = "stack";
+    /// A leg whose packet was sent again between the write and the peer's
+    /// read (`tcp:tcp_retransmit_skb` on the sender's end, or on the
+    /// receiver's: its data the lost segment would have acknowledged; or
+    /// two journeys of the leg with one TCP sequence number): the first transmission (the write, or
+    /// the leg's first packet journey when it began before the write's
+    /// recorded time) → the last retransmission in the leg, taken out of the leg's
+    /// [`STACK`] (category `kernel-other`). Present, possibly 0 ns long,
+    /// in every leg with a retransmission.
+    pub const TCP_RETRANSMIT: &str = "tcp.retransmit";
     /// A client that says when it meant to send (the lab's load
     /// generator): its intended send time → its write began (its timer's
     /// lateness, its own work, waiting for its connection).
@@ -89,8 +109,10 @@ pub mod segment {
 /// Extends joined requests with the client's own account of each:
 /// `(intended send, complete response)` in bpf ktime ns (the lab's load
 /// generator keeps them). Each request, in the order of its write, takes
-/// the oldest unused pair intended at or before its write that completed
-/// at or after its read, and gains `client.wait` and `client.process`
+/// the unused pair intended at or before its write that completed first
+/// at or after its read (its own completes a moment after its read;
+/// another connection's queued behind a stall, intended earlier, completes
+/// long after), and gains `client.wait` and `client.process`
 /// segments (category `client`); its start and end become the client's.
 /// A connect that began before the intended send time (a keep-alive
 /// connection opened ahead of the schedule) is not part of the request's
@@ -108,11 +130,16 @@ pub fn add_client_times(requests: &mut [Request], times: &[(u64, u64)]) -> usize
     for i in order {
         let r = &mut requests[i];
         let upto = times.partition_point(|t| t.0 <= r.write_ns);
-        // The oldest unused record that fits: the client writes in
-        // intended order, and a record no request took (a request not
-        // joined) soon completes too early to fit any later one.
-        let found =
-            (upto.saturating_sub(LOOKBACK)..upto).find(|&k| !used[k] && times[k].1 >= r.end_ns);
+        // The unused record that fits and completed first: the load
+        // generator gives each connection its own queue, so while one
+        // connection waits (a retransmission), records of requests queued
+        // behind it are intended before the other connections' writes
+        // and complete after their reads; taking the oldest gave them to
+        // those requests (95 of 400 then found none). A record no request
+        // took (a request not joined) soon completes too early to fit.
+        let found = (upto.saturating_sub(LOOKBACK)..upto)
+            .filter(|&k| !used[k] && times[k].1 >= r.end_ns)
+            .min_by_key(|&k| (times[k].1, k));
         let Some(k) = found else { continue };
         used[k] = true;
         let (intended, done) = times[k];
@@ -241,6 +268,10 @@ pub struct LegJourney {
     /// A connection's handshake packet (SYN or SYN-ACK, no payload):
     /// part of a connect, never of a leg that carries a message.
     pub handshake: bool,
+    /// TCP sequence number of the first parsed headers (host order): a
+    /// later journey of a leg with the same one is the packet sent again;
+    /// 0: unknown.
+    pub seq: u32,
     /// The journey ended in a drop.
     pub dropped: bool,
 }
@@ -283,6 +314,14 @@ impl Request {
             *out.entry(s.category).or_insert(0) += s.duration_ns;
         }
         out
+    }
+
+    /// Whether a leg of the request waited for a TCP retransmission
+    /// (it has a [`segment::TCP_RETRANSMIT`] segment).
+    pub fn retransmitted(&self) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.name == segment::TCP_RETRANSMIT)
     }
 
     /// Total of the named segment in ns (e.g. `socket.queue` of one category).
@@ -348,17 +387,30 @@ impl End {
     }
 
     /// The first message in `dir` at or after `after_ns` (with the read
-    /// slack of [`End::take`]), without consuming it.
+    /// slack of [`End::take`]), without consuming it. A message that only
+    /// the slack lets in is not taken when the end answered it (its next
+    /// message began) before `after_ns`: that is an earlier exchange's
+    /// (requests back to back, as a queue drains after a stall, put the
+    /// previous read within the slack).
     fn find(&self, dir: Dir, after_ns: u64) -> Option<Message> {
         let slack = if dir == Dir::In { READ_SLACK_NS } else { 0 };
         // Messages alternate and follow each other in time on one end.
         let first = self
             .messages
             .partition_point(|m| m.first_ns + slack < after_ns);
-        self.messages[first..]
-            .iter()
-            .find(|m| m.dir == dir && m.first_ns + slack >= after_ns)
-            .cloned()
+        let answered = |j: usize| {
+            self.messages
+                .get(j + 1)
+                .is_some_and(|n| n.first_ns < after_ns)
+        };
+        (first..self.messages.len())
+            .find(|&j| {
+                let m = &self.messages[j];
+                m.dir == dir
+                    && m.first_ns + slack >= after_ns
+                    && (m.first_ns >= after_ns || !answered(j))
+            })
+            .map(|j| self.messages[j].clone())
     }
 
     /// The response read that follows write `k`, if it came at or after
@@ -410,6 +462,7 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
     let mut syn_sent: HashMap<u64, u64> = HashMap::new();
     // Per socket end: whether it connected, and its connect's (start, end).
     let mut known: HashMap<EndKey, (bool, Option<(u64, u64)>)> = HashMap::new();
+    let mut retransmits = Retransmits::new();
     for e in &events {
         let local = (e.saddr, e.sport);
         let remote = (e.daddr, e.dport);
@@ -478,6 +531,10 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
                     }),
                 }
             }
+            SockKind::Retransmit => retransmits
+                .entry((local, remote))
+                .or_default()
+                .push(e.ts_ns),
             SockKind::Unknown => {}
         }
     }
@@ -527,7 +584,8 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
         }
     }
 
-    let legs = LegIndex::new(journeys);
+    let mut legs = LegIndex::new(journeys);
+    legs.retransmits = retransmits;
     let mut peers = peers;
     if opts.remote_peers {
         for p in 0..ends.len() {
@@ -970,10 +1028,15 @@ fn push(
     });
 }
 
-/// Journeys by the flow's source and destination endpoint.
+/// Retransmission times (ns, ascending) per socket end `(local, remote)`.
+type Retransmits = HashMap<(Endpoint, Endpoint), Vec<u64>>;
+
+/// Journeys by the flow's source and destination endpoint, and the
+/// retransmissions of each socket end.
 struct LegIndex<'a> {
     by_src: HashMap<Endpoint, Vec<&'a LegJourney>>,
     by_dst: HashMap<Endpoint, Vec<&'a LegJourney>>,
+    retransmits: Retransmits,
 }
 
 impl<'a> LegIndex<'a> {
@@ -987,7 +1050,18 @@ impl<'a> LegIndex<'a> {
         for v in by_src.values_mut().chain(by_dst.values_mut()) {
             v.sort_by_key(|j| j.start_ns);
         }
-        Self { by_src, by_dst }
+        Self {
+            by_src,
+            by_dst,
+            retransmits: Retransmits::new(),
+        }
+    }
+
+    /// The last retransmission of `end` within `[from_ns, to_ns]`, ns.
+    fn last_retransmit(&self, end: &End, (from_ns, to_ns): (u64, u64)) -> Option<u64> {
+        let list = self.retransmits.get(&(end.local, end.remote))?;
+        let upto = list.partition_point(|&t| t <= to_ns);
+        list[..upto].last().copied().filter(|&t| t >= from_ns)
     }
 
     /// Journeys of packets with payload to `to`, from anywhere, that
@@ -1034,7 +1108,8 @@ impl<'a> LegIndex<'a> {
 }
 
 /// Splits the leg from `sender`'s write at `from_ns` to `receiver`'s read
-/// at `to_ns` into datapath, stack and `socket.queue` segments.
+/// at `to_ns` into datapath, `tcp.retransmit` (when the sender
+/// retransmitted meanwhile), stack and `socket.queue` segments.
 fn leg(
     out: &mut Vec<RequestSegment>,
     legs: &LegIndex,
@@ -1056,7 +1131,22 @@ fn leg(
     let room = total - queue;
     let used = push_datapath(out, &journeys, from_ns, room);
     let mut t = from_ns + used;
-    let stack = room - used;
+    let mut stack = room - used;
+    let last = legs
+        .last_retransmit(sender, (from_ns, to_ns))
+        .max(legs.last_retransmit(receiver, (from_ns, to_ns)))
+        .max(resent(&journeys));
+    if let Some(last) = last {
+        // The write, or the leg's first packet when it left before the
+        // write's recorded time (a write timed at its end). Not a later
+        // journey: the lost packet's may be missing (dropped before a
+        // hook), and the first one seen can be an untraced probe's.
+        let first = journeys.iter().map(|j| j.start_ns).fold(from_ns, u64::min);
+        let wait = last.saturating_sub(first).min(stack);
+        push(out, segment::TCP_RETRANSMIT, Category::KernelOther, t, wait);
+        t += wait;
+        stack -= wait;
+    }
     if stack > 0 {
         push(out, segment::STACK, Category::KernelOther, t, stack);
         t += stack;
@@ -1070,6 +1160,34 @@ fn leg(
             queue,
         );
     }
+}
+
+/// A journey that starts this long after an earlier one with the same TCP
+/// sequence number ended is the packet sent again, ns: a tail loss probe
+/// or a retransmission timeout comes 10 ms or more later (Linux's
+/// minimum probe timeout; 200 ms for a timeout), while one packet's
+/// journeys on two lab nodes (one per node's session) follow each other
+/// within microseconds. A fast retransmit within this is left to the
+/// tracepoint.
+const RESEND_GAP_NS: u64 = 1_000_000;
+
+/// When the latest of a leg's packets was sent again, ns: the start of
+/// the latest journey that an earlier journey with the same TCP sequence
+/// number ended [`RESEND_GAP_NS`] or more before (0 is taken for
+/// unknown). Sees what
+/// `tcp:tcp_retransmit_skb` does not (a tail loss probe, which bypasses
+/// it) wherever the lost packet's first journey was seen (a drop after
+/// the sender's node: the wire, the receiver).
+fn resent(journeys: &[&LegJourney]) -> Option<u64> {
+    journeys
+        .iter()
+        .filter(|j| {
+            journeys
+                .iter()
+                .any(|k| j.seq != 0 && k.seq == j.seq && k.end_ns + RESEND_GAP_NS <= j.start_ns)
+        })
+        .map(|j| j.start_ns)
+        .max()
 }
 
 /// Pushes the datapath of `journeys` (their categories summed) as
@@ -1250,6 +1368,7 @@ impl crate::correlate::JourneyObserver for LegRecorder {
             arrival_ns,
             categories,
             handshake,
+            seq: f.tcp_seq,
             dropped: j.drop.is_some(),
         };
         self.journeys

@@ -515,6 +515,8 @@ fn timeline(
         client_own_mean_us: own_us,
         categories,
         proxy_hold_mean_us: None,
+        retransmitted: 0,
+        retransmit_mean_us: 0.0,
         slowest: Vec::new(),
         notes: Vec::new(),
     }

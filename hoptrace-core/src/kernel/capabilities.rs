@@ -780,7 +780,7 @@ pub fn probe_all() -> Capabilities {
     caps.items.push(item(
         "sock_tracepoints",
         probe_sock_tracepoints(),
-        "load and attach the request timeline's hooks (tp_btf sock_recv_length, sock_send_length, inet_sock_set_state; syscalls:sys_enter_write/writev/sendto/sendmsg; without the sock ones, the syscalls: read and write fallback)",
+        "load and attach the request timeline's hooks (tp_btf sock_recv_length, sock_send_length, inet_sock_set_state, tcp_retransmit_skb; syscalls:sys_enter_write/writev/sendto/sendmsg; without the sock ones, the syscalls: read and write fallback)",
     ));
     caps
 }

@@ -1,8 +1,8 @@
 //! Loads and runs the socket programs of the request timeline
 //! (`hoptrace-sock` object: `sock:sock_recv_length`, `sock:sock_send_length`,
-//! `sock:inet_sock_set_state` as tp_btf). The object has its own ring
-//! buffer; a [`SockTracer`] drains it on its own thread every 5 ms and
-//! keeps every event until [`SockTracer::stop`].
+//! `sock:inet_sock_set_state` and `tcp:tcp_retransmit_skb` as tp_btf). The
+//! object has its own ring buffer; a [`SockTracer`] drains it on its own
+//! thread every 5 ms and keeps every event until [`SockTracer::stop`].
 //!
 //! Hooks are probed by trying: a tracepoint this kernel lacks is left out
 //! and named in [`SockCapture::notes`]. Where `sock_recv_length` or
@@ -41,6 +41,12 @@ pub const SOCK_PROGRAMS: [(&str, &str); 3] = [
     ("hoptrace_sock_send_length", "sock_send_length"),
     ("hoptrace_inet_sock_set_state", "inet_sock_set_state"),
 ];
+
+/// Programs of the socket object on `tcp:` tracepoints (tp_btf): a
+/// retransmission marks the leg it delayed (`tcp.retransmit`,
+/// docs/segments.md). Optional: without them a retransmission's wait
+/// stays in the leg's `stack`.
+pub const TCP_PROGRAMS: [(&str, &str); 1] = [("hoptrace_tcp_retransmit_skb", "tcp_retransmit_skb")];
 
 /// Syscall-entry programs (`syscalls:` tracepoints) that time when a write
 /// began: without them a write's time is its end.
@@ -335,6 +341,23 @@ impl SockTracer {
                 }
                 Err(why) => notes.push(format!(
                     "request timeline: tp_btf sock:{tracepoint} is not available ({why}); its part of the timeline is missing"
+                )),
+            }
+        }
+        for (name, tracepoint) in TCP_PROGRAMS {
+            match tracing::attach(
+                &relocated,
+                name,
+                TracingTarget::Tracepoint(tracepoint),
+                &kernel_btf,
+            ) {
+                Ok(link) => {
+                    links.push(link);
+                    attached.push(tracepoint);
+                }
+                Err(e) => notes.push(format!(
+                    "request timeline: tp_btf tcp:{tracepoint} is not available ({}); retransmissions stay in the legs' stack",
+                    crate::kernel::capabilities::error_chain(&e)
                 )),
             }
         }

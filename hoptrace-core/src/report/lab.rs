@@ -87,6 +87,15 @@ pub struct LabRequests {
     /// (`--proxy-delay`), µs; absent without a builtin proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_hold_mean_us: Option<f64>,
+    /// Joined requests with a TCP retransmission in one of their legs
+    /// (a `tcp.retransmit` segment, docs/segments.md); 0 in documents
+    /// written before it existed.
+    #[serde(default)]
+    pub retransmitted: u64,
+    /// Mean `tcp.retransmit` time over the `retransmitted` requests (not
+    /// over every request), µs; 0 without any.
+    #[serde(default)]
+    pub retransmit_mean_us: f64,
     /// The slowest joined requests (at most 5), slowest first.
     pub slowest: Vec<RequestWaterfall>,
     /// Caveats: hooks missing, events lost, what was not joined.

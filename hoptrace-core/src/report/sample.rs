@@ -145,6 +145,8 @@ pub(crate) fn lab_document() -> LabDocument {
             .into_iter()
             .collect(),
         proxy_hold_mean_us: Some(2100.0),
+        retransmitted: 0,
+        retransmit_mean_us: 0.0,
         slowest: vec![RequestWaterfall {
             start_ns: 1_000_000,
             total_us: 5000.0,

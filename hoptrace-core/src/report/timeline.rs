@@ -95,6 +95,12 @@ pub fn requests_section(
         .map(|s| s.duration_ns)
         .sum();
     let attributed_mean_us = attributed_ns as f64 / n.max(1) as f64 / 1000.0;
+    let retransmit_ns: Vec<u64> = joined
+        .requests
+        .iter()
+        .filter(|r| r.retransmitted())
+        .map(|r| r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther))
+        .collect();
     let mut slowest: Vec<&Request> = joined.requests.iter().collect();
     slowest.sort_by_key(|r| std::cmp::Reverse(r.end_ns.saturating_sub(r.start_ns)));
     let slowest = slowest
@@ -136,6 +142,10 @@ pub fn requests_section(
         client_own_mean_us: client_own_ns as f64 / n.max(1) as f64 / 1000.0,
         categories,
         proxy_hold_mean_us,
+        retransmitted: retransmit_ns.len() as u64,
+        retransmit_mean_us: retransmit_ns.iter().sum::<u64>() as f64
+            / retransmit_ns.len().max(1) as f64
+            / 1000.0,
         slowest,
         notes,
     }
@@ -216,6 +226,18 @@ fn render_with(requests: &LabRequests, heading: &str) -> String {
             &format!(
                 "The builtin proxy measured its own hold: {} per request (more than --proxy-delay asked: its tokio timer rounds up to the next millisecond tick and wakes late on a busy machine).",
                 human_us(hold)
+            ),
+        ));
+    }
+    if requests.retransmitted > 0 {
+        out.push_str(&wrap(
+            "",
+            "",
+            &format!(
+                "{} of {} joined requests waited for a TCP retransmission (tcp.retransmit, in kernel-other): {} each on average.",
+                requests.retransmitted,
+                requests.joined,
+                human_us(requests.retransmit_mean_us)
             ),
         ));
     }
@@ -447,6 +469,35 @@ mod tests {
         assert_eq!(
             s,
             "Of 1.77 ms per request: processes 1.51 ms (application 1.20 ms, ingress proxy 310 µs [of which waiting to be read 250 µs]), network 260 µs (kernel-other 204 µs, kube-proxy 35 µs, encapsulation 21 µs)."
+        );
+    }
+
+    /// A request that waited for a retransmission is counted, its
+    /// `tcp.retransmit` averaged over such requests only, and the terminal
+    /// says so; without one, neither.
+    #[test]
+    fn retransmitted_requests_are_counted_and_named() {
+        let mut joined = two_typical_requests();
+        let plain = requests_section(&joined, (1770.0, 1700.0, 2000.0), None, Vec::new());
+        assert_eq!(plain.retransmitted, 0);
+        assert_eq!(plain.retransmit_mean_us, 0.0);
+        assert!(!render(&plain).contains("retransmission"));
+        joined.requests.push(request(
+            0,
+            &[
+                (segment::APP_SERVICE, Category::Application, 100_000),
+                (segment::TCP_RETRANSMIT, Category::KernelOther, 204_000_000),
+                (segment::STACK, Category::KernelOther, 30_000),
+            ],
+        ));
+        joined.seen = 3;
+        let section = requests_section(&joined, (70_000.0, 1800.0, 204_000.0), None, Vec::new());
+        assert_eq!(section.retransmitted, 1);
+        assert!((section.retransmit_mean_us - 204_000.0).abs() < 1e-6);
+        assert!(
+            render(&section).contains("1 of 3 joined requests waited for a TCP retransmission"),
+            "{}",
+            render(&section)
         );
     }
 

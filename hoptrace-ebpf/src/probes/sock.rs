@@ -169,12 +169,23 @@ pub fn hoptrace_inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// TCP retransmitted a segment of a socket (`tcp:tcp_retransmit_skb`,
+/// args `sk, skb[, err]`): only the sk is read, so the program loads on
+/// kernels with and without the later `err` argument. Runs in softirq or
+/// timer context: the thread and comm are not the socket's owner's.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn hoptrace_tcp_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    observe(sk as u64, SockKind::Retransmit, 0, 0, 0);
+    0
+}
+
 /// The tp_btf programs' event: `addr` is the `struct sock *` the
 /// tracepoint passed, typed by BTF. A send takes its start from the
 /// per-CPU slot of the write's syscall entry.
 #[inline(always)]
 fn observe(addr: u64, kind: SockKind, bytes: i32, old_state: u8, new_state: u8) {
-    if kind as u8 != SockKind::State as u8 && bytes <= 0 {
+    if (kind as u8 == SockKind::Recv as u8 || kind as u8 == SockKind::Send as u8) && bytes <= 0 {
         count(3);
         return;
     }

@@ -97,6 +97,13 @@ pub struct LabArgs {
     /// node's packets (docs/segments.md).
     #[arg(long, value_parser = super::lab_node)]
     node_view: Option<usize>,
+    /// Drop this fraction (above 0, at most 0.5) of the service's response
+    /// data segments where they arrive (the ingress proxy's pod, or the
+    /// client's; an iptables `statistic` rule in its namespace, gone with
+    /// the lab): TCP retransmits, and the request timeline shows the wait
+    /// as `tcp.retransmit`.
+    #[arg(long, value_parser = hoptrace_lab::loss::parse_drop_probability)]
+    drop_probability: Option<f64>,
     /// Thread names (comm) of proxies for the request timeline
     /// (comma-separated); the lab's builtin proxy is always one.
     #[arg(
@@ -241,6 +248,7 @@ pub fn run(args: LabArgs) -> Result<i32> {
             proxy_cpu_limit: args.proxy_cpu_limit,
             node_view: args.node_view,
             sock_hooks: args.sock_hooks,
+            drop_probability: args.drop_probability,
         };
         match lab::run_once(&opts) {
             Ok(run) => {

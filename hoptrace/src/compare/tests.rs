@@ -322,6 +322,8 @@ fn timeline(client_mean: f64, categories: &[(&str, f64)]) -> LabRequests {
             })
             .collect(),
         proxy_hold_mean_us: None,
+        retransmitted: 0,
+        retransmit_mean_us: 0.0,
         slowest: Vec::new(),
         notes: Vec::new(),
     }

@@ -121,6 +121,7 @@ fn payload_journey(src: Endpoint, dst: Endpoint, start_us: u64, arrival: bool) -
         arrival_ns: arrival.then_some((start_us + 10) * 1000),
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     }
 }
@@ -295,6 +296,7 @@ fn a_leg_is_split_into_datapath_stack_and_socket_queue() {
         arrival_ns: Some(140_000),
         categories: vec![(Category::KubeProxy, 10_000), (Category::Cni, 20_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     }];
     let joined = join(&events, &journeys, &opts());
@@ -353,6 +355,52 @@ fn the_clients_own_times_extend_each_request_once() {
     }
 }
 
+/// The load generator queues requests per connection: while connection A
+/// waits 200 ms for a retransmission, request 2 (due at 20 ms, A's) waits
+/// behind it, and request 3 (due at 30 ms, B's) is served at once. Request
+/// 3 must take its own record, not request 2's (intended earlier,
+/// completed later), which request 2 needs.
+#[test]
+fn a_stalled_connections_queued_records_stay_with_their_requests() {
+    const MS: u64 = 1_000_000;
+    let request = |write: u64, end: u64| Request {
+        start_ns: write,
+        write_ns: write,
+        end_ns: end,
+        proxied: false,
+        segments: vec![RequestSegment {
+            name: segment::STACK,
+            category: Category::KernelOther,
+            start_ns: write,
+            duration_ns: end - write,
+        }],
+    };
+    // (write, read): 0 on A stalls; 1 and 3 on B; 2 on A after the stall.
+    let mut requests = vec![
+        request(0, 200 * MS),
+        request(10 * MS, 10 * MS + 100_000),
+        request(200 * MS + 20_000, 200 * MS + 200_000),
+        request(30 * MS, 30 * MS + 100_000),
+    ];
+    // (intended, complete): 10 µs after each read.
+    let times = [
+        (0, 200 * MS + 10_000),
+        (10 * MS, 10 * MS + 110_000),
+        (20 * MS, 200 * MS + 210_000),
+        (30 * MS, 30 * MS + 110_000),
+    ];
+    assert_eq!(add_client_times(&mut requests, &times), 4);
+    let intended: Vec<u64> = requests.iter().map(|r| r.start_ns).collect();
+    assert_eq!(intended, vec![0, 10 * MS, 20 * MS, 30 * MS]);
+    for r in &requests {
+        assert_eq!(
+            r.segment_ns(segment::CLIENT_PROCESS, Category::Client),
+            10_000,
+            "{r:?}"
+        );
+    }
+}
+
 /// A client's new connection to a service (SYN sent at 50 µs, established
 /// at 90 µs) carrying one request per write time (µs): the backend reads
 /// it 100 µs later and answers 100 µs after that, the client reads the
@@ -402,6 +450,7 @@ fn a_new_connections_handshake_is_part_of_its_first_request() {
         arrival_ns: None,
         categories: vec![(Category::KubeProxy, 8_000), (Category::Cni, 2_000)],
         handshake: true,
+        seq: 0,
         dropped: false,
     };
     let syn_ack = LegJourney {
@@ -519,6 +568,7 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
         arrival_ns: None,
         categories: vec![(Category::Cni, 30_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     let joined = join(&events, std::slice::from_ref(&journey), &opts());
@@ -529,6 +579,7 @@ fn without_a_delivery_hop_the_wait_starts_at_the_last_hop() {
         79_860_000
     );
     let dropped = LegJourney {
+        seq: 0,
         dropped: true,
         ..journey
     };
@@ -571,6 +622,7 @@ fn without_its_client(
         arrival_ns: Some(1_020_000),
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     let response = LegJourney {
@@ -643,6 +695,7 @@ fn a_backend_this_kernel_does_not_see_is_one_round_trip() {
         arrival_ns: None,
         categories: vec![(Category::Cni, 10_000)],
         handshake: false,
+        seq: 0,
         dropped: false,
     };
     let response = LegJourney {
@@ -799,4 +852,227 @@ fn a_server_this_kernel_does_not_see_is_one_round_trip() {
     );
     let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
     assert_eq!(sum, r.end_ns - r.start_ns);
+}
+
+/// A request served directly (no proxy) whose response the backend sent
+/// at 200 µs, lost, and retransmitted at `rtx_us` (its end's
+/// `tcp_retransmit_skb`); the retransmitted packet's journey reaches the
+/// client's socket 30 µs later and the client reads it 20 µs after that.
+/// `extra`: more events (retransmissions elsewhere).
+fn lost_response(rtx_us: Option<u64>, extra: Vec<SockEvent>) -> (Vec<SockEvent>, Vec<LegJourney>) {
+    use SockKind::{Recv, Retransmit, Send};
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    let resent = rtx_us.unwrap_or(200);
+    let mut events = vec![
+        ev(Send, 100, 1, c, svc, 7, "hoptrace-netns"),
+        ev(Recv, 130, 2, b, c, 9, "hoptrace"),
+        ev(Send, 200, 2, b, c, 9, "hoptrace"),
+        ev(Recv, resent + 50, 1, c, svc, 7, "hoptrace-netns"),
+    ];
+    if let Some(t) = rtx_us {
+        events.push(ev(Retransmit, t, 2, b, c, 0, "swapper/1"));
+    }
+    events.extend(extra);
+    let journeys = vec![LegJourney {
+        src: b,
+        dst: c,
+        start_ns: (resent + 5) * 1000,
+        end_ns: (resent + 40) * 1000,
+        arrival_ns: Some((resent + 30) * 1000),
+        categories: vec![(Category::Cni, 10_000)],
+        handshake: false,
+        seq: 0,
+        dropped: false,
+    }];
+    (events, journeys)
+}
+
+fn sums_to_duration(r: &Request) {
+    let sum: u64 = r.segments.iter().map(|s| s.duration_ns).sum();
+    assert_eq!(
+        sum,
+        r.end_ns - r.start_ns,
+        "segments sum to the request: {r:?}"
+    );
+}
+
+#[test]
+fn a_retransmission_is_taken_out_of_the_legs_stack() {
+    // Lost at 200 µs, retransmitted at 200_200 µs (an RTO of 200 ms).
+    let (events, journeys) = lost_response(Some(200_200), Vec::new());
+    let joined = join(&events, &journeys, &opts());
+    assert_eq!(joined.requests.len(), 1);
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert!(r.retransmitted());
+    // The lost packet left no journey: from the write (200 µs) to the
+    // retransmission.
+    assert_eq!(
+        r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
+        200_000_000
+    );
+    // Response leg 200_050 µs = 10 datapath + 20 queue + 200_000
+    // retransmit + 20 stack; the request leg (no journey) is 30 stack.
+    assert_eq!(r.segment_ns(segment::STACK, Category::KernelOther), 50_000);
+    assert_eq!(
+        r.segment_ns(segment::SOCKET_QUEUE, Category::Client),
+        20_000
+    );
+}
+
+#[test]
+fn a_lost_packets_journey_starts_the_retransmit_wait() {
+    let (events, mut journeys) = lost_response(Some(200_200), Vec::new());
+    // The first transmission was seen (then dropped) at 195 µs, before the
+    // write's recorded time (a write timed at its end).
+    journeys.push(LegJourney {
+        src: (BACKEND, 8080),
+        dst: (CLIENT, 40000),
+        start_ns: 195_000,
+        end_ns: 199_000,
+        arrival_ns: None,
+        categories: vec![(Category::Cni, 5_000)],
+        handshake: false,
+        seq: 0,
+        dropped: true,
+    });
+    let joined = join(&events, &journeys, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert_eq!(
+        r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
+        200_005_000
+    );
+}
+
+#[test]
+fn the_receivers_retransmission_marks_the_leg_too() {
+    use SockKind::Retransmit;
+    // The lost response carried the ACK of the client's request: the
+    // client's end retransmits the request at 200_210 µs (its timeout),
+    // while the backend's own recovery (a tail loss probe whose packet
+    // left at 200_205 µs) is not traced.
+    let client_rtx = ev(
+        Retransmit,
+        200_210,
+        1,
+        (CLIENT, 40000),
+        (SERVICE, 80),
+        0,
+        "swapper/0",
+    );
+    let (mut events, journeys) = lost_response(None, vec![client_rtx]);
+    // The response arrives after the probe: the client reads at 200_250 µs.
+    let read = events.iter_mut().find(|e| e.ts_ns == 250_000).unwrap();
+    read.ts_ns = 200_250_000;
+    let journeys: Vec<LegJourney> = journeys
+        .into_iter()
+        .map(|mut j| {
+            j.start_ns += 200_000_000;
+            j.end_ns += 200_000_000;
+            j.arrival_ns = j.arrival_ns.map(|a| a + 200_000_000);
+            j
+        })
+        .collect();
+    let joined = join(&events, &journeys, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert!(r.retransmitted());
+    assert_eq!(
+        r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
+        200_010_000
+    );
+}
+
+/// The lost packet's journey was seen (dropped after the sender's node)
+/// and its probe's too, with no `tcp_retransmit_skb` (a tail loss probe):
+/// the second journey of the same sequence number is the retransmission.
+/// One packet's journeys on two nodes, microseconds apart, are not.
+#[test]
+fn a_packet_seen_twice_is_a_retransmission_without_the_tracepoint() {
+    let (events, mut journeys) = lost_response(Some(200_200), Vec::new());
+    // Drop the traced retransmission: only the journeys tell.
+    let events: Vec<SockEvent> = events
+        .into_iter()
+        .filter(|e| e.kind != SockKind::Retransmit as u8)
+        .collect();
+    journeys[0].seq = 1000;
+    let first = |start_us: u64| LegJourney {
+        src: (BACKEND, 8080),
+        dst: (CLIENT, 40000),
+        start_ns: start_us * 1000,
+        end_ns: start_us * 1000 + 10_000,
+        arrival_ns: None,
+        categories: vec![(Category::Cni, 5_000)],
+        handshake: false,
+        seq: 1000,
+        dropped: false,
+    };
+    // On the sender's node only, then lost.
+    let mut lost = journeys.clone();
+    lost.push(first(205));
+    let joined = join(&events, &lost, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert_eq!(
+        r.segment_ns(segment::TCP_RETRANSMIT, Category::KernelOther),
+        200_005_000
+    );
+    // The resent packet's journey on the sender's node 5 µs before the
+    // one that delivered it: one packet on two nodes, no retransmission.
+    let mut two_nodes = journeys.clone();
+    two_nodes.push(first(200_185));
+    let joined = join(&events, &two_nodes, &opts());
+    let r = &joined.requests[0];
+    sums_to_duration(r);
+    assert!(!r.retransmitted(), "{r:?}");
+}
+
+#[test]
+fn without_a_retransmission_in_the_leg_there_is_no_retransmit_segment() {
+    use SockKind::Retransmit;
+    let c = (CLIENT, 40000);
+    let svc = (SERVICE, 80);
+    let b = (BACKEND, 8080);
+    // Retransmissions, but none of the connection within a leg: the
+    // client's after its read, the backend's before its write and after
+    // the client's read, and another connection's.
+    let elsewhere = vec![
+        ev(Retransmit, 260, 1, c, svc, 0, "swapper/0"),
+        ev(Retransmit, 150, 2, b, c, 0, "swapper/0"),
+        ev(Retransmit, 400, 2, b, c, 0, "swapper/0"),
+        ev(Retransmit, 230, 3, b, (CLIENT, 40001), 0, "swapper/0"),
+    ];
+    for extra in [Vec::new(), elsewhere] {
+        let (events, journeys) = lost_response(None, extra);
+        let joined = join(&events, &journeys, &opts());
+        assert_eq!(joined.requests.len(), 1);
+        let r = &joined.requests[0];
+        sums_to_duration(r);
+        assert!(!r.retransmitted(), "{r:?}");
+        assert_eq!(r.segment_ns(segment::STACK, Category::KernelOther), 50_000);
+    }
+}
+
+/// Requests back to back on one keep-alive chain (a queue draining after
+/// a stall): the proxy forwards the second 35 µs after the client read
+/// the first, within the read slack of the backend's read of the first.
+/// That read was answered before the write began: it is not the second's.
+#[test]
+fn back_to_back_requests_take_the_backends_next_read() {
+    let mut events = proxied(1000, 40000, 50000, 0, 5);
+    events.extend(proxied(1185, 40000, 50000, 0, 5));
+    let joined = join(&events, &[], &opts());
+    assert_eq!(joined.requests.len(), 2);
+    for r in &joined.requests {
+        sums_to_duration(r);
+        assert_eq!(r.end_ns - r.start_ns, 180_000, "{r:?}");
+        assert_eq!(
+            r.segment_ns(segment::APP_SERVICE, Category::Application),
+            50_000,
+            "{r:?}"
+        );
+    }
 }
