@@ -626,8 +626,8 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
         }
     }
     // Then the rest in the order the servers read them: a busy proxy
-    // thread reads its connections in an order of its own, and forwards
-    // in the order it read (the join by thread and order).
+    // thread reads its connections in an order of its own; its upstream
+    // exchanges are matched to them by thread ([`assign_upstream`]).
     started.sort_by_key(|s| s.m1.last_ns);
     let upstream = assign_upstream(&ends, &started, opts);
     for (s, upstream) in started.into_iter().zip(upstream) {
@@ -644,9 +644,9 @@ pub fn join(events: &[SockEvent], journeys: &[LegJourney], opts: &JoinOptions) -
 /// when its packets' last journey here ended (else at the write's end).
 /// That end can come before the server's write returns (a veth and a
 /// tunnel transmit inside the `sendmsg` call): the rest of the server's
-/// call is not the request's. Journeys are found by the flow's first headers, so a client behind
-/// SNAT or a NodePort (first headers not the server's pair) falls back to
-/// the server's own times.
+/// call is not the request's. Journeys are found by the flow's first
+/// headers, so a client behind SNAT or a NodePort (first headers not the
+/// server's pair) falls back to the server's own times.
 fn remote_client(server: &End, legs: &LegIndex, window_ns: u64) -> End {
     /// How far before a stand-in's first request (after its last
     /// response) its packets' journeys are looked for, ns: no earlier
