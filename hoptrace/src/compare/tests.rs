@@ -415,6 +415,25 @@ fn verdict_names_the_clients_own_time_apart_and_last() {
 }
 
 #[test]
+fn a_difference_within_the_runs_noise_says_so() {
+    // 1,000 requests each between 150 and 800 µs (sd 117 µs): a standard
+    // error of the mean of 3.7 µs per column, ±10 µs for the difference.
+    let mut document = two_runs();
+    document.runs[1].lab.client_latency.mean_us = 495.0;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = write_inputs(dir.path(), &[("lab.json", json(&document))]);
+    let line = verdict(&compare(&paths).expect("compare"));
+    assert!(
+        line.contains("within the runs' noise (±10 µs, two standard errors of the means)"),
+        "{line}"
+    );
+    // 100 µs apart (the two runs as they are): not noise.
+    let paths = write_inputs(dir.path(), &[("lab2.json", json(&two_runs()))]);
+    let line = verdict(&compare(&paths).expect("compare"));
+    assert!(!line.contains("noise"), "{line}");
+}
+
+#[test]
 fn verdict_from_the_request_timeline_when_every_run_has_one() {
     let mut document = two_runs();
     document.runs[0].requests = Some(timeline(

@@ -8,7 +8,9 @@
 //! category (the load generator's or the client's own time, the same
 //! program in every column) is never named as what the slower column
 //! spends: its difference closes the line ("; the client's time differs
-//! by …").
+//! by …"). A difference smaller than two standard errors of the columns'
+//! mean client latencies (from their histograms) is said to be within
+//! the runs' noise.
 
 use super::Comparison;
 use super::summary::CategoryTable;
@@ -171,6 +173,51 @@ pub fn verdict(comparison: &Comparison) -> String {
             signed_us(rest)
         ));
     }
+    // Is the difference more than the runs' own scatter? Two standard
+    // errors of the difference of the means, from each column's client
+    // histogram. Requests of one run are not independent (they queue
+    // behind each other), so this understates the noise: a difference
+    // inside it is noise, one outside it may still be.
+    let noise = match (
+        comparison.inputs[fast]
+            .client_latency()
+            .and_then(standard_error),
+        comparison.inputs[slow]
+            .client_latency()
+            .and_then(standard_error),
+    ) {
+        (Some(a), Some(b)) => Some(2.0 * a.hypot(b)),
+        _ => None,
+    };
+    if let Some(noise) = noise.filter(|noise| diff < *noise) {
+        text.push_str(&format!(
+            "; that is within the runs' noise (±{}, two standard errors of the means): run longer",
+            human_us(noise)
+        ));
+    }
     text.push_str(&of_n);
     text
+}
+
+/// Standard error of a column's mean client latency, µs: its histogram's
+/// sample standard deviation over the square root of its count. `None`
+/// with fewer than two samples.
+fn standard_error(latency: &hoptrace_core::report::ClientLatency) -> Option<f64> {
+    let n = latency.histogram.iter().map(|b| b.2).sum::<u64>() as f64;
+    if n < 2.0 {
+        return None;
+    }
+    let mean = latency
+        .histogram
+        .iter()
+        .map(|&(v, _, c)| v as f64 * c as f64)
+        .sum::<f64>()
+        / n;
+    let variance = latency
+        .histogram
+        .iter()
+        .map(|&(v, _, c)| c as f64 * (v as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1.0);
+    Some((variance / n).sqrt())
 }
