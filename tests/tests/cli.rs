@@ -177,6 +177,14 @@ fn lab_refuses_bad_input_before_building() {
             vec!["--node-view", "node1", "--load", "udp"],
             vec!["--node-view", "http-keep-alive"],
         ),
+        (
+            vec!["--drop-probability", "0.05", "--load", "udp"],
+            vec!["--drop-probability", "http-keep-alive"],
+        ),
+        (
+            vec!["--sock-hooks", "syscalls", "--load", "udp"],
+            vec!["--sock-hooks", "http-keep-alive"],
+        ),
     ] {
         let mut full = vec!["lab", "--prefix", prefix.as_str()];
         full.extend(args);

@@ -172,7 +172,7 @@ pub fn render(requests: &LabRequests) -> String {
         100.0 * requests.coverage,
         requests.client_mean_us
     );
-    render_with(requests, &heading)
+    render_with(requests, &heading, "share of client mean")
 }
 
 /// [`render`] for one node's view (`trace`, `diagnose`, `lab
@@ -186,10 +186,12 @@ pub fn render_node_view(requests: &LabRequests) -> String {
         100.0 * requests.join_rate,
         requests.client_mean_us
     );
-    render_with(requests, &heading)
+    render_with(requests, &heading, "share of this node's span")
 }
 
-fn render_with(requests: &LabRequests, heading: &str) -> String {
+/// The table, sentence and notes under `heading`; `share` names the last
+/// column (each category's mean over the section's client mean).
+fn render_with(requests: &LabRequests, heading: &str, share: &str) -> String {
     use crate::{diagnose::wrap, report::styled_table};
     let mut out = String::new();
     let mut table = styled_table(&[
@@ -198,7 +200,7 @@ fn render_with(requests: &LabRequests, heading: &str) -> String {
         "p50 µs",
         "p99 µs",
         "waiting to be read µs",
-        "share of client mean",
+        share,
     ]);
     let mut rows: Vec<(&String, &RequestCategory)> = requests.categories.iter().collect();
     rows.sort_by(|a, b| b.1.mean_us.total_cmp(&a.1.mean_us));

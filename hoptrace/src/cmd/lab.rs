@@ -181,23 +181,38 @@ pub fn run(args: LabArgs) -> Result<i32> {
         );
         return Ok(2);
     }
-    if let Some(n) = args.node_view {
-        if n >= usize::from(args.nodes) {
-            eprintln!(
-                "hoptrace lab: --node-view node{n} needs --nodes {} (this lab has {})",
-                n + 1,
-                (0..args.nodes)
-                    .map(|i| format!("node{i}"))
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            );
-            return Ok(2);
-        }
-        if args.load == LoadMode::Udp {
-            eprintln!(
-                "hoptrace lab: --node-view joins HTTP requests: it needs --load http-keep-alive or http-new-connection"
-            );
-            return Ok(2);
+    if let Some(n) = args.node_view
+        && n >= usize::from(args.nodes)
+    {
+        eprintln!(
+            "hoptrace lab: --node-view node{n} needs --nodes {} (this lab has {})",
+            n + 1,
+            (0..args.nodes)
+                .map(|i| format!("node{i}"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        );
+        return Ok(2);
+    }
+    // The request timeline's options need HTTP load (UDP has no timeline).
+    if args.load == LoadMode::Udp {
+        for (given, flag) in [
+            (args.node_view.is_some(), "--node-view joins HTTP requests"),
+            (
+                args.drop_probability.is_some(),
+                "--drop-probability loses HTTP responses",
+            ),
+            (
+                args.sock_hooks != SockHooks::Auto,
+                "--sock-hooks chooses the request timeline's hooks",
+            ),
+        ] {
+            if given {
+                eprintln!(
+                    "hoptrace lab: {flag}: it needs --load http-keep-alive or http-new-connection"
+                );
+                return Ok(2);
+            }
         }
     }
     if (args.rate * args.duration.as_secs_f64()).floor() < 1.0 {
