@@ -646,13 +646,8 @@ fn lab_node_view(
     journeys: &[requests::LegJourney],
     join_opts: &JoinOptions,
 ) -> Option<LabNodeView> {
-    use std::os::unix::fs::MetadataExt as _;
     let node = lab.nodes().get(n)?;
-    let own: Vec<u32> = std::iter::once(&node.netns)
-        .chain(lab.pods_on(n).map(|p| &p.netns))
-        .filter_map(|ns| std::fs::metadata(netns::netns_path(ns)).ok())
-        .map(|m| m.ino() as u32)
-        .collect();
+    let own = netns_inodes(std::iter::once(&node.netns).chain(lab.pods_on(n).map(|p| &p.netns)));
     let events: Vec<_> = events
         .iter()
         .filter(|e| own.contains(&e.netns_ino))
@@ -678,11 +673,18 @@ fn lab_node_view(
 /// Inode numbers of every namespace of `lab` (nodes and pods): what the
 /// request timeline's socket hooks trace.
 pub fn lab_netns_inodes(lab: &Lab) -> Vec<u32> {
+    netns_inodes(
+        lab.nodes()
+            .iter()
+            .map(|n| &n.netns)
+            .chain(lab.pods().iter().map(|p| &p.netns)),
+    )
+}
+
+/// Inode numbers of the named namespaces that exist.
+fn netns_inodes<'a>(names: impl Iterator<Item = &'a String>) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    lab.nodes()
-        .iter()
-        .map(|n| &n.netns)
-        .chain(lab.pods().iter().map(|p| &p.netns))
+    names
         .filter_map(|ns| std::fs::metadata(netns::netns_path(ns)).ok())
         .map(|m| m.ino() as u32)
         .collect()
